@@ -1,0 +1,53 @@
+//! The commands of Raft group 0 and their replies.
+
+use serde::{Deserialize, Serialize};
+
+/// One entry of group 0's log as the application sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Chosen by the client; a retried request with the same id is applied once and answered
+    /// with the first reply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// Wall-clock time in milliseconds since the Unix epoch, stamped by the leader that
+    /// proposed the entry. The state machine's clock is the largest stamp it has applied.
+    pub at_ms: u64,
+    /// What to do.
+    pub command: Command,
+}
+
+/// A state change of group 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Command {
+    /// Sets `key` of the replicated key-value store to `value`.
+    KvPut {
+        /// The key.
+        key: String,
+        /// The new value.
+        value: serde_json::Value,
+    },
+    /// Removes `key` from the replicated key-value store.
+    KvDelete {
+        /// The key.
+        key: String,
+    },
+}
+
+/// The reply to a [`Request`], computed by the state machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Response {
+    /// The entry carried no application command (blank or membership entries).
+    Empty,
+    /// A put was applied; `version` is the log index that wrote the value.
+    KvPut {
+        /// Log index of the write; strictly increasing per key.
+        version: u64,
+    },
+    /// A delete was applied.
+    KvDelete {
+        /// Whether the key existed before.
+        existed: bool,
+    },
+}

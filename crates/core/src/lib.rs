@@ -1,0 +1,20 @@
+//! Sinkron's pure protocol logic.
+//!
+//! Everything here is a deterministic function of its inputs: commands come in as values,
+//! replies go out as values. This crate never reads a clock, never performs I/O and never
+//! draws a random number, so every replica that applies the same log reaches the same state,
+//! and unit and property tests can cover the logic exhaustively.
+//!
+//! It deliberately knows nothing about Raft, HTTP or storage; the `sinkron-node` crate drives
+//! these state machines from the Raft log.
+
+pub mod command;
+pub mod error;
+pub mod ids;
+pub mod kv;
+pub mod limits;
+pub mod state;
+
+pub use command::{Command, Request, Response};
+pub use error::CoreError;
+pub use state::Group0State;

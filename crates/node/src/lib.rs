@@ -1,0 +1,9 @@
+//! The Sinkron server.
+//!
+//! A node runs one or more Raft groups (group 0 today; queue partitions later) on the
+//! `openraft` crate, stores them durably under its data directory, talks to its peers over
+//! HTTP with JSON bodies, and serves the public HTTP API. It is the only crate that names
+//! openraft or HTTP; the protocol logic it drives lives in `sinkron-core`.
+
+pub mod storage;
+pub mod types;

@@ -1,0 +1,220 @@
+//! [`StateMachineStore`]: group 0's state machine and its snapshots.
+//!
+//! The state lives in memory and is rebuilt at start-up from the latest snapshot plus the
+//! log, which is the durable record. A snapshot is one file: a header with the snapshot's
+//! metadata, the JSON of [`Group0State`], and a CRC over both, replaced atomically.
+
+use std::io::{self, Cursor};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
+use sinkron_core::{Group0State, Response};
+
+use super::files;
+use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
+
+const SNAPSHOT_MAGIC: &[u8; 8] = b"SKSNAP01";
+
+/// Group 0's applied state. Cloning gives another handle to the same state.
+#[derive(Clone)]
+pub struct StateMachineStore {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    data: RwLock<Applied>,
+    snapshot_path: PathBuf,
+    snapshot_seq: AtomicU64,
+}
+
+/// The state machine together with what openraft needs to know about it.
+#[derive(Debug, Default)]
+pub struct Applied {
+    /// Last log id applied.
+    pub last_applied: Option<LogId>,
+    /// Last membership applied.
+    pub last_membership: StoredMembership,
+    /// The application state.
+    pub state: Group0State,
+}
+
+fn snapshot_error(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::write_snapshot(None, AnyError::new(&e)).into()
+}
+
+fn read_snapshot_error(e: impl std::error::Error + 'static) -> StorageError {
+    StorageIOError::read_snapshot(None, AnyError::new(&e)).into()
+}
+
+impl StateMachineStore {
+    /// Opens the state machine of the group in `group_dir`, starting from its snapshot.
+    pub fn open(group_dir: &Path) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(group_dir).map_err(read_snapshot_error)?;
+        let snapshot_path = group_dir.join("snapshot.bin");
+        let mut applied = Applied::default();
+        if let Some((meta, data)) =
+            read_snapshot_file(&snapshot_path).map_err(read_snapshot_error)?
+        {
+            applied.state = serde_json::from_slice(&data).map_err(read_snapshot_error)?;
+            applied.last_applied = meta.last_log_id;
+            applied.last_membership = meta.last_membership;
+        }
+        let shared = Shared {
+            data: RwLock::new(applied),
+            snapshot_path,
+            snapshot_seq: AtomicU64::new(0),
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+        })
+    }
+
+    /// Read access to the applied state.
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+        self.shared.data.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+        self.shared.data.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Encodes a snapshot file: magic, meta length, meta JSON, data, CRC of all before it.
+fn encode_snapshot_file(meta: &SnapshotMeta, data: &[u8]) -> io::Result<Vec<u8>> {
+    let meta_json = serde_json::to_vec(meta).map_err(io::Error::other)?;
+    let mut buf = Vec::with_capacity(meta_json.len() + data.len() + 24);
+    buf.extend_from_slice(SNAPSHOT_MAGIC);
+    buf.extend_from_slice(&(meta_json.len() as u64).to_le_bytes());
+    buf.extend_from_slice(&meta_json);
+    buf.extend_from_slice(data);
+    let crc = crc32fast::hash(&buf);
+    buf.extend_from_slice(&crc.to_le_bytes());
+    Ok(buf)
+}
+
+fn read_snapshot_file(path: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
+    let Some(bytes) = files::read_optional(path)? else {
+        return Ok(None);
+    };
+    let corrupt = || io::Error::other(format!("snapshot file {} is corrupt", path.display()));
+    if bytes.len() < 20 || &bytes[..8] != SNAPSHOT_MAGIC {
+        return Err(corrupt());
+    }
+    let (body, crc) = bytes.split_at(bytes.len() - 4);
+    if crc32fast::hash(body).to_le_bytes() != crc {
+        return Err(corrupt());
+    }
+    let meta_len = u64::from_le_bytes(body[8..16].try_into().map_err(|_| corrupt())?) as usize;
+    let meta_end = 16usize
+        .checked_add(meta_len)
+        .filter(|end| *end <= body.len())
+        .ok_or_else(corrupt)?;
+    let meta: SnapshotMeta =
+        serde_json::from_slice(&body[16..meta_end]).map_err(io::Error::other)?;
+    Ok(Some((meta, body[meta_end..].to_vec())))
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (meta, data) = {
+            let applied = self.read();
+            let data = serde_json::to_vec(&applied.state).map_err(snapshot_error)?;
+            let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+            let snapshot_id = match &applied.last_applied {
+                Some(id) => format!("{}-{}-{seq}", id.leader_id, id.index),
+                None => format!("empty-{seq}"),
+            };
+            let meta = SnapshotMeta {
+                last_log_id: applied.last_applied,
+                last_membership: applied.last_membership.clone(),
+                snapshot_id,
+            };
+            (meta, data)
+        };
+        let file = encode_snapshot_file(&meta, &data).map_err(snapshot_error)?;
+        let path = self.shared.snapshot_path.clone();
+        tokio::task::spawn_blocking(move || files::replace(&path, &file, true))
+            .await
+            .map_err(snapshot_error)?
+            .map_err(snapshot_error)?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachineStore {
+    type SnapshotBuilder = StateMachineStore;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied = self.read();
+        Ok((applied.last_applied, applied.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut applied = self.write();
+        let mut replies = Vec::new();
+        for entry in entries {
+            let index = entry.log_id.index;
+            applied.last_applied = Some(entry.log_id);
+            let reply = match entry.payload {
+                EntryPayload::Blank => applied.state.apply_blank(index),
+                EntryPayload::Normal(request) => applied.state.apply(index, &request),
+                EntryPayload::Membership(membership) => {
+                    applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
+                    applied.state.apply_blank(index)
+                }
+            };
+            replies.push(reply);
+        }
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        let state: Group0State = serde_json::from_slice(&data).map_err(read_snapshot_error)?;
+        let file = encode_snapshot_file(meta, &data).map_err(snapshot_error)?;
+        let path = self.shared.snapshot_path.clone();
+        tokio::task::spawn_blocking(move || files::replace(&path, &file, true))
+            .await
+            .map_err(snapshot_error)?
+            .map_err(snapshot_error)?;
+        let mut applied = self.write();
+        applied.state = state;
+        applied.last_applied = meta.last_log_id;
+        applied.last_membership = meta.last_membership.clone();
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let path = self.shared.snapshot_path.clone();
+        let found = tokio::task::spawn_blocking(move || read_snapshot_file(&path))
+            .await
+            .map_err(read_snapshot_error)?
+            .map_err(read_snapshot_error)?;
+        Ok(found.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}

@@ -1,0 +1,277 @@
+//! The log's writer thread: the only code that touches segment files after start-up.
+//!
+//! Every change to the on-disk log arrives as a [`WriteOp`] on one channel, so appends,
+//! truncations and purges reach the disk in the order openraft issued them. The thread
+//! drains whatever is queued, writes it, issues one `fdatasync`, and only then reports the
+//! appends as flushed: many appends share one fsync under load (group commit).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Seek, SeekFrom, Write};
+use std::path::PathBuf;
+use std::sync::mpsc::{Receiver, TryRecvError};
+
+use openraft::storage::LogFlushed;
+use tokio::sync::oneshot;
+
+use super::files;
+use super::segment::segment_path;
+use crate::types::TypeConfig;
+
+/// A segment is closed and a new one started once it grows past this size.
+pub const SEGMENT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// At most this many queued operations share one fsync.
+const BATCH_MAX_OPS: usize = 4096;
+
+/// One change to the durable log, in the order openraft asked for it.
+pub enum WriteOp {
+    /// Append encoded records; `records[i].0` is the log index of record `i`.
+    Append {
+        /// `(log index, encoded record)` pairs with consecutive indexes.
+        records: Vec<(u64, Vec<u8>)>,
+        /// Told once the records are durable.
+        done: LogFlushed<TypeConfig>,
+    },
+    /// Remove every record with index `>= from_index`.
+    Truncate {
+        /// First index to remove.
+        from_index: u64,
+        /// Told once the removal is durable.
+        done: oneshot::Sender<io::Result<()>>,
+    },
+    /// Remove whole segments holding only indexes `<= upto`, after recording `purged`.
+    Purge {
+        /// Last purged index.
+        upto: u64,
+        /// Encoded purged log id, stored in `purged.json`.
+        purged: Vec<u8>,
+        /// Told once the purge record is durable.
+        done: oneshot::Sender<io::Result<()>>,
+    },
+    /// Replace a small metadata file (vote or commit index).
+    Meta {
+        /// File name inside the group directory.
+        name: &'static str,
+        /// New content.
+        bytes: Vec<u8>,
+        /// Told once the file is durable; `None` for best-effort hints.
+        done: Option<oneshot::Sender<io::Result<()>>>,
+    },
+}
+
+/// Where a record lives on disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Position {
+    /// First index of the record's segment.
+    pub segment: u64,
+    /// Byte offset of the record in that segment.
+    pub offset: u64,
+}
+
+/// The writer's view of the disk.
+pub struct Writer {
+    /// The group directory.
+    pub group_dir: PathBuf,
+    /// The `log/` directory.
+    pub log_dir: PathBuf,
+    /// Segment first index -> path.
+    pub segments: BTreeMap<u64, PathBuf>,
+    /// Log index -> position of its record.
+    pub positions: BTreeMap<u64, Position>,
+    /// The segment being appended to, with its length.
+    pub current: Option<(u64, File, u64)>,
+}
+
+enum Pending {
+    Flushed(LogFlushed<TypeConfig>),
+    Done(oneshot::Sender<io::Result<()>>),
+}
+
+impl Writer {
+    /// Runs until every sender of `rx` is gone.
+    pub fn run(mut self, rx: Receiver<WriteOp>) {
+        while let Ok(first) = rx.recv() {
+            let mut batch = vec![first];
+            while batch.len() < BATCH_MAX_OPS {
+                match rx.try_recv() {
+                    Ok(op) => batch.push(op),
+                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                }
+            }
+            self.write_batch(batch);
+        }
+    }
+
+    fn write_batch(&mut self, batch: Vec<WriteOp>) {
+        let mut pending = Vec::with_capacity(batch.len());
+        let mut result = Ok(());
+        for op in batch {
+            let (outcome, waiter) = match op {
+                WriteOp::Append { records, done } => {
+                    (self.append(&records), Some(Pending::Flushed(done)))
+                }
+                WriteOp::Truncate { from_index, done } => {
+                    (self.truncate(from_index), Some(Pending::Done(done)))
+                }
+                WriteOp::Purge { upto, purged, done } => {
+                    (self.purge(upto, &purged), Some(Pending::Done(done)))
+                }
+                WriteOp::Meta { name, bytes, done } => {
+                    let durable = done.is_some();
+                    (
+                        files::replace(&self.group_dir.join(name), &bytes, durable),
+                        done.map(Pending::Done),
+                    )
+                }
+            };
+            if result.is_ok() {
+                result = outcome;
+            }
+            pending.extend(waiter);
+        }
+        if result.is_ok() {
+            result = self.sync();
+        }
+        for waiter in pending {
+            let reply = result
+                .as_ref()
+                .map(|_| ())
+                .map_err(|e| io::Error::new(e.kind(), e.to_string()));
+            match waiter {
+                Pending::Flushed(cb) => cb.log_io_completed(reply),
+                Pending::Done(tx) => {
+                    let _ = tx.send(reply);
+                }
+            }
+        }
+    }
+
+    fn sync(&mut self) -> io::Result<()> {
+        match &self.current {
+            Some((_, file, _)) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
+
+    fn append(&mut self, records: &[(u64, Vec<u8>)]) -> io::Result<()> {
+        let Some(&(first_index, _)) = records.first() else {
+            return Ok(());
+        };
+        // A gap (everything before was purged, e.g. after installing a snapshot) or a full
+        // segment starts a new file, so every segment holds consecutive indexes.
+        let follows_tail = self
+            .positions
+            .keys()
+            .next_back()
+            .is_some_and(|last| last + 1 == first_index);
+        let needs_new = match &self.current {
+            None => true,
+            Some((_, _, len)) => *len >= SEGMENT_MAX_BYTES || !follows_tail,
+        };
+        if needs_new {
+            self.start_segment(first_index)?;
+        }
+        let Some((segment, file, len)) = self.current.as_mut() else {
+            return Err(io::Error::other("no open segment"));
+        };
+        let mut buf = Vec::with_capacity(records.iter().map(|(_, r)| r.len()).sum());
+        for (index, record) in records {
+            self.positions.insert(
+                *index,
+                Position {
+                    segment: *segment,
+                    offset: *len + buf.len() as u64,
+                },
+            );
+            buf.extend_from_slice(record);
+        }
+        file.write_all(&buf)?;
+        *len += buf.len() as u64;
+        Ok(())
+    }
+
+    fn start_segment(&mut self, first_index: u64) -> io::Result<()> {
+        self.sync()?;
+        let path = segment_path(&self.log_dir, first_index);
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)?;
+        files::sync_dir(&self.log_dir)?;
+        self.segments.insert(first_index, path);
+        self.current = Some((first_index, file, 0));
+        Ok(())
+    }
+
+    fn truncate(&mut self, from_index: u64) -> io::Result<()> {
+        let Some(&pos) = self.positions.get(&from_index) else {
+            return Ok(());
+        };
+        self.positions.split_off(&from_index);
+        let later: Vec<u64> = self
+            .segments
+            .range(pos.segment + 1..)
+            .map(|(first, _)| *first)
+            .collect();
+        for first in later {
+            if let Some(path) = self.segments.remove(&first) {
+                fs::remove_file(path)?;
+            }
+        }
+        if pos.offset == 0 {
+            // The whole segment goes; the previous one becomes the tail again.
+            if let Some(path) = self.segments.remove(&pos.segment) {
+                fs::remove_file(path)?;
+            }
+            self.current = None;
+            if let Some((&first, path)) = self.segments.iter().next_back() {
+                self.current = Some(open_for_append(first, path)?);
+            }
+        } else {
+            let path = self
+                .segments
+                .get(&pos.segment)
+                .cloned()
+                .ok_or_else(|| io::Error::other("segment vanished"))?;
+            let (first, mut file, _) = open_for_append(pos.segment, &path)?;
+            file.set_len(pos.offset)?;
+            file.seek(SeekFrom::Start(pos.offset))?;
+            self.current = Some((first, file, pos.offset));
+        }
+        files::sync_dir(&self.log_dir)
+    }
+
+    fn purge(&mut self, upto: u64, purged: &[u8]) -> io::Result<()> {
+        // Record the purge first: after a crash we must not serve entries we said are gone.
+        files::replace(&self.group_dir.join("purged.json"), purged, true)?;
+        let firsts: Vec<u64> = self.segments.keys().copied().collect();
+        for (i, first) in firsts.iter().enumerate() {
+            let next_first = firsts.get(i + 1).copied();
+            let whole_segment_purged = match next_first {
+                Some(next) => next - 1 <= upto,
+                None => self
+                    .positions
+                    .range(first..)
+                    .next_back()
+                    .is_none_or(|(last, _)| *last <= upto),
+            };
+            let is_current = self.current.as_ref().is_some_and(|(c, _, _)| c == first);
+            if whole_segment_purged && !is_current {
+                if let Some(path) = self.segments.remove(first) {
+                    fs::remove_file(path)?;
+                }
+            }
+        }
+        let keep = self.positions.split_off(&(upto + 1));
+        self.positions = keep;
+        files::sync_dir(&self.log_dir)
+    }
+}
+
+/// Opens an existing segment for appending at its end.
+pub fn open_for_append(first: u64, path: &PathBuf) -> io::Result<(u64, File, u64)> {
+    let mut file = OpenOptions::new().write(true).open(path)?;
+    let len = file.seek(SeekFrom::End(0))?;
+    Ok((first, file, len))
+}

@@ -1,0 +1,56 @@
+//! The openraft type configuration shared by every Raft group of a node.
+
+use std::fmt;
+use std::io::Cursor;
+
+use serde::{Deserialize, Serialize};
+use sinkron_core::{Request, Response};
+
+/// Numeric id of a Raft group. Group 0 spans every voter; queue partitions get their own.
+pub type GroupId = u64;
+
+/// The group that holds cluster metadata, locks and the cache directory.
+pub const GROUP0: GroupId = 0;
+
+/// Numeric Raft id of a node: [`sinkron_core::ids::raft_id`] of its name.
+pub type NodeId = u64;
+
+/// What the cluster knows about a member: its name and the address it serves HTTP on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Human name, such as `node1`.
+    pub name: String,
+    /// `host:port` of the node's HTTP server.
+    pub addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.addr)
+    }
+}
+
+openraft::declare_raft_types!(
+    /// Type configuration of every Sinkron Raft group.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// A Raft instance of Sinkron.
+pub type Raft = openraft::Raft<TypeConfig>;
+/// A log entry.
+pub type Entry = openraft::Entry<TypeConfig>;
+/// A log id.
+pub type LogId = openraft::LogId<NodeId>;
+/// Openraft's storage error.
+pub type StorageError = openraft::StorageError<NodeId>;
+/// A snapshot's metadata.
+pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Member>;
+/// A membership as stored in the log.
+pub type StoredMembership = openraft::StoredMembership<NodeId, Member>;

@@ -1,0 +1,162 @@
+//! Storage conformance (openraft's own suite) and crash-recovery tests of the embedded log.
+
+use openraft::storage::{RaftLogStorage, RaftStateMachine};
+use openraft::testing::{log_id, StoreBuilder, Suite};
+use openraft::{Entry, EntryPayload, RaftLogReader};
+use sinkron_core::{Command, Request};
+use sinkron_node::storage::{LogStore, StateMachineStore};
+use sinkron_node::types::{StorageError, TypeConfig};
+use tempfile::TempDir;
+
+struct Builder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
+        let dir = tempfile::tempdir().expect("create temp dir");
+        let log = LogStore::open(dir.path())?;
+        let sm = StateMachineStore::open(dir.path())?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn embedded_store_passes_openraft_suite() -> Result<(), StorageError> {
+    Suite::test_all(Builder)
+}
+
+fn put_entry(term: u64, index: u64) -> Entry<TypeConfig> {
+    let request = Request {
+        request_id: None,
+        at_ms: index,
+        command: Command::KvPut {
+            key: format!("k{index}"),
+            value: index.into(),
+        },
+    };
+    Entry {
+        log_id: log_id(term, 1, index),
+        payload: EntryPayload::Normal(request),
+    }
+}
+
+async fn append_durably(log: &mut LogStore, entries: Vec<Entry<TypeConfig>>) {
+    use openraft::storage::RaftLogStorageExt;
+    log.blocking_append(entries).await.expect("append");
+}
+
+async fn indexes(log: &mut LogStore) -> Vec<u64> {
+    log.try_get_log_entries(0..)
+        .await
+        .expect("read")
+        .iter()
+        .map(|e| e.log_id.index)
+        .collect()
+}
+
+#[tokio::test]
+async fn reopened_log_has_every_flushed_entry() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let mut log = LogStore::open(dir.path()).expect("open");
+        append_durably(&mut log, (1..=100).map(|i| put_entry(1, i)).collect()).await;
+        log.save_vote(&openraft::Vote::new(3, 7))
+            .await
+            .expect("vote");
+    }
+    let mut log = LogStore::open(dir.path()).expect("reopen");
+    assert_eq!(indexes(&mut log).await, (1..=100).collect::<Vec<_>>());
+    assert_eq!(
+        log.read_vote().await.expect("vote"),
+        Some(openraft::Vote::new(3, 7))
+    );
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_and_appends_continue() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let mut log = LogStore::open(dir.path()).expect("open");
+        append_durably(&mut log, (1..=10).map(|i| put_entry(1, i)).collect()).await;
+    }
+    // Simulate a crash in the middle of writing entry 10: chop its last bytes.
+    let segment = std::fs::read_dir(dir.path().join("log"))
+        .expect("ls")
+        .next()
+        .expect("one segment")
+        .expect("entry");
+    let len = segment.metadata().expect("stat").len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(segment.path())
+        .expect("open segment");
+    f.set_len(len - 3).expect("chop");
+    drop(f);
+
+    let mut log = LogStore::open(dir.path()).expect("reopen");
+    assert_eq!(indexes(&mut log).await, (1..=9).collect::<Vec<_>>());
+    append_durably(&mut log, vec![put_entry(2, 10), put_entry(2, 11)]).await;
+    drop(log);
+    let mut log = LogStore::open(dir.path()).expect("reopen again");
+    assert_eq!(indexes(&mut log).await, (1..=11).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn truncate_and_purge_survive_restart() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let mut log = LogStore::open(dir.path()).expect("open");
+        append_durably(&mut log, (1..=50).map(|i| put_entry(1, i)).collect()).await;
+        log.truncate(log_id(1, 1, 41)).await.expect("truncate");
+        append_durably(&mut log, (41..=45).map(|i| put_entry(2, i)).collect()).await;
+        log.purge(log_id(1, 1, 20)).await.expect("purge");
+    }
+    let mut log = LogStore::open(dir.path()).expect("reopen");
+    assert_eq!(indexes(&mut log).await, (21..=45).collect::<Vec<_>>());
+    let entries = log.try_get_log_entries(41..=41).await.expect("read");
+    assert_eq!(
+        entries[0].log_id.leader_id.term, 2,
+        "the truncated entry was replaced"
+    );
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(20));
+}
+
+#[tokio::test]
+async fn purge_past_the_end_then_append_after_gap() {
+    // A follower that installs a snapshot beyond its log purges everything and continues
+    // at the snapshot's next index.
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let mut log = LogStore::open(dir.path()).expect("open");
+        append_durably(&mut log, (1..=5).map(|i| put_entry(1, i)).collect()).await;
+        log.purge(log_id(3, 2, 100)).await.expect("purge");
+        append_durably(&mut log, (101..=103).map(|i| put_entry(3, i)).collect()).await;
+    }
+    let mut log = LogStore::open(dir.path()).expect("reopen");
+    assert_eq!(indexes(&mut log).await, vec![101, 102, 103]);
+}
+
+#[tokio::test]
+async fn snapshot_restores_state_after_restart() {
+    use openraft::RaftSnapshotBuilder;
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let mut sm = StateMachineStore::open(dir.path()).expect("open");
+        sm.apply((1..=30).map(|i| put_entry(1, i)))
+            .await
+            .expect("apply");
+        let mut builder = sm.get_snapshot_builder().await;
+        let snap = builder.build_snapshot().await.expect("build");
+        assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(30));
+    }
+    let mut sm = StateMachineStore::open(dir.path()).expect("reopen");
+    let (applied, _) = sm.applied_state().await.expect("applied");
+    assert_eq!(applied.map(|l| l.index), Some(30));
+    assert_eq!(sm.read().state.kv.len(), 30);
+    let current = sm
+        .get_current_snapshot()
+        .await
+        .expect("read snapshot")
+        .expect("has snapshot");
+    assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(30));
+}
