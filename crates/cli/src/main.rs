@@ -1,1 +1,55 @@
-fn main() {}
+//! The `sinkron` binary: parses the command line and hands over to one command module.
+
+mod bench;
+mod cluster;
+mod dev;
+mod kv;
+mod serve;
+
+use clap::{Parser, Subcommand};
+
+/// Sinkron: distributed locks, MESI-coherent cache and queues over Raft.
+#[derive(Parser)]
+#[command(name = "sinkron", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+#[derive(Subcommand)]
+enum Commands {
+    /// Run one node (settings from flags or the environment).
+    Serve(Box<sinkron_node::ServeArgs>),
+    /// Run a local 3-node cluster on ports 8001-8003 with embedded storage.
+    Dev(dev::DevArgs),
+    /// Inspect and change the cluster.
+    Cluster(cluster::ClusterArgs),
+    /// Read and write the replicated key-value store.
+    Kv(kv::KvArgs),
+    /// Measure a running cluster.
+    Bench(bench::BenchArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("sinkron: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Commands::Serve(args) => serve::run(*args).await,
+            Commands::Dev(args) => dev::run(args).await,
+            Commands::Cluster(args) => cluster::run(args).await,
+            Commands::Kv(args) => kv::run(args).await,
+            Commands::Bench(args) => bench::run(args).await,
+        }
+    });
+    if let Err(e) = result {
+        eprintln!("sinkron: {e:#}");
+        std::process::exit(1);
+    }
+}

@@ -8,9 +8,7 @@
 pub fn fnv1a64(bytes: &[u8]) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    bytes
-        .iter()
-        .fold(OFFSET, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(PRIME))
+    bytes.iter().fold(OFFSET, |hash, b| (hash ^ u64::from(*b)).wrapping_mul(PRIME))
 }
 
 /// The Raft node id of the node called `name`.
@@ -32,8 +30,7 @@ mod tests {
 
     #[test]
     fn ids_of_default_names_differ() {
-        let ids: std::collections::BTreeSet<u64> =
-            (1..=100).map(|i| raft_id(&format!("node{i}"))).collect();
+        let ids: std::collections::BTreeSet<u64> = (1..=100).map(|i| raft_id(&format!("node{i}"))).collect();
         assert_eq!(ids.len(), 100);
     }
 }

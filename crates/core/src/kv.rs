@@ -28,14 +28,7 @@ pub struct KvStore {
 impl KvStore {
     /// Stores `value` under `key`, written by the entry at `index`.
     pub fn put(&mut self, key: String, value: serde_json::Value, index: u64, at_ms: u64) -> u64 {
-        self.entries.insert(
-            key,
-            KvEntry {
-                value,
-                version: index,
-                written_at_ms: at_ms,
-            },
-        );
+        self.entries.insert(key, KvEntry { value, version: index, written_at_ms: at_ms });
         index
     }
 
@@ -62,10 +55,9 @@ impl KvStore {
     /// Every version is at most `applied`, the last log index applied.
     pub fn check_invariants(&self, applied: u64) -> Result<(), String> {
         match self.entries.iter().find(|(_, e)| e.version > applied) {
-            Some((k, e)) => Err(format!(
-                "key {k:?} has version {} beyond applied index {applied}",
-                e.version
-            )),
+            Some((k, e)) => {
+                Err(format!("key {k:?} has version {} beyond applied index {applied}", e.version))
+            }
             None => Ok(()),
         }
     }

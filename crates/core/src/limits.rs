@@ -18,16 +18,10 @@ pub fn validate_node_name(name: &str) -> Result<(), CoreError> {
     if name.is_empty() || name.len() > NODE_NAME_MAX_BYTES {
         return Err(CoreError::InvalidArgument {
             field: "id",
-            reason: format!(
-                "a node name has 1 to {NODE_NAME_MAX_BYTES} bytes, got {}",
-                name.len()
-            ),
+            reason: format!("a node name has 1 to {NODE_NAME_MAX_BYTES} bytes, got {}", name.len()),
         });
     }
-    if let Some(bad) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
-    {
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
         return Err(CoreError::InvalidArgument {
             field: "id",
             reason: format!("a node name uses letters, digits, '-' and '_', found {bad:?}"),
@@ -39,32 +33,19 @@ pub fn validate_node_name(name: &str) -> Result<(), CoreError> {
 /// Checks a key of the replicated key-value store: not empty, at most [`KV_KEY_MAX_BYTES`].
 pub fn validate_kv_key(key: &str) -> Result<(), CoreError> {
     if key.is_empty() {
-        return Err(CoreError::InvalidArgument {
-            field: "key",
-            reason: "must not be empty".into(),
-        });
+        return Err(CoreError::InvalidArgument { field: "key", reason: "must not be empty".into() });
     }
     if key.len() > KV_KEY_MAX_BYTES {
-        return Err(CoreError::TooLarge {
-            field: "key",
-            size: key.len(),
-            limit: KV_KEY_MAX_BYTES,
-        });
+        return Err(CoreError::TooLarge { field: "key", size: key.len(), limit: KV_KEY_MAX_BYTES });
     }
     Ok(())
 }
 
 /// Checks the encoded size of a value of the replicated key-value store.
 pub fn validate_kv_value(value: &serde_json::Value) -> Result<(), CoreError> {
-    let size = serde_json::to_vec(value)
-        .map(|v| v.len())
-        .unwrap_or(usize::MAX);
+    let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > KV_VALUE_MAX_BYTES {
-        return Err(CoreError::TooLarge {
-            field: "value",
-            size,
-            limit: KV_VALUE_MAX_BYTES,
-        });
+        return Err(CoreError::TooLarge { field: "value", size, limit: KV_VALUE_MAX_BYTES });
     }
     Ok(())
 }
@@ -102,10 +83,7 @@ mod tests {
             Err(CoreError::TooLarge { .. })
         ));
         let big = serde_json::Value::String("x".repeat(KV_VALUE_MAX_BYTES));
-        assert!(matches!(
-            validate_kv_value(&big),
-            Err(CoreError::TooLarge { .. })
-        ));
+        assert!(matches!(validate_kv_value(&big), Err(CoreError::TooLarge { .. })));
         assert!(validate_kv_value(&serde_json::json!({"a": 1})).is_ok());
     }
 }

@@ -38,11 +38,7 @@ impl Group0State {
     pub fn apply(&mut self, index: u64, request: &Request) -> Response {
         self.applied_index = self.applied_index.max(index);
         self.clock_ms = self.clock_ms.max(request.at_ms);
-        if let Some(previous) = request
-            .request_id
-            .as_ref()
-            .and_then(|id| self.dedup.get(id))
-        {
+        if let Some(previous) = request.request_id.as_ref().and_then(|id| self.dedup.get(id)) {
             return previous.clone();
         }
         let response = self.dispatch(index, &request.command);
@@ -54,14 +50,10 @@ impl Group0State {
 
     fn dispatch(&mut self, index: u64, command: &Command) -> Response {
         match command {
-            Command::KvPut { key, value } => Response::KvPut {
-                version: self
-                    .kv
-                    .put(key.clone(), value.clone(), index, self.clock_ms),
-            },
-            Command::KvDelete { key } => Response::KvDelete {
-                existed: self.kv.delete(key),
-            },
+            Command::KvPut { key, value } => {
+                Response::KvPut { version: self.kv.put(key.clone(), value.clone(), index, self.clock_ms) }
+            }
+            Command::KvDelete { key } => Response::KvDelete { existed: self.kv.delete(key) },
         }
     }
 
@@ -96,18 +88,11 @@ mod tests {
     use super::*;
 
     fn req(id: Option<&str>, at_ms: u64, command: Command) -> Request {
-        Request {
-            request_id: id.map(str::to_owned),
-            at_ms,
-            command,
-        }
+        Request { request_id: id.map(str::to_owned), at_ms, command }
     }
 
     fn put(key: &str, value: serde_json::Value) -> Command {
-        Command::KvPut {
-            key: key.into(),
-            value,
-        }
+        Command::KvPut { key: key.into(), value }
     }
 
     #[test]
@@ -115,14 +100,8 @@ mod tests {
         let cases: Vec<(Command, Response)> = vec![
             (put("a", json!(1)), Response::KvPut { version: 1 }),
             (put("a", json!(2)), Response::KvPut { version: 2 }),
-            (
-                Command::KvDelete { key: "a".into() },
-                Response::KvDelete { existed: true },
-            ),
-            (
-                Command::KvDelete { key: "a".into() },
-                Response::KvDelete { existed: false },
-            ),
+            (Command::KvDelete { key: "a".into() }, Response::KvDelete { existed: true }),
+            (Command::KvDelete { key: "a".into() }, Response::KvDelete { existed: false }),
         ];
         let mut state = Group0State::default();
         for (i, (command, expected)) in cases.into_iter().enumerate() {
@@ -148,10 +127,7 @@ mod tests {
         state.apply(2, &req(None, 6, put("k", json!("v2"))));
         let retry = state.apply(3, &req(Some("r1"), 7, put("k", json!("v1"))));
         assert_eq!(first, retry);
-        assert_eq!(
-            state.kv.get("k").map(|e| e.value.clone()),
-            Some(json!("v2"))
-        );
+        assert_eq!(state.kv.get("k").map(|e| e.value.clone()), Some(json!("v2")));
     }
 
     #[test]
@@ -171,16 +147,8 @@ mod tests {
         }
         state.check_invariants().expect("invariants");
         // The oldest id fell out of the window, so a retry of it applies again.
-        let again = state.apply(
-            DEDUP_WINDOW as u64 + 51,
-            &req(Some("r0"), 0, put("k", json!(0))),
-        );
-        assert_eq!(
-            again,
-            Response::KvPut {
-                version: DEDUP_WINDOW as u64 + 51
-            }
-        );
+        let again = state.apply(DEDUP_WINDOW as u64 + 51, &req(Some("r0"), 0, put("k", json!(0))));
+        assert_eq!(again, Response::KvPut { version: DEDUP_WINDOW as u64 + 51 });
     }
 
     fn command_strategy() -> impl Strategy<Value = (Option<u8>, Command)> {

@@ -5,5 +5,14 @@
 //! HTTP with JSON bodies, and serves the public HTTP API. It is the only crate that names
 //! openraft or HTTP; the protocol logic it drives lives in `sinkron-core`.
 
+pub mod api;
+pub mod config;
+pub mod metrics;
+pub mod network;
+pub mod node;
+pub mod server;
 pub mod storage;
 pub mod types;
+
+pub use config::{ConfigError, NodeConfig, ServeArgs};
+pub use node::Node;

@@ -28,15 +28,9 @@ fn put_entry(term: u64, index: u64) -> Entry<TypeConfig> {
     let request = Request {
         request_id: None,
         at_ms: index,
-        command: Command::KvPut {
-            key: format!("k{index}"),
-            value: index.into(),
-        },
+        command: Command::KvPut { key: format!("k{index}"), value: index.into() },
     };
-    Entry {
-        log_id: log_id(term, 1, index),
-        payload: EntryPayload::Normal(request),
-    }
+    Entry { log_id: log_id(term, 1, index), payload: EntryPayload::Normal(request) }
 }
 
 async fn append_durably(log: &mut LogStore, entries: Vec<Entry<TypeConfig>>) {
@@ -45,12 +39,7 @@ async fn append_durably(log: &mut LogStore, entries: Vec<Entry<TypeConfig>>) {
 }
 
 async fn indexes(log: &mut LogStore) -> Vec<u64> {
-    log.try_get_log_entries(0..)
-        .await
-        .expect("read")
-        .iter()
-        .map(|e| e.log_id.index)
-        .collect()
+    log.try_get_log_entries(0..).await.expect("read").iter().map(|e| e.log_id.index).collect()
 }
 
 #[tokio::test]
@@ -59,16 +48,11 @@ async fn reopened_log_has_every_flushed_entry() {
     {
         let mut log = LogStore::open(dir.path()).expect("open");
         append_durably(&mut log, (1..=100).map(|i| put_entry(1, i)).collect()).await;
-        log.save_vote(&openraft::Vote::new(3, 7))
-            .await
-            .expect("vote");
+        log.save_vote(&openraft::Vote::new(3, 7)).await.expect("vote");
     }
     let mut log = LogStore::open(dir.path()).expect("reopen");
     assert_eq!(indexes(&mut log).await, (1..=100).collect::<Vec<_>>());
-    assert_eq!(
-        log.read_vote().await.expect("vote"),
-        Some(openraft::Vote::new(3, 7))
-    );
+    assert_eq!(log.read_vote().await.expect("vote"), Some(openraft::Vote::new(3, 7)));
 }
 
 #[tokio::test]
@@ -79,16 +63,10 @@ async fn torn_tail_is_cut_and_appends_continue() {
         append_durably(&mut log, (1..=10).map(|i| put_entry(1, i)).collect()).await;
     }
     // Simulate a crash in the middle of writing entry 10: chop its last bytes.
-    let segment = std::fs::read_dir(dir.path().join("log"))
-        .expect("ls")
-        .next()
-        .expect("one segment")
-        .expect("entry");
+    let segment =
+        std::fs::read_dir(dir.path().join("log")).expect("ls").next().expect("one segment").expect("entry");
     let len = segment.metadata().expect("stat").len();
-    let f = std::fs::OpenOptions::new()
-        .write(true)
-        .open(segment.path())
-        .expect("open segment");
+    let f = std::fs::OpenOptions::new().write(true).open(segment.path()).expect("open segment");
     f.set_len(len - 3).expect("chop");
     drop(f);
 
@@ -113,10 +91,7 @@ async fn truncate_and_purge_survive_restart() {
     let mut log = LogStore::open(dir.path()).expect("reopen");
     assert_eq!(indexes(&mut log).await, (21..=45).collect::<Vec<_>>());
     let entries = log.try_get_log_entries(41..=41).await.expect("read");
-    assert_eq!(
-        entries[0].log_id.leader_id.term, 2,
-        "the truncated entry was replaced"
-    );
+    assert_eq!(entries[0].log_id.leader_id.term, 2, "the truncated entry was replaced");
     let state = log.get_log_state().await.expect("state");
     assert_eq!(state.last_purged_log_id.map(|l| l.index), Some(20));
 }
@@ -142,9 +117,7 @@ async fn snapshot_restores_state_after_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     {
         let mut sm = StateMachineStore::open(dir.path()).expect("open");
-        sm.apply((1..=30).map(|i| put_entry(1, i)))
-            .await
-            .expect("apply");
+        sm.apply((1..=30).map(|i| put_entry(1, i))).await.expect("apply");
         let mut builder = sm.get_snapshot_builder().await;
         let snap = builder.build_snapshot().await.expect("build");
         assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(30));
@@ -153,10 +126,6 @@ async fn snapshot_restores_state_after_restart() {
     let (applied, _) = sm.applied_state().await.expect("applied");
     assert_eq!(applied.map(|l| l.index), Some(30));
     assert_eq!(sm.read().state.kv.len(), 30);
-    let current = sm
-        .get_current_snapshot()
-        .await
-        .expect("read snapshot")
-        .expect("has snapshot");
+    let current = sm.get_current_snapshot().await.expect("read snapshot").expect("has snapshot");
     assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(30));
 }

@@ -57,27 +57,18 @@ impl LogStore {
             .name("sinkron-log-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(log_write_error)?;
-        Ok(Self {
-            shared: Arc::new(Shared {
-                mem: Mutex::new(mem),
-                writer: Mutex::new(tx),
-            }),
-        })
+        Ok(Self { shared: Arc::new(Shared { mem: Mutex::new(mem), writer: Mutex::new(tx) }) })
     }
 
     fn mem(&self) -> MutexGuard<'_, MemLog> {
         // A panic while holding the lock cannot leave MemLog half-updated in a way that
         // matters more than the panic itself; keep serving rather than cascade.
-        self.shared
-            .mem
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shared.mem.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn send(&self, op: WriteOp) -> Result<(), StorageError> {
         let tx = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
-        tx.send(op)
-            .map_err(|_| log_write_error(io::Error::other("log writer thread stopped")))
+        tx.send(op).map_err(|_| log_write_error(io::Error::other("log writer thread stopped")))
     }
 
     async fn send_and_wait(
@@ -85,10 +76,8 @@ impl LogStore {
         op: impl FnOnce(oneshot::Sender<io::Result<()>>) -> WriteOp,
     ) -> io::Result<()> {
         let (tx, rx) = oneshot::channel();
-        self.send(op(tx))
-            .map_err(|e| io::Error::other(e.to_string()))?;
-        rx.await
-            .map_err(|_| io::Error::other("log writer thread stopped"))?
+        self.send(op(tx)).map_err(|e| io::Error::other(e.to_string()))?;
+        rx.await.map_err(|_| io::Error::other("log writer thread stopped"))?
     }
 
     /// Index of the last entry in the log, if any.
@@ -102,8 +91,7 @@ fn recover(group_dir: &Path) -> io::Result<Recovered> {
     fs::create_dir_all(&log_dir)?;
     let last_purged: Option<LogId> = read_json(&group_dir.join("purged.json"))?;
     let vote = read_json(&group_dir.join("vote.json"))?;
-    let committed_hint: Option<LogId> =
-        read_json(&group_dir.join("committed.json")).unwrap_or(None);
+    let committed_hint: Option<LogId> = read_json(&group_dir.join("committed.json")).unwrap_or(None);
 
     let segments = list_segments(&log_dir)?;
     let mut entries = BTreeMap::new();
@@ -127,13 +115,7 @@ fn recover(group_dir: &Path) -> io::Result<Recovered> {
         }
         for record in decoded.records {
             let entry: Entry = serde_json::from_slice(record.payload).map_err(io::Error::other)?;
-            positions.insert(
-                entry.log_id.index,
-                Position {
-                    segment: *first,
-                    offset: record.offset,
-                },
-            );
+            positions.insert(entry.log_id.index, Position { segment: *first, offset: record.offset });
             entries.insert(entry.log_id.index, entry);
         }
         seg_map.insert(*first, path.clone());
@@ -145,28 +127,14 @@ fn recover(group_dir: &Path) -> io::Result<Recovered> {
     check_contiguous(&entries)?;
     let last_index = entries.keys().next_back().copied();
     // The commit hint is only a hint: never claim more than the log holds.
-    let committed =
-        committed_hint.filter(|c| Some(c.index) <= last_index.or(last_purged.map(|p| p.index)));
+    let committed = committed_hint.filter(|c| Some(c.index) <= last_index.or(last_purged.map(|p| p.index)));
     let current = match seg_map.iter().next_back() {
         Some((first, path)) => Some(open_for_append(*first, path)?),
         None => None,
     };
-    let writer = Writer {
-        group_dir: group_dir.to_path_buf(),
-        log_dir,
-        segments: seg_map,
-        positions,
-        current,
-    };
-    Ok(Recovered {
-        mem: MemLog {
-            entries,
-            last_purged,
-            vote,
-            committed,
-        },
-        writer,
-    })
+    let writer =
+        Writer { group_dir: group_dir.to_path_buf(), log_dir, segments: seg_map, positions, current };
+    Ok(Recovered { mem: MemLog { entries, last_purged, vote, committed }, writer })
 }
 
 fn check_contiguous(entries: &BTreeMap<u64, Entry>) -> io::Result<()> {
@@ -174,9 +142,7 @@ fn check_contiguous(entries: &BTreeMap<u64, Entry>) -> io::Result<()> {
     for index in entries.keys() {
         if let Some(e) = expected {
             if *index != e {
-                return Err(io::Error::other(format!(
-                    "log has a gap: expected index {e}, found {index}"
-                )));
+                return Err(io::Error::other(format!("log has a gap: expected index {e}, found {index}")));
             }
         }
         expected = Some(index + 1);
@@ -200,12 +166,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry>, StorageError> {
-        Ok(self
-            .mem()
-            .entries
-            .range(range)
-            .map(|(_, e)| e.clone())
-            .collect())
+        Ok(self.mem().entries.range(range).map(|(_, e)| e.clone()).collect())
     }
 }
 
@@ -214,16 +175,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
         let mem = self.mem();
-        let last_log_id = mem
-            .entries
-            .values()
-            .next_back()
-            .map(|e| e.log_id)
-            .or(mem.last_purged);
-        Ok(LogState {
-            last_purged_log_id: mem.last_purged,
-            last_log_id,
-        })
+        let last_log_id = mem.entries.values().next_back().map(|e| e.log_id).or(mem.last_purged);
+        Ok(LogState { last_purged_log_id: mem.last_purged, last_log_id })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -232,13 +185,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let bytes = encode_json(vote)?;
-        self.send_and_wait(|tx| WriteOp::Meta {
-            name: "vote.json",
-            bytes,
-            done: Some(tx),
-        })
-        .await
-        .map_err(|e| openraft::StorageIOError::write_vote(openraft::AnyError::new(&e)))?;
+        self.send_and_wait(|tx| WriteOp::Meta { name: "vote.json", bytes, done: Some(tx) })
+            .await
+            .map_err(|e| openraft::StorageIOError::write_vote(openraft::AnyError::new(&e)))?;
         self.mem().vote = Some(*vote);
         Ok(())
     }
@@ -250,22 +199,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.mem().committed = committed;
         let bytes = encode_json(&committed)?;
-        self.send(WriteOp::Meta {
-            name: "committed.json",
-            bytes,
-            done: None,
-        })
+        self.send(WriteOp::Meta { name: "committed.json", bytes, done: None })
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
         Ok(self.mem().committed)
     }
 
-    async fn append<I>(
-        &mut self,
-        entries: I,
-        callback: LogFlushed<TypeConfig>,
-    ) -> Result<(), StorageError>
+    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -284,20 +225,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 mem.entries.insert(entry.log_id.index, entry);
             }
         }
-        self.send(WriteOp::Append {
-            records,
-            done: callback,
-        })
+        self.send(WriteOp::Append { records, done: callback })
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.mem().entries.split_off(&log_id.index);
-        self.send_and_wait(|done| WriteOp::Truncate {
-            from_index: log_id.index,
-            done,
-        })
-        .await
-        .map_err(log_write_error)
+        self.send_and_wait(|done| WriteOp::Truncate { from_index: log_id.index, done })
+            .await
+            .map_err(log_write_error)
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
@@ -308,12 +243,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             mem.last_purged = Some(log_id);
         }
         let purged = encode_json(&log_id)?;
-        self.send_and_wait(|done| WriteOp::Purge {
-            upto: log_id.index,
-            purged,
-            done,
-        })
-        .await
-        .map_err(log_write_error)
+        self.send_and_wait(|done| WriteOp::Purge { upto: log_id.index, purged, done })
+            .await
+            .map_err(log_write_error)
     }
 }

@@ -55,16 +55,10 @@ pub fn decode_records(bytes: &[u8]) -> Decoded<'_> {
         if crc32fast::hash(payload) != crc {
             break;
         }
-        records.push(Record {
-            offset: pos as u64,
-            payload,
-        });
+        records.push(Record { offset: pos as u64, payload });
         pos += HEADER_BYTES + len;
     }
-    Decoded {
-        records,
-        valid_len: pos as u64,
-    }
+    Decoded { records, valid_len: pos as u64 }
 }
 
 /// File name of the segment whose first record has log index `first_index`.

@@ -55,21 +55,13 @@ impl StateMachineStore {
         std::fs::create_dir_all(group_dir).map_err(read_snapshot_error)?;
         let snapshot_path = group_dir.join("snapshot.bin");
         let mut applied = Applied::default();
-        if let Some((meta, data)) =
-            read_snapshot_file(&snapshot_path).map_err(read_snapshot_error)?
-        {
+        if let Some((meta, data)) = read_snapshot_file(&snapshot_path).map_err(read_snapshot_error)? {
             applied.state = serde_json::from_slice(&data).map_err(read_snapshot_error)?;
             applied.last_applied = meta.last_log_id;
             applied.last_membership = meta.last_membership;
         }
-        let shared = Shared {
-            data: RwLock::new(applied),
-            snapshot_path,
-            snapshot_seq: AtomicU64::new(0),
-        };
-        Ok(Self {
-            shared: Arc::new(shared),
-        })
+        let shared = Shared { data: RwLock::new(applied), snapshot_path, snapshot_seq: AtomicU64::new(0) };
+        Ok(Self { shared: Arc::new(shared) })
     }
 
     /// Read access to the applied state.
@@ -108,12 +100,8 @@ fn read_snapshot_file(path: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>
         return Err(corrupt());
     }
     let meta_len = u64::from_le_bytes(body[8..16].try_into().map_err(|_| corrupt())?) as usize;
-    let meta_end = 16usize
-        .checked_add(meta_len)
-        .filter(|end| *end <= body.len())
-        .ok_or_else(corrupt)?;
-    let meta: SnapshotMeta =
-        serde_json::from_slice(&body[16..meta_end]).map_err(io::Error::other)?;
+    let meta_end = 16usize.checked_add(meta_len).filter(|end| *end <= body.len()).ok_or_else(corrupt)?;
+    let meta: SnapshotMeta = serde_json::from_slice(&body[16..meta_end]).map_err(io::Error::other)?;
     Ok(Some((meta, body[meta_end..].to_vec())))
 }
 
@@ -140,10 +128,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             .await
             .map_err(snapshot_error)?
             .map_err(snapshot_error)?;
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
@@ -212,9 +197,6 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             .await
             .map_err(read_snapshot_error)?
             .map_err(read_snapshot_error)?;
-        Ok(found.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        Ok(found.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }

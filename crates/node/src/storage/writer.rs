@@ -107,9 +107,7 @@ impl Writer {
         let mut result = Ok(());
         for op in batch {
             let (outcome, waiter) = match op {
-                WriteOp::Append { records, done } => {
-                    (self.append(&records), Some(Pending::Flushed(done)))
-                }
+                WriteOp::Append { records, done } => (self.append(&records), Some(Pending::Flushed(done))),
                 WriteOp::Truncate { from_index, done } => {
                     (self.truncate(from_index), Some(Pending::Done(done)))
                 }
@@ -118,10 +116,7 @@ impl Writer {
                 }
                 WriteOp::Meta { name, bytes, done } => {
                     let durable = done.is_some();
-                    (
-                        files::replace(&self.group_dir.join(name), &bytes, durable),
-                        done.map(Pending::Done),
-                    )
+                    (files::replace(&self.group_dir.join(name), &bytes, durable), done.map(Pending::Done))
                 }
             };
             if result.is_ok() {
@@ -133,10 +128,7 @@ impl Writer {
             result = self.sync();
         }
         for waiter in pending {
-            let reply = result
-                .as_ref()
-                .map(|_| ())
-                .map_err(|e| io::Error::new(e.kind(), e.to_string()));
+            let reply = result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()));
             match waiter {
                 Pending::Flushed(cb) => cb.log_io_completed(reply),
                 Pending::Done(tx) => {
@@ -159,11 +151,7 @@ impl Writer {
         };
         // A gap (everything before was purged, e.g. after installing a snapshot) or a full
         // segment starts a new file, so every segment holds consecutive indexes.
-        let follows_tail = self
-            .positions
-            .keys()
-            .next_back()
-            .is_some_and(|last| last + 1 == first_index);
+        let follows_tail = self.positions.keys().next_back().is_some_and(|last| last + 1 == first_index);
         let needs_new = match &self.current {
             None => true,
             Some((_, _, len)) => *len >= SEGMENT_MAX_BYTES || !follows_tail,
@@ -176,13 +164,7 @@ impl Writer {
         };
         let mut buf = Vec::with_capacity(records.iter().map(|(_, r)| r.len()).sum());
         for (index, record) in records {
-            self.positions.insert(
-                *index,
-                Position {
-                    segment: *segment,
-                    offset: *len + buf.len() as u64,
-                },
-            );
+            self.positions.insert(*index, Position { segment: *segment, offset: *len + buf.len() as u64 });
             buf.extend_from_slice(record);
         }
         file.write_all(&buf)?;
@@ -193,11 +175,7 @@ impl Writer {
     fn start_segment(&mut self, first_index: u64) -> io::Result<()> {
         self.sync()?;
         let path = segment_path(&self.log_dir, first_index);
-        let file = OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&path)?;
+        let file = OpenOptions::new().create(true).write(true).truncate(true).open(&path)?;
         files::sync_dir(&self.log_dir)?;
         self.segments.insert(first_index, path);
         self.current = Some((first_index, file, 0));
@@ -209,11 +187,7 @@ impl Writer {
             return Ok(());
         };
         self.positions.split_off(&from_index);
-        let later: Vec<u64> = self
-            .segments
-            .range(pos.segment + 1..)
-            .map(|(first, _)| *first)
-            .collect();
+        let later: Vec<u64> = self.segments.range(pos.segment + 1..).map(|(first, _)| *first).collect();
         for first in later {
             if let Some(path) = self.segments.remove(&first) {
                 fs::remove_file(path)?;
@@ -250,11 +224,7 @@ impl Writer {
             let next_first = firsts.get(i + 1).copied();
             let whole_segment_purged = match next_first {
                 Some(next) => next - 1 <= upto,
-                None => self
-                    .positions
-                    .range(first..)
-                    .next_back()
-                    .is_none_or(|(last, _)| *last <= upto),
+                None => self.positions.range(first..).next_back().is_none_or(|(last, _)| *last <= upto),
             };
             let is_current = self.current.as_ref().is_some_and(|(c, _, _)| c == first);
             if whole_segment_purged && !is_current {

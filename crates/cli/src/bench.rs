@@ -1,0 +1,143 @@
+//! `sinkron bench`: load generators against a running cluster.
+//!
+//! Numbers are measured here, at the client, over real HTTP: latency is from sending a
+//! request to reading its reply. Run it against `sinkron dev` or any cluster.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sinkron_client::Client;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum BenchCommand {
+    /// Group-0 writes (replicated key-value puts) through every given node.
+    Write(WriteArgs),
+}
+
+#[derive(clap::Args)]
+struct WriteArgs {
+    /// Comma-separated nodes to send to; clients are spread over them round-robin.
+    #[arg(long, env = "SINKRON_ENDPOINTS", default_value = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003")]
+    endpoints: String,
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Total writes.
+    #[arg(long, default_value_t = 20_000)]
+    ops: usize,
+    /// Bytes of each value.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Distinct keys per client.
+    #[arg(long, default_value_t = 100)]
+    keys: usize,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        BenchCommand::Write(args) => write(args).await,
+    }
+}
+
+/// Latency distribution of a run.
+struct Summary {
+    ops: usize,
+    errors: usize,
+    elapsed: Duration,
+    p50: Duration,
+    p99: Duration,
+    max: Duration,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+async fn write(args: WriteArgs) -> anyhow::Result<()> {
+    let endpoints: Vec<&str> = args.endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    anyhow::ensure!(!endpoints.is_empty(), "--endpoints is empty");
+    anyhow::ensure!(
+        args.clients > 0 && args.ops > 0 && args.keys > 0,
+        "--clients, --ops and --keys must be positive"
+    );
+    let clients: Vec<Client> = endpoints.iter().map(|e| Client::new(e)).collect();
+    for c in &clients {
+        c.ready().await.map_err(|e| anyhow::anyhow!("{} is not ready: {e}", c.endpoint()))?;
+    }
+    let value = serde_json::Value::String("x".repeat(args.value_bytes));
+    let per_client = args.ops.div_ceil(args.clients);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.clients);
+    let value = Arc::new(value);
+    for worker in 0..args.clients {
+        let client = clients[worker % clients.len()].clone();
+        let value = value.clone();
+        let count = per_client.min(args.ops.saturating_sub(worker * per_client));
+        let keys = args.keys;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(count);
+            let mut errors = 0usize;
+            for i in 0..count {
+                let key = format!("bench-{worker}-{}", i % keys);
+                let t = Instant::now();
+                match client.kv_put(&key, (*value).clone()).await {
+                    Ok(_) => latencies.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::with_capacity(args.ops);
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    latencies.sort();
+    let summary = Summary {
+        ops: latencies.len(),
+        errors,
+        elapsed,
+        p50: percentile(&latencies, 50.0),
+        p99: percentile(&latencies, 99.0),
+        max: latencies.last().copied().unwrap_or_default(),
+    };
+    report("write", &args, &summary);
+    Ok(())
+}
+
+fn report(name: &str, args: &WriteArgs, s: &Summary) {
+    let rate = s.ops as f64 / s.elapsed.as_secs_f64().max(1e-9);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": name, "clients": args.clients, "ops": s.ops, "errors": s.errors,
+                "seconds": s.elapsed.as_secs_f64(), "ops_per_sec": rate,
+                "p50_ms": ms(s.p50), "p99_ms": ms(s.p99), "max_ms": ms(s.max),
+            })
+        );
+    } else {
+        println!(
+            "bench {name}: {} clients, {} ok, {} errors in {:.2} s = {:.0} ops/s; latency p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            args.clients, s.ops, s.errors, s.elapsed.as_secs_f64(), rate, ms(s.p50), ms(s.p99), ms(s.max)
+        );
+    }
+}

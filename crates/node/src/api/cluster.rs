@@ -1,0 +1,231 @@
+//! Probes, cluster status, membership and metrics endpoints.
+
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sinkron_core::limits::validate_node_name;
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ApiJson, ErrorBody};
+use super::AppState;
+use crate::node::{role_name, Node};
+use crate::types::{Member, GROUP0};
+
+/// Liveness.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` while the process runs.
+    pub status: String,
+    /// This node's name.
+    pub node_id: String,
+}
+
+/// `200` while the process runs.
+#[utoipa::path(get, path = "/health", tag = "probes", responses((status = 200, body = Health)))]
+pub async fn health(State(node): State<AppState>) -> Json<Health> {
+    Json(Health { status: "ok".into(), node_id: node.config.name.clone() })
+}
+
+/// Readiness for load balancers.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct Readiness {
+    /// Always true in a `200` answer.
+    pub ready: bool,
+    /// Name of the known leader.
+    pub leader: String,
+    /// Last applied log index of group 0.
+    pub applied_index: u64,
+}
+
+/// `200` once the node knows a leader and has applied its commit index, else `503`.
+#[utoipa::path(get, path = "/ready", tag = "probes", responses(
+    (status = 200, body = Readiness),
+    (status = 503, body = ErrorBody, description = "no leader known, or still applying")))]
+pub async fn ready(State(node): State<AppState>) -> Result<Json<Readiness>, ApiError> {
+    let status = status_of(&node).await;
+    let Some(leader) = status.leader else {
+        return Err(ApiError::Unavailable("no leader is known".into()));
+    };
+    if status.applied_index < status.commit_index {
+        return Err(ApiError::Unavailable(format!(
+            "applying: applied index {} is behind commit index {}",
+            status.applied_index, status.commit_index
+        )));
+    }
+    Ok(Json(Readiness { ready: true, leader: leader.id, applied_index: status.applied_index }))
+}
+
+/// A member as `/v1/cluster` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MemberStatus {
+    /// Node name.
+    pub id: String,
+    /// `host:port`.
+    pub addr: String,
+    /// `voter` or `learner`.
+    pub role: String,
+    /// Numeric Raft id.
+    pub raft_id: u64,
+}
+
+/// The leader as `/v1/cluster` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeaderStatus {
+    /// Node name.
+    pub id: String,
+    /// `host:port`.
+    pub addr: String,
+}
+
+/// Raft status of group 0 as seen by this node.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ClusterStatus {
+    /// This node's name.
+    pub node_id: String,
+    /// `leader`, `follower`, `candidate`, `learner` or `shutdown`.
+    pub role: String,
+    /// Current term.
+    pub term: u64,
+    /// Known leader, if any.
+    pub leader: Option<LeaderStatus>,
+    /// Members with addresses and roles.
+    pub members: Vec<MemberStatus>,
+    /// Highest log index known committed.
+    pub commit_index: u64,
+    /// Highest log index applied to the state machine.
+    pub applied_index: u64,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Last index covered by a snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Last purged (compacted) log index.
+    pub purged_index: Option<u64>,
+    /// Whether this node belongs to a formed cluster.
+    pub initialized: bool,
+}
+
+/// Builds the status shown by `/v1/cluster` and used by `/ready` and `/metrics`.
+pub async fn status_of(node: &Node) -> ClusterStatus {
+    let raft = &node.group0().raft;
+    let m = raft.metrics().borrow().clone();
+    let commit_index =
+        raft.with_raft_state(|s| s.committed.map(|c| c.index)).await.ok().flatten().unwrap_or(0);
+    let membership = m.membership_config.membership();
+    let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
+    let members = membership
+        .nodes()
+        .map(|(id, member)| MemberStatus {
+            id: member.name.clone(),
+            addr: member.addr.clone(),
+            role: if voters.contains(id) { "voter" } else { "learner" }.into(),
+            raft_id: *id,
+        })
+        .collect();
+    let leader = m
+        .current_leader
+        .and_then(|id| membership.get_node(&id))
+        .map(|member: &Member| LeaderStatus { id: member.name.clone(), addr: member.addr.clone() });
+    ClusterStatus {
+        node_id: node.config.name.clone(),
+        role: role_name(m.state).into(),
+        term: m.current_term,
+        leader,
+        members,
+        commit_index,
+        applied_index: m.last_applied.map(|l| l.index).unwrap_or(0),
+        last_log_index: m.last_log_index.unwrap_or(0),
+        snapshot_index: m.snapshot.map(|l| l.index),
+        purged_index: m.purged.map(|l| l.index),
+        initialized: m.last_log_index.is_some() || m.vote.leader_id().term > 0,
+    }
+}
+
+/// Raft status of group 0: role, term, leader, members, indexes.
+#[utoipa::path(get, path = "/v1/cluster", tag = "cluster", responses((status = 200, body = ClusterStatus)))]
+pub async fn cluster_status(State(node): State<AppState>) -> Json<ClusterStatus> {
+    Json(status_of(&node).await)
+}
+
+/// A node to add.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    /// Name of the new node, as its `NODE_ID`.
+    pub id: String,
+    /// `host:port` the other nodes reach it on.
+    pub addr: String,
+}
+
+/// Result of a membership change.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct MembershipChanged {
+    /// Members after the change.
+    pub members: Vec<MemberStatus>,
+}
+
+/// Adds a node: it joins as a learner, catches up, then becomes a voter.
+#[utoipa::path(post, path = "/v1/cluster/members", tag = "cluster", request_body = AddMember, responses(
+    (status = 200, body = MembershipChanged),
+    (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn add_member(
+    State(node): State<AppState>,
+    ApiJson(body): ApiJson<AddMember>,
+) -> Result<Response, ApiError> {
+    validate_node_name(&body.id)?;
+    let addr_ok = body
+        .addr
+        .rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+    if !addr_ok || body.addr.contains('/') {
+        return Err(ApiError::InvalidArgument(format!("addr: expected host:port, got {:?}", body.addr)));
+    }
+    if node.role() != "leader" {
+        let value = serde_json::to_value(&body).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        return proxied(
+            node.proxy_to_leader(reqwest::Method::POST, "/v1/cluster/members", Some(&value)).await?,
+        );
+    }
+    node.add_member(Member { name: body.id, addr: body.addr }).await?;
+    Ok(Json(MembershipChanged { members: status_of(&node).await.members }).into_response())
+}
+
+/// Removes a node from the cluster.
+#[utoipa::path(delete, path = "/v1/cluster/members/{id}", tag = "cluster",
+    params(("id" = String, Path, description = "Node name")),
+    responses((status = 200, body = MembershipChanged), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
+pub async fn remove_member(
+    State(node): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    validate_node_name(&id)?;
+    if node.role() != "leader" {
+        return proxied(
+            node.proxy_to_leader(reqwest::Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await?,
+        );
+    }
+    node.remove_member(&id).await?;
+    Ok(Json(MembershipChanged { members: status_of(&node).await.members }).into_response())
+}
+
+fn proxied((status, body): (u16, Vec<u8>)) -> Result<Response, ApiError> {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+/// Prometheus metrics in text format.
+#[utoipa::path(get, path = "/metrics", tag = "probes", responses((status = 200, content_type = "text/plain", body = String)))]
+pub async fn metrics_text(State(node): State<AppState>) -> Response {
+    let status = status_of(&node).await;
+    let gauges = crate::metrics::RaftGauges {
+        role: role_name(node.group0().raft.metrics().borrow().state),
+        term: status.term,
+        commit_index: status.commit_index,
+        applied_index: status.applied_index,
+        last_log_index: status.last_log_index,
+        has_leader: status.leader.is_some(),
+    };
+    let _ = GROUP0;
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&gauges)).into_response()
+}

@@ -1,0 +1,142 @@
+//! The one place where errors become HTTP: status, stable `error` code and message.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sinkron_core::CoreError;
+use utoipa::ToSchema;
+
+/// Seconds a client is asked to wait before retrying a `503`.
+const RETRY_AFTER_SECONDS: &str = "1";
+
+/// An error answered to a client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApiError {
+    /// The request is malformed; the message names the field.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The addressed object does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state (e.g. a membership change in progress).
+    #[error("{0}")]
+    Conflict(String),
+    /// A body, key or value is above its size limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// No leader with a live quorum answered within the bounded wait.
+    #[error("{0}")]
+    NoQuorum(String),
+    /// The node cannot serve the request now (shutting down, storage failed).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// The JSON body of every error.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, such as `invalid_argument` or `no_quorum`.
+    pub error: String,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+impl ApiError {
+    /// The HTTP status and stable code of this error.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            Self::InvalidArgument(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            Self::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
+            Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        }
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::InvalidArgument { .. } => Self::InvalidArgument(e.to_string()),
+            CoreError::TooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let body = ErrorBody { error: code.to_string(), message: self.to_string() };
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        response
+    }
+}
+
+/// A JSON body whose rejections are [`ApiError`]s: malformed JSON and wrong types become
+/// `400 invalid_argument` naming the field, oversized bodies `413 payload_too_large`.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(from_json_rejection(rejection)),
+        }
+    }
+}
+
+fn from_json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge("request body is larger than the limit".into());
+    }
+    match rejection {
+        JsonRejection::JsonDataError(e) => ApiError::InvalidArgument(format!(
+            "body: {}",
+            e.body_text().trim_start_matches("Failed to deserialize the JSON body into the target type: ")
+        )),
+        JsonRejection::JsonSyntaxError(e) => ApiError::InvalidArgument(format!(
+            "body is not valid JSON: {}",
+            e.body_text().trim_start_matches("Failed to parse the request body as JSON: ")
+        )),
+        JsonRejection::MissingJsonContentType(_) => {
+            ApiError::InvalidArgument("send the body as JSON with content-type: application/json".into())
+        }
+        other => ApiError::InvalidArgument(other.body_text()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_its_status_and_code() {
+        let table = [
+            (ApiError::InvalidArgument("x".into()), 400, "invalid_argument"),
+            (ApiError::NotFound("x".into()), 404, "not_found"),
+            (ApiError::Conflict("x".into()), 409, "conflict"),
+            (ApiError::PayloadTooLarge("x".into()), 413, "payload_too_large"),
+            (ApiError::NoQuorum("x".into()), 503, "no_quorum"),
+            (ApiError::Unavailable("x".into()), 503, "unavailable"),
+        ];
+        for (error, status, code) in table {
+            assert_eq!(error.status_and_code(), (StatusCode::from_u16(status).expect("status"), code));
+            let response = error.into_response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(response.headers().contains_key(header::RETRY_AFTER), status == 503);
+        }
+    }
+}

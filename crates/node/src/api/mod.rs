@@ -1,0 +1,110 @@
+//! The HTTP API: public endpoints under `/v1`, probes, metrics, the OpenAPI document, and
+//! the node-to-node Raft RPC under `/raft/{group}`.
+//!
+//! Routes are registered through `utoipa-axum`, so the router and `/openapi.json` come from
+//! the same annotations and cannot drift apart.
+
+pub mod cluster;
+pub mod error;
+pub mod kv;
+pub mod raft;
+
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::{Json, Router};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use self::error::ApiError;
+use crate::node::Node;
+
+/// Largest body of a public request.
+pub const PUBLIC_BODY_MAX_BYTES: usize = 1024 * 1024;
+/// Largest body of a Raft RPC (a batch of entries or a snapshot chunk).
+pub const RAFT_BODY_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// Shared state of every handler.
+pub type AppState = Arc<Node>;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Sinkron", description = "Distributed locks, MESI-coherent cache and queues over Raft."),
+    tags(
+        (name = "probes", description = "Liveness, readiness, metrics and this document"),
+        (name = "cluster", description = "Membership and Raft status"),
+        (name = "kv", description = "Replicated key-value store in Raft group 0"),
+        (name = "raft", description = "Node-to-node Raft RPC (internal)"),
+    )
+)]
+struct ApiDoc;
+
+static OPENAPI_JSON: OnceLock<serde_json::Value> = OnceLock::new();
+
+/// The OpenAPI document and the routes it describes.
+fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let public = OpenApiRouter::<AppState>::with_openapi(ApiDoc::openapi())
+        .routes(routes!(cluster::health))
+        .routes(routes!(cluster::ready))
+        .routes(routes!(cluster::metrics_text))
+        .routes(routes!(openapi_json))
+        .routes(routes!(cluster::cluster_status))
+        .routes(routes!(cluster::add_member))
+        .routes(routes!(cluster::remove_member))
+        .routes(routes!(kv::kv_get, kv::kv_put, kv::kv_delete))
+        .layer(DefaultBodyLimit::max(PUBLIC_BODY_MAX_BYTES));
+    let internal = OpenApiRouter::<AppState>::new()
+        .routes(routes!(raft::append))
+        .routes(routes!(raft::vote))
+        .routes(routes!(raft::snapshot))
+        .routes(routes!(raft::write))
+        .routes(routes!(raft::read_index))
+        .layer(DefaultBodyLimit::max(RAFT_BODY_MAX_BYTES));
+    public.merge(internal).split_for_parts()
+}
+
+/// The OpenAPI document of this API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    documented_routes().1
+}
+
+/// The complete router of a node.
+pub fn router(node: AppState) -> Router {
+    let (routes, doc) = documented_routes();
+    let _ = OPENAPI_JSON.set(serde_json::to_value(&doc).unwrap_or_default());
+    routes
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError::InvalidArgument("this endpoint does not accept that method".into())
+        })
+        .layer(middleware::from_fn(track_http))
+        .with_state(node)
+}
+
+/// The OpenAPI 3 document describing every endpoint.
+#[utoipa::path(get, path = "/openapi.json", tag = "probes",
+    responses((status = 200, description = "OpenAPI document", body = Object)))]
+async fn openapi_json() -> Response {
+    match OPENAPI_JSON.get() {
+        Some(doc) => Json(doc.clone()).into_response(),
+        None => Json(serde_json::to_value(openapi()).unwrap_or_default()).into_response(),
+    }
+}
+
+/// Counts every request by route, method and status, and times it.
+async fn track_http(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = req.method().to_string();
+    let response = next.run(req).await;
+    crate::metrics::record_http(route, method, response.status().as_u16(), started.elapsed());
+    response
+}

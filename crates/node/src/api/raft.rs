@@ -1,0 +1,89 @@
+//! Node-to-node Raft RPC, server side. Bodies are openraft's own request and reply types as
+//! JSON; the reply is `{"Ok": ...}` or `{"Err": ...}` with openraft's error.
+
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, State};
+use axum::Json;
+use openraft::error::{InstallSnapshotError, RaftError};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use sinkron_core::Request;
+
+use super::error::{ApiError, ApiJson};
+use super::AppState;
+use crate::node::{ForwardedWrite, ReadIndex};
+use crate::types::{GroupId, NodeId, TypeConfig, GROUP0};
+
+type RaftReply<T, E = openraft::error::Infallible> = Json<Result<T, RaftError<NodeId, E>>>;
+
+fn unknown_group(group: GroupId) -> ApiError {
+    ApiError::NotFound(format!("this node hosts no Raft group {group}"))
+}
+
+/// AppendEntries (also heartbeats).
+#[utoipa::path(post, path = "/raft/{group}/append", tag = "raft", request_body = Object,
+    params(("group" = u64, Path, description = "Raft group id")), responses((status = 200, body = Object)))]
+pub async fn append(
+    State(node): State<AppState>,
+    Path(group): Path<GroupId>,
+    ApiJson(req): ApiJson<AppendEntriesRequest<TypeConfig>>,
+) -> Result<RaftReply<AppendEntriesResponse<NodeId>>, ApiError> {
+    let g = node.group(group).ok_or_else(|| unknown_group(group))?;
+    Ok(Json(g.raft.append_entries(req).await))
+}
+
+/// RequestVote.
+#[utoipa::path(post, path = "/raft/{group}/vote", tag = "raft", request_body = Object,
+    params(("group" = u64, Path, description = "Raft group id")), responses((status = 200, body = Object)))]
+pub async fn vote(
+    State(node): State<AppState>,
+    Path(group): Path<GroupId>,
+    ApiJson(req): ApiJson<VoteRequest<NodeId>>,
+) -> Result<RaftReply<VoteResponse<NodeId>>, ApiError> {
+    let g = node.group(group).ok_or_else(|| unknown_group(group))?;
+    Ok(Json(g.raft.vote(req).await))
+}
+
+/// InstallSnapshot, one chunk per call.
+#[utoipa::path(post, path = "/raft/{group}/snapshot", tag = "raft", request_body = Object,
+    params(("group" = u64, Path, description = "Raft group id")), responses((status = 200, body = Object)))]
+pub async fn snapshot(
+    State(node): State<AppState>,
+    Path(group): Path<GroupId>,
+    ApiJson(req): ApiJson<InstallSnapshotRequest<TypeConfig>>,
+) -> Result<RaftReply<InstallSnapshotResponse<NodeId>, InstallSnapshotError>, ApiError> {
+    let g = node.group(group).ok_or_else(|| unknown_group(group))?;
+    Ok(Json(g.raft.install_snapshot(req).await))
+}
+
+/// A client write forwarded by a follower to the leader.
+#[utoipa::path(post, path = "/raft/{group}/write", tag = "raft", request_body = Object,
+    params(("group" = u64, Path, description = "Raft group id")), responses((status = 200, body = Object)))]
+pub async fn write(
+    State(node): State<AppState>,
+    Path(group): Path<GroupId>,
+    ApiJson(req): ApiJson<Request>,
+) -> Result<Json<ForwardedWrite>, ApiError> {
+    if group != GROUP0 {
+        return Err(unknown_group(group));
+    }
+    let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
+    Ok(Json(node.write_local(req, deadline).await))
+}
+
+/// ReadIndex: the leader confirms its leadership and tells the index reads must wait for.
+#[utoipa::path(post, path = "/raft/{group}/read-index", tag = "raft",
+    params(("group" = u64, Path, description = "Raft group id")), responses((status = 200, body = Object)))]
+pub async fn read_index(
+    State(node): State<AppState>,
+    Path(group): Path<GroupId>,
+) -> Result<Json<ReadIndex>, ApiError> {
+    if group != GROUP0 {
+        return Err(unknown_group(group));
+    }
+    let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
+    Ok(Json(node.read_index_local(deadline).await))
+}

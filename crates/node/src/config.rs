@@ -1,0 +1,353 @@
+//! Node configuration: every setting is an environment variable and a `sinkron serve` flag.
+//!
+//! Names, defaults and units follow the user's specification (`NODE_ID`, `CLUSTER_ADDRS`,
+//! `RAFT_ELECTION_TIMEOUT_MIN` in seconds, ...). [`ServeArgs`] is what the command line and
+//! environment give; [`NodeConfig::from_args`] validates it into what the node runs with, and
+//! reports the first problem as one readable [`ConfigError`].
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use sinkron_core::ids::raft_id;
+use sinkron_core::limits::validate_node_name;
+use thiserror::Error;
+
+use crate::types::{Member, NodeId};
+
+/// Settings of `sinkron serve`, each also read from the environment variable of its name.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Unique name of this node.
+    #[arg(long, env = "NODE_ID", default_value = "node1")]
+    pub node_id: String,
+    /// Port of the HTTP API (public and node-to-node).
+    #[arg(long, env = "NODE_PORT", default_value_t = 8001)]
+    pub node_port: u16,
+    /// Address to listen on.
+    #[arg(long, env = "NODE_BIND", default_value = "0.0.0.0")]
+    pub bind: String,
+    /// Comma-separated `[name=]host:port` of every initial member, this node included.
+    /// Entries without a name are called node1, node2, ... by position.
+    #[arg(long, env = "CLUSTER_ADDRS", default_value = "localhost:8001,localhost:8002,localhost:8003")]
+    pub cluster_addrs: String,
+    /// Redis server host (Redis storage backend).
+    #[arg(long, env = "REDIS_HOST", default_value = "localhost")]
+    pub redis_host: String,
+    /// Redis server port (Redis storage backend).
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+    /// Smallest election timeout, in seconds.
+    #[arg(long, env = "RAFT_ELECTION_TIMEOUT_MIN", default_value_t = 3.0)]
+    pub raft_election_timeout_min: f64,
+    /// Largest election timeout, in seconds.
+    #[arg(long, env = "RAFT_ELECTION_TIMEOUT_MAX", default_value_t = 5.0)]
+    pub raft_election_timeout_max: f64,
+    /// Interval between leader heartbeats, in seconds.
+    #[arg(long, env = "RAFT_HEARTBEAT_INTERVAL", default_value_t = 1.0)]
+    pub raft_heartbeat_interval: f64,
+    /// Largest number of entries in a node's local cache.
+    #[arg(long, env = "CACHE_MAX_SIZE", default_value_t = 1000)]
+    pub cache_max_size: u64,
+    /// Default lease of a lock, in seconds.
+    #[arg(long, env = "LOCK_DEFAULT_TTL", default_value_t = 300.0)]
+    pub lock_default_ttl: f64,
+    /// Directory for this node's durable state; default `data/<NODE_ID>`.
+    #[arg(long, env = "DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Take a snapshot (and compact the log) after this many new entries.
+    #[arg(long, env = "RAFT_SNAPSHOT_LOGS", default_value_t = 10_000)]
+    pub raft_snapshot_logs: u64,
+    /// Longest a client request waits for a leader and a quorum, in milliseconds.
+    #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 8_000)]
+    pub request_timeout_ms: u64,
+    /// Start as a new member that joins a running cluster through the membership API;
+    /// such a node never bootstraps a cluster of its own.
+    #[arg(long, env = "CLUSTER_JOIN", default_value_t = false)]
+    pub join: bool,
+}
+
+/// Why a configuration cannot run.
+#[derive(Debug, Clone, PartialEq, Error)]
+pub enum ConfigError {
+    /// An entry of `CLUSTER_ADDRS` is not `[name=]host:port`.
+    #[error("CLUSTER_ADDRS entry {entry:?} is not [name=]host:port: {reason}")]
+    BadAddress {
+        /// The entry as written.
+        entry: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Two entries of `CLUSTER_ADDRS` share a name or an address.
+    #[error("CLUSTER_ADDRS names {0:?} twice")]
+    Duplicate(String),
+    /// `NODE_ID` is not among the names of `CLUSTER_ADDRS`.
+    #[error("NODE_ID {node:?} is not in CLUSTER_ADDRS ({known}); entries without a name are node1, node2, ... by position")]
+    SelfMissing {
+        /// `NODE_ID`.
+        node: String,
+        /// The names found.
+        known: String,
+    },
+    /// Our entry in `CLUSTER_ADDRS` has another port than `NODE_PORT`.
+    #[error("CLUSTER_ADDRS gives {node} the address {addr} but NODE_PORT is {port}")]
+    PortMismatch {
+        /// `NODE_ID`.
+        node: String,
+        /// Our entry's address.
+        addr: String,
+        /// `NODE_PORT`.
+        port: u16,
+    },
+    /// A setting is out of its range.
+    #[error("{name} {reason}")]
+    OutOfRange {
+        /// The environment variable.
+        name: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `NODE_ID` is not a valid node name.
+    #[error("NODE_ID {0}")]
+    BadNodeId(String),
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeConfig {
+    /// This node's name.
+    pub name: String,
+    /// This node's Raft id.
+    pub raft_id: NodeId,
+    /// Address the HTTP server binds, `host:port`.
+    pub listen: String,
+    /// Initial members, this node included, in `CLUSTER_ADDRS` order.
+    pub members: Vec<Member>,
+    /// Election timeout range, in milliseconds.
+    pub election_timeout_min_ms: u64,
+    /// See `election_timeout_min_ms`.
+    pub election_timeout_max_ms: u64,
+    /// Heartbeat interval, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// Local cache capacity in entries.
+    pub cache_max_size: u64,
+    /// Default lock lease, in milliseconds.
+    pub lock_default_ttl_ms: u64,
+    /// Redis host and port, for the Redis backend.
+    pub redis: (String, u16),
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Entries between snapshots.
+    pub snapshot_logs: u64,
+    /// Longest wait for a leader and a quorum, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Whether this node joins a running cluster instead of bootstrapping.
+    pub join: bool,
+}
+
+impl NodeConfig {
+    /// Validates `args`.
+    pub fn from_args(args: &ServeArgs) -> Result<Self, ConfigError> {
+        validate_node_name(&args.node_id).map_err(|e| ConfigError::BadNodeId(e.to_string()))?;
+        let members = parse_cluster_addrs(&args.cluster_addrs)?;
+        let own =
+            members.iter().find(|m| m.name == args.node_id).ok_or_else(|| ConfigError::SelfMissing {
+                node: args.node_id.clone(),
+                known: members.iter().map(|m| m.name.as_str()).collect::<Vec<_>>().join(", "),
+            })?;
+        if !own.addr.ends_with(&format!(":{}", args.node_port)) {
+            return Err(ConfigError::PortMismatch {
+                node: own.name.clone(),
+                addr: own.addr.clone(),
+                port: args.node_port,
+            });
+        }
+        let min = seconds_to_ms("RAFT_ELECTION_TIMEOUT_MIN", args.raft_election_timeout_min)?;
+        let max = seconds_to_ms("RAFT_ELECTION_TIMEOUT_MAX", args.raft_election_timeout_max)?;
+        let heartbeat = seconds_to_ms("RAFT_HEARTBEAT_INTERVAL", args.raft_heartbeat_interval)?;
+        if min >= max {
+            return Err(out_of_range(
+                "RAFT_ELECTION_TIMEOUT_MIN",
+                format!(
+                    "({} s) must be below RAFT_ELECTION_TIMEOUT_MAX ({} s)",
+                    args.raft_election_timeout_min, args.raft_election_timeout_max
+                ),
+            ));
+        }
+        if heartbeat >= min {
+            return Err(out_of_range(
+                "RAFT_HEARTBEAT_INTERVAL",
+                format!(
+                    "({} s) must be below RAFT_ELECTION_TIMEOUT_MIN ({} s)",
+                    args.raft_heartbeat_interval, args.raft_election_timeout_min
+                ),
+            ));
+        }
+        if args.cache_max_size == 0 {
+            return Err(out_of_range("CACHE_MAX_SIZE", "must be at least 1".into()));
+        }
+        if args.raft_snapshot_logs == 0 {
+            return Err(out_of_range("RAFT_SNAPSHOT_LOGS", "must be at least 1".into()));
+        }
+        if args.request_timeout_ms < 100 {
+            return Err(out_of_range("REQUEST_TIMEOUT_MS", "must be at least 100".into()));
+        }
+        Ok(Self {
+            name: args.node_id.clone(),
+            raft_id: raft_id(&args.node_id),
+            listen: format!("{}:{}", args.bind, args.node_port),
+            members,
+            election_timeout_min_ms: min,
+            election_timeout_max_ms: max,
+            heartbeat_interval_ms: heartbeat,
+            cache_max_size: args.cache_max_size,
+            lock_default_ttl_ms: seconds_to_ms("LOCK_DEFAULT_TTL", args.lock_default_ttl)?,
+            redis: (args.redis_host.clone(), args.redis_port),
+            data_dir: args.data_dir.clone().unwrap_or_else(|| PathBuf::from("data").join(&args.node_id)),
+            snapshot_logs: args.raft_snapshot_logs,
+            request_timeout_ms: args.request_timeout_ms,
+            join: args.join,
+        })
+    }
+
+    /// This node as a member.
+    pub fn own_member(&self) -> Option<&Member> {
+        self.members.iter().find(|m| m.name == self.name)
+    }
+}
+
+fn out_of_range(name: &'static str, reason: String) -> ConfigError {
+    ConfigError::OutOfRange { name, reason }
+}
+
+/// Seconds as given by the user to whole milliseconds; positive, finite, at most a day.
+fn seconds_to_ms(name: &'static str, seconds: f64) -> Result<u64, ConfigError> {
+    if !seconds.is_finite() || seconds <= 0.0 || seconds > 86_400.0 {
+        return Err(out_of_range(name, format!("must be between 0 and 86400 seconds, got {seconds}")));
+    }
+    let ms = (seconds * 1000.0).round() as u64;
+    if ms == 0 {
+        return Err(out_of_range(name, format!("must be at least 1 ms, got {seconds} s")));
+    }
+    Ok(ms)
+}
+
+/// Parses `CLUSTER_ADDRS`: comma-separated `[name=]host:port`.
+pub fn parse_cluster_addrs(raw: &str) -> Result<Vec<Member>, ConfigError> {
+    let mut members = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (i, entry) in raw.split(',').map(str::trim).enumerate() {
+        let bad =
+            |reason: &str| ConfigError::BadAddress { entry: entry.to_string(), reason: reason.to_string() };
+        let (name, addr) = match entry.split_once('=') {
+            Some((name, addr)) => (name.trim().to_string(), addr.trim()),
+            None => (format!("node{}", i + 1), entry),
+        };
+        validate_node_name(&name).map_err(|e| bad(&e.to_string()))?;
+        if addr.contains("://") || addr.contains('/') {
+            return Err(bad("give host:port without a scheme or path"));
+        }
+        let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("missing :port"))?;
+        if host.is_empty() || host.chars().any(|c| c.is_whitespace()) {
+            return Err(bad("missing host"));
+        }
+        let port: u16 = port.parse().map_err(|_| bad("port must be a number from 1 to 65535"))?;
+        if port == 0 {
+            return Err(bad("port must be a number from 1 to 65535"));
+        }
+        for key in [name.clone(), addr.to_string()] {
+            if !seen.insert(key.clone()) {
+                return Err(ConfigError::Duplicate(key));
+            }
+        }
+        members.push(Member { name, addr: addr.to_string() });
+    }
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["sinkron"];
+        argv.extend_from_slice(extra);
+        Cli::try_parse_from(argv).expect("parse").serve
+    }
+
+    fn config(extra: &[&str]) -> Result<NodeConfig, ConfigError> {
+        NodeConfig::from_args(&args(extra))
+    }
+
+    #[test]
+    fn defaults_are_the_specification_s() {
+        // Clap reads the environment too; the test runner's environment has none of these.
+        let c = config(&[]).expect("defaults are valid");
+        assert_eq!(c.name, "node1");
+        assert_eq!(c.listen, "0.0.0.0:8001");
+        assert_eq!(c.members.len(), 3);
+        assert_eq!(c.members[2], Member { name: "node3".into(), addr: "localhost:8003".into() });
+        assert_eq!((c.election_timeout_min_ms, c.election_timeout_max_ms), (3000, 5000));
+        assert_eq!(c.heartbeat_interval_ms, 1000);
+        assert_eq!(c.cache_max_size, 1000);
+        assert_eq!(c.lock_default_ttl_ms, 300_000);
+        assert_eq!(c.redis, ("localhost".to_string(), 6379));
+        assert_eq!(c.data_dir, PathBuf::from("data/node1"));
+    }
+
+    #[test]
+    fn named_entries_and_fractional_seconds() {
+        let c = config(&[
+            "--node-id",
+            "b",
+            "--node-port",
+            "9002",
+            "--cluster-addrs",
+            "a=h1:9001, b=h2:9002",
+            "--raft-election-timeout-min",
+            "0.3",
+            "--raft-election-timeout-max",
+            "0.6",
+            "--raft-heartbeat-interval",
+            "0.05",
+        ])
+        .expect("valid");
+        assert_eq!(c.own_member().map(|m| m.addr.as_str()), Some("h2:9002"));
+        assert_eq!(
+            (c.election_timeout_min_ms, c.election_timeout_max_ms, c.heartbeat_interval_ms),
+            (300, 600, 50)
+        );
+    }
+
+    #[test]
+    fn invalid_settings_are_reported() {
+        let cases: Vec<(Vec<&str>, &str)> = vec![
+            (vec!["--raft-election-timeout-min", "6"], "must be below RAFT_ELECTION_TIMEOUT_MAX"),
+            (vec!["--raft-heartbeat-interval", "3"], "must be below RAFT_ELECTION_TIMEOUT_MIN"),
+            (vec!["--raft-election-timeout-min", "-1"], "RAFT_ELECTION_TIMEOUT_MIN must be between"),
+            (vec!["--raft-election-timeout-max", "NaN"], "RAFT_ELECTION_TIMEOUT_MAX must be between"),
+            (vec!["--cluster-addrs", "localhost:8001,localhost"], "missing :port"),
+            (vec!["--cluster-addrs", "localhost:8001,localhost:99999"], "port must be a number"),
+            (vec!["--cluster-addrs", "http://localhost:8001"], "without a scheme"),
+            (vec!["--cluster-addrs", "localhost:8001,localhost:8001"], "twice"),
+            (
+                vec!["--cluster-addrs", "localhost:8002,localhost:8003"],
+                "gives node1 the address localhost:8002",
+            ),
+            (vec!["--node-id", "node9"], "NODE_ID \"node9\" is not in CLUSTER_ADDRS"),
+            (vec!["--node-id", "bad name"], "NODE_ID"),
+            (vec!["--cache-max-size", "0"], "CACHE_MAX_SIZE"),
+        ];
+        for (argv, expected) in cases {
+            let err = config(&argv).expect_err(&format!("{argv:?} must be rejected"));
+            assert!(err.to_string().contains(expected), "{argv:?}: {err} lacks {expected:?}");
+        }
+    }
+}

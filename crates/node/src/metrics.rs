@@ -1,0 +1,82 @@
+//! Prometheus metrics of a node.
+//!
+//! Counters and latency histograms are recorded where things happen (HTTP middleware, RPC
+//! client); Raft gauges (role, term, indexes) are read from openraft when `/metrics` is
+//! scraped, so they are never stale.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+const LATENCY_BUCKETS_SECONDS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the process-wide recorder once; later calls return the same handle. `None` when
+/// another recorder was installed first (metrics are then not exported).
+pub fn install() -> Option<PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets(LATENCY_BUCKETS_SECONDS)
+                .ok()
+                .and_then(|b| b.install_recorder().ok())
+        })
+        .clone()
+}
+
+/// Records one node-to-node call.
+pub fn record_rpc(rpc: &'static str, status: &'static str, elapsed: Duration) {
+    metrics::counter!("sinkron_rpc_requests_total", "rpc" => rpc, "status" => status).increment(1);
+    metrics::histogram!("sinkron_rpc_request_duration_seconds", "rpc" => rpc).record(elapsed.as_secs_f64());
+}
+
+/// Records one HTTP request served.
+pub fn record_http(route: String, method: String, status: u16, elapsed: Duration) {
+    metrics::counter!(
+        "sinkron_http_requests_total",
+        "route" => route.clone(),
+        "method" => method.clone(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+    metrics::histogram!("sinkron_http_request_duration_seconds", "route" => route, "method" => method)
+        .record(elapsed.as_secs_f64());
+}
+
+/// Counts a change of the known leader.
+pub fn record_leader_change() {
+    metrics::counter!("sinkron_raft_leader_changes_total").increment(1);
+}
+
+/// Raft facts exported as gauges at scrape time.
+pub struct RaftGauges {
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: &'static str,
+    /// Current term.
+    pub term: u64,
+    /// Commit index.
+    pub commit_index: u64,
+    /// Last applied index.
+    pub applied_index: u64,
+    /// Last log index.
+    pub last_log_index: u64,
+    /// Whether a leader is known.
+    pub has_leader: bool,
+}
+
+/// Renders every metric in Prometheus' text format.
+pub fn render(gauges: &RaftGauges) -> String {
+    for role in ["leader", "follower", "candidate", "learner", "shutdown"] {
+        let value = if role == gauges.role { 1.0 } else { 0.0 };
+        metrics::gauge!("sinkron_raft_role", "role" => role).set(value);
+    }
+    metrics::gauge!("sinkron_raft_term").set(gauges.term as f64);
+    metrics::gauge!("sinkron_raft_commit_index").set(gauges.commit_index as f64);
+    metrics::gauge!("sinkron_raft_applied_index").set(gauges.applied_index as f64);
+    metrics::gauge!("sinkron_raft_last_log_index").set(gauges.last_log_index as f64);
+    metrics::gauge!("sinkron_raft_has_leader").set(if gauges.has_leader { 1.0 } else { 0.0 });
+    install().map(|h| h.render()).unwrap_or_default()
+}

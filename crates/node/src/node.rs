@@ -1,0 +1,438 @@
+//! [`Node`]: one Sinkron process. It owns the Raft groups, proposes commands, forwards what
+//! only the leader may do, and bootstraps the cluster exactly once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use sinkron_core::{Command, Request, Response};
+use tokio::time::timeout;
+
+use crate::api::error::ApiError;
+use crate::config::NodeConfig;
+use crate::network::{http_client, HttpNetworkFactory};
+use crate::storage::{LogStore, StateMachineStore};
+use crate::types::{GroupId, Member, NodeId, Raft, GROUP0};
+
+/// Pause before retrying after a leader change or an unreachable leader.
+const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// One Raft group hosted by this node.
+pub struct Group {
+    /// The Raft instance.
+    pub raft: Raft,
+    /// Its durable log.
+    pub log: LogStore,
+    /// Its applied state.
+    pub sm: StateMachineStore,
+}
+
+/// Where the leader of a group is, seen from this node.
+pub enum Leader {
+    /// This node leads.
+    Local,
+    /// Another node leads.
+    Remote(Member),
+}
+
+/// How the leader answers a write forwarded to it.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardedWrite {
+    /// Applied; the state machine's reply.
+    Applied(Response),
+    /// The receiver is not (or no longer) the leader.
+    NotLeader,
+    /// No quorum acknowledged it in time; it may still commit.
+    Timeout,
+    /// The write was refused for another reason.
+    Failed(String),
+}
+
+/// How the leader answers a read-index request.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ReadIndex {
+    /// Reads are linearizable once the asker has applied this index.
+    Index(u64),
+    /// The receiver is not (or no longer) the leader.
+    NotLeader,
+    /// The leader could not confirm its leadership with a quorum in time.
+    Timeout,
+}
+
+/// A running node.
+pub struct Node {
+    /// Validated configuration.
+    pub config: NodeConfig,
+    groups: BTreeMap<GroupId, Group>,
+    http: reqwest::Client,
+}
+
+/// Milliseconds since the Unix epoch by this machine's clock.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+impl Node {
+    /// Opens storage and starts the Raft groups. The cluster is formed later by
+    /// [`Node::bootstrap`], once the HTTP server listens.
+    pub async fn open(config: NodeConfig) -> anyhow::Result<Arc<Self>> {
+        let http = http_client();
+        let group_dir = config.data_dir.join("groups").join(GROUP0.to_string());
+        std::fs::create_dir_all(&group_dir)
+            .with_context(|| format!("create data directory {}", group_dir.display()))?;
+        let log = LogStore::open(&group_dir).context("open the Raft log")?;
+        let sm = StateMachineStore::open(&group_dir).context("open the state machine")?;
+        let raft_config = openraft::Config {
+            cluster_name: "sinkron".into(),
+            heartbeat_interval: config.heartbeat_interval_ms,
+            election_timeout_min: config.election_timeout_min_ms,
+            election_timeout_max: config.election_timeout_max_ms,
+            install_snapshot_timeout: 5_000,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+            max_in_snapshot_log_to_keep: config.snapshot_logs.min(1_000),
+            snapshot_max_chunk_size: 256 * 1024,
+            ..Default::default()
+        }
+        .validate()
+        .context("derive the Raft configuration")?;
+        let network = HttpNetworkFactory { group: GROUP0, client: http.clone() };
+        let raft = Raft::new(config.raft_id, Arc::new(raft_config), network, log.clone(), sm.clone())
+            .await
+            .context("start Raft group 0")?;
+        spawn_leader_watch(&raft);
+        let mut groups = BTreeMap::new();
+        groups.insert(GROUP0, Group { raft, log, sm });
+        Ok(Arc::new(Self { config, groups, http }))
+    }
+
+    /// The group with id `id`, if this node hosts it.
+    pub fn group(&self, id: GroupId) -> Option<&Group> {
+        self.groups.get(&id)
+    }
+
+    /// Group 0.
+    pub fn group0(&self) -> &Group {
+        // `open` always inserts group 0 and nothing removes it.
+        &self.groups[&GROUP0]
+    }
+
+    fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.config.request_timeout_ms)
+    }
+
+    /// Forms the cluster if this node is pristine and no peer already did; never on restart.
+    pub async fn bootstrap(self: Arc<Self>) {
+        let raft = &self.group0().raft;
+        if self.config.join {
+            tracing::info!("join mode: waiting to be added through POST /v1/cluster/members");
+            return;
+        }
+        match raft.is_initialized().await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => return tracing::error!(error = %e, "cannot tell whether the cluster exists"),
+        }
+        for peer in self.config.members.iter().filter(|m| m.name != self.config.name) {
+            if self.peer_is_initialized(peer).await {
+                tracing::info!(peer = %peer, "a peer already belongs to a cluster; not bootstrapping");
+                return;
+            }
+        }
+        let members: BTreeMap<NodeId, Member> =
+            self.config.members.iter().map(|m| (sinkron_core::ids::raft_id(&m.name), m.clone())).collect();
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(members = self.config.members.len(), "initialized the cluster"),
+            Err(RaftError::APIError(InitializeError::NotAllowed(_))) => {}
+            Err(e) => tracing::error!(error = %e, "failed to initialize the cluster"),
+        }
+    }
+
+    async fn peer_is_initialized(&self, peer: &Member) -> bool {
+        let url = format!("http://{}/v1/cluster", peer.addr);
+        let Ok(resp) = self.http.get(url).timeout(Duration::from_millis(500)).send().await else {
+            return false;
+        };
+        let Ok(body) = resp.json::<serde_json::Value>().await else { return false };
+        body.get("initialized").and_then(|v| v.as_bool()).unwrap_or(false)
+    }
+
+    /// Where group 0's leader is, waiting for one until `deadline`.
+    pub async fn leader(&self, deadline: Instant) -> Result<Leader, ApiError> {
+        let raft = &self.group0().raft;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let metrics = raft
+            .wait(Some(remaining))
+            .metrics(|m| m.current_leader.is_some(), "a leader is known")
+            .await
+            .map_err(|_| {
+                ApiError::NoQuorum(format!("no leader is known after {} ms", remaining.as_millis()))
+            })?;
+        let leader = metrics.current_leader.unwrap_or_default();
+        if leader == self.config.raft_id {
+            return Ok(Leader::Local);
+        }
+        match metrics.membership_config.membership().get_node(&leader) {
+            Some(member) => Ok(Leader::Remote(member.clone())),
+            None => Err(ApiError::NoQuorum("the leader is not in the known membership".into())),
+        }
+    }
+
+    /// Proposes `command` to group 0 through its leader and returns the state machine's reply.
+    pub async fn write(&self, command: Command, request_id: Option<String>) -> Result<Response, ApiError> {
+        let deadline = Instant::now() + self.request_timeout();
+        // Every proposal carries an id, so a retry after a lost reply applies only once.
+        let request =
+            Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), at_ms: 0, command };
+        loop {
+            let outcome = match self.leader(deadline).await? {
+                Leader::Local => self.write_local(request.clone(), deadline).await,
+                Leader::Remote(leader) => self.forward_write(&leader, &request, deadline).await,
+            };
+            match outcome {
+                ForwardedWrite::Applied(reply) => return Ok(reply),
+                ForwardedWrite::Failed(reason) => return Err(ApiError::Unavailable(reason)),
+                ForwardedWrite::Timeout => return Err(no_quorum_for_write(self.request_timeout())),
+                ForwardedWrite::NotLeader if Instant::now() >= deadline => {
+                    return Err(no_quorum_for_write(self.request_timeout()))
+                }
+                ForwardedWrite::NotLeader => tokio::time::sleep(RETRY_PAUSE).await,
+            }
+        }
+    }
+
+    /// Proposes `request` on this node, which should be the leader; stamps the leader's time.
+    pub async fn write_local(&self, mut request: Request, deadline: Instant) -> ForwardedWrite {
+        request.at_ms = now_ms();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match timeout(remaining, self.group0().raft.client_write(request)).await {
+            Err(_) => ForwardedWrite::Timeout,
+            Ok(Ok(reply)) => ForwardedWrite::Applied(reply.data),
+            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => ForwardedWrite::NotLeader,
+            Ok(Err(e)) => ForwardedWrite::Failed(e.to_string()),
+        }
+    }
+
+    async fn forward_write(&self, leader: &Member, request: &Request, deadline: Instant) -> ForwardedWrite {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let url = format!("http://{}/raft/{GROUP0}/write", leader.addr);
+        let sent = self.http.post(url).json(request).timeout(remaining).send().await;
+        match sent {
+            Ok(resp) if resp.status().is_success() => {
+                resp.json::<ForwardedWrite>().await.unwrap_or(ForwardedWrite::NotLeader)
+            }
+            // Unreachable or confused leader: look for the leader again until the deadline.
+            _ => ForwardedWrite::NotLeader,
+        }
+    }
+
+    /// Waits until this node's state machine reflects every write completed before the call:
+    /// ReadIndex through the leader, then a wait for the local apply.
+    pub async fn read_barrier(&self) -> Result<(), ApiError> {
+        let deadline = Instant::now() + self.request_timeout();
+        loop {
+            let outcome = match self.leader(deadline).await? {
+                Leader::Local => self.read_index_local(deadline).await,
+                Leader::Remote(leader) => self.forward_read_index(&leader, deadline).await,
+            };
+            match outcome {
+                ReadIndex::Index(index) => return self.wait_applied(index, deadline).await,
+                ReadIndex::Timeout => return Err(self.no_quorum_for_read()),
+                ReadIndex::NotLeader if Instant::now() >= deadline => return Err(self.no_quorum_for_read()),
+                ReadIndex::NotLeader => tokio::time::sleep(RETRY_PAUSE).await,
+            }
+        }
+    }
+
+    fn no_quorum_for_read(&self) -> ApiError {
+        ApiError::NoQuorum(format!(
+            "no leader confirmed by a quorum within {} ms; retry later",
+            self.config.request_timeout_ms
+        ))
+    }
+
+    /// On the leader: confirms leadership with a quorum and returns the index reads must see.
+    pub async fn read_index_local(&self, deadline: Instant) -> ReadIndex {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        match timeout(remaining, self.group0().raft.ensure_linearizable()).await {
+            Err(_) => ReadIndex::Timeout,
+            Ok(Ok(log_id)) => ReadIndex::Index(log_id.map(|l| l.index).unwrap_or(0)),
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => ReadIndex::NotLeader,
+            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => ReadIndex::NotLeader,
+            Ok(Err(RaftError::Fatal(_))) => ReadIndex::Timeout,
+        }
+    }
+
+    async fn forward_read_index(&self, leader: &Member, deadline: Instant) -> ReadIndex {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let url = format!("http://{}/raft/{GROUP0}/read-index", leader.addr);
+        match self.http.post(url).timeout(remaining).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                resp.json::<ReadIndex>().await.unwrap_or(ReadIndex::NotLeader)
+            }
+            _ => ReadIndex::NotLeader,
+        }
+    }
+
+    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ApiError> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        self.group0()
+            .raft
+            .wait(Some(remaining))
+            .applied_index_at_least(Some(index), "read barrier")
+            .await
+            .map(|_| ())
+            .map_err(|_| ApiError::NoQuorum(format!("this node did not catch up to index {index} in time")))
+    }
+
+    /// Adds a member: as a learner first (it catches up), then as a voter (joint consensus).
+    /// Must run on the leader.
+    pub async fn add_member(&self, member: Member) -> Result<(), ApiError> {
+        let raft = &self.group0().raft;
+        let id = sinkron_core::ids::raft_id(&member.name);
+        let membership = raft.metrics().borrow().membership_config.clone();
+        if let Some(existing) = membership.membership().get_node(&id) {
+            if existing.name != member.name {
+                return Err(ApiError::Conflict(format!(
+                    "node {} has the same Raft id as {}; choose another name",
+                    member.name, existing.name
+                )));
+            }
+        }
+        let limit = self.request_timeout() * 4;
+        let added = timeout(limit, raft.add_learner(id, member.clone(), true)).await;
+        membership_outcome(added, "add the learner")?;
+        let mut voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
+        voters.insert(id);
+        let changed = timeout(limit, raft.change_membership(voters, false)).await;
+        membership_outcome(changed, "promote the learner to voter")
+    }
+
+    /// Removes a member entirely. Must run on the leader.
+    pub async fn remove_member(&self, name: &str) -> Result<(), ApiError> {
+        let raft = &self.group0().raft;
+        let id = sinkron_core::ids::raft_id(name);
+        let membership = raft.metrics().borrow().membership_config.clone();
+        if membership.membership().get_node(&id).is_none() {
+            return Err(ApiError::NotFound(format!("{name} is not a member")));
+        }
+        let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
+        if voters.len() == 1 && voters.contains(&id) {
+            return Err(ApiError::InvalidArgument(format!("{name} is the last voter; a cluster needs one")));
+        }
+        let change = if voters.contains(&id) {
+            ChangeMembers::RemoveVoters(BTreeSet::from([id]))
+        } else {
+            ChangeMembers::RemoveNodes(BTreeSet::from([id]))
+        };
+        let changed = timeout(self.request_timeout() * 4, raft.change_membership(change, false)).await;
+        membership_outcome(changed, "remove the member")
+    }
+
+    /// Sends a public API request to the leader and returns its status and body unchanged.
+    pub async fn proxy_to_leader(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(u16, Vec<u8>), ApiError> {
+        let deadline = Instant::now() + self.request_timeout();
+        let Leader::Remote(leader) = self.leader(deadline).await? else {
+            return Err(ApiError::Unavailable("leadership moved here while forwarding; retry".into()));
+        };
+        let mut req = self
+            .http
+            .request(method, format!("http://{}{path}", leader.addr))
+            .timeout(self.request_timeout() * 5);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp =
+            req.send().await.map_err(|e| ApiError::NoQuorum(format!("leader {leader} unreachable: {e}")))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        Ok((status, bytes.to_vec()))
+    }
+
+    /// Stops the Raft groups; the log writer flushes what is queued and exits.
+    pub async fn shutdown(&self) {
+        for (id, group) in &self.groups {
+            if let Err(e) = group.raft.shutdown().await {
+                tracing::warn!(group = id, error = %e, "raft shutdown failed");
+            }
+        }
+    }
+
+    /// This node's role in group 0, as a lowercase word.
+    pub fn role(&self) -> &'static str {
+        role_name(self.group0().raft.metrics().borrow().state)
+    }
+}
+
+/// The lowercase word for a Raft server state.
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+fn no_quorum_for_write(limit: Duration) -> ApiError {
+    ApiError::NoQuorum(format!(
+        "no quorum acknowledged the write within {} ms; it may still commit, retry with the same request_id",
+        limit.as_millis()
+    ))
+}
+
+type MembershipResult = Result<
+    Result<
+        openraft::raft::ClientWriteResponse<crate::types::TypeConfig>,
+        RaftError<NodeId, ClientWriteError<NodeId, Member>>,
+    >,
+    tokio::time::error::Elapsed,
+>;
+
+fn membership_outcome(result: MembershipResult, action: &str) -> Result<(), ApiError> {
+    match result {
+        Ok(Ok(_)) => Ok(()),
+        Err(_) => Err(ApiError::NoQuorum(format!("could not {action} in time; retry"))),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            Err(ApiError::Unavailable(format!("leadership changed while trying to {action}; retry")))
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            Err(ApiError::Conflict(format!("cannot {action}: {e}")))
+        }
+        Ok(Err(e)) => Err(ApiError::Unavailable(format!("cannot {action}: {e}"))),
+    }
+}
+
+/// Logs and counts every change of the known leader of `raft`.
+fn spawn_leader_watch(raft: &Raft) {
+    let mut rx = raft.metrics();
+    tokio::spawn(async move {
+        let mut last: Option<NodeId> = None;
+        while rx.changed().await.is_ok() {
+            let (leader, term) = {
+                let m = rx.borrow();
+                (m.current_leader, m.current_term)
+            };
+            if leader != last {
+                if leader.is_some() {
+                    crate::metrics::record_leader_change();
+                }
+                tracing::info!(?leader, term, "leader changed");
+                last = leader;
+            }
+        }
+    });
+}

@@ -1,0 +1,33 @@
+//! Runs a node: binds the listener, serves HTTP, bootstraps, and shuts down gracefully.
+
+use std::future::Future;
+
+use anyhow::Context;
+
+use crate::config::NodeConfig;
+use crate::node::Node;
+
+/// Serves `config` until `shutdown` completes, then stops Raft and flushes storage.
+pub async fn run(
+    config: NodeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    crate::metrics::install();
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("bind the HTTP listener on {}", config.listen))?;
+    let node = Node::open(config).await?;
+    tracing::info!(
+        node = %node.config.name,
+        listen = %node.config.listen,
+        data_dir = %node.config.data_dir.display(),
+        members = node.config.members.len(),
+        "node started"
+    );
+    tokio::spawn(node.clone().bootstrap());
+    let app = crate::api::router(node.clone());
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serve HTTP")?;
+    tracing::info!("shutting down");
+    node.shutdown().await;
+    Ok(())
+}
