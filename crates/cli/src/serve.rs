@@ -11,7 +11,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=error"));
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
     sinkron_node::server::run(config, shutdown_signal()).await
 }

@@ -2,16 +2,27 @@
 
 use serde::{Deserialize, Serialize};
 
-/// One entry of group 0's log as the application sees it.
+/// One entry of group 0's log: the client requests the leader batched together.
+///
+/// openraft 0.9 flushes the log once per appended entry and waits for it, so one entry per
+/// request would cap a group at one request per fsync. The leader instead proposes whatever
+/// requests queued up while the previous entry was in flight, as one entry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Batch {
+    /// Wall-clock time in milliseconds since the Unix epoch, stamped by the leader that
+    /// proposed the entry. The state machine's clock is the largest stamp it has applied.
+    pub at_ms: u64,
+    /// The requests, applied in this order.
+    pub requests: Vec<Request>,
+}
+
+/// One client request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Request {
     /// Chosen by the client; a retried request with the same id is applied once and answered
     /// with the first reply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
-    /// Wall-clock time in milliseconds since the Unix epoch, stamped by the leader that
-    /// proposed the entry. The state machine's clock is the largest stamp it has applied.
-    pub at_ms: u64,
     /// What to do.
     pub command: Command,
 }
@@ -40,9 +51,9 @@ pub enum Command {
 pub enum Response {
     /// The entry carried no application command (blank or membership entries).
     Empty,
-    /// A put was applied; `version` is the log index that wrote the value.
+    /// A put was applied; `version` is the revision that wrote the value.
     KvPut {
-        /// Log index of the write; strictly increasing per key.
+        /// Revision of the write; strictly increasing across the whole group.
         version: u64,
     },
     /// A delete was applied.

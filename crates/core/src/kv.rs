@@ -2,7 +2,7 @@
 //!
 //! It gives operators and tests a plain linearizable register per key and lets
 //! `sinkron bench write` measure group 0's write path without a higher-level protocol in the
-//! way. Values are JSON; a value's version is the log index of the entry that wrote it.
+//! way. Values are JSON; a value's version is the revision of the command that wrote it.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 pub struct KvEntry {
     /// The value.
     pub value: serde_json::Value,
-    /// Log index of the write that stored it.
+    /// Revision of the write that stored it.
     pub version: u64,
     /// Leader timestamp of that write, in ms since the Unix epoch.
     pub written_at_ms: u64,
@@ -26,10 +26,10 @@ pub struct KvStore {
 }
 
 impl KvStore {
-    /// Stores `value` under `key`, written by the entry at `index`.
-    pub fn put(&mut self, key: String, value: serde_json::Value, index: u64, at_ms: u64) -> u64 {
-        self.entries.insert(key, KvEntry { value, version: index, written_at_ms: at_ms });
-        index
+    /// Stores `value` under `key`, written by the command of revision `revision`.
+    pub fn put(&mut self, key: String, value: serde_json::Value, revision: u64, at_ms: u64) -> u64 {
+        self.entries.insert(key, KvEntry { value, version: revision, written_at_ms: at_ms });
+        revision
     }
 
     /// Removes `key`; tells whether it existed.

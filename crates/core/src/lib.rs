@@ -15,6 +15,6 @@ pub mod kv;
 pub mod limits;
 pub mod state;
 
-pub use command::{Command, Request, Response};
+pub use command::{Batch, Command, Request, Response};
 pub use error::CoreError;
 pub use state::Group0State;

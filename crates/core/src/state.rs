@@ -2,13 +2,17 @@
 //!
 //! Group 0 spans every voter and will hold the lock table, the cache directory and the ring;
 //! for now it holds the replicated key-value store. Applying is a pure function of
-//! `(state, log index, request)`, which is what makes every replica agree.
+//! `(state, log index, batch)`, which is what makes every replica agree.
+//!
+//! Every applied command gets the next *revision*: a counter that only grows, across leader
+//! changes too, because it is part of the replicated state. Since one log entry carries a
+//! batch of commands, the revision (not the log index) is what versions values.
 
 use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Command, Request, Response};
+use crate::command::{Batch, Command, Request, Response};
 use crate::kv::KvStore;
 use crate::limits::DEDUP_WINDOW;
 
@@ -19,6 +23,8 @@ pub struct Group0State {
     pub clock_ms: u64,
     /// Last log index applied.
     pub applied_index: u64,
+    /// Revision of the last command applied.
+    pub revision: u64,
     /// The replicated key-value store.
     pub kv: KvStore,
     /// Replies to recent client request ids, for exactly-once application of retries.
@@ -29,30 +35,34 @@ pub struct Group0State {
 
 impl Group0State {
     /// Records that the entry at `index` carried no application command.
-    pub fn apply_blank(&mut self, index: u64) -> Response {
+    pub fn apply_blank(&mut self, index: u64) {
         self.applied_index = self.applied_index.max(index);
-        Response::Empty
     }
 
-    /// Applies the request found at log `index` and returns its reply.
-    pub fn apply(&mut self, index: u64, request: &Request) -> Response {
+    /// Applies the batch found at log `index`; one reply per request, in order.
+    pub fn apply_batch(&mut self, index: u64, batch: &Batch) -> Vec<Response> {
         self.applied_index = self.applied_index.max(index);
-        self.clock_ms = self.clock_ms.max(request.at_ms);
+        self.clock_ms = self.clock_ms.max(batch.at_ms);
+        batch.requests.iter().map(|request| self.apply(request)).collect()
+    }
+
+    fn apply(&mut self, request: &Request) -> Response {
         if let Some(previous) = request.request_id.as_ref().and_then(|id| self.dedup.get(id)) {
             return previous.clone();
         }
-        let response = self.dispatch(index, &request.command);
+        self.revision += 1;
+        let response = self.dispatch(&request.command);
         if let Some(id) = &request.request_id {
             self.remember(id.clone(), response.clone());
         }
         response
     }
 
-    fn dispatch(&mut self, index: u64, command: &Command) -> Response {
+    fn dispatch(&mut self, command: &Command) -> Response {
         match command {
-            Command::KvPut { key, value } => {
-                Response::KvPut { version: self.kv.put(key.clone(), value.clone(), index, self.clock_ms) }
-            }
+            Command::KvPut { key, value } => Response::KvPut {
+                version: self.kv.put(key.clone(), value.clone(), self.revision, self.clock_ms),
+            },
             Command::KvDelete { key } => Response::KvDelete { existed: self.kv.delete(key) },
         }
     }
@@ -76,7 +86,7 @@ impl Group0State {
                 self.dedup_order.len()
             ));
         }
-        self.kv.check_invariants(self.applied_index)
+        self.kv.check_invariants(self.revision)
     }
 }
 
@@ -87,8 +97,12 @@ mod tests {
 
     use super::*;
 
-    fn req(id: Option<&str>, at_ms: u64, command: Command) -> Request {
-        Request { request_id: id.map(str::to_owned), at_ms, command }
+    fn req(id: Option<&str>, command: Command) -> Request {
+        Request { request_id: id.map(str::to_owned), command }
+    }
+
+    fn batch(at_ms: u64, requests: Vec<Request>) -> Batch {
+        Batch { at_ms, requests }
     }
 
     fn put(key: &str, value: serde_json::Value) -> Command {
@@ -105,36 +119,47 @@ mod tests {
         ];
         let mut state = Group0State::default();
         for (i, (command, expected)) in cases.into_iter().enumerate() {
-            let got = state.apply(i as u64 + 1, &req(None, 10, command));
-            assert_eq!(got, expected, "entry {}", i + 1);
+            let got = state.apply_batch(i as u64 + 1, &batch(10, vec![req(None, command)]));
+            assert_eq!(got, vec![expected], "entry {}", i + 1);
             state.check_invariants().expect("invariants");
         }
         assert!(state.kv.get("a").is_none());
     }
 
     #[test]
+    fn a_batch_gives_each_command_its_own_revision() {
+        let mut state = Group0State::default();
+        let replies = state
+            .apply_batch(5, &batch(1, vec![req(None, put("a", json!(1))), req(None, put("a", json!(2)))]));
+        assert_eq!(replies, vec![Response::KvPut { version: 1 }, Response::KvPut { version: 2 }]);
+        assert_eq!(state.kv.get("a").map(|e| e.value.clone()), Some(json!(2)));
+        assert_eq!((state.applied_index, state.revision), (5, 2));
+    }
+
+    #[test]
     fn blank_entries_advance_the_applied_index_only() {
         let mut state = Group0State::default();
-        assert_eq!(state.apply_blank(7), Response::Empty);
-        assert_eq!(state.applied_index, 7);
+        state.apply_blank(7);
+        assert_eq!((state.applied_index, state.revision), (7, 0));
         assert!(state.kv.is_empty());
     }
 
     #[test]
     fn retried_request_applies_once() {
         let mut state = Group0State::default();
-        let first = state.apply(1, &req(Some("r1"), 5, put("k", json!("v1"))));
-        state.apply(2, &req(None, 6, put("k", json!("v2"))));
-        let retry = state.apply(3, &req(Some("r1"), 7, put("k", json!("v1"))));
+        let first = state.apply_batch(1, &batch(5, vec![req(Some("r1"), put("k", json!("v1")))]));
+        state.apply_batch(2, &batch(6, vec![req(None, put("k", json!("v2")))]));
+        let retry = state.apply_batch(3, &batch(7, vec![req(Some("r1"), put("k", json!("v1")))]));
         assert_eq!(first, retry);
         assert_eq!(state.kv.get("k").map(|e| e.value.clone()), Some(json!("v2")));
+        assert_eq!(state.revision, 2, "the retry took no revision");
     }
 
     #[test]
     fn clock_is_the_largest_stamp_applied() {
         let mut state = Group0State::default();
-        state.apply(1, &req(None, 100, put("a", json!(1))));
-        state.apply(2, &req(None, 90, put("b", json!(1))));
+        state.apply_batch(1, &batch(100, vec![req(None, put("a", json!(1)))]));
+        state.apply_batch(2, &batch(90, vec![req(None, put("b", json!(1)))]));
         assert_eq!(state.clock_ms, 100);
         assert_eq!(state.kv.get("b").map(|e| e.written_at_ms), Some(100));
     }
@@ -143,35 +168,40 @@ mod tests {
     fn dedup_window_is_bounded() {
         let mut state = Group0State::default();
         for i in 0..(DEDUP_WINDOW as u64 + 50) {
-            state.apply(i + 1, &req(Some(&format!("r{i}")), i, put("k", json!(i))));
+            state.apply_batch(i + 1, &batch(i, vec![req(Some(&format!("r{i}")), put("k", json!(i)))]));
         }
         state.check_invariants().expect("invariants");
         // The oldest id fell out of the window, so a retry of it applies again.
-        let again = state.apply(DEDUP_WINDOW as u64 + 51, &req(Some("r0"), 0, put("k", json!(0))));
-        assert_eq!(again, Response::KvPut { version: DEDUP_WINDOW as u64 + 51 });
+        let again =
+            state.apply_batch(DEDUP_WINDOW as u64 + 51, &batch(0, vec![req(Some("r0"), put("k", json!(0)))]));
+        assert_eq!(again, vec![Response::KvPut { version: DEDUP_WINDOW as u64 + 51 }]);
     }
 
-    fn command_strategy() -> impl Strategy<Value = (Option<u8>, Command)> {
+    fn request_strategy() -> impl Strategy<Value = Request> {
         let key = prop::sample::select(vec!["a", "b", "c"]);
         let cmd = prop_oneof![
             (key.clone(), any::<i32>()).prop_map(|(k, v)| put(k, json!(v))),
             key.prop_map(|k| Command::KvDelete { key: k.into() }),
         ];
         (prop::option::of(0u8..20), cmd)
+            .prop_map(|(id, command)| req(id.map(|n| format!("r{n}")).as_deref(), command))
     }
 
     proptest! {
-        /// Two replicas fed the same log agree, keep the invariants, and a snapshot
-        /// round-trip changes nothing.
+        /// Two replicas fed the same log agree, keep the invariants, revisions only grow, and a
+        /// snapshot round-trip changes nothing.
         #[test]
-        fn replicas_agree(log in prop::collection::vec(command_strategy(), 0..200)) {
+        fn replicas_agree(log in prop::collection::vec(prop::collection::vec(request_strategy(), 0..5), 0..100)) {
             let mut a = Group0State::default();
             let mut b = Group0State::default();
-            for (i, (id, command)) in log.iter().enumerate() {
-                let request = req(id.map(|n| format!("r{n}")).as_deref(), i as u64, command.clone());
-                let ra = a.apply(i as u64 + 1, &request);
-                let rb = b.apply(i as u64 + 1, &request);
+            for (i, requests) in log.iter().enumerate() {
+                let entry = batch(i as u64, requests.clone());
+                let before = a.revision;
+                let ra = a.apply_batch(i as u64 + 1, &entry);
+                let rb = b.apply_batch(i as u64 + 1, &entry);
+                prop_assert_eq!(ra.len(), requests.len());
                 prop_assert_eq!(ra, rb);
+                prop_assert!(a.revision >= before);
                 prop_assert!(a.check_invariants().is_ok());
             }
             prop_assert_eq!(&a, &b);

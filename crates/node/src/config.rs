@@ -331,7 +331,7 @@ mod tests {
         let cases: Vec<(Vec<&str>, &str)> = vec![
             (vec!["--raft-election-timeout-min", "6"], "must be below RAFT_ELECTION_TIMEOUT_MAX"),
             (vec!["--raft-heartbeat-interval", "3"], "must be below RAFT_ELECTION_TIMEOUT_MIN"),
-            (vec!["--raft-election-timeout-min", "-1"], "RAFT_ELECTION_TIMEOUT_MIN must be between"),
+            (vec!["--raft-election-timeout-min=-1"], "RAFT_ELECTION_TIMEOUT_MIN must be between"),
             (vec!["--raft-election-timeout-max", "NaN"], "RAFT_ELECTION_TIMEOUT_MAX must be between"),
             (vec!["--cluster-addrs", "localhost:8001,localhost"], "missing :port"),
             (vec!["--cluster-addrs", "localhost:8001,localhost:99999"], "port must be a number"),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod proposer;
 pub mod server;
 pub mod storage;
 pub mod types;

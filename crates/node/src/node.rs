@@ -15,6 +15,7 @@ use tokio::time::timeout;
 use crate::api::error::ApiError;
 use crate::config::NodeConfig;
 use crate::network::{http_client, HttpNetworkFactory};
+use crate::proposer::Proposer;
 use crate::storage::{LogStore, StateMachineStore};
 use crate::types::{GroupId, Member, NodeId, Raft, GROUP0};
 
@@ -29,6 +30,8 @@ pub struct Group {
     pub log: LogStore,
     /// Its applied state.
     pub sm: StateMachineStore,
+    /// Batches client requests into entries.
+    pub proposer: Proposer,
 }
 
 /// Where the leader of a group is, seen from this node.
@@ -108,8 +111,9 @@ impl Node {
             .await
             .context("start Raft group 0")?;
         spawn_leader_watch(&raft);
+        let proposer = Proposer::spawn(raft.clone(), Duration::from_millis(config.request_timeout_ms));
         let mut groups = BTreeMap::new();
-        groups.insert(GROUP0, Group { raft, log, sm });
+        groups.insert(GROUP0, Group { raft, log, sm, proposer });
         Ok(Arc::new(Self { config, groups, http }))
     }
 
@@ -189,8 +193,7 @@ impl Node {
     pub async fn write(&self, command: Command, request_id: Option<String>) -> Result<Response, ApiError> {
         let deadline = Instant::now() + self.request_timeout();
         // Every proposal carries an id, so a retry after a lost reply applies only once.
-        let request =
-            Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), at_ms: 0, command };
+        let request = Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), command };
         loop {
             let outcome = match self.leader(deadline).await? {
                 Leader::Local => self.write_local(request.clone(), deadline).await,
@@ -208,16 +211,9 @@ impl Node {
         }
     }
 
-    /// Proposes `request` on this node, which should be the leader; stamps the leader's time.
-    pub async fn write_local(&self, mut request: Request, deadline: Instant) -> ForwardedWrite {
-        request.at_ms = now_ms();
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match timeout(remaining, self.group0().raft.client_write(request)).await {
-            Err(_) => ForwardedWrite::Timeout,
-            Ok(Ok(reply)) => ForwardedWrite::Applied(reply.data),
-            Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => ForwardedWrite::NotLeader,
-            Ok(Err(e)) => ForwardedWrite::Failed(e.to_string()),
-        }
+    /// Proposes `request` on this node, which should be the leader, batched with others.
+    pub async fn write_local(&self, request: Request, deadline: Instant) -> ForwardedWrite {
+        self.group0().proposer.propose(request, deadline).await
     }
 
     async fn forward_write(&self, leader: &Member, request: &Request, deadline: Instant) -> ForwardedWrite {
@@ -422,15 +418,18 @@ fn spawn_leader_watch(raft: &Raft) {
     tokio::spawn(async move {
         let mut last: Option<NodeId> = None;
         while rx.changed().await.is_ok() {
-            let (leader, term) = {
+            let (leader, term, name) = {
                 let m = rx.borrow();
-                (m.current_leader, m.current_term)
+                let name = m
+                    .current_leader
+                    .and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.name.clone()));
+                (m.current_leader, m.current_term, name)
             };
             if leader != last {
                 if leader.is_some() {
                     crate::metrics::record_leader_change();
                 }
-                tracing::info!(?leader, term, "leader changed");
+                tracing::info!(leader = name.as_deref().unwrap_or("none"), term, "leader changed");
                 last = leader;
             }
         }

@@ -3,6 +3,7 @@
 use std::future::Future;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 
 use crate::config::NodeConfig;
 use crate::node::Node;
@@ -15,7 +16,11 @@ pub async fn run(
     crate::metrics::install();
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
-        .with_context(|| format!("bind the HTTP listener on {}", config.listen))?;
+        .with_context(|| format!("bind the HTTP listener on {}", config.listen))?
+        // Small request/response exchanges: never let Nagle hold a reply back.
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     let node = Node::open(config).await?;
     tracing::info!(
         node = %node.config.name,

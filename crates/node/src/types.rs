@@ -4,7 +4,7 @@ use std::fmt;
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
-use sinkron_core::{Request, Response};
+use sinkron_core::{Batch, Response};
 
 /// Numeric id of a Raft group. Group 0 spans every voter; queue partitions get their own.
 pub type GroupId = u64;
@@ -33,8 +33,8 @@ impl fmt::Display for Member {
 openraft::declare_raft_types!(
     /// Type configuration of every Sinkron Raft group.
     pub TypeConfig:
-        D = Request,
-        R = Response,
+        D = Batch,
+        R = Vec<Response>,
         NodeId = NodeId,
         Node = Member,
         Entry = openraft::Entry<TypeConfig>,

@@ -3,7 +3,7 @@
 use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{Entry, EntryPayload, RaftLogReader};
-use sinkron_core::{Command, Request};
+use sinkron_core::{Batch, Command, Request};
 use sinkron_node::storage::{LogStore, StateMachineStore};
 use sinkron_node::types::{StorageError, TypeConfig};
 use tempfile::TempDir;
@@ -27,10 +27,10 @@ fn embedded_store_passes_openraft_suite() -> Result<(), StorageError> {
 fn put_entry(term: u64, index: u64) -> Entry<TypeConfig> {
     let request = Request {
         request_id: None,
-        at_ms: index,
         command: Command::KvPut { key: format!("k{index}"), value: index.into() },
     };
-    Entry { log_id: log_id(term, 1, index), payload: EntryPayload::Normal(request) }
+    let batch = Batch { at_ms: index, requests: vec![request] };
+    Entry { log_id: log_id(term, 1, index), payload: EntryPayload::Normal(batch) }
 }
 
 async fn append_durably(log: &mut LogStore, entries: Vec<Entry<TypeConfig>>) {

@@ -11,7 +11,7 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ApiJson, ErrorBody};
 use super::AppState;
 use crate::node::{role_name, Node};
-use crate::types::{Member, GROUP0};
+use crate::types::Member;
 
 /// Liveness.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -114,7 +114,7 @@ pub async fn status_of(node: &Node) -> ClusterStatus {
         raft.with_raft_state(|s| s.committed.map(|c| c.index)).await.ok().flatten().unwrap_or(0);
     let membership = m.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-    let members = membership
+    let mut members: Vec<MemberStatus> = membership
         .nodes()
         .map(|(id, member)| MemberStatus {
             id: member.name.clone(),
@@ -123,6 +123,7 @@ pub async fn status_of(node: &Node) -> ClusterStatus {
             raft_id: *id,
         })
         .collect();
+    members.sort_by(|a, b| a.id.cmp(&b.id));
     let leader = m
         .current_leader
         .and_then(|id| membership.get_node(&id))
@@ -226,6 +227,5 @@ pub async fn metrics_text(State(node): State<AppState>) -> Response {
         last_log_index: status.last_log_index,
         has_leader: status.leader.is_some(),
     };
-    let _ = GROUP0;
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&gauges)).into_response()
 }

@@ -10,7 +10,7 @@ use std::fmt::Debug;
 use std::fs;
 use std::io;
 use std::ops::RangeBounds;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -132,8 +132,15 @@ fn recover(group_dir: &Path) -> io::Result<Recovered> {
         Some((first, path)) => Some(open_for_append(*first, path)?),
         None => None,
     };
-    let writer =
-        Writer { group_dir: group_dir.to_path_buf(), log_dir, segments: seg_map, positions, current };
+    let writer = Writer {
+        group_dir: group_dir.to_path_buf(),
+        log_dir,
+        segments: seg_map,
+        positions,
+        current,
+        committed_hint: None,
+        hint_written_at: std::time::Instant::now(),
+    };
     Ok(Recovered { mem: MemLog { entries, last_purged, vote, committed }, writer })
 }
 
@@ -150,7 +157,7 @@ fn check_contiguous(entries: &BTreeMap<u64, Entry>) -> io::Result<()> {
     Ok(())
 }
 
-fn read_json<T: serde::de::DeserializeOwned>(path: &PathBuf) -> io::Result<Option<T>> {
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
     match files::read_optional(path)? {
         Some(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
         None => Ok(None),
@@ -185,7 +192,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
         let bytes = encode_json(vote)?;
-        self.send_and_wait(|tx| WriteOp::Meta { name: "vote.json", bytes, done: Some(tx) })
+        self.send_and_wait(|tx| WriteOp::Meta { name: "vote.json", bytes, done: tx })
             .await
             .map_err(|e| openraft::StorageIOError::write_vote(openraft::AnyError::new(&e)))?;
         self.mem().vote = Some(*vote);
@@ -199,7 +206,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.mem().committed = committed;
         let bytes = encode_json(&committed)?;
-        self.send(WriteOp::Meta { name: "committed.json", bytes, done: None })
+        self.send(WriteOp::CommittedHint(bytes))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {

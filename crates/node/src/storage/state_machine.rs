@@ -140,7 +140,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         Ok((applied.last_applied, applied.last_membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Response>, StorageError>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<Response>>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -151,11 +151,15 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             let index = entry.log_id.index;
             applied.last_applied = Some(entry.log_id);
             let reply = match entry.payload {
-                EntryPayload::Blank => applied.state.apply_blank(index),
-                EntryPayload::Normal(request) => applied.state.apply(index, &request),
+                EntryPayload::Blank => {
+                    applied.state.apply_blank(index);
+                    Vec::new()
+                }
+                EntryPayload::Normal(batch) => applied.state.apply_batch(index, &batch),
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
-                    applied.state.apply_blank(index)
+                    applied.state.apply_blank(index);
+                    Vec::new()
                 }
             };
             replies.push(reply);

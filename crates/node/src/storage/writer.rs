@@ -9,7 +9,8 @@ use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
 
 use openraft::storage::LogFlushed;
 use tokio::sync::oneshot;
@@ -48,16 +49,22 @@ pub enum WriteOp {
         /// Told once the purge record is durable.
         done: oneshot::Sender<io::Result<()>>,
     },
-    /// Replace a small metadata file (vote or commit index).
+    /// Replace a small metadata file durably (the vote).
     Meta {
         /// File name inside the group directory.
         name: &'static str,
         /// New content.
         bytes: Vec<u8>,
-        /// Told once the file is durable; `None` for best-effort hints.
-        done: Option<oneshot::Sender<io::Result<()>>>,
+        /// Told once the file is durable.
+        done: oneshot::Sender<io::Result<()>>,
     },
+    /// A new commit index hint; written at most every [`HINT_INTERVAL`], never fsynced.
+    CommittedHint(Vec<u8>),
 }
+
+/// Commit-index hints are written at most this often: the hint only saves re-applying
+/// entries at start-up, so it is not worth a file write per commit.
+pub const HINT_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Where a record lives on disk.
 #[derive(Debug, Clone, Copy)]
@@ -80,6 +87,10 @@ pub struct Writer {
     pub positions: BTreeMap<u64, Position>,
     /// The segment being appended to, with its length.
     pub current: Option<(u64, File, u64)>,
+    /// Latest commit index hint not yet written.
+    pub committed_hint: Option<Vec<u8>>,
+    /// When the hint was last written.
+    pub hint_written_at: Instant,
 }
 
 enum Pending {
@@ -90,7 +101,15 @@ enum Pending {
 impl Writer {
     /// Runs until every sender of `rx` is gone.
     pub fn run(mut self, rx: Receiver<WriteOp>) {
-        while let Ok(first) = rx.recv() {
+        loop {
+            let first = match rx.recv_timeout(HINT_INTERVAL) {
+                Ok(op) => op,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.write_hint(false);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            };
             let mut batch = vec![first];
             while batch.len() < BATCH_MAX_OPS {
                 match rx.try_recv() {
@@ -99,6 +118,20 @@ impl Writer {
                 }
             }
             self.write_batch(batch);
+            self.write_hint(false);
+        }
+        self.write_hint(true);
+    }
+
+    fn write_hint(&mut self, now: bool) {
+        if !now && self.hint_written_at.elapsed() < HINT_INTERVAL {
+            return;
+        }
+        if let Some(bytes) = self.committed_hint.take() {
+            if let Err(e) = files::replace(&self.group_dir.join("committed.json"), &bytes, false) {
+                tracing::warn!(error = %e, "could not write the commit index hint");
+            }
+            self.hint_written_at = Instant::now();
         }
     }
 
@@ -115,8 +148,11 @@ impl Writer {
                     (self.purge(upto, &purged), Some(Pending::Done(done)))
                 }
                 WriteOp::Meta { name, bytes, done } => {
-                    let durable = done.is_some();
-                    (files::replace(&self.group_dir.join(name), &bytes, durable), done.map(Pending::Done))
+                    (files::replace(&self.group_dir.join(name), &bytes, true), Some(Pending::Done(done)))
+                }
+                WriteOp::CommittedHint(bytes) => {
+                    self.committed_hint = Some(bytes);
+                    (Ok(()), None)
                 }
             };
             if result.is_ok() {
@@ -125,7 +161,10 @@ impl Writer {
             pending.extend(waiter);
         }
         if result.is_ok() {
+            let started = Instant::now();
             result = self.sync();
+            metrics::histogram!("sinkron_log_fsync_duration_seconds").record(started.elapsed().as_secs_f64());
+            metrics::histogram!("sinkron_log_fsync_batch_ops").record(pending.len() as f64);
         }
         for waiter in pending {
             let reply = result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()));

@@ -1,0 +1,264 @@
+//! A cluster of real `sinkron serve` processes on 127.0.0.1 ports chosen by the OS.
+//!
+//! Nodes run with short Raft timeouts so tests stay fast. Every child is killed when the
+//! cluster is dropped; if the test panicked, the tail of each node's log is printed.
+
+#![allow(dead_code)]
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sinkron_client::{Client, ClusterStatus};
+use tempfile::TempDir;
+
+/// The binary under test.
+pub fn sinkron_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_sinkron"))
+}
+
+/// A port that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().expect("local addr").port()
+}
+
+/// One node process.
+pub struct TestNode {
+    pub name: String,
+    pub port: u16,
+    pub child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+}
+
+impl TestNode {
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+}
+
+/// A cluster under test.
+pub struct TestCluster {
+    pub dir: TempDir,
+    pub nodes: Vec<TestNode>,
+    pub cluster_addrs: String,
+    pub env: Vec<(String, String)>,
+}
+
+/// Settings every test node gets: fast elections, bounded waits, quiet logs.
+pub fn fast_env() -> Vec<(String, String)> {
+    [
+        ("RAFT_ELECTION_TIMEOUT_MIN", "0.3"),
+        ("RAFT_ELECTION_TIMEOUT_MAX", "0.6"),
+        ("RAFT_HEARTBEAT_INTERVAL", "0.1"),
+        ("REQUEST_TIMEOUT_MS", "3000"),
+        ("RUST_LOG", "info,openraft=error"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+impl TestCluster {
+    /// Starts `n` nodes with [`fast_env`] plus `extra` settings.
+    pub fn start(n: usize, extra: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let cluster_addrs = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+        let mut env = fast_env();
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let nodes = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let name = format!("node{}", i + 1);
+                TestNode {
+                    data_dir: dir.path().join(&name),
+                    log_path: dir.path().join(format!("{name}.log")),
+                    name,
+                    port: *port,
+                    child: None,
+                }
+            })
+            .collect();
+        let mut cluster = Self { dir, nodes, cluster_addrs, env };
+        for i in 0..n {
+            cluster.spawn(i, &[]);
+        }
+        cluster
+    }
+
+    /// Starts (or restarts) node `i`.
+    pub fn spawn(&mut self, i: usize, extra: &[(&str, &str)]) {
+        let node = &mut self.nodes[i];
+        let log = File::options().create(true).append(true).open(&node.log_path).expect("open node log");
+        let mut cmd = Command::new(sinkron_bin());
+        cmd.arg("serve")
+            .env("NODE_ID", &node.name)
+            .env("NODE_PORT", node.port.to_string())
+            .env("NODE_BIND", "127.0.0.1")
+            .env("CLUSTER_ADDRS", &self.cluster_addrs)
+            .env("DATA_DIR", &node.data_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        for (k, v) in extra {
+            cmd.env(k, v);
+        }
+        node.child = Some(cmd.spawn().expect("spawn sinkron serve"));
+    }
+
+    /// Adds a node that is not part of the initial membership (it starts in join mode).
+    pub fn spawn_joiner(&mut self, name: &str) -> usize {
+        let port = free_port();
+        let addr = format!("127.0.0.1:{port}");
+        self.nodes.push(TestNode {
+            name: name.to_string(),
+            port,
+            child: None,
+            data_dir: self.dir.path().join(name),
+            log_path: self.dir.path().join(format!("{name}.log")),
+        });
+        let i = self.nodes.len() - 1;
+        let named: Vec<String> = self.nodes.iter().map(|n| format!("{}={}", n.name, n.addr())).collect();
+        let saved = std::mem::replace(&mut self.cluster_addrs, named.join(","));
+        self.spawn(i, &[("CLUSTER_JOIN", "true")]);
+        self.cluster_addrs = saved;
+        let _ = addr;
+        i
+    }
+
+    /// Sends `signal` to node `i`.
+    pub fn signal(&self, i: usize, signal: Signal) {
+        if let Some(child) = &self.nodes[i].child {
+            let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        }
+    }
+
+    /// SIGKILLs node `i` and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs node `i` and waits up to 10 s for a clean exit; returns its exit code.
+    pub fn stop(&mut self, i: usize) -> Option<i32> {
+        let mut child = self.nodes[i].child.take()?;
+        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
+    pub fn client(&self, i: usize) -> Client {
+        Client::with_timeout(&self.nodes[i].addr(), Duration::from_secs(5))
+    }
+
+    /// Waits until the nodes in `among` agree on one leader in one term; returns its index.
+    pub async fn wait_leader(&self, among: &[usize], within: Duration) -> usize {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(leader) = self.agreed_leader(among).await {
+                return leader;
+            }
+            assert!(Instant::now() < deadline, "no agreed leader among {among:?} within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn agreed_leader(&self, among: &[usize]) -> Option<usize> {
+        let mut seen: Option<(String, u64)> = None;
+        for &i in among {
+            let status = self.client(i).cluster().await.ok()?;
+            let leader = (status.leader?.id, status.term);
+            if seen.as_ref().is_some_and(|s| *s != leader) {
+                return None;
+            }
+            seen = Some(leader);
+        }
+        let (name, _) = seen?;
+        let index = self.nodes.iter().position(|n| n.name == name)?;
+        let status = self.client(index).cluster().await.ok()?;
+        (status.role == "leader").then_some(index)
+    }
+
+    pub async fn status(&self, i: usize) -> ClusterStatus {
+        self.client(i).cluster().await.expect("cluster status")
+    }
+
+    /// Waits until node `i` has applied at least `index`.
+    pub async fn wait_applied(&self, i: usize, index: u64, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(s) = self.client(i).cluster().await {
+                if s.applied_index >= index {
+                    return;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not apply index {index} within {within:?}",
+                i + 1
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn all(&self) -> Vec<usize> {
+        (0..self.nodes.len()).collect()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- last lines of {} ----", node.name);
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+/// Retries `f` until it succeeds or `within` passes; returns the last error on timeout.
+pub async fn eventually<T, E: std::fmt::Debug, F, Fut>(within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if Instant::now() >= deadline => panic!("still failing after {within:?}: {e:?}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
