@@ -9,6 +9,7 @@
 //! these state machines from the Raft log.
 
 pub mod command;
+pub mod dedup;
 pub mod error;
 pub mod ids;
 pub mod kv;

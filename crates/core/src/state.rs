@@ -8,13 +8,11 @@
 //! changes too, because it is part of the replicated state. Since one log entry carries a
 //! batch of commands, the revision (not the log index) is what versions values.
 
-use std::collections::{BTreeMap, VecDeque};
-
 use serde::{Deserialize, Serialize};
 
 use crate::command::{Batch, Command, Request, Response};
+use crate::dedup::Dedup;
 use crate::kv::KvStore;
-use crate::limits::DEDUP_WINDOW;
 
 /// Everything group 0 replicates, as one serialisable value (this is also the snapshot).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -28,9 +26,7 @@ pub struct Group0State {
     /// The replicated key-value store.
     pub kv: KvStore,
     /// Replies to recent client request ids, for exactly-once application of retries.
-    dedup: BTreeMap<String, Response>,
-    /// The ids of `dedup` in the order they were applied, oldest first.
-    dedup_order: VecDeque<String>,
+    dedup: Dedup,
 }
 
 impl Group0State {
@@ -53,7 +49,7 @@ impl Group0State {
         self.revision += 1;
         let response = self.dispatch(&request.command);
         if let Some(id) = &request.request_id {
-            self.remember(id.clone(), response.clone());
+            self.dedup.insert(id.clone(), response.clone());
         }
         response
     }
@@ -67,25 +63,9 @@ impl Group0State {
         }
     }
 
-    fn remember(&mut self, id: String, response: Response) {
-        self.dedup.insert(id.clone(), response);
-        self.dedup_order.push_back(id);
-        while self.dedup_order.len() > DEDUP_WINDOW {
-            if let Some(old) = self.dedup_order.pop_front() {
-                self.dedup.remove(&old);
-            }
-        }
-    }
-
     /// Checks the invariants of the whole state.
     pub fn check_invariants(&self) -> Result<(), String> {
-        if self.dedup.len() != self.dedup_order.len() || self.dedup.len() > DEDUP_WINDOW {
-            return Err(format!(
-                "dedup table has {} replies but {} ordered ids (window {DEDUP_WINDOW})",
-                self.dedup.len(),
-                self.dedup_order.len()
-            ));
-        }
+        self.dedup.check_invariants()?;
         self.kv.check_invariants(self.revision)
     }
 }
@@ -96,6 +76,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::limits::DEDUP_WINDOW;
 
     fn req(id: Option<&str>, command: Command) -> Request {
         Request { request_id: id.map(str::to_owned), command }

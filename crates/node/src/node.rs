@@ -15,7 +15,7 @@ use tokio::time::timeout;
 use crate::api::error::ApiError;
 use crate::config::NodeConfig;
 use crate::network::{http_client, HttpNetworkFactory};
-use crate::proposer::Proposer;
+use crate::proposer::Batcher;
 use crate::storage::{LogStore, StateMachineStore};
 use crate::types::{GroupId, Member, NodeId, Raft, GROUP0};
 
@@ -30,8 +30,10 @@ pub struct Group {
     pub log: LogStore,
     /// Its applied state.
     pub sm: StateMachineStore,
-    /// Batches client requests into entries.
-    pub proposer: Proposer,
+    /// Batches client requests into entries (used while this node leads).
+    pub proposer: Batcher,
+    /// Batches client requests to the leader (used while another node leads).
+    pub forwarder: Batcher,
 }
 
 /// Where the leader of a group is, seen from this node.
@@ -111,9 +113,11 @@ impl Node {
             .await
             .context("start Raft group 0")?;
         spawn_leader_watch(&raft);
-        let proposer = Proposer::spawn(raft.clone(), Duration::from_millis(config.request_timeout_ms));
+        let timeout = Duration::from_millis(config.request_timeout_ms);
+        let proposer = Batcher::proposer(raft.clone(), timeout);
+        let forwarder = Batcher::forwarder(raft.clone(), GROUP0, http.clone(), timeout);
         let mut groups = BTreeMap::new();
-        groups.insert(GROUP0, Group { raft, log, sm, proposer });
+        groups.insert(GROUP0, Group { raft, log, sm, proposer, forwarder });
         Ok(Arc::new(Self { config, groups, http }))
     }
 
@@ -195,9 +199,10 @@ impl Node {
         // Every proposal carries an id, so a retry after a lost reply applies only once.
         let request = Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), command };
         loop {
+            let group = self.group0();
             let outcome = match self.leader(deadline).await? {
-                Leader::Local => self.write_local(request.clone(), deadline).await,
-                Leader::Remote(leader) => self.forward_write(&leader, &request, deadline).await,
+                Leader::Local => group.proposer.submit(request.clone(), deadline).await,
+                Leader::Remote(_) => group.forwarder.submit(request.clone(), deadline).await,
             };
             match outcome {
                 ForwardedWrite::Applied(reply) => return Ok(reply),
@@ -211,22 +216,9 @@ impl Node {
         }
     }
 
-    /// Proposes `request` on this node, which should be the leader, batched with others.
-    pub async fn write_local(&self, request: Request, deadline: Instant) -> ForwardedWrite {
-        self.group0().proposer.propose(request, deadline).await
-    }
-
-    async fn forward_write(&self, leader: &Member, request: &Request, deadline: Instant) -> ForwardedWrite {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let url = format!("http://{}/raft/{GROUP0}/write", leader.addr);
-        let sent = self.http.post(url).json(request).timeout(remaining).send().await;
-        match sent {
-            Ok(resp) if resp.status().is_success() => {
-                resp.json::<ForwardedWrite>().await.unwrap_or(ForwardedWrite::NotLeader)
-            }
-            // Unreachable or confused leader: look for the leader again until the deadline.
-            _ => ForwardedWrite::NotLeader,
-        }
+    /// Proposes requests forwarded by other nodes; this node should be the leader.
+    pub async fn write_forwarded(&self, requests: Vec<Request>, deadline: Instant) -> Vec<ForwardedWrite> {
+        self.group0().proposer.submit_all(requests, deadline).await
     }
 
     /// Waits until this node's state machine reflects every write completed before the call:

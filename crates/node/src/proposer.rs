@@ -1,25 +1,29 @@
-//! The proposer: turns concurrent client requests into few, large Raft entries.
+//! Batching of client requests: the proposer (on the leader) and the forwarder (elsewhere).
 //!
 //! openraft 0.9's core waits for each appended entry to be flushed before it handles the next
-//! message, so one entry per request would cap a group at one request per fsync. The proposer
-//! keeps at most [`IN_FLIGHT_MAX`] entries in flight; requests that arrive meanwhile queue up
-//! and go out together as the next entry. An idle system proposes a single request at once
-//! (no added latency); a busy one amortises each fsync and each replication round trip over
-//! up to [`BATCH_MAX`] requests.
+//! message, so one entry per request would cap a group at one request per fsync. Both
+//! batchers keep at most [`IN_FLIGHT_MAX`] batches in flight; requests that arrive meanwhile
+//! queue up and go out together as the next batch. An idle system sends a single request at
+//! once (no added latency); a busy one amortises each fsync, replication round trip and
+//! forwarding HTTP call over up to [`BATCH_MAX`] requests.
+//!
+//! - [`Batcher::proposer`] turns a batch into one Raft entry on the leader.
+//! - [`Batcher::forwarder`] sends a batch to the leader's `/raft/{group}/write` in one call.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use sinkron_core::{Batch, Request, Response};
+use sinkron_core::{Batch, Request};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::node::{now_ms, ForwardedWrite};
-use crate::types::Raft;
+use crate::types::{GroupId, Raft};
 
-/// Most requests in one entry.
+/// Most requests in one batch.
 pub const BATCH_MAX: usize = 512;
-/// Most entries proposed and not yet applied.
+/// Most batches sent and not yet answered.
 pub const IN_FLIGHT_MAX: usize = 2;
 /// Most requests waiting for a batch; beyond it callers wait for room (backpressure).
 const QUEUE_MAX: usize = 16 * 1024;
@@ -29,41 +33,94 @@ struct Pending {
     reply: oneshot::Sender<ForwardedWrite>,
 }
 
-/// Handle to a group's proposer task.
+/// Handle to a batching task. Cloning gives another handle to the same task.
 #[derive(Clone)]
-pub struct Proposer {
+pub struct Batcher {
     tx: mpsc::Sender<Pending>,
 }
 
-impl Proposer {
-    /// Starts the proposer of `raft`; a proposal not applied within `timeout` is answered
-    /// [`ForwardedWrite::Timeout`].
-    pub fn spawn(raft: Raft, timeout: Duration) -> Self {
+impl Batcher {
+    /// Proposes batches as single entries of `raft`; an entry not applied within `timeout`
+    /// is answered [`ForwardedWrite::Timeout`].
+    pub fn proposer(raft: Raft, timeout: Duration) -> Self {
+        Self::spawn(move |requests| {
+            let raft = raft.clone();
+            async move { propose(&raft, requests, timeout).await }
+        })
+    }
+
+    /// Sends batches to the current leader of `raft`'s group over HTTP.
+    pub fn forwarder(raft: Raft, group: GroupId, http: reqwest::Client, timeout: Duration) -> Self {
+        Self::spawn(move |requests| {
+            let (raft, http) = (raft.clone(), http.clone());
+            async move { forward(&raft, group, &http, requests, timeout).await }
+        })
+    }
+
+    fn spawn<F, Fut>(send: F) -> Self
+    where
+        F: Fn(Vec<Request>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Vec<ForwardedWrite>> + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(run(raft, rx, timeout));
+        tokio::spawn(run(rx, send));
         Self { tx }
     }
 
-    /// Proposes `request` and waits for its reply until `deadline`.
-    pub async fn propose(&self, request: Request, deadline: Instant) -> ForwardedWrite {
+    /// Queues `request` and waits for its outcome until `deadline`.
+    pub async fn submit(&self, request: Request, deadline: Instant) -> ForwardedWrite {
+        match self.enqueue(request, deadline).await {
+            Some(rx) => await_reply(rx, deadline).await,
+            None => ForwardedWrite::Timeout,
+        }
+    }
+
+    /// Queues every request at once (so they can share a batch) and waits for all outcomes,
+    /// in order.
+    pub async fn submit_all(&self, requests: Vec<Request>, deadline: Instant) -> Vec<ForwardedWrite> {
+        let mut receivers = Vec::with_capacity(requests.len());
+        for request in requests {
+            receivers.push(self.enqueue(request, deadline).await);
+        }
+        let mut outcomes = Vec::with_capacity(receivers.len());
+        for rx in receivers {
+            outcomes.push(match rx {
+                Some(rx) => await_reply(rx, deadline).await,
+                None => ForwardedWrite::Timeout,
+            });
+        }
+        outcomes
+    }
+
+    async fn enqueue(
+        &self,
+        request: Request,
+        deadline: Instant,
+    ) -> Option<oneshot::Receiver<ForwardedWrite>> {
         let (reply, rx) = oneshot::channel();
         let remaining = deadline.saturating_duration_since(Instant::now());
         let queued = tokio::time::timeout(remaining, self.tx.send(Pending { request, reply })).await;
-        if !matches!(queued, Ok(Ok(()))) {
-            return ForwardedWrite::Timeout;
-        }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(remaining, rx).await {
-            Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => ForwardedWrite::Failed("the proposer stopped".into()),
-            Err(_) => ForwardedWrite::Timeout,
-        }
+        matches!(queued, Ok(Ok(()))).then_some(rx)
     }
 }
 
-async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, timeout: Duration) {
+async fn await_reply(rx: oneshot::Receiver<ForwardedWrite>, deadline: Instant) -> ForwardedWrite {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(remaining, rx).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(_)) => ForwardedWrite::Failed("the batcher stopped".into()),
+        Err(_) => ForwardedWrite::Timeout,
+    }
+}
+
+async fn run<F, Fut>(mut rx: mpsc::Receiver<Pending>, send: F)
+where
+    F: Fn(Vec<Request>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Vec<ForwardedWrite>> + Send + 'static,
+{
     let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     loop {
+        // Take a slot first: while both slots are busy, requests accumulate into the next batch.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let Some(first) = rx.recv().await else { return };
         let mut batch = vec![first];
@@ -73,38 +130,61 @@ async fn run(raft: Raft, mut rx: mpsc::Receiver<Pending>, timeout: Duration) {
                 Err(_) => break,
             }
         }
-        let raft = raft.clone();
+        let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<ForwardedWrite>>) =
+            batch.into_iter().map(|p| (p.request, p.reply)).unzip();
+        let sent = send(requests);
         tokio::spawn(async move {
-            propose_batch(&raft, batch, timeout).await;
+            let outcomes = sent.await;
             drop(slot);
+            let mut outcomes = outcomes.into_iter();
+            for reply in replies {
+                let outcome = outcomes
+                    .next()
+                    .unwrap_or_else(|| ForwardedWrite::Failed("fewer replies than requests".into()));
+                let _ = reply.send(outcome);
+            }
         });
     }
 }
 
-async fn propose_batch(raft: &Raft, pending: Vec<Pending>, timeout: Duration) {
-    let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<ForwardedWrite>>) =
-        pending.into_iter().map(|p| (p.request, p.reply)).unzip();
-    metrics::histogram!("sinkron_proposal_batch_requests").record(requests.len() as f64);
+/// Appends `requests` as one entry and returns one outcome per request.
+async fn propose(raft: &Raft, requests: Vec<Request>, timeout: Duration) -> Vec<ForwardedWrite> {
+    let count = requests.len();
+    metrics::histogram!("sinkron_proposal_batch_requests").record(count as f64);
     let entry = Batch { at_ms: now_ms(), requests };
-    let outcome = tokio::time::timeout(timeout, raft.client_write(entry)).await;
-    let per_request: Box<dyn Fn(usize) -> ForwardedWrite + Send> = match outcome {
-        Ok(Ok(written)) => {
-            let responses: Vec<Response> = written.data;
-            Box::new(move |i| match responses.get(i) {
-                Some(r) => ForwardedWrite::Applied(r.clone()),
-                None => ForwardedWrite::Failed("the state machine gave fewer replies than requests".into()),
-            })
-        }
-        Err(_) => Box::new(|_| ForwardedWrite::Timeout),
+    match tokio::time::timeout(timeout, raft.client_write(entry)).await {
+        Ok(Ok(written)) => written.data.into_iter().map(ForwardedWrite::Applied).collect(),
+        Err(_) => (0..count).map(|_| ForwardedWrite::Timeout).collect(),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-            Box::new(|_| ForwardedWrite::NotLeader)
+            (0..count).map(|_| ForwardedWrite::NotLeader).collect()
         }
-        Ok(Err(e)) => {
-            let msg = e.to_string();
-            Box::new(move |_| ForwardedWrite::Failed(msg.clone()))
-        }
+        Ok(Err(e)) => (0..count).map(|_| ForwardedWrite::Failed(e.to_string())).collect(),
+    }
+}
+
+/// Sends `requests` to the leader in one call; any failure to reach it is `NotLeader`, which
+/// makes the callers look for the leader again.
+async fn forward(
+    raft: &Raft,
+    group: GroupId,
+    http: &reqwest::Client,
+    requests: Vec<Request>,
+    timeout: Duration,
+) -> Vec<ForwardedWrite> {
+    let count = requests.len();
+    let leader = {
+        let m = raft.metrics();
+        let m = m.borrow();
+        m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned())
     };
-    for (i, reply) in replies.into_iter().enumerate() {
-        let _ = reply.send(per_request(i));
+    let Some(leader) = leader else { return (0..count).map(|_| ForwardedWrite::NotLeader).collect() };
+    let url = format!("http://{}/raft/{group}/write", leader.addr);
+    let answered = match http.post(url).json(&requests).timeout(timeout).send().await {
+        Ok(resp) if resp.status().is_success() => resp.json::<Vec<ForwardedWrite>>().await.ok(),
+        _ => None,
+    };
+    match answered {
+        Some(outcomes) if outcomes.len() == count => outcomes,
+        _ => (0..count).map(|_| ForwardedWrite::NotLeader).collect(),
     }
 }

@@ -59,19 +59,25 @@ pub async fn snapshot(
     Ok(Json(g.raft.install_snapshot(req).await))
 }
 
-/// A client write forwarded by a follower to the leader.
+/// Client writes forwarded by another node to the leader, as one batch.
 #[utoipa::path(post, path = "/raft/{group}/write", tag = "raft", request_body = Object,
     params(("group" = u64, Path, description = "Raft group id")), responses((status = 200, body = Object)))]
 pub async fn write(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
-    ApiJson(req): ApiJson<Request>,
-) -> Result<Json<ForwardedWrite>, ApiError> {
+    ApiJson(requests): ApiJson<Vec<Request>>,
+) -> Result<Json<Vec<ForwardedWrite>>, ApiError> {
     if group != GROUP0 {
         return Err(unknown_group(group));
     }
+    if requests.len() > crate::proposer::BATCH_MAX {
+        return Err(ApiError::PayloadTooLarge(format!(
+            "at most {} requests per call",
+            crate::proposer::BATCH_MAX
+        )));
+    }
     let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
-    Ok(Json(node.write_local(req, deadline).await))
+    Ok(Json(node.write_forwarded(requests, deadline).await))
 }
 
 /// ReadIndex: the leader confirms its leadership and tells the index reads must wait for.

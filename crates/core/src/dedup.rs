@@ -1,0 +1,111 @@
+//! Replies to recent client request ids, so a retried request is applied once.
+//!
+//! The window is a FIFO of the last [`DEDUP_WINDOW`] ids. Lookups go through a hash index;
+//! that index is never iterated and never serialised (it is rebuilt from the FIFO when a
+//! snapshot is loaded), so it cannot make replicas or snapshots differ.
+
+use std::collections::{HashMap, VecDeque};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::command::Response;
+use crate::limits::DEDUP_WINDOW;
+
+/// The de-duplication window.
+#[derive(Debug, Clone, Default)]
+pub struct Dedup {
+    order: VecDeque<(String, Response)>,
+    index: HashMap<String, usize>,
+    /// Number of ids ever evicted; positions in `index` are absolute (`evicted + offset`).
+    evicted: usize,
+}
+
+impl Dedup {
+    /// The reply first given to `id`, if it is still in the window.
+    pub fn get(&self, id: &str) -> Option<&Response> {
+        let absolute = *self.index.get(id)?;
+        self.order.get(absolute - self.evicted).map(|(_, r)| r)
+    }
+
+    /// Records the reply to `id`, evicting the oldest id beyond the window.
+    pub fn insert(&mut self, id: String, response: Response) {
+        self.index.insert(id.clone(), self.evicted + self.order.len());
+        self.order.push_back((id, response));
+        while self.order.len() > DEDUP_WINDOW {
+            if let Some((old, _)) = self.order.pop_front() {
+                self.index.remove(&old);
+                self.evicted += 1;
+            }
+        }
+    }
+
+    /// Number of ids remembered.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Whether no id is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+
+    /// The index matches the FIFO and the window is respected.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        if self.order.len() > DEDUP_WINDOW || self.index.len() != self.order.len() {
+            return Err(format!(
+                "dedup holds {} ids and {} index entries",
+                self.order.len(),
+                self.index.len()
+            ));
+        }
+        for (offset, (id, _)) in self.order.iter().enumerate() {
+            if self.index.get(id) != Some(&(self.evicted + offset)) {
+                return Err(format!("dedup index of {id:?} is wrong"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Two windows are equal when they remember the same ids and replies in the same order;
+/// the index is derived data.
+impl PartialEq for Dedup {
+    fn eq(&self, other: &Self) -> bool {
+        self.order == other.order
+    }
+}
+
+impl Serialize for Dedup {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.order.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Dedup {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let order: VecDeque<(String, Response)> = VecDeque::deserialize(deserializer)?;
+        let index = order.iter().enumerate().map(|(i, (id, _))| (id.clone(), i)).collect();
+        Ok(Self { order, index, evicted: 0 })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshot_round_trip_after_eviction_keeps_lookups() {
+        let mut dedup = Dedup::default();
+        for i in 0..DEDUP_WINDOW + 10 {
+            dedup.insert(format!("r{i}"), Response::KvDelete { existed: i % 2 == 0 });
+        }
+        assert!(dedup.get("r0").is_none(), "evicted");
+        assert_eq!(dedup.get("r10"), Some(&Response::KvDelete { existed: true }));
+        let restored: Dedup =
+            serde_json::from_slice(&serde_json::to_vec(&dedup).expect("encode")).expect("decode");
+        assert_eq!(restored, dedup);
+        restored.check_invariants().expect("invariants after restore");
+        assert_eq!(restored.get("r11"), Some(&Response::KvDelete { existed: false }));
+        dedup.check_invariants().expect("invariants");
+    }
+}
