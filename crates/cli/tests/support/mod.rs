@@ -67,6 +67,15 @@ pub fn fast_env() -> Vec<(String, String)> {
 impl TestCluster {
     /// Starts `n` nodes with [`fast_env`] plus `extra` settings.
     pub fn start(n: usize, extra: &[(&str, &str)]) -> Self {
+        let mut cluster = Self::prepare(n, extra);
+        for i in 0..n {
+            cluster.spawn(i, &[]);
+        }
+        cluster
+    }
+
+    /// Lays out `n` nodes without starting any; start them with [`TestCluster::spawn`].
+    pub fn prepare(n: usize, extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
         let cluster_addrs = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
@@ -86,11 +95,7 @@ impl TestCluster {
                 }
             })
             .collect();
-        let mut cluster = Self { dir, nodes, cluster_addrs, env };
-        for i in 0..n {
-            cluster.spawn(i, &[]);
-        }
-        cluster
+        Self { dir, nodes, cluster_addrs, env }
     }
 
     /// Starts (or restarts) node `i`.

@@ -1,0 +1,160 @@
+//! Tests of the `sinkron` binary as a user runs it: late starters, graceful stops, `dev`,
+//! `cluster status` and `bench write`.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+use support::{eventually, sinkron_bin, TestCluster};
+
+const FORM: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cluster_forms_without_a_late_node_which_then_catches_up() {
+    let mut cluster = TestCluster::prepare(3, &[]);
+    cluster.spawn(0, &[]);
+    cluster.spawn(1, &[]);
+    cluster.wait_leader(&[0, 1], FORM).await;
+    let put = cluster.client(1).kv_put("early", json!("two of three")).await.expect("a majority commits");
+    cluster.spawn(2, &[]);
+    cluster.wait_applied(2, put.version, FORM).await;
+    let got = cluster.client(2).kv_get("early").await.expect("read via the late node");
+    assert_eq!(got.map(|v| v.value), Some(json!("two of three")));
+    assert_eq!(cluster.status(2).await.members.len(), 3, "the late node did not form a cluster of its own");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_cleanly_and_a_restart_never_reinitialises() {
+    let mut cluster = TestCluster::start(3, &[]);
+    cluster.wait_leader(&cluster.all(), FORM).await;
+    for i in 0..20 {
+        cluster.client(i % 3).kv_put(&format!("k{i}"), json!(i)).await.expect("write");
+    }
+    let before = cluster.status(0).await;
+    for i in cluster.all() {
+        assert_eq!(cluster.stop(i), Some(0), "node {} exits 0 on SIGTERM", i + 1);
+    }
+    for i in cluster.all() {
+        cluster.spawn(i, &[]);
+    }
+    cluster.wait_leader(&cluster.all(), FORM).await;
+    let after = cluster.status(0).await;
+    assert!(after.term >= before.term, "terms never go back: {before:?} -> {after:?}");
+    assert!(after.last_log_index >= before.last_log_index, "the log was kept: {before:?} -> {after:?}");
+    // A re-initialised cluster would start its revisions again at 1.
+    let put = cluster.client(0).kv_put("after-restart", json!(true)).await.expect("write after restart");
+    assert!(put.version > 20, "revisions continue after the restart: {put:?}");
+    for i in 0..20 {
+        let got = cluster.client(2).kv_get(&format!("k{i}")).await.expect("read");
+        assert_eq!(got.map(|v| v.value), Some(json!(i)));
+    }
+}
+
+/// Three consecutive free ports, or `None` after a few tries.
+fn three_free_ports() -> Option<u16> {
+    for _ in 0..20 {
+        let base = support::free_port();
+        if base > 65_000 {
+            continue;
+        }
+        let taken: Vec<_> = (0..3).map(|i| TcpListener::bind(("127.0.0.1", base + i))).collect();
+        if taken.iter().all(|t| t.is_ok()) {
+            return Some(base);
+        }
+    }
+    None
+}
+
+#[test]
+fn dev_starts_three_nodes_and_ctrl_c_stops_them_all() {
+    let base = three_free_ports().expect("three consecutive free ports");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut child = Command::new(sinkron_bin())
+        .args(["dev", "--base-port", &base.to_string(), "--data-dir"])
+        .arg(dir.path().join("dev"))
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start sinkron dev");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l.starts_with("Leader:")) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => {
+                let _ = child.kill();
+                panic!("no leader announced within 30 s; output: {seen:?}");
+            }
+        }
+    }
+    for i in 0..3 {
+        assert!(
+            seen.iter().any(|l| l.contains(&format!("http://127.0.0.1:{}", base + i))),
+            "URL printed: {seen:?}"
+        );
+    }
+    let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("sinkron dev did not stop within 20 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
+        seen.push(line);
+    }
+    assert!(status.success(), "dev exits 0: {status}");
+    let stopped = seen.iter().filter(|l| l.contains("stopped (exit status: 0)")).count();
+    assert_eq!(stopped, 3, "every node stopped cleanly: {seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_status_and_bench_write_commands_work() {
+    let cluster = TestCluster::start(3, &[]);
+    cluster.wait_leader(&cluster.all(), FORM).await;
+    let endpoint = cluster.nodes[1].addr();
+    let out = eventually(FORM, || async {
+        let out = Command::new(sinkron_bin()).args(["cluster", "status", "--endpoint", &endpoint]).output();
+        match out {
+            Ok(o) if o.status.success() => Ok(String::from_utf8_lossy(&o.stdout).into_owned()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(out.contains("leader: node"), "{out}");
+    for node in ["node1", "node2", "node3"] {
+        assert!(out.lines().any(|l| l.starts_with(node) && l.contains("voter")), "{node} listed: {out}");
+    }
+    assert_eq!(out.lines().filter(|l| l.contains(" leader ")).count(), 1, "{out}");
+
+    let endpoints = cluster.nodes.iter().map(|n| n.addr()).collect::<Vec<_>>().join(",");
+    let out = Command::new(sinkron_bin())
+        .args(["bench", "write", "--clients", "4", "--ops", "200", "--json", "--endpoints", &endpoints])
+        .output()
+        .expect("run bench");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench prints JSON");
+    assert_eq!(report["ops"], 200);
+    assert_eq!(report["errors"], 0);
+    assert!(report["p50_ms"].as_f64().is_some_and(|p| p > 0.0), "{report}");
+}
