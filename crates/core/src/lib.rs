@@ -14,6 +14,7 @@ pub mod error;
 pub mod ids;
 pub mod kv;
 pub mod limits;
+pub mod locks;
 pub mod state;
 
 pub use command::{Batch, Command, Request, Response};
