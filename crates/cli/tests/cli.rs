@@ -21,9 +21,9 @@ async fn the_cluster_forms_without_a_late_node_which_then_catches_up() {
     cluster.spawn(0, &[]);
     cluster.spawn(1, &[]);
     cluster.wait_leader(&[0, 1], FORM).await;
-    let put = cluster.client(1).kv_put("early", json!("two of three")).await.expect("a majority commits");
+    cluster.client(1).kv_put("early", json!("two of three")).await.expect("a majority commits");
     cluster.spawn(2, &[]);
-    cluster.wait_applied(2, put.version, FORM).await;
+    cluster.wait_local_value(2, "early", &json!("two of three"), FORM).await;
     let got = cluster.client(2).kv_get("early").await.expect("read via the late node");
     assert_eq!(got.map(|v| v.value), Some(json!("two of three")));
     assert_eq!(cluster.status(2).await.members.len(), 3, "the late node did not form a cluster of its own");

@@ -41,11 +41,8 @@ async fn leader_sigkill_elects_a_new_leader_and_the_old_one_catches_up() {
     let survivors: Vec<usize> = cluster.all().into_iter().filter(|i| *i != old).collect();
     let new = cluster.wait_leader(&survivors, FORM).await;
     assert_ne!(new, old);
-    let mut last_version = 0;
     for &i in &survivors {
-        let put =
-            cluster.client(i).kv_put(&format!("after-{i}"), json!("ok")).await.expect("write via a survivor");
-        last_version = last_version.max(put.version);
+        cluster.client(i).kv_put(&format!("after-{i}"), json!("ok")).await.expect("write via a survivor");
     }
     for i in 0..10 {
         let got = cluster.client(survivors[0]).kv_get(&format!("before-{i}")).await.expect("read");
@@ -57,7 +54,8 @@ async fn leader_sigkill_elects_a_new_leader_and_the_old_one_catches_up() {
     }
 
     cluster.spawn(old, &[]);
-    cluster.wait_applied(old, last_version, FORM).await;
+    let last = format!("after-{}", survivors[1]);
+    cluster.wait_local_value(old, &last, &json!("ok"), FORM).await;
     for &i in &survivors {
         let got = cluster.client(old).kv_get_with(&format!("after-{i}"), "local").await.expect("local read");
         assert_eq!(got.map(|v| v.value), Some(json!("ok")), "restarted node has after-{i}");
@@ -108,9 +106,8 @@ async fn a_node_far_behind_catches_up_from_a_snapshot() {
     let leader = cluster.wait_leader(&cluster.all(), FORM).await;
     let lagger = (leader + 1) % 3;
     cluster.kill(lagger);
-    let mut last = 0;
     for i in 0..150 {
-        last = cluster.client(leader).kv_put(&format!("k{i}"), json!(i)).await.expect("write").version;
+        cluster.client(leader).kv_put(&format!("k{i}"), json!(i)).await.expect("write");
     }
     // The leader compacts its log, so the lagging node cannot be served from the log alone.
     let purged = eventually(FORM, || async {
@@ -124,7 +121,7 @@ async fn a_node_far_behind_catches_up_from_a_snapshot() {
     assert!(purged > 50);
 
     cluster.spawn(lagger, &[]);
-    cluster.wait_applied(lagger, last, FORM).await;
+    cluster.wait_local_value(lagger, "k149", &json!(149), FORM).await;
     let status = cluster.status(lagger).await;
     assert!(
         status.snapshot_index.is_some_and(|s| s > 20),
@@ -251,6 +248,14 @@ async fn http_errors_are_json_with_stable_codes() {
             "body",
         ),
         (http.get(format!("{base}/v1/kv/missing")), 404, "not_found", "missing"),
+        (http.get(format!("{base}/v1/kv/a?consistency=sometimes")), 400, "invalid_argument", "sometimes"),
+        (
+            http.post(format!("{base}/v1/kv/a")).json(&json!({"value": 1})),
+            405,
+            "method_not_allowed",
+            "method",
+        ),
+        (http.post(format!("{base}/raft/zero/append")).json(&json!({})), 400, "invalid_argument", "path"),
         (http.get(format!("{base}/v1/nothing-here")), 404, "not_found", "endpoint"),
         (
             http.post(format!("{base}/v1/cluster/members")).json(&json!({"id": "bad name", "addr": "h:1"})),
@@ -275,6 +280,29 @@ async fn http_errors_are_json_with_stable_codes() {
             "{body} should mention {mentions}"
         );
     }
+    let first = http
+        .put(format!("{base}/v1/kv/r1"))
+        .json(&json!({"value": 1, "request_id": "once"}))
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(first.status().as_u16(), 200);
+    let retry = http
+        .put(format!("{base}/v1/kv/r1"))
+        .json(&json!({"value": 1, "request_id": "once"}))
+        .send()
+        .await
+        .expect("retry");
+    assert_eq!(retry.status().as_u16(), 200, "a genuine retry gets the first answer");
+    let reused = http
+        .put(format!("{base}/v1/kv/r2"))
+        .json(&json!({"value": 2, "request_id": "once"}))
+        .send()
+        .await
+        .expect("reuse");
+    assert_eq!(reused.status().as_u16(), 409, "an id reused for another request is refused");
+    assert_eq!(cluster.client(0).kv_get("r2").await.expect("read"), None);
+
     let doc: serde_json::Value =
         http.get(format!("{base}/openapi.json")).send().await.expect("openapi").json().await.expect("json");
     for path in [

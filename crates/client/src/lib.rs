@@ -102,7 +102,7 @@ pub struct KvValue {
     pub key: String,
     /// Value.
     pub value: serde_json::Value,
-    /// Log index of the write that stored it.
+    /// Revision of the write that stored it (grows with every write of the cluster).
     pub version: u64,
 }
 
@@ -111,7 +111,7 @@ pub struct KvValue {
 pub struct PutResult {
     /// Key.
     pub key: String,
-    /// Log index of the write.
+    /// Revision of the write (grows with every write of the cluster).
     pub version: u64,
 }
 
@@ -120,6 +120,9 @@ struct ErrorBody {
     error: String,
     message: String,
 }
+
+/// Longest wait for a membership change.
+pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A client of one node. Any node serves every endpoint.
 #[derive(Debug, Clone)]
@@ -197,17 +200,18 @@ impl Client {
         self.get("/v1/cluster").await
     }
 
-    /// `POST /v1/cluster/members`.
+    /// `POST /v1/cluster/members`. Waits up to [`MEMBERSHIP_TIMEOUT`]: the new node has to
+    /// catch up before it becomes a voter.
     pub async fn add_member(&self, id: &str, addr: &str) -> Result<serde_json::Value, ClientError> {
         let url = format!("{}/v1/cluster/members", self.base);
         let body = serde_json::json!({ "id": id, "addr": addr });
-        self.send(self.http.post(&url).json(&body), url).await
+        self.send(self.http.post(&url).json(&body).timeout(MEMBERSHIP_TIMEOUT), url).await
     }
 
     /// `DELETE /v1/cluster/members/{id}`.
     pub async fn remove_member(&self, id: &str) -> Result<serde_json::Value, ClientError> {
         let url = format!("{}/v1/cluster/members/{}", self.base, encode(id));
-        self.send(self.http.delete(&url), url).await
+        self.send(self.http.delete(&url).timeout(MEMBERSHIP_TIMEOUT), url).await
     }
 
     /// `PUT /v1/kv/{key}`.

@@ -27,6 +27,19 @@ pub struct Request {
     pub command: Command,
 }
 
+impl Request {
+    /// Size of the request's JSON encoding, used to bound batches.
+    pub fn approx_bytes(&self) -> usize {
+        serde_json::to_vec(self).map(|v| v.len()).unwrap_or(0)
+    }
+
+    /// A stable digest of what the request asks for, to tell a genuine retry (same id, same
+    /// command) from an id reused for something else.
+    pub fn fingerprint(&self) -> u64 {
+        crate::ids::fnv1a64(&serde_json::to_vec(&self.command).unwrap_or_default())
+    }
+}
+
 /// A state change of group 0.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -60,5 +73,10 @@ pub enum Response {
     KvDelete {
         /// Whether the key existed before.
         existed: bool,
+    },
+    /// The request was not applied.
+    Rejected {
+        /// Why, in words.
+        reason: String,
     },
 }

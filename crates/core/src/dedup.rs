@@ -14,25 +14,27 @@ use crate::limits::DEDUP_WINDOW;
 /// The de-duplication window.
 #[derive(Debug, Clone, Default)]
 pub struct Dedup {
-    order: VecDeque<(String, Response)>,
+    order: VecDeque<(String, u64, Response)>,
     index: HashMap<String, usize>,
     /// Number of ids ever evicted; positions in `index` are absolute (`evicted + offset`).
     evicted: usize,
 }
 
 impl Dedup {
-    /// The reply first given to `id`, if it is still in the window.
-    pub fn get(&self, id: &str) -> Option<&Response> {
+    /// The fingerprint of the request first seen with `id` and the reply it got, if `id` is
+    /// still in the window.
+    pub fn get(&self, id: &str) -> Option<(u64, &Response)> {
         let absolute = *self.index.get(id)?;
-        self.order.get(absolute - self.evicted).map(|(_, r)| r)
+        self.order.get(absolute - self.evicted).map(|(_, f, r)| (*f, r))
     }
 
-    /// Records the reply to `id`, evicting the oldest id beyond the window.
-    pub fn insert(&mut self, id: String, response: Response) {
+    /// Records the reply to `id` (a request with `fingerprint`), evicting the oldest id
+    /// beyond the window.
+    pub fn insert(&mut self, id: String, fingerprint: u64, response: Response) {
         self.index.insert(id.clone(), self.evicted + self.order.len());
-        self.order.push_back((id, response));
+        self.order.push_back((id, fingerprint, response));
         while self.order.len() > DEDUP_WINDOW {
-            if let Some((old, _)) = self.order.pop_front() {
+            if let Some((old, _, _)) = self.order.pop_front() {
                 self.index.remove(&old);
                 self.evicted += 1;
             }
@@ -58,7 +60,7 @@ impl Dedup {
                 self.index.len()
             ));
         }
-        for (offset, (id, _)) in self.order.iter().enumerate() {
+        for (offset, (id, _, _)) in self.order.iter().enumerate() {
             if self.index.get(id) != Some(&(self.evicted + offset)) {
                 return Err(format!("dedup index of {id:?} is wrong"));
             }
@@ -83,8 +85,8 @@ impl Serialize for Dedup {
 
 impl<'de> Deserialize<'de> for Dedup {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let order: VecDeque<(String, Response)> = VecDeque::deserialize(deserializer)?;
-        let index = order.iter().enumerate().map(|(i, (id, _))| (id.clone(), i)).collect();
+        let order: VecDeque<(String, u64, Response)> = VecDeque::deserialize(deserializer)?;
+        let index = order.iter().enumerate().map(|(i, (id, _, _))| (id.clone(), i)).collect();
         Ok(Self { order, index, evicted: 0 })
     }
 }
@@ -97,15 +99,15 @@ mod tests {
     fn snapshot_round_trip_after_eviction_keeps_lookups() {
         let mut dedup = Dedup::default();
         for i in 0..DEDUP_WINDOW + 10 {
-            dedup.insert(format!("r{i}"), Response::KvDelete { existed: i % 2 == 0 });
+            dedup.insert(format!("r{i}"), i as u64, Response::KvDelete { existed: i % 2 == 0 });
         }
         assert!(dedup.get("r0").is_none(), "evicted");
-        assert_eq!(dedup.get("r10"), Some(&Response::KvDelete { existed: true }));
+        assert_eq!(dedup.get("r10"), Some((10, &Response::KvDelete { existed: true })));
         let restored: Dedup =
             serde_json::from_slice(&serde_json::to_vec(&dedup).expect("encode")).expect("decode");
         assert_eq!(restored, dedup);
         restored.check_invariants().expect("invariants after restore");
-        assert_eq!(restored.get("r11"), Some(&Response::KvDelete { existed: false }));
+        assert_eq!(restored.get("r11"), Some((11, &Response::KvDelete { existed: false })));
         dedup.check_invariants().expect("invariants");
     }
 }

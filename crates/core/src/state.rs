@@ -43,14 +43,23 @@ impl Group0State {
     }
 
     fn apply(&mut self, request: &Request) -> Response {
-        if let Some(previous) = request.request_id.as_ref().and_then(|id| self.dedup.get(id)) {
-            return previous.clone();
+        let Some(id) = &request.request_id else {
+            self.revision += 1;
+            return self.dispatch(&request.command);
+        };
+        let fingerprint = request.fingerprint();
+        if let Some((seen, previous)) = self.dedup.get(id) {
+            return if seen == fingerprint {
+                previous.clone()
+            } else {
+                Response::Rejected {
+                    reason: format!("request_id {id:?} was already used for a different request"),
+                }
+            };
         }
         self.revision += 1;
         let response = self.dispatch(&request.command);
-        if let Some(id) = &request.request_id {
-            self.dedup.insert(id.clone(), response.clone());
-        }
+        self.dedup.insert(id.clone(), fingerprint, response.clone());
         response
     }
 
@@ -134,6 +143,15 @@ mod tests {
         assert_eq!(first, retry);
         assert_eq!(state.kv.get("k").map(|e| e.value.clone()), Some(json!("v2")));
         assert_eq!(state.revision, 2, "the retry took no revision");
+    }
+
+    #[test]
+    fn a_request_id_reused_for_another_request_is_rejected() {
+        let mut state = Group0State::default();
+        state.apply_batch(1, &batch(5, vec![req(Some("r1"), put("k1", json!(1)))]));
+        let reused = state.apply_batch(2, &batch(6, vec![req(Some("r1"), put("k2", json!(2)))]));
+        assert!(matches!(&reused[0], Response::Rejected { reason } if reason.contains("r1")), "{reused:?}");
+        assert!(state.kv.get("k2").is_none());
     }
 
     #[test]

@@ -104,6 +104,9 @@ impl Node {
             snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
             max_in_snapshot_log_to_keep: config.snapshot_logs.min(1_000),
             snapshot_max_chunk_size: 256 * 1024,
+            // An entry is a batch of up to BATCH_BYTES_MAX bytes of requests; keep one
+            // AppendEntries well under the RPC body limit.
+            max_payload_entries: 16,
             ..Default::default()
         }
         .validate()
@@ -294,12 +297,12 @@ impl Node {
                 )));
             }
         }
-        let limit = self.request_timeout() * 4;
+        let limit = self.request_timeout() * 2;
         let added = timeout(limit, raft.add_learner(id, member.clone(), true)).await;
         membership_outcome(added, "add the learner")?;
-        let mut voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
-        voters.insert(id);
-        let changed = timeout(limit, raft.change_membership(voters, false)).await;
+        // Name only the voter to add, so concurrent changes cannot undo each other.
+        let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
+        let changed = timeout(limit, raft.change_membership(change, false)).await;
         membership_outcome(changed, "promote the learner to voter")
     }
 
@@ -320,7 +323,7 @@ impl Node {
         } else {
             ChangeMembers::RemoveNodes(BTreeSet::from([id]))
         };
-        let changed = timeout(self.request_timeout() * 4, raft.change_membership(change, false)).await;
+        let changed = timeout(self.request_timeout() * 2, raft.change_membership(change, false)).await;
         membership_outcome(changed, "remove the member")
     }
 
@@ -349,7 +352,8 @@ impl Node {
         Ok((status, bytes.to_vec()))
     }
 
-    /// Stops the Raft groups; the log writer flushes what is queued and exits.
+    /// Stops the Raft groups. Everything acknowledged is already on disk; the log writer
+    /// thread ends once the last handle to its log is dropped.
     pub async fn shutdown(&self) {
         for (id, group) in &self.groups {
             if let Err(e) = group.raft.shutdown().await {

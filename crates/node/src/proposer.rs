@@ -23,6 +23,8 @@ use crate::types::{GroupId, Raft};
 
 /// Most requests in one batch.
 pub const BATCH_MAX: usize = 512;
+/// A batch stops growing once its requests add up to this many bytes (estimated).
+pub const BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
 /// Most batches sent and not yet answered.
 pub const IN_FLIGHT_MAX: usize = 2;
 /// Most requests waiting for a batch; beyond it callers wait for room (backpressure).
@@ -30,6 +32,7 @@ const QUEUE_MAX: usize = 16 * 1024;
 
 struct Pending {
     request: Request,
+    bytes: usize,
     reply: oneshot::Sender<ForwardedWrite>,
 }
 
@@ -99,7 +102,8 @@ impl Batcher {
     ) -> Option<oneshot::Receiver<ForwardedWrite>> {
         let (reply, rx) = oneshot::channel();
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let queued = tokio::time::timeout(remaining, self.tx.send(Pending { request, reply })).await;
+        let bytes = request.approx_bytes();
+        let queued = tokio::time::timeout(remaining, self.tx.send(Pending { request, bytes, reply })).await;
         matches!(queued, Ok(Ok(()))).then_some(rx)
     }
 }
@@ -123,10 +127,14 @@ where
         // Take a slot first: while both slots are busy, requests accumulate into the next batch.
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let Some(first) = rx.recv().await else { return };
+        let mut bytes = first.bytes;
         let mut batch = vec![first];
-        while batch.len() < BATCH_MAX {
+        while batch.len() < BATCH_MAX && bytes < BATCH_BYTES_MAX {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(p) => {
+                    bytes += p.bytes;
+                    batch.push(p);
+                }
                 Err(_) => break,
             }
         }
@@ -179,6 +187,8 @@ async fn forward(
     };
     let Some(leader) = leader else { return (0..count).map(|_| ForwardedWrite::NotLeader).collect() };
     let url = format!("http://{}/raft/{group}/write", leader.addr);
+    // Forwarded requests were queued with the caller's deadline; a call outliving the
+    // longest of them would be answered to nobody.
     let answered = match http.post(url).json(&requests).timeout(timeout).send().await {
         Ok(resp) if resp.status().is_success() => resp.json::<Vec<ForwardedWrite>>().await.ok(),
         _ => None,

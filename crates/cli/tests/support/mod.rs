@@ -208,18 +208,18 @@ impl TestCluster {
         self.client(i).cluster().await.expect("cluster status")
     }
 
-    /// Waits until node `i` has applied at least `index`.
-    pub async fn wait_applied(&self, i: usize, index: u64, within: Duration) {
+    /// Waits until node `i`'s own state machine (a local read) has `key` = `value`.
+    pub async fn wait_local_value(&self, i: usize, key: &str, value: &serde_json::Value, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
-            if let Ok(s) = self.client(i).cluster().await {
-                if s.applied_index >= index {
+            if let Ok(Some(v)) = self.client(i).kv_get_with(key, "local").await {
+                if &v.value == value {
                     return;
                 }
             }
             assert!(
                 Instant::now() < deadline,
-                "node {} did not apply index {index} within {within:?}",
+                "node {} did not apply {key} = {value} within {within:?}",
                 i + 1
             );
             tokio::time::sleep(Duration::from_millis(50)).await;

@@ -1,6 +1,6 @@
 //! Probes, cluster status, membership and metrics endpoints.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sinkron_core::limits::validate_node_name;
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ApiJson, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiPath as Path, ErrorBody};
 use super::AppState;
 use crate::node::{role_name, Node};
 use crate::types::Member;
@@ -48,6 +48,11 @@ pub async fn ready(State(node): State<AppState>) -> Result<Json<Readiness>, ApiE
     let Some(leader) = status.leader else {
         return Err(ApiError::Unavailable("no leader is known".into()));
     };
+    // openraft 0.9 does not step down a leader that lost its quorum; do not send it traffic.
+    let quorum_ack_ms = node.group0().raft.metrics().borrow().millis_since_quorum_ack;
+    if status.role == "leader" && quorum_ack_ms.is_none_or(|ms| ms > node.config.election_timeout_max_ms) {
+        return Err(ApiError::Unavailable("this leader has not heard from a quorum recently".into()));
+    }
     if status.applied_index < status.commit_index {
         return Err(ApiError::Unavailable(format!(
             "applying: applied index {} is behind commit index {}",
@@ -66,8 +71,9 @@ pub struct MemberStatus {
     pub addr: String,
     /// `voter` or `learner`.
     pub role: String,
-    /// Numeric Raft id.
-    pub raft_id: u64,
+    /// Numeric Raft id (a 64-bit hash of the name), as a decimal string so JSON readers that
+    /// keep numbers as doubles do not round it.
+    pub raft_id: String,
 }
 
 /// The leader as `/v1/cluster` shows it.
@@ -120,7 +126,7 @@ pub async fn status_of(node: &Node) -> ClusterStatus {
             id: member.name.clone(),
             addr: member.addr.clone(),
             role: if voters.contains(id) { "voter" } else { "learner" }.into(),
-            raft_id: *id,
+            raft_id: id.to_string(),
         })
         .collect();
     members.sort_by(|a, b| a.id.cmp(&b.id));

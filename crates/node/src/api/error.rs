@@ -1,7 +1,8 @@
 //! The one place where errors become HTTP: status, stable `error` code and message.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -33,6 +34,9 @@ pub enum ApiError {
     /// The node cannot serve the request now (shutting down, storage failed).
     #[error("{0}")]
     Unavailable(String),
+    /// The endpoint exists but not with this HTTP method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
 }
 
 /// The JSON body of every error.
@@ -54,6 +58,7 @@ impl ApiError {
             Self::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             Self::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
         }
     }
 }
@@ -98,6 +103,45 @@ where
     }
 }
 
+/// A path parameter whose rejection is `400 invalid_argument`.
+pub struct ApiPath<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiPath<T>
+where
+    Path<T>: FromRequestParts<S, Rejection = PathRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Path::<T>::from_request_parts(parts, state).await {
+            Ok(Path(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::InvalidArgument(format!("path: {}", rejection.body_text()))),
+        }
+    }
+}
+
+/// A query string whose rejection is `400 invalid_argument` naming the parameter.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> FromRequestParts<S> for ApiQuery<T>
+where
+    Query<T>: FromRequestParts<S, Rejection = QueryRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match Query::<T>::from_request_parts(parts, state).await {
+            Ok(Query(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::InvalidArgument(format!(
+                "query: {}",
+                rejection.body_text().trim_start_matches("Failed to deserialize query string: ")
+            ))),
+        }
+    }
+}
+
 fn from_json_rejection(rejection: JsonRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         return ApiError::PayloadTooLarge("request body is larger than the limit".into());
@@ -131,6 +175,7 @@ mod tests {
             (ApiError::PayloadTooLarge("x".into()), 413, "payload_too_large"),
             (ApiError::NoQuorum("x".into()), 503, "no_quorum"),
             (ApiError::Unavailable("x".into()), 503, "unavailable"),
+            (ApiError::MethodNotAllowed("x".into()), 405, "method_not_allowed"),
         ];
         for (error, status, code) in table {
             assert_eq!(error.status_and_code(), (StatusCode::from_u16(status).expect("status"), code));

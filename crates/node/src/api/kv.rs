@@ -4,14 +4,14 @@
 //! path `sinkron bench write` measures). Reads are linearizable by default: ReadIndex through
 //! the leader, then served from this node's state machine.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sinkron_core::limits::{validate_kv_key, validate_kv_value, validate_request_id};
 use sinkron_core::{Command, Response};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ApiJson, ErrorBody};
+use super::error::{ApiError, ApiJson, ApiPath as Path, ApiQuery as Query, ErrorBody};
 use super::AppState;
 
 /// How fresh a read must be.
@@ -40,7 +40,7 @@ pub struct KvValue {
     pub key: String,
     /// The value.
     pub value: serde_json::Value,
-    /// Log index of the write that stored it.
+    /// Revision of the write that stored it (grows with every write of the cluster).
     pub version: u64,
 }
 
@@ -59,7 +59,7 @@ pub struct PutBody {
 pub struct PutResult {
     /// The key.
     pub key: String,
-    /// Log index of this write.
+    /// Revision of this write (grows with every write of the cluster).
     pub version: u64,
 }
 
@@ -97,7 +97,7 @@ pub async fn kv_get(
 /// Writes a key through Raft; answered once committed and applied.
 #[utoipa::path(put, path = "/v1/kv/{key}", tag = "kv", request_body = PutBody,
     params(("key" = String, Path, description = "Key, at most 256 bytes")),
-    responses((status = 200, body = PutResult), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = PutResult), (status = 400, body = ErrorBody), (status = 409, body = ErrorBody, description = "request_id reused for another request"), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn kv_put(
     State(node): State<AppState>,
     Path(key): Path<String>,
@@ -110,21 +110,40 @@ pub async fn kv_put(
     }
     match node.write(Command::KvPut { key: key.clone(), value: body.value }, body.request_id).await? {
         Response::KvPut { version } => Ok(Json(PutResult { key, version })),
-        other => Err(ApiError::Unavailable(format!("unexpected reply {other:?}"))),
+        other => Err(unexpected(other)),
     }
+}
+
+/// Query of a delete.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct DeleteQuery {
+    /// Optional idempotency key: a retry with the same id applies once.
+    pub request_id: Option<String>,
 }
 
 /// Deletes a key through Raft.
 #[utoipa::path(delete, path = "/v1/kv/{key}", tag = "kv",
-    params(("key" = String, Path, description = "Key, at most 256 bytes")),
-    responses((status = 200, body = DeleteResult), (status = 503, body = ErrorBody)))]
+    params(("key" = String, Path, description = "Key, at most 256 bytes"), DeleteQuery),
+    responses((status = 200, body = DeleteResult), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn kv_delete(
     State(node): State<AppState>,
     Path(key): Path<String>,
+    Query(query): Query<DeleteQuery>,
 ) -> Result<Json<DeleteResult>, ApiError> {
     validate_kv_key(&key)?;
-    match node.write(Command::KvDelete { key: key.clone() }, None).await? {
+    if let Some(id) = &query.request_id {
+        validate_request_id(id)?;
+    }
+    match node.write(Command::KvDelete { key: key.clone() }, query.request_id).await? {
         Response::KvDelete { existed } => Ok(Json(DeleteResult { key, existed })),
-        other => Err(ApiError::Unavailable(format!("unexpected reply {other:?}"))),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A reply that does not answer the command: a reused request id, or a bug.
+fn unexpected(reply: Response) -> ApiError {
+    match reply {
+        Response::Rejected { reason } => ApiError::Conflict(reason),
+        other => ApiError::Unavailable(format!("unexpected reply {other:?}")),
     }
 }

@@ -79,7 +79,7 @@ pub fn router(node: AppState) -> Router {
     routes
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
-            ApiError::InvalidArgument("this endpoint does not accept that method".into())
+            ApiError::MethodNotAllowed("this endpoint does not accept that method".into())
         })
         .layer(middleware::from_fn(track_http))
         .with_state(node)

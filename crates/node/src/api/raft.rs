@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::Json;
 use openraft::error::{InstallSnapshotError, RaftError};
 use openraft::raft::{
@@ -12,7 +12,7 @@ use openraft::raft::{
 };
 use sinkron_core::Request;
 
-use super::error::{ApiError, ApiJson};
+use super::error::{ApiError, ApiJson, ApiPath as Path};
 use super::AppState;
 use crate::node::{ForwardedWrite, ReadIndex};
 use crate::types::{GroupId, NodeId, TypeConfig, GROUP0};

@@ -140,6 +140,7 @@ fn recover(group_dir: &Path) -> io::Result<Recovered> {
         current,
         committed_hint: None,
         hint_written_at: std::time::Instant::now(),
+        failed: None,
     };
     Ok(Recovered { mem: MemLog { entries, last_purged, vote, committed }, writer })
 }

@@ -91,6 +91,8 @@ pub struct Writer {
     pub committed_hint: Option<Vec<u8>>,
     /// When the hint was last written.
     pub hint_written_at: Instant,
+    /// Set by the first failed write or fsync; every later operation fails.
+    pub failed: Option<String>,
 }
 
 enum Pending {
@@ -137,34 +139,55 @@ impl Writer {
 
     fn write_batch(&mut self, batch: Vec<WriteOp>) {
         let mut pending = Vec::with_capacity(batch.len());
-        let mut result = Ok(());
+        // After one failure the disk state is unknown: refuse everything from then on, so
+        // nothing is ever acknowledged on top of a hole.
+        let mut result = match &self.failed {
+            Some(reason) => {
+                Err(io::Error::other(format!("log writer stopped after an earlier error: {reason}")))
+            }
+            None => Ok(()),
+        };
         for op in batch {
+            // Once something failed, later operations of the batch must not reach the disk.
+            let healthy = result.is_ok();
             let (outcome, waiter) = match op {
-                WriteOp::Append { records, done } => (self.append(&records), Some(Pending::Flushed(done))),
+                WriteOp::Append { records, done } => {
+                    (if healthy { self.append(&records) } else { Ok(()) }, Some(Pending::Flushed(done)))
+                }
                 WriteOp::Truncate { from_index, done } => {
-                    (self.truncate(from_index), Some(Pending::Done(done)))
+                    (if healthy { self.truncate(from_index) } else { Ok(()) }, Some(Pending::Done(done)))
                 }
                 WriteOp::Purge { upto, purged, done } => {
-                    (self.purge(upto, &purged), Some(Pending::Done(done)))
+                    (if healthy { self.purge(upto, &purged) } else { Ok(()) }, Some(Pending::Done(done)))
                 }
-                WriteOp::Meta { name, bytes, done } => {
-                    (files::replace(&self.group_dir.join(name), &bytes, true), Some(Pending::Done(done)))
-                }
+                WriteOp::Meta { name, bytes, done } => (
+                    if healthy { files::replace(&self.group_dir.join(name), &bytes, true) } else { Ok(()) },
+                    Some(Pending::Done(done)),
+                ),
                 WriteOp::CommittedHint(bytes) => {
                     self.committed_hint = Some(bytes);
                     (Ok(()), None)
                 }
             };
-            if result.is_ok() {
+            if healthy {
                 result = outcome;
             }
             pending.extend(waiter);
         }
-        if result.is_ok() {
+        if let Err(e) = &result {
+            if self.failed.is_none() {
+                tracing::error!(error = %e, "Raft log write failed; this group stops acknowledging writes");
+                self.failed = Some(e.to_string());
+            }
+        } else {
             let started = Instant::now();
             result = self.sync();
             metrics::histogram!("sinkron_log_fsync_duration_seconds").record(started.elapsed().as_secs_f64());
             metrics::histogram!("sinkron_log_fsync_batch_ops").record(pending.len() as f64);
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "fsync of the Raft log failed; this group stops acknowledging writes");
+                self.failed = Some(e.to_string());
+            }
         }
         for waiter in pending {
             let reply = result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()));
