@@ -4,6 +4,7 @@ use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{Entry, EntryPayload, RaftLogReader};
 use sinkron_core::{Batch, Command, Request};
+use sinkron_node::storage::segment::decode_records;
 use sinkron_node::storage::{LogStore, StateMachineStore};
 use sinkron_node::types::{StorageError, TypeConfig};
 use tempfile::TempDir;
@@ -62,12 +63,18 @@ async fn torn_tail_is_cut_and_appends_continue() {
         let mut log = LogStore::open(dir.path()).expect("open");
         append_durably(&mut log, (1..=10).map(|i| put_entry(1, i)).collect()).await;
     }
-    // Simulate a crash in the middle of writing entry 10: chop its last bytes.
+    // Simulate a crash in the middle of writing entry 10: keep only its first bytes, then
+    // leave garbage where the rest would have been.
     let segment =
         std::fs::read_dir(dir.path().join("log")).expect("ls").next().expect("one segment").expect("entry");
-    let len = segment.metadata().expect("stat").len();
+    let bytes = std::fs::read(segment.path()).expect("read segment");
+    let decoded = decode_records(&bytes);
+    assert_eq!(decoded.records.len(), 10);
+    let tenth = decoded.records[9].offset;
     let f = std::fs::OpenOptions::new().write(true).open(segment.path()).expect("open segment");
-    f.set_len(len - 3).expect("chop");
+    f.set_len(tenth + 5).expect("chop");
+    f.set_len(tenth + 4096).expect("re-extend");
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0xAB; 64], tenth + 100).expect("garbage");
     drop(f);
 
     let mut log = LogStore::open(dir.path()).expect("reopen");
@@ -76,6 +83,23 @@ async fn torn_tail_is_cut_and_appends_continue() {
     drop(log);
     let mut log = LogStore::open(dir.path()).expect("reopen again");
     assert_eq!(indexes(&mut log).await, (1..=11).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn zero_fill_is_not_mistaken_for_records_or_damage() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for round in 0..3u64 {
+        let mut log = LogStore::open(dir.path()).expect("open");
+        let first = round * 10 + 1;
+        append_durably(&mut log, (first..first + 10).map(|i| put_entry(1, i)).collect()).await;
+        assert_eq!(indexes(&mut log).await, (1..first + 10).collect::<Vec<_>>());
+    }
+    let segment =
+        std::fs::read_dir(dir.path().join("log")).expect("ls").next().expect("segment").expect("entry");
+    assert!(
+        segment.metadata().expect("stat").len() >= 1024 * 1024,
+        "the newest segment is zero-filled ahead"
+    );
 }
 
 #[tokio::test]

@@ -18,8 +18,8 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, Vote};
 use tokio::sync::oneshot;
 
-use super::segment::{decode_records, encode_record, list_segments};
-use super::writer::{open_for_append, Position, WriteOp, Writer};
+use super::segment::{decode_records, encode_record, is_zero, list_segments};
+use super::writer::{Position, Tail, WriteOp, Writer};
 use super::{files, log_read_error, log_write_error};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
 
@@ -97,21 +97,29 @@ fn recover(group_dir: &Path) -> io::Result<Recovered> {
     let mut entries = BTreeMap::new();
     let mut positions = BTreeMap::new();
     let mut seg_map = BTreeMap::new();
+    let mut tail_len = 0;
     for (i, (first, path)) in segments.iter().enumerate() {
         let is_last = i + 1 == segments.len();
         let bytes = fs::read(path)?;
         let decoded = decode_records(&bytes);
-        if decoded.valid_len < bytes.len() as u64 {
-            if !is_last {
+        let rest = &bytes[decoded.valid_len as usize..];
+        if !rest.is_empty() {
+            let zero_fill = is_zero(rest);
+            if !zero_fill && !is_last {
                 return Err(io::Error::other(format!(
                     "corrupt record inside sealed segment {}",
                     path.display()
                 )));
             }
-            tracing::warn!(segment = %path.display(), kept = decoded.valid_len, len = bytes.len(), "cutting torn log tail");
-            let f = fs::OpenOptions::new().write(true).open(path)?;
-            f.set_len(decoded.valid_len)?;
-            f.sync_all()?;
+            if !zero_fill {
+                tracing::warn!(segment = %path.display(), kept = decoded.valid_len, len = bytes.len(), "cutting torn log tail");
+            }
+            if !zero_fill || !is_last {
+                // Torn bytes go; a sealed segment keeps no zero fill.
+                let f = fs::OpenOptions::new().write(true).open(path)?;
+                f.set_len(decoded.valid_len)?;
+                f.sync_all()?;
+            }
         }
         for record in decoded.records {
             let entry: Entry = serde_json::from_slice(record.payload).map_err(io::Error::other)?;
@@ -119,6 +127,7 @@ fn recover(group_dir: &Path) -> io::Result<Recovered> {
             entries.insert(entry.log_id.index, entry);
         }
         seg_map.insert(*first, path.clone());
+        tail_len = decoded.valid_len;
     }
     if let Some(purged) = &last_purged {
         entries = entries.split_off(&(purged.index + 1));
@@ -129,7 +138,7 @@ fn recover(group_dir: &Path) -> io::Result<Recovered> {
     // The commit hint is only a hint: never claim more than the log holds.
     let committed = committed_hint.filter(|c| Some(c.index) <= last_index.or(last_purged.map(|p| p.index)));
     let current = match seg_map.iter().next_back() {
-        Some((first, path)) => Some(open_for_append(*first, path)?),
+        Some((first, path)) => Some(Tail::open(*first, path, tail_len)?),
         None => None,
     };
     let writer = Writer {

@@ -1,9 +1,11 @@
 //! The on-disk record format of log segments.
 //!
-//! A record is `len: u32 LE | crc32(payload): u32 LE | payload`. A segment is a sequence of
-//! records of consecutive log indexes; its file is named after the index of its first record.
-//! A crash can leave a torn record only at the very end of the newest segment; reading stops
-//! there and the tail is cut off.
+//! A record is `len: u32 LE | crc32(len bytes ++ payload): u32 LE | payload`. A segment is a
+//! sequence of records of consecutive log indexes; its file is named after the index of its
+//! first record. The newest segment is zero-filled ahead of its end (so an fsync only has to
+//! write data, not a new file size); an all-zero header never checks out, because the CRC
+//! covers the length too, so reading stops where the records end. A crash can leave a torn
+//! record only at the very end of the newest segment; reading stops there too.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -17,8 +19,20 @@ pub const RECORD_MAX_BYTES: usize = 64 * 1024 * 1024;
 pub fn encode_record(payload: &[u8], buf: &mut Vec<u8>) {
     let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
     buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    buf.extend_from_slice(&checksum(len, payload).to_le_bytes());
     buf.extend_from_slice(payload);
+}
+
+fn checksum(len: u32, payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&len.to_le_bytes());
+    hasher.update(payload);
+    hasher.finalize()
+}
+
+/// Whether every byte is zero (the preallocated, never written part of a segment).
+pub fn is_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|b| *b == 0)
 }
 
 /// A record read back from a segment.
@@ -44,7 +58,8 @@ pub fn decode_records(bytes: &[u8]) -> Decoded<'_> {
     let mut records = Vec::new();
     let mut pos = 0usize;
     while let Some(header) = bytes.get(pos..pos + HEADER_BYTES) {
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let raw_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let len = raw_len as usize;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
         if len > RECORD_MAX_BYTES {
             break;
@@ -52,7 +67,7 @@ pub fn decode_records(bytes: &[u8]) -> Decoded<'_> {
         let Some(payload) = bytes.get(pos + HEADER_BYTES..pos + HEADER_BYTES + len) else {
             break;
         };
-        if crc32fast::hash(payload) != crc {
+        if checksum(raw_len, payload) != crc {
             break;
         }
         records.push(Record { offset: pos as u64, payload });
@@ -116,6 +131,17 @@ mod tests {
             assert_eq!(decoded.records.len(), expect, "cut at {cut}");
             assert_eq!(decoded.valid_len, if expect == 1 { first_len } else { 0 });
         }
+    }
+
+    #[test]
+    fn zero_fill_after_the_records_ends_decoding() {
+        let mut buf = encode_all(&[b"a", b"bc"]);
+        let end = buf.len() as u64;
+        buf.extend_from_slice(&[0u8; 4096]);
+        let decoded = decode_records(&buf);
+        assert_eq!(decoded.records.len(), 2);
+        assert_eq!(decoded.valid_len, end);
+        assert!(is_zero(&buf[end as usize..]));
     }
 
     #[test]
