@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::locks::{AcquireOutcome, Hold, LockMode, LockRefusal};
+
 /// One entry of group 0's log: the client requests the leader batched together.
 ///
 /// openraft 0.9 flushes the log once per appended entry and waits for it, so one entry per
@@ -56,6 +58,65 @@ pub enum Command {
         /// The key.
         key: String,
     },
+    /// Acquires a lock, or queues for it when `wait_ms > 0`.
+    LockAcquire {
+        /// Lock name.
+        name: String,
+        /// Who asks.
+        client_id: String,
+        /// Shared or exclusive.
+        mode: LockMode,
+        /// Lease length.
+        ttl_ms: u64,
+        /// How long the request may wait in the queue; 0 never queues.
+        wait_ms: u64,
+    },
+    /// Releases a hold.
+    LockRelease {
+        /// Lock name.
+        name: String,
+        /// The holder.
+        client_id: String,
+    },
+    /// Extends a lease.
+    LockRefresh {
+        /// Lock name.
+        name: String,
+        /// The holder.
+        client_id: String,
+        /// New lease length; `None` keeps the hold's own.
+        ttl_ms: Option<u64>,
+    },
+    /// Extends every lease of a client.
+    LockRefreshAll {
+        /// The holder.
+        client_id: String,
+        /// New lease length; `None` keeps each hold's own.
+        ttl_ms: Option<u64>,
+    },
+    /// Leaves a lock's queue (the waiter gave up or went away).
+    LockCancelWait {
+        /// Lock name.
+        name: String,
+        /// The waiter.
+        client_id: String,
+    },
+    /// Drops every hold of a lock (administrative).
+    LockForceRelease {
+        /// Lock name.
+        name: String,
+    },
+    /// Expires leases and waits that ended by the entry's timestamp (proposed by the leader).
+    LockExpire,
+    /// Extends every lease by its TTL (proposed by a new leader before it expires anything).
+    LockExtendAll,
+}
+
+impl Command {
+    /// Whether the command acts on the lock table.
+    pub fn is_lock(&self) -> bool {
+        !matches!(self, Command::KvPut { .. } | Command::KvDelete { .. })
+    }
 }
 
 /// The reply to a [`Request`], computed by the state machine.
@@ -73,6 +134,42 @@ pub enum Response {
     KvDelete {
         /// Whether the key existed before.
         existed: bool,
+    },
+    /// Outcome of a lock acquire.
+    LockAcquire {
+        /// Granted, queued, conflict or deadlock.
+        outcome: AcquireOutcome,
+    },
+    /// A lock command other than acquire succeeded; `hold` is the refreshed hold if any.
+    LockDone {
+        /// The hold after a refresh.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        hold: Option<Hold>,
+    },
+    /// A refresh-all: each refreshed lock with its hold.
+    LockRefreshedAll {
+        /// Refreshed locks.
+        locks: Vec<(String, Hold)>,
+    },
+    /// A cancel: whether the client was still waiting.
+    LockCancelled {
+        /// Whether it was removed from the queue.
+        was_waiting: bool,
+    },
+    /// A force-release: the former holders.
+    LockForceReleased {
+        /// Who held the lock.
+        former_holders: Vec<String>,
+    },
+    /// An expiry pass: how many holds and waits ended.
+    LockExpired {
+        /// Holds and waits removed.
+        removed: usize,
+    },
+    /// A lock command was refused.
+    LockRefused {
+        /// Why.
+        refusal: LockRefusal,
     },
     /// The request was not applied.
     Rejected {

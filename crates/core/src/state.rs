@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use crate::command::{Batch, Command, Request, Response};
 use crate::dedup::Dedup;
 use crate::kv::KvStore;
+use crate::locks::LockTable;
 
 /// Everything group 0 replicates, as one serialisable value (this is also the snapshot).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -25,6 +26,9 @@ pub struct Group0State {
     pub revision: u64,
     /// The replicated key-value store.
     pub kv: KvStore,
+    /// The lock table.
+    #[serde(default)]
+    pub locks: LockTable,
     /// Replies to recent client request ids, for exactly-once application of retries.
     dedup: Dedup,
 }
@@ -69,12 +73,53 @@ impl Group0State {
                 version: self.kv.put(key.clone(), value.clone(), self.revision, self.clock_ms),
             },
             Command::KvDelete { key } => Response::KvDelete { existed: self.kv.delete(key) },
+            lock => self.dispatch_lock(lock),
+        }
+    }
+
+    fn dispatch_lock(&mut self, command: &Command) -> Response {
+        let now = self.clock_ms;
+        let done = |r: Result<Option<crate::locks::Hold>, crate::locks::LockRefusal>| match r {
+            Ok(hold) => Response::LockDone { hold },
+            Err(refusal) => Response::LockRefused { refusal },
+        };
+        match command {
+            Command::LockAcquire { name, client_id, mode, ttl_ms, wait_ms } => {
+                match self.locks.acquire(name, client_id, *mode, *ttl_ms, *wait_ms, now) {
+                    Ok(outcome) => Response::LockAcquire { outcome },
+                    Err(refusal) => Response::LockRefused { refusal },
+                }
+            }
+            Command::LockRelease { name, client_id } => {
+                done(self.locks.release(name, client_id, now).map(|_| None))
+            }
+            Command::LockRefresh { name, client_id, ttl_ms } => {
+                done(self.locks.refresh(name, client_id, *ttl_ms, now).map(Some))
+            }
+            Command::LockRefreshAll { client_id, ttl_ms } => {
+                Response::LockRefreshedAll { locks: self.locks.refresh_all(client_id, *ttl_ms, now) }
+            }
+            Command::LockCancelWait { name, client_id } => {
+                Response::LockCancelled { was_waiting: self.locks.cancel_wait(name, client_id, now) }
+            }
+            Command::LockForceRelease { name } => {
+                Response::LockForceReleased { former_holders: self.locks.force_release(name, now) }
+            }
+            Command::LockExpire => Response::LockExpired { removed: self.locks.expire(now) },
+            Command::LockExtendAll => {
+                self.locks.extend_all();
+                Response::LockDone { hold: None }
+            }
+            Command::KvPut { .. } | Command::KvDelete { .. } => {
+                Response::Rejected { reason: "not a lock command".into() }
+            }
         }
     }
 
     /// Checks the invariants of the whole state.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.dedup.check_invariants()?;
+        self.locks.check_invariants()?;
         self.kv.check_invariants(self.revision)
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod config;
+pub mod locks;
 pub mod metrics;
 pub mod network;
 pub mod node;

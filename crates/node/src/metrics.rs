@@ -50,6 +50,26 @@ pub fn record_http(route: String, method: String, status: u16, elapsed: Duration
         .record(elapsed.as_secs_f64());
 }
 
+/// Counts the side effects of applied lock commands on this node.
+pub fn record_lock_events(events: &[sinkron_core::locks::LockEvent]) {
+    use sinkron_core::locks::LockEvent;
+    for event in events {
+        let kind = match event {
+            LockEvent::Granted { .. } => "granted_from_queue",
+            LockEvent::Expired { .. } => "lease_expired",
+            LockEvent::WaitExpired { .. } => "wait_expired",
+        };
+        metrics::counter!("sinkron_lock_events_total", "event" => kind).increment(1);
+    }
+}
+
+/// Counts an answered lock request by operation and outcome, with its duration.
+pub fn record_lock_request(op: &'static str, outcome: &'static str, elapsed: Duration) {
+    metrics::counter!("sinkron_lock_requests_total", "op" => op, "outcome" => outcome).increment(1);
+    metrics::histogram!("sinkron_lock_request_duration_seconds", "op" => op, "outcome" => outcome)
+        .record(elapsed.as_secs_f64());
+}
+
 /// Counts a change of the known leader.
 pub fn record_leader_change() {
     metrics::counter!("sinkron_raft_leader_changes_total").increment(1);

@@ -47,8 +47,8 @@ pub enum Leader {
 /// How the leader answers a write forwarded to it.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ForwardedWrite {
-    /// Applied; the state machine's reply.
-    Applied(Response),
+    /// Applied; the state machine's reply and the log index of the entry that carried it.
+    Applied(Response, u64),
     /// The receiver is not (or no longer) the leader.
     NotLeader,
     /// No quorum acknowledged it in time; it may still commit.
@@ -198,6 +198,15 @@ impl Node {
 
     /// Proposes `command` to group 0 through its leader and returns the state machine's reply.
     pub async fn write(&self, command: Command, request_id: Option<String>) -> Result<Response, ApiError> {
+        self.write_at(command, request_id).await.map(|(reply, _)| reply)
+    }
+
+    /// Like [`Node::write`], also returning the log index of the entry that applied it.
+    pub async fn write_at(
+        &self,
+        command: Command,
+        request_id: Option<String>,
+    ) -> Result<(Response, u64), ApiError> {
         let deadline = Instant::now() + self.request_timeout();
         // Every proposal carries an id, so a retry after a lost reply applies only once.
         let request = Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), command };
@@ -208,7 +217,7 @@ impl Node {
                 Leader::Remote(_) => group.forwarder.submit(request.clone(), deadline).await,
             };
             match outcome {
-                ForwardedWrite::Applied(reply) => return Ok(reply),
+                ForwardedWrite::Applied(reply, index) => return Ok((reply, index)),
                 ForwardedWrite::Failed(reason) => return Err(ApiError::Unavailable(reason)),
                 ForwardedWrite::Timeout => return Err(no_quorum_for_write(self.request_timeout())),
                 ForwardedWrite::NotLeader if Instant::now() >= deadline => {
@@ -272,7 +281,8 @@ impl Node {
         }
     }
 
-    async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ApiError> {
+    /// Waits until this node has applied log index `index`.
+    pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ApiError> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         self.group0()
             .raft

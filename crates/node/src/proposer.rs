@@ -161,7 +161,10 @@ async fn propose(raft: &Raft, requests: Vec<Request>, timeout: Duration) -> Vec<
     metrics::histogram!("sinkron_proposal_batch_requests").record(count as f64);
     let entry = Batch { at_ms: now_ms(), requests };
     match tokio::time::timeout(timeout, raft.client_write(entry)).await {
-        Ok(Ok(written)) => written.data.into_iter().map(ForwardedWrite::Applied).collect(),
+        Ok(Ok(written)) => {
+            let index = written.log_id.index;
+            written.data.into_iter().map(|r| ForwardedWrite::Applied(r, index)).collect()
+        }
         Err(_) => (0..count).map(|_| ForwardedWrite::Timeout).collect(),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
             (0..count).map(|_| ForwardedWrite::NotLeader).collect()

@@ -30,9 +30,11 @@ pub async fn run(
         "node started"
     );
     tokio::spawn(node.clone().bootstrap());
+    let duties = tokio::spawn(crate::locks::leader_duties(node.clone()));
     let app = crate::api::router(node.clone());
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serve HTTP")?;
     tracing::info!("shutting down");
+    duties.abort();
     node.shutdown().await;
     Ok(())
 }

@@ -11,5 +11,5 @@ mod table;
 mod types;
 
 pub use graph::find_cycle;
-pub use table::LockTable;
+pub use table::{Lock, LockTable};
 pub use types::*;

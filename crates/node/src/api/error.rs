@@ -7,6 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use sinkron_core::locks::{HolderView, WaitEdge};
 use sinkron_core::CoreError;
 use utoipa::ToSchema;
 
@@ -37,6 +38,40 @@ pub enum ApiError {
     /// The endpoint exists but not with this HTTP method.
     #[error("{0}")]
     MethodNotAllowed(String),
+    /// The lock is held incompatibly and the request did not wait.
+    #[error("lock is held by {}", holder_names(.0))]
+    LockConflict(Vec<HolderView>),
+    /// The request waited `wait_ms` without being granted.
+    #[error("{0}")]
+    WaitTimeout(String),
+    /// Waiting would have closed a cycle of waiters; this request is the victim.
+    #[error("waiting would deadlock: {}", cycle_text(.0))]
+    Deadlock(Vec<WaitEdge>),
+    /// The lock is held, but not by this client.
+    #[error("{0}")]
+    NotOwner(String),
+    /// Nobody holds the lock.
+    #[error("{0}")]
+    NotHeld(String),
+    /// A limit (waiters per lock, locks per client) was reached.
+    #[error("{0}")]
+    LimitExceeded(String),
+}
+
+fn holder_names(holders: &[HolderView]) -> String {
+    holders
+        .iter()
+        .map(|h| format!("{} ({:?}, fence {})", h.client_id, h.mode, h.fence))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn cycle_text(cycle: &[WaitEdge]) -> String {
+    cycle
+        .iter()
+        .map(|e| format!("{} waits for {} on {}", e.client_id, e.waits_for, e.lock))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The JSON body of every error.
@@ -46,6 +81,15 @@ pub struct ErrorBody {
     pub error: String,
     /// Human-readable explanation.
     pub message: String,
+    /// With `deadlock`: the cycle, each edge `{client_id, lock, waits_for}`, starting at the
+    /// rejected requester.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub cycle: Option<Vec<WaitEdge>>,
+    /// With `lock_conflict`: the current holders.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
+    pub holders: Option<Vec<HolderView>>,
 }
 
 impl ApiError {
@@ -59,6 +103,12 @@ impl ApiError {
             Self::NoQuorum(_) => (StatusCode::SERVICE_UNAVAILABLE, "no_quorum"),
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::LockConflict(_) => (StatusCode::CONFLICT, "lock_conflict"),
+            Self::WaitTimeout(_) => (StatusCode::CONFLICT, "wait_timeout"),
+            Self::Deadlock(_) => (StatusCode::CONFLICT, "deadlock"),
+            Self::NotOwner(_) => (StatusCode::FORBIDDEN, "not_owner"),
+            Self::NotHeld(_) => (StatusCode::NOT_FOUND, "not_held"),
+            Self::LimitExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "limit_exceeded"),
         }
     }
 }
@@ -75,7 +125,12 @@ impl From<CoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let body = ErrorBody { error: code.to_string(), message: self.to_string() };
+        let (cycle, holders) = match &self {
+            Self::Deadlock(cycle) => (Some(cycle.clone()), None),
+            Self::LockConflict(holders) => (None, Some(holders.clone())),
+            _ => (None, None),
+        };
+        let body = ErrorBody { error: code.to_string(), message: self.to_string(), cycle, holders };
         let mut response = (status, Json(body)).into_response();
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
@@ -176,6 +231,12 @@ mod tests {
             (ApiError::NoQuorum("x".into()), 503, "no_quorum"),
             (ApiError::Unavailable("x".into()), 503, "unavailable"),
             (ApiError::MethodNotAllowed("x".into()), 405, "method_not_allowed"),
+            (ApiError::LockConflict(vec![]), 409, "lock_conflict"),
+            (ApiError::WaitTimeout("x".into()), 409, "wait_timeout"),
+            (ApiError::Deadlock(vec![]), 409, "deadlock"),
+            (ApiError::NotOwner("x".into()), 403, "not_owner"),
+            (ApiError::NotHeld("x".into()), 404, "not_held"),
+            (ApiError::LimitExceeded("x".into()), 429, "limit_exceeded"),
         ];
         for (error, status, code) in table {
             assert_eq!(error.status_and_code(), (StatusCode::from_u16(status).expect("status"), code));

@@ -7,6 +7,7 @@
 pub mod cluster;
 pub mod error;
 pub mod kv;
+pub mod locks;
 pub mod raft;
 
 use std::sync::{Arc, OnceLock};
@@ -38,6 +39,7 @@ pub type AppState = Arc<Node>;
         (name = "probes", description = "Liveness, readiness, metrics and this document"),
         (name = "cluster", description = "Membership and Raft status"),
         (name = "kv", description = "Replicated key-value store in Raft group 0"),
+        (name = "locks", description = "Shared/exclusive locks with fencing tokens, leases, FIFO queues and deadlock detection"),
         (name = "raft", description = "Node-to-node Raft RPC (internal)"),
     )
 )]
@@ -56,6 +58,14 @@ fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(cluster::add_member))
         .routes(routes!(cluster::remove_member))
         .routes(routes!(kv::kv_get, kv::kv_put, kv::kv_delete))
+        .routes(routes!(locks::acquire))
+        .routes(routes!(locks::release))
+        .routes(routes!(locks::refresh))
+        .routes(routes!(locks::refresh_all))
+        .routes(routes!(locks::force_release))
+        .routes(routes!(locks::get_lock))
+        .routes(routes!(locks::list_locks))
+        .routes(routes!(locks::wait_for_graph))
         .layer(DefaultBodyLimit::max(PUBLIC_BODY_MAX_BYTES));
     let internal = OpenApiRouter::<AppState>::new()
         .routes(routes!(raft::append))

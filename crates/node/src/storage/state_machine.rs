@@ -12,6 +12,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use sinkron_core::{Group0State, Response};
+use tokio::sync::watch;
 
 use super::files;
 use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
@@ -26,6 +27,9 @@ pub struct StateMachineStore {
 
 struct Shared {
     data: RwLock<Applied>,
+    /// Bumped after every apply that changed a lock's holders or waiters through a side
+    /// effect (a queued grant, an expiry), so waiting requests look again.
+    lock_epoch: watch::Sender<u64>,
     snapshot_path: PathBuf,
     snapshot_seq: AtomicU64,
 }
@@ -60,13 +64,23 @@ impl StateMachineStore {
             applied.last_applied = meta.last_log_id;
             applied.last_membership = meta.last_membership;
         }
-        let shared = Shared { data: RwLock::new(applied), snapshot_path, snapshot_seq: AtomicU64::new(0) };
+        let shared = Shared {
+            data: RwLock::new(applied),
+            lock_epoch: watch::Sender::new(0),
+            snapshot_path,
+            snapshot_seq: AtomicU64::new(0),
+        };
         Ok(Self { shared: Arc::new(shared) })
     }
 
     /// Read access to the applied state.
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         self.shared.data.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notifies after every apply with lock side effects (grants from a queue, expiries).
+    pub fn lock_changes(&self) -> watch::Receiver<u64> {
+        self.shared.lock_epoch.subscribe()
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Applied> {
@@ -147,6 +161,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut applied = self.write();
         let mut replies = Vec::new();
+        let mut touched_locks = false;
         for entry in entries {
             let index = entry.log_id.index;
             applied.last_applied = Some(entry.log_id);
@@ -155,7 +170,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     applied.state.apply_blank(index);
                     Vec::new()
                 }
-                EntryPayload::Normal(batch) => applied.state.apply_batch(index, &batch),
+                EntryPayload::Normal(batch) => {
+                    touched_locks |= batch.requests.iter().any(|r| r.command.is_lock());
+                    applied.state.apply_batch(index, &batch)
+                }
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                     applied.state.apply_blank(index);
@@ -163,6 +181,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
             };
             replies.push(reply);
+        }
+        let events = applied.state.locks.drain_events();
+        drop(applied);
+        // Commands change locks too (an acquire, a cancel), so waiters look after every
+        // apply that touched locks; side effects are counted here.
+        crate::metrics::record_lock_events(&events);
+        if touched_locks || !events.is_empty() {
+            self.shared.lock_epoch.send_modify(|e| *e = e.wrapping_add(1));
         }
         Ok(replies)
     }
@@ -192,6 +218,8 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.last_membership = meta.last_membership.clone();
+        drop(applied);
+        self.shared.lock_epoch.send_modify(|e| *e = e.wrapping_add(1));
         Ok(())
     }
 

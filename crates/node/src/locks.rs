@@ -1,0 +1,278 @@
+//! The lock manager's node side: proposing lock commands, waiting for queued grants, and the
+//! leader's lease duties (extend on taking office, then expire on time).
+//!
+//! The rules live in `sinkron_core::locks`; this module only moves commands into the log and
+//! turns replies into answers. A queued request waits on this node's own state machine: the
+//! grant is a log entry like any other, so every node learns of it by applying the log.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sinkron_core::locks::{AcquireOutcome, Hold, HolderView, LockMode, LockRefusal};
+use sinkron_core::{Command, Response};
+use tokio::sync::watch;
+
+use crate::api::error::ApiError;
+use crate::node::{now_ms, Node};
+
+/// A granted lock, as answered to the client.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    /// The grant.
+    pub hold: Hold,
+    /// Every holder after the grant.
+    pub holders: Vec<HolderView>,
+}
+
+/// What a queued request finds when it looks at the local lock table.
+enum QueueState {
+    Granted(Grant),
+    Waiting,
+    Gone,
+}
+
+fn refusal(name: &str, client_id: &str, r: LockRefusal) -> ApiError {
+    match r {
+        LockRefusal::NotHeld => ApiError::NotHeld(format!("lock {name:?} is not held")),
+        LockRefusal::NotOwner => ApiError::NotOwner(format!("lock {name:?} is not held by {client_id:?}")),
+        LockRefusal::Limit { what } => ApiError::LimitExceeded(what),
+    }
+}
+
+fn unexpected(reply: Response) -> ApiError {
+    match reply {
+        Response::Rejected { reason } => ApiError::Conflict(reason),
+        other => ApiError::Unavailable(format!("unexpected reply {other:?}")),
+    }
+}
+
+/// Acquires `name`, waiting up to `wait_ms` in the queue.
+pub async fn acquire(
+    node: &Arc<Node>,
+    name: &str,
+    client_id: &str,
+    mode: LockMode,
+    ttl_ms: u64,
+    wait_ms: u64,
+) -> Result<Grant, ApiError> {
+    let deadline = Instant::now() + Duration::from_millis(wait_ms);
+    // Subscribe before proposing, so no grant can slip between the reply and the wait.
+    let changes = node.group0().sm.lock_changes();
+    let command =
+        Command::LockAcquire { name: name.into(), client_id: client_id.into(), mode, ttl_ms, wait_ms };
+    let (reply, index) = node.write_at(command, None).await?;
+    let outcome = match reply {
+        Response::LockAcquire { outcome } => outcome,
+        Response::LockRefused { refusal: r } => return Err(refusal(name, client_id, r)),
+        other => return Err(unexpected(other)),
+    };
+    match outcome {
+        AcquireOutcome::Granted { hold, holders } => Ok(Grant { hold, holders }),
+        AcquireOutcome::Conflict { holders } => Err(ApiError::LockConflict(holders)),
+        AcquireOutcome::Deadlock { cycle } => Err(ApiError::Deadlock(cycle)),
+        AcquireOutcome::Queued { .. } => {
+            let mut cancel = CancelOnDrop::new(node, name, client_id);
+            // The reply came from the leader; look at our own table only once it has the entry.
+            let waited =
+                node.wait_applied(index, deadline.max(Instant::now() + Duration::from_secs(1))).await;
+            let result = match waited {
+                Ok(()) => wait_for_grant(node, name, client_id, mode, deadline, changes).await,
+                Err(e) => Err(e),
+            };
+            cancel.disarm();
+            match result {
+                Ok(Some(grant)) => Ok(grant),
+                Ok(None) => give_up(node, name, client_id, mode, wait_ms).await,
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+/// Waits for the local table to show the grant. `Ok(None)`: the deadline passed, or the
+/// leader already removed the waiter.
+async fn wait_for_grant(
+    node: &Arc<Node>,
+    name: &str,
+    client_id: &str,
+    mode: LockMode,
+    deadline: Instant,
+    mut changes: watch::Receiver<u64>,
+) -> Result<Option<Grant>, ApiError> {
+    loop {
+        match queue_state(node, name, client_id, mode) {
+            QueueState::Granted(grant) => return Ok(Some(grant)),
+            QueueState::Gone => return Ok(None),
+            QueueState::Waiting => {}
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Ok(None);
+        }
+        match tokio::time::timeout(remaining, changes.changed()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return Err(ApiError::Unavailable("the node is shutting down".into())),
+            Err(_) => return Ok(None),
+        }
+    }
+}
+
+/// Leaves the queue through the log. A grant that won the race is still a grant.
+async fn give_up(
+    node: &Arc<Node>,
+    name: &str,
+    client_id: &str,
+    mode: LockMode,
+    wait_ms: u64,
+) -> Result<Grant, ApiError> {
+    let command = Command::LockCancelWait { name: name.into(), client_id: client_id.into() };
+    let (reply, index) = node.write_at(command, None).await?;
+    let timed_out = || ApiError::WaitTimeout(format!("lock {name:?} was not granted within {wait_ms} ms"));
+    match reply {
+        Response::LockCancelled { was_waiting: true } => Err(timed_out()),
+        Response::LockCancelled { was_waiting: false } => {
+            node.wait_applied(index, Instant::now() + Duration::from_secs(1)).await?;
+            match queue_state(node, name, client_id, mode) {
+                QueueState::Granted(grant) => Ok(grant),
+                _ => Err(timed_out()),
+            }
+        }
+        other => Err(unexpected(other)),
+    }
+}
+
+fn queue_state(node: &Node, name: &str, client_id: &str, mode: LockMode) -> QueueState {
+    let applied = node.group0().sm.read();
+    let Some(lock) = applied.state.locks.get(name) else { return QueueState::Gone };
+    if let Some(hold) = lock.holders.get(client_id) {
+        if hold.mode == mode || hold.mode == LockMode::Exclusive {
+            return QueueState::Granted(Grant { hold: hold.clone(), holders: lock.holder_views() });
+        }
+    }
+    if lock.waiters.iter().any(|w| w.client_id == client_id) {
+        QueueState::Waiting
+    } else {
+        QueueState::Gone
+    }
+}
+
+/// Takes a waiter out of the queue through the log when its request is dropped (the client
+/// hung up), so no phantom waiter stays behind.
+struct CancelOnDrop {
+    node: Option<Arc<Node>>,
+    name: String,
+    client_id: String,
+}
+
+impl CancelOnDrop {
+    fn new(node: &Arc<Node>, name: &str, client_id: &str) -> Self {
+        Self { node: Some(node.clone()), name: name.into(), client_id: client_id.into() }
+    }
+
+    fn disarm(&mut self) {
+        self.node = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        let Some(node) = self.node.take() else { return };
+        let command = Command::LockCancelWait {
+            name: std::mem::take(&mut self.name),
+            client_id: std::mem::take(&mut self.client_id),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = node.write(command, None).await {
+                tracing::warn!(error = %e, "could not withdraw an abandoned lock request");
+            }
+        });
+    }
+}
+
+/// Releases `client_id`'s hold of `name`.
+pub async fn release(node: &Node, name: &str, client_id: &str) -> Result<(), ApiError> {
+    match node.write(Command::LockRelease { name: name.into(), client_id: client_id.into() }, None).await? {
+        Response::LockDone { .. } => Ok(()),
+        Response::LockRefused { refusal: r } => Err(refusal(name, client_id, r)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Extends `client_id`'s lease of `name`.
+pub async fn refresh(
+    node: &Node,
+    name: &str,
+    client_id: &str,
+    ttl_ms: Option<u64>,
+) -> Result<Hold, ApiError> {
+    let command = Command::LockRefresh { name: name.into(), client_id: client_id.into(), ttl_ms };
+    match node.write(command, None).await? {
+        Response::LockDone { hold: Some(hold) } => Ok(hold),
+        Response::LockRefused { refusal: r } => Err(refusal(name, client_id, r)),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Extends every lease of `client_id`.
+pub async fn refresh_all(
+    node: &Node,
+    client_id: &str,
+    ttl_ms: Option<u64>,
+) -> Result<Vec<(String, Hold)>, ApiError> {
+    match node.write(Command::LockRefreshAll { client_id: client_id.into(), ttl_ms }, None).await? {
+        Response::LockRefreshedAll { locks } => Ok(locks),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// Drops every hold of `name`; returns the former holders.
+pub async fn force_release(node: &Node, name: &str) -> Result<Vec<String>, ApiError> {
+    match node.write(Command::LockForceRelease { name: name.into() }, None).await? {
+        Response::LockForceReleased { former_holders } => Ok(former_holders),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// How often the leader looks for leases to expire when none is due sooner.
+const DUTY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Runs the leader's lease duties for as long as the node runs: on taking office it first
+/// extends every lease by its TTL (its clock need not match the old leader's), then it
+/// proposes an expiry whenever a lease or a wait is due by its clock.
+pub async fn leader_duties(node: Arc<Node>) {
+    let mut extended_in_term: Option<u64> = None;
+    loop {
+        let (is_leader, term) = {
+            let m = node.group0().raft.metrics();
+            let m = m.borrow();
+            (m.state == openraft::ServerState::Leader, m.current_term)
+        };
+        if !is_leader {
+            extended_in_term = None;
+            tokio::time::sleep(DUTY_INTERVAL).await;
+            continue;
+        }
+        if extended_in_term != Some(term) {
+            match node.write(Command::LockExtendAll, None).await {
+                Ok(_) => extended_in_term = Some(term),
+                Err(e) => {
+                    tracing::debug!(error = %e, "could not extend leases yet");
+                    tokio::time::sleep(DUTY_INTERVAL).await;
+                    continue;
+                }
+            }
+        }
+        let next = node.group0().sm.read().state.locks.next_deadline_ms();
+        let now = now_ms();
+        match next {
+            Some(due) if due <= now => {
+                if let Err(e) = node.write(Command::LockExpire, None).await {
+                    tracing::debug!(error = %e, "could not expire leases");
+                    tokio::time::sleep(DUTY_INTERVAL).await;
+                }
+            }
+            Some(due) => tokio::time::sleep(Duration::from_millis(due - now).min(DUTY_INTERVAL)).await,
+            None => tokio::time::sleep(DUTY_INTERVAL).await,
+        }
+    }
+}
