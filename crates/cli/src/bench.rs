@@ -18,6 +18,35 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// Group-0 writes (replicated key-value puts) through every given node.
     Write(WriteArgs),
+    /// Lock acquire+release pairs on distinct locks, or hand-offs on one contended lock.
+    Locks(LockArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LockMode {
+    /// Each client acquires and releases its own lock: acquire latency and pairs/s.
+    Uncontended,
+    /// All clients take turns on one lock: latency from a release to the next grant.
+    Handoff,
+}
+
+#[derive(clap::Args)]
+struct LockArgs {
+    /// Comma-separated nodes to send to; clients are spread over them round-robin.
+    #[arg(long, env = "SINKRON_ENDPOINTS", default_value = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003")]
+    endpoints: String,
+    /// What to measure.
+    #[arg(long, value_enum, default_value = "uncontended")]
+    mode: LockMode,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Total acquire+release pairs.
+    #[arg(long, default_value_t = 5_000)]
+    ops: usize,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -45,6 +74,7 @@ struct WriteArgs {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.command {
         BenchCommand::Write(args) => write(args).await,
+        BenchCommand::Locks(args) => locks(args).await,
     }
 }
 
@@ -67,16 +97,11 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 }
 
 async fn write(args: WriteArgs) -> anyhow::Result<()> {
-    let endpoints: Vec<&str> = args.endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
-    anyhow::ensure!(!endpoints.is_empty(), "--endpoints is empty");
     anyhow::ensure!(
         args.clients > 0 && args.ops > 0 && args.keys > 0,
         "--clients, --ops and --keys must be positive"
     );
-    let clients: Vec<Client> = endpoints.iter().map(|e| Client::new(e)).collect();
-    for c in &clients {
-        c.ready().await.map_err(|e| anyhow::anyhow!("{} is not ready: {e}", c.endpoint()))?;
-    }
+    let clients = connect(&args.endpoints).await?;
     let value = serde_json::Value::String("x".repeat(args.value_bytes));
     let per_client = args.ops.div_ceil(args.clients);
     let started = Instant::now();
@@ -108,28 +133,121 @@ async fn write(args: WriteArgs) -> anyhow::Result<()> {
         latencies.extend(l);
         errors += e;
     }
-    let elapsed = started.elapsed();
+    let summary = summarize(latencies, errors, started.elapsed());
+    report("write", args.clients, args.json, &summary);
+    Ok(())
+}
+
+async fn connect(endpoints: &str) -> anyhow::Result<Vec<Client>> {
+    let endpoints: Vec<&str> = endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    anyhow::ensure!(!endpoints.is_empty(), "--endpoints is empty");
+    let clients: Vec<Client> = endpoints.iter().map(|e| Client::new(e)).collect();
+    for c in &clients {
+        c.ready().await.map_err(|e| anyhow::anyhow!("{} is not ready: {e}", c.endpoint()))?;
+    }
+    Ok(clients)
+}
+
+fn summarize(mut latencies: Vec<Duration>, errors: usize, elapsed: Duration) -> Summary {
     latencies.sort();
-    let summary = Summary {
+    Summary {
         ops: latencies.len(),
         errors,
         elapsed,
         p50: percentile(&latencies, 50.0),
         p99: percentile(&latencies, 99.0),
         max: latencies.last().copied().unwrap_or_default(),
+    }
+}
+
+async fn locks(args: LockArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.clients > 0 && args.ops > 0, "--clients and --ops must be positive");
+    let clients = connect(&args.endpoints).await?;
+    let per_client = args.ops.div_ceil(args.clients);
+    let run = format!("{:x}", std::process::id());
+    // Hand-off: when the current holder started releasing; the next grant measures from it.
+    let released_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.clients);
+    for worker in 0..args.clients {
+        let client = clients[worker % clients.len()].clone();
+        let count = per_client.min(args.ops.saturating_sub(worker * per_client));
+        let (mode, run, released_at) = (args.mode, run.clone(), released_at.clone());
+        tasks.push(tokio::spawn(async move {
+            let client_id = format!("bench-{run}-{worker}");
+            let name = match mode {
+                LockMode::Uncontended => format!("bench-{run}-lock-{worker}"),
+                LockMode::Handoff => format!("bench-{run}-shared-lock"),
+            };
+            let options = sinkron_client::LockOptions {
+                client_id: client_id.clone(),
+                mode: None,
+                ttl_ms: Some(30_000),
+                wait_ms: Some(if mode == LockMode::Handoff { 60_000 } else { 0 }),
+            };
+            let mut latencies = Vec::with_capacity(count);
+            let mut errors = 0usize;
+            for _ in 0..count {
+                let t = Instant::now();
+                if client.acquire(&name, &options).await.is_err() {
+                    errors += 1;
+                    continue;
+                }
+                let granted = Instant::now();
+                match mode {
+                    LockMode::Uncontended => latencies.push(granted - t),
+                    LockMode::Handoff => {
+                        let since_release = released_at.lock().map(|mut r| r.take()).unwrap_or(None);
+                        if let Some(r) = since_release {
+                            latencies.push(granted.saturating_duration_since(r));
+                        }
+                    }
+                }
+                if mode == LockMode::Handoff {
+                    if let Ok(mut r) = released_at.lock() {
+                        *r = Some(Instant::now());
+                    }
+                }
+                if client.release(&name, &client_id).await.is_err() {
+                    errors += 1;
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    let elapsed = started.elapsed();
+    let pairs = args.ops.saturating_sub(errors);
+    let summary = summarize(latencies, errors, elapsed);
+    let name = match args.mode {
+        LockMode::Uncontended => "locks-uncontended (latency: acquire)",
+        LockMode::Handoff => "locks-handoff (latency: release start to next grant)",
     };
-    report("write", &args, &summary);
+    let rate = pairs as f64 / elapsed.as_secs_f64().max(1e-9);
+    if !args.json {
+        println!(
+            "{name}: {pairs} acquire+release pairs in {:.2} s = {rate:.0} pairs/s",
+            elapsed.as_secs_f64()
+        );
+    }
+    report(name, args.clients, args.json, &summary);
     Ok(())
 }
 
-fn report(name: &str, args: &WriteArgs, s: &Summary) {
+fn report(name: &str, clients: usize, json: bool, s: &Summary) {
     let rate = s.ops as f64 / s.elapsed.as_secs_f64().max(1e-9);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    if args.json {
+    if json {
         println!(
             "{}",
             serde_json::json!({
-                "bench": name, "clients": args.clients, "ops": s.ops, "errors": s.errors,
+                "bench": name, "clients": clients, "ops": s.ops, "errors": s.errors,
                 "seconds": s.elapsed.as_secs_f64(), "ops_per_sec": rate,
                 "p50_ms": ms(s.p50), "p99_ms": ms(s.p99), "max_ms": ms(s.max),
             })
@@ -137,7 +255,7 @@ fn report(name: &str, args: &WriteArgs, s: &Summary) {
     } else {
         println!(
             "bench {name}: {} clients, {} ok, {} errors in {:.2} s = {:.0} ops/s; latency p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
-            args.clients, s.ops, s.errors, s.elapsed.as_secs_f64(), rate, ms(s.p50), ms(s.p99), ms(s.max)
+            clients, s.ops, s.errors, s.elapsed.as_secs_f64(), rate, ms(s.p50), ms(s.p99), ms(s.max)
         );
     }
 }

@@ -4,6 +4,7 @@ mod bench;
 mod cluster;
 mod dev;
 mod kv;
+mod lock;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -26,6 +27,8 @@ enum Commands {
     Cluster(cluster::ClusterArgs),
     /// Read and write the replicated key-value store.
     Kv(kv::KvArgs),
+    /// Acquire, release and inspect locks; run a command under a lock.
+    Lock(lock::LockArgs),
     /// Measure a running cluster.
     Bench(bench::BenchArgs),
 }
@@ -45,6 +48,7 @@ fn main() {
             Commands::Dev(args) => dev::run(args).await,
             Commands::Cluster(args) => cluster::run(args).await,
             Commands::Kv(args) => kv::run(args).await,
+            Commands::Lock(args) => lock::run(args).await,
             Commands::Bench(args) => bench::run(args).await,
         }
     });

@@ -1,10 +1,15 @@
 //! Typed async HTTP client for Sinkron.
 //!
+//! [`Client::lock`] returns a [`LockGuard`] that keeps its lease alive in the background and
+//! releases the lock when dropped.
+//!
 //! The only crate that knows the API's URLs from the outside. Used by the `sinkron` CLI, the
 //! benchmarks and the cluster tests. Every call has a timeout; API errors come back as
 //! [`ClientError::Api`] with the server's stable code.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -119,6 +124,61 @@ pub struct PutResult {
 struct ErrorBody {
     error: String,
     message: String,
+}
+
+/// A holder of a lock.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Holder {
+    /// The holding client.
+    pub client_id: String,
+    /// `shared` or `exclusive`.
+    pub mode: String,
+    /// Fencing token of its grant.
+    pub fence: u64,
+    /// When its lease ends (ms since the Unix epoch).
+    pub expires_at_ms: u64,
+}
+
+/// A granted lock.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Acquired {
+    /// Lock name.
+    pub name: String,
+    /// Mode of the grant.
+    pub mode: String,
+    /// Fencing token; pass it to the resource the lock protects.
+    pub fence: u64,
+    /// Every holder after the grant.
+    pub holders: Vec<Holder>,
+    /// When the lease ends unless refreshed.
+    pub expires_at_ms: u64,
+}
+
+/// How to acquire a lock.
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct LockOptions {
+    /// Who acquires.
+    pub client_id: String,
+    /// `exclusive` (default when `None`) or `shared`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Lease in milliseconds (server default when `None`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// How long to wait in the queue, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// A refreshed lease.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Refreshed {
+    /// Lock name.
+    pub name: String,
+    /// The lease's new end.
+    pub expires_at_ms: u64,
+    /// The grant's fencing token.
+    pub fence: u64,
 }
 
 /// Longest wait for a membership change.
@@ -241,6 +301,88 @@ impl Client {
         self.send(self.http.delete(&url), url).await
     }
 
+    /// `POST /v1/locks/{name}/acquire`; waits up to `wait_ms` plus the request timeout.
+    pub async fn acquire(&self, name: &str, options: &LockOptions) -> Result<Acquired, ClientError> {
+        let url = format!("{}/v1/locks/{}/acquire", self.base, encode(name));
+        let wait = Duration::from_millis(options.wait_ms.unwrap_or(0));
+        self.send(self.http.post(&url).json(options).timeout(wait + Duration::from_secs(15)), url).await
+    }
+
+    /// `POST /v1/locks/{name}/release`.
+    pub async fn release(&self, name: &str, client_id: &str) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}/v1/locks/{}/release", self.base, encode(name));
+        self.send(self.http.post(&url).json(&serde_json::json!({ "client_id": client_id })), url).await
+    }
+
+    /// `POST /v1/locks/{name}/refresh`.
+    pub async fn refresh(
+        &self,
+        name: &str,
+        client_id: &str,
+        ttl_ms: Option<u64>,
+    ) -> Result<Refreshed, ClientError> {
+        let url = format!("{}/v1/locks/{}/refresh", self.base, encode(name));
+        let body = serde_json::json!({ "client_id": client_id, "ttl_ms": ttl_ms });
+        self.send(self.http.post(&url).json(&body), url).await
+    }
+
+    /// `POST /v1/locks/refresh-all`.
+    pub async fn refresh_all(
+        &self,
+        client_id: &str,
+        ttl_ms: Option<u64>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}/v1/locks/refresh-all", self.base);
+        let body = serde_json::json!({ "client_id": client_id, "ttl_ms": ttl_ms });
+        self.send(self.http.post(&url).json(&body), url).await
+    }
+
+    /// `POST /v1/locks/{name}/force-release`.
+    pub async fn force_release(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}/v1/locks/{}/force-release", self.base, encode(name));
+        self.send(self.http.post(&url), url).await
+    }
+
+    /// `GET /v1/locks/{name}`.
+    pub async fn lock_status(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+        self.get(&format!("/v1/locks/{}", encode(name))).await
+    }
+
+    /// `GET /v1/locks`.
+    pub async fn locks(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/v1/locks").await
+    }
+
+    /// `GET /v1/locks/wait-for-graph`.
+    pub async fn wait_for_graph(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/v1/locks/wait-for-graph").await
+    }
+
+    /// Acquires `name` and returns a guard that refreshes the lease every third of its TTL
+    /// and releases the lock when dropped (or through [`LockGuard::release`]).
+    pub async fn lock(&self, name: &str, options: LockOptions) -> Result<LockGuard, ClientError> {
+        let acquired = self.acquire(name, &options).await?;
+        let ttl_ms = options.ttl_ms;
+        let lease_ms = acquired.expires_at_ms.saturating_sub(now_ms()).max(300);
+        let lost = Arc::new(AtomicBool::new(false));
+        let refresher = tokio::spawn(keep_alive(
+            self.clone(),
+            name.to_string(),
+            options.client_id.clone(),
+            ttl_ms,
+            Duration::from_millis(ttl_ms.unwrap_or(lease_ms) / 3),
+            lost.clone(),
+        ));
+        Ok(LockGuard {
+            client: self.clone(),
+            name: name.to_string(),
+            client_id: options.client_id,
+            acquired,
+            lost,
+            refresher: Some(refresher),
+        })
+    }
+
     /// `GET /metrics` as text.
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let url = format!("{}/metrics", self.base);
@@ -251,6 +393,88 @@ impl Client {
             .await
             .map_err(|source| ClientError::Transport { url: url.clone(), source })?;
         resp.text().await.map_err(|source| ClientError::Transport { url, source })
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Refreshes a lease until the task is aborted or the lease is found lost.
+async fn keep_alive(
+    client: Client,
+    name: String,
+    client_id: String,
+    ttl_ms: Option<u64>,
+    every: Duration,
+    lost: Arc<AtomicBool>,
+) {
+    let every = every.max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(every).await;
+        match client.refresh(&name, &client_id, ttl_ms).await {
+            Ok(_) => {}
+            Err(ClientError::Api { status: 403 | 404, .. }) => {
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
+            // Transient (no quorum, timeout): try again at the next tick.
+            Err(_) => {}
+        }
+    }
+}
+
+/// A held lock. Dropping it stops the refreshes and releases the lock in the background.
+pub struct LockGuard {
+    client: Client,
+    name: String,
+    client_id: String,
+    acquired: Acquired,
+    lost: Arc<AtomicBool>,
+    refresher: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LockGuard {
+    /// The fencing token of this grant; hand it to the resource the lock protects.
+    pub fn fence(&self) -> u64 {
+        self.acquired.fence
+    }
+
+    /// The grant as the server answered it.
+    pub fn acquired(&self) -> &Acquired {
+        &self.acquired
+    }
+
+    /// Whether a refresh found the lock no longer held by us (the lease ran out or an
+    /// operator force-released it). The fence is then stale.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Releases the lock now and reports the outcome.
+    pub async fn release(mut self) -> Result<(), ClientError> {
+        if let Some(task) = self.refresher.take() {
+            task.abort();
+        }
+        let result = self.client.release(&self.name, &self.client_id).await.map(|_| ());
+        self.lost.store(true, Ordering::SeqCst);
+        result
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        let Some(task) = self.refresher.take() else { return };
+        task.abort();
+        if self.lost.load(Ordering::SeqCst) {
+            return;
+        }
+        let (client, name, client_id) = (self.client.clone(), self.name.clone(), self.client_id.clone());
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                let _ = client.release(&name, &client_id).await;
+            });
+        }
     }
 }
 
