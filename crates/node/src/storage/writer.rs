@@ -230,7 +230,9 @@ impl Writer {
                 tracing::error!(error = %e, "Raft log write failed; this group stops acknowledging writes");
                 self.failed = Some(e.to_string());
             }
-        } else {
+        } else if !pending.is_empty() {
+            // Only batches that wrote something need the fsync (a batch of commit-index hints
+            // alone does not).
             let started = Instant::now();
             result = self.sync();
             metrics::histogram!("sinkron_log_fsync_duration_seconds").record(started.elapsed().as_secs_f64());
