@@ -323,4 +323,9 @@ async fn lock_requests_are_validated() {
         let err: serde_json::Value = resp.json().await.expect("json");
         assert_eq!(err["error"], code, "{body}: {err}");
     }
+    cluster.client(0).acquire("metered", &opts("m", false, 10_000, 0)).await.expect("acquire");
+    let metrics = cluster.client(0).metrics().await.expect("metrics");
+    assert!(metrics.lines().any(|l| l == "sinkron_locks_held 1"), "held-locks gauge: {metrics}");
+    assert!(metrics.contains("sinkron_lock_requests_total{op=\"acquire\",outcome=\"granted\"}"), "{metrics}");
+    assert!(metrics.contains("outcome=\"not_held\""), "refusals are counted too");
 }

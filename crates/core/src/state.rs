@@ -172,6 +172,47 @@ mod tests {
     }
 
     #[test]
+    fn lock_commands_use_the_leader_clock_of_their_entry() {
+        use crate::locks::{AcquireOutcome, LockMode};
+        let acquire = |client: &str, wait_ms| Command::LockAcquire {
+            name: "l".into(),
+            client_id: client.into(),
+            mode: LockMode::Exclusive,
+            ttl_ms: 100,
+            wait_ms,
+        };
+        let mut state = Group0State::default();
+        let first = state.apply_batch(1, &batch(1_000, vec![req(None, acquire("a", 0))]));
+        assert!(
+            matches!(&first[0], Response::LockAcquire { outcome: AcquireOutcome::Granted { hold, .. } } if hold.expires_at_ms == 1_100)
+        );
+        let queued = state.apply_batch(2, &batch(1_050, vec![req(None, acquire("b", 5_000))]));
+        assert!(matches!(
+            &queued[0],
+            Response::LockAcquire { outcome: AcquireOutcome::Queued { position: 0 } }
+        ));
+        // An expiry proposed at 1_099 by the leader's clock removes nothing; at 1_100 it does.
+        assert_eq!(
+            state.apply_batch(3, &batch(1_099, vec![req(None, Command::LockExpire)])),
+            vec![Response::LockExpired { removed: 0 }]
+        );
+        assert_eq!(
+            state.apply_batch(4, &batch(1_100, vec![req(None, Command::LockExpire)])),
+            vec![Response::LockExpired { removed: 1 }]
+        );
+        assert_eq!(
+            state.locks.get("l").and_then(|l| l.holders.keys().next().cloned()),
+            Some("b".to_string())
+        );
+        let refused = state.apply_batch(
+            5,
+            &batch(1_200, vec![req(None, Command::LockRelease { name: "l".into(), client_id: "a".into() })]),
+        );
+        assert!(matches!(&refused[0], Response::LockRefused { .. }));
+        state.check_invariants().expect("invariants");
+    }
+
+    #[test]
     fn blank_entries_advance_the_applied_index_only() {
         let mut state = Group0State::default();
         state.apply_blank(7);

@@ -70,6 +70,13 @@ pub fn record_lock_request(op: &'static str, outcome: &'static str, elapsed: Dur
         .record(elapsed.as_secs_f64());
 }
 
+/// Sets the lock gauges from the local state machine: locks held, holders, waiters.
+pub fn set_lock_gauges(locks_held: usize, holders: usize, waiters: usize) {
+    metrics::gauge!("sinkron_locks_held").set(locks_held as f64);
+    metrics::gauge!("sinkron_lock_holders").set(holders as f64);
+    metrics::gauge!("sinkron_lock_waiters").set(waiters as f64);
+}
+
 /// Counts a change of the known leader.
 pub fn record_leader_change() {
     metrics::counter!("sinkron_raft_leader_changes_total").increment(1);

@@ -233,5 +233,13 @@ pub async fn metrics_text(State(node): State<AppState>) -> Response {
         last_log_index: status.last_log_index,
         has_leader: status.leader.is_some(),
     };
+    {
+        let applied = node.group0().sm.read();
+        let locks = applied.state.locks.locks();
+        let held = locks.values().filter(|l| !l.holders.is_empty()).count();
+        let holders = locks.values().map(|l| l.holders.len()).sum();
+        let waiters = locks.values().map(|l| l.waiters.len()).sum();
+        crate::metrics::set_lock_gauges(held, holders, waiters);
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&gauges)).into_response()
 }

@@ -270,11 +270,11 @@ pub async fn release(
     validate_client(&body.client_id)?;
     let started = Instant::now();
     let result = locks::release(&node, &name, &body.client_id).await;
-    crate::metrics::record_lock_request(
-        "release",
-        if result.is_ok() { "released" } else { "refused" },
-        started.elapsed(),
-    );
+    let outcome = match &result {
+        Ok(()) => "released",
+        Err(e) => e.status_and_code().1,
+    };
+    crate::metrics::record_lock_request("release", outcome, started.elapsed());
     result?;
     Ok(Json(Released { name, released: vec![body.client_id] }))
 }
