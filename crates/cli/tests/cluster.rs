@@ -313,6 +313,14 @@ async fn http_errors_are_json_with_stable_codes() {
         "/v1/cluster/members",
         "/v1/cluster/members/{id}",
         "/v1/kv/{key}",
+        "/v1/locks",
+        "/v1/locks/{name}",
+        "/v1/locks/{name}/acquire",
+        "/v1/locks/{name}/release",
+        "/v1/locks/{name}/refresh",
+        "/v1/locks/{name}/force-release",
+        "/v1/locks/refresh-all",
+        "/v1/locks/wait-for-graph",
     ] {
         assert!(doc["paths"].get(path).is_some(), "openapi documents {path}");
     }

@@ -329,3 +329,20 @@ async fn lock_requests_are_validated() {
     assert!(metrics.contains("sinkron_lock_requests_total{op=\"acquire\",outcome=\"granted\"}"), "{metrics}");
     assert!(metrics.contains("outcome=\"not_held\""), "refusals are counted too");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiter_whose_client_disconnects_leaves_the_queue() {
+    let cluster = TestCluster::start(3, &[]);
+    cluster.wait_leader(&cluster.all(), FORM).await;
+    cluster.client(0).acquire("busy", &opts("holder", false, 30_000, 0)).await.expect("hold");
+    // This client gives up after 500 ms by closing its connection, long before wait_ms.
+    let impatient = reqwest::Client::builder().timeout(Duration::from_millis(500)).build().expect("client");
+    let url = format!("http://{}/v1/locks/busy/acquire", cluster.nodes[1].addr());
+    let body = serde_json::json!({"client_id": "impatient", "wait_ms": 20_000});
+    assert!(impatient.post(url).json(&body).send().await.is_err(), "the client timed out");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !waiters(&cluster.client(2), "busy").await.is_empty() {
+        assert!(Instant::now() < deadline, "the abandoned waiter is still queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
