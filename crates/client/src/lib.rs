@@ -371,6 +371,7 @@ impl Client {
             options.client_id.clone(),
             ttl_ms,
             Duration::from_millis(ttl_ms.unwrap_or(lease_ms) / 3),
+            acquired.expires_at_ms,
             lost.clone(),
         ));
         Ok(LockGuard {
@@ -407,18 +408,24 @@ async fn keep_alive(
     client_id: String,
     ttl_ms: Option<u64>,
     every: Duration,
+    mut expires_at_ms: u64,
     lost: Arc<AtomicBool>,
 ) {
     let every = every.max(Duration::from_millis(50));
     loop {
         tokio::time::sleep(every).await;
         match client.refresh(&name, &client_id, ttl_ms).await {
-            Ok(_) => {}
+            Ok(r) => expires_at_ms = r.expires_at_ms,
             Err(ClientError::Api { status: 403 | 404, .. }) => {
                 lost.store(true, Ordering::SeqCst);
                 return;
             }
-            // Transient (no quorum, timeout): try again at the next tick.
+            // Transient (no quorum, unreachable): try again at the next tick, but once the
+            // last known lease end has passed, the lock must be assumed gone.
+            Err(_) if now_ms() >= expires_at_ms => {
+                lost.store(true, Ordering::SeqCst);
+                return;
+            }
             Err(_) => {}
         }
     }

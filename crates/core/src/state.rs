@@ -29,6 +29,10 @@ pub struct Group0State {
     /// The lock table.
     #[serde(default)]
     pub locks: LockTable,
+    /// Term of the leader whose lease extension was applied last; only that leader's
+    /// expiries take effect.
+    #[serde(default)]
+    pub lease_term: u64,
     /// Replies to recent client request ids, for exactly-once application of retries.
     dedup: Dedup,
 }
@@ -41,15 +45,20 @@ impl Group0State {
 
     /// Applies the batch found at log `index`; one reply per request, in order.
     pub fn apply_batch(&mut self, index: u64, batch: &Batch) -> Vec<Response> {
-        self.applied_index = self.applied_index.max(index);
-        self.clock_ms = self.clock_ms.max(batch.at_ms);
-        batch.requests.iter().map(|request| self.apply(request)).collect()
+        self.apply_entry(index, 0, batch)
     }
 
-    fn apply(&mut self, request: &Request) -> Response {
+    /// Applies the batch found at log `index`, written by the leader of `term`.
+    pub fn apply_entry(&mut self, index: u64, term: u64, batch: &Batch) -> Vec<Response> {
+        self.applied_index = self.applied_index.max(index);
+        self.clock_ms = self.clock_ms.max(batch.at_ms);
+        batch.requests.iter().map(|request| self.apply(term, request)).collect()
+    }
+
+    fn apply(&mut self, term: u64, request: &Request) -> Response {
         let Some(id) = &request.request_id else {
             self.revision += 1;
-            return self.dispatch(&request.command);
+            return self.dispatch(term, &request.command);
         };
         let fingerprint = request.fingerprint();
         if let Some((seen, previous)) = self.dedup.get(id) {
@@ -62,22 +71,22 @@ impl Group0State {
             };
         }
         self.revision += 1;
-        let response = self.dispatch(&request.command);
+        let response = self.dispatch(term, &request.command);
         self.dedup.insert(id.clone(), fingerprint, response.clone());
         response
     }
 
-    fn dispatch(&mut self, command: &Command) -> Response {
+    fn dispatch(&mut self, term: u64, command: &Command) -> Response {
         match command {
             Command::KvPut { key, value } => Response::KvPut {
                 version: self.kv.put(key.clone(), value.clone(), self.revision, self.clock_ms),
             },
             Command::KvDelete { key } => Response::KvDelete { existed: self.kv.delete(key) },
-            lock => self.dispatch_lock(lock),
+            lock => self.dispatch_lock(term, lock),
         }
     }
 
-    fn dispatch_lock(&mut self, command: &Command) -> Response {
+    fn dispatch_lock(&mut self, term: u64, command: &Command) -> Response {
         let now = self.clock_ms;
         let done = |r: Result<Option<crate::locks::Hold>, crate::locks::LockRefusal>| match r {
             Ok(hold) => Response::LockDone { hold },
@@ -105,9 +114,13 @@ impl Group0State {
             Command::LockForceRelease { name } => {
                 Response::LockForceReleased { former_holders: self.locks.force_release(name, now) }
             }
+            // Only the leader that has extended every lease may expire any: an expiry written
+            // in another term than the last extension is ignored.
+            Command::LockExpire if term != self.lease_term => Response::LockExpired { removed: 0 },
             Command::LockExpire => Response::LockExpired { removed: self.locks.expire(now) },
             Command::LockExtendAll => {
                 self.locks.extend_all();
+                self.lease_term = term;
                 Response::LockDone { hold: None }
             }
             Command::KvPut { .. } | Command::KvDelete { .. } => {
@@ -210,6 +223,26 @@ mod tests {
         );
         assert!(matches!(&refused[0], Response::LockRefused { .. }));
         state.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn an_expiry_from_a_leader_that_has_not_extended_leases_is_ignored() {
+        use crate::locks::LockMode;
+        let mut state = Group0State::default();
+        let acquire = Command::LockAcquire {
+            name: "l".into(),
+            client_id: "a".into(),
+            mode: LockMode::Exclusive,
+            ttl_ms: 100,
+            wait_ms: 0,
+        };
+        state.apply_entry(1, 1, &batch(1_000, vec![req(None, Command::LockExtendAll), req(None, acquire)]));
+        // Term 2's leader has not applied its extension yet: a (forwarded) expiry is a no-op.
+        let ignored = state.apply_entry(2, 2, &batch(5_000, vec![req(None, Command::LockExpire)]));
+        assert_eq!(ignored, vec![Response::LockExpired { removed: 0 }]);
+        state.apply_entry(3, 2, &batch(5_000, vec![req(None, Command::LockExtendAll)]));
+        let expired = state.apply_entry(4, 2, &batch(5_000, vec![req(None, Command::LockExpire)]));
+        assert_eq!(expired, vec![Response::LockExpired { removed: 1 }]);
     }
 
     #[test]

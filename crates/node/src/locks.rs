@@ -58,32 +58,41 @@ pub async fn acquire(
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     // Subscribe before proposing, so no grant can slip between the reply and the wait.
     let changes = node.group0().sm.lock_changes();
+    // Armed from the start: if the client goes away while we wait (even for the first
+    // reply), the request leaves the queue through the log.
+    let mut cancel = CancelOnDrop::new(node, name, client_id, wait_ms > 0);
     let command =
         Command::LockAcquire { name: name.into(), client_id: client_id.into(), mode, ttl_ms, wait_ms };
     let (reply, index) = node.write_at(command, None).await?;
     let outcome = match reply {
         Response::LockAcquire { outcome } => outcome,
-        Response::LockRefused { refusal: r } => return Err(refusal(name, client_id, r)),
-        other => return Err(unexpected(other)),
+        Response::LockRefused { refusal: r } => {
+            cancel.disarm();
+            return Err(refusal(name, client_id, r));
+        }
+        other => {
+            cancel.disarm();
+            return Err(unexpected(other));
+        }
     };
+    let queued = matches!(outcome, AcquireOutcome::Queued { .. });
+    if !queued {
+        cancel.disarm();
+    }
     match outcome {
         AcquireOutcome::Granted { hold, holders } => Ok(Grant { hold, holders }),
         AcquireOutcome::Conflict { holders } => Err(ApiError::LockConflict(holders)),
         AcquireOutcome::Deadlock { cycle } => Err(ApiError::Deadlock(cycle)),
         AcquireOutcome::Queued { .. } => {
-            let mut cancel = CancelOnDrop::new(node, name, client_id);
             // The reply came from the leader; look at our own table only once it has the entry.
-            let waited =
-                node.wait_applied(index, deadline.max(Instant::now() + Duration::from_secs(1))).await;
-            let result = match waited {
-                Ok(()) => wait_for_grant(node, name, client_id, mode, deadline, changes).await,
-                Err(e) => Err(e),
-            };
+            let settle = deadline.max(Instant::now() + Duration::from_secs(1));
+            node.wait_applied(index, settle).await?;
+            // An error above or below leaves `cancel` armed: dropping it withdraws the wait.
+            let granted = wait_for_grant(node, name, client_id, mode, deadline, changes).await?;
             cancel.disarm();
-            match result {
-                Ok(Some(grant)) => Ok(grant),
-                Ok(None) => give_up(node, name, client_id, mode, wait_ms).await,
-                Err(e) => Err(e),
+            match granted {
+                Some(grant) => Ok(grant),
+                None => give_up(node, name, client_id, mode, wait_ms).await,
             }
         }
     }
@@ -165,8 +174,8 @@ struct CancelOnDrop {
 }
 
 impl CancelOnDrop {
-    fn new(node: &Arc<Node>, name: &str, client_id: &str) -> Self {
-        Self { node: Some(node.clone()), name: name.into(), client_id: client_id.into() }
+    fn new(node: &Arc<Node>, name: &str, client_id: &str, armed: bool) -> Self {
+        Self { node: armed.then(|| node.clone()), name: name.into(), client_id: client_id.into() }
     }
 
     fn disarm(&mut self) {
@@ -239,6 +248,10 @@ const DUTY_INTERVAL: Duration = Duration::from_millis(50);
 /// Runs the leader's lease duties for as long as the node runs: on taking office it first
 /// extends every lease by its TTL (its clock need not match the old leader's), then it
 /// proposes an expiry whenever a lease or a wait is due by its clock.
+///
+/// Both are proposed on this node only, never forwarded: a deposed leader's expiry must not
+/// reach the new leader. The state machine also ignores an expiry written in another term
+/// than the last extension, so the order "extend, then expire" holds on every replica.
 pub async fn leader_duties(node: Arc<Node>) {
     let mut extended_in_term: Option<u64> = None;
     loop {
@@ -253,7 +266,7 @@ pub async fn leader_duties(node: Arc<Node>) {
             continue;
         }
         if extended_in_term != Some(term) {
-            match node.write(Command::LockExtendAll, None).await {
+            match node.write_here(Command::LockExtendAll).await {
                 Ok(_) => extended_in_term = Some(term),
                 Err(e) => {
                     tracing::debug!(error = %e, "could not extend leases yet");
@@ -266,7 +279,7 @@ pub async fn leader_duties(node: Arc<Node>) {
         let now = now_ms();
         match next {
             Some(due) if due <= now => {
-                if let Err(e) = node.write(Command::LockExpire, None).await {
+                if let Err(e) = node.write_here(Command::LockExpire).await {
                     tracing::debug!(error = %e, "could not expire leases");
                     tokio::time::sleep(DUTY_INTERVAL).await;
                 }

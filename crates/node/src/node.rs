@@ -228,6 +228,19 @@ impl Node {
         }
     }
 
+    /// Proposes `command` on this node only, never forwarding it: fails unless this node
+    /// is the leader.
+    pub async fn write_here(&self, command: Command) -> Result<Response, ApiError> {
+        let deadline = Instant::now() + self.request_timeout();
+        let request = Request { request_id: None, command };
+        match self.group0().proposer.submit(request, deadline).await {
+            ForwardedWrite::Applied(reply, _) => Ok(reply),
+            ForwardedWrite::NotLeader => Err(ApiError::Unavailable("this node is not the leader".into())),
+            ForwardedWrite::Timeout => Err(no_quorum_for_write(self.request_timeout())),
+            ForwardedWrite::Failed(reason) => Err(ApiError::Unavailable(reason)),
+        }
+    }
+
     /// Proposes requests forwarded by other nodes; this node should be the leader.
     pub async fn write_forwarded(&self, requests: Vec<Request>, deadline: Instant) -> Vec<ForwardedWrite> {
         self.group0().proposer.submit_all(requests, deadline).await

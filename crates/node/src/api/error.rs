@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use sinkron_core::locks::{HolderView, WaitEdge};
+use sinkron_core::locks::{HolderView, LockMode, WaitEdge};
 use sinkron_core::CoreError;
 use utoipa::ToSchema;
 
@@ -61,7 +61,13 @@ pub enum ApiError {
 fn holder_names(holders: &[HolderView]) -> String {
     holders
         .iter()
-        .map(|h| format!("{} ({:?}, fence {})", h.client_id, h.mode, h.fence))
+        .map(|h| {
+            let mode = match h.mode {
+                LockMode::Shared => "shared",
+                LockMode::Exclusive => "exclusive",
+            };
+            format!("{} ({mode}, fence {})", h.client_id, h.fence)
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -1,9 +1,9 @@
 //! [`LogStore`]: openraft's `RaftLogStorage` over segment files and a writer thread.
 //!
 //! Unpurged entries are also kept in memory, so reads never touch the disk; snapshots and
-//! purging keep that bounded. Appends become visible to readers at once (the leader may
-//! replicate entries before its own fsync, as Raft allows) but are reported flushed only
-//! after the writer thread's fsync.
+//! purging keep that bounded. Appends become visible to readers at once but are reported
+//! flushed only after the writer thread's fsync (openraft 0.9 waits for that report before
+//! it replicates or commits them).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;

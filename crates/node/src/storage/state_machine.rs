@@ -172,7 +172,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 }
                 EntryPayload::Normal(batch) => {
                     touched_locks |= batch.requests.iter().any(|r| r.command.is_lock());
-                    applied.state.apply_batch(index, &batch)
+                    applied.state.apply_entry(index, entry.log_id.leader_id.term, &batch)
                 }
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
