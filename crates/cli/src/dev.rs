@@ -13,6 +13,7 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sinkron_client::Client;
 use tokio::process::{Child, Command};
+use tokio::signal::unix::{signal, SignalKind};
 
 #[derive(clap::Args)]
 pub struct DevArgs {
@@ -38,6 +39,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&args.data_dir)
             .with_context(|| format!("remove {}", args.data_dir.display()))?;
     }
+    // Registered before anything starts and kept until the end: a signal that arrives at any
+    // moment (even between two phases) is never lost.
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
     let exe = std::env::current_exe().context("find the sinkron executable")?;
     let ports: Vec<u16> = (0..args.nodes).map(|i| args.base_port + i).collect();
     let cluster_addrs = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
@@ -61,19 +66,32 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     for (i, port) in ports.iter().enumerate() {
         println!("  node{}  http://127.0.0.1:{port}", i + 1);
     }
-    let first = Client::with_timeout(&format!("127.0.0.1:{}", ports[0]), Duration::from_secs(2));
+    let clients: Vec<Client> = ports
+        .iter()
+        .map(|p| Client::with_timeout(&format!("127.0.0.1:{p}"), Duration::from_secs(2)))
+        .collect();
     tokio::select! {
-        _ = announce_leader(&first) => {}
-        _ = tokio::signal::ctrl_c() => return stop(children).await,
+        _ = announce_leader(&clients) => {}
+        _ = int.recv() => return stop(children).await,
+        _ = term.recv() => return stop(children).await,
     }
     println!("Press Ctrl-C to stop all nodes.");
-    wait_for_stop().await;
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
     stop(children).await
 }
 
-async fn announce_leader(client: &Client) {
+/// Waits until every node answers and a leader is known, then prints it.
+async fn announce_leader(clients: &[Client]) {
+    for client in clients {
+        while client.health().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     loop {
-        if let Ok(status) = client.cluster().await {
+        if let Ok(status) = clients[0].cluster().await {
             if let Some(leader) = status.leader {
                 println!("Leader: {} at http://{} (term {})", leader.id, leader.addr, status.term);
                 return;
@@ -81,21 +99,6 @@ async fn announce_leader(client: &Client) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-}
-
-async fn wait_for_stop() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-            return;
-        }
-    }
-    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn stop(children: Vec<(String, Child)>) -> anyhow::Result<()> {

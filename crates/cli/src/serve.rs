@@ -1,9 +1,13 @@
 //! `sinkron serve`: one node until SIGTERM or Ctrl-C.
 
+use anyhow::Context;
 use sinkron_node::{NodeConfig, ServeArgs};
 use tracing_subscriber::EnvFilter;
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Install the handlers first: a SIGTERM that arrives while the node is still starting
+    // must also shut it down cleanly, not kill it.
+    let shutdown = shutdown_signal()?;
     let config = match NodeConfig::from_args(&args) {
         Ok(c) => c,
         Err(e) => {
@@ -13,29 +17,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,openraft=error"));
     tracing_subscriber::fmt().with_env_filter(filter).with_target(false).init();
-    sinkron_node::server::run(config, shutdown_signal()).await
+    sinkron_node::server::run(config, shutdown).await
 }
 
-/// Completes on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
+/// Registers SIGTERM and SIGINT now and returns a future that completes on either.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("install the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("install the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
+    })
 }
