@@ -60,10 +60,26 @@ pub struct ServeArgs {
     /// Longest a client request waits for a leader and a quorum, in milliseconds.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 8_000)]
     pub request_timeout_ms: u64,
+    /// Where Raft state is kept: `embedded` (files under DATA_DIR, the default) or `redis`
+    /// (the Redis server at REDIS_HOST:REDIS_PORT).
+    #[arg(long, env = "STORAGE_BACKEND", value_enum, default_value = "embedded")]
+    pub storage_backend: StorageBackend,
+    /// Prefix of every Redis key of this cluster (Redis backend).
+    #[arg(long, env = "REDIS_NAMESPACE", default_value = "sinkron")]
+    pub redis_namespace: String,
     /// Start as a new member that joins a running cluster through the membership API;
     /// such a node never bootstraps a cluster of its own.
     #[arg(long, env = "CLUSTER_JOIN", default_value_t = false)]
     pub join: bool,
+}
+
+/// Where a node keeps its Raft logs, votes and snapshots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StorageBackend {
+    /// Segment files under the data directory; needs nothing installed.
+    Embedded,
+    /// A Redis server, namespaced by cluster, node and group.
+    Redis,
 }
 
 /// Why a configuration cannot run.
@@ -134,6 +150,10 @@ pub struct NodeConfig {
     pub lock_default_ttl_ms: u64,
     /// Redis host and port, for the Redis backend.
     pub redis: (String, u16),
+    /// Storage backend.
+    pub storage: StorageBackend,
+    /// Prefix of Redis keys.
+    pub redis_namespace: String,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Entries between snapshots.
@@ -188,6 +208,9 @@ impl NodeConfig {
         if args.raft_snapshot_logs == 0 {
             return Err(out_of_range("RAFT_SNAPSHOT_LOGS", "must be at least 1".into()));
         }
+        if args.redis_namespace.is_empty() || args.redis_namespace.contains(char::is_whitespace) {
+            return Err(out_of_range("REDIS_NAMESPACE", "must be non-empty without spaces".into()));
+        }
         if args.request_timeout_ms < 100 {
             return Err(out_of_range("REQUEST_TIMEOUT_MS", "must be at least 100".into()));
         }
@@ -202,6 +225,8 @@ impl NodeConfig {
             cache_max_size: args.cache_max_size,
             lock_default_ttl_ms: seconds_to_ms("LOCK_DEFAULT_TTL", args.lock_default_ttl)?,
             redis: (args.redis_host.clone(), args.redis_port),
+            storage: args.storage_backend,
+            redis_namespace: args.redis_namespace.clone(),
             data_dir: args.data_dir.clone().unwrap_or_else(|| PathBuf::from("data").join(&args.node_id)),
             snapshot_logs: args.raft_snapshot_logs,
             request_timeout_ms: args.request_timeout_ms,

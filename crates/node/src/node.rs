@@ -14,9 +14,11 @@ use tokio::time::timeout;
 
 use crate::api::error::ApiError;
 use crate::config::NodeConfig;
+use crate::config::StorageBackend;
 use crate::network::{http_client, HttpNetworkFactory};
 use crate::proposer::Batcher;
-use crate::storage::{LogStore, StateMachineStore};
+use crate::storage::redis as redis_store;
+use crate::storage::{LogStore, SnapshotStore, StateMachineStore};
 use crate::types::{GroupId, Member, NodeId, Raft, GROUP0};
 
 /// Pause before retrying after a leader change or an unreachable leader.
@@ -90,11 +92,7 @@ impl Node {
     /// [`Node::bootstrap`], once the HTTP server listens.
     pub async fn open(config: NodeConfig) -> anyhow::Result<Arc<Self>> {
         let http = http_client();
-        let group_dir = config.data_dir.join("groups").join(GROUP0.to_string());
-        std::fs::create_dir_all(&group_dir)
-            .with_context(|| format!("create data directory {}", group_dir.display()))?;
-        let log = LogStore::open(&group_dir).context("open the Raft log")?;
-        let sm = StateMachineStore::open(&group_dir).context("open the state machine")?;
+        let (log, sm) = open_storage(&config, GROUP0).await?;
         let raft_config = openraft::Config {
             cluster_name: "sinkron".into(),
             heartbeat_interval: config.heartbeat_interval_ms,
@@ -428,6 +426,41 @@ fn membership_outcome(result: MembershipResult, action: &str) -> Result<(), ApiE
             Err(ApiError::Conflict(format!("cannot {action}: {e}")))
         }
         Ok(Err(e)) => Err(ApiError::Unavailable(format!("cannot {action}: {e}"))),
+    }
+}
+
+/// Opens the log and state machine of `group` on the configured backend.
+async fn open_storage(config: &NodeConfig, group: GroupId) -> anyhow::Result<(LogStore, StateMachineStore)> {
+    match config.storage {
+        StorageBackend::Embedded => {
+            let dir = config.data_dir.join("groups").join(group.to_string());
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("create data directory {}", dir.display()))?;
+            let log = LogStore::open(&dir).context("open the Raft log")?;
+            let sm = StateMachineStore::open(&dir).context("open the state machine")?;
+            Ok((log, sm))
+        }
+        StorageBackend::Redis => {
+            let (host, port) = &config.redis;
+            let mut conn = redis_store::connect(host, *port)
+                .await
+                .with_context(|| format!("connect to Redis at {host}:{port} (STORAGE_BACKEND=redis)"))?;
+            redis_store::warn_if_volatile(&mut conn).await;
+            let keys = redis_store::Keys::new(&config.redis_namespace, &config.name, group);
+            let (mem, stored) =
+                redis_store::recover(&mut conn, &keys).await.context("read the Raft log from Redis")?;
+            let writer = redis_store::RedisWriter {
+                conn: conn.clone(),
+                keys: keys.clone(),
+                stored,
+                runtime: tokio::runtime::Handle::current(),
+            };
+            let log = LogStore::start(mem, move |rx| writer.run(rx)).context("start the Redis log writer")?;
+            let sm = StateMachineStore::open_with(SnapshotStore::Redis(keys.snapshot(conn)))
+                .await
+                .context("read the snapshot from Redis")?;
+            Ok((log, sm))
+        }
     }
 }
 

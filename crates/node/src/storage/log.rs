@@ -11,7 +11,7 @@ use std::fs;
 use std::io;
 use std::ops::RangeBounds;
 use std::path::Path;
-use std::sync::mpsc::{self, Sender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -34,12 +34,17 @@ struct Shared {
     writer: Mutex<Sender<WriteOp>>,
 }
 
+/// The in-memory view of a log, as recovered from a backend at start-up.
 #[derive(Default)]
-struct MemLog {
-    entries: BTreeMap<u64, Entry>,
-    last_purged: Option<LogId>,
-    vote: Option<Vote<NodeId>>,
-    committed: Option<LogId>,
+pub struct MemLog {
+    /// Unpurged entries by index.
+    pub entries: BTreeMap<u64, Entry>,
+    /// Last purged log id.
+    pub last_purged: Option<LogId>,
+    /// Last saved vote.
+    pub vote: Option<Vote<NodeId>>,
+    /// Commit index hint.
+    pub committed: Option<LogId>,
 }
 
 /// Everything read back from a group directory at start-up.
@@ -52,10 +57,18 @@ impl LogStore {
     /// Opens (or creates) the log in `group_dir`, cutting off a torn tail left by a crash.
     pub fn open(group_dir: &Path) -> Result<Self, StorageError> {
         let Recovered { mem, writer } = recover(group_dir).map_err(log_read_error)?;
+        Self::start(mem, move |rx| writer.run(rx))
+    }
+
+    /// Serves `mem` and hands every change, in order, to `writer` on a thread of its own.
+    pub fn start(
+        mem: MemLog,
+        writer: impl FnOnce(Receiver<WriteOp>) + Send + 'static,
+    ) -> Result<Self, StorageError> {
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new()
             .name("sinkron-log-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer(rx))
             .map_err(log_write_error)?;
         Ok(Self { shared: Arc::new(Shared { mem: Mutex::new(mem), writer: Mutex::new(tx) }) })
     }
@@ -134,9 +147,7 @@ fn recover(group_dir: &Path) -> io::Result<Recovered> {
         positions = positions.split_off(&(purged.index + 1));
     }
     check_contiguous(&entries)?;
-    let last_index = entries.keys().next_back().copied();
-    // The commit hint is only a hint: never claim more than the log holds.
-    let committed = committed_hint.filter(|c| Some(c.index) <= last_index.or(last_purged.map(|p| p.index)));
+    let committed = clamp_committed(committed_hint, &entries, last_purged);
     let current = match seg_map.iter().next_back() {
         Some((first, path)) => Some(Tail::open(*first, path, tail_len)?),
         None => None,
@@ -154,7 +165,18 @@ fn recover(group_dir: &Path) -> io::Result<Recovered> {
     Ok(Recovered { mem: MemLog { entries, last_purged, vote, committed }, writer })
 }
 
-fn check_contiguous(entries: &BTreeMap<u64, Entry>) -> io::Result<()> {
+/// The commit hint is only a hint: never claim more than the log holds.
+pub fn clamp_committed(
+    hint: Option<LogId>,
+    entries: &BTreeMap<u64, Entry>,
+    purged: Option<LogId>,
+) -> Option<LogId> {
+    let last_index = entries.keys().next_back().copied();
+    hint.filter(|c| Some(c.index) <= last_index.or(purged.map(|p| p.index)))
+}
+
+/// Every index follows the previous one.
+pub fn check_contiguous(entries: &BTreeMap<u64, Entry>) -> io::Result<()> {
     let mut expected = None;
     for index in entries.keys() {
         if let Some(e) = expected {

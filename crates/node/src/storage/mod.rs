@@ -19,14 +19,15 @@
 
 pub mod files;
 pub mod log;
+pub mod redis;
 pub mod segment;
 pub mod state_machine;
-mod writer;
+pub mod writer;
 
 use openraft::{AnyError, StorageIOError};
 
 pub use self::log::LogStore;
-pub use self::state_machine::StateMachineStore;
+pub use self::state_machine::{SnapshotStore, StateMachineStore};
 use crate::types::StorageError;
 
 /// Wraps an I/O failure of the log as openraft's storage error.

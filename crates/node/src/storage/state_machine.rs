@@ -30,7 +30,7 @@ struct Shared {
     /// Bumped after every apply that changed a lock's holders or waiters through a side
     /// effect (a queued grant, an expiry), so waiting requests look again.
     lock_epoch: watch::Sender<u64>,
-    snapshot_path: PathBuf,
+    snapshots: SnapshotStore,
     snapshot_seq: AtomicU64,
 }
 
@@ -57,9 +57,21 @@ impl StateMachineStore {
     /// Opens the state machine of the group in `group_dir`, starting from its snapshot.
     pub fn open(group_dir: &Path) -> Result<Self, StorageError> {
         std::fs::create_dir_all(group_dir).map_err(read_snapshot_error)?;
-        let snapshot_path = group_dir.join("snapshot.bin");
+        let path = group_dir.join("snapshot.bin");
+        let bytes = files::read_optional(&path).map_err(read_snapshot_error)?;
+        Self::from_snapshot(SnapshotStore::File(path), bytes)
+    }
+
+    /// Opens a state machine whose snapshots live in `snapshots`, starting from the latest.
+    pub async fn open_with(snapshots: SnapshotStore) -> Result<Self, StorageError> {
+        let bytes = snapshots.load().await.map_err(read_snapshot_error)?;
+        Self::from_snapshot(snapshots, bytes)
+    }
+
+    fn from_snapshot(snapshots: SnapshotStore, bytes: Option<Vec<u8>>) -> Result<Self, StorageError> {
         let mut applied = Applied::default();
-        if let Some((meta, data)) = read_snapshot_file(&snapshot_path).map_err(read_snapshot_error)? {
+        if let Some(bytes) = bytes {
+            let (meta, data) = decode_snapshot(&bytes).map_err(read_snapshot_error)?;
             applied.state = serde_json::from_slice(&data).map_err(read_snapshot_error)?;
             applied.last_applied = meta.last_log_id;
             applied.last_membership = meta.last_membership;
@@ -67,7 +79,7 @@ impl StateMachineStore {
         let shared = Shared {
             data: RwLock::new(applied),
             lock_epoch: watch::Sender::new(0),
-            snapshot_path,
+            snapshots,
             snapshot_seq: AtomicU64::new(0),
         };
         Ok(Self { shared: Arc::new(shared) })
@@ -101,11 +113,43 @@ fn encode_snapshot_file(meta: &SnapshotMeta, data: &[u8]) -> io::Result<Vec<u8>>
     Ok(buf)
 }
 
-fn read_snapshot_file(path: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>> {
-    let Some(bytes) = files::read_optional(path)? else {
-        return Ok(None);
-    };
-    let corrupt = || io::Error::other(format!("snapshot file {} is corrupt", path.display()));
+/// Where a group's latest snapshot is kept.
+#[derive(Clone)]
+pub enum SnapshotStore {
+    /// A file, replaced atomically and fsynced.
+    File(PathBuf),
+    /// A Redis key.
+    Redis(super::redis::RedisSlot),
+}
+
+impl SnapshotStore {
+    async fn save(&self, bytes: Vec<u8>) -> io::Result<()> {
+        match self {
+            Self::File(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || files::replace(&path, &bytes, true))
+                    .await
+                    .map_err(io::Error::other)?
+            }
+            Self::Redis(slot) => slot.set(bytes).await,
+        }
+    }
+
+    async fn load(&self) -> io::Result<Option<Vec<u8>>> {
+        match self {
+            Self::File(path) => {
+                let path = path.clone();
+                tokio::task::spawn_blocking(move || files::read_optional(&path))
+                    .await
+                    .map_err(io::Error::other)?
+            }
+            Self::Redis(slot) => slot.get().await,
+        }
+    }
+}
+
+fn decode_snapshot(bytes: &[u8]) -> io::Result<(SnapshotMeta, Vec<u8>)> {
+    let corrupt = || io::Error::other("the stored snapshot is corrupt");
     if bytes.len() < 20 || &bytes[..8] != SNAPSHOT_MAGIC {
         return Err(corrupt());
     }
@@ -116,7 +160,7 @@ fn read_snapshot_file(path: &Path) -> io::Result<Option<(SnapshotMeta, Vec<u8>)>
     let meta_len = u64::from_le_bytes(body[8..16].try_into().map_err(|_| corrupt())?) as usize;
     let meta_end = 16usize.checked_add(meta_len).filter(|end| *end <= body.len()).ok_or_else(corrupt)?;
     let meta: SnapshotMeta = serde_json::from_slice(&body[16..meta_end]).map_err(io::Error::other)?;
-    Ok(Some((meta, body[meta_end..].to_vec())))
+    Ok((meta, body[meta_end..].to_vec()))
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
@@ -137,11 +181,7 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
             (meta, data)
         };
         let file = encode_snapshot_file(&meta, &data).map_err(snapshot_error)?;
-        let path = self.shared.snapshot_path.clone();
-        tokio::task::spawn_blocking(move || files::replace(&path, &file, true))
-            .await
-            .map_err(snapshot_error)?
-            .map_err(snapshot_error)?;
+        self.shared.snapshots.save(file).await.map_err(snapshot_error)?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
@@ -209,11 +249,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         let data = snapshot.into_inner();
         let state: Group0State = serde_json::from_slice(&data).map_err(read_snapshot_error)?;
         let file = encode_snapshot_file(meta, &data).map_err(snapshot_error)?;
-        let path = self.shared.snapshot_path.clone();
-        tokio::task::spawn_blocking(move || files::replace(&path, &file, true))
-            .await
-            .map_err(snapshot_error)?
-            .map_err(snapshot_error)?;
+        self.shared.snapshots.save(file).await.map_err(snapshot_error)?;
         let mut applied = self.write();
         applied.state = state;
         applied.last_applied = meta.last_log_id;
@@ -224,11 +260,10 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let path = self.shared.snapshot_path.clone();
-        let found = tokio::task::spawn_blocking(move || read_snapshot_file(&path))
-            .await
-            .map_err(read_snapshot_error)?
-            .map_err(read_snapshot_error)?;
-        Ok(found.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        let Some(bytes) = self.shared.snapshots.load().await.map_err(read_snapshot_error)? else {
+            return Ok(None);
+        };
+        let (meta, data) = decode_snapshot(&bytes).map_err(read_snapshot_error)?;
+        Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
