@@ -268,7 +268,7 @@ impl RedisWriter {
 }
 
 fn warn_unavailable(failures: u32, reason: &str) {
-    if failures % 10 == 0 {
+    if failures.is_multiple_of(10) {
         tracing::error!(reason, "cannot write the Raft log to Redis; nothing is acknowledged until it can");
     }
 }
