@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod redis_server;
+
 use std::fs::File;
 use std::net::TcpListener;
 use std::path::PathBuf;

@@ -1,0 +1,77 @@
+//! A 3-node cluster on the Redis backend, against a real `redis-server`: SIGKILL and restart
+//! of any node, a full-cluster restart, and Redis itself going away and coming back.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::json;
+use sinkron_client::LockOptions;
+use support::redis_server::RedisServer;
+use support::{eventually, TestCluster};
+
+const FORM: Duration = Duration::from_secs(20);
+
+fn exclusive(client_id: &str) -> LockOptions {
+    LockOptions { client_id: client_id.into(), mode: None, ttl_ms: Some(600_000), wait_ms: Some(0) }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_backed_cluster_keeps_everything_acknowledged_through_kills_and_restarts() {
+    let redis_dir = tempfile::tempdir().expect("temp dir");
+    let Some(redis) = RedisServer::start(redis_dir.path()) else { return };
+    let port = redis.port.to_string();
+    let namespace = format!("it{}", std::process::id());
+    let env = [
+        ("STORAGE_BACKEND", "redis"),
+        ("REDIS_HOST", "127.0.0.1"),
+        ("REDIS_PORT", port.as_str()),
+        ("REDIS_NAMESPACE", namespace.as_str()),
+    ];
+    let mut cluster = TestCluster::start(3, &env);
+    let leader = cluster.wait_leader(&cluster.all(), FORM).await;
+    for i in 0..30 {
+        cluster.client(i % 3).kv_put(&format!("k{i}"), json!(i)).await.expect("write");
+    }
+    let lock = cluster.client(1).acquire("kept", &exclusive("owner")).await.expect("lock");
+    assert!(!cluster.nodes[0].data_dir.join("groups").exists(), "nothing went to the embedded store");
+
+    // SIGKILL a follower, then the leader, restarting each.
+    let follower = (leader + 1) % 3;
+    for victim in [follower, leader] {
+        cluster.kill(victim);
+        let others: Vec<usize> = cluster.all().into_iter().filter(|i| *i != victim).collect();
+        cluster.wait_leader(&others, FORM).await;
+        cluster.client(others[0]).kv_put(&format!("during-{victim}"), json!(victim)).await.expect("write");
+        cluster.spawn(victim, &[]);
+        cluster.wait_local_value(victim, &format!("during-{victim}"), &json!(victim), FORM).await;
+    }
+
+    // Every node at once.
+    for i in cluster.all() {
+        cluster.kill(i);
+    }
+    for i in cluster.all() {
+        cluster.spawn(i, &[]);
+    }
+    cluster.wait_leader(&cluster.all(), FORM).await;
+    for i in 0..30 {
+        let (client, key) = (cluster.client(i % 3), format!("k{i}"));
+        let got = eventually(FORM, || client.kv_get(&key)).await;
+        assert_eq!(got.map(|v| v.value), Some(json!(i)), "k{i} survived");
+    }
+    let state = cluster.client(2).lock_status("kept").await.expect("lock status");
+    assert_eq!(state["holders"][0]["client_id"], "owner", "{state}");
+    assert_eq!(state["holders"][0]["fence"], lock.fence, "{state}");
+
+    // Redis goes away: nothing is acknowledged; it comes back: the cluster carries on.
+    let redis_port = redis.port;
+    drop(redis);
+    let err = cluster.client(0).kv_put("while-redis-down", json!(1)).await.expect_err("no storage, no ack");
+    assert_eq!(err.code(), Some("no_quorum"), "{err}");
+    let _redis = RedisServer::start_on(redis_dir.path(), redis_port).expect("restart redis-server");
+    let client = cluster.client(0);
+    eventually(FORM, || client.kv_put("after-redis-returned", json!(2))).await;
+    let got = cluster.client(1).kv_get("after-redis-returned").await.expect("read");
+    assert_eq!(got.map(|v| v.value), Some(json!(2)));
+}
