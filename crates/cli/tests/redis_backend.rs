@@ -68,7 +68,11 @@ async fn a_redis_backed_cluster_keeps_everything_acknowledged_through_kills_and_
     let redis_port = redis.port;
     drop(redis);
     let err = cluster.client(0).kv_put("while-redis-down", json!(1)).await.expect_err("no storage, no ack");
-    assert_eq!(err.code(), Some("no_quorum"), "{err}");
+    assert!(matches!(err.code(), Some("unavailable" | "no_quorum")), "{err}");
+    let ready = reqwest::get(format!("http://{}/ready", cluster.nodes[0].addr())).await.expect("ready");
+    assert_eq!(ready.status().as_u16(), 503);
+    let body: serde_json::Value = ready.json().await.expect("json");
+    assert!(body["message"].as_str().unwrap_or("").contains("Redis"), "the outage is named: {body}");
     let _redis = RedisServer::start_on(redis_dir.path(), redis_port).expect("restart redis-server");
     let client = cluster.client(0);
     eventually(FORM, || client.kv_put("after-redis-returned", json!(2))).await;

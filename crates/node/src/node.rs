@@ -18,7 +18,7 @@ use crate::config::StorageBackend;
 use crate::network::{http_client, HttpNetworkFactory};
 use crate::proposer::Batcher;
 use crate::storage::redis as redis_store;
-use crate::storage::{LogStore, SnapshotStore, StateMachineStore};
+use crate::storage::{LogStore, StateMachineStore};
 use crate::types::{GroupId, Member, NodeId, Raft, GROUP0};
 
 /// Pause before retrying after a leader change or an unreachable leader.
@@ -217,12 +217,18 @@ impl Node {
             match outcome {
                 ForwardedWrite::Applied(reply, index) => return Ok((reply, index)),
                 ForwardedWrite::Failed(reason) => return Err(ApiError::Unavailable(reason)),
-                ForwardedWrite::Timeout => return Err(no_quorum_for_write(self.request_timeout())),
-                ForwardedWrite::NotLeader if Instant::now() >= deadline => {
-                    return Err(no_quorum_for_write(self.request_timeout()))
-                }
+                ForwardedWrite::Timeout => return Err(self.timed_out()),
+                ForwardedWrite::NotLeader if Instant::now() >= deadline => return Err(self.timed_out()),
                 ForwardedWrite::NotLeader => tokio::time::sleep(RETRY_PAUSE).await,
             }
+        }
+    }
+
+    /// Why a write timed out: this node's storage outage if there is one, else no quorum.
+    fn timed_out(&self) -> ApiError {
+        match self.group0().log.health().problem() {
+            Some(problem) => ApiError::Unavailable(problem),
+            None => no_quorum_for_write(self.request_timeout()),
         }
     }
 
@@ -234,7 +240,7 @@ impl Node {
         match self.group0().proposer.submit(request, deadline).await {
             ForwardedWrite::Applied(reply, _) => Ok(reply),
             ForwardedWrite::NotLeader => Err(ApiError::Unavailable("this node is not the leader".into())),
-            ForwardedWrite::Timeout => Err(no_quorum_for_write(self.request_timeout())),
+            ForwardedWrite::Timeout => Err(self.timed_out()),
             ForwardedWrite::Failed(reason) => Err(ApiError::Unavailable(reason)),
         }
     }
@@ -447,19 +453,7 @@ async fn open_storage(config: &NodeConfig, group: GroupId) -> anyhow::Result<(Lo
                 .with_context(|| format!("connect to Redis at {host}:{port} (STORAGE_BACKEND=redis)"))?;
             redis_store::warn_if_volatile(&mut conn).await;
             let keys = redis_store::Keys::new(&config.redis_namespace, &config.name, group);
-            let (mem, stored) =
-                redis_store::recover(&mut conn, &keys).await.context("read the Raft log from Redis")?;
-            let writer = redis_store::RedisWriter {
-                conn: conn.clone(),
-                keys: keys.clone(),
-                stored,
-                runtime: tokio::runtime::Handle::current(),
-            };
-            let log = LogStore::start(mem, move |rx| writer.run(rx)).context("start the Redis log writer")?;
-            let sm = StateMachineStore::open_with(SnapshotStore::Redis(keys.snapshot(conn)))
-                .await
-                .context("read the snapshot from Redis")?;
-            Ok((log, sm))
+            redis_store::open_group(&mut conn, keys).await.context("open the Raft log and snapshot in Redis")
         }
     }
 }

@@ -11,26 +11,15 @@ use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{Entry, EntryPayload, RaftLogReader};
 use redis_server::RedisServer;
 use sinkron_core::{Batch, Command, Request};
-use sinkron_node::storage::redis::{connect, recover, Keys, RedisWriter};
-use sinkron_node::storage::{LogStore, SnapshotStore, StateMachineStore};
+use sinkron_node::storage::redis::{connect, open_group, Keys};
+use sinkron_node::storage::{LogStore, StateMachineStore};
 use sinkron_node::types::{StorageError, TypeConfig};
 
 static NEXT_NAMESPACE: AtomicU64 = AtomicU64::new(0);
 
 async fn open(port: u16, namespace: &str) -> (LogStore, StateMachineStore) {
     let mut conn = connect("127.0.0.1", port).await.expect("connect to redis");
-    let keys = Keys::new(namespace, "node1", 0);
-    let (mem, stored) = recover(&mut conn, &keys).await.expect("recover");
-    let writer = RedisWriter {
-        conn: conn.clone(),
-        keys: keys.clone(),
-        stored,
-        runtime: tokio::runtime::Handle::current(),
-    };
-    let log = LogStore::start(mem, move |rx| writer.run(rx)).expect("start writer");
-    let sm =
-        StateMachineStore::open_with(SnapshotStore::Redis(keys.snapshot(conn))).await.expect("state machine");
-    (log, sm)
+    open_group(&mut conn, Keys::new(namespace, "node1", 0)).await.expect("open the group on redis")
 }
 
 struct Builder {

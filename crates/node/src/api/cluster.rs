@@ -44,6 +44,9 @@ pub struct Readiness {
     (status = 200, body = Readiness),
     (status = 503, body = ErrorBody, description = "no leader known, or still applying")))]
 pub async fn ready(State(node): State<AppState>) -> Result<Json<Readiness>, ApiError> {
+    if let Some(problem) = node.group0().log.health().problem() {
+        return Err(ApiError::Unavailable(problem));
+    }
     let status = status_of(&node).await;
     let Some(leader) = status.leader else {
         return Err(ApiError::Unavailable("no leader is known".into()));

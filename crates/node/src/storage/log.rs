@@ -32,6 +32,7 @@ pub struct LogStore {
 struct Shared {
     mem: Mutex<MemLog>,
     writer: Mutex<Sender<WriteOp>>,
+    health: super::StorageHealth,
 }
 
 /// The in-memory view of a log, as recovered from a backend at start-up.
@@ -57,12 +58,19 @@ impl LogStore {
     /// Opens (or creates) the log in `group_dir`, cutting off a torn tail left by a crash.
     pub fn open(group_dir: &Path) -> Result<Self, StorageError> {
         let Recovered { mem, writer } = recover(group_dir).map_err(log_read_error)?;
-        Self::start(mem, move |rx| writer.run(rx))
+        let health = writer.health.clone();
+        Self::start(mem, health, move |rx| writer.run(rx))
+    }
+
+    /// Whether the log's backend currently accepts writes.
+    pub fn health(&self) -> &super::StorageHealth {
+        &self.shared.health
     }
 
     /// Serves `mem` and hands every change, in order, to `writer` on a thread of its own.
     pub fn start(
         mem: MemLog,
+        health: super::StorageHealth,
         writer: impl FnOnce(Receiver<WriteOp>) + Send + 'static,
     ) -> Result<Self, StorageError> {
         let (tx, rx) = mpsc::channel();
@@ -70,7 +78,7 @@ impl LogStore {
             .name("sinkron-log-writer".into())
             .spawn(move || writer(rx))
             .map_err(log_write_error)?;
-        Ok(Self { shared: Arc::new(Shared { mem: Mutex::new(mem), writer: Mutex::new(tx) }) })
+        Ok(Self { shared: Arc::new(Shared { mem: Mutex::new(mem), writer: Mutex::new(tx), health }) })
     }
 
     fn mem(&self) -> MutexGuard<'_, MemLog> {
@@ -161,6 +169,7 @@ fn recover(group_dir: &Path) -> io::Result<Recovered> {
         committed_hint: None,
         hint_written_at: std::time::Instant::now(),
         failed: None,
+        health: super::StorageHealth::default(),
     };
     Ok(Recovered { mem: MemLog { entries, last_purged, vote, committed }, writer })
 }

@@ -30,6 +30,28 @@ pub use self::log::LogStore;
 pub use self::state_machine::{SnapshotStore, StateMachineStore};
 use crate::types::StorageError;
 
+/// Whether a group's storage currently accepts writes; shared by its writer (which sets it)
+/// and the API (which reports it), so an outage is named instead of looking like a timeout.
+#[derive(Debug, Clone, Default)]
+pub struct StorageHealth(std::sync::Arc<std::sync::Mutex<Option<String>>>);
+
+impl StorageHealth {
+    /// Records that writes fail, and why.
+    pub fn failing(&self, reason: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.into());
+    }
+
+    /// Records that writes succeed again.
+    pub fn ok(&self) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    /// Why writes fail, if they do.
+    pub fn problem(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
 /// Wraps an I/O failure of the log as openraft's storage error.
 pub(crate) fn log_write_error(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_logs(AnyError::new(&e)).into()

@@ -154,6 +154,28 @@ pub async fn recover(conn: &mut ConnectionManager, keys: &Keys) -> io::Result<(M
     Ok((MemLog { entries, last_purged, vote, committed }, indexes))
 }
 
+/// Opens one group's log and state machine on Redis: reads the log back, starts the writer
+/// thread and loads the latest snapshot. Must run inside a tokio runtime.
+pub async fn open_group(
+    conn: &mut ConnectionManager,
+    keys: Keys,
+) -> io::Result<(super::LogStore, super::StateMachineStore)> {
+    let (mem, stored) = recover(conn, &keys).await?;
+    let health = super::StorageHealth::default();
+    let writer = RedisWriter {
+        conn: conn.clone(),
+        keys: keys.clone(),
+        stored,
+        runtime: Handle::current(),
+        health: health.clone(),
+    };
+    let log = super::LogStore::start(mem, health, move |rx| writer.run(rx)).map_err(io::Error::other)?;
+    let sm = super::StateMachineStore::open_with(super::SnapshotStore::Redis(keys.snapshot(conn.clone())))
+        .await
+        .map_err(io::Error::other)?;
+    Ok((log, sm))
+}
+
 /// Writes a group's log changes to Redis, in order, from a thread of its own.
 pub struct RedisWriter {
     /// Connection (reconnects by itself).
@@ -164,6 +186,8 @@ pub struct RedisWriter {
     pub stored: BTreeSet<u64>,
     /// The runtime the connection lives on.
     pub runtime: Handle,
+    /// Reports an outage to the API while it lasts.
+    pub health: super::StorageHealth,
 }
 
 enum Waiter {
@@ -254,11 +278,12 @@ impl RedisWriter {
                 Ok(Ok(())) => {
                     if failures > 0 {
                         tracing::info!(failures, "Redis is reachable again; the Raft log is being written");
+                        self.health.ok();
                     }
                     return;
                 }
-                Ok(Err(e)) => warn_unavailable(failures, &e.to_string()),
-                Err(_) => warn_unavailable(failures, "no answer in time"),
+                Ok(Err(e)) => self.unavailable(failures, &e.to_string()),
+                Err(_) => self.unavailable(failures, "no answer in time"),
             }
             failures += 1;
             std::thread::sleep(pause);
@@ -267,8 +292,14 @@ impl RedisWriter {
     }
 }
 
-fn warn_unavailable(failures: u32, reason: &str) {
-    if failures.is_multiple_of(10) {
-        tracing::error!(reason, "cannot write the Raft log to Redis; nothing is acknowledged until it can");
+impl RedisWriter {
+    fn unavailable(&self, failures: u32, reason: &str) {
+        self.health.failing(format!("the Redis storage backend is unreachable ({reason}); retrying"));
+        if failures.is_multiple_of(10) {
+            tracing::error!(
+                reason,
+                "cannot write the Raft log to Redis; nothing is acknowledged until it can"
+            );
+        }
     }
 }

@@ -144,6 +144,8 @@ pub struct Writer {
     pub hint_written_at: Instant,
     /// Set by the first failed write or fsync; every later operation fails.
     pub failed: Option<String>,
+    /// Reports a failure to the API.
+    pub health: super::StorageHealth,
 }
 
 enum Pending {
@@ -229,6 +231,7 @@ impl Writer {
             if self.failed.is_none() {
                 tracing::error!(error = %e, "Raft log write failed; this group stops acknowledging writes");
                 self.failed = Some(e.to_string());
+                self.health.failing(format!("the Raft log cannot be written ({e}); restart the node"));
             }
         } else if !pending.is_empty() {
             // Only batches that wrote something need the fsync (a batch of commit-index hints
@@ -240,6 +243,7 @@ impl Writer {
             if let Err(e) = &result {
                 tracing::error!(error = %e, "fsync of the Raft log failed; this group stops acknowledging writes");
                 self.failed = Some(e.to_string());
+                self.health.failing(format!("the Raft log cannot be synced ({e}); restart the node"));
             }
         }
         for waiter in pending {
