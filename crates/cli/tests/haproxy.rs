@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sinkron_client::{Client, LockOptions};
-use support::redis_server::RedisServer;
 use support::{eventually, free_port, TestCluster};
 
 const FORM: Duration = Duration::from_secs(20);
@@ -48,17 +47,7 @@ fn start_haproxy(bind_port: u16, nodes: &[String]) -> Option<HaProxy> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn clients_behind_haproxy_keep_working_when_the_leader_dies() {
-    let redis_dir = tempfile::tempdir().expect("temp dir");
-    let Some(redis) = RedisServer::start(redis_dir.path()) else { return };
-    let port = redis.port.to_string();
-    let namespace = format!("lb{}", std::process::id());
-    let env = [
-        ("STORAGE_BACKEND", "redis"),
-        ("REDIS_HOST", "127.0.0.1"),
-        ("REDIS_PORT", port.as_str()),
-        ("REDIS_NAMESPACE", namespace.as_str()),
-    ];
-    let mut cluster = TestCluster::start(3, &env);
+    let Some((mut cluster, redis, _redis_dir)) = TestCluster::start_on_redis(3, "lb") else { return };
     let leader = cluster.wait_leader(&cluster.all(), FORM).await;
     let addrs: Vec<String> = cluster.nodes.iter().map(|n| n.addr()).collect();
     let lb_port = free_port();

@@ -18,17 +18,7 @@ fn exclusive(client_id: &str) -> LockOptions {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_redis_backed_cluster_keeps_everything_acknowledged_through_kills_and_restarts() {
-    let redis_dir = tempfile::tempdir().expect("temp dir");
-    let Some(redis) = RedisServer::start(redis_dir.path()) else { return };
-    let port = redis.port.to_string();
-    let namespace = format!("it{}", std::process::id());
-    let env = [
-        ("STORAGE_BACKEND", "redis"),
-        ("REDIS_HOST", "127.0.0.1"),
-        ("REDIS_PORT", port.as_str()),
-        ("REDIS_NAMESPACE", namespace.as_str()),
-    ];
-    let mut cluster = TestCluster::start(3, &env);
+    let Some((mut cluster, redis, redis_dir)) = TestCluster::start_on_redis(3, "it") else { return };
     let leader = cluster.wait_leader(&cluster.all(), FORM).await;
     for i in 0..30 {
         cluster.client(i % 3).kv_put(&format!("k{i}"), json!(i)).await.expect("write");

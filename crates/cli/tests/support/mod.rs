@@ -76,6 +76,22 @@ impl TestCluster {
         cluster
     }
 
+    /// Starts `redis-server` and `n` nodes on the Redis backend, in a namespace named after
+    /// `tag`. `None` (after a loud notice) when `redis-server` is missing.
+    pub fn start_on_redis(n: usize, tag: &str) -> Option<(Self, redis_server::RedisServer, TempDir)> {
+        let redis_dir = tempfile::tempdir().expect("temp dir");
+        let redis = redis_server::RedisServer::start(redis_dir.path())?;
+        let port = redis.port.to_string();
+        let namespace = format!("{tag}{}", std::process::id());
+        let env = [
+            ("STORAGE_BACKEND", "redis"),
+            ("REDIS_HOST", "127.0.0.1"),
+            ("REDIS_PORT", port.as_str()),
+            ("REDIS_NAMESPACE", namespace.as_str()),
+        ];
+        Some((Self::start(n, &env), redis, redis_dir))
+    }
+
     /// Lays out `n` nodes without starting any; start them with [`TestCluster::spawn`].
     pub fn prepare(n: usize, extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");

@@ -22,7 +22,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -31,7 +31,7 @@ use tokio::runtime::Handle;
 
 use super::log::{check_contiguous, clamp_committed, MemLog};
 use super::segment::decode_records;
-use super::writer::WriteOp;
+use super::writer::{drain_batch, WriteOp};
 use crate::types::{Entry, LogId};
 
 /// Longest wait for one Redis call before it counts as failed (and is retried).
@@ -204,13 +204,7 @@ impl RedisWriter {
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => return,
             };
-            let mut batch = vec![first];
-            while batch.len() < BATCH_MAX_OPS {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-            }
+            let batch = drain_batch(&rx, first, BATCH_MAX_OPS);
             self.write_batch(batch);
         }
     }

@@ -72,6 +72,19 @@ pub enum WriteOp {
 /// entries at start-up, so it is not worth a file write per commit.
 pub const HINT_INTERVAL: Duration = Duration::from_millis(200);
 
+/// `first` and whatever else is already queued on `rx`, up to `max` operations: the
+/// operations that will share one write (and one fsync or one Redis transaction).
+pub fn drain_batch(rx: &Receiver<WriteOp>, first: WriteOp, max: usize) -> Vec<WriteOp> {
+    let mut batch = vec![first];
+    while batch.len() < max {
+        match rx.try_recv() {
+            Ok(op) => batch.push(op),
+            Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+        }
+    }
+    batch
+}
+
 /// Where a record lives on disk.
 #[derive(Debug, Clone, Copy)]
 pub struct Position {
@@ -165,13 +178,7 @@ impl Writer {
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
-            let mut batch = vec![first];
-            while batch.len() < BATCH_MAX_OPS {
-                match rx.try_recv() {
-                    Ok(op) => batch.push(op),
-                    Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
-                }
-            }
+            let batch = drain_batch(&rx, first, BATCH_MAX_OPS);
             self.write_batch(batch);
             self.write_hint(false);
         }
