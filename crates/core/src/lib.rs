@@ -8,6 +8,7 @@
 //! It deliberately knows nothing about Raft, HTTP or storage; the `sinkron-node` crate drives
 //! these state machines from the Raft log.
 
+pub mod cache;
 pub mod command;
 pub mod dedup;
 pub mod error;

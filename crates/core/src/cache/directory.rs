@@ -1,0 +1,444 @@
+//! [`Directory`]: group 0's record of who caches what, plus the backing store.
+//!
+//! Per key it holds the committed value and version, the owner (the one node whose line is
+//! M or E; the directory cannot tell which, since E -> M is silent) or the set of sharers,
+//! and at most one pending recall: the owner has been asked to write its line back before
+//! waiting requests can be served.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use super::local::Mesi;
+
+/// What a waiting request wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Want {
+    /// A shared copy.
+    Read,
+    /// Ownership, to write.
+    Write,
+}
+
+/// How the owner must give up its line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecallKind {
+    /// Write back and keep a shared copy (another node wants to read).
+    Downgrade,
+    /// Write back and drop the line (another node wants to write).
+    Invalidate,
+}
+
+/// A pending recall of the owner's line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recall {
+    /// The owner asked to write back.
+    pub from: String,
+    /// Downgrade or invalidate.
+    pub kind: RecallKind,
+    /// Requests served once the write-back is applied, in order.
+    pub waiting: Vec<(String, Want)>,
+}
+
+/// The directory's record of one key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DirEntry {
+    /// The backing store's value (`None`: no value).
+    pub value: Option<serde_json::Value>,
+    /// Incremented by every store of a new value.
+    pub version: u64,
+    /// The node holding the line in M or E.
+    pub owner: Option<String>,
+    /// Nodes holding the line in S.
+    pub sharers: BTreeSet<String>,
+    /// A pending recall of the owner's line.
+    pub recall: Option<Recall>,
+}
+
+/// A coherence request, as a command in group 0's log.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum CacheCommand {
+    /// Read miss on `node`.
+    GetS {
+        /// Key.
+        key: String,
+        /// Requesting node.
+        node: String,
+    },
+    /// `node` wants to write (its line is S or I).
+    GetM {
+        /// Key.
+        key: String,
+        /// Requesting node.
+        node: String,
+    },
+    /// `node` writes its line back: after a recall, on a deadline, or to make it durable.
+    WriteBack {
+        /// Key.
+        key: String,
+        /// The owner.
+        node: String,
+        /// The dirty value, or `None` when the line was clean.
+        value: Option<serde_json::Value>,
+    },
+    /// `node` dropped its line (after writing back a dirty value here).
+    Evict {
+        /// Key.
+        key: String,
+        /// The node.
+        node: String,
+        /// The dirty value, or `None` when the line was clean.
+        value: Option<serde_json::Value>,
+    },
+    /// A write-through write by `node`: stored at once, every other copy invalidated.
+    Put {
+        /// Key.
+        key: String,
+        /// The writer.
+        node: String,
+        /// The new value.
+        value: serde_json::Value,
+    },
+    /// Removes the key everywhere.
+    Delete {
+        /// Key.
+        key: String,
+    },
+    /// `node` lost its coherence lease: it holds nothing any more, and an unwritten dirty
+    /// line of it is lost.
+    Revoke {
+        /// The node.
+        node: String,
+    },
+}
+
+/// The directory's reply to a command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum CacheReply {
+    /// The requester's line was granted in `state`.
+    Granted {
+        /// E or S (ownership is granted as E; the first write makes it M).
+        state: Mesi,
+        /// Value of the line.
+        value: Option<serde_json::Value>,
+        /// Its version.
+        version: u64,
+        /// Nodes whose copies this grant invalidated (a writer waits until they applied it).
+        invalidated: Vec<String>,
+    },
+    /// The owner was asked to write back; the request is served when it has.
+    Recalling {
+        /// The owner.
+        from: String,
+    },
+    /// A value was stored.
+    Stored {
+        /// Its version.
+        version: u64,
+        /// Nodes whose copies were invalidated.
+        invalidated: Vec<String>,
+    },
+    /// Nothing to report.
+    Done,
+}
+
+/// What one node must do to its own lines because of an applied command.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum CacheEvent {
+    /// Drop the line.
+    Invalidate {
+        /// The node.
+        node: String,
+        /// Key.
+        key: String,
+    },
+    /// Write the line back (then propose `WriteBack`).
+    Recall {
+        /// The owner.
+        node: String,
+        /// Key.
+        key: String,
+        /// Downgrade or invalidate.
+        kind: RecallKind,
+    },
+    /// Install a line.
+    Grant {
+        /// The node.
+        node: String,
+        /// Key.
+        key: String,
+        /// E or S.
+        state: Mesi,
+        /// Value.
+        value: Option<serde_json::Value>,
+        /// Version.
+        version: u64,
+        /// The value is new (a write-through): replace any line the node has.
+        fresh: bool,
+    },
+    /// The former owner keeps a shared copy.
+    Downgraded {
+        /// The node.
+        node: String,
+        /// Key.
+        key: String,
+        /// Version of the value now stored.
+        version: u64,
+    },
+    /// A write-back by `node` was applied.
+    WrittenBack {
+        /// The node.
+        node: String,
+        /// Key.
+        key: String,
+        /// Version stored.
+        version: u64,
+        /// The recall it answered, if any (`Invalidate`: drop the line).
+        kind: Option<RecallKind>,
+    },
+}
+
+impl CacheEvent {
+    /// The node that must act.
+    pub fn node(&self) -> &str {
+        match self {
+            Self::Invalidate { node, .. }
+            | Self::Recall { node, .. }
+            | Self::Grant { node, .. }
+            | Self::Downgraded { node, .. }
+            | Self::WrittenBack { node, .. } => node,
+        }
+    }
+}
+
+/// The directory of every cached key.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Directory {
+    entries: BTreeMap<String, DirEntry>,
+}
+
+impl Directory {
+    /// The record of `key`.
+    pub fn get(&self, key: &str) -> Option<&DirEntry> {
+        self.entries.get(key)
+    }
+
+    /// Every record.
+    pub fn entries(&self) -> &BTreeMap<String, DirEntry> {
+        &self.entries
+    }
+
+    /// Applies `command`; returns the reply and the events for the nodes.
+    pub fn apply(&mut self, command: &CacheCommand) -> (CacheReply, Vec<CacheEvent>) {
+        let mut events = Vec::new();
+        let reply = match command {
+            CacheCommand::GetS { key, node } => self.request(key, node, Want::Read, &mut events),
+            CacheCommand::GetM { key, node } => self.request(key, node, Want::Write, &mut events),
+            CacheCommand::WriteBack { key, node, value } => {
+                self.write_back(key, node, value.clone(), &mut events)
+            }
+            CacheCommand::Evict { key, node, value } => self.evict(key, node, value.clone(), &mut events),
+            CacheCommand::Put { key, node, value } => {
+                self.put(key, Some(node), Some(value.clone()), &mut events)
+            }
+            CacheCommand::Delete { key } => self.put(key, None, None, &mut events),
+            CacheCommand::Revoke { node } => self.revoke(node, &mut events),
+        };
+        self.entries.retain(|_, e| {
+            e.value.is_some() || e.owner.is_some() || !e.sharers.is_empty() || e.recall.is_some()
+        });
+        (reply, events)
+    }
+
+    fn request(&mut self, key: &str, node: &str, want: Want, events: &mut Vec<CacheEvent>) -> CacheReply {
+        let entry = self.entries.entry(key.to_string()).or_default();
+        if let Some(recall) = &mut entry.recall {
+            recall.waiting.push((node.to_string(), want));
+            return CacheReply::Recalling { from: recall.from.clone() };
+        }
+        match entry.owner.clone() {
+            Some(owner) if owner != node => {
+                let kind = if want == Want::Read { RecallKind::Downgrade } else { RecallKind::Invalidate };
+                entry.recall =
+                    Some(Recall { from: owner.clone(), kind, waiting: vec![(node.to_string(), want)] });
+                events.push(CacheEvent::Recall { node: owner.clone(), key: key.to_string(), kind });
+                CacheReply::Recalling { from: owner }
+            }
+            _ => grant(entry, key, node, want, events),
+        }
+    }
+
+    fn write_back(
+        &mut self,
+        key: &str,
+        node: &str,
+        value: Option<serde_json::Value>,
+        events: &mut Vec<CacheEvent>,
+    ) -> CacheReply {
+        let Some(entry) = self.entries.get_mut(key) else { return CacheReply::Done };
+        if entry.owner.as_deref() != Some(node) {
+            // A stale write-back (the node was revoked or evicted meanwhile): its value is lost.
+            return CacheReply::Done;
+        }
+        if let Some(v) = value {
+            entry.value = Some(v);
+            entry.version += 1;
+        }
+        let version = entry.version;
+        let recall = entry.recall.take_if(|r| r.from == node);
+        let kind = recall.as_ref().map(|r| r.kind);
+        events.push(CacheEvent::WrittenBack { node: node.to_string(), key: key.to_string(), version, kind });
+        if let Some(recall) = recall {
+            entry.owner = None;
+            if recall.kind == RecallKind::Downgrade {
+                entry.sharers.insert(node.to_string());
+                events.push(CacheEvent::Downgraded { node: node.to_string(), key: key.to_string(), version });
+            }
+            self.serve(key, recall.waiting, events);
+        }
+        CacheReply::Stored { version, invalidated: Vec::new() }
+    }
+
+    fn evict(
+        &mut self,
+        key: &str,
+        node: &str,
+        value: Option<serde_json::Value>,
+        events: &mut Vec<CacheEvent>,
+    ) -> CacheReply {
+        let Some(entry) = self.entries.get_mut(key) else { return CacheReply::Done };
+        entry.sharers.remove(node);
+        if entry.owner.as_deref() != Some(node) {
+            return CacheReply::Done;
+        }
+        if let Some(v) = value {
+            entry.value = Some(v);
+            entry.version += 1;
+        }
+        entry.owner = None;
+        if let Some(recall) = entry.recall.take() {
+            self.serve(key, recall.waiting, events);
+        }
+        CacheReply::Done
+    }
+
+    /// Stores a new value (`None`: deletes) written by `writer`, invalidating every other copy.
+    fn put(
+        &mut self,
+        key: &str,
+        writer: Option<&String>,
+        value: Option<serde_json::Value>,
+        events: &mut Vec<CacheEvent>,
+    ) -> CacheReply {
+        let entry = self.entries.entry(key.to_string()).or_default();
+        let holders: BTreeSet<String> = entry.sharers.iter().cloned().chain(entry.owner.clone()).collect();
+        let invalidated: Vec<String> = holders.into_iter().filter(|h| Some(h) != writer).collect();
+        for node in &invalidated {
+            events.push(CacheEvent::Invalidate { node: node.clone(), key: key.to_string() });
+        }
+        entry.value = value;
+        entry.version += 1;
+        entry.sharers.clear();
+        entry.owner = writer.cloned();
+        let version = entry.version;
+        if let Some(w) = writer {
+            let value = entry.value.clone();
+            events.push(CacheEvent::Grant {
+                node: w.clone(),
+                key: key.to_string(),
+                state: Mesi::Exclusive,
+                value,
+                version,
+                fresh: true,
+            });
+        }
+        if let Some(recall) = entry.recall.take() {
+            self.serve(key, recall.waiting, events);
+        }
+        CacheReply::Stored { version, invalidated }
+    }
+
+    fn revoke(&mut self, node: &str, events: &mut Vec<CacheEvent>) -> CacheReply {
+        let keys: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.owner.as_deref() == Some(node) || e.sharers.contains(node))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            events.push(CacheEvent::Invalidate { node: node.to_string(), key: key.clone() });
+            let Some(entry) = self.entries.get_mut(&key) else { continue };
+            entry.sharers.remove(node);
+            if entry.owner.as_deref() == Some(node) {
+                entry.owner = None;
+                if let Some(recall) = entry.recall.take() {
+                    self.serve(&key, recall.waiting, events);
+                }
+            }
+        }
+        CacheReply::Done
+    }
+
+    /// Serves requests that waited for a recall, in order, as if they arrived now.
+    fn serve(&mut self, key: &str, waiting: Vec<(String, Want)>, events: &mut Vec<CacheEvent>) {
+        for (node, want) in waiting {
+            let _ = self.request(key, &node, want, events);
+        }
+    }
+
+    /// Checks the directory: an owner excludes sharers, a recall targets the owner.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (key, e) in &self.entries {
+            if e.owner.is_some() && !e.sharers.is_empty() {
+                return Err(format!("{key}: owner {:?} next to sharers {:?}", e.owner, e.sharers));
+            }
+            if let Some(r) = &e.recall {
+                if e.owner.as_deref() != Some(r.from.as_str()) || r.waiting.is_empty() {
+                    return Err(format!("{key}: recall from {} but owner {:?}", r.from, e.owner));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Grants `node` its line now: ownership (E) for a write or a sole reader, else S.
+fn grant(
+    entry: &mut DirEntry,
+    key: &str,
+    node: &str,
+    want: Want,
+    events: &mut Vec<CacheEvent>,
+) -> CacheReply {
+    let others: Vec<String> = entry.sharers.iter().filter(|s| *s != node).cloned().collect();
+    let exclusive = want == Want::Write || others.is_empty();
+    let mut invalidated = Vec::new();
+    if exclusive {
+        if want == Want::Write {
+            for other in others {
+                events.push(CacheEvent::Invalidate { node: other.clone(), key: key.to_string() });
+                invalidated.push(other);
+            }
+        }
+        entry.sharers.clear();
+        entry.owner = Some(node.to_string());
+    } else {
+        entry.sharers.insert(node.to_string());
+    }
+    let state = if exclusive { Mesi::Exclusive } else { Mesi::Shared };
+    let (value, version) = (entry.value.clone(), entry.version);
+    events.push(CacheEvent::Grant {
+        node: node.to_string(),
+        key: key.to_string(),
+        state,
+        value: value.clone(),
+        version,
+        fresh: false,
+    });
+    CacheReply::Granted { state, value, version, invalidated }
+}
