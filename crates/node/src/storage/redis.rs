@@ -108,17 +108,45 @@ pub struct RedisSlot {
 }
 
 impl RedisSlot {
-    /// Stores `bytes`.
+    /// Stores `bytes`, retrying until Redis takes them: openraft stops a group for good on
+    /// a snapshot error, while waiting lets it carry on once Redis is back.
     pub async fn set(&self, bytes: Vec<u8>) -> io::Result<()> {
-        let mut conn = self.conn.clone();
-        conn.set::<_, _, ()>(&self.key, bytes).await.map_err(redis_error)
+        retry_until_answered(&self.key, || {
+            let (mut conn, key, bytes) = (self.conn.clone(), self.key.clone(), bytes.clone());
+            async move { conn.set::<_, _, ()>(key, bytes).await }
+        })
+        .await
     }
 
-    /// The stored bytes, if any.
+    /// The stored bytes, if any (retrying like [`RedisSlot::set`]).
     pub async fn get(&self) -> io::Result<Option<Vec<u8>>> {
-        let mut conn = self.conn.clone();
-        conn.get(&self.key).await.map_err(redis_error)
+        retry_until_answered(&self.key, || {
+            let (mut conn, key) = (self.conn.clone(), self.key.clone());
+            async move { conn.get::<_, Option<Vec<u8>>>(key).await }
+        })
+        .await
     }
+}
+
+async fn retry_until_answered<T, F, Fut>(key: &str, mut call: F) -> io::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = redis::RedisResult<T>>,
+{
+    let mut pause = Duration::from_millis(50);
+    for attempt in 0u32.. {
+        match tokio::time::timeout(CALL_TIMEOUT, call()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(e)) if attempt.is_multiple_of(10) => {
+                tracing::error!(key, error = %e, "Redis call failed; retrying")
+            }
+            Err(_) if attempt.is_multiple_of(10) => tracing::error!(key, "Redis did not answer; retrying"),
+            _ => {}
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
+    }
+    Err(redis_error("gave up"))
 }
 
 fn parse_json<T: serde::de::DeserializeOwned>(bytes: Option<Vec<u8>>) -> io::Result<Option<T>> {
@@ -168,6 +196,7 @@ pub async fn open_group(
         stored,
         runtime: Handle::current(),
         health: health.clone(),
+        hint_written_at: None,
     };
     let log = super::LogStore::start(mem, health, move |rx| writer.run(rx)).map_err(io::Error::other)?;
     let sm = super::StateMachineStore::open_with(super::SnapshotStore::Redis(keys.snapshot(conn.clone())))
@@ -188,6 +217,8 @@ pub struct RedisWriter {
     pub runtime: Handle,
     /// Reports an outage to the API while it lasts.
     pub health: super::StorageHealth,
+    /// When a commit hint was last written; hints are written at most every 200 ms.
+    pub hint_written_at: Option<std::time::Instant>,
 }
 
 enum Waiter {
@@ -244,11 +275,20 @@ impl RedisWriter {
                     waiters.push(Waiter::Done(done));
                 }
                 WriteOp::CommittedHint(bytes) => {
-                    pipe.set(self.keys.meta("committed.json"), bytes).ignore();
+                    // A hint only saves re-applying entries at start-up: not worth a Redis
+                    // write (and fsync) per commit.
+                    let due =
+                        self.hint_written_at.is_none_or(|t| t.elapsed() >= super::writer::HINT_INTERVAL);
+                    if due {
+                        pipe.set(self.keys.meta("committed.json"), bytes).ignore();
+                        self.hint_written_at = Some(std::time::Instant::now());
+                    }
                 }
             }
         }
-        self.execute_until_stored(&pipe);
+        if pipe.cmd_iter().next().is_some() {
+            self.execute_until_stored(&pipe);
+        }
         for waiter in waiters {
             match waiter {
                 Waiter::Flushed(cb) => cb.log_io_completed(Ok(())),
