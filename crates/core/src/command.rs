@@ -2,6 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::{CacheCommand, CacheReply};
 use crate::locks::{AcquireOutcome, Hold, LockMode, LockRefusal};
 
 /// One entry of group 0's log: the client requests the leader batched together.
@@ -110,12 +111,17 @@ pub enum Command {
     LockExpire,
     /// Extends every lease by its TTL (proposed by a new leader before it expires anything).
     LockExtendAll,
+    /// A coherence request of the MESI cache.
+    Cache {
+        /// The request.
+        request: CacheCommand,
+    },
 }
 
 impl Command {
     /// Whether the command acts on the lock table.
     pub fn is_lock(&self) -> bool {
-        !matches!(self, Command::KvPut { .. } | Command::KvDelete { .. })
+        !matches!(self, Command::KvPut { .. } | Command::KvDelete { .. } | Command::Cache { .. })
     }
 }
 
@@ -170,6 +176,11 @@ pub enum Response {
     LockRefused {
         /// Why.
         refusal: LockRefusal,
+    },
+    /// The cache directory's reply.
+    Cache {
+        /// The reply.
+        reply: CacheReply,
     },
     /// The request was not applied.
     Rejected {

@@ -10,6 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::cache::{CacheEvent, Directory};
 use crate::command::{Batch, Command, Request, Response};
 use crate::dedup::Dedup;
 use crate::kv::KvStore;
@@ -33,6 +34,12 @@ pub struct Group0State {
     /// expiries take effect.
     #[serde(default)]
     pub lease_term: u64,
+    /// The cache directory and backing store.
+    #[serde(default)]
+    pub cache: Directory,
+    /// Cache events of the commands applied since the node last drained them.
+    #[serde(skip)]
+    cache_events: Vec<CacheEvent>,
     /// Replies to recent client request ids, for exactly-once application of retries.
     dedup: Dedup,
 }
@@ -82,6 +89,11 @@ impl Group0State {
                 version: self.kv.put(key.clone(), value.clone(), self.revision, self.clock_ms),
             },
             Command::KvDelete { key } => Response::KvDelete { existed: self.kv.delete(key) },
+            Command::Cache { request } => {
+                let (reply, events) = self.cache.apply(request);
+                self.cache_events.extend(events);
+                Response::Cache { reply }
+            }
             lock => self.dispatch_lock(term, lock),
         }
     }
@@ -123,16 +135,22 @@ impl Group0State {
                 self.lease_term = term;
                 Response::LockDone { hold: None }
             }
-            Command::KvPut { .. } | Command::KvDelete { .. } => {
+            Command::KvPut { .. } | Command::KvDelete { .. } | Command::Cache { .. } => {
                 Response::Rejected { reason: "not a lock command".into() }
             }
         }
+    }
+
+    /// Takes the cache events produced since the last call.
+    pub fn drain_cache_events(&mut self) -> Vec<CacheEvent> {
+        std::mem::take(&mut self.cache_events)
     }
 
     /// Checks the invariants of the whole state.
     pub fn check_invariants(&self) -> Result<(), String> {
         self.dedup.check_invariants()?;
         self.locks.check_invariants()?;
+        self.cache.check_invariants()?;
         self.kv.check_invariants(self.revision)
     }
 }
@@ -243,6 +261,20 @@ mod tests {
         state.apply_entry(3, 2, &batch(5_000, vec![req(None, Command::LockExtendAll)]));
         let expired = state.apply_entry(4, 2, &batch(5_000, vec![req(None, Command::LockExpire)]));
         assert_eq!(expired, vec![Response::LockExpired { removed: 1 }]);
+    }
+
+    #[test]
+    fn cache_commands_reach_the_directory_and_leave_events_for_the_nodes() {
+        use crate::cache::{CacheCommand, CacheEvent, CacheReply};
+        let mut state = Group0State::default();
+        let put = CacheCommand::Put { key: "k".into(), node: "n1".into(), value: json!(5) };
+        let replies = state.apply_batch(1, &batch(1, vec![req(None, Command::Cache { request: put })]));
+        assert!(matches!(&replies[0], Response::Cache { reply: CacheReply::Stored { version: 1, .. } }));
+        let events = state.drain_cache_events();
+        assert!(matches!(&events[..], [CacheEvent::Grant { node, .. }] if node == "n1"));
+        assert!(state.drain_cache_events().is_empty(), "drained once");
+        assert_eq!(state.cache.get("k").and_then(|e| e.value.clone()), Some(json!(5)));
+        state.check_invariants().expect("invariants");
     }
 
     #[test]

@@ -116,7 +116,7 @@ pub enum CacheCommand {
 }
 
 /// The directory's reply to a command.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "reply", rename_all = "snake_case")]
 pub enum CacheReply {
     /// The requester's line was granted in `state`.
