@@ -16,6 +16,7 @@ pub mod ids;
 pub mod kv;
 pub mod limits;
 pub mod locks;
+pub mod queue;
 pub mod ring;
 pub mod state;
 

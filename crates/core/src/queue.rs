@@ -1,0 +1,381 @@
+//! The state machine of one queue partition: ready messages, messages in flight with a
+//! receipt and a visibility deadline, receive counts and dead letters.
+//!
+//! At-least-once, SQS-like: `receive` hands out the oldest ready messages and hides them
+//! until their deadline; `ack` deletes one; `nack` or a passed deadline makes it ready
+//! again, at the front so order is kept. A message delivered `max_receives` times and
+//! returned once more goes to the dead-letter queue `<queue>.dlq` of the same partition.
+//! Every delivery gets a fresh receipt, so a consumer whose deadline passed cannot ack a
+//! message someone else now holds. Time comes in as `now_ms` (the leader's stamp).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+
+/// Suffix of dead-letter queues.
+pub const DLQ_SUFFIX: &str = ".dlq";
+/// Most messages one queue of a partition holds (ready + in flight + dead).
+pub const QUEUE_DEPTH_MAX: usize = 100_000;
+
+/// One message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// Unique id, `<partition>-<sequence>`.
+    pub id: String,
+    /// Ordering key (the queue name when none was given).
+    pub key: String,
+    /// The body.
+    pub body: serde_json::Value,
+    /// How many times it was delivered.
+    pub receive_count: u32,
+    /// When it was sent.
+    pub sent_at_ms: u64,
+    /// Not delivered before this time (a nack with a delay).
+    pub visible_at_ms: u64,
+}
+
+/// A delivered, unacknowledged message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// The message.
+    pub message: Message,
+    /// Becomes ready again at this time unless acked.
+    pub deadline_ms: u64,
+}
+
+/// A delivery handed to a consumer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Message id.
+    pub id: String,
+    /// Body.
+    pub body: serde_json::Value,
+    /// Receipt for ack and nack: valid for this delivery only.
+    pub receipt: String,
+    /// How many times it has been delivered, this time included.
+    pub receive_count: u32,
+}
+
+/// One queue within a partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueState {
+    /// Ready messages, oldest first.
+    pub ready: VecDeque<Message>,
+    /// In-flight messages by receipt.
+    pub in_flight: BTreeMap<String, InFlight>,
+}
+
+impl QueueState {
+    fn depth(&self) -> usize {
+        self.ready.len() + self.in_flight.len()
+    }
+}
+
+/// Why a queue command was refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum QueueRefusal {
+    /// The queue is at [`QUEUE_DEPTH_MAX`].
+    Full,
+    /// The receipt is unknown or no longer valid (acked, or redelivered after its deadline).
+    StaleReceipt,
+}
+
+/// The state of one partition.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// This partition's number (part of message ids).
+    pub partition: u32,
+    queues: BTreeMap<String, QueueState>,
+    next_seq: u64,
+}
+
+impl PartitionState {
+    /// An empty partition.
+    pub fn new(partition: u32) -> Self {
+        Self { partition, ..Self::default() }
+    }
+
+    /// The queue called `name`, if it has messages.
+    pub fn queue(&self, name: &str) -> Option<&QueueState> {
+        self.queues.get(name)
+    }
+
+    /// Every queue with messages.
+    pub fn queues(&self) -> &BTreeMap<String, QueueState> {
+        &self.queues
+    }
+
+    /// Appends a message; returns its id.
+    pub fn send(
+        &mut self,
+        queue: &str,
+        key: Option<&str>,
+        body: serde_json::Value,
+        now_ms: u64,
+    ) -> Result<String, QueueRefusal> {
+        let q = self.queues.entry(queue.to_string()).or_default();
+        if q.depth() >= QUEUE_DEPTH_MAX {
+            return Err(QueueRefusal::Full);
+        }
+        self.next_seq += 1;
+        let id = format!("{}-{}", self.partition, self.next_seq);
+        q.ready.push_back(Message {
+            id: id.clone(),
+            key: key.unwrap_or(queue).to_string(),
+            body,
+            receive_count: 0,
+            sent_at_ms: now_ms,
+            visible_at_ms: now_ms,
+        });
+        Ok(id)
+    }
+
+    /// Delivers up to `max` visible messages, oldest first, hidden for `visibility_ms`.
+    pub fn receive(&mut self, queue: &str, max: usize, visibility_ms: u64, now_ms: u64) -> Vec<Delivery> {
+        let Some(q) = self.queues.get_mut(queue) else { return Vec::new() };
+        let mut out = Vec::new();
+        let mut skipped = VecDeque::new();
+        while out.len() < max {
+            let Some(mut message) = q.ready.pop_front() else { break };
+            if message.visible_at_ms > now_ms {
+                skipped.push_back(message);
+                continue;
+            }
+            message.receive_count += 1;
+            let receipt = format!("{}.{}", message.id, message.receive_count);
+            out.push(Delivery {
+                id: message.id.clone(),
+                body: message.body.clone(),
+                receipt: receipt.clone(),
+                receive_count: message.receive_count,
+            });
+            q.in_flight
+                .insert(receipt, InFlight { message, deadline_ms: now_ms.saturating_add(visibility_ms) });
+        }
+        // Delayed messages keep their place at the front.
+        while let Some(m) = skipped.pop_back() {
+            q.ready.push_front(m);
+        }
+        out
+    }
+
+    /// Deletes the message delivered with `receipt`.
+    pub fn ack(&mut self, queue: &str, receipt: &str) -> Result<(), QueueRefusal> {
+        let q = self.queues.get_mut(queue).ok_or(QueueRefusal::StaleReceipt)?;
+        q.in_flight.remove(receipt).ok_or(QueueRefusal::StaleReceipt)?;
+        self.forget_if_empty(queue);
+        Ok(())
+    }
+
+    /// Returns the message delivered with `receipt`, visible again after `delay_ms`.
+    pub fn nack(
+        &mut self,
+        queue: &str,
+        receipt: &str,
+        delay_ms: u64,
+        max_receives: u32,
+        now_ms: u64,
+    ) -> Result<(), QueueRefusal> {
+        let q = self.queues.get_mut(queue).ok_or(QueueRefusal::StaleReceipt)?;
+        let flight = q.in_flight.remove(receipt).ok_or(QueueRefusal::StaleReceipt)?;
+        let mut message = flight.message;
+        message.visible_at_ms = now_ms.saturating_add(delay_ms);
+        self.requeue(queue, message, max_receives);
+        Ok(())
+    }
+
+    /// Returns every in-flight message whose deadline passed by `now_ms`; returns how many.
+    pub fn expire(&mut self, max_receives: u32, now_ms: u64) -> usize {
+        let mut returned = Vec::new();
+        for (name, q) in &mut self.queues {
+            let due: Vec<String> =
+                q.in_flight.iter().filter(|(_, f)| f.deadline_ms <= now_ms).map(|(r, _)| r.clone()).collect();
+            for receipt in due {
+                if let Some(flight) = q.in_flight.remove(&receipt) {
+                    returned.push((name.clone(), flight.message));
+                }
+            }
+        }
+        let count = returned.len();
+        // Oldest first, so requeuing at the front keeps the original order.
+        returned.sort_by(|a, b| b.1.sent_at_ms.cmp(&a.1.sent_at_ms).then(b.1.id.cmp(&a.1.id)));
+        for (queue, message) in returned {
+            self.requeue(&queue, message, max_receives);
+        }
+        count
+    }
+
+    /// Earliest visibility deadline, if any: when the leader should next expire.
+    pub fn next_deadline_ms(&self) -> Option<u64> {
+        self.queues.values().flat_map(|q| q.in_flight.values().map(|f| f.deadline_ms)).min()
+    }
+
+    fn requeue(&mut self, queue: &str, message: Message, max_receives: u32) {
+        if message.receive_count >= max_receives && !queue.ends_with(DLQ_SUFFIX) {
+            let dlq = format!("{queue}{DLQ_SUFFIX}");
+            let mut dead = message;
+            dead.receive_count = 0;
+            self.queues.entry(dlq).or_default().ready.push_back(dead);
+        } else {
+            self.queues.entry(queue.to_string()).or_default().ready.push_front(message);
+        }
+        self.forget_if_empty(queue);
+    }
+
+    fn forget_if_empty(&mut self, queue: &str) {
+        if self.queues.get(queue).is_some_and(|q| q.depth() == 0) {
+            self.queues.remove(queue);
+        }
+    }
+
+    /// Every message id appears once; receipts match their message.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, q) in &self.queues {
+            if q.depth() == 0 {
+                return Err(format!("empty queue {name} kept"));
+            }
+            let ids = q.ready.iter().map(|m| &m.id).chain(q.in_flight.values().map(|f| &f.message.id));
+            for id in ids {
+                if !seen.insert(id.clone()) {
+                    return Err(format!("message {id} appears twice"));
+                }
+            }
+            for (receipt, f) in &q.in_flight {
+                if *receipt != format!("{}.{}", f.message.id, f.message.receive_count) {
+                    return Err(format!("receipt {receipt} does not match {}", f.message.id));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+
+    const MAX: u32 = 3;
+
+    #[test]
+    fn a_queue_is_fifo_and_ack_deletes() {
+        let mut p = PartitionState::new(7);
+        for i in 0..3 {
+            p.send("q", None, json!(i), 0).expect("send");
+        }
+        let got = p.receive("q", 2, 1_000, 0);
+        assert_eq!(got.iter().map(|d| d.body.clone()).collect::<Vec<_>>(), vec![json!(0), json!(1)]);
+        assert_eq!(got[0].id, "7-1");
+        p.ack("q", &got[0].receipt).expect("ack");
+        assert_eq!(p.ack("q", &got[0].receipt), Err(QueueRefusal::StaleReceipt), "acked once");
+        assert_eq!(p.receive("q", 5, 1_000, 0).len(), 1, "one left ready");
+    }
+
+    #[test]
+    fn an_expired_deadline_redelivers_in_order_with_a_new_receipt() {
+        let mut p = PartitionState::new(0);
+        p.send("q", None, json!("a"), 0).expect("send");
+        p.send("q", None, json!("b"), 1).expect("send");
+        let first = p.receive("q", 2, 100, 10);
+        assert_eq!(p.expire(MAX, 109), 0);
+        assert_eq!(p.expire(MAX, 110), 2);
+        let again = p.receive("q", 2, 100, 120);
+        assert_eq!(again.iter().map(|d| d.body.clone()).collect::<Vec<_>>(), vec![json!("a"), json!("b")]);
+        assert_eq!(again[0].receive_count, 2);
+        assert_ne!(again[0].receipt, first[0].receipt);
+        assert_eq!(p.ack("q", &first[0].receipt), Err(QueueRefusal::StaleReceipt), "an old receipt is stale");
+    }
+
+    #[test]
+    fn too_many_receives_move_a_message_to_the_dead_letter_queue() {
+        let mut p = PartitionState::new(0);
+        p.send("jobs", None, json!("poison"), 0).expect("send");
+        for round in 0..MAX {
+            let d = p.receive("jobs", 1, 1_000, 0);
+            assert_eq!(d.len(), 1, "round {round}");
+            p.nack("jobs", &d[0].receipt, 0, MAX, 0).expect("nack");
+        }
+        assert!(p.queue("jobs").is_none());
+        let dead = p.receive("jobs.dlq", 1, 1_000, 0);
+        assert_eq!(dead[0].body, json!("poison"));
+    }
+
+    #[test]
+    fn a_nack_delay_keeps_the_message_invisible() {
+        let mut p = PartitionState::new(0);
+        p.send("q", None, json!(1), 0).expect("send");
+        let d = p.receive("q", 1, 1_000, 0);
+        p.nack("q", &d[0].receipt, 500, MAX, 0).expect("nack");
+        assert!(p.receive("q", 1, 1_000, 499).is_empty());
+        assert_eq!(p.receive("q", 1, 1_000, 500).len(), 1);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Send,
+        Receive(usize),
+        Ack(usize),
+        Nack(usize),
+        Tick(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => Just(Op::Send),
+            3 => (1usize..4).prop_map(Op::Receive),
+            2 => (0usize..8).prop_map(Op::Ack),
+            1 => (0usize..8).prop_map(Op::Nack),
+            1 => (0u64..300).prop_map(Op::Tick),
+        ]
+    }
+
+    proptest! {
+        /// Nothing is lost or invented: every message sent is, at every step, exactly one
+        /// of acked, ready, in flight or dead; an acked message is never delivered again.
+        #[test]
+        fn messages_are_conserved(ops in prop::collection::vec(op(), 1..200)) {
+            let mut p = PartitionState::new(1);
+            let mut now = 0u64;
+            let mut sent = BTreeSet::new();
+            let mut acked = BTreeSet::new();
+            let mut receipts: Vec<String> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Send => { sent.insert(p.send("q", None, json!(now), now).expect("send")); }
+                    Op::Receive(n) => {
+                        for d in p.receive("q", n, 100, now).into_iter().chain(p.receive("q.dlq", n, 100, now)) {
+                            prop_assert!(sent.contains(&d.id), "invented {}", d.id);
+                            prop_assert!(!acked.contains(&d.id), "acked {} delivered again", d.id);
+                            receipts.push(d.receipt);
+                        }
+                    }
+                    Op::Ack(i) => if let Some(r) = receipts.get(i).cloned() {
+                        let queue = if p.queue("q").is_some_and(|q| q.in_flight.contains_key(&r)) { "q" } else { "q.dlq" };
+                        if p.ack(queue, &r).is_ok() {
+                            acked.insert(r.rsplit_once('.').map(|(id, _)| id.to_string()).unwrap_or_default());
+                        }
+                    },
+                    Op::Nack(i) => if let Some(r) = receipts.get(i).cloned() {
+                        let _ = p.nack("q", &r, 0, MAX, now);
+                    },
+                    Op::Tick(ms) => { now += ms; p.expire(MAX, now); }
+                }
+                prop_assert!(p.check_invariants().is_ok(), "{:?}", p.check_invariants());
+                let mut present: BTreeSet<String> = BTreeSet::new();
+                for q in p.queues().values() {
+                    present.extend(q.ready.iter().map(|m| m.id.clone()));
+                    present.extend(q.in_flight.values().map(|f| f.message.id.clone()));
+                }
+                let accounted: BTreeSet<String> = present.union(&acked).cloned().collect();
+                prop_assert_eq!(&accounted, &sent, "lost or invented messages");
+                prop_assert!(present.is_disjoint(&acked));
+            }
+        }
+    }
+}
