@@ -60,6 +60,13 @@ pub struct ServeArgs {
     /// Longest a client request waits for a leader and a quorum, in milliseconds.
     #[arg(long, env = "REQUEST_TIMEOUT_MS", default_value_t = 8_000)]
     pub request_timeout_ms: u64,
+    /// `write-back` (default: M lines reach the backing store later) or `write-through`
+    /// (every write is stored before it is acknowledged).
+    #[arg(long, env = "CACHE_WRITE_POLICY", value_enum, default_value = "write-back")]
+    pub cache_write_policy: WritePolicy,
+    /// Longest a modified cache line stays unwritten, in milliseconds (write-back policy).
+    #[arg(long, env = "CACHE_WRITEBACK_MAX_MS", default_value_t = 1_000)]
+    pub cache_writeback_max_ms: u64,
     /// Where Raft state is kept: `embedded` (files under DATA_DIR, the default) or `redis`
     /// (the Redis server at REDIS_HOST:REDIS_PORT).
     #[arg(long, env = "STORAGE_BACKEND", value_enum, default_value = "embedded")]
@@ -71,6 +78,16 @@ pub struct ServeArgs {
     /// such a node never bootstraps a cluster of its own.
     #[arg(long, env = "CLUSTER_JOIN", default_value_t = false)]
     pub join: bool,
+}
+
+/// When a cache write reaches the backing store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WritePolicy {
+    /// Modified lines are written back on eviction, on another node's read, or after at
+    /// most `CACHE_WRITEBACK_MAX_MS`.
+    WriteBack,
+    /// Every write is committed to the backing store before it is acknowledged.
+    WriteThrough,
 }
 
 /// Where a node keeps its Raft logs, votes and snapshots.
@@ -152,6 +169,10 @@ pub struct NodeConfig {
     pub redis: (String, u16),
     /// Storage backend.
     pub storage: StorageBackend,
+    /// Cache write policy.
+    pub cache_write_policy: WritePolicy,
+    /// Longest a modified line stays unwritten, in milliseconds.
+    pub cache_writeback_max_ms: u64,
     /// Prefix of Redis keys.
     pub redis_namespace: String,
     /// Data directory.
@@ -205,6 +226,9 @@ impl NodeConfig {
         if args.cache_max_size == 0 {
             return Err(out_of_range("CACHE_MAX_SIZE", "must be at least 1".into()));
         }
+        if args.cache_writeback_max_ms == 0 || args.cache_writeback_max_ms > 86_400_000 {
+            return Err(out_of_range("CACHE_WRITEBACK_MAX_MS", "must be 1 to 86400000".into()));
+        }
         if args.raft_snapshot_logs == 0 {
             return Err(out_of_range("RAFT_SNAPSHOT_LOGS", "must be at least 1".into()));
         }
@@ -226,6 +250,8 @@ impl NodeConfig {
             lock_default_ttl_ms: seconds_to_ms("LOCK_DEFAULT_TTL", args.lock_default_ttl)?,
             redis: (args.redis_host.clone(), args.redis_port),
             storage: args.storage_backend,
+            cache_write_policy: args.cache_write_policy,
+            cache_writeback_max_ms: args.cache_writeback_max_ms,
             redis_namespace: args.redis_namespace.clone(),
             data_dir: args.data_dir.clone().unwrap_or_else(|| PathBuf::from("data").join(&args.node_id)),
             snapshot_logs: args.raft_snapshot_logs,

@@ -6,6 +6,7 @@
 //! openraft or HTTP; the protocol logic it drives lives in `sinkron-core`.
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod locks;
 pub mod metrics;

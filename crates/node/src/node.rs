@@ -13,6 +13,7 @@ use sinkron_core::{Command, Request, Response};
 use tokio::time::timeout;
 
 use crate::api::error::ApiError;
+use crate::cache::CacheService;
 use crate::config::NodeConfig;
 use crate::config::StorageBackend;
 use crate::network::{http_client, HttpNetworkFactory};
@@ -74,6 +75,10 @@ pub enum ReadIndex {
 pub struct Node {
     /// Validated configuration.
     pub config: NodeConfig,
+    /// This node's MESI cache.
+    pub cache: Arc<CacheService>,
+    cache_outbox:
+        std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<sinkron_core::cache::CacheCommand>>>,
     groups: BTreeMap<GroupId, Group>,
     http: reqwest::Client,
 }
@@ -81,6 +86,20 @@ pub struct Node {
 /// Milliseconds since the Unix epoch by this machine's clock.
 pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Percent-encodes a path segment.
+fn urlencode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
 }
 
 fn new_request_id() -> String {
@@ -93,6 +112,15 @@ impl Node {
     pub async fn open(config: NodeConfig) -> anyhow::Result<Arc<Self>> {
         let http = http_client();
         let (log, sm) = open_storage(&config, GROUP0).await?;
+        let (cache, cache_outbox) = CacheService::new(
+            &config.name,
+            config.cache_max_size as usize,
+            Duration::from_millis(config.election_timeout_min_ms),
+            Duration::from_millis(config.cache_writeback_max_ms),
+            config.cache_write_policy,
+        );
+        let hook = cache.clone();
+        sm.set_cache_hook(Arc::new(move |events| hook.on_applied(events)));
         let raft_config = openraft::Config {
             cluster_name: "sinkron".into(),
             heartbeat_interval: config.heartbeat_interval_ms,
@@ -119,7 +147,13 @@ impl Node {
         let forwarder = Batcher::forwarder(raft.clone(), GROUP0, http.clone(), timeout);
         let mut groups = BTreeMap::new();
         groups.insert(GROUP0, Group { raft, log, sm, proposer, forwarder });
-        Ok(Arc::new(Self { config, groups, http }))
+        Ok(Arc::new(Self {
+            config,
+            cache,
+            cache_outbox: std::sync::Mutex::new(Some(cache_outbox)),
+            groups,
+            http,
+        }))
     }
 
     /// The group with id `id`, if this node hosts it.
@@ -377,6 +411,83 @@ impl Node {
         let status = resp.status().as_u16();
         let bytes = resp.bytes().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
         Ok((status, bytes.to_vec()))
+    }
+
+    /// The receiver of the cache's follow-up proposals (taken once, by the cache task).
+    pub fn take_cache_outbox(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<sinkron_core::cache::CacheCommand>> {
+        self.cache_outbox.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+
+    /// Last log index applied by group 0 on this node.
+    pub fn applied_index(&self) -> u64 {
+        self.group0().raft.metrics().borrow().last_applied.map(|l| l.index).unwrap_or(0)
+    }
+
+    /// Names of the other members of group 0.
+    pub fn other_members(&self) -> Vec<String> {
+        let m = self.group0().raft.metrics();
+        let m = m.borrow();
+        m.membership_config
+            .membership()
+            .nodes()
+            .map(|(_, n)| n.name.clone())
+            .filter(|n| *n != self.config.name)
+            .collect()
+    }
+
+    /// Every member of group 0 as (name, address), by name.
+    pub fn members(&self) -> Vec<(String, String)> {
+        let m = self.group0().raft.metrics();
+        let m = m.borrow();
+        let mut all: Vec<(String, String)> =
+            m.membership_config.membership().nodes().map(|(_, n)| (n.name.clone(), n.addr.clone())).collect();
+        all.sort();
+        all
+    }
+
+    /// The MESI state member at `addr` reports for `key`.
+    pub async fn peer_line(&self, addr: &str, key: &str) -> Option<String> {
+        let url = format!("http://{addr}/v1/cache/{}/local", urlencode(key));
+        let resp = self.http.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
+        let body: serde_json::Value = resp.json().await.ok()?;
+        body.get("state").and_then(|s| s.as_str()).map(String::from)
+    }
+
+    fn member_addr(&self, name: &str) -> Option<String> {
+        let m = self.group0().raft.metrics();
+        let m = m.borrow();
+        let addr = m
+            .membership_config
+            .membership()
+            .nodes()
+            .find(|(_, n)| n.name == name)
+            .map(|(_, n)| n.addr.clone());
+        addr
+    }
+
+    /// Whether member `name` confirms it applied `index` within `wait`.
+    pub async fn peer_applied(&self, name: &str, index: u64, wait: Duration) -> bool {
+        let Some(addr) = self.member_addr(name) else { return true };
+        let url = format!("http://{addr}/raft/{GROUP0}/applied");
+        let body = serde_json::json!({ "index": index, "wait_ms": wait.as_millis() as u64 });
+        matches!(self.http.post(url).json(&body).timeout(wait + Duration::from_millis(200)).send().await,
+            Ok(resp) if resp.status().is_success())
+    }
+
+    /// Renews this node's cache lease through `leader`: the leader records the renewal and
+    /// answers the index this node must apply before the lease counts.
+    pub async fn renew_cache_lease(&self, leader: &Member, deadline: Instant) -> ReadIndex {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let url = format!("http://{}/raft/{GROUP0}/cache-lease", leader.addr);
+        let body = serde_json::json!({ "node": self.config.name });
+        match self.http.post(url).json(&body).timeout(remaining).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                resp.json::<ReadIndex>().await.unwrap_or(ReadIndex::NotLeader)
+            }
+            _ => ReadIndex::NotLeader,
+        }
     }
 
     /// Stops the Raft groups. Everything acknowledged is already on disk; the log writer

@@ -31,10 +31,15 @@ pub async fn run(
     );
     tokio::spawn(node.clone().bootstrap());
     let duties = tokio::spawn(crate::locks::leader_duties(node.clone()));
+    let cache_task =
+        node.take_cache_outbox().map(|outbox| tokio::spawn(crate::cache::run(node.clone(), outbox)));
     let app = crate::api::router(node.clone());
     axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serve HTTP")?;
     tracing::info!("shutting down");
     duties.abort();
+    if let Some(task) = cache_task {
+        task.abort();
+    }
     node.shutdown().await;
     Ok(())
 }

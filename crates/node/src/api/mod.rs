@@ -4,6 +4,7 @@
 //! Routes are registered through `utoipa-axum`, so the router and `/openapi.json` come from
 //! the same annotations and cannot drift apart.
 
+pub mod cache;
 pub mod cluster;
 pub mod error;
 pub mod kv;
@@ -39,6 +40,7 @@ pub type AppState = Arc<Node>;
         (name = "probes", description = "Liveness, readiness, metrics and this document"),
         (name = "cluster", description = "Membership and Raft status"),
         (name = "kv", description = "Replicated key-value store in Raft group 0"),
+        (name = "cache", description = "MESI-coherent cache with linearizable reads from local lines"),
         (name = "locks", description = "Shared/exclusive locks with fencing tokens, leases, FIFO queues and deadlock detection"),
         (name = "raft", description = "Node-to-node Raft RPC (internal)"),
     )
@@ -66,6 +68,10 @@ fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(locks::get_lock))
         .routes(routes!(locks::list_locks))
         .routes(routes!(locks::wait_for_graph))
+        .routes(routes!(cache::get, cache::put, cache::delete))
+        .routes(routes!(cache::local_line))
+        .routes(routes!(cache::lines))
+        .routes(routes!(cache::stats))
         .layer(DefaultBodyLimit::max(PUBLIC_BODY_MAX_BYTES));
     let internal = OpenApiRouter::<AppState>::new()
         .routes(routes!(raft::append))
@@ -73,6 +79,8 @@ fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(raft::snapshot))
         .routes(routes!(raft::write))
         .routes(routes!(raft::read_index))
+        .routes(routes!(raft::applied))
+        .routes(routes!(raft::cache_lease))
         .layer(DefaultBodyLimit::max(RAFT_BODY_MAX_BYTES));
     public.merge(internal).split_for_parts()
 }

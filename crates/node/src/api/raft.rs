@@ -93,3 +93,54 @@ pub async fn read_index(
     let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
     Ok(Json(node.read_index_local(deadline).await))
 }
+
+/// Body of an applied-index wait.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+pub struct AppliedQuery {
+    /// The index to have applied.
+    pub index: u64,
+    /// Longest wait, in milliseconds (at most 10,000).
+    pub wait_ms: u64,
+}
+
+/// Answers once this node applied `index` (a writer waiting for invalidations), or 503.
+#[utoipa::path(post, path = "/raft/{group}/applied", tag = "raft", request_body = AppliedQuery,
+    params(("group" = u64, Path, description = "Raft group id")), responses((status = 200, body = Object), (status = 503, body = Object)))]
+pub async fn applied(
+    State(node): State<AppState>,
+    Path(group): Path<GroupId>,
+    ApiJson(query): ApiJson<AppliedQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if group != GROUP0 {
+        return Err(unknown_group(group));
+    }
+    let deadline = Instant::now() + Duration::from_millis(query.wait_ms.min(10_000));
+    node.wait_applied(query.index, deadline).await?;
+    Ok(Json(serde_json::json!({ "applied": node.applied_index() })))
+}
+
+/// Body of a cache lease renewal.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+pub struct LeaseRenewal {
+    /// The renewing node.
+    pub node: String,
+}
+
+/// On the leader: records a cache lease renewal and answers the index to apply first.
+#[utoipa::path(post, path = "/raft/{group}/cache-lease", tag = "raft", request_body = LeaseRenewal,
+    params(("group" = u64, Path, description = "Raft group id")), responses((status = 200, body = Object)))]
+pub async fn cache_lease(
+    State(node): State<AppState>,
+    Path(group): Path<GroupId>,
+    ApiJson(renewal): ApiJson<LeaseRenewal>,
+) -> Result<Json<ReadIndex>, ApiError> {
+    if group != GROUP0 {
+        return Err(unknown_group(group));
+    }
+    let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
+    let outcome = node.read_index_local(deadline).await;
+    if matches!(outcome, ReadIndex::Index(_)) {
+        crate::cache::record_renewal(&node, &renewal.node);
+    }
+    Ok(Json(outcome))
+}

@@ -25,8 +25,12 @@ pub struct StateMachineStore {
     shared: Arc<Shared>,
 }
 
+/// Receives the cache events of every applied batch, synchronously, inside the apply.
+pub type CacheHook = Arc<dyn Fn(Vec<sinkron_core::cache::CacheEvent>) + Send + Sync>;
+
 struct Shared {
     data: RwLock<Applied>,
+    cache_hook: std::sync::OnceLock<CacheHook>,
     /// Bumped after every apply that changed a lock's holders or waiters through a side
     /// effect (a queued grant, an expiry), so waiting requests look again.
     lock_epoch: watch::Sender<u64>,
@@ -78,6 +82,7 @@ impl StateMachineStore {
         }
         let shared = Shared {
             data: RwLock::new(applied),
+            cache_hook: std::sync::OnceLock::new(),
             lock_epoch: watch::Sender::new(0),
             snapshots,
             snapshot_seq: AtomicU64::new(0),
@@ -88,6 +93,11 @@ impl StateMachineStore {
     /// Read access to the applied state.
     pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
         self.shared.data.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Installs the receiver of cache events (once, before Raft starts applying).
+    pub fn set_cache_hook(&self, hook: CacheHook) {
+        let _ = self.shared.cache_hook.set(hook);
     }
 
     /// Notifies after every apply with lock side effects (grants from a queue, expiries).
@@ -223,7 +233,13 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             replies.push(reply);
         }
         let events = applied.state.locks.drain_events();
+        let cache_events = applied.state.drain_cache_events();
         drop(applied);
+        // Lines change before the apply is reported, so "applied index N" also means
+        // "this node's lines reflect entry N" (what a writer's invalidation wait relies on).
+        if let (Some(hook), false) = (self.shared.cache_hook.get(), cache_events.is_empty()) {
+            hook(cache_events);
+        }
         // Commands change locks too (an acquire, a cancel), so waiters look after every
         // apply that touched locks; side effects are counted here.
         crate::metrics::record_lock_events(&events);

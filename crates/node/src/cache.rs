@@ -1,0 +1,414 @@
+//! The MESI cache's node side: this node's lines, its coherence lease, and the requests
+//! that go through group 0's log ("Raft as the bus").
+//!
+//! - Applied cache events for this node change its lines synchronously inside the state
+//!   machine's apply, so "this node applied index N" also means "its lines reflect entry N".
+//! - A read hit or a write to an M/E line is served locally, but only while the node holds a
+//!   coherence lease: a renewal through the leader that proves it applied everything
+//!   committed before the renewal started. A node cut off from the leader stops serving hits
+//!   when the lease runs out; the leader revokes a holder whose renewals stopped only after
+//!   its lease must have run out.
+//! - A write that took ownership completes only once every other member applied the entry
+//!   that invalidated its copy, or its lease (which would require that apply) has run out.
+//! - A restarted node has lost its lines: it first proposes `Revoke` of itself and serves
+//!   the cache only after that applied.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use sinkron_core::cache::{CacheCommand, CacheEvent, CacheReply, Line, LocalCache, Mesi, WriteOutcome};
+use sinkron_core::{Command, Response};
+use tokio::sync::{mpsc, watch};
+
+use crate::api::error::ApiError;
+use crate::config::WritePolicy;
+use crate::node::{now_ms, Leader, Node, ReadIndex};
+
+/// What a cache read found.
+#[derive(Debug, Clone)]
+pub struct CacheRead {
+    /// The line after the read.
+    pub line: Line,
+    /// Whether it was served from this node's line without the log.
+    pub hit: bool,
+}
+
+/// This node's cache.
+pub struct CacheService {
+    name: String,
+    local: Mutex<LocalCache>,
+    /// Set once this node's `Revoke` of itself applied (its old lines are forgotten).
+    live: AtomicBool,
+    lease_until: Mutex<Option<Instant>>,
+    /// Length of a coherence lease.
+    pub lease: Duration,
+    /// Longest a dirty line stays unwritten.
+    pub writeback_max: Duration,
+    /// The write policy.
+    pub policy: WritePolicy,
+    /// Follow-up proposals from applied events (write-backs for recalls, evictions).
+    outbox: mpsc::UnboundedSender<CacheCommand>,
+    /// Bumped whenever this node's lines changed by an applied event.
+    changed: watch::Sender<u64>,
+    /// Values proposed for periodic write-back, to mark a line clean only if unchanged.
+    flushing: Mutex<BTreeMap<String, Option<serde_json::Value>>>,
+    /// On the leader: when each node last renewed its lease.
+    renewals: Mutex<BTreeMap<String, Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl CacheService {
+    /// A cache of `capacity` lines; returns the receiver of follow-up proposals.
+    pub fn new(
+        name: &str,
+        capacity: usize,
+        lease: Duration,
+        writeback_max: Duration,
+        policy: WritePolicy,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<CacheCommand>) {
+        let (outbox, rx) = mpsc::unbounded_channel();
+        let service = Self {
+            name: name.to_string(),
+            local: Mutex::new(LocalCache::new(capacity)),
+            live: AtomicBool::new(false),
+            lease_until: Mutex::new(None),
+            lease,
+            writeback_max,
+            policy,
+            outbox,
+            changed: watch::Sender::new(0),
+            flushing: Mutex::new(BTreeMap::new()),
+            renewals: Mutex::new(BTreeMap::new()),
+        };
+        (Arc::new(service), rx)
+    }
+
+    /// This node's lines and counters.
+    pub fn local(&self) -> MutexGuard<'_, LocalCache> {
+        lock(&self.local)
+    }
+
+    /// Whether the cache serves requests (its self-revocation applied).
+    pub fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
+    }
+
+    /// Whether the coherence lease is valid now.
+    pub fn lease_valid(&self) -> bool {
+        lock(&self.lease_until).is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Performs the events of one applied batch that concern this node.
+    pub fn on_applied(&self, events: Vec<CacheEvent>) {
+        if !self.is_live() {
+            return;
+        }
+        let mut touched = false;
+        let mut local = self.local();
+        for event in events.iter().filter(|e| e.node() == self.name) {
+            touched = true;
+            match event {
+                CacheEvent::Recall { key, .. } => {
+                    local.on_event(event);
+                    let value =
+                        local.peek(key).filter(|l| l.dirty_since_ms.is_some()).and_then(|l| l.value.clone());
+                    let _ = self.outbox.send(CacheCommand::WriteBack {
+                        key: key.clone(),
+                        node: self.name.clone(),
+                        value,
+                    });
+                }
+                CacheEvent::WrittenBack { key, version, kind: None, .. } => {
+                    let written = lock(&self.flushing).remove(key);
+                    let unchanged = local.peek(key).is_some_and(|l| written.as_ref() == Some(&l.value));
+                    if unchanged {
+                        local.mark_clean(key, *version);
+                    }
+                }
+                other => {
+                    if let Some((key, line)) = local.on_event(other) {
+                        let value = line.dirty_since_ms.and(line.value);
+                        let _ = self.outbox.send(CacheCommand::Evict { key, node: self.name.clone(), value });
+                    }
+                }
+            }
+        }
+        drop(local);
+        if touched {
+            self.changed.send_modify(|v| *v = v.wrapping_add(1));
+        }
+    }
+
+    /// The line of `key` if it may be served as a hit now.
+    fn hit(&self, key: &str) -> Option<Line> {
+        if !self.is_live() || !self.lease_valid() {
+            return None;
+        }
+        let mut local = self.local();
+        let usable = local.peek(key).is_some_and(|l| !l.recalled);
+        if usable {
+            local.read(key)
+        } else {
+            None
+        }
+    }
+
+    fn usable_line(&self, key: &str, owned: bool) -> Option<Line> {
+        let local = self.local();
+        local.peek(key).filter(|l| !l.recalled && (!owned || l.state != Mesi::Shared)).cloned()
+    }
+}
+
+fn cache_command(request: CacheCommand) -> Command {
+    Command::Cache { request }
+}
+
+fn joining() -> ApiError {
+    ApiError::Unavailable("the cache of this node is still joining; retry".into())
+}
+
+/// Waits until the local line of `key` appears (owned if `owned`), or the deadline passes.
+async fn wait_for_line(node: &Node, key: &str, owned: bool, deadline: Instant) -> Result<Line, ApiError> {
+    let cache = &node.cache;
+    let mut changed = cache.changed.subscribe();
+    loop {
+        if let Some(line) = cache.usable_line(key, owned) {
+            return Ok(line);
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() || tokio::time::timeout(remaining, changed.changed()).await.is_err() {
+            return Err(ApiError::NoQuorum(format!("the line of {key:?} did not arrive in time; retry")));
+        }
+    }
+}
+
+/// Reads `key`: a hit from this node's line, or a miss through the log.
+pub async fn get(node: &Arc<Node>, key: &str) -> Result<CacheRead, ApiError> {
+    let cache = &node.cache;
+    if let Some(line) = cache.hit(key) {
+        return Ok(CacheRead { line, hit: true });
+    }
+    if !cache.is_live() {
+        return Err(joining());
+    }
+    cache.local().stats.misses += 1;
+    let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
+    let request = CacheCommand::GetS { key: key.into(), node: cache.name.clone() };
+    let (reply, index) = node.write_at(cache_command(request), None).await?;
+    node.wait_applied(index, deadline).await?;
+    match reply {
+        Response::Cache { reply: CacheReply::Granted { .. } | CacheReply::Recalling { .. } } => {
+            let line = wait_for_line(node, key, false, deadline).await?;
+            Ok(CacheRead { line, hit: false })
+        }
+        other => Err(ApiError::Unavailable(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// Writes `key`. Returns this node's line afterwards.
+pub async fn put(
+    node: &Arc<Node>,
+    key: &str,
+    value: serde_json::Value,
+    durable: bool,
+) -> Result<Line, ApiError> {
+    let cache = &node.cache;
+    if !cache.is_live() {
+        return Err(joining());
+    }
+    let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
+    if durable || cache.policy == WritePolicy::WriteThrough {
+        let request = CacheCommand::Put { key: key.into(), node: cache.name.clone(), value };
+        let (reply, index) = node.write_at(cache_command(request), None).await?;
+        node.wait_applied(index, deadline).await?;
+        let Response::Cache { reply: CacheReply::Stored { invalidated, .. } } = reply else {
+            return Err(ApiError::Unavailable(format!("unexpected reply {reply:?}")));
+        };
+        wait_until_invalidated(node, &invalidated, index).await;
+        return wait_for_line(node, key, true, deadline).await;
+    }
+    loop {
+        if cache.lease_valid() && cache.local().write(key, value.clone(), now_ms()) == WriteOutcome::Local {
+            return cache.usable_line(key, true).ok_or_else(|| ApiError::Unavailable("line vanished".into()));
+        }
+        if Instant::now() >= deadline {
+            return Err(ApiError::NoQuorum(format!("could not take ownership of {key:?} in time; retry")));
+        }
+        let request = CacheCommand::GetM { key: key.into(), node: cache.name.clone() };
+        let (_, index) = node.write_at(cache_command(request), None).await?;
+        node.wait_applied(index, deadline).await?;
+        wait_for_line(node, key, true, deadline).await?;
+        // Every other copy must be gone before the write counts: wait for every member to
+        // have applied what this node has applied now (which includes the grant).
+        let applied = node.applied_index();
+        let others = node.other_members();
+        wait_until_invalidated(node, &others, applied).await;
+        if cache.local().write(key, value.clone(), now_ms()) == WriteOutcome::Local {
+            return cache.usable_line(key, true).ok_or_else(|| ApiError::Unavailable("line vanished".into()));
+        }
+    }
+}
+
+/// Removes `key` everywhere.
+pub async fn delete(node: &Arc<Node>, key: &str) -> Result<(), ApiError> {
+    if !node.cache.is_live() {
+        return Err(joining());
+    }
+    let (_, index) = node.write_at(cache_command(CacheCommand::Delete { key: key.into() }), None).await?;
+    let others = node.other_members();
+    wait_until_invalidated(node, &others, index).await;
+    Ok(())
+}
+
+/// Waits until each of `nodes` applied `index`, or until its lease (which would require
+/// that apply) must have run out.
+async fn wait_until_invalidated(node: &Node, nodes: &[String], index: u64) {
+    let lease_over = Instant::now() + node.cache.lease.mul_f64(1.5);
+    for other in nodes.iter().filter(|n| **n != node.cache.name) {
+        let remaining = lease_over.saturating_duration_since(Instant::now());
+        if !node.peer_applied(other, index, remaining).await {
+            tokio::time::sleep_until(lease_over.into()).await;
+        }
+    }
+}
+
+/// Runs the cache's background work for as long as the node runs: joining, proposing
+/// follow-ups, renewing the lease, writing dirty lines back, and (on the leader) revoking
+/// holders whose leases lapsed.
+pub async fn run(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<CacheCommand>) {
+    join(&node).await;
+    let proposer = node.clone();
+    tokio::spawn(async move {
+        while let Some(request) = outbox.recv().await {
+            if let Err(e) = proposer.write(cache_command(request), None).await {
+                tracing::warn!(error = %e, "cache follow-up could not be proposed");
+            }
+        }
+    });
+    let mut last_writeback_scan = Instant::now();
+    let mut leader_since: Option<(u64, Instant)> = None;
+    loop {
+        renew_lease(&node).await;
+        if last_writeback_scan.elapsed() >= node.cache.writeback_max / 4 {
+            write_back_due(&node);
+            last_writeback_scan = Instant::now();
+        }
+        revoke_lapsed(&node, &mut leader_since).await;
+        tokio::time::sleep(node.cache.lease / 4).await;
+    }
+}
+
+async fn join(node: &Node) {
+    let me = node.cache.name.clone();
+    loop {
+        match node.write(cache_command(CacheCommand::Revoke { node: me.clone() }), None).await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::debug!(error = %e, "cache join: retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    node.cache.live.store(true, Ordering::SeqCst);
+    tracing::info!("cache joined");
+}
+
+async fn renew_lease(node: &Node) {
+    let started = Instant::now();
+    let deadline = started + node.cache.lease;
+    let index = match node.leader(deadline).await {
+        Ok(Leader::Local) => {
+            let outcome = node.read_index_local(deadline).await;
+            lock(&node.cache.renewals).insert(node.cache.name.clone(), Instant::now());
+            outcome
+        }
+        Ok(Leader::Remote(leader)) => node.renew_cache_lease(&leader, deadline).await,
+        Err(_) => return,
+    };
+    if let ReadIndex::Index(index) = index {
+        if node.wait_applied(index, deadline).await.is_ok() {
+            *lock(&node.cache.lease_until) = Some(started + node.cache.lease);
+        }
+    }
+}
+
+/// Records a lease renewal by `member` (on the leader).
+pub fn record_renewal(node: &Node, member: &str) {
+    lock(&node.cache.renewals).insert(member.to_string(), Instant::now());
+}
+
+fn write_back_due(node: &Node) {
+    let cache = &node.cache;
+    let now = now_ms();
+    let max_ms = cache.writeback_max.as_millis() as u64;
+    let due: Vec<(String, Option<serde_json::Value>)> = cache
+        .local()
+        .lines()
+        .filter(|(_, l)| !l.recalled && l.dirty_since_ms.is_some_and(|t| now.saturating_sub(t) >= max_ms))
+        .map(|(k, l)| (k.clone(), l.value.clone()))
+        .collect();
+    for (key, value) in due {
+        lock(&cache.flushing).insert(key.clone(), value.clone());
+        let _ = cache.outbox.send(CacheCommand::WriteBack { key, node: cache.name.clone(), value });
+    }
+}
+
+async fn revoke_lapsed(node: &Node, leader_since: &mut Option<(u64, Instant)>) {
+    let (is_leader, term) = {
+        let m = node.group0().raft.metrics();
+        let m = m.borrow();
+        (m.state == openraft::ServerState::Leader, m.current_term)
+    };
+    if !is_leader {
+        *leader_since = None;
+        return;
+    }
+    let since = match leader_since {
+        Some((t, at)) if *t == term => *at,
+        _ => {
+            *leader_since = Some((term, Instant::now()));
+            return;
+        }
+    };
+    // A new leader has no renewal history: wait until any lease granted before it took
+    // office must have run out.
+    let grace = node.cache.lease.mul_f64(1.5);
+    if since.elapsed() < grace {
+        return;
+    }
+    let holders: Vec<String> = {
+        let applied = node.group0().sm.read();
+        applied
+            .state
+            .cache
+            .entries()
+            .values()
+            .flat_map(|e| e.owner.iter().chain(e.sharers.iter()).cloned().collect::<Vec<_>>())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    for holder in holders.into_iter().filter(|h| *h != node.cache.name) {
+        let lapsed = lock(&node.cache.renewals).get(&holder).is_none_or(|t| t.elapsed() > grace);
+        if lapsed {
+            tracing::warn!(node = %holder, "revoking the cache lines of a node whose lease lapsed");
+            let _ = node.write_here(cache_command(CacheCommand::Revoke { node: holder.clone() })).await;
+            lock(&node.cache.renewals).insert(holder, Instant::now());
+        }
+    }
+}
+
+/// The name of a MESI state as the API shows it.
+pub fn state_name(state: Option<Mesi>) -> &'static str {
+    match state {
+        Some(Mesi::Modified) => "M",
+        Some(Mesi::Exclusive) => "E",
+        Some(Mesi::Shared) => "S",
+        None => "I",
+    }
+}
