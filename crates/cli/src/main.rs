@@ -1,6 +1,7 @@
 //! The `sinkron` binary: parses the command line and hands over to one command module.
 
 mod bench;
+mod cache;
 mod cluster;
 mod dev;
 mod kv;
@@ -27,6 +28,8 @@ enum Commands {
     Cluster(cluster::ClusterArgs),
     /// Read and write the replicated key-value store.
     Kv(kv::KvArgs),
+    /// Read and write the MESI-coherent cache.
+    Cache(cache::CacheArgs),
     /// Acquire, release and inspect locks; run a command under a lock.
     Lock(lock::LockArgs),
     /// Measure a running cluster.
@@ -48,6 +51,7 @@ fn main() {
             Commands::Dev(args) => dev::run(args).await,
             Commands::Cluster(args) => cluster::run(args).await,
             Commands::Kv(args) => kv::run(args).await,
+            Commands::Cache(args) => cache::run(args).await,
             Commands::Lock(args) => lock::run(args).await,
             Commands::Bench(args) => bench::run(args).await,
         }

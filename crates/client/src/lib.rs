@@ -384,6 +384,43 @@ impl Client {
         })
     }
 
+    /// `GET /v1/cache/{key}`; `None` when the key has no value.
+    pub async fn cache_get(&self, key: &str) -> Result<Option<serde_json::Value>, ClientError> {
+        match self.get(&format!("/v1/cache/{}", encode(key))).await {
+            Ok(v) => Ok(Some(v)),
+            Err(ClientError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `PUT /v1/cache/{key}`; `durable` stores it before answering.
+    pub async fn cache_put(
+        &self,
+        key: &str,
+        value: serde_json::Value,
+        durable: bool,
+    ) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}/v1/cache/{}", self.base, encode(key));
+        let body = serde_json::json!({ "value": value, "durable": durable });
+        self.send(self.http.put(&url).json(&body), url).await
+    }
+
+    /// `DELETE /v1/cache/{key}`.
+    pub async fn cache_delete(&self, key: &str) -> Result<serde_json::Value, ClientError> {
+        let url = format!("{}/v1/cache/{}", self.base, encode(key));
+        self.send(self.http.delete(&url), url).await
+    }
+
+    /// `GET /v1/cache/{key}/lines`: every node's MESI state of the key.
+    pub async fn cache_lines(&self, key: &str) -> Result<serde_json::Value, ClientError> {
+        self.get(&format!("/v1/cache/{}/lines", encode(key))).await
+    }
+
+    /// `GET /v1/cache`: this node's cache counters.
+    pub async fn cache_stats(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/v1/cache").await
+    }
+
     /// `GET /metrics` as text.
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let url = format!("{}/metrics", self.base);

@@ -13,7 +13,7 @@
 //! - A restarted node has lost its lines: it first proposes `Revoke` of itself and serves
 //!   the cache only after that applied.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -56,7 +56,12 @@ pub struct CacheService {
     flushing: Mutex<BTreeMap<String, Option<serde_json::Value>>>,
     /// On the leader: when each node last renewed its lease.
     renewals: Mutex<BTreeMap<String, Instant>>,
+    /// Lines granted to this node's requests, by request token (newest last, bounded).
+    served: Mutex<VecDeque<(u64, Line)>>,
 }
+
+/// Most granted lines kept for their requests to pick up.
+const SERVED_MAX: usize = 4096;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
@@ -84,6 +89,7 @@ impl CacheService {
             changed: watch::Sender::new(0),
             flushing: Mutex::new(BTreeMap::new()),
             renewals: Mutex::new(BTreeMap::new()),
+            served: Mutex::new(VecDeque::new()),
         };
         (Arc::new(service), rx)
     }
@@ -135,6 +141,24 @@ impl CacheService {
                         let value = line.dirty_since_ms.and(line.value);
                         let _ = self.outbox.send(CacheCommand::Evict { key, node: self.name.clone(), value });
                     }
+                    if let CacheEvent::Grant { key, state, value, version, token, .. } = other {
+                        if *token != 0 {
+                            // What the request was served, even if a later event in this same
+                            // batch already took the line away again.
+                            let line = local.peek(key).cloned().unwrap_or(Line {
+                                state: *state,
+                                value: value.clone(),
+                                version: *version,
+                                dirty_since_ms: None,
+                                recalled: false,
+                            });
+                            let mut served = lock(&self.served);
+                            served.push_back((*token, line));
+                            while served.len() > SERVED_MAX {
+                                served.pop_front();
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -172,19 +196,28 @@ fn joining() -> ApiError {
     ApiError::Unavailable("the cache of this node is still joining; retry".into())
 }
 
-/// Waits until the local line of `key` appears (owned if `owned`), or the deadline passes.
-async fn wait_for_line(node: &Node, key: &str, owned: bool, deadline: Instant) -> Result<Line, ApiError> {
+/// Waits until the request with `token` was served, and returns the line it got.
+async fn wait_served(node: &Node, key: &str, token: u64, deadline: Instant) -> Result<Line, ApiError> {
     let cache = &node.cache;
     let mut changed = cache.changed.subscribe();
     loop {
-        if let Some(line) = cache.usable_line(key, owned) {
-            return Ok(line);
+        {
+            let mut served = lock(&cache.served);
+            if let Some(pos) = served.iter().position(|(t, _)| *t == token) {
+                if let Some((_, line)) = served.remove(pos) {
+                    return Ok(line);
+                }
+            }
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() || tokio::time::timeout(remaining, changed.changed()).await.is_err() {
-            return Err(ApiError::NoQuorum(format!("the line of {key:?} did not arrive in time; retry")));
+            return Err(ApiError::NoQuorum(format!("the request for {key:?} was not served in time; retry")));
         }
     }
+}
+
+fn new_token() -> u64 {
+    rand::random::<u64>() | 1
 }
 
 /// Reads `key`: a hit from this node's line, or a miss through the log.
@@ -198,16 +231,11 @@ pub async fn get(node: &Arc<Node>, key: &str) -> Result<CacheRead, ApiError> {
     }
     cache.local().stats.misses += 1;
     let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
-    let request = CacheCommand::GetS { key: key.into(), node: cache.name.clone() };
-    let (reply, index) = node.write_at(cache_command(request), None).await?;
-    node.wait_applied(index, deadline).await?;
-    match reply {
-        Response::Cache { reply: CacheReply::Granted { .. } | CacheReply::Recalling { .. } } => {
-            let line = wait_for_line(node, key, false, deadline).await?;
-            Ok(CacheRead { line, hit: false })
-        }
-        other => Err(ApiError::Unavailable(format!("unexpected reply {other:?}"))),
-    }
+    let token = new_token();
+    let request = CacheCommand::GetS { key: key.into(), node: cache.name.clone(), token };
+    node.write(cache_command(request), None).await?;
+    let line = wait_served(node, key, token, deadline).await?;
+    Ok(CacheRead { line, hit: false })
 }
 
 /// Writes `key`. Returns this node's line afterwards.
@@ -226,32 +254,34 @@ pub async fn put(
         let request = CacheCommand::Put { key: key.into(), node: cache.name.clone(), value };
         let (reply, index) = node.write_at(cache_command(request), None).await?;
         node.wait_applied(index, deadline).await?;
-        let Response::Cache { reply: CacheReply::Stored { invalidated, .. } } = reply else {
+        let Response::Cache { reply: CacheReply::Stored { invalidated, version } } = reply else {
             return Err(ApiError::Unavailable(format!("unexpected reply {reply:?}")));
         };
         wait_until_invalidated(node, &invalidated, index).await;
-        return wait_for_line(node, key, true, deadline).await;
+        // The writer was granted the stored value as an E line.
+        return Ok(Line {
+            state: Mesi::Exclusive,
+            value: None,
+            version,
+            dirty_since_ms: None,
+            recalled: false,
+        });
     }
-    loop {
-        if cache.lease_valid() && cache.local().write(key, value.clone(), now_ms()) == WriteOutcome::Local {
-            return cache.usable_line(key, true).ok_or_else(|| ApiError::Unavailable("line vanished".into()));
-        }
-        if Instant::now() >= deadline {
-            return Err(ApiError::NoQuorum(format!("could not take ownership of {key:?} in time; retry")));
-        }
-        let request = CacheCommand::GetM { key: key.into(), node: cache.name.clone() };
-        let (_, index) = node.write_at(cache_command(request), None).await?;
-        node.wait_applied(index, deadline).await?;
-        wait_for_line(node, key, true, deadline).await?;
-        // Every other copy must be gone before the write counts: wait for every member to
-        // have applied what this node has applied now (which includes the grant).
-        let applied = node.applied_index();
-        let others = node.other_members();
-        wait_until_invalidated(node, &others, applied).await;
-        if cache.local().write(key, value.clone(), now_ms()) == WriteOutcome::Local {
-            return cache.usable_line(key, true).ok_or_else(|| ApiError::Unavailable("line vanished".into()));
-        }
+    if cache.lease_valid() && cache.local().write(key, value.clone(), now_ms()) == WriteOutcome::Local {
+        return cache.usable_line(key, true).ok_or_else(|| ApiError::Unavailable("line vanished".into()));
     }
+    // Ownership and the write travel together: the write happens when the request is
+    // served, so a request queued behind a recall cannot lose the line before writing.
+    let token = new_token();
+    let request = CacheCommand::GetM { key: key.into(), node: cache.name.clone(), token, value: Some(value) };
+    node.write(cache_command(request), None).await?;
+    let line = wait_served(node, key, token, deadline).await?;
+    // Every other copy must be gone before the write counts: wait for every member to have
+    // applied what this node has applied now (which includes the grant).
+    let applied = node.applied_index();
+    let others = node.other_members();
+    wait_until_invalidated(node, &others, applied).await;
+    Ok(line)
 }
 
 /// Removes `key` everywhere.

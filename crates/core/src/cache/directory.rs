@@ -31,6 +31,19 @@ pub enum RecallKind {
     Invalidate,
 }
 
+/// A request waiting for a recall to finish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Waiting {
+    /// The requesting node.
+    pub node: String,
+    /// Read or write.
+    pub want: Want,
+    /// The requester's token, echoed in its grant.
+    pub token: u64,
+    /// For a write: the value it writes once it owns the line.
+    pub value: Option<serde_json::Value>,
+}
+
 /// A pending recall of the owner's line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recall {
@@ -39,7 +52,7 @@ pub struct Recall {
     /// Downgrade or invalidate.
     pub kind: RecallKind,
     /// Requests served once the write-back is applied, in order.
-    pub waiting: Vec<(String, Want)>,
+    pub waiting: Vec<Waiting>,
 }
 
 /// The directory's record of one key.
@@ -67,13 +80,23 @@ pub enum CacheCommand {
         key: String,
         /// Requesting node.
         node: String,
+        /// Echoed in the grant, so the requester knows its request was served.
+        #[serde(default)]
+        token: u64,
     },
-    /// `node` wants to write (its line is S or I).
+    /// `node` wants to write (its line is S or I). With `value`, the write happens as part
+    /// of the grant, so a request served after a recall cannot lose the line before writing.
     GetM {
         /// Key.
         key: String,
         /// Requesting node.
         node: String,
+        /// Echoed in the grant.
+        #[serde(default)]
+        token: u64,
+        /// The value to write on the granted line.
+        #[serde(default)]
+        value: Option<serde_json::Value>,
     },
     /// `node` writes its line back: after a recall, on a deadline, or to make it durable.
     WriteBack {
@@ -178,8 +201,13 @@ pub enum CacheEvent {
         value: Option<serde_json::Value>,
         /// Version.
         version: u64,
-        /// The value is new (a write-through): replace any line the node has.
+        /// The value is new (a write-through, or a write granted with its value): replace
+        /// any line the node has.
         fresh: bool,
+        /// The line holds a write not yet in the backing store (it is M).
+        dirty: bool,
+        /// The token of the request this grant serves (0: none).
+        token: u64,
     },
     /// The former owner keeps a shared copy.
     Downgraded {
@@ -237,8 +265,15 @@ impl Directory {
     pub fn apply(&mut self, command: &CacheCommand) -> (CacheReply, Vec<CacheEvent>) {
         let mut events = Vec::new();
         let reply = match command {
-            CacheCommand::GetS { key, node } => self.request(key, node, Want::Read, &mut events),
-            CacheCommand::GetM { key, node } => self.request(key, node, Want::Write, &mut events),
+            CacheCommand::GetS { key, node, token } => {
+                let waiting = Waiting { node: node.clone(), want: Want::Read, token: *token, value: None };
+                self.request(key, waiting, &mut events)
+            }
+            CacheCommand::GetM { key, node, token, value } => {
+                let waiting =
+                    Waiting { node: node.clone(), want: Want::Write, token: *token, value: value.clone() };
+                self.request(key, waiting, &mut events)
+            }
             CacheCommand::WriteBack { key, node, value } => {
                 self.write_back(key, node, value.clone(), &mut events)
             }
@@ -255,21 +290,22 @@ impl Directory {
         (reply, events)
     }
 
-    fn request(&mut self, key: &str, node: &str, want: Want, events: &mut Vec<CacheEvent>) -> CacheReply {
+    fn request(&mut self, key: &str, waiting: Waiting, events: &mut Vec<CacheEvent>) -> CacheReply {
         let entry = self.entries.entry(key.to_string()).or_default();
         if let Some(recall) = &mut entry.recall {
-            recall.waiting.push((node.to_string(), want));
-            return CacheReply::Recalling { from: recall.from.clone() };
+            let from = recall.from.clone();
+            recall.waiting.push(waiting);
+            return CacheReply::Recalling { from };
         }
         match entry.owner.clone() {
-            Some(owner) if owner != node => {
-                let kind = if want == Want::Read { RecallKind::Downgrade } else { RecallKind::Invalidate };
-                entry.recall =
-                    Some(Recall { from: owner.clone(), kind, waiting: vec![(node.to_string(), want)] });
+            Some(owner) if owner != waiting.node => {
+                let kind =
+                    if waiting.want == Want::Read { RecallKind::Downgrade } else { RecallKind::Invalidate };
+                entry.recall = Some(Recall { from: owner.clone(), kind, waiting: vec![waiting] });
                 events.push(CacheEvent::Recall { node: owner.clone(), key: key.to_string(), kind });
                 CacheReply::Recalling { from: owner }
             }
-            _ => grant(entry, key, node, want, events),
+            _ => grant(entry, key, waiting, events),
         }
     }
 
@@ -355,6 +391,8 @@ impl Directory {
                 value,
                 version,
                 fresh: true,
+                dirty: false,
+                token: 0,
             });
         }
         if let Some(recall) = entry.recall.take() {
@@ -385,9 +423,9 @@ impl Directory {
     }
 
     /// Serves requests that waited for a recall, in order, as if they arrived now.
-    fn serve(&mut self, key: &str, waiting: Vec<(String, Want)>, events: &mut Vec<CacheEvent>) {
-        for (node, want) in waiting {
-            let _ = self.request(key, &node, want, events);
+    fn serve(&mut self, key: &str, waiting: Vec<Waiting>, events: &mut Vec<CacheEvent>) {
+        for request in waiting {
+            let _ = self.request(key, request, events);
         }
     }
 
@@ -407,19 +445,16 @@ impl Directory {
     }
 }
 
-/// Grants `node` its line now: ownership (E) for a write or a sole reader, else S.
-fn grant(
-    entry: &mut DirEntry,
-    key: &str,
-    node: &str,
-    want: Want,
-    events: &mut Vec<CacheEvent>,
-) -> CacheReply {
+/// Grants the request its line now: ownership for a write or a sole reader (M when the
+/// write's value comes with it, else E), S for a reader next to others.
+fn grant(entry: &mut DirEntry, key: &str, request: Waiting, events: &mut Vec<CacheEvent>) -> CacheReply {
+    let node = request.node.as_str();
     let others: Vec<String> = entry.sharers.iter().filter(|s| *s != node).cloned().collect();
-    let exclusive = want == Want::Write || others.is_empty();
+    let write = request.want == Want::Write;
+    let exclusive = write || others.is_empty();
     let mut invalidated = Vec::new();
     if exclusive {
-        if want == Want::Write {
+        if write {
             for other in others {
                 events.push(CacheEvent::Invalidate { node: other.clone(), key: key.to_string() });
                 invalidated.push(other);
@@ -430,15 +465,25 @@ fn grant(
     } else {
         entry.sharers.insert(node.to_string());
     }
-    let state = if exclusive { Mesi::Exclusive } else { Mesi::Shared };
-    let (value, version) = (entry.value.clone(), entry.version);
+    let dirty = write && request.value.is_some();
+    let state = if dirty {
+        Mesi::Modified
+    } else if exclusive {
+        Mesi::Exclusive
+    } else {
+        Mesi::Shared
+    };
+    let value = if dirty { request.value } else { entry.value.clone() };
+    let version = entry.version;
     events.push(CacheEvent::Grant {
         node: node.to_string(),
         key: key.to_string(),
         state,
         value: value.clone(),
         version,
-        fresh: false,
+        fresh: dirty,
+        dirty,
+        token: request.token,
     });
     CacheReply::Granted { state, value, version, invalidated }
 }

@@ -208,7 +208,7 @@ impl LocalCache {
                     line.recalled = true;
                 }
             }
-            CacheEvent::Grant { key, state, value, version, fresh, .. } => {
+            CacheEvent::Grant { key, state, value, version, fresh, dirty, .. } => {
                 // Re-granted ownership of a line this node already owns: its own copy (maybe
                 // dirty) is at least as new as the backing store's, unless the grant carries
                 // a newer write-through value.
@@ -216,11 +216,13 @@ impl LocalCache {
                 if self.peek(key).filter(owned).is_some() {
                     return None;
                 }
+                // A write granted with its value is dirty from now on; with no clock here, it
+                // counts as dirty since time 0, so the next write-back scan flushes it.
                 let line = Line {
                     state: *state,
                     value: value.clone(),
                     version: *version,
-                    dirty_since_ms: None,
+                    dirty_since_ms: dirty.then_some(0),
                     recalled: false,
                 };
                 return self.install(key, line);

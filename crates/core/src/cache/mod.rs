@@ -15,7 +15,9 @@ mod local;
 #[cfg(test)]
 mod sim;
 
-pub use directory::{CacheCommand, CacheEvent, CacheReply, DirEntry, Directory, Recall, RecallKind, Want};
+pub use directory::{
+    CacheCommand, CacheEvent, CacheReply, DirEntry, Directory, Recall, RecallKind, Waiting, Want,
+};
 pub use local::{CacheStats, Line, LocalCache, Mesi, WriteOutcome};
 
 /// Largest cache key, in bytes.

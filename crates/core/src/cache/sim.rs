@@ -85,7 +85,7 @@ impl Sim {
             Op::Read(n, k) => {
                 let (node, key) = (NODES[n], KEYS[k]);
                 if self.cache(node).read(key).is_none() {
-                    self.log.push_back(CacheCommand::GetS { key: key.into(), node: node.into() });
+                    self.log.push_back(CacheCommand::GetS { key: key.into(), node: node.into(), token: 0 });
                     self.drain();
                 }
                 let got = self.cache(node).peek(key).map(|l| l.value.clone());
@@ -96,11 +96,15 @@ impl Sim {
             Op::Write(n, k, v) => {
                 let (node, key) = (NODES[n], KEYS[k]);
                 if self.cache(node).write(key, json!(v), 0) == WriteOutcome::NeedOwnership {
-                    self.log.push_back(CacheCommand::GetM { key: key.into(), node: node.into() });
+                    // The write travels with the ownership request and happens on the grant.
+                    let request = CacheCommand::GetM {
+                        key: key.into(),
+                        node: node.into(),
+                        token: 1,
+                        value: Some(json!(v)),
+                    };
+                    self.log.push_back(request);
                     self.drain();
-                    if self.cache(node).write(key, json!(v), 0) != WriteOutcome::Local {
-                        return Err(format!("{node} got no ownership of {key}"));
-                    }
                 }
                 self.latest.insert(key, Some(json!(v)));
             }

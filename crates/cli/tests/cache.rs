@@ -1,0 +1,186 @@
+//! MESI cache tests on real `sinkron serve` processes.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sinkron_client::Client;
+use support::{eventually, TestCluster};
+
+const FORM: Duration = Duration::from_secs(20);
+
+async fn states(client: &Client, key: &str) -> Vec<String> {
+    let lines = client.cache_lines(key).await.expect("lines");
+    lines["lines"]
+        .as_array()
+        .map(|l| l.iter().map(|x| x["state"].as_str().unwrap_or("?").to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// Waits until every node's cache joined (its self-revocation applied).
+async fn ready_cluster(extra: &[(&str, &str)]) -> TestCluster {
+    let cluster = TestCluster::start(3, extra);
+    cluster.wait_leader(&cluster.all(), FORM).await;
+    for i in cluster.all() {
+        let client = cluster.client(i);
+        eventually(FORM, || async {
+            let stats = client.cache_stats().await.map_err(|e| e.to_string())?;
+            if stats["lease_valid"] == true {
+                Ok(())
+            } else {
+                Err(format!("{stats}"))
+            }
+        })
+        .await;
+        let key = format!("warm-{i}");
+        eventually(FORM, || client.cache_put(&key, json!(i), false)).await;
+    }
+    cluster
+}
+
+async fn read(client: &Client, key: &str) -> Value {
+    client.cache_get(key).await.expect("cache read").unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_is_read_everywhere_and_lines_follow_the_protocol() {
+    let cluster = ready_cluster(&[]).await;
+    let put = cluster.client(0).cache_put("k", json!("v1"), false).await.expect("put");
+    assert_eq!(put["state"], "M", "a write-back write leaves the line modified");
+    assert_eq!(states(&cluster.client(2), "k").await, vec!["M", "I", "I"]);
+    let hit = cluster.client(0).cache_get("k").await.expect("read").expect("value");
+    assert_eq!(
+        (hit["value"].clone(), hit["hit"].clone()),
+        (json!("v1"), json!(true)),
+        "the writer reads from its line"
+    );
+
+    for i in [1, 2] {
+        let got = cluster.client(i).cache_get("k").await.expect("read").expect("value");
+        assert_eq!(got["value"], "v1", "node{} reads the latest write", i + 1);
+        assert_eq!(got["state"], "S");
+    }
+    assert_eq!(states(&cluster.client(0), "k").await, vec!["S", "S", "S"], "M -> S after the write-back");
+    let again = cluster.client(2).cache_get("k").await.expect("read").expect("value");
+    assert_eq!(again["hit"], true, "a shared line serves hits");
+
+    // A write on node 3 invalidates the others.
+    cluster.client(2).cache_put("k", json!("v2"), false).await.expect("put");
+    assert_eq!(states(&cluster.client(1), "k").await, vec!["I", "I", "M"]);
+    for i in [0, 1] {
+        assert_eq!(read(&cluster.client(i), "k").await["value"], "v2");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_small_cache_evicts_in_lru_order_without_losing_a_modified_value() {
+    let cluster = ready_cluster(&[("CACHE_MAX_SIZE", "2")]).await;
+    let c = cluster.client(0);
+    c.cache_put("a", json!(1), false).await.expect("put a");
+    c.cache_put("b", json!(2), false).await.expect("put b");
+    assert_eq!(read(&c, "a").await["hit"], true, "a is now the most recent");
+    c.cache_put("c", json!(3), false).await.expect("put c");
+    assert_eq!(states(&c, "b").await[0], "I", "b was the least recently used");
+    assert_eq!(states(&c, "a").await[0], "M");
+    let stats = c.cache_stats().await.expect("stats");
+    assert!(stats["evictions"].as_u64().is_some_and(|e| e >= 1), "{stats}");
+    // The evicted line was modified: its value was written back, not lost.
+    assert_eq!(read(&cluster.client(1), "b").await["value"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn write_through_values_survive_a_full_cluster_restart() {
+    let mut cluster = ready_cluster(&[]).await;
+    for i in 0..10 {
+        cluster.client(i % 3).cache_put(&format!("durable-{i}"), json!(i), true).await.expect("durable put");
+    }
+    for i in cluster.all() {
+        cluster.kill(i);
+    }
+    for i in cluster.all() {
+        cluster.spawn(i, &[]);
+    }
+    cluster.wait_leader(&cluster.all(), FORM).await;
+    for i in 0..10 {
+        let (client, key) = (cluster.client((i + 1) % 3), format!("durable-{i}"));
+        let got = eventually(FORM, || client.cache_get(&key)).await;
+        assert_eq!(got.map(|v| v["value"].clone()), Some(json!(i)), "{key} survived");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_isolated_node_stops_serving_hits_once_its_lease_is_over() {
+    let mut cluster = ready_cluster(&[]).await;
+    cluster.client(0).cache_put("lonely", json!("before"), true).await.expect("put");
+    let got = cluster.client(0).cache_get("lonely").await.expect("read").expect("value");
+    assert_eq!(got["hit"], true);
+    cluster.kill(1);
+    cluster.kill(2);
+    // The lease is RAFT_ELECTION_TIMEOUT_MIN (0.3 s in tests); renewals now fail.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let answer = cluster.client(0).cache_get("lonely").await;
+        if matches!(&answer, Err(e) if e.code().is_some()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still serving hits without a lease: {answer:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stats = cluster.client(0).cache_stats().await.expect("stats");
+    assert_eq!(stats["lease_valid"], false, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_writers_on_three_nodes_never_let_a_reader_go_back_in_time() {
+    use std::sync::atomic::{AtomicI64, Ordering};
+    use std::sync::Arc;
+    let cluster = ready_cluster(&[]).await;
+    // Writer w owns key `reg-w` and writes 1, 2, 3, ... from its node. Readers on every node
+    // read all three keys. For a single-writer register, linearizability means: a read never
+    // returns less than a write that completed before the read began, and a reader's
+    // successive reads of one key never go down.
+    let completed: Arc<Vec<AtomicI64>> = Arc::new((0..3).map(|_| AtomicI64::new(0)).collect());
+    let mut writers = Vec::new();
+    for w in 0..3usize {
+        let (client, completed) = (cluster.client(w), completed.clone());
+        writers.push(tokio::spawn(async move {
+            for n in 1..=12i64 {
+                client.cache_put(&format!("reg-{w}"), json!(n), false).await.expect("write");
+                completed[w].store(n, Ordering::SeqCst);
+            }
+        }));
+    }
+    let mut readers = Vec::new();
+    for r in 0..3usize {
+        let (client, completed) = (cluster.client(r), completed.clone());
+        readers.push(tokio::spawn(async move {
+            let mut last = [0i64; 3];
+            for round in 0..12 {
+                for (w, last) in last.iter_mut().enumerate() {
+                    let floor = completed[w].load(Ordering::SeqCst);
+                    let got = client
+                        .cache_get(&format!("reg-{w}"))
+                        .await
+                        .expect("read")
+                        .map(|v| v["value"].as_i64().unwrap_or(-1))
+                        .unwrap_or(0);
+                    assert!(
+                        got >= floor,
+                        "reader {r} round {round}: reg-{w} = {got} after write {floor} completed"
+                    );
+                    assert!(got >= *last, "reader {r}: reg-{w} went back from {last} to {got}");
+                    *last = got;
+                }
+            }
+        }));
+    }
+    for t in writers.into_iter().chain(readers) {
+        t.await.expect("no violation");
+    }
+    for r in 0..3 {
+        for w in 0..3 {
+            assert_eq!(read(&cluster.client(r), &format!("reg-{w}")).await["value"], 12);
+        }
+    }
+}
