@@ -85,6 +85,9 @@ async fn a_small_cache_evicts_in_lru_order_without_losing_a_modified_value() {
     assert_eq!(states(&c, "a").await[0], "M");
     let stats = c.cache_stats().await.expect("stats");
     assert!(stats["evictions"].as_u64().is_some_and(|e| e >= 1), "{stats}");
+    let metrics = c.metrics().await.expect("metrics");
+    assert!(metrics.contains("sinkron_cache_events_total{event=\"evictions\"}"), "{metrics}");
+    assert!(metrics.contains("sinkron_cache_transitions_total"), "{metrics}");
     // The evicted line was modified: its value was written back, not lost.
     assert_eq!(read(&cluster.client(1), "b").await["value"], 2);
 }

@@ -24,6 +24,8 @@ async fn a_redis_backed_cluster_keeps_everything_acknowledged_through_kills_and_
         cluster.client(i % 3).kv_put(&format!("k{i}"), json!(i)).await.expect("write");
     }
     let lock = cluster.client(1).acquire("kept", &exclusive("owner")).await.expect("lock");
+    let client = cluster.client(2);
+    eventually(FORM, || client.cache_put("cached", json!("write-through"), true)).await;
     assert!(!cluster.nodes[0].data_dir.join("groups").exists(), "nothing went to the embedded store");
 
     // SIGKILL a follower, then the leader, restarting each.
@@ -50,6 +52,13 @@ async fn a_redis_backed_cluster_keeps_everything_acknowledged_through_kills_and_
         let got = eventually(FORM, || client.kv_get(&key)).await;
         assert_eq!(got.map(|v| v.value), Some(json!(i)), "k{i} survived");
     }
+    let client = cluster.client(0);
+    let cached = eventually(FORM, || client.cache_get("cached")).await;
+    assert_eq!(
+        cached.map(|v| v["value"].clone()),
+        Some(json!("write-through")),
+        "the write-through cache value survived"
+    );
     let state = cluster.client(2).lock_status("kept").await.expect("lock status");
     assert_eq!(state["holders"][0]["client_id"], "owner", "{state}");
     assert_eq!(state["holders"][0]["fence"], lock.fence, "{state}");

@@ -77,6 +77,31 @@ pub fn set_lock_gauges(locks_held: usize, holders: usize, waiters: usize) {
     metrics::gauge!("sinkron_lock_waiters").set(waiters as f64);
 }
 
+/// Sets the cache gauges and counters from this node's local cache.
+pub fn set_cache_metrics(
+    stats: &sinkron_core::cache::CacheStats,
+    lines: usize,
+    capacity: usize,
+    lease_valid: bool,
+) {
+    metrics::gauge!("sinkron_cache_lines").set(lines as f64);
+    metrics::gauge!("sinkron_cache_capacity").set(capacity as f64);
+    metrics::gauge!("sinkron_cache_lease_valid").set(if lease_valid { 1.0 } else { 0.0 });
+    for (name, value) in [
+        ("hits", stats.hits),
+        ("misses", stats.misses),
+        ("evictions", stats.evictions),
+        ("invalidations", stats.invalidations),
+        ("write_backs", stats.write_backs),
+    ] {
+        metrics::counter!("sinkron_cache_events_total", "event" => name).absolute(value);
+    }
+    for (transition, count) in &stats.transitions {
+        metrics::counter!("sinkron_cache_transitions_total", "transition" => transition.clone())
+            .absolute(*count);
+    }
+}
+
 /// Counts a change of the known leader.
 pub fn record_leader_change() {
     metrics::counter!("sinkron_raft_leader_changes_total").increment(1);

@@ -244,5 +244,14 @@ pub async fn metrics_text(State(node): State<AppState>) -> Response {
         let waiters = locks.values().map(|l| l.waiters.len()).sum();
         crate::metrics::set_lock_gauges(held, holders, waiters);
     }
+    {
+        let local = node.cache.local();
+        crate::metrics::set_cache_metrics(
+            &local.stats,
+            local.len(),
+            local.capacity(),
+            node.cache.lease_valid(),
+        );
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&gauges)).into_response()
 }
