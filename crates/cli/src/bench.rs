@@ -305,11 +305,18 @@ async fn cache(args: CacheBenchArgs) -> anyhow::Result<()> {
                 let t = Instant::now();
                 let outcome = match mode {
                     CacheMode::Hit => own.cache_get(&own_key).await.map(|_| ()),
-                    CacheMode::Miss => own.cache_get(&format!("bench-{run}-miss-{worker}-{i}")).await.map(|_| ()),
-                    CacheMode::WriteM => own.cache_put(&own_key, serde_json::json!(i), false).await.map(|_| ()),
+                    CacheMode::Miss => {
+                        own.cache_get(&format!("bench-{run}-miss-{worker}-{i}")).await.map(|_| ())
+                    }
+                    CacheMode::WriteM => {
+                        own.cache_put(&own_key, serde_json::json!(i), false).await.map(|_| ())
+                    }
                     CacheMode::WriteInvalidate => {
                         let writer = if i % 2 == 0 { &own } else { &other };
-                        writer.cache_put(&format!("bench-{run}-pingpong-{worker}"), serde_json::json!(i), false).await.map(|_| ())
+                        writer
+                            .cache_put(&format!("bench-{run}-pingpong-{worker}"), serde_json::json!(i), false)
+                            .await
+                            .map(|_| ())
                     }
                     CacheMode::Mix => {
                         let key = format!("bench-{run}-mix-{}", i % 4);

@@ -187,3 +187,37 @@ async fn concurrent_writers_on_three_nodes_never_let_a_reader_go_back_in_time() 
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrent_history_with_writers_and_readers_on_all_nodes_is_linearizable() {
+    use std::sync::{Arc, Mutex};
+    use support::linearizability::{check_register, Event, RegOp};
+    let cluster = ready_cluster(&[]).await;
+    let history: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let mut tasks = Vec::new();
+    // Six clients, two per node: one writes unique values, one reads, 8 operations each.
+    for c in 0..6usize {
+        let (client, history) = (cluster.client(c % 3), history.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in 0..8i64 {
+                let start = Instant::now();
+                let op = if c < 3 {
+                    let v = (c as i64) * 100 + n;
+                    client.cache_put("lin", json!(v), false).await.expect("write");
+                    RegOp::Write(v)
+                } else {
+                    let got = client.cache_get("lin").await.expect("read");
+                    RegOp::Read(got.and_then(|v| v["value"].as_i64()))
+                };
+                let end = Instant::now();
+                history.lock().expect("history").push(Event { client: c, start, end, op });
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.expect("client");
+    }
+    let history = history.lock().expect("history").clone();
+    assert_eq!(history.len(), 48);
+    check_register(&history, None).expect("linearizable");
+}
