@@ -221,3 +221,62 @@ async fn a_concurrent_history_with_writers_and_readers_on_all_nodes_is_lineariza
     assert_eq!(history.len(), 48);
     check_register(&history, None).expect("linearizable");
 }
+
+async fn isolate(cluster: &TestCluster, i: usize, isolated: bool) {
+    let url = format!("http://{}/v1/debug/isolate", cluster.nodes[i].addr());
+    let resp = reqwest::Client::new()
+        .post(url)
+        .json(&json!({ "isolated": isolated }))
+        .send()
+        .await
+        .expect("isolate");
+    assert_eq!(resp.status().as_u16(), 200, "fault injection enabled");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_node_stops_serving_hits_before_the_majority_write_completes() {
+    let cluster = ready_cluster(&[("SINKRON_FAULT_INJECTION", "1")]).await;
+    let leader = cluster.wait_leader(&cluster.all(), FORM).await;
+    let cut = (leader + 1) % 3;
+    let writer = (leader + 2) % 3;
+    cluster.client(leader).cache_put("p", json!("old"), true).await.expect("put");
+    let before = cluster.client(cut).cache_get("p").await.expect("read").expect("value");
+    assert_eq!(before["value"], "old");
+    assert_eq!(cluster.client(cut).cache_get("p").await.expect("read").expect("value")["hit"], true);
+
+    isolate(&cluster, cut, true).await;
+    // The majority side writes; the write must wait until the cut-off node can no longer
+    // serve its shared copy as a hit.
+    let started = Instant::now();
+    cluster.client(writer).cache_put("p", json!("new"), false).await.expect("the majority's write completes");
+    let write_done = Instant::now();
+    assert!(
+        write_done - started < Duration::from_secs(5),
+        "bounded by the lease: {:?}",
+        write_done - started
+    );
+    // From now on the cut-off node must never answer the old value. (A miss waits for the
+    // request timeout, so a few reads are enough.)
+    for _ in 0..3 {
+        match cluster.client(cut).cache_get("p").await {
+            Ok(Some(v)) => assert_ne!(v["value"], "old", "a stale hit after the write completed: {v}"),
+            Ok(None) => panic!("the key exists"),
+            Err(e) => assert!(e.code().is_some(), "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let stats = cluster.client(cut).cache_stats().await.expect("stats");
+    assert_eq!(stats["lease_valid"], false, "{stats}");
+
+    // Healed, the node rejoins the protocol and reads the new value.
+    isolate(&cluster, cut, false).await;
+    let client = cluster.client(cut);
+    let got = eventually(FORM, || async {
+        match client.cache_get("p").await {
+            Ok(Some(v)) if v["value"] == "new" => Ok(v),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(got["value"], "new");
+}

@@ -346,3 +346,20 @@ async fn a_waiter_whose_client_disconnects_leaves_the_queue() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_partitioned_minority_cannot_grant_while_the_majority_can() {
+    let cluster = TestCluster::start(3, &[("SINKRON_FAULT_INJECTION", "1"), ("REQUEST_TIMEOUT_MS", "1500")]);
+    let leader = cluster.wait_leader(&cluster.all(), FORM).await;
+    let cut = (leader + 1) % 3;
+    let url = format!("http://{}/v1/debug/isolate", cluster.nodes[cut].addr());
+    let http = reqwest::Client::new();
+    http.post(&url).json(&serde_json::json!({"isolated": true})).send().await.expect("isolate");
+    let err =
+        cluster.client(cut).acquire("split", &opts("minority", false, 5_000, 0)).await.expect_err("no grant");
+    assert!(matches!(err.code(), Some("no_quorum" | "unavailable")), "{err}");
+    let granted =
+        cluster.client(leader).acquire("split", &opts("majority", false, 5_000, 0)).await.expect("grant");
+    assert_eq!(granted.holders.len(), 1);
+    http.post(&url).json(&serde_json::json!({"isolated": false})).send().await.expect("heal");
+}

@@ -74,9 +74,13 @@ pub struct ServeArgs {
     /// Prefix of every Redis key of this cluster (Redis backend).
     #[arg(long, env = "REDIS_NAMESPACE", default_value = "sinkron")]
     pub redis_namespace: String,
+    /// Enables `POST /v1/debug/isolate`, which cuts this node off from its peers (for fault
+    /// injection tests; never in production).
+    #[arg(long, env = "SINKRON_FAULT_INJECTION", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+    pub fault_injection: bool,
     /// Start as a new member that joins a running cluster through the membership API;
     /// such a node never bootstraps a cluster of its own.
-    #[arg(long, env = "CLUSTER_JOIN", default_value_t = false)]
+    #[arg(long, env = "CLUSTER_JOIN", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
     pub join: bool,
 }
 
@@ -183,6 +187,8 @@ pub struct NodeConfig {
     pub request_timeout_ms: u64,
     /// Whether this node joins a running cluster instead of bootstrapping.
     pub join: bool,
+    /// Whether the fault-injection endpoint is enabled.
+    pub fault_injection: bool,
 }
 
 impl NodeConfig {
@@ -257,6 +263,7 @@ impl NodeConfig {
             snapshot_logs: args.raft_snapshot_logs,
             request_timeout_ms: args.request_timeout_ms,
             join: args.join,
+            fault_injection: args.fault_injection,
         })
     }
 

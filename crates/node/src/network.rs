@@ -17,6 +17,24 @@ use serde::Serialize;
 
 use crate::types::{GroupId, Member, NodeId, TypeConfig};
 
+/// Cuts this node off from its peers, for fault-injection tests: while set, every
+/// node-to-node call fails at once and every incoming Raft RPC is refused. Only reachable
+/// when the node runs with `SINKRON_FAULT_INJECTION=1`.
+#[derive(Debug, Clone, Default)]
+pub struct Isolation(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Isolation {
+    /// Whether the node is cut off.
+    pub fn is_set(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Cuts the node off (`true`) or reconnects it.
+    pub fn set(&self, isolated: bool) {
+        self.0.store(isolated, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 /// Builds the HTTP client used for every node-to-node call.
 pub fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -35,13 +53,21 @@ pub struct HttpNetworkFactory {
     pub group: GroupId,
     /// Shared pooled HTTP client.
     pub client: reqwest::Client,
+    /// Fault injection: fail every call while set.
+    pub isolation: Isolation,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
     type Network = PeerClient;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
-        PeerClient { group: self.group, target, addr: node.addr.clone(), client: self.client.clone() }
+        PeerClient {
+            group: self.group,
+            target,
+            addr: node.addr.clone(),
+            client: self.client.clone(),
+            isolation: self.isolation.clone(),
+        }
     }
 }
 
@@ -51,6 +77,7 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     client: reqwest::Client,
+    isolation: Isolation,
 }
 
 /// Failure of a call before the peer's Raft answered.
@@ -72,6 +99,9 @@ impl PeerClient {
         Req: Serialize,
         Resp: DeserializeOwned,
     {
+        if self.isolation.is_set() {
+            return Err(CallError::Network("isolated by fault injection".into()));
+        }
         let url = format!("http://{}/raft/{}/{rpc}", self.addr, self.group);
         let started = Instant::now();
         let sent = self.client.post(url).json(req).timeout(timeout).send().await;

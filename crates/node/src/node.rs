@@ -16,7 +16,7 @@ use crate::api::error::ApiError;
 use crate::cache::CacheService;
 use crate::config::NodeConfig;
 use crate::config::StorageBackend;
-use crate::network::{http_client, HttpNetworkFactory};
+use crate::network::{http_client, HttpNetworkFactory, Isolation};
 use crate::proposer::Batcher;
 use crate::storage::redis as redis_store;
 use crate::storage::{LogStore, StateMachineStore};
@@ -81,6 +81,8 @@ pub struct Node {
         std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<sinkron_core::cache::CacheCommand>>>,
     groups: BTreeMap<GroupId, Group>,
     http: reqwest::Client,
+    /// Fault injection: cut off from the peers while set.
+    pub isolation: Isolation,
 }
 
 /// Milliseconds since the Unix epoch by this machine's clock.
@@ -137,14 +139,16 @@ impl Node {
         }
         .validate()
         .context("derive the Raft configuration")?;
-        let network = HttpNetworkFactory { group: GROUP0, client: http.clone() };
+        let isolation = Isolation::default();
+        let network =
+            HttpNetworkFactory { group: GROUP0, client: http.clone(), isolation: isolation.clone() };
         let raft = Raft::new(config.raft_id, Arc::new(raft_config), network, log.clone(), sm.clone())
             .await
             .context("start Raft group 0")?;
         spawn_leader_watch(&raft);
         let timeout = Duration::from_millis(config.request_timeout_ms);
         let proposer = Batcher::proposer(raft.clone(), timeout);
-        let forwarder = Batcher::forwarder(raft.clone(), GROUP0, http.clone(), timeout);
+        let forwarder = Batcher::forwarder(raft.clone(), GROUP0, http.clone(), timeout, isolation.clone());
         let mut groups = BTreeMap::new();
         groups.insert(GROUP0, Group { raft, log, sm, proposer, forwarder });
         Ok(Arc::new(Self {
@@ -153,6 +157,7 @@ impl Node {
             cache_outbox: std::sync::Mutex::new(Some(cache_outbox)),
             groups,
             http,
+            isolation,
         }))
     }
 
@@ -199,6 +204,9 @@ impl Node {
     }
 
     async fn peer_is_initialized(&self, peer: &Member) -> bool {
+        if self.isolation.is_set() {
+            return false;
+        }
         let url = format!("http://{}/v1/cluster", peer.addr);
         let Ok(resp) = self.http.get(url).timeout(Duration::from_millis(500)).send().await else {
             return false;
@@ -322,6 +330,10 @@ impl Node {
     }
 
     async fn forward_read_index(&self, leader: &Member, deadline: Instant) -> ReadIndex {
+        if self.isolation.is_set() {
+            tokio::time::sleep(RETRY_PAUSE).await;
+            return ReadIndex::NotLeader;
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let url = format!("http://{}/raft/{GROUP0}/read-index", leader.addr);
         match self.http.post(url).timeout(remaining).send().await {
@@ -399,6 +411,9 @@ impl Node {
         let Leader::Remote(leader) = self.leader(deadline).await? else {
             return Err(ApiError::Unavailable("leadership moved here while forwarding; retry".into()));
         };
+        if self.isolation.is_set() {
+            return Err(ApiError::NoQuorum("this node is cut off from its peers".into()));
+        }
         let mut req = self
             .http
             .request(method, format!("http://{}{path}", leader.addr))
@@ -449,6 +464,9 @@ impl Node {
 
     /// The MESI state member at `addr` reports for `key`.
     pub async fn peer_line(&self, addr: &str, key: &str) -> Option<String> {
+        if self.isolation.is_set() {
+            return None;
+        }
         let url = format!("http://{addr}/v1/cache/{}/local", urlencode(key));
         let resp = self.http.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
         let body: serde_json::Value = resp.json().await.ok()?;
@@ -469,6 +487,9 @@ impl Node {
 
     /// Whether member `name` confirms it applied `index` within `wait`.
     pub async fn peer_applied(&self, name: &str, index: u64, wait: Duration) -> bool {
+        if self.isolation.is_set() {
+            return false;
+        }
         let Some(addr) = self.member_addr(name) else { return true };
         let url = format!("http://{addr}/raft/{GROUP0}/applied");
         let body = serde_json::json!({ "index": index, "wait_ms": wait.as_millis() as u64 });
@@ -479,6 +500,9 @@ impl Node {
     /// Renews this node's cache lease through `leader`: the leader records the renewal and
     /// answers the index this node must apply before the lease counts.
     pub async fn renew_cache_lease(&self, leader: &Member, deadline: Instant) -> ReadIndex {
+        if self.isolation.is_set() {
+            return ReadIndex::NotLeader;
+        }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let url = format!("http://{}/raft/{GROUP0}/cache-lease", leader.addr);
         let body = serde_json::json!({ "node": self.config.name });

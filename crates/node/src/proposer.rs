@@ -53,10 +53,22 @@ impl Batcher {
     }
 
     /// Sends batches to the current leader of `raft`'s group over HTTP.
-    pub fn forwarder(raft: Raft, group: GroupId, http: reqwest::Client, timeout: Duration) -> Self {
+    pub fn forwarder(
+        raft: Raft,
+        group: GroupId,
+        http: reqwest::Client,
+        timeout: Duration,
+        isolation: crate::network::Isolation,
+    ) -> Self {
         Self::spawn(move |requests| {
-            let (raft, http) = (raft.clone(), http.clone());
-            async move { forward(&raft, group, &http, requests, timeout).await }
+            let (raft, http, isolation) = (raft.clone(), http.clone(), isolation.clone());
+            async move {
+                if isolation.is_set() {
+                    tokio::time::sleep(Duration::from_millis(25)).await;
+                    return requests.iter().map(|_| ForwardedWrite::NotLeader).collect();
+                }
+                forward(&raft, group, &http, requests, timeout).await
+            }
         })
     }
 

@@ -255,3 +255,27 @@ pub async fn metrics_text(State(node): State<AppState>) -> Response {
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&gauges)).into_response()
 }
+
+/// Body of the fault-injection switch.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Isolate {
+    /// `true` cuts the node off from its peers, `false` reconnects it.
+    pub isolated: bool,
+}
+
+/// Fault injection (only with `SINKRON_FAULT_INJECTION=1`): cuts this node off from its
+/// peers in both directions while it keeps answering clients.
+#[utoipa::path(post, path = "/v1/debug/isolate", tag = "cluster", request_body = Isolate,
+    responses((status = 200, body = Object), (status = 404, body = ErrorBody, description = "fault injection is disabled")))]
+pub async fn isolate(
+    State(node): State<AppState>,
+    ApiJson(body): ApiJson<Isolate>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    if !node.config.fault_injection {
+        return Err(ApiError::NotFound("fault injection is disabled (SINKRON_FAULT_INJECTION)".into()));
+    }
+    node.isolation.set(body.isolated);
+    tracing::warn!(isolated = body.isolated, "fault injection: peer links switched");
+    Ok(Json(serde_json::json!({ "isolated": body.isolated })))
+}

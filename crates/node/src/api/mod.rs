@@ -59,6 +59,7 @@ fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(cluster::cluster_status))
         .routes(routes!(cluster::add_member))
         .routes(routes!(cluster::remove_member))
+        .routes(routes!(cluster::isolate))
         .routes(routes!(kv::kv_get, kv::kv_put, kv::kv_delete))
         .routes(routes!(locks::acquire))
         .routes(routes!(locks::release))
@@ -99,7 +100,9 @@ pub fn router(node: AppState) -> Router {
         .method_not_allowed_fallback(|| async {
             ApiError::MethodNotAllowed("this endpoint does not accept that method".into())
         })
+        .layer(middleware::from_fn(refuse_peers_while_isolated))
         .layer(middleware::from_fn(track_http))
+        .layer(axum::Extension(node.isolation.clone()))
         .with_state(node)
 }
 
@@ -111,6 +114,15 @@ async fn openapi_json() -> Response {
         Some(doc) => Json(doc.clone()).into_response(),
         None => Json(serde_json::to_value(openapi()).unwrap_or_default()).into_response(),
     }
+}
+
+/// Fault injection: an isolated node refuses every node-to-node request.
+async fn refuse_peers_while_isolated(req: Request, next: Next) -> Response {
+    let isolated = req.extensions().get::<crate::network::Isolation>().is_some_and(|i| i.is_set());
+    if isolated && req.uri().path().starts_with("/raft/") {
+        return ApiError::Unavailable("isolated by fault injection".into()).into_response();
+    }
+    next.run(req).await
 }
 
 /// Counts every request by route, method and status, and times it.
