@@ -162,13 +162,7 @@ async fn write(args: WriteArgs) -> anyhow::Result<()> {
             (latencies, errors)
         }));
     }
-    let mut latencies = Vec::with_capacity(args.ops);
-    let mut errors = 0;
-    for task in tasks {
-        let (l, e) = task.await?;
-        latencies.extend(l);
-        errors += e;
-    }
+    let (latencies, errors) = gather(tasks).await?;
     let summary = summarize(latencies, errors, started.elapsed());
     report("write", args.clients, args.json, &summary);
     Ok(())
@@ -182,6 +176,20 @@ async fn connect(endpoints: &str) -> anyhow::Result<Vec<Client>> {
         c.ready().await.map_err(|e| anyhow::anyhow!("{} is not ready: {e}", c.endpoint()))?;
     }
     Ok(clients)
+}
+
+/// Waits for every load task and merges their latencies and error counts.
+async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, usize)>>,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    Ok((latencies, errors))
 }
 
 fn summarize(mut latencies: Vec<Duration>, errors: usize, elapsed: Duration) -> Summary {
@@ -251,13 +259,7 @@ async fn locks(args: LockArgs) -> anyhow::Result<()> {
             (latencies, errors)
         }));
     }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (l, e) = task.await?;
-        latencies.extend(l);
-        errors += e;
-    }
+    let (latencies, errors) = gather(tasks).await?;
     let elapsed = started.elapsed();
     let pairs = args.ops.saturating_sub(errors);
     let summary = summarize(latencies, errors, elapsed);
@@ -335,13 +337,7 @@ async fn cache(args: CacheBenchArgs) -> anyhow::Result<()> {
             (latencies, errors)
         }));
     }
-    let mut latencies = Vec::new();
-    let mut errors = 0;
-    for task in tasks {
-        let (l, e) = task.await?;
-        latencies.extend(l);
-        errors += e;
-    }
+    let (latencies, errors) = gather(tasks).await?;
     let summary = summarize(latencies, errors, started.elapsed());
     let name = match args.mode {
         CacheMode::Hit => "cache-hit",
