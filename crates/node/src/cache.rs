@@ -58,6 +58,14 @@ pub struct CacheService {
     renewals: Mutex<BTreeMap<String, Instant>>,
     /// Lines granted to this node's requests, by request token (newest last, bounded).
     served: Mutex<VecDeque<(u64, Line)>>,
+    /// Keys this node is writing and whose invalidations are not yet confirmed: no hits,
+    /// and a recall is answered only once the write completed.
+    pending: Mutex<BTreeMap<String, usize>>,
+    /// Recalls that arrived while their key was pending.
+    deferred: Mutex<std::collections::BTreeSet<String>>,
+    /// Set when a snapshot replaced the directory: the lines are dropped and the node
+    /// joins again.
+    needs_rejoin: AtomicBool,
 }
 
 /// Most granted lines kept for their requests to pick up.
@@ -90,6 +98,9 @@ impl CacheService {
             flushing: Mutex::new(BTreeMap::new()),
             renewals: Mutex::new(BTreeMap::new()),
             served: Mutex::new(VecDeque::new()),
+            pending: Mutex::new(BTreeMap::new()),
+            deferred: Mutex::new(std::collections::BTreeSet::new()),
+            needs_rejoin: AtomicBool::new(false),
         };
         (Arc::new(service), rx)
     }
@@ -121,13 +132,12 @@ impl CacheService {
             match event {
                 CacheEvent::Recall { key, .. } => {
                     local.on_event(event);
-                    let value =
-                        local.peek(key).filter(|l| l.dirty_since_ms.is_some()).and_then(|l| l.value.clone());
-                    let _ = self.outbox.send(CacheCommand::WriteBack {
-                        key: key.clone(),
-                        node: self.name.clone(),
-                        value,
-                    });
+                    if lock(&self.pending).contains_key(key) {
+                        // Answer once this node's own write on the line has completed.
+                        lock(&self.deferred).insert(key.clone());
+                    } else {
+                        self.answer_recall(&local, key);
+                    }
                 }
                 CacheEvent::WrittenBack { key, version, kind: None, .. } => {
                     let written = lock(&self.flushing).remove(key);
@@ -168,9 +178,59 @@ impl CacheService {
         }
     }
 
+    /// Writes the recalled line of `key` back (its value is final: a recalled line takes
+    /// no more writes).
+    fn answer_recall(&self, local: &LocalCache, key: &str) {
+        let value = local.peek(key).filter(|l| l.dirty_since_ms.is_some()).and_then(|l| l.value.clone());
+        let _ = self.outbox.send(CacheCommand::WriteBack {
+            key: key.to_string(),
+            node: self.name.clone(),
+            value,
+            answers_recall: true,
+        });
+    }
+
+    fn begin_write(&self, key: &str) {
+        *lock(&self.pending).entry(key.to_string()).or_default() += 1;
+    }
+
+    /// Ends a write on `key` begun with [`CacheService::begin_write`]; answers a recall that
+    /// waited for it.
+    fn end_write(&self, key: &str) {
+        let still_pending = {
+            let mut pending = lock(&self.pending);
+            let count = pending.entry(key.to_string()).or_default();
+            *count = count.saturating_sub(1);
+            let left = *count;
+            if left == 0 {
+                pending.remove(key);
+            }
+            left > 0
+        };
+        if !still_pending && lock(&self.deferred).remove(key) {
+            let local = self.local();
+            self.answer_recall(&local, key);
+        }
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    fn is_pending(&self, key: &str) -> bool {
+        lock(&self.pending).contains_key(key)
+    }
+
+    /// Called when a snapshot replaced the directory: this node's lines may no longer be
+    /// known to it, so they are dropped and the node joins again.
+    pub fn on_snapshot_installed(&self) {
+        self.live.store(false, Ordering::SeqCst);
+        let capacity = self.local().capacity();
+        *self.local() = LocalCache::new(capacity);
+        self.needs_rejoin.store(true, Ordering::SeqCst);
+        self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
     /// The line of `key` if it may be served as a hit now.
     fn hit(&self, key: &str) -> Option<Line> {
-        if !self.is_live() || !self.lease_valid() {
+        if !self.is_live() || !self.lease_valid() || self.is_pending(key) {
             return None;
         }
         let mut local = self.local();
@@ -216,6 +276,17 @@ async fn wait_served(node: &Node, key: &str, token: u64, deadline: Instant) -> R
     }
 }
 
+async fn wait_not_pending(node: &Node, key: &str, deadline: Instant) -> Result<(), ApiError> {
+    let mut changed = node.cache.changed.subscribe();
+    while node.cache.is_pending(key) {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() || tokio::time::timeout(remaining, changed.changed()).await.is_err() {
+            return Err(ApiError::NoQuorum(format!("a write of {key:?} is still completing; retry")));
+        }
+    }
+    Ok(())
+}
+
 fn new_token() -> u64 {
     rand::random::<u64>() | 1
 }
@@ -229,8 +300,14 @@ pub async fn get(node: &Arc<Node>, key: &str) -> Result<CacheRead, ApiError> {
     if !cache.is_live() {
         return Err(joining());
     }
-    cache.local().stats.misses += 1;
     let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
+    // A write of this node on the key is still waiting for its invalidations: its value
+    // must not be seen before that write completes.
+    wait_not_pending(node, key, deadline).await?;
+    if let Some(line) = cache.hit(key) {
+        return Ok(CacheRead { line, hit: true });
+    }
+    cache.local().stats.misses += 1;
     let token = new_token();
     let request = CacheCommand::GetS { key: key.into(), node: cache.name.clone(), token };
     node.write(cache_command(request), None).await?;
@@ -251,27 +328,51 @@ pub async fn put(
     }
     let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
     if durable || cache.policy == WritePolicy::WriteThrough {
-        let request = CacheCommand::Put { key: key.into(), node: cache.name.clone(), value };
-        let (reply, index) = node.write_at(cache_command(request), None).await?;
-        node.wait_applied(index, deadline).await?;
-        let Response::Cache { reply: CacheReply::Stored { invalidated, version } } = reply else {
-            return Err(ApiError::Unavailable(format!("unexpected reply {reply:?}")));
-        };
-        wait_until_invalidated(node, &invalidated, index).await;
-        // The writer was granted the stored value as an E line.
-        return Ok(Line {
-            state: Mesi::Exclusive,
-            value: None,
-            version,
-            dirty_since_ms: None,
-            recalled: false,
-        });
+        cache.begin_write(key);
+        let result = put_through(node, key, value, deadline).await;
+        cache.end_write(key);
+        return result;
     }
-    if cache.lease_valid() && cache.local().write(key, value.clone(), now_ms()) == WriteOutcome::Local {
+    if cache.lease_valid()
+        && !cache.is_pending(key)
+        && cache.local().write(key, value.clone(), now_ms()) == WriteOutcome::Local
+    {
         return cache.usable_line(key, true).ok_or_else(|| ApiError::Unavailable("line vanished".into()));
     }
-    // Ownership and the write travel together: the write happens when the request is
-    // served, so a request queued behind a recall cannot lose the line before writing.
+    cache.begin_write(key);
+    let result = put_with_ownership(node, key, value, deadline).await;
+    cache.end_write(key);
+    result
+}
+
+/// A write-through write: stored by the log, then every other copy is confirmed gone.
+async fn put_through(
+    node: &Node,
+    key: &str,
+    value: serde_json::Value,
+    deadline: Instant,
+) -> Result<Line, ApiError> {
+    let request = CacheCommand::Put { key: key.into(), node: node.cache.name.clone(), value };
+    let (reply, index) = node.write_at(cache_command(request), None).await?;
+    node.wait_applied(index, deadline).await?;
+    let Response::Cache { reply: CacheReply::Stored { version, .. } } = reply else {
+        return Err(ApiError::Unavailable(format!("unexpected reply {reply:?}")));
+    };
+    wait_until_invalidated(node, &node.other_members(), index).await;
+    // The writer was granted the stored value as an E line.
+    Ok(Line { state: Mesi::Exclusive, value: None, version, dirty_since_ms: None, recalled: false })
+}
+
+/// A write-back write that needs ownership: the value travels with the request and is
+/// written when the request is served, so a request queued behind a recall cannot lose the
+/// line before writing.
+async fn put_with_ownership(
+    node: &Node,
+    key: &str,
+    value: serde_json::Value,
+    deadline: Instant,
+) -> Result<Line, ApiError> {
+    let cache = &node.cache;
     let token = new_token();
     let request = CacheCommand::GetM { key: key.into(), node: cache.name.clone(), token, value: Some(value) };
     node.write(cache_command(request), None).await?;
@@ -279,8 +380,7 @@ pub async fn put(
     // Every other copy must be gone before the write counts: wait for every member to have
     // applied what this node has applied now (which includes the grant).
     let applied = node.applied_index();
-    let others = node.other_members();
-    wait_until_invalidated(node, &others, applied).await;
+    wait_until_invalidated(node, &node.other_members(), applied).await;
     Ok(line)
 }
 
@@ -315,36 +415,60 @@ pub async fn run(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<CacheComma
     let proposer = node.clone();
     tokio::spawn(async move {
         while let Some(request) = outbox.recv().await {
-            if let Err(e) = proposer.write(cache_command(request), None).await {
-                tracing::warn!(error = %e, "cache follow-up could not be proposed");
-            }
+            propose_until_done(&proposer, request).await;
         }
     });
-    let mut last_writeback_scan = Instant::now();
+    let tick = (node.cache.lease / 4).min(node.cache.writeback_max / 4).max(Duration::from_millis(10));
+    let mut last_renewal = Instant::now() - node.cache.lease;
     let mut leader_since: Option<(u64, Instant)> = None;
     loop {
-        renew_lease(&node).await;
-        if last_writeback_scan.elapsed() >= node.cache.writeback_max / 4 {
-            write_back_due(&node);
-            last_writeback_scan = Instant::now();
+        if node.cache.needs_rejoin.swap(false, Ordering::SeqCst) {
+            join(&node).await;
         }
+        if last_renewal.elapsed() >= node.cache.lease / 4 {
+            last_renewal = Instant::now();
+            renew_lease(&node).await;
+        }
+        write_back_due(&node);
         revoke_lapsed(&node, &mut leader_since).await;
-        tokio::time::sleep(node.cache.lease / 4).await;
+        tokio::time::sleep(tick).await;
+    }
+}
+
+/// Proposes a follow-up (a write-back, an eviction) until the log takes it: dropping one
+/// would leave a recall unanswered or lose an evicted dirty value.
+async fn propose_until_done(node: &Node, request: CacheCommand) {
+    let mut pause = Duration::from_millis(50);
+    for attempt in 0u32.. {
+        match node.write(cache_command(request.clone()), None).await {
+            Ok(_) => return,
+            Err(e) => {
+                if attempt.is_multiple_of(10) {
+                    tracing::warn!(error = %e, "cache follow-up not proposed yet; retrying");
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        }
     }
 }
 
 async fn join(node: &Node) {
     let me = node.cache.name.clone();
     loop {
-        match node.write(cache_command(CacheCommand::Revoke { node: me.clone() }), None).await {
-            Ok(_) => break,
-            Err(e) => {
-                tracing::debug!(error = %e, "cache join: retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+        let revoke = cache_command(CacheCommand::Revoke { node: me.clone() });
+        let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
+        match node.write_at(revoke, None).await {
+            // Live only once this node itself applied its revocation: events before it
+            // concern lines this node no longer has.
+            Ok((_, index)) if node.wait_applied(index, deadline).await.is_ok() => break,
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "cache join: retrying"),
         }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
     node.cache.live.store(true, Ordering::SeqCst);
+    node.cache.changed.send_modify(|v| *v = v.wrapping_add(1));
     tracing::info!("cache joined");
 }
 
@@ -379,12 +503,21 @@ fn write_back_due(node: &Node) {
     let due: Vec<(String, Option<serde_json::Value>)> = cache
         .local()
         .lines()
-        .filter(|(_, l)| !l.recalled && l.dirty_since_ms.is_some_and(|t| now.saturating_sub(t) >= max_ms))
+        .filter(|(k, l)| {
+            !l.recalled
+                && !cache.is_pending(k)
+                && l.dirty_since_ms.is_some_and(|t| now.saturating_sub(t) >= max_ms)
+        })
         .map(|(k, l)| (k.clone(), l.value.clone()))
         .collect();
     for (key, value) in due {
         lock(&cache.flushing).insert(key.clone(), value.clone());
-        let _ = cache.outbox.send(CacheCommand::WriteBack { key, node: cache.name.clone(), value });
+        let _ = cache.outbox.send(CacheCommand::WriteBack {
+            key,
+            node: cache.name.clone(),
+            value,
+            answers_recall: false,
+        });
     }
 }
 

@@ -19,6 +19,7 @@ use crate::config::StorageBackend;
 use crate::network::{http_client, HttpNetworkFactory, Isolation};
 use crate::proposer::Batcher;
 use crate::storage::redis as redis_store;
+use crate::storage::state_machine::CacheSignal;
 use crate::storage::{LogStore, StateMachineStore};
 use crate::types::{GroupId, Member, NodeId, Raft, GROUP0};
 
@@ -122,7 +123,10 @@ impl Node {
             config.cache_write_policy,
         );
         let hook = cache.clone();
-        sm.set_cache_hook(Arc::new(move |events| hook.on_applied(events)));
+        sm.set_cache_hook(Arc::new(move |signal| match signal {
+            CacheSignal::Events(events) => hook.on_applied(events),
+            CacheSignal::SnapshotInstalled => hook.on_snapshot_installed(),
+        }));
         let raft_config = openraft::Config {
             cluster_name: "sinkron".into(),
             heartbeat_interval: config.heartbeat_interval_ms,

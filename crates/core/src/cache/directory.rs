@@ -98,7 +98,7 @@ pub enum CacheCommand {
         #[serde(default)]
         value: Option<serde_json::Value>,
     },
-    /// `node` writes its line back: after a recall, on a deadline, or to make it durable.
+    /// `node` writes its line back: in answer to a recall, or on its own (a deadline).
     WriteBack {
         /// Key.
         key: String,
@@ -106,6 +106,11 @@ pub enum CacheCommand {
         node: String,
         /// The dirty value, or `None` when the line was clean.
         value: Option<serde_json::Value>,
+        /// This answers a recall (proposed after the line stopped taking writes). A
+        /// write-back on a deadline stores its value but never ends a recall: the owner may
+        /// have written again since.
+        #[serde(default)]
+        answers_recall: bool,
     },
     /// `node` dropped its line (after writing back a dirty value here).
     Evict {
@@ -274,8 +279,8 @@ impl Directory {
                     Waiting { node: node.clone(), want: Want::Write, token: *token, value: value.clone() };
                 self.request(key, waiting, &mut events)
             }
-            CacheCommand::WriteBack { key, node, value } => {
-                self.write_back(key, node, value.clone(), &mut events)
+            CacheCommand::WriteBack { key, node, value, answers_recall } => {
+                self.write_back(key, node, value.clone(), *answers_recall, &mut events)
             }
             CacheCommand::Evict { key, node, value } => self.evict(key, node, value.clone(), &mut events),
             CacheCommand::Put { key, node, value } => {
@@ -314,6 +319,7 @@ impl Directory {
         key: &str,
         node: &str,
         value: Option<serde_json::Value>,
+        answers_recall: bool,
         events: &mut Vec<CacheEvent>,
     ) -> CacheReply {
         let Some(entry) = self.entries.get_mut(key) else { return CacheReply::Done };
@@ -326,7 +332,7 @@ impl Directory {
             entry.version += 1;
         }
         let version = entry.version;
-        let recall = entry.recall.take_if(|r| r.from == node);
+        let recall = if answers_recall { entry.recall.take_if(|r| r.from == node) } else { None };
         let kind = recall.as_ref().map(|r| r.kind);
         events.push(CacheEvent::WrittenBack { node: node.to_string(), key: key.to_string(), version, kind });
         if let Some(recall) = recall {

@@ -70,6 +70,7 @@ impl Sim {
                         key: key.clone(),
                         node: node.into(),
                         value,
+                        answers_recall: true,
                     });
                 }
                 if let Some((key, line)) = evicted {
@@ -135,6 +136,7 @@ impl Sim {
                         key: key.into(),
                         node: node.into(),
                         value: line.value,
+                        answers_recall: false,
                     });
                     self.drain();
                 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::extract::State;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use sinkron_core::cache::{Mesi, CACHE_KEY_MAX_BYTES, CACHE_VALUE_MAX_BYTES};
+use sinkron_core::cache::{CACHE_KEY_MAX_BYTES, CACHE_VALUE_MAX_BYTES};
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiJson, ApiPath as Path, ErrorBody};
@@ -195,7 +195,6 @@ pub async fn stats(State(node): State<AppState>) -> Json<CacheStatsView> {
     }
     let s = &local.stats;
     let lookups = s.hits + s.misses;
-    let _ = Mesi::Shared;
     Json(CacheStatsView {
         node: node.config.name.clone(),
         size: local.len(),

@@ -25,8 +25,16 @@ pub struct StateMachineStore {
     shared: Arc<Shared>,
 }
 
-/// Receives the cache events of every applied batch, synchronously, inside the apply.
-pub type CacheHook = Arc<dyn Fn(Vec<sinkron_core::cache::CacheEvent>) + Send + Sync>;
+/// What the state machine tells the cache, synchronously, inside the apply.
+pub enum CacheSignal {
+    /// The cache events of one applied batch.
+    Events(Vec<sinkron_core::cache::CacheEvent>),
+    /// A snapshot replaced the whole state.
+    SnapshotInstalled,
+}
+
+/// Receives [`CacheSignal`]s.
+pub type CacheHook = Arc<dyn Fn(CacheSignal) + Send + Sync>;
 
 struct Shared {
     data: RwLock<Applied>,
@@ -238,7 +246,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         // Lines change before the apply is reported, so "applied index N" also means
         // "this node's lines reflect entry N" (what a writer's invalidation wait relies on).
         if let (Some(hook), false) = (self.shared.cache_hook.get(), cache_events.is_empty()) {
-            hook(cache_events);
+            hook(CacheSignal::Events(cache_events));
         }
         // Commands change locks too (an acquire, a cancel), so waiters look after every
         // apply that touched locks; side effects are counted here.
@@ -272,6 +280,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         applied.last_membership = meta.last_membership.clone();
         drop(applied);
         self.shared.lock_epoch.send_modify(|e| *e = e.wrapping_add(1));
+        if let Some(hook) = self.shared.cache_hook.get() {
+            hook(CacheSignal::SnapshotInstalled);
+        }
         Ok(())
     }
 
