@@ -18,9 +18,14 @@ async fn states(client: &Client, key: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Waits until every node's cache joined (its self-revocation applied).
+/// Waits until every node's cache joined (its self-revocation applied). Contended keys
+/// hand ownership around through several log round trips, so requests get a longer
+/// bounded wait than the other cluster tests (the suite runs many clusters at once on two
+/// cores).
 async fn ready_cluster(extra: &[(&str, &str)]) -> TestCluster {
-    let cluster = TestCluster::start(3, extra);
+    let mut env = vec![("REQUEST_TIMEOUT_MS", "15000")];
+    env.extend_from_slice(extra);
+    let cluster = TestCluster::start(3, &env);
     cluster.wait_leader(&cluster.all(), FORM).await;
     for i in cluster.all() {
         let client = cluster.client(i);
@@ -235,7 +240,7 @@ async fn isolate(cluster: &TestCluster, i: usize, isolated: bool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_partitioned_node_stops_serving_hits_before_the_majority_write_completes() {
-    let cluster = ready_cluster(&[("SINKRON_FAULT_INJECTION", "1")]).await;
+    let cluster = ready_cluster(&[("SINKRON_FAULT_INJECTION", "1"), ("REQUEST_TIMEOUT_MS", "3000")]).await;
     let leader = cluster.wait_leader(&cluster.all(), FORM).await;
     let cut = (leader + 1) % 3;
     let writer = (leader + 2) % 3;

@@ -61,7 +61,9 @@ pub struct CacheService {
     /// Keys this node is writing and whose invalidations are not yet confirmed: no hits,
     /// and a recall is answered only once the write completed.
     pending: Mutex<BTreeMap<String, usize>>,
-    /// Recalls that arrived while their key was pending.
+    /// Pending keys whose write was already granted (the line holds the new value).
+    holding: Mutex<std::collections::BTreeSet<String>>,
+    /// Recalls of held lines, answered when the write completes.
     deferred: Mutex<std::collections::BTreeSet<String>>,
     /// Set when a snapshot replaced the directory: the lines are dropped and the node
     /// joins again.
@@ -99,6 +101,7 @@ impl CacheService {
             renewals: Mutex::new(BTreeMap::new()),
             served: Mutex::new(VecDeque::new()),
             pending: Mutex::new(BTreeMap::new()),
+            holding: Mutex::new(std::collections::BTreeSet::new()),
             deferred: Mutex::new(std::collections::BTreeSet::new()),
             needs_rejoin: AtomicBool::new(false),
         };
@@ -132,8 +135,11 @@ impl CacheService {
             match event {
                 CacheEvent::Recall { key, .. } => {
                     local.on_event(event);
-                    if lock(&self.pending).contains_key(key) {
-                        // Answer once this node's own write on the line has completed.
+                    if lock(&self.holding).contains(key) {
+                        // The line holds this node's write, whose invalidations are not yet
+                        // confirmed: answer once that write has completed. (A recall of the
+                        // line as it was before the write was granted is answered at once;
+                        // deferring it would block the write queued behind it.)
                         lock(&self.deferred).insert(key.clone());
                     } else {
                         self.answer_recall(&local, key);
@@ -151,7 +157,10 @@ impl CacheService {
                         let value = line.dirty_since_ms.and(line.value);
                         let _ = self.outbox.send(CacheCommand::Evict { key, node: self.name.clone(), value });
                     }
-                    if let CacheEvent::Grant { key, state, value, version, token, .. } = other {
+                    if let CacheEvent::Grant { key, state, value, version, token, dirty, .. } = other {
+                        if *dirty && self.is_pending(key) {
+                            lock(&self.holding).insert(key.clone());
+                        }
                         if *token != 0 {
                             // What the request was served, even if a later event in this same
                             // batch already took the line away again.
@@ -207,6 +216,9 @@ impl CacheService {
             }
             left > 0
         };
+        if !still_pending {
+            lock(&self.holding).remove(key);
+        }
         if !still_pending && lock(&self.deferred).remove(key) {
             let local = self.local();
             self.answer_recall(&local, key);

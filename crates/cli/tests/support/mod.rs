@@ -192,7 +192,7 @@ impl TestCluster {
     }
 
     pub fn client(&self, i: usize) -> Client {
-        Client::with_timeout(&self.nodes[i].addr(), Duration::from_secs(5))
+        Client::with_timeout(&self.nodes[i].addr(), Duration::from_secs(20))
     }
 
     /// Waits until the nodes in `among` agree on one leader in one term; returns its index.
