@@ -61,8 +61,11 @@ pub struct CacheService {
     /// Keys this node is writing and whose invalidations are not yet confirmed: no hits,
     /// and a recall is answered only once the write completed.
     pending: Mutex<BTreeMap<String, usize>>,
-    /// Pending keys whose write was already granted (the line holds the new value).
-    holding: Mutex<std::collections::BTreeSet<String>>,
+    /// Per key, how many of this node's writes were granted (the line holds their value)
+    /// and are not yet confirmed.
+    holding: Mutex<BTreeMap<String, usize>>,
+    /// Tokens of this node's ownership requests still in flight, with their keys.
+    writes_in_flight: Mutex<BTreeMap<u64, String>>,
     /// Recalls of held lines, answered when the write completes.
     deferred: Mutex<std::collections::BTreeSet<String>>,
     /// Set when a snapshot replaced the directory: the lines are dropped and the node
@@ -101,7 +104,8 @@ impl CacheService {
             renewals: Mutex::new(BTreeMap::new()),
             served: Mutex::new(VecDeque::new()),
             pending: Mutex::new(BTreeMap::new()),
-            holding: Mutex::new(std::collections::BTreeSet::new()),
+            holding: Mutex::new(BTreeMap::new()),
+            writes_in_flight: Mutex::new(BTreeMap::new()),
             deferred: Mutex::new(std::collections::BTreeSet::new()),
             needs_rejoin: AtomicBool::new(false),
         };
@@ -135,7 +139,7 @@ impl CacheService {
             match event {
                 CacheEvent::Recall { key, .. } => {
                     local.on_event(event);
-                    if lock(&self.holding).contains(key) {
+                    if lock(&self.holding).get(key).is_some_and(|n| *n > 0) {
                         // The line holds this node's write, whose invalidations are not yet
                         // confirmed: answer once that write has completed. (A recall of the
                         // line as it was before the write was granted is answered at once;
@@ -158,8 +162,8 @@ impl CacheService {
                         let _ = self.outbox.send(CacheCommand::Evict { key, node: self.name.clone(), value });
                     }
                     if let CacheEvent::Grant { key, state, value, version, token, dirty, .. } = other {
-                        if *dirty && self.is_pending(key) {
-                            lock(&self.holding).insert(key.clone());
+                        if *dirty && lock(&self.writes_in_flight).remove(token).is_some() {
+                            *lock(&self.holding).entry(key.clone()).or_default() += 1;
                         }
                         if *token != 0 {
                             // What the request was served, even if a later event in this same
@@ -204,22 +208,32 @@ impl CacheService {
     }
 
     /// Ends a write on `key` begun with [`CacheService::begin_write`]; answers a recall that
-    /// waited for it.
-    fn end_write(&self, key: &str) {
-        let still_pending = {
+    /// waited for it. `token` is the write's ownership request, if it made one.
+    fn end_write(&self, key: &str, token: Option<u64>) {
+        // A token still registered was never granted here (the request failed or timed out).
+        let was_granted = token.is_some_and(|t| lock(&self.writes_in_flight).remove(&t).is_none());
+        let still_held = {
+            let mut holding = lock(&self.holding);
+            if was_granted {
+                if let Some(n) = holding.get_mut(key) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            let held = holding.get(key).is_some_and(|n| *n > 0);
+            if !held {
+                holding.remove(key);
+            }
+            held
+        };
+        {
             let mut pending = lock(&self.pending);
             let count = pending.entry(key.to_string()).or_default();
             *count = count.saturating_sub(1);
-            let left = *count;
-            if left == 0 {
+            if *count == 0 {
                 pending.remove(key);
             }
-            left > 0
-        };
-        if !still_pending {
-            lock(&self.holding).remove(key);
         }
-        if !still_pending && lock(&self.deferred).remove(key) {
+        if !still_held && lock(&self.deferred).remove(key) {
             let local = self.local();
             self.answer_recall(&local, key);
         }
@@ -342,7 +356,7 @@ pub async fn put(
     if durable || cache.policy == WritePolicy::WriteThrough {
         cache.begin_write(key);
         let result = put_through(node, key, value, deadline).await;
-        cache.end_write(key);
+        cache.end_write(key, None);
         return result;
     }
     if cache.lease_valid()
@@ -352,8 +366,10 @@ pub async fn put(
         return cache.usable_line(key, true).ok_or_else(|| ApiError::Unavailable("line vanished".into()));
     }
     cache.begin_write(key);
-    let result = put_with_ownership(node, key, value, deadline).await;
-    cache.end_write(key);
+    let token = new_token();
+    lock(&cache.writes_in_flight).insert(token, key.to_string());
+    let result = put_with_ownership(node, key, value, token, deadline).await;
+    cache.end_write(key, Some(token));
     result
 }
 
@@ -382,10 +398,10 @@ async fn put_with_ownership(
     node: &Node,
     key: &str,
     value: serde_json::Value,
+    token: u64,
     deadline: Instant,
 ) -> Result<Line, ApiError> {
     let cache = &node.cache;
-    let token = new_token();
     let request = CacheCommand::GetM { key: key.into(), node: cache.name.clone(), token, value: Some(value) };
     node.write(cache_command(request), None).await?;
     let line = wait_served(node, key, token, deadline).await?;
