@@ -267,7 +267,7 @@ mod tests {
     fn cache_commands_reach_the_directory_and_leave_events_for_the_nodes() {
         use crate::cache::{CacheCommand, CacheEvent, CacheReply};
         let mut state = Group0State::default();
-        let put = CacheCommand::Put { key: "k".into(), node: "n1".into(), value: json!(5) };
+        let put = CacheCommand::Put { key: "k".into(), node: "n1".into(), value: json!(5), token: 0 };
         let replies = state.apply_batch(1, &batch(1, vec![req(None, Command::Cache { request: put })]));
         assert!(matches!(&replies[0], Response::Cache { reply: CacheReply::Stored { version: 1, .. } }));
         let events = state.drain_cache_events();

@@ -161,8 +161,10 @@ impl CacheService {
                         let value = line.dirty_since_ms.and(line.value);
                         let _ = self.outbox.send(CacheCommand::Evict { key, node: self.name.clone(), value });
                     }
-                    if let CacheEvent::Grant { key, state, value, version, token, dirty, .. } = other {
-                        if *dirty && lock(&self.writes_in_flight).remove(token).is_some() {
+                    if let CacheEvent::Grant { key, state, value, version, token, dirty, fresh, .. } = other {
+                        // A granted write of this node (an ownership request's value, or a
+                        // write-through value): hold recalls until it is confirmed.
+                        if (*dirty || *fresh) && lock(&self.writes_in_flight).remove(token).is_some() {
                             *lock(&self.holding).entry(key.clone()).or_default() += 1;
                         }
                         if *token != 0 {
@@ -355,8 +357,10 @@ pub async fn put(
     let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
     if durable || cache.policy == WritePolicy::WriteThrough {
         cache.begin_write(key);
-        let result = put_through(node, key, value, deadline).await;
-        cache.end_write(key, None);
+        let token = new_token();
+        lock(&cache.writes_in_flight).insert(token, key.to_string());
+        let result = put_through(node, key, value, token, deadline).await;
+        cache.end_write(key, Some(token));
         return result;
     }
     if cache.lease_valid()
@@ -378,9 +382,10 @@ async fn put_through(
     node: &Node,
     key: &str,
     value: serde_json::Value,
+    token: u64,
     deadline: Instant,
 ) -> Result<Line, ApiError> {
-    let request = CacheCommand::Put { key: key.into(), node: node.cache.name.clone(), value };
+    let request = CacheCommand::Put { key: key.into(), node: node.cache.name.clone(), value, token };
     let (reply, index) = node.write_at(cache_command(request), None).await?;
     node.wait_applied(index, deadline).await?;
     let Response::Cache { reply: CacheReply::Stored { version, .. } } = reply else {

@@ -129,6 +129,9 @@ pub enum CacheCommand {
         node: String,
         /// The new value.
         value: serde_json::Value,
+        /// Echoed in the writer's grant.
+        #[serde(default)]
+        token: u64,
     },
     /// Removes the key everywhere.
     Delete {
@@ -283,10 +286,10 @@ impl Directory {
                 self.write_back(key, node, value.clone(), *answers_recall, &mut events)
             }
             CacheCommand::Evict { key, node, value } => self.evict(key, node, value.clone(), &mut events),
-            CacheCommand::Put { key, node, value } => {
-                self.put(key, Some(node), Some(value.clone()), &mut events)
+            CacheCommand::Put { key, node, value, token } => {
+                self.put(key, Some(node), Some(value.clone()), *token, &mut events)
             }
-            CacheCommand::Delete { key } => self.put(key, None, None, &mut events),
+            CacheCommand::Delete { key } => self.put(key, None, None, 0, &mut events),
             CacheCommand::Revoke { node } => self.revoke(node, &mut events),
         };
         self.entries.retain(|_, e| {
@@ -375,6 +378,7 @@ impl Directory {
         key: &str,
         writer: Option<&String>,
         value: Option<serde_json::Value>,
+        token: u64,
         events: &mut Vec<CacheEvent>,
     ) -> CacheReply {
         let entry = self.entries.entry(key.to_string()).or_default();
@@ -398,7 +402,7 @@ impl Directory {
                 version,
                 fresh: true,
                 dirty: false,
-                token: 0,
+                token,
             });
         }
         if let Some(recall) = entry.recall.take() {

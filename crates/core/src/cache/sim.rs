@@ -111,7 +111,12 @@ impl Sim {
             }
             Op::Put(n, k, v) => {
                 let (node, key) = (NODES[n], KEYS[k]);
-                self.log.push_back(CacheCommand::Put { key: key.into(), node: node.into(), value: json!(v) });
+                self.log.push_back(CacheCommand::Put {
+                    key: key.into(),
+                    node: node.into(),
+                    value: json!(v),
+                    token: 0,
+                });
                 self.drain();
                 self.latest.insert(key, Some(json!(v)));
             }
