@@ -8,6 +8,9 @@ use axum::serve::ListenerExt;
 use crate::config::NodeConfig;
 use crate::node::Node;
 
+/// How long requests still running at a stop may take to finish.
+const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
+
 /// Serves `config` until `shutdown` completes, then stops Raft and flushes storage.
 pub async fn run(
     config: NodeConfig,
@@ -34,7 +37,27 @@ pub async fn run(
     let cache_task =
         node.take_cache_outbox().map(|outbox| tokio::spawn(crate::cache::run(node.clone(), outbox)));
     let app = crate::api::router(node.clone());
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serve HTTP")?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = axum::serve(listener, app).with_graceful_shutdown(async {
+        let _ = stop_rx.await;
+    });
+    let mut serving = tokio::spawn(async move { serving.await });
+    tokio::select! {
+        finished = &mut serving => {
+            finished.context("HTTP server task")?.context("serve HTTP")?;
+        }
+        _ = shutdown => {
+            let _ = stop_tx.send(());
+            // Long waits (lock queues, lease renewals) must not hold a stop up for long.
+            match tokio::time::timeout(GRACE, &mut serving).await {
+                Ok(finished) => finished.context("HTTP server task")?.context("serve HTTP")?,
+                Err(_) => {
+                    serving.abort();
+                    tracing::warn!("closing requests still running after {} s", GRACE.as_secs());
+                }
+            }
+        }
+    }
     tracing::info!("shutting down");
     duties.abort();
     if let Some(task) = cache_task {
