@@ -355,24 +355,23 @@ pub async fn put(
         return Err(joining());
     }
     let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
-    if durable || cache.policy == WritePolicy::WriteThrough {
-        cache.begin_write(key);
-        let token = new_token();
-        lock(&cache.writes_in_flight).insert(token, key.to_string());
-        let result = put_through(node, key, value, token, deadline).await;
-        cache.end_write(key, Some(token));
-        return result;
-    }
-    if cache.lease_valid()
+    let write_through = durable || cache.policy == WritePolicy::WriteThrough;
+    if !write_through
+        && cache.lease_valid()
         && !cache.is_pending(key)
         && cache.local().write(key, value.clone(), now_ms()) == WriteOutcome::Local
     {
         return cache.usable_line(key, true).ok_or_else(|| ApiError::Unavailable("line vanished".into()));
     }
+    // Through the log: the write is pending (hidden on this node) until it completes.
     cache.begin_write(key);
     let token = new_token();
     lock(&cache.writes_in_flight).insert(token, key.to_string());
-    let result = put_with_ownership(node, key, value, token, deadline).await;
+    let result = if write_through {
+        put_through(node, key, value, token, deadline).await
+    } else {
+        put_with_ownership(node, key, value, token, deadline).await
+    };
     cache.end_write(key, Some(token));
     result
 }
@@ -511,7 +510,7 @@ async fn renew_lease(node: &Node) {
     let index = match node.leader(deadline).await {
         Ok(Leader::Local) => {
             let outcome = node.read_index_local(deadline).await;
-            lock(&node.cache.renewals).insert(node.cache.name.clone(), Instant::now());
+            record_renewal(node, &node.cache.name);
             outcome
         }
         Ok(Leader::Remote(leader)) => node.renew_cache_lease(&leader, deadline).await,
@@ -594,7 +593,7 @@ async fn revoke_lapsed(node: &Node, leader_since: &mut Option<(u64, Instant)>) {
         if lapsed {
             tracing::warn!(node = %holder, "revoking the cache lines of a node whose lease lapsed");
             let _ = node.write_here(cache_command(CacheCommand::Revoke { node: holder.clone() })).await;
-            lock(&node.cache.renewals).insert(holder, Instant::now());
+            record_renewal(node, &holder);
         }
     }
 }
