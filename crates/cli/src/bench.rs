@@ -22,6 +22,58 @@ enum BenchCommand {
     Locks(LockArgs),
     /// Cache hits, misses, writes to an M line, writes that invalidate, and a 90/10 mix.
     Cache(CacheBenchArgs),
+    /// Queue throughput: producers send, consumers receive and ack, across the nodes.
+    Queue(QueueBenchArgs),
+    /// The ring's balance and the partitions a joining node moves (computed, no cluster).
+    Ring(RingBenchArgs),
+}
+
+#[derive(clap::Args)]
+struct QueueBenchArgs {
+    /// Comma-separated nodes; producers and consumers are spread over them round-robin.
+    #[arg(long, env = "SINKRON_ENDPOINTS", default_value = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003")]
+    endpoints: String,
+    /// Concurrent producers, each with one send in flight.
+    #[arg(long, default_value_t = 32)]
+    producers: usize,
+    /// Concurrent consumers, each receiving a batch and acking it.
+    #[arg(long, default_value_t = 16)]
+    consumers: usize,
+    /// Total messages.
+    #[arg(long, default_value_t = 20_000)]
+    messages: usize,
+    /// Distinct ordering keys (spreads the queue over partitions); 0 sends without a key,
+    /// which keeps the whole queue in one partition.
+    #[arg(long, default_value_t = 64)]
+    keys: usize,
+    /// Most messages per receive.
+    #[arg(long, default_value_t = 10)]
+    batch: u32,
+    /// Bytes of each body.
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct RingBenchArgs {
+    /// Nodes on the ring.
+    #[arg(long, default_value_t = 3)]
+    nodes: usize,
+    /// Tokens per node.
+    #[arg(long, default_value_t = 150)]
+    virtual_nodes: u32,
+    /// Partitions.
+    #[arg(long, default_value_t = 16)]
+    partitions: u32,
+    /// Replicas per partition.
+    #[arg(long, default_value_t = 3)]
+    replication: usize,
+    /// Sample keys for the key balance.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u32,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -111,6 +163,11 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Write(args) => write(args).await,
         BenchCommand::Locks(args) => locks(args).await,
         BenchCommand::Cache(args) => cache(args).await,
+        BenchCommand::Queue(args) => queue(args).await,
+        BenchCommand::Ring(args) => {
+            ring(&args);
+            Ok(())
+        }
     }
 }
 
@@ -368,4 +425,163 @@ fn report(name: &str, clients: usize, json: bool, s: &Summary) {
             clients, s.ops, s.errors, s.elapsed.as_secs_f64(), rate, ms(s.p50), ms(s.p99), ms(s.max)
         );
     }
+}
+
+async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.producers > 0 && args.consumers > 0 && args.messages > 0 && args.batch > 0,
+        "--producers, --consumers, --messages and --batch must be positive"
+    );
+    let clients = connect(&args.endpoints).await?;
+    let queue = Arc::new(format!("bench-{:x}", std::process::id()));
+    let body = Arc::new(serde_json::Value::String("x".repeat(args.body_bytes)));
+    let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let per_producer = args.messages.div_ceil(args.producers);
+    let mut producers = Vec::with_capacity(args.producers);
+    for worker in 0..args.producers {
+        let client = clients[worker % clients.len()].clone();
+        let count = per_producer.min(args.messages.saturating_sub(worker * per_producer));
+        let (queue, body, keys) = (queue.clone(), body.clone(), args.keys);
+        producers.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(count);
+            let mut errors = 0usize;
+            for i in 0..count {
+                let key = (keys > 0).then(|| format!("k{}", (worker * per_producer + i) % keys));
+                let t = Instant::now();
+                match client.queue_send(&queue, (*body).clone(), key.as_deref()).await {
+                    Ok(_) => latencies.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let mut consumers = Vec::with_capacity(args.consumers);
+    let give_up = Instant::now() + Duration::from_secs(300);
+    for worker in 0..args.consumers {
+        let client = clients[worker % clients.len()].clone();
+        let (queue, acked, total, batch) = (queue.clone(), acked.clone(), args.messages, args.batch);
+        consumers.push(tokio::spawn(async move {
+            let options = sinkron_client::ReceiveOptions {
+                max: Some(batch),
+                visibility_ms: Some(30_000),
+                wait_ms: Some(500),
+            };
+            let mut errors = 0usize;
+            while acked.load(std::sync::atomic::Ordering::Relaxed) < total && Instant::now() < give_up {
+                let Ok(messages) = client.queue_receive(&queue, &options).await else {
+                    errors += 1;
+                    continue;
+                };
+                for m in messages {
+                    match client.queue_ack(&queue, &m.receipt).await {
+                        Ok(_) => {
+                            acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(_) => errors += 1,
+                    }
+                }
+            }
+            (Vec::new(), errors)
+        }));
+    }
+    let (send_latencies, send_errors) = gather(producers).await?;
+    let sent_in = started.elapsed();
+    let (_, consume_errors) = gather(consumers).await?;
+    let elapsed = started.elapsed();
+    let done = acked.load(std::sync::atomic::Ordering::Relaxed);
+    let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);
+    let send = summarize(send_latencies, send_errors, sent_in);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "bench": "queue", "producers": args.producers, "consumers": args.consumers,
+                "messages": args.messages, "acked": done, "seconds": elapsed.as_secs_f64(),
+                "messages_per_sec": rate, "send_p50_ms": ms(send.p50), "send_p99_ms": ms(send.p99),
+                "send_errors": send.errors, "consume_errors": consume_errors,
+            })
+        );
+    } else {
+        println!(
+            "bench queue: {} producers, {} consumers, {} keys: {done} of {} messages sent, received and acked in {:.2} s = {rate:.0} messages/s; send p50 {:.3} ms, p99 {:.3} ms; {} send errors, {consume_errors} consume errors",
+            args.producers, args.consumers, args.keys, args.messages, elapsed.as_secs_f64(), ms(send.p50), ms(send.p99), send.errors
+        );
+    }
+    anyhow::ensure!(done >= args.messages, "only {done} of {} messages were acked", args.messages);
+    Ok(())
+}
+
+/// Prints the ring's balance for `args.nodes` nodes and what a joining node moves.
+fn ring(args: &RingBenchArgs) {
+    use sinkron_core::ring::Ring;
+    let names: Vec<String> = (1..=args.nodes).map(|i| format!("node{i}")).collect();
+    let ring = Ring::new(names.iter().map(String::as_str), args.virtual_nodes);
+    let mut keys: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
+    for i in 0..args.keys {
+        if let Some(owner) = ring.owner_of(format!("key-{i}").as_bytes()) {
+            *keys.entry(owner).or_default() += 1;
+        }
+    }
+    let mean_keys = f64::from(args.keys) / args.nodes as f64;
+    let max_keys = keys.values().copied().max().unwrap_or(0);
+    let placements = ring.placements(args.partitions, args.replication);
+    let mut preferred: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
+    let mut replicas: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
+    for p in &placements {
+        if let Some(first) = p.replicas.first() {
+            *preferred.entry(first.as_str()).or_default() += 1;
+        }
+        for r in &p.replicas {
+            *replicas.entry(r.as_str()).or_default() += 1;
+        }
+    }
+    let mean_preferred = f64::from(args.partitions) / args.nodes as f64;
+    let total_replicas: u32 = replicas.values().sum();
+    let mean_replicas = f64::from(total_replicas) / args.nodes as f64;
+    let mut grown = names.clone();
+    grown.push(format!("node{}", args.nodes + 1));
+    let after = Ring::new(grown.iter().map(String::as_str), args.virtual_nodes);
+    let after_placements = after.placements(args.partitions, args.replication);
+    let pairs = placements.iter().zip(&after_placements);
+    let moved_partitions =
+        pairs.clone().filter(|(a, b)| b.replicas.iter().any(|n| !a.replicas.contains(n))).count();
+    let moved_replicas: usize =
+        pairs.map(|(a, b)| b.replicas.iter().filter(|n| !a.replicas.contains(n)).count()).sum();
+    let total_after: usize = after_placements.iter().map(|p| p.replicas.len()).sum();
+    let moved_keys = (0..args.keys)
+        .filter(|i| {
+            let key = format!("key-{i}");
+            ring.owner_of(key.as_bytes()) != after.owner_of(key.as_bytes())
+        })
+        .count();
+    println!(
+        "ring: {} nodes x {} virtual nodes, {} partitions x {} replicas",
+        args.nodes, args.virtual_nodes, args.partitions, args.replication
+    );
+    println!(
+        "  keys per node: max/mean {:.3} ({max_keys} vs {mean_keys:.0} of {} sample keys)",
+        f64::from(max_keys) / mean_keys,
+        args.keys
+    );
+    println!(
+        "  preferred leaders per node: max/mean {:.3} ({:?})",
+        f64::from(preferred.values().copied().max().unwrap_or(0)) / mean_preferred,
+        preferred
+    );
+    println!(
+        "  replicas per node: max/mean {:.3} ({:?})",
+        f64::from(replicas.values().copied().max().unwrap_or(0)) / mean_replicas,
+        replicas
+    );
+    println!(
+        "  a node joining changes the replica set of {moved_partitions} of {} partitions ({:.1}%), moving {moved_replicas} of {total_after} replicas ({:.1}%) and {:.1}% of keys (ideal share of the new node {:.1}%)",
+        args.partitions,
+        100.0 * moved_partitions as f64 / f64::from(args.partitions),
+        100.0 * moved_replicas as f64 / total_after.max(1) as f64,
+        100.0 * moved_keys as f64 / f64::from(args.keys),
+        100.0 / (args.nodes + 1) as f64
+    );
 }

@@ -6,6 +6,7 @@ mod cluster;
 mod dev;
 mod kv;
 mod lock;
+mod queue;
 mod serve;
 
 use clap::{Parser, Subcommand};
@@ -32,6 +33,10 @@ enum Commands {
     Cache(cache::CacheArgs),
     /// Acquire, release and inspect locks; run a command under a lock.
     Lock(lock::LockArgs),
+    /// Send, receive and acknowledge queue messages.
+    Queue(queue::QueueArgs),
+    /// Show the consistent-hash ring and where each queue partition lives.
+    Ring(queue::RingArgs),
     /// Measure a running cluster.
     Bench(bench::BenchArgs),
 }
@@ -53,6 +58,8 @@ fn main() {
             Commands::Kv(args) => kv::run(args).await,
             Commands::Cache(args) => cache::run(args).await,
             Commands::Lock(args) => lock::run(args).await,
+            Commands::Queue(args) => queue::run(args).await,
+            Commands::Ring(args) => queue::ring(args).await,
             Commands::Bench(args) => bench::run(args).await,
         }
     });

@@ -184,6 +184,62 @@ pub struct Refreshed {
 /// Longest wait for a membership change.
 pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// A sent message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SentMessage {
+    /// Message id, `<partition>-<sequence>`.
+    pub id: String,
+    /// Partition storing it.
+    pub partition: u32,
+}
+
+/// Options of a receive; `None` leaves the server's default.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReceiveOptions {
+    /// Most messages (1 to 100; default 1).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max: Option<u32>,
+    /// Visibility timeout in ms (default 30,000).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub visibility_ms: Option<u64>,
+    /// Long-poll wait in ms (default 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+}
+
+/// A delivered message.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Delivered {
+    /// Message id.
+    pub id: String,
+    /// Body.
+    pub body: serde_json::Value,
+    /// Receipt for ack and nack.
+    pub receipt: String,
+    /// Deliveries so far, this one included.
+    pub receive_count: u32,
+}
+
+#[derive(Deserialize)]
+struct ReceiveAnswer {
+    messages: Vec<Delivered>,
+}
+
+/// A queue's counts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Queue name.
+    pub queue: String,
+    /// Ready messages.
+    pub ready: usize,
+    /// Delivered, unacknowledged messages.
+    pub in_flight: usize,
+    /// Messages in `<queue>.dlq`.
+    pub dead_letters: usize,
+    /// Per partition (with `partition`, `leader`, `ready`, `in_flight`, `dead_letters`).
+    pub partitions: Vec<serde_json::Value>,
+}
+
 /// A client of one node. Any node serves every endpoint.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -419,6 +475,80 @@ impl Client {
     /// `GET /v1/cache`: this node's cache counters.
     pub async fn cache_stats(&self) -> Result<serde_json::Value, ClientError> {
         self.get("/v1/cache").await
+    }
+
+    async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.post(&url).json(body), url).await
+    }
+
+    /// `POST /v1/queues/{queue}/messages`: sends `body`, ordered by `key` (the queue name when
+    /// `None`); answered once stored by a quorum of its partition.
+    pub async fn queue_send(
+        &self,
+        queue: &str,
+        body: serde_json::Value,
+        key: Option<&str>,
+    ) -> Result<SentMessage, ClientError> {
+        let mut req = serde_json::json!({ "body": body });
+        if let Some(key) = key {
+            req["key"] = serde_json::Value::String(key.to_string());
+        }
+        self.post(&format!("/v1/queues/{}/messages", encode(queue)), &req).await
+    }
+
+    /// Like [`Client::queue_send`] with a `request_id`: a retry with the same id is stored once.
+    pub async fn queue_send_idempotent(
+        &self,
+        queue: &str,
+        body: serde_json::Value,
+        key: Option<&str>,
+        request_id: &str,
+    ) -> Result<SentMessage, ClientError> {
+        let mut req = serde_json::json!({ "body": body, "request_id": request_id });
+        if let Some(key) = key {
+            req["key"] = serde_json::Value::String(key.to_string());
+        }
+        self.post(&format!("/v1/queues/{}/messages", encode(queue)), &req).await
+    }
+
+    /// `POST /v1/queues/{queue}/receive`.
+    pub async fn queue_receive(
+        &self,
+        queue: &str,
+        options: &ReceiveOptions,
+    ) -> Result<Vec<Delivered>, ClientError> {
+        let req = serde_json::to_value(options).unwrap_or_default();
+        let got: ReceiveAnswer = self.post(&format!("/v1/queues/{}/receive", encode(queue)), &req).await?;
+        Ok(got.messages)
+    }
+
+    /// `POST /v1/queues/{queue}/ack`.
+    pub async fn queue_ack(&self, queue: &str, receipt: &str) -> Result<serde_json::Value, ClientError> {
+        let req = serde_json::json!({ "receipt": receipt });
+        self.post(&format!("/v1/queues/{}/ack", encode(queue)), &req).await
+    }
+
+    /// `POST /v1/queues/{queue}/nack`; answers whether the message went to the dead-letter
+    /// queue.
+    pub async fn queue_nack(&self, queue: &str, receipt: &str, delay_ms: u64) -> Result<bool, ClientError> {
+        let req = serde_json::json!({ "receipt": receipt, "delay_ms": delay_ms });
+        let got: serde_json::Value = self.post(&format!("/v1/queues/{}/nack", encode(queue)), &req).await?;
+        Ok(got.get("dead_lettered").and_then(|v| v.as_bool()).unwrap_or(false))
+    }
+
+    /// `GET /v1/queues/{queue}`: ready, in flight and dead letters, per partition.
+    pub async fn queue_stats(&self, queue: &str) -> Result<QueueStats, ClientError> {
+        self.get(&format!("/v1/queues/{}", encode(queue))).await
+    }
+
+    /// `GET /v1/ring`: virtual nodes and partition placements.
+    pub async fn ring(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/v1/ring").await
     }
 
     /// `GET /metrics` as text.

@@ -4,6 +4,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheCommand, CacheReply};
 use crate::locks::{AcquireOutcome, Hold, LockMode, LockRefusal};
+use crate::queue::{Delivery, QueueRefusal};
+use crate::topology::TopologyCommand;
 
 /// One entry of group 0's log: the client requests the leader batched together.
 ///
@@ -43,7 +45,7 @@ impl Request {
     }
 }
 
-/// A state change of group 0.
+/// A state change of group 0 (metadata, locks, cache) or of a queue partition's group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Command {
@@ -116,12 +118,81 @@ pub enum Command {
         /// The request.
         request: CacheCommand,
     },
+    /// A change of the queue ring and partition placements (group 0).
+    Topology {
+        /// The change.
+        request: TopologyCommand,
+    },
+    /// Appends a message to a queue (partition groups).
+    QueueSend {
+        /// Queue name.
+        queue: String,
+        /// Ordering key; the queue name when absent.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        /// Message body.
+        body: serde_json::Value,
+    },
+    /// Delivers up to `max` ready messages, hidden for `visibility_ms` (partition groups).
+    QueueReceive {
+        /// Queue name.
+        queue: String,
+        /// Most messages to deliver.
+        max: u32,
+        /// How long delivered messages stay hidden.
+        visibility_ms: u64,
+    },
+    /// Deletes a delivered message (partition groups).
+    QueueAck {
+        /// Queue name.
+        queue: String,
+        /// Receipt of the delivery.
+        receipt: String,
+    },
+    /// Returns a delivered message, visible again after `delay_ms` (partition groups).
+    QueueNack {
+        /// Queue name.
+        queue: String,
+        /// Receipt of the delivery.
+        receipt: String,
+        /// Delay before it is visible again.
+        delay_ms: u64,
+        /// Deliveries after which it goes to the dead-letter queue.
+        max_receives: u32,
+    },
+    /// Returns every message whose visibility deadline passed (proposed by the leader).
+    QueueExpire {
+        /// Deliveries after which a message goes to the dead-letter queue.
+        max_receives: u32,
+    },
 }
 
 impl Command {
     /// Whether the command acts on the lock table.
     pub fn is_lock(&self) -> bool {
-        !matches!(self, Command::KvPut { .. } | Command::KvDelete { .. } | Command::Cache { .. })
+        matches!(
+            self,
+            Command::LockAcquire { .. }
+                | Command::LockRelease { .. }
+                | Command::LockRefresh { .. }
+                | Command::LockRefreshAll { .. }
+                | Command::LockCancelWait { .. }
+                | Command::LockForceRelease { .. }
+                | Command::LockExpire
+                | Command::LockExtendAll
+        )
+    }
+
+    /// Whether the command belongs to a queue partition's group rather than group 0.
+    pub fn is_queue(&self) -> bool {
+        matches!(
+            self,
+            Command::QueueSend { .. }
+                | Command::QueueReceive { .. }
+                | Command::QueueAck { .. }
+                | Command::QueueNack { .. }
+                | Command::QueueExpire { .. }
+        )
     }
 }
 
@@ -181,6 +252,38 @@ pub enum Response {
     Cache {
         /// The reply.
         reply: CacheReply,
+    },
+    /// A topology change: whether it changed anything.
+    Topology {
+        /// False when the change was stale or already applied.
+        changed: bool,
+    },
+    /// A message was appended.
+    QueueSent {
+        /// Its id.
+        id: String,
+    },
+    /// Messages delivered by a receive.
+    QueueReceived {
+        /// The deliveries, oldest first.
+        messages: Vec<Delivery>,
+    },
+    /// An ack or nack was applied; `dead_lettered` when a nack moved the message to the DLQ.
+    QueueDone {
+        /// Whether the message went to the dead-letter queue.
+        dead_lettered: bool,
+    },
+    /// An expiry pass.
+    QueueExpired {
+        /// Messages made ready again.
+        redelivered: usize,
+        /// Messages moved to dead-letter queues.
+        dead_lettered: usize,
+    },
+    /// A queue command was refused.
+    QueueRefused {
+        /// Why.
+        refusal: QueueRefusal,
     },
     /// The request was not applied.
     Rejected {

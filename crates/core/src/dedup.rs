@@ -8,7 +8,7 @@ use std::collections::{HashMap, VecDeque};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::command::Response;
+use crate::command::{Request, Response};
 use crate::limits::DEDUP_WINDOW;
 
 /// The de-duplication window.
@@ -38,6 +38,28 @@ impl Dedup {
                 self.index.remove(&old);
                 self.evicted += 1;
             }
+        }
+    }
+
+    /// The reply a retried `request` must get again, if its id was seen: the first reply
+    /// for the same command, a rejection for an id reused for another command. `None` when
+    /// the request is new (or carries no id) and must be applied.
+    pub fn replay(&self, request: &Request) -> Option<Response> {
+        let id = request.request_id.as_deref()?;
+        let (seen, previous) = self.get(id)?;
+        Some(if seen == request.fingerprint() {
+            previous.clone()
+        } else {
+            Response::Rejected {
+                reason: format!("request_id {id:?} was already used for a different request"),
+            }
+        })
+    }
+
+    /// Remembers the reply to `request` if it carries an id.
+    pub fn record(&mut self, request: &Request, response: &Response) {
+        if let Some(id) = &request.request_id {
+            self.insert(id.clone(), request.fingerprint(), response.clone());
         }
     }
 

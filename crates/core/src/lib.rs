@@ -16,10 +16,13 @@ pub mod ids;
 pub mod kv;
 pub mod limits;
 pub mod locks;
+pub mod partition;
 pub mod queue;
 pub mod ring;
 pub mod state;
+pub mod topology;
 
 pub use command::{Batch, Command, Request, Response};
 pub use error::CoreError;
+pub use partition::PartitionMachine;
 pub use state::Group0State;

@@ -13,6 +13,56 @@ pub const REQUEST_ID_MAX_BYTES: usize = 128;
 /// How many recent request ids the state machine remembers for de-duplication.
 pub const DEDUP_WINDOW: usize = 10_000;
 
+/// Longest queue name, in bytes (leaving room for the `.dlq` suffix).
+pub const QUEUE_NAME_MAX_BYTES: usize = 200;
+/// Longest ordering key of a message, in bytes.
+pub const QUEUE_KEY_MAX_BYTES: usize = 256;
+/// Largest message body, in bytes of its JSON encoding.
+pub const QUEUE_BODY_MAX_BYTES: usize = 256 * 1024;
+/// Most messages one receive returns.
+pub const QUEUE_RECEIVE_MAX: u32 = 100;
+/// Longest visibility timeout, in milliseconds (12 hours).
+pub const QUEUE_VISIBILITY_MAX_MS: u64 = 12 * 3600 * 1000;
+/// Longest long-poll wait of a receive, in milliseconds.
+pub const QUEUE_WAIT_MAX_MS: u64 = 60_000;
+/// Longest delay of a nack, in milliseconds (15 minutes).
+pub const QUEUE_DELAY_MAX_MS: u64 = 15 * 60 * 1000;
+
+/// Checks a queue name: 1 to [`QUEUE_NAME_MAX_BYTES`] of ASCII letters, digits, `-`, `_`,
+/// `.` and `:`.
+pub fn validate_queue_name(name: &str) -> Result<(), CoreError> {
+    if name.is_empty() || name.len() > QUEUE_NAME_MAX_BYTES {
+        return Err(CoreError::InvalidArgument {
+            field: "queue",
+            reason: format!("a queue name has 1 to {QUEUE_NAME_MAX_BYTES} bytes, got {}", name.len()),
+        });
+    }
+    if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.:".contains(*c))) {
+        return Err(CoreError::InvalidArgument {
+            field: "queue",
+            reason: format!("a queue name uses letters, digits, '-', '_', '.' and ':', found {bad:?}"),
+        });
+    }
+    Ok(())
+}
+
+/// Checks a message: its ordering key and the encoded size of its body.
+pub fn validate_message(key: Option<&str>, body: &serde_json::Value) -> Result<(), CoreError> {
+    if let Some(key) = key {
+        if key.is_empty() {
+            return Err(CoreError::InvalidArgument { field: "key", reason: "must not be empty".into() });
+        }
+        if key.len() > QUEUE_KEY_MAX_BYTES {
+            return Err(CoreError::TooLarge { field: "key", size: key.len(), limit: QUEUE_KEY_MAX_BYTES });
+        }
+    }
+    let size = serde_json::to_vec(body).map(|v| v.len()).unwrap_or(usize::MAX);
+    if size > QUEUE_BODY_MAX_BYTES {
+        return Err(CoreError::TooLarge { field: "body", size, limit: QUEUE_BODY_MAX_BYTES });
+    }
+    Ok(())
+}
+
 /// Checks a node name: 1 to [`NODE_NAME_MAX_BYTES`] of ASCII letters, digits, `-` and `_`.
 pub fn validate_node_name(name: &str) -> Result<(), CoreError> {
     if name.is_empty() || name.len() > NODE_NAME_MAX_BYTES {
@@ -72,6 +122,19 @@ mod tests {
         assert!(validate_node_name("").is_err());
         assert!(validate_node_name("node 1").is_err());
         assert!(validate_node_name(&"n".repeat(NODE_NAME_MAX_BYTES + 1)).is_err());
+    }
+
+    #[test]
+    fn queue_names_and_messages() {
+        assert!(validate_queue_name("orders").is_ok());
+        assert!(validate_queue_name("orders.dlq").is_ok());
+        assert!(validate_queue_name("").is_err());
+        assert!(validate_queue_name("a/b").is_err());
+        assert!(validate_queue_name(&"q".repeat(QUEUE_NAME_MAX_BYTES + 1)).is_err());
+        assert!(validate_message(Some("k"), &serde_json::json!({"a": 1})).is_ok());
+        assert!(validate_message(Some(""), &serde_json::json!(1)).is_err());
+        let big = serde_json::Value::String("x".repeat(QUEUE_BODY_MAX_BYTES));
+        assert!(matches!(validate_message(None, &big), Err(CoreError::TooLarge { .. })));
     }
 
     #[test]

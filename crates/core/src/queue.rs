@@ -56,6 +56,20 @@ pub struct Delivery {
     pub receive_count: u32,
 }
 
+/// The sequence number of a message id `<partition>-<sequence>`.
+fn seq_of(id: &str) -> u64 {
+    id.rsplit_once('-').and_then(|(_, seq)| seq.parse().ok()).unwrap_or(0)
+}
+
+/// The partition named by a receipt `<partition>-<sequence>.<delivery>`, if it is one.
+pub fn partition_of_receipt(receipt: &str) -> Option<u32> {
+    let (id, delivery) = receipt.split_once('.')?;
+    let (partition, seq) = id.split_once('-')?;
+    seq.parse::<u64>().ok()?;
+    delivery.parse::<u32>().ok()?;
+    partition.parse().ok()
+}
+
 /// One queue within a partition.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueueState {
@@ -66,7 +80,8 @@ pub struct QueueState {
 }
 
 impl QueueState {
-    fn depth(&self) -> usize {
+    /// Messages held: ready and in flight.
+    pub fn depth(&self) -> usize {
         self.ready.len() + self.in_flight.len()
     }
 }
@@ -168,7 +183,8 @@ impl PartitionState {
         Ok(())
     }
 
-    /// Returns the message delivered with `receipt`, visible again after `delay_ms`.
+    /// Returns the message delivered with `receipt`, visible again after `delay_ms`; true
+    /// when it went to the dead-letter queue instead.
     pub fn nack(
         &mut self,
         queue: &str,
@@ -176,17 +192,22 @@ impl PartitionState {
         delay_ms: u64,
         max_receives: u32,
         now_ms: u64,
-    ) -> Result<(), QueueRefusal> {
+    ) -> Result<bool, QueueRefusal> {
         let q = self.queues.get_mut(queue).ok_or(QueueRefusal::StaleReceipt)?;
         let flight = q.in_flight.remove(receipt).ok_or(QueueRefusal::StaleReceipt)?;
         let mut message = flight.message;
         message.visible_at_ms = now_ms.saturating_add(delay_ms);
-        self.requeue(queue, message, max_receives);
-        Ok(())
+        Ok(self.requeue(queue, message, max_receives))
     }
 
-    /// Returns every in-flight message whose deadline passed by `now_ms`; returns how many.
-    pub fn expire(&mut self, max_receives: u32, now_ms: u64) -> usize {
+    /// Whether `queue` has a message a receive at `now_ms` would deliver.
+    pub fn has_visible(&self, queue: &str, now_ms: u64) -> bool {
+        self.queues.get(queue).is_some_and(|q| q.ready.iter().any(|m| m.visible_at_ms <= now_ms))
+    }
+
+    /// Returns every in-flight message whose deadline passed by `now_ms`; answers how many
+    /// became ready again and how many went to dead-letter queues.
+    pub fn expire(&mut self, max_receives: u32, now_ms: u64) -> (usize, usize) {
         let mut returned = Vec::new();
         for (name, q) in &mut self.queues {
             let due: Vec<String> =
@@ -198,12 +219,14 @@ impl PartitionState {
             }
         }
         let count = returned.len();
-        // Oldest first, so requeuing at the front keeps the original order.
-        returned.sort_by(|a, b| b.1.sent_at_ms.cmp(&a.1.sent_at_ms).then(b.1.id.cmp(&a.1.id)));
+        // Newest first: each is put back at the front, so the oldest ends up first.
+        returned
+            .sort_by(|a, b| b.1.sent_at_ms.cmp(&a.1.sent_at_ms).then(seq_of(&b.1.id).cmp(&seq_of(&a.1.id))));
+        let mut dead = 0;
         for (queue, message) in returned {
-            self.requeue(&queue, message, max_receives);
+            dead += usize::from(self.requeue(&queue, message, max_receives));
         }
-        count
+        (count - dead, dead)
     }
 
     /// Earliest visibility deadline, if any: when the leader should next expire.
@@ -211,16 +234,21 @@ impl PartitionState {
         self.queues.values().flat_map(|q| q.in_flight.values().map(|f| f.deadline_ms)).min()
     }
 
-    fn requeue(&mut self, queue: &str, message: Message, max_receives: u32) {
-        if message.receive_count >= max_receives && !queue.ends_with(DLQ_SUFFIX) {
+    /// Puts a returned message back at the front of its queue, or at the back of the
+    /// dead-letter queue once it was delivered `max_receives` times; true for the latter.
+    fn requeue(&mut self, queue: &str, message: Message, max_receives: u32) -> bool {
+        let dead = message.receive_count >= max_receives && !queue.ends_with(DLQ_SUFFIX);
+        if dead {
             let dlq = format!("{queue}{DLQ_SUFFIX}");
             let mut dead = message;
             dead.receive_count = 0;
+            dead.visible_at_ms = dead.sent_at_ms;
             self.queues.entry(dlq).or_default().ready.push_back(dead);
         } else {
             self.queues.entry(queue.to_string()).or_default().ready.push_front(message);
         }
         self.forget_if_empty(queue);
+        dead
     }
 
     fn forget_if_empty(&mut self, queue: &str) {
@@ -283,8 +311,8 @@ mod tests {
         p.send("q", None, json!("a"), 0).expect("send");
         p.send("q", None, json!("b"), 1).expect("send");
         let first = p.receive("q", 2, 100, 10);
-        assert_eq!(p.expire(MAX, 109), 0);
-        assert_eq!(p.expire(MAX, 110), 2);
+        assert_eq!(p.expire(MAX, 109), (0, 0));
+        assert_eq!(p.expire(MAX, 110), (2, 0));
         let again = p.receive("q", 2, 100, 120);
         assert_eq!(again.iter().map(|d| d.body.clone()).collect::<Vec<_>>(), vec![json!("a"), json!("b")]);
         assert_eq!(again[0].receive_count, 2);
@@ -299,11 +327,35 @@ mod tests {
         for round in 0..MAX {
             let d = p.receive("jobs", 1, 1_000, 0);
             assert_eq!(d.len(), 1, "round {round}");
-            p.nack("jobs", &d[0].receipt, 0, MAX, 0).expect("nack");
+            assert_eq!(p.nack("jobs", &d[0].receipt, 0, MAX, 0), Ok(round + 1 == MAX));
         }
         assert!(p.queue("jobs").is_none());
         let dead = p.receive("jobs.dlq", 1, 1_000, 0);
         assert_eq!(dead[0].body, json!("poison"));
+    }
+
+    #[test]
+    fn receipts_name_their_partition() {
+        let mut p = PartitionState::new(12);
+        p.send("q", None, json!(1), 0).expect("send");
+        let d = p.receive("q", 1, 1_000, 0);
+        assert_eq!(partition_of_receipt(&d[0].receipt), Some(12));
+        for bad in ["", "12", "12-1", "x-1.1", "12-x.1", "12-1.x", "12-1.1.1"] {
+            assert_eq!(partition_of_receipt(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn visibility_is_only_for_ready_messages_past_their_delay() {
+        let mut p = PartitionState::new(0);
+        assert!(!p.has_visible("q", 0));
+        p.send("q", None, json!(1), 0).expect("send");
+        assert!(p.has_visible("q", 0));
+        let d = p.receive("q", 1, 1_000, 0);
+        assert!(!p.has_visible("q", 0), "in flight");
+        p.nack("q", &d[0].receipt, 100, MAX, 0).expect("nack");
+        assert!(!p.has_visible("q", 99));
+        assert!(p.has_visible("q", 100));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::command::{Batch, Command, Request, Response};
 use crate::dedup::Dedup;
 use crate::kv::KvStore;
 use crate::locks::LockTable;
+use crate::topology::Topology;
 
 /// Everything group 0 replicates, as one serialisable value (this is also the snapshot).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -37,6 +38,9 @@ pub struct Group0State {
     /// The cache directory and backing store.
     #[serde(default)]
     pub cache: Directory,
+    /// Where queue partitions live (created by the first leader).
+    #[serde(default)]
+    pub topology: Option<Topology>,
     /// Cache events of the commands applied since the node last drained them.
     #[serde(skip)]
     cache_events: Vec<CacheEvent>,
@@ -63,23 +67,12 @@ impl Group0State {
     }
 
     fn apply(&mut self, term: u64, request: &Request) -> Response {
-        let Some(id) = &request.request_id else {
-            self.revision += 1;
-            return self.dispatch(term, &request.command);
-        };
-        let fingerprint = request.fingerprint();
-        if let Some((seen, previous)) = self.dedup.get(id) {
-            return if seen == fingerprint {
-                previous.clone()
-            } else {
-                Response::Rejected {
-                    reason: format!("request_id {id:?} was already used for a different request"),
-                }
-            };
+        if let Some(previous) = self.dedup.replay(request) {
+            return previous;
         }
         self.revision += 1;
         let response = self.dispatch(term, &request.command);
-        self.dedup.insert(id.clone(), fingerprint, response.clone());
+        self.dedup.record(request, &response);
         response
     }
 
@@ -93,6 +86,12 @@ impl Group0State {
                 let (reply, events) = self.cache.apply(request);
                 self.cache_events.extend(events);
                 Response::Cache { reply }
+            }
+            Command::Topology { request } => {
+                Response::Topology { changed: Topology::apply(&mut self.topology, request) }
+            }
+            queue if queue.is_queue() => {
+                Response::Rejected { reason: "queue commands belong to a partition's group".into() }
             }
             lock => self.dispatch_lock(term, lock),
         }
@@ -135,9 +134,7 @@ impl Group0State {
                 self.lease_term = term;
                 Response::LockDone { hold: None }
             }
-            Command::KvPut { .. } | Command::KvDelete { .. } | Command::Cache { .. } => {
-                Response::Rejected { reason: "not a lock command".into() }
-            }
+            _ => Response::Rejected { reason: "not a lock command".into() },
         }
     }
 

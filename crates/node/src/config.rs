@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 use sinkron_core::ids::raft_id;
 use sinkron_core::limits::validate_node_name;
+pub use sinkron_core::topology::QueueSettings;
 use thiserror::Error;
 
 use crate::types::{Member, NodeId};
@@ -78,6 +79,18 @@ pub struct ServeArgs {
     /// injection tests; never in production).
     #[arg(long, env = "SINKRON_FAULT_INJECTION", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
     pub fault_injection: bool,
+    /// Tokens each node places on the queue ring.
+    #[arg(long, env = "QUEUE_VIRTUAL_NODES", default_value_t = 150)]
+    pub queue_virtual_nodes: u32,
+    /// Number of queue partitions (fixed when the cluster is created).
+    #[arg(long, env = "QUEUE_PARTITIONS", default_value_t = 16)]
+    pub queue_partitions: u32,
+    /// Replicas per queue partition (at most the number of nodes).
+    #[arg(long, env = "QUEUE_REPLICATION", default_value_t = 3)]
+    pub queue_replication: u32,
+    /// Deliveries after which a message moves to the queue's dead-letter queue.
+    #[arg(long, env = "QUEUE_MAX_RECEIVES", default_value_t = 5)]
+    pub queue_max_receives: u32,
     /// Start as a new member that joins a running cluster through the membership API;
     /// such a node never bootstraps a cluster of its own.
     #[arg(long, env = "CLUSTER_JOIN", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
@@ -189,6 +202,8 @@ pub struct NodeConfig {
     pub join: bool,
     /// Whether the fault-injection endpoint is enabled.
     pub fault_injection: bool,
+    /// Queue settings this node proposes when it creates the queue topology.
+    pub queues: QueueSettings,
 }
 
 impl NodeConfig {
@@ -241,6 +256,16 @@ impl NodeConfig {
         if args.redis_namespace.is_empty() || args.redis_namespace.contains(char::is_whitespace) {
             return Err(out_of_range("REDIS_NAMESPACE", "must be non-empty without spaces".into()));
         }
+        for (name, value, max) in [
+            ("QUEUE_VIRTUAL_NODES", args.queue_virtual_nodes, 1_000),
+            ("QUEUE_PARTITIONS", args.queue_partitions, 1_024),
+            ("QUEUE_REPLICATION", args.queue_replication, 7),
+            ("QUEUE_MAX_RECEIVES", args.queue_max_receives, 1_000),
+        ] {
+            if value == 0 || value > max {
+                return Err(out_of_range(name, format!("must be 1 to {max}, got {value}")));
+            }
+        }
         if args.request_timeout_ms < 100 {
             return Err(out_of_range("REQUEST_TIMEOUT_MS", "must be at least 100".into()));
         }
@@ -264,6 +289,12 @@ impl NodeConfig {
             request_timeout_ms: args.request_timeout_ms,
             join: args.join,
             fault_injection: args.fault_injection,
+            queues: QueueSettings {
+                virtual_nodes: args.queue_virtual_nodes,
+                partitions: args.queue_partitions,
+                replication: args.queue_replication,
+                max_receives: args.queue_max_receives,
+            },
         })
     }
 

@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod proposer;
+pub mod queues;
 pub mod server;
 pub mod storage;
 pub mod types;

@@ -57,7 +57,7 @@ pub async fn acquire(
 ) -> Result<Grant, ApiError> {
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     // Subscribe before proposing, so no grant can slip between the reply and the wait.
-    let changes = node.group0().sm.lock_changes();
+    let changes = node.group0().sm.changes();
     // Armed from the start: if the client goes away while we wait (even for the first
     // reply), the request leaves the queue through the log.
     let mut cancel = CancelOnDrop::new(node, name, client_id, wait_ms > 0);

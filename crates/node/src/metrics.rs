@@ -136,3 +136,27 @@ pub fn render(gauges: &RaftGauges) -> String {
     metrics::gauge!("sinkron_raft_has_leader").set(if gauges.has_leader { 1.0 } else { 0.0 });
     install().map(|h| h.render()).unwrap_or_default()
 }
+
+/// Counts `count` queue operations `op` (sent, received, acked, nacked, dead_lettered) on
+/// `queue`, where the client's request was served.
+pub fn record_queue_op(op: &'static str, queue: &str, count: u64) {
+    metrics::counter!("sinkron_queue_messages_total", "op" => op, "queue" => queue.to_string())
+        .increment(count);
+}
+
+/// Counts what an expiry pass of a partition this node leads did.
+pub fn record_expiry(redelivered: usize, dead_lettered: usize) {
+    metrics::counter!("sinkron_queue_redelivered_total").increment(redelivered as u64);
+    metrics::counter!("sinkron_queue_dead_lettered_total").increment(dead_lettered as u64);
+}
+
+/// Sets the ready and in-flight gauges of `queue`, over the partitions this node leads.
+pub fn set_queue_gauges(queue: &str, ready: usize, in_flight: usize) {
+    metrics::gauge!("sinkron_queue_depth", "queue" => queue.to_string()).set(ready as f64);
+    metrics::gauge!("sinkron_queue_in_flight", "queue" => queue.to_string()).set(in_flight as f64);
+}
+
+/// Counts a partition moved to a new replica set (by group 0's leader).
+pub fn record_partition_move() {
+    metrics::counter!("sinkron_queue_partition_moves_total").increment(1);
+}

@@ -20,20 +20,21 @@ use crate::network::{http_client, HttpNetworkFactory, Isolation};
 use crate::proposer::Batcher;
 use crate::storage::redis as redis_store;
 use crate::storage::state_machine::CacheSignal;
-use crate::storage::{LogStore, StateMachineStore};
+use crate::storage::{LogStore, Machine, StateMachineStore};
 use crate::types::{GroupId, Member, NodeId, Raft, GROUP0};
+use sinkron_core::Group0State;
 
 /// Pause before retrying after a leader change or an unreachable leader.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
 /// One Raft group hosted by this node.
-pub struct Group {
+pub struct Group<S: Machine = Group0State> {
     /// The Raft instance.
     pub raft: Raft,
     /// Its durable log.
     pub log: LogStore,
     /// Its applied state.
-    pub sm: StateMachineStore,
+    pub sm: StateMachineStore<S>,
     /// Batches client requests into entries (used while this node leads).
     pub proposer: Batcher,
     /// Batches client requests to the leader (used while another node leads).
@@ -80,8 +81,11 @@ pub struct Node {
     pub cache: Arc<CacheService>,
     cache_outbox:
         std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<sinkron_core::cache::CacheCommand>>>,
-    groups: BTreeMap<GroupId, Group>,
-    http: reqwest::Client,
+    group0: Group,
+    /// The queue partition groups this node hosts.
+    pub partitions: crate::queues::Partitions,
+    raft_config: Arc<openraft::Config>,
+    pub(crate) http: reqwest::Client,
     /// Fault injection: cut off from the peers while set.
     pub isolation: Isolation,
 }
@@ -114,7 +118,6 @@ impl Node {
     /// [`Node::bootstrap`], once the HTTP server listens.
     pub async fn open(config: NodeConfig) -> anyhow::Result<Arc<Self>> {
         let http = http_client();
-        let (log, sm) = open_storage(&config, GROUP0).await?;
         let (cache, cache_outbox) = CacheService::new(
             &config.name,
             config.cache_max_size as usize,
@@ -122,58 +125,77 @@ impl Node {
             Duration::from_millis(config.cache_writeback_max_ms),
             config.cache_write_policy,
         );
-        let hook = cache.clone();
-        sm.set_cache_hook(Arc::new(move |signal| match signal {
-            CacheSignal::Events(events) => hook.on_applied(events),
-            CacheSignal::SnapshotInstalled => hook.on_snapshot_installed(),
-        }));
-        let raft_config = openraft::Config {
-            cluster_name: "sinkron".into(),
-            heartbeat_interval: config.heartbeat_interval_ms,
-            election_timeout_min: config.election_timeout_min_ms,
-            election_timeout_max: config.election_timeout_max_ms,
-            install_snapshot_timeout: 5_000,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
-            max_in_snapshot_log_to_keep: config.snapshot_logs.min(1_000),
-            snapshot_max_chunk_size: 256 * 1024,
-            // An entry is a batch of up to BATCH_BYTES_MAX bytes of requests; keep one
-            // AppendEntries well under the RPC body limit.
-            max_payload_entries: 16,
-            ..Default::default()
-        }
-        .validate()
-        .context("derive the Raft configuration")?;
+        let raft_config = Arc::new(
+            openraft::Config {
+                cluster_name: "sinkron".into(),
+                heartbeat_interval: config.heartbeat_interval_ms,
+                election_timeout_min: config.election_timeout_min_ms,
+                election_timeout_max: config.election_timeout_max_ms,
+                install_snapshot_timeout: 5_000,
+                snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+                max_in_snapshot_log_to_keep: config.snapshot_logs.min(1_000),
+                snapshot_max_chunk_size: 256 * 1024,
+                // An entry is a batch of up to BATCH_BYTES_MAX bytes of requests; keep one
+                // AppendEntries well under the RPC body limit.
+                max_payload_entries: 16,
+                ..Default::default()
+            }
+            .validate()
+            .context("derive the Raft configuration")?,
+        );
         let isolation = Isolation::default();
-        let network =
-            HttpNetworkFactory { group: GROUP0, client: http.clone(), isolation: isolation.clone() };
-        let raft = Raft::new(config.raft_id, Arc::new(raft_config), network, log.clone(), sm.clone())
+        let hook = cache.clone();
+        let group0 =
+            start_group(&config, &raft_config, &http, &isolation, GROUP0, Group0State::default(), |sm| {
+                sm.set_cache_hook(Arc::new(move |signal| match signal {
+                    CacheSignal::Events(events) => hook.on_applied(events),
+                    CacheSignal::SnapshotInstalled => hook.on_snapshot_installed(),
+                }));
+            })
             .await
             .context("start Raft group 0")?;
-        spawn_leader_watch(&raft);
-        let timeout = Duration::from_millis(config.request_timeout_ms);
-        let proposer = Batcher::proposer(raft.clone(), timeout);
-        let forwarder = Batcher::forwarder(raft.clone(), GROUP0, http.clone(), timeout, isolation.clone());
-        let mut groups = BTreeMap::new();
-        groups.insert(GROUP0, Group { raft, log, sm, proposer, forwarder });
+        spawn_leader_watch(&group0.raft);
         Ok(Arc::new(Self {
             config,
             cache,
             cache_outbox: std::sync::Mutex::new(Some(cache_outbox)),
-            groups,
+            group0,
+            partitions: crate::queues::Partitions::default(),
+            raft_config,
             http,
             isolation,
         }))
     }
 
-    /// The group with id `id`, if this node hosts it.
-    pub fn group(&self, id: GroupId) -> Option<&Group> {
-        self.groups.get(&id)
+    /// Opens the storage of group `id` and starts its Raft instance. `rank` is this node's
+    /// place in the group's preferred order: each rank waits half an election-timeout range
+    /// longer before it campaigns, so the preferred replica usually leads and leadership
+    /// spreads over the nodes as the ring spreads preferences.
+    pub(crate) async fn start_group<S: Machine>(
+        &self,
+        id: GroupId,
+        initial: S,
+        rank: u64,
+    ) -> anyhow::Result<Group<S>> {
+        let mut config = (*self.raft_config).clone();
+        let shift = rank.min(4) * (config.election_timeout_max - config.election_timeout_min) / 2;
+        config.election_timeout_min += shift;
+        config.election_timeout_max += shift;
+        let config = Arc::new(config);
+        start_group(&self.config, &config, &self.http, &self.isolation, id, initial, |_| {}).await
+    }
+
+    /// The Raft instance of group `id`, if this node hosts it.
+    pub fn raft_of(&self, id: GroupId) -> Option<Raft> {
+        if id == GROUP0 {
+            return Some(self.group0.raft.clone());
+        }
+        self.partitions.get_group(id).map(|g| g.raft.clone())
     }
 
     /// Group 0.
     pub fn group0(&self) -> &Group {
-        // `open` always inserts group 0 and nothing removes it.
-        &self.groups[&GROUP0]
+        &self.group0
     }
 
     fn request_timeout(&self) -> Duration {
@@ -221,23 +243,7 @@ impl Node {
 
     /// Where group 0's leader is, waiting for one until `deadline`.
     pub async fn leader(&self, deadline: Instant) -> Result<Leader, ApiError> {
-        let raft = &self.group0().raft;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let metrics = raft
-            .wait(Some(remaining))
-            .metrics(|m| m.current_leader.is_some(), "a leader is known")
-            .await
-            .map_err(|_| {
-                ApiError::NoQuorum(format!("no leader is known after {} ms", remaining.as_millis()))
-            })?;
-        let leader = metrics.current_leader.unwrap_or_default();
-        if leader == self.config.raft_id {
-            return Ok(Leader::Local);
-        }
-        match metrics.membership_config.membership().get_node(&leader) {
-            Some(member) => Ok(Leader::Remote(member.clone())),
-            None => Err(ApiError::NoQuorum("the leader is not in the known membership".into())),
-        }
+        leader_of(&self.group0().raft, self.config.raft_id, deadline).await
     }
 
     /// Proposes `command` to group 0 through its leader and returns the state machine's reply.
@@ -254,25 +260,37 @@ impl Node {
         let deadline = Instant::now() + self.request_timeout();
         // Every proposal carries an id, so a retry after a lost reply applies only once.
         let request = Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), command };
+        self.submit_to(self.group0(), request, deadline).await
+    }
+
+    /// Proposes `request` to `group` through its leader (here, or forwarded in a batch) and
+    /// returns the reply with the index of the entry that applied it.
+    pub async fn submit_to<S: Machine>(
+        &self,
+        group: &Group<S>,
+        request: Request,
+        deadline: Instant,
+    ) -> Result<(Response, u64), ApiError> {
         loop {
-            let group = self.group0();
-            let outcome = match self.leader(deadline).await? {
+            let outcome = match leader_of(&group.raft, self.config.raft_id, deadline).await? {
                 Leader::Local => group.proposer.submit(request.clone(), deadline).await,
                 Leader::Remote(_) => group.forwarder.submit(request.clone(), deadline).await,
             };
             match outcome {
                 ForwardedWrite::Applied(reply, index) => return Ok((reply, index)),
                 ForwardedWrite::Failed(reason) => return Err(ApiError::Unavailable(reason)),
-                ForwardedWrite::Timeout => return Err(self.timed_out()),
-                ForwardedWrite::NotLeader if Instant::now() >= deadline => return Err(self.timed_out()),
+                ForwardedWrite::Timeout => return Err(self.timed_out(&group.log)),
+                ForwardedWrite::NotLeader if Instant::now() >= deadline => {
+                    return Err(self.timed_out(&group.log))
+                }
                 ForwardedWrite::NotLeader => tokio::time::sleep(RETRY_PAUSE).await,
             }
         }
     }
 
     /// Why a write timed out: this node's storage outage if there is one, else no quorum.
-    fn timed_out(&self) -> ApiError {
-        match self.group0().log.health().problem() {
+    fn timed_out(&self, log: &LogStore) -> ApiError {
+        match log.health().problem() {
             Some(problem) => ApiError::Unavailable(problem),
             None => no_quorum_for_write(self.request_timeout()),
         }
@@ -286,14 +304,23 @@ impl Node {
         match self.group0().proposer.submit(request, deadline).await {
             ForwardedWrite::Applied(reply, _) => Ok(reply),
             ForwardedWrite::NotLeader => Err(ApiError::Unavailable("this node is not the leader".into())),
-            ForwardedWrite::Timeout => Err(self.timed_out()),
+            ForwardedWrite::Timeout => Err(self.timed_out(&self.group0().log)),
             ForwardedWrite::Failed(reason) => Err(ApiError::Unavailable(reason)),
         }
     }
 
-    /// Proposes requests forwarded by other nodes; this node should be the leader.
-    pub async fn write_forwarded(&self, requests: Vec<Request>, deadline: Instant) -> Vec<ForwardedWrite> {
-        self.group0().proposer.submit_all(requests, deadline).await
+    /// Proposes requests forwarded by other nodes to group `id`; this node should lead it.
+    pub async fn write_forwarded(
+        &self,
+        id: GroupId,
+        requests: Vec<Request>,
+        deadline: Instant,
+    ) -> Option<Vec<ForwardedWrite>> {
+        if id == GROUP0 {
+            return Some(self.group0().proposer.submit_all(requests, deadline).await);
+        }
+        let group = self.partitions.get_group(id)?;
+        Some(group.proposer.submit_all(requests, deadline).await)
     }
 
     /// Waits until this node's state machine reflects every write completed before the call:
@@ -521,10 +548,13 @@ impl Node {
     /// Stops the Raft groups. Everything acknowledged is already on disk; the log writer
     /// thread ends once the last handle to its log is dropped.
     pub async fn shutdown(&self) {
-        for (id, group) in &self.groups {
+        for group in self.partitions.take_all() {
             if let Err(e) = group.raft.shutdown().await {
-                tracing::warn!(group = id, error = %e, "raft shutdown failed");
+                tracing::warn!(error = %e, "raft shutdown of a partition failed");
             }
+        }
+        if let Err(e) = self.group0.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown of group 0 failed");
         }
     }
 
@@ -574,15 +604,60 @@ fn membership_outcome(result: MembershipResult, action: &str) -> Result<(), ApiE
     }
 }
 
+/// Where the leader of `raft`'s group is, seen from node `me`, waiting for one until
+/// `deadline`.
+pub async fn leader_of(raft: &Raft, me: NodeId, deadline: Instant) -> Result<Leader, ApiError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let metrics = raft
+        .wait(Some(remaining))
+        .metrics(|m| m.current_leader.is_some(), "a leader is known")
+        .await
+        .map_err(|_| ApiError::NoQuorum(format!("no leader is known after {} ms", remaining.as_millis())))?;
+    let leader = metrics.current_leader.unwrap_or_default();
+    if leader == me {
+        return Ok(Leader::Local);
+    }
+    match metrics.membership_config.membership().get_node(&leader) {
+        Some(member) => Ok(Leader::Remote(member.clone())),
+        None => Err(ApiError::NoQuorum("the leader is not in the known membership".into())),
+    }
+}
+
+/// Opens group `id`'s storage and starts its Raft instance with its batchers.
+async fn start_group<S: Machine>(
+    config: &NodeConfig,
+    raft_config: &Arc<openraft::Config>,
+    http: &reqwest::Client,
+    isolation: &Isolation,
+    id: GroupId,
+    initial: S,
+    prepare: impl FnOnce(&StateMachineStore<S>),
+) -> anyhow::Result<Group<S>> {
+    let (log, sm) = open_storage(config, id, initial).await?;
+    prepare(&sm);
+    let network = HttpNetworkFactory { group: id, client: http.clone(), isolation: isolation.clone() };
+    let raft = Raft::new(config.raft_id, raft_config.clone(), network, log.clone(), sm.clone())
+        .await
+        .with_context(|| format!("start Raft group {id}"))?;
+    let timeout = Duration::from_millis(config.request_timeout_ms);
+    let proposer = Batcher::proposer(raft.clone(), timeout);
+    let forwarder = Batcher::forwarder(raft.clone(), id, http.clone(), timeout, isolation.clone());
+    Ok(Group { raft, log, sm, proposer, forwarder })
+}
+
 /// Opens the log and state machine of `group` on the configured backend.
-async fn open_storage(config: &NodeConfig, group: GroupId) -> anyhow::Result<(LogStore, StateMachineStore)> {
+async fn open_storage<S: Machine>(
+    config: &NodeConfig,
+    group: GroupId,
+    initial: S,
+) -> anyhow::Result<(LogStore, StateMachineStore<S>)> {
     match config.storage {
         StorageBackend::Embedded => {
             let dir = config.data_dir.join("groups").join(group.to_string());
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("create data directory {}", dir.display()))?;
             let log = LogStore::open(&dir).context("open the Raft log")?;
-            let sm = StateMachineStore::open(&dir).context("open the state machine")?;
+            let sm = StateMachineStore::open_from(&dir, initial).context("open the state machine")?;
             Ok((log, sm))
         }
         StorageBackend::Redis => {
@@ -590,9 +665,13 @@ async fn open_storage(config: &NodeConfig, group: GroupId) -> anyhow::Result<(Lo
             let mut conn = redis_store::connect(host, *port)
                 .await
                 .with_context(|| format!("connect to Redis at {host}:{port} (STORAGE_BACKEND=redis)"))?;
-            redis_store::warn_if_volatile(&mut conn).await;
+            if group == GROUP0 {
+                redis_store::warn_if_volatile(&mut conn).await;
+            }
             let keys = redis_store::Keys::new(&config.redis_namespace, &config.name, group);
-            redis_store::open_group(&mut conn, keys).await.context("open the Raft log and snapshot in Redis")
+            redis_store::open_group(&mut conn, keys, initial)
+                .await
+                .context("open the Raft log and snapshot in Redis")
         }
     }
 }

@@ -33,7 +33,12 @@ pub async fn run(
         "node started"
     );
     tokio::spawn(node.clone().bootstrap());
-    let duties = tokio::spawn(crate::locks::leader_duties(node.clone()));
+    let duties = [
+        tokio::spawn(crate::locks::leader_duties(node.clone())),
+        tokio::spawn(crate::queues::placement_duties(node.clone())),
+        tokio::spawn(crate::queues::host_duties(node.clone())),
+        tokio::spawn(crate::queues::expiry_duties(node.clone())),
+    ];
     let cache_task =
         node.take_cache_outbox().map(|outbox| tokio::spawn(crate::cache::run(node.clone(), outbox)));
     let app = crate::api::router(node.clone());
@@ -59,7 +64,9 @@ pub async fn run(
         }
     }
     tracing::info!("shutting down");
-    duties.abort();
+    for duty in duties {
+        duty.abort();
+    }
     if let Some(task) = cache_task {
         task.abort();
     }

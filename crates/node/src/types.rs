@@ -12,6 +12,16 @@ pub type GroupId = u64;
 /// The group that holds cluster metadata, locks and the cache directory.
 pub const GROUP0: GroupId = 0;
 
+/// The Raft group of queue partition `partition`.
+pub fn partition_group(partition: u32) -> GroupId {
+    GroupId::from(partition) + 1
+}
+
+/// The queue partition of Raft group `group`, if it is one.
+pub fn group_partition(group: GroupId) -> Option<u32> {
+    group.checked_sub(1).and_then(|p| u32::try_from(p).ok())
+}
+
 /// Numeric Raft id of a node: [`sinkron_core::ids::raft_id`] of its name.
 pub type NodeId = u64;
 

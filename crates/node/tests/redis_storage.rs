@@ -19,7 +19,9 @@ static NEXT_NAMESPACE: AtomicU64 = AtomicU64::new(0);
 
 async fn open(port: u16, namespace: &str) -> (LogStore, StateMachineStore) {
     let mut conn = connect("127.0.0.1", port).await.expect("connect to redis");
-    open_group(&mut conn, Keys::new(namespace, "node1", 0)).await.expect("open the group on redis")
+    open_group(&mut conn, Keys::new(namespace, "node1", 0), sinkron_core::Group0State::default())
+        .await
+        .expect("open the group on redis")
 }
 
 struct Builder {

@@ -140,13 +140,13 @@ async fn snapshot_restores_state_after_restart() {
     use openraft::RaftSnapshotBuilder;
     let dir = tempfile::tempdir().expect("temp dir");
     {
-        let mut sm = StateMachineStore::open(dir.path()).expect("open");
+        let mut sm: StateMachineStore = StateMachineStore::open(dir.path()).expect("open");
         sm.apply((1..=30).map(|i| put_entry(1, i))).await.expect("apply");
         let mut builder = sm.get_snapshot_builder().await;
         let snap = builder.build_snapshot().await.expect("build");
         assert_eq!(snap.meta.last_log_id.map(|l| l.index), Some(30));
     }
-    let mut sm = StateMachineStore::open(dir.path()).expect("reopen");
+    let mut sm: StateMachineStore = StateMachineStore::open(dir.path()).expect("reopen");
     let (applied, _) = sm.applied_state().await.expect("applied");
     assert_eq!(applied.map(|l| l.index), Some(30));
     assert_eq!(sm.read().state.kv.len(), 30);

@@ -14,8 +14,8 @@ use utoipa::ToSchema;
 /// Seconds a client is asked to wait before retrying a `503`.
 const RETRY_AFTER_SECONDS: &str = "1";
 
-/// An error answered to a client.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// An error answered to a client (also carried between nodes as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ApiError {
     /// The request is malformed; the message names the field.
     #[error("{0}")]

@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod error;
 pub mod kv;
 pub mod locks;
+pub mod queues;
 pub mod raft;
 
 use std::sync::{Arc, OnceLock};
@@ -42,6 +43,7 @@ pub type AppState = Arc<Node>;
         (name = "kv", description = "Replicated key-value store in Raft group 0"),
         (name = "cache", description = "MESI-coherent cache with linearizable reads from local lines"),
         (name = "locks", description = "Shared/exclusive locks with fencing tokens, leases, FIFO queues and deadlock detection"),
+        (name = "queues", description = "At-least-once queues, partitioned on a consistent-hash ring, each partition its own Raft group"),
         (name = "raft", description = "Node-to-node Raft RPC (internal)"),
     )
 )]
@@ -73,6 +75,12 @@ fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(cache::local_line))
         .routes(routes!(cache::lines))
         .routes(routes!(cache::stats))
+        .routes(routes!(queues::send))
+        .routes(routes!(queues::receive))
+        .routes(routes!(queues::ack))
+        .routes(routes!(queues::nack))
+        .routes(routes!(queues::stats))
+        .routes(routes!(queues::ring))
         .layer(DefaultBodyLimit::max(PUBLIC_BODY_MAX_BYTES));
     let internal = OpenApiRouter::<AppState>::new()
         .routes(routes!(raft::append))
@@ -82,6 +90,7 @@ fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(raft::read_index))
         .routes(routes!(raft::applied))
         .routes(routes!(raft::cache_lease))
+        .routes(routes!(raft::queue))
         .layer(DefaultBodyLimit::max(RAFT_BODY_MAX_BYTES));
     public.merge(internal).split_for_parts()
 }

@@ -15,6 +15,7 @@ use sinkron_core::Request;
 use super::error::{ApiError, ApiJson, ApiPath as Path};
 use super::AppState;
 use crate::node::{ForwardedWrite, ReadIndex};
+use crate::queues::{PartitionEnvelope, PartitionReply};
 use crate::types::{GroupId, NodeId, TypeConfig, GROUP0};
 
 type RaftReply<T, E = openraft::error::Infallible> = Json<Result<T, RaftError<NodeId, E>>>;
@@ -31,8 +32,8 @@ pub async fn append(
     Path(group): Path<GroupId>,
     ApiJson(req): ApiJson<AppendEntriesRequest<TypeConfig>>,
 ) -> Result<RaftReply<AppendEntriesResponse<NodeId>>, ApiError> {
-    let g = node.group(group).ok_or_else(|| unknown_group(group))?;
-    Ok(Json(g.raft.append_entries(req).await))
+    let raft = node.raft_of(group).ok_or_else(|| unknown_group(group))?;
+    Ok(Json(raft.append_entries(req).await))
 }
 
 /// RequestVote.
@@ -43,8 +44,8 @@ pub async fn vote(
     Path(group): Path<GroupId>,
     ApiJson(req): ApiJson<VoteRequest<NodeId>>,
 ) -> Result<RaftReply<VoteResponse<NodeId>>, ApiError> {
-    let g = node.group(group).ok_or_else(|| unknown_group(group))?;
-    Ok(Json(g.raft.vote(req).await))
+    let raft = node.raft_of(group).ok_or_else(|| unknown_group(group))?;
+    Ok(Json(raft.vote(req).await))
 }
 
 /// InstallSnapshot, one chunk per call.
@@ -55,8 +56,8 @@ pub async fn snapshot(
     Path(group): Path<GroupId>,
     ApiJson(req): ApiJson<InstallSnapshotRequest<TypeConfig>>,
 ) -> Result<RaftReply<InstallSnapshotResponse<NodeId>, InstallSnapshotError>, ApiError> {
-    let g = node.group(group).ok_or_else(|| unknown_group(group))?;
-    Ok(Json(g.raft.install_snapshot(req).await))
+    let raft = node.raft_of(group).ok_or_else(|| unknown_group(group))?;
+    Ok(Json(raft.install_snapshot(req).await))
 }
 
 /// Client writes forwarded by another node to the leader, as one batch.
@@ -67,9 +68,6 @@ pub async fn write(
     Path(group): Path<GroupId>,
     ApiJson(requests): ApiJson<Vec<Request>>,
 ) -> Result<Json<Vec<ForwardedWrite>>, ApiError> {
-    if group != GROUP0 {
-        return Err(unknown_group(group));
-    }
     if requests.len() > crate::proposer::BATCH_MAX {
         return Err(ApiError::PayloadTooLarge(format!(
             "at most {} requests per call",
@@ -77,7 +75,22 @@ pub async fn write(
         )));
     }
     let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
-    Ok(Json(node.write_forwarded(requests, deadline).await))
+    node.write_forwarded(group, requests, deadline).await.map(Json).ok_or_else(|| unknown_group(group))
+}
+
+/// A queue operation on a partition, passed on by another node (see `PartitionCall`).
+#[utoipa::path(post, path = "/raft/{group}/queue", tag = "raft", request_body = PartitionEnvelope,
+    params(("group" = u64, Path, description = "Raft group id of the partition")), responses((status = 200, body = Object)))]
+pub async fn queue(
+    State(node): State<AppState>,
+    Path(group): Path<GroupId>,
+    ApiJson(envelope): ApiJson<PartitionEnvelope>,
+) -> Result<Json<Result<PartitionReply, ApiError>>, ApiError> {
+    let partition = crate::types::group_partition(group).ok_or_else(|| unknown_group(group))?;
+    let within = Duration::from_millis(envelope.within_ms.min(node.config.request_timeout_ms * 4));
+    let deadline = Instant::now() + within;
+    let hops = envelope.hops.min(2);
+    Ok(Json(node.partition_call(partition, envelope.call, deadline, hops).await))
 }
 
 /// ReadIndex: the leader confirms its leadership and tells the index reads must wait for.

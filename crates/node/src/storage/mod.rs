@@ -27,7 +27,7 @@ pub mod writer;
 use openraft::{AnyError, StorageIOError};
 
 pub use self::log::LogStore;
-pub use self::state_machine::{SnapshotStore, StateMachineStore};
+pub use self::state_machine::{Machine, SnapshotStore, StateMachineStore};
 use crate::types::StorageError;
 
 /// Whether a group's storage currently accepts writes; shared by its writer (which sets it)

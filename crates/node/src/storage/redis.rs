@@ -184,10 +184,11 @@ pub async fn recover(conn: &mut ConnectionManager, keys: &Keys) -> io::Result<(M
 
 /// Opens one group's log and state machine on Redis: reads the log back, starts the writer
 /// thread and loads the latest snapshot. Must run inside a tokio runtime.
-pub async fn open_group(
+pub async fn open_group<S: super::state_machine::Machine>(
     conn: &mut ConnectionManager,
     keys: Keys,
-) -> io::Result<(super::LogStore, super::StateMachineStore)> {
+    initial: S,
+) -> io::Result<(super::LogStore, super::StateMachineStore<S>)> {
     let (mem, stored) = recover(conn, &keys).await?;
     let health = super::StorageHealth::default();
     let writer = RedisWriter {
@@ -199,9 +200,12 @@ pub async fn open_group(
         hint_written_at: None,
     };
     let log = super::LogStore::start(mem, health, move |rx| writer.run(rx)).map_err(io::Error::other)?;
-    let sm = super::StateMachineStore::open_with(super::SnapshotStore::Redis(keys.snapshot(conn.clone())))
-        .await
-        .map_err(io::Error::other)?;
+    let sm = super::StateMachineStore::open_with(
+        super::SnapshotStore::Redis(keys.snapshot(conn.clone())),
+        initial,
+    )
+    .await
+    .map_err(io::Error::other)?;
     Ok((log, sm))
 }
 

@@ -1,8 +1,9 @@
-//! [`StateMachineStore`]: group 0's state machine and its snapshots.
+//! [`StateMachineStore`]: a group's state machine and its snapshots.
 //!
 //! The state lives in memory and is rebuilt at start-up from the latest snapshot plus the
 //! log, which is the durable record. A snapshot is one file: a header with the snapshot's
-//! metadata, the JSON of [`Group0State`], and a CRC over both, replaced atomically.
+//! metadata, the JSON of the state ([`Group0State`] or a [`PartitionMachine`]), and a CRC
+//! over both, replaced atomically.
 
 use std::io::{self, Cursor};
 use std::path::{Path, PathBuf};
@@ -11,7 +12,11 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
-use sinkron_core::{Group0State, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sinkron_core::cache::CacheEvent;
+use sinkron_core::locks::LockEvent;
+use sinkron_core::{Batch, Group0State, PartitionMachine, Response};
 use tokio::sync::watch;
 
 use super::files;
@@ -19,10 +24,65 @@ use crate::types::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, T
 
 const SNAPSHOT_MAGIC: &[u8; 8] = b"SKSNAP01";
 
-/// Group 0's applied state. Cloning gives another handle to the same state.
-#[derive(Clone)]
-pub struct StateMachineStore {
-    shared: Arc<Shared>,
+/// The application state of one kind of group, as the store drives it.
+pub trait Machine: Default + Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// Records an entry without application command.
+    fn apply_blank(&mut self, index: u64);
+    /// Applies one entry of the leader of `term`: the replies, and whether waiters on this
+    /// group should look at the state again.
+    fn apply_entry(&mut self, index: u64, term: u64, batch: &Batch) -> (Vec<Response>, bool);
+    /// Side effects of the applies since the last call.
+    fn drain_effects(&mut self) -> Effects {
+        Effects::default()
+    }
+}
+
+/// Side effects of applied entries that the node acts on.
+#[derive(Default)]
+pub struct Effects {
+    /// Lock grants and expiries (group 0).
+    pub lock_events: Vec<LockEvent>,
+    /// Cache events (group 0).
+    pub cache_events: Vec<CacheEvent>,
+}
+
+impl Machine for Group0State {
+    fn apply_blank(&mut self, index: u64) {
+        Group0State::apply_blank(self, index);
+    }
+
+    fn apply_entry(&mut self, index: u64, term: u64, batch: &Batch) -> (Vec<Response>, bool) {
+        // Commands change locks too (an acquire, a cancel), so waiters look after every
+        // entry that carried one.
+        let touched_locks = batch.requests.iter().any(|r| r.command.is_lock());
+        (Group0State::apply_entry(self, index, term, batch), touched_locks)
+    }
+
+    fn drain_effects(&mut self) -> Effects {
+        Effects { lock_events: self.locks.drain_events(), cache_events: self.drain_cache_events() }
+    }
+}
+
+impl Machine for PartitionMachine {
+    fn apply_blank(&mut self, index: u64) {
+        PartitionMachine::apply_blank(self, index);
+    }
+
+    fn apply_entry(&mut self, index: u64, _term: u64, batch: &Batch) -> (Vec<Response>, bool) {
+        // Receivers long-poll: any entry may have made messages ready.
+        (PartitionMachine::apply_entry(self, index, batch), true)
+    }
+}
+
+/// A group's applied state. Cloning gives another handle to the same state.
+pub struct StateMachineStore<S: Machine = Group0State> {
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: Machine> Clone for StateMachineStore<S> {
+    fn clone(&self) -> Self {
+        Self { shared: self.shared.clone() }
+    }
 }
 
 /// What the state machine tells the cache, synchronously, inside the apply.
@@ -36,25 +96,25 @@ pub enum CacheSignal {
 /// Receives [`CacheSignal`]s.
 pub type CacheHook = Arc<dyn Fn(CacheSignal) + Send + Sync>;
 
-struct Shared {
-    data: RwLock<Applied>,
+struct Shared<S> {
+    data: RwLock<Applied<S>>,
     cache_hook: std::sync::OnceLock<CacheHook>,
-    /// Bumped after every apply that changed a lock's holders or waiters through a side
-    /// effect (a queued grant, an expiry), so waiting requests look again.
-    lock_epoch: watch::Sender<u64>,
+    /// Bumped after every apply that waiting requests should look at: in group 0 one that
+    /// changed a lock's holders or waiters, in a partition any.
+    changes: watch::Sender<u64>,
     snapshots: SnapshotStore,
     snapshot_seq: AtomicU64,
 }
 
 /// The state machine together with what openraft needs to know about it.
 #[derive(Debug, Default)]
-pub struct Applied {
+pub struct Applied<S = Group0State> {
     /// Last log id applied.
     pub last_applied: Option<LogId>,
     /// Last membership applied.
     pub last_membership: StoredMembership,
     /// The application state.
-    pub state: Group0State,
+    pub state: S,
 }
 
 fn snapshot_error(e: impl std::error::Error + 'static) -> StorageError {
@@ -65,23 +125,34 @@ fn read_snapshot_error(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::read_snapshot(None, AnyError::new(&e)).into()
 }
 
-impl StateMachineStore {
+impl<S: Machine> StateMachineStore<S> {
     /// Opens the state machine of the group in `group_dir`, starting from its snapshot.
     pub fn open(group_dir: &Path) -> Result<Self, StorageError> {
+        Self::open_from(group_dir, S::default())
+    }
+
+    /// Like [`StateMachineStore::open`], with `initial` as the state when there is no
+    /// snapshot yet.
+    pub fn open_from(group_dir: &Path, initial: S) -> Result<Self, StorageError> {
         std::fs::create_dir_all(group_dir).map_err(read_snapshot_error)?;
         let path = group_dir.join("snapshot.bin");
         let bytes = files::read_optional(&path).map_err(read_snapshot_error)?;
-        Self::from_snapshot(SnapshotStore::File(path), bytes)
+        Self::from_snapshot(SnapshotStore::File(path), bytes, initial)
     }
 
-    /// Opens a state machine whose snapshots live in `snapshots`, starting from the latest.
-    pub async fn open_with(snapshots: SnapshotStore) -> Result<Self, StorageError> {
+    /// Opens a state machine whose snapshots live in `snapshots`, starting from the latest
+    /// (or from `initial` when there is none).
+    pub async fn open_with(snapshots: SnapshotStore, initial: S) -> Result<Self, StorageError> {
         let bytes = snapshots.load().await.map_err(read_snapshot_error)?;
-        Self::from_snapshot(snapshots, bytes)
+        Self::from_snapshot(snapshots, bytes, initial)
     }
 
-    fn from_snapshot(snapshots: SnapshotStore, bytes: Option<Vec<u8>>) -> Result<Self, StorageError> {
-        let mut applied = Applied::default();
+    fn from_snapshot(
+        snapshots: SnapshotStore,
+        bytes: Option<Vec<u8>>,
+        initial: S,
+    ) -> Result<Self, StorageError> {
+        let mut applied = Applied { state: initial, ..Applied::default() };
         if let Some(bytes) = bytes {
             let (meta, data) = decode_snapshot(&bytes).map_err(read_snapshot_error)?;
             applied.state = serde_json::from_slice(&data).map_err(read_snapshot_error)?;
@@ -91,7 +162,7 @@ impl StateMachineStore {
         let shared = Shared {
             data: RwLock::new(applied),
             cache_hook: std::sync::OnceLock::new(),
-            lock_epoch: watch::Sender::new(0),
+            changes: watch::Sender::new(0),
             snapshots,
             snapshot_seq: AtomicU64::new(0),
         };
@@ -99,7 +170,7 @@ impl StateMachineStore {
     }
 
     /// Read access to the applied state.
-    pub fn read(&self) -> RwLockReadGuard<'_, Applied> {
+    pub fn read(&self) -> RwLockReadGuard<'_, Applied<S>> {
         self.shared.data.read().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -108,12 +179,12 @@ impl StateMachineStore {
         let _ = self.shared.cache_hook.set(hook);
     }
 
-    /// Notifies after every apply with lock side effects (grants from a queue, expiries).
-    pub fn lock_changes(&self) -> watch::Receiver<u64> {
-        self.shared.lock_epoch.subscribe()
+    /// Notifies after every apply waiting requests should look at (see [`Machine`]).
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.shared.changes.subscribe()
     }
 
-    fn write(&self) -> RwLockWriteGuard<'_, Applied> {
+    fn write(&self) -> RwLockWriteGuard<'_, Applied<S>> {
         self.shared.data.write().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -181,7 +252,7 @@ fn decode_snapshot(bytes: &[u8]) -> io::Result<(SnapshotMeta, Vec<u8>)> {
     Ok((meta, body[meta_end..].to_vec()))
 }
 
-impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
+impl<S: Machine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let (meta, data) = {
             let applied = self.read();
@@ -204,8 +275,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachineStore {
     }
 }
 
-impl RaftStateMachine<TypeConfig> for StateMachineStore {
-    type SnapshotBuilder = StateMachineStore;
+impl<S: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
+    type SnapshotBuilder = StateMachineStore<S>;
 
     async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
         let applied = self.read();
@@ -219,7 +290,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
     {
         let mut applied = self.write();
         let mut replies = Vec::new();
-        let mut touched_locks = false;
+        let mut wake = false;
         for entry in entries {
             let index = entry.log_id.index;
             applied.last_applied = Some(entry.log_id);
@@ -229,8 +300,9 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                     Vec::new()
                 }
                 EntryPayload::Normal(batch) => {
-                    touched_locks |= batch.requests.iter().any(|r| r.command.is_lock());
-                    applied.state.apply_entry(index, entry.log_id.leader_id.term, &batch)
+                    let (reply, look) = applied.state.apply_entry(index, entry.log_id.leader_id.term, &batch);
+                    wake |= look;
+                    reply
                 }
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
@@ -240,19 +312,16 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             };
             replies.push(reply);
         }
-        let events = applied.state.locks.drain_events();
-        let cache_events = applied.state.drain_cache_events();
+        let Effects { lock_events, cache_events } = applied.state.drain_effects();
         drop(applied);
         // Lines change before the apply is reported, so "applied index N" also means
         // "this node's lines reflect entry N" (what a writer's invalidation wait relies on).
         if let (Some(hook), false) = (self.shared.cache_hook.get(), cache_events.is_empty()) {
             hook(CacheSignal::Events(cache_events));
         }
-        // Commands change locks too (an acquire, a cancel), so waiters look after every
-        // apply that touched locks; side effects are counted here.
-        crate::metrics::record_lock_events(&events);
-        if touched_locks || !events.is_empty() {
-            self.shared.lock_epoch.send_modify(|e| *e = e.wrapping_add(1));
+        crate::metrics::record_lock_events(&lock_events);
+        if wake || !lock_events.is_empty() {
+            self.shared.changes.send_modify(|e| *e = e.wrapping_add(1));
         }
         Ok(replies)
     }
@@ -271,7 +340,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
-        let state: Group0State = serde_json::from_slice(&data).map_err(read_snapshot_error)?;
+        let state: S = serde_json::from_slice(&data).map_err(read_snapshot_error)?;
         let file = encode_snapshot_file(meta, &data).map_err(snapshot_error)?;
         self.shared.snapshots.save(file).await.map_err(snapshot_error)?;
         let mut applied = self.write();
@@ -279,7 +348,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         applied.last_applied = meta.last_log_id;
         applied.last_membership = meta.last_membership.clone();
         drop(applied);
-        self.shared.lock_epoch.send_modify(|e| *e = e.wrapping_add(1));
+        self.shared.changes.send_modify(|e| *e = e.wrapping_add(1));
         if let Some(hook) = self.shared.cache_hook.get() {
             hook(CacheSignal::SnapshotInstalled);
         }

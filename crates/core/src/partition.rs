@@ -1,0 +1,136 @@
+//! The state machine of a queue partition's Raft group: a [`PartitionState`] driven by the
+//! queue commands of the log, with its own clock and de-duplication window.
+//!
+//! Like group 0, applying is a pure function of `(state, log index, batch)`. The clock is the
+//! largest leader timestamp applied, so visibility deadlines are judged the same way on every
+//! replica.
+
+use serde::{Deserialize, Serialize};
+
+use crate::command::{Batch, Command, Request, Response};
+use crate::dedup::Dedup;
+use crate::queue::PartitionState;
+
+/// Everything a partition group replicates (this is also its snapshot).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartitionMachine {
+    /// Largest leader timestamp applied so far.
+    pub clock_ms: u64,
+    /// Last log index applied.
+    pub applied_index: u64,
+    /// The messages.
+    pub state: PartitionState,
+    dedup: Dedup,
+}
+
+impl PartitionMachine {
+    /// The empty state of partition `partition`.
+    pub fn new(partition: u32) -> Self {
+        Self { state: PartitionState::new(partition), ..Self::default() }
+    }
+
+    /// Records that the entry at `index` carried no application command.
+    pub fn apply_blank(&mut self, index: u64) {
+        self.applied_index = self.applied_index.max(index);
+    }
+
+    /// Applies the batch found at log `index`; one reply per request, in order.
+    pub fn apply_entry(&mut self, index: u64, batch: &Batch) -> Vec<Response> {
+        self.applied_index = self.applied_index.max(index);
+        self.clock_ms = self.clock_ms.max(batch.at_ms);
+        batch.requests.iter().map(|request| self.apply(request)).collect()
+    }
+
+    fn apply(&mut self, request: &Request) -> Response {
+        if let Some(previous) = self.dedup.replay(request) {
+            return previous;
+        }
+        let response = self.dispatch(&request.command);
+        self.dedup.record(request, &response);
+        response
+    }
+
+    fn dispatch(&mut self, command: &Command) -> Response {
+        let now = self.clock_ms;
+        let done = |r: Result<bool, _>| match r {
+            Ok(dead_lettered) => Response::QueueDone { dead_lettered },
+            Err(refusal) => Response::QueueRefused { refusal },
+        };
+        match command {
+            Command::QueueSend { queue, key, body } => {
+                match self.state.send(queue, key.as_deref(), body.clone(), now) {
+                    Ok(id) => Response::QueueSent { id },
+                    Err(refusal) => Response::QueueRefused { refusal },
+                }
+            }
+            Command::QueueReceive { queue, max, visibility_ms } => Response::QueueReceived {
+                messages: self.state.receive(queue, *max as usize, *visibility_ms, now),
+            },
+            Command::QueueAck { queue, receipt } => done(self.state.ack(queue, receipt).map(|()| false)),
+            Command::QueueNack { queue, receipt, delay_ms, max_receives } => {
+                done(self.state.nack(queue, receipt, *delay_ms, *max_receives, now))
+            }
+            Command::QueueExpire { max_receives } => {
+                let (redelivered, dead_lettered) = self.state.expire(*max_receives, now);
+                Response::QueueExpired { redelivered, dead_lettered }
+            }
+            _ => Response::Rejected { reason: "a queue partition only applies queue commands".into() },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn entry(at_ms: u64, commands: Vec<(Option<&str>, Command)>) -> Batch {
+        let requests = commands
+            .into_iter()
+            .map(|(id, command)| Request { request_id: id.map(str::to_owned), command })
+            .collect();
+        Batch { at_ms, requests }
+    }
+
+    fn send(body: serde_json::Value) -> Command {
+        Command::QueueSend { queue: "q".into(), key: None, body }
+    }
+
+    #[test]
+    fn a_retried_send_is_applied_once() {
+        let mut m = PartitionMachine::new(3);
+        let first = m.apply_entry(1, &entry(10, vec![(Some("r1"), send(json!(1)))]));
+        let again = m.apply_entry(2, &entry(11, vec![(Some("r1"), send(json!(1)))]));
+        assert_eq!(first, again);
+        assert_eq!(first, vec![Response::QueueSent { id: "3-1".into() }]);
+        assert_eq!(m.state.queue("q").map(|q| q.ready.len()), Some(1));
+        let reused = m.apply_entry(3, &entry(12, vec![(Some("r1"), send(json!(2)))]));
+        assert!(matches!(&reused[0], Response::Rejected { .. }), "{reused:?}");
+    }
+
+    #[test]
+    fn deadlines_follow_the_leader_clock_of_the_entries() {
+        let mut m = PartitionMachine::new(0);
+        m.apply_entry(1, &entry(1_000, vec![(None, send(json!("a")))]));
+        let receive = Command::QueueReceive { queue: "q".into(), max: 1, visibility_ms: 500 };
+        let got = m.apply_entry(2, &entry(1_000, vec![(None, receive)]));
+        assert!(matches!(&got[0], Response::QueueReceived { messages } if messages.len() == 1));
+        let expire = Command::QueueExpire { max_receives: 5 };
+        let early = m.apply_entry(3, &entry(1_499, vec![(None, expire.clone())]));
+        assert_eq!(early, vec![Response::QueueExpired { redelivered: 0, dead_lettered: 0 }]);
+        // A leader whose clock is behind cannot move the state machine's clock back.
+        let late = m.apply_entry(4, &entry(1_500, vec![(None, expire.clone())]));
+        assert_eq!(late, vec![Response::QueueExpired { redelivered: 1, dead_lettered: 0 }]);
+        let stale_clock = m.apply_entry(5, &entry(10, vec![(None, expire)]));
+        assert_eq!(stale_clock, vec![Response::QueueExpired { redelivered: 0, dead_lettered: 0 }]);
+        assert_eq!(m.clock_ms, 1_500);
+    }
+
+    #[test]
+    fn group_zero_commands_are_rejected() {
+        let mut m = PartitionMachine::new(0);
+        let got = m.apply_entry(1, &entry(1, vec![(None, Command::KvDelete { key: "k".into() })]));
+        assert!(matches!(&got[0], Response::Rejected { .. }));
+    }
+}
