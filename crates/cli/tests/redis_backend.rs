@@ -1,12 +1,15 @@
 //! A 3-node cluster on the Redis backend, against a real `redis-server`: SIGKILL and restart
-//! of any node, a full-cluster restart, and Redis itself going away and coming back.
+//! of any node, a full-cluster restart, and Redis itself going away and coming back. Keys,
+//! locks, write-through cache values and unacknowledged queue messages all survive.
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::json;
-use sinkron_client::LockOptions;
+use sinkron_client::{LockOptions, ReceiveOptions};
+use support::queue_load::{check_at_least_once, drain, wait_queues_ready};
 use support::redis_server::RedisServer;
 use support::{eventually, TestCluster};
 
@@ -26,6 +29,24 @@ async fn a_redis_backed_cluster_keeps_everything_acknowledged_through_kills_and_
     let lock = cluster.client(1).acquire("kept", &exclusive("owner")).await.expect("lock");
     let client = cluster.client(2);
     eventually(FORM, || client.cache_put("cached", json!("write-through"), true)).await;
+    wait_queues_ready(&cluster.client(0), FORM).await;
+    let mut unacked = BTreeSet::new();
+    let mut bodies = BTreeSet::new();
+    for i in 0..40 {
+        let key = format!("k{}", i % 8);
+        let sent = cluster.client(i % 3).queue_send("kept", json!(i), Some(&key)).await.expect("send");
+        unacked.insert(sent.id);
+        bodies.insert(json!(i).to_string());
+    }
+    let options = ReceiveOptions { max: Some(5), visibility_ms: Some(1_000), wait_ms: Some(1_000) };
+    let acked = cluster.client(0).queue_receive("kept", &options).await.expect("receive");
+    for m in &acked {
+        cluster.client(0).queue_ack("kept", &m.receipt).await.expect("ack");
+        unacked.remove(&m.id);
+    }
+    // In flight (received, never acked) when the cluster dies: must come back.
+    let in_flight = cluster.client(1).queue_receive("kept", &options).await.expect("receive");
+    assert!(!in_flight.is_empty());
     assert!(!cluster.nodes[0].data_dir.join("groups").exists(), "nothing went to the embedded store");
 
     // SIGKILL a follower, then the leader, restarting each.
@@ -59,6 +80,13 @@ async fn a_redis_backed_cluster_keeps_everything_acknowledged_through_kills_and_
         Some(json!("write-through")),
         "the write-through cache value survived"
     );
+    wait_queues_ready(&cluster.client(0), FORM).await;
+    let consumers: Vec<_> = cluster.all().into_iter().map(|i| cluster.client(i)).collect();
+    let consumed = drain(&consumers, "kept", &unacked, Duration::from_secs(30)).await;
+    check_at_least_once(&unacked, &bodies, &consumed);
+    for m in &acked {
+        assert!(!consumed.deliveries.contains_key(&m.id), "acked message {} came back", m.id);
+    }
     let state = cluster.client(2).lock_status("kept").await.expect("lock status");
     assert_eq!(state["holders"][0]["client_id"], "owner", "{state}");
     assert_eq!(state["holders"][0]["fence"], lock.fence, "{state}");

@@ -409,6 +409,12 @@ impl Node {
         let Some(group) = self.partitions.get(partition) else {
             return self.call_replicas(partition, &call, deadline, hops).await;
         };
+        // A replica just (re)opened, or one the group dropped, may never hear from the
+        // leader by itself (the leader only contacts members): ask the others then.
+        let patience = Instant::now() + Duration::from_millis(self.config.election_timeout_max_ms * 2);
+        if leader_of(&group.raft, self.config.raft_id, patience.min(deadline)).await.is_err() {
+            return self.call_replicas(partition, &call, deadline, hops).await;
+        }
         if let PartitionCall::Write(request) = call {
             let (response, _) = self.submit_to(&group, request, deadline).await?;
             return Ok(PartitionReply::Applied(response));

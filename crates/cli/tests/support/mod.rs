@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod linearizability;
+pub mod queue_load;
 pub mod redis_server;
 
 use std::fs::File;
@@ -259,6 +260,11 @@ impl Drop for TestCluster {
             }
         }
         if std::thread::panicking() {
+            // SINKRON_TEST_KEEP=1 keeps every node's data and full log for a post-mortem.
+            if std::env::var_os("SINKRON_TEST_KEEP").is_some() {
+                let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("temp dir"));
+                eprintln!("kept the cluster's files in {}", kept.keep().display());
+            }
             for node in &self.nodes {
                 let log = std::fs::read_to_string(&node.log_path).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();

@@ -1,0 +1,371 @@
+//! Queue tests on real `sinkron serve` processes: delivery through every node, failover of a
+//! partition leader, visibility timeouts, dead letters, restarts and membership changes.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use sinkron_client::{Client, ReceiveOptions};
+use support::queue_load::{
+    check_at_least_once, drain, partition_leader, send_until_acked, wait_queues_ready,
+};
+use support::{eventually, TestCluster};
+
+const FORM: Duration = Duration::from_secs(30);
+
+fn clients(cluster: &TestCluster, nodes: &[usize]) -> Vec<Client> {
+    nodes.iter().map(|i| cluster.client(*i)).collect()
+}
+
+async fn ready(cluster: &TestCluster) {
+    cluster.wait_leader(&cluster.all(), FORM).await;
+    wait_queues_ready(&cluster.client(0), FORM).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn producers_and_consumers_on_every_node_get_every_message() {
+    let cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    let all = clients(&cluster, &cluster.all());
+    let give_up = Instant::now() + Duration::from_secs(60);
+    let mut producers = Vec::new();
+    for (p, client) in all.iter().enumerate() {
+        let client = client.clone();
+        producers.push(tokio::spawn(async move {
+            let mut sent = Vec::new();
+            for i in 0..150 {
+                // Keys spread the queue over partitions; order holds per key only.
+                let key = format!("k{}", i % 12);
+                let body = json!({ "producer": p, "n": i });
+                let id = send_until_acked(
+                    std::slice::from_ref(&client),
+                    "orders",
+                    body.clone(),
+                    Some(&key),
+                    &format!("p{p}-{i}"),
+                    give_up,
+                )
+                .await
+                .expect("send acknowledged");
+                sent.push((id, body));
+            }
+            sent
+        }));
+    }
+    let mut expected = BTreeSet::new();
+    let mut bodies = BTreeSet::new();
+    for producer in producers {
+        for (id, body) in producer.await.expect("producer") {
+            expected.insert(id);
+            bodies.insert(body.to_string());
+        }
+    }
+    assert_eq!(expected.len(), 450, "every send got its own id");
+    let partitions: BTreeSet<&str> = expected.iter().filter_map(|id| id.split('-').next()).collect();
+    assert!(partitions.len() > 3, "keys spread the queue over partitions: {partitions:?}");
+    let consumed = drain(&all, "orders", &expected, Duration::from_secs(60)).await;
+    check_at_least_once(&expected, &bodies, &consumed);
+    eprintln!("delivered {} messages, {} duplicates", consumed.deliveries.len(), consumed.duplicates());
+    let stats = all[1].queue_stats("orders").await.expect("stats");
+    assert_eq!((stats.ready, stats.in_flight, stats.dead_letters), (0, 0, 0), "{stats:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn order_is_kept_within_a_key() {
+    let cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    let client = cluster.client(1);
+    for i in 0..20 {
+        client.queue_send("fifo", json!(i), None).await.expect("send");
+    }
+    let options = ReceiveOptions { max: Some(7), visibility_ms: Some(10_000), wait_ms: Some(1_000) };
+    let mut got = Vec::new();
+    while got.len() < 20 {
+        for m in cluster.client(got.len() % 3).queue_receive("fifo", &options).await.expect("receive") {
+            got.push(m.body.as_i64().expect("number"));
+            cluster.client(2).queue_ack("fifo", &m.receipt).await.expect("ack");
+        }
+    }
+    assert_eq!(got, (0..20).collect::<Vec<i64>>());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_of_a_partition_leader_loses_no_acknowledged_message() {
+    let mut cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    // Without a key the whole queue is one partition; kill that partition's leader.
+    let partition =
+        cluster.client(0).queue_send("stream", json!("probe"), None).await.expect("send").partition;
+    let leader_name = partition_leader(&cluster.client(0), partition).await;
+    let leader = cluster.nodes.iter().position(|n| n.name == leader_name).expect("leader index");
+    let survivors: Vec<usize> = cluster.all().into_iter().filter(|i| *i != leader).collect();
+    let producers_via = clients(&cluster, &survivors);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+    let mut producers = Vec::new();
+    for p in 0..4 {
+        let (via, stop, acked) = (producers_via.clone(), stop.clone(), acked.clone());
+        producers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let body = json!({ "p": p, "n": i });
+                let give_up = Instant::now() + Duration::from_secs(30);
+                if let Some(id) =
+                    send_until_acked(&via, "stream", body.clone(), None, &format!("s{p}-{i}"), give_up).await
+                {
+                    acked.lock().expect("lock").push((id, body));
+                }
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let before_kill = acked.lock().expect("lock").len();
+    cluster.kill(leader);
+    // Sends keep being acknowledged once a new leader is elected.
+    eventually(FORM, || async {
+        let now = acked.lock().expect("lock").len();
+        if now > before_kill + 50 {
+            Ok(())
+        } else {
+            Err(format!("{now} acked, {before_kill} before the kill"))
+        }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for producer in producers {
+        producer.await.expect("producer");
+    }
+    let acked = acked.lock().expect("lock").clone();
+    let expected: BTreeSet<String> = acked.iter().map(|(id, _)| id.clone()).collect();
+    let mut bodies: BTreeSet<String> = acked.iter().map(|(_, b)| b.to_string()).collect();
+    bodies.insert(json!("probe").to_string());
+    let consumed = drain(&producers_via, "stream", &expected, Duration::from_secs(60)).await;
+    check_at_least_once(&expected, &bodies, &consumed);
+    eprintln!(
+        "{} acknowledged before the kill, {} in all; {} duplicates",
+        before_kill,
+        expected.len(),
+        consumed.duplicates()
+    );
+    // The killed node comes back and catches up.
+    cluster.spawn(leader, &[]);
+    cluster.wait_leader(&cluster.all(), FORM).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn visibility_timeout_redelivers_and_the_limit_dead_letters() {
+    let cluster = TestCluster::start(3, &[("QUEUE_MAX_RECEIVES", "3")]);
+    ready(&cluster).await;
+    let (a, b) = (cluster.client(0), cluster.client(2));
+    let sent = a.queue_send("jobs", json!("poison"), None).await.expect("send");
+    let short = ReceiveOptions { max: Some(1), visibility_ms: Some(300), wait_ms: Some(2_000) };
+    let first = a.queue_receive("jobs", &short).await.expect("receive");
+    assert_eq!((first.len(), first[0].receive_count), (1, 1));
+    assert!(
+        b.queue_receive("jobs", &ReceiveOptions::default()).await.expect("receive").is_empty(),
+        "hidden while in flight"
+    );
+    // Not acked within 300 ms: delivered again, with a new receipt; the old one is stale.
+    let second = b.queue_receive("jobs", &short).await.expect("receive after the deadline");
+    assert_eq!((second[0].id.as_str(), second[0].receive_count), (sent.id.as_str(), 2));
+    assert_ne!(second[0].receipt, first[0].receipt);
+    let stale = a.queue_ack("jobs", &first[0].receipt).await.expect_err("a stale receipt");
+    assert_eq!(stale.code(), Some("not_found"));
+    // A nack with a delay hides it until the delay passed.
+    assert!(!b.queue_nack("jobs", &second[0].receipt, 400).await.expect("nack"));
+    let started = Instant::now();
+    let third = a.queue_receive("jobs", &short).await.expect("receive after the delay");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "delivered {:?} after the nack",
+        started.elapsed()
+    );
+    assert_eq!(third[0].receive_count, 3);
+    // Third delivery returned: past QUEUE_MAX_RECEIVES it moves to the dead-letter queue.
+    assert!(a.queue_nack("jobs", &third[0].receipt, 0).await.expect("nack"), "dead-lettered");
+    let stats = b.queue_stats("jobs").await.expect("stats");
+    assert_eq!((stats.ready, stats.in_flight, stats.dead_letters), (0, 0, 1), "{stats:?}");
+    let dead = b.queue_receive("jobs.dlq", &short).await.expect("receive from the DLQ");
+    assert_eq!((dead[0].id.as_str(), &dead[0].body), (sent.id.as_str(), &json!("poison")));
+    b.queue_ack("jobs.dlq", &dead[0].receipt).await.expect("ack the dead letter");
+
+    // An expired deadline also counts: left unacked past the limit, it is dead-lettered.
+    let sent = a.queue_send("jobs", json!("slow"), None).await.expect("send");
+    for round in 1..=3 {
+        let got = a.queue_receive("jobs", &short).await.expect("receive");
+        assert_eq!((got[0].id.as_str(), got[0].receive_count), (sent.id.as_str(), round));
+    }
+    let dead = eventually(Duration::from_secs(10), || async {
+        let got = b.queue_receive("jobs.dlq", &short).await.map_err(|e| e.to_string())?;
+        got.into_iter().next().ok_or_else(|| "not dead-lettered yet".to_string())
+    })
+    .await;
+    assert_eq!(dead.id, sent.id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_restart_keeps_every_unacknowledged_message() {
+    let mut cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    let all = clients(&cluster, &cluster.all());
+    let mut kept = BTreeSet::new();
+    let mut bodies = BTreeSet::new();
+    for i in 0..60 {
+        let key = format!("k{}", i % 5);
+        let sent = all[i % 3].queue_send("durable", json!(i), Some(&key)).await.expect("send");
+        kept.insert(sent.id);
+        bodies.insert(json!(i).to_string());
+    }
+    // Some are acked (gone for good), some are in flight when the cluster dies.
+    let options = ReceiveOptions { max: Some(10), visibility_ms: Some(1_000), wait_ms: Some(1_000) };
+    let acked = all[0].queue_receive("durable", &options).await.expect("receive");
+    for m in &acked {
+        all[0].queue_ack("durable", &m.receipt).await.expect("ack");
+        kept.remove(&m.id);
+    }
+    let in_flight = all[1].queue_receive("durable", &options).await.expect("receive");
+    assert!(!in_flight.is_empty());
+    for i in cluster.all() {
+        cluster.kill(i);
+    }
+    for i in cluster.all() {
+        cluster.spawn(i, &[]);
+    }
+    ready(&cluster).await;
+    let consumed = drain(&all, "durable", &kept, Duration::from_secs(60)).await;
+    check_at_least_once(&kept, &bodies, &consumed);
+    for m in &acked {
+        assert!(!consumed.deliveries.contains_key(&m.id), "acked message {} came back", m.id);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_joins_and_another_leaves_while_traffic_flows() {
+    let mut cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    let via = clients(&cluster, &[0, 1]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
+    let mut producers = Vec::new();
+    for p in 0..3 {
+        let (via, stop, acked) = (via.clone(), stop.clone(), acked.clone());
+        producers.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                let body = json!({ "p": p, "n": i });
+                let key = format!("k{}", i % 16);
+                let give_up = Instant::now() + Duration::from_secs(30);
+                if let Some(id) =
+                    send_until_acked(&via, "moving", body.clone(), Some(&key), &format!("m{p}-{i}"), give_up)
+                        .await
+                {
+                    acked.lock().expect("lock").push((id, body));
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    let joiner = cluster.spawn_joiner("node4");
+    cluster.client(0).add_member("node4", &cluster.nodes[joiner].addr()).await.expect("add node4");
+    let settled = |present: &'static str, absent: &'static str| {
+        let client = cluster.client(0);
+        async move {
+            eventually(Duration::from_secs(90), || async {
+                let ring = client.ring().await.map_err(|e| e.to_string())?;
+                let nodes: Vec<&str> =
+                    ring["nodes"].as_array().into_iter().flatten().filter_map(|n| n.as_str()).collect();
+                let partitions = ring["partitions"].as_array().cloned().unwrap_or_default();
+                let moving = partitions.iter().filter(|p| p["moving"].as_bool() == Some(true)).count();
+                let hosting = partitions
+                    .iter()
+                    .filter(|p| p["replicas"].as_array().is_some_and(|r| r.iter().any(|n| n == present)))
+                    .count();
+                let stale = partitions
+                    .iter()
+                    .filter(|p| p["replicas"].as_array().is_some_and(|r| r.iter().any(|n| n == absent)))
+                    .count();
+                if nodes.contains(&present)
+                    && !nodes.contains(&absent)
+                    && moving == 0
+                    && hosting > 0
+                    && stale == 0
+                {
+                    Ok(hosting)
+                } else {
+                    Err(format!(
+                        "nodes {nodes:?}, {moving} moving, {present} in {hosting}, {absent} in {stale}"
+                    ))
+                }
+            })
+            .await
+        }
+    };
+    let hosted = settled("node4", "node9").await;
+    eprintln!("node4 joined and replicates {hosted} of 16 partitions");
+    let during_join = acked.lock().expect("lock").len();
+    cluster.client(1).remove_member("node3").await.expect("remove node3");
+    settled("node4", "node3").await;
+    // Traffic kept flowing through the moves.
+    eventually(FORM, || async {
+        let now = acked.lock().expect("lock").len();
+        if now > during_join + 20 {
+            Ok(())
+        } else {
+            Err(format!("{now} acked"))
+        }
+    })
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for producer in producers {
+        producer.await.expect("producer");
+    }
+    cluster.kill(2);
+    let acked = acked.lock().expect("lock").clone();
+    let expected: BTreeSet<String> = acked.iter().map(|(id, _)| id.clone()).collect();
+    let bodies: BTreeSet<String> = acked.iter().map(|(_, b)| b.to_string()).collect();
+    let consumers = clients(&cluster, &[0, 1, joiner]);
+    let consumed = drain(&consumers, "moving", &expected, Duration::from_secs(60)).await;
+    check_at_least_once(&expected, &bodies, &consumed);
+    eprintln!("{} messages through a join and a leave, {} duplicates", expected.len(), consumed.duplicates());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_queue_requests_get_clear_errors() {
+    let cluster = TestCluster::start(1, &[]);
+    ready(&cluster).await;
+    let base = format!("http://{}", cluster.nodes[0].addr());
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: serde_json::Value| http.post(format!("{base}{path}")).json(&body).send();
+    let big = "x".repeat(300 * 1024);
+    let cases = [
+        ("/v1/queues/bad%20name/messages", json!({"body": 1}), 400, "invalid_argument"),
+        ("/v1/queues/q/messages", json!({"body": big}), 413, "payload_too_large"),
+        ("/v1/queues/q/messages", json!({"body": 1, "key": ""}), 400, "invalid_argument"),
+        ("/v1/queues/q/messages", json!({"bdy": 1}), 400, "invalid_argument"),
+        ("/v1/queues/q/receive", json!({"max": 0}), 400, "invalid_argument"),
+        ("/v1/queues/q/receive", json!({"max": 101}), 400, "invalid_argument"),
+        ("/v1/queues/q/receive", json!({"wait_ms": 3_600_000}), 400, "invalid_argument"),
+        ("/v1/queues/q/receive", json!({"visibility_ms": 0}), 400, "invalid_argument"),
+        ("/v1/queues/q/ack", json!({"receipt": "nonsense"}), 400, "invalid_argument"),
+        ("/v1/queues/q/ack", json!({"receipt": "999-1.1"}), 400, "invalid_argument"),
+        ("/v1/queues/q/ack", json!({"receipt": "0-77.1"}), 404, "not_found"),
+        ("/v1/queues/q/nack", json!({"receipt": "0-77.1", "delay_ms": 10_000_000}), 400, "invalid_argument"),
+    ];
+    for (path, body, status, code) in cases {
+        let resp = post(path, body.clone()).await.expect("request");
+        let got = resp.status().as_u16();
+        let answer: serde_json::Value = resp.json().await.expect("json error body");
+        assert_eq!((got, answer["error"].as_str()), (status, Some(code)), "{path} {body}: {answer}");
+    }
+    let sent = cluster.client(0).queue_send("q", json!({"ok": true}), None).await.expect("a valid send");
+    assert_eq!(sent.id, format!("{}-1", sent.partition));
+    let ring = cluster.client(0).ring().await.expect("ring");
+    assert_eq!(ring["tokens"].as_array().map(Vec::len), Some(150));
+    assert_eq!(ring["partitions"].as_array().map(Vec::len), Some(16));
+}

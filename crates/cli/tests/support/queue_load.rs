@@ -1,0 +1,117 @@
+//! Queue workloads for cluster tests: producers that record what was acknowledged, and
+//! consumers that drain a queue and record every delivery.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use sinkron_client::{Client, ReceiveOptions};
+
+/// Waits until the queue topology exists and every partition has a leader.
+pub async fn wait_queues_ready(client: &Client, within: Duration) {
+    super::eventually(within, || async {
+        let ring = client.ring().await.map_err(|e| e.to_string())?;
+        let partitions = ring["partitions"].as_array().cloned().unwrap_or_default();
+        let leaderless = partitions.iter().filter(|p| p["leader"].is_null()).count();
+        if partitions.is_empty() || leaderless > 0 {
+            return Err(format!("{leaderless} of {} partitions without a leader", partitions.len()));
+        }
+        Ok(())
+    })
+    .await;
+}
+
+/// The leader of `partition` as the ring reports it.
+pub async fn partition_leader(client: &Client, partition: u32) -> String {
+    super::eventually(Duration::from_secs(20), || async {
+        let ring = client.ring().await.map_err(|e| e.to_string())?;
+        ring["partitions"][partition as usize]["leader"]
+            .as_str()
+            .map(String::from)
+            .ok_or_else(|| format!("partition {partition} has no leader"))
+    })
+    .await
+}
+
+/// Sends `body` until acknowledged, retrying with one request id so a send whose reply was
+/// lost is stored once; returns the message id, or `None` if `give_up` passed first.
+pub async fn send_until_acked(
+    clients: &[Client],
+    queue: &str,
+    body: serde_json::Value,
+    key: Option<&str>,
+    request_id: &str,
+    give_up: Instant,
+) -> Option<String> {
+    let mut attempt = 0usize;
+    while Instant::now() < give_up {
+        let client = &clients[attempt % clients.len()];
+        attempt += 1;
+        match client.queue_send_idempotent(queue, body.clone(), key, request_id).await {
+            Ok(sent) => return Some(sent.id),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    None
+}
+
+/// What consumers saw.
+#[derive(Debug, Default)]
+pub struct Consumed {
+    /// Deliveries per message id.
+    pub deliveries: BTreeMap<String, u32>,
+    /// Bodies by message id.
+    pub bodies: BTreeMap<String, serde_json::Value>,
+    /// Ids whose ack was answered successfully.
+    pub acked: BTreeSet<String>,
+}
+
+impl Consumed {
+    /// Messages delivered more than once.
+    pub fn duplicates(&self) -> usize {
+        self.deliveries.values().filter(|n| **n > 1).count()
+    }
+}
+
+/// Receives and acks from `queue` through `clients` in turn until every id of `expected` was
+/// delivered or `within` passed.
+pub async fn drain(
+    clients: &[Client],
+    queue: &str,
+    expected: &BTreeSet<String>,
+    within: Duration,
+) -> Consumed {
+    let mut consumed = Consumed::default();
+    let deadline = Instant::now() + within;
+    let options = ReceiveOptions { max: Some(20), visibility_ms: Some(5_000), wait_ms: Some(200) };
+    let mut turn = 0usize;
+    while Instant::now() < deadline && !expected.iter().all(|id| consumed.deliveries.contains_key(id)) {
+        let client = &clients[turn % clients.len()];
+        turn += 1;
+        let Ok(messages) = client.queue_receive(queue, &options).await else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        for m in messages {
+            *consumed.deliveries.entry(m.id.clone()).or_default() += 1;
+            consumed.bodies.insert(m.id.clone(), m.body.clone());
+            if client.queue_ack(queue, &m.receipt).await.is_ok() {
+                consumed.acked.insert(m.id);
+            }
+        }
+    }
+    consumed
+}
+
+/// Every id in `expected` was delivered, and nothing outside `sent_bodies` was.
+pub fn check_at_least_once(expected: &BTreeSet<String>, sent_bodies: &BTreeSet<String>, consumed: &Consumed) {
+    let missing: Vec<&String> = expected.iter().filter(|id| !consumed.deliveries.contains_key(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} acknowledged messages never delivered: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(10)]
+    );
+    for (id, body) in &consumed.bodies {
+        assert!(sent_bodies.contains(&body.to_string()), "message {id} with body {body} was never sent");
+    }
+}
