@@ -46,9 +46,13 @@ struct QueueBenchArgs {
     /// which keeps the whole queue in one partition.
     #[arg(long, default_value_t = 64)]
     keys: usize,
-    /// Most messages per receive.
+    /// Most messages per receive (acked together in one call).
     #[arg(long, default_value_t = 10)]
     batch: u32,
+    /// Messages per send call (1: one message per request; up to 100 with the batch
+    /// endpoint).
+    #[arg(long, default_value_t = 1)]
+    send_batch: usize,
     /// Bytes of each body.
     #[arg(long, default_value_t = 100)]
     body_bytes: usize,
@@ -443,16 +447,35 @@ async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
         let client = clients[worker % clients.len()].clone();
         let count = per_producer.min(args.messages.saturating_sub(worker * per_producer));
         let (queue, body, keys) = (queue.clone(), body.clone(), args.keys);
+        let send_batch = args.send_batch;
         producers.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(count);
             let mut errors = 0usize;
-            for i in 0..count {
-                let key = (keys > 0).then(|| format!("k{}", (worker * per_producer + i) % keys));
+            let mut i = 0;
+            while i < count {
+                let n = send_batch.min(count - i);
+                let key_of =
+                    |j: usize| (keys > 0).then(|| format!("k{}", (worker * per_producer + j) % keys));
                 let t = Instant::now();
-                match client.queue_send(&queue, (*body).clone(), key.as_deref()).await {
-                    Ok(_) => latencies.push(t.elapsed()),
-                    Err(_) => errors += 1,
+                if n == 1 {
+                    match client.queue_send(&queue, (*body).clone(), key_of(i).as_deref()).await {
+                        Ok(_) => latencies.push(t.elapsed()),
+                        Err(_) => errors += 1,
+                    }
+                } else {
+                    let batch: Vec<(serde_json::Value, Option<String>)> =
+                        (i..i + n).map(|j| ((*body).clone(), key_of(j))).collect();
+                    match client.queue_send_batch(&queue, &batch).await {
+                        Ok(outcomes) => {
+                            let failed = outcomes.iter().filter(|o| o.get("error").is_some()).count();
+                            errors += failed;
+                            let elapsed = t.elapsed();
+                            latencies.extend(std::iter::repeat_n(elapsed, n - failed));
+                        }
+                        Err(_) => errors += n,
+                    }
                 }
+                i += n;
             }
             (latencies, errors)
         }));
@@ -474,13 +497,16 @@ async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
                     errors += 1;
                     continue;
                 };
-                for m in messages {
-                    match client.queue_ack(&queue, &m.receipt).await {
-                        Ok(_) => {
-                            acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        Err(_) => errors += 1,
+                if messages.is_empty() {
+                    continue;
+                }
+                let receipts: Vec<String> = messages.into_iter().map(|m| m.receipt).collect();
+                match client.queue_ack_many(&queue, &receipts).await {
+                    Ok((done, failed)) => {
+                        acked.fetch_add(done, std::sync::atomic::Ordering::Relaxed);
+                        errors += failed.len();
                     }
+                    Err(_) => errors += receipts.len(),
                 }
             }
             (Vec::new(), errors)
@@ -499,6 +525,7 @@ async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
             "{}",
             serde_json::json!({
                 "bench": "queue", "producers": args.producers, "consumers": args.consumers,
+                "keys": args.keys, "send_batch": args.send_batch,
                 "messages": args.messages, "acked": done, "seconds": elapsed.as_secs_f64(),
                 "messages_per_sec": rate, "send_p50_ms": ms(send.p50), "send_p99_ms": ms(send.p99),
                 "send_errors": send.errors, "consume_errors": consume_errors,
@@ -506,8 +533,8 @@ async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
         );
     } else {
         println!(
-            "bench queue: {} producers, {} consumers, {} keys: {done} of {} messages sent, received and acked in {:.2} s = {rate:.0} messages/s; send p50 {:.3} ms, p99 {:.3} ms; {} send errors, {consume_errors} consume errors",
-            args.producers, args.consumers, args.keys, args.messages, elapsed.as_secs_f64(), ms(send.p50), ms(send.p99), send.errors
+            "bench queue: {} producers (send batch {}), {} consumers, {} keys: {done} of {} messages sent, received and acked in {:.2} s = {rate:.0} messages/s; send p50 {:.3} ms, p99 {:.3} ms; {} send errors, {consume_errors} consume errors",
+            args.producers, args.send_batch, args.consumers, args.keys, args.messages, elapsed.as_secs_f64(), ms(send.p50), ms(send.p99), send.errors
         );
     }
     anyhow::ensure!(done >= args.messages, "only {done} of {} messages were acked", args.messages);

@@ -516,6 +516,39 @@ impl Client {
         self.post(&format!("/v1/queues/{}/messages", encode(queue)), &req).await
     }
 
+    /// `POST /v1/queues/{queue}/messages/batch`: up to 100 `(body, key)` messages in one call;
+    /// one outcome per message (`id` and `partition`, or `error` and `message`).
+    pub async fn queue_send_batch(
+        &self,
+        queue: &str,
+        messages: &[(serde_json::Value, Option<String>)],
+    ) -> Result<Vec<serde_json::Value>, ClientError> {
+        let messages: Vec<serde_json::Value> = messages
+            .iter()
+            .map(|(body, key)| match key {
+                Some(key) => serde_json::json!({ "body": body, "key": key }),
+                None => serde_json::json!({ "body": body }),
+            })
+            .collect();
+        let req = serde_json::json!({ "messages": messages });
+        let got: serde_json::Value =
+            self.post(&format!("/v1/queues/{}/messages/batch", encode(queue)), &req).await?;
+        Ok(got["messages"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// `POST /v1/queues/{queue}/ack` with up to 100 receipts; answers how many were acked
+    /// and the failures (`receipt`, `error`, `message`).
+    pub async fn queue_ack_many(
+        &self,
+        queue: &str,
+        receipts: &[String],
+    ) -> Result<(usize, Vec<serde_json::Value>), ClientError> {
+        let req = serde_json::json!({ "receipts": receipts });
+        let got: serde_json::Value = self.post(&format!("/v1/queues/{}/ack", encode(queue)), &req).await?;
+        let acked = got["acked"].as_u64().unwrap_or(0) as usize;
+        Ok((acked, got["failed"].as_array().cloned().unwrap_or_default()))
+    }
+
     /// `POST /v1/queues/{queue}/receive`.
     pub async fn queue_receive(
         &self,

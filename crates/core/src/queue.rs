@@ -202,7 +202,15 @@ impl PartitionState {
 
     /// Whether `queue` has a message a receive at `now_ms` would deliver.
     pub fn has_visible(&self, queue: &str, now_ms: u64) -> bool {
-        self.queues.get(queue).is_some_and(|q| q.ready.iter().any(|m| m.visible_at_ms <= now_ms))
+        self.visible(queue, now_ms, 1) > 0
+    }
+
+    /// How many messages of `queue` a receive at `now_ms` would deliver, counting to `limit`.
+    pub fn visible(&self, queue: &str, now_ms: u64, limit: usize) -> usize {
+        self.queues
+            .get(queue)
+            .map(|q| q.ready.iter().filter(|m| m.visible_at_ms <= now_ms).take(limit).count())
+            .unwrap_or(0)
     }
 
     /// Returns every in-flight message whose deadline passed by `now_ms`; answers how many

@@ -241,7 +241,7 @@ impl Node {
     /// Receives up to `max` messages from every partition of `queue`, waiting up to
     /// `wait_ms` for the first one.
     pub async fn queue_receive(
-        &self,
+        self: &Arc<Self>,
         queue: &str,
         max: u32,
         visibility_ms: u64,
@@ -249,33 +249,12 @@ impl Node {
     ) -> Result<Vec<Delivery>, ApiError> {
         validate_queue_name(queue)?;
         let topology = self.topology_or_unavailable()?;
-        let partitions = topology.settings.partitions;
         let until = Instant::now() + Duration::from_millis(wait_ms);
         let mut changes = self.partitions.changes();
         loop {
             changes.borrow_and_update();
-            let start = self.partitions.rotation.fetch_add(1, Ordering::Relaxed);
-            let mut out = Vec::new();
-            let mut failure = None;
-            for i in 0..partitions {
-                let want = max.saturating_sub(out.len() as u32);
-                if want == 0 {
-                    break;
-                }
-                let partition = start.wrapping_add(i) % partitions;
-                let call = PartitionCall::Receive {
-                    request_id: new_request_id(),
-                    queue: queue.to_string(),
-                    max: want,
-                    visibility_ms,
-                };
-                let deadline = Instant::now() + RECEIVE_PARTITION_WAIT.min(self.request_timeout_dur());
-                match self.partition_call(partition, call, deadline, 2).await {
-                    Ok(PartitionReply::Received(messages)) => out.extend(messages),
-                    Ok(other) => failure = Some(unexpected(other)),
-                    Err(e) => failure = Some(e),
-                }
-            }
+            let (out, failure) =
+                self.receive_round(queue, max, visibility_ms, topology.settings.partitions).await;
             if !out.is_empty() {
                 crate::metrics::record_queue_op("received", queue, out.len() as u64);
                 return Ok(out);
@@ -290,6 +269,110 @@ impl Node {
             let pause = until.saturating_duration_since(now).min(RECEIVE_POLL);
             let _ = timeout(pause, changes.changed()).await;
         }
+    }
+
+    /// One look at every partition. The partitions this node hosts are asked in parallel,
+    /// each for at most what its local copy shows as visible (`max` in all, so nothing is
+    /// taken that cannot be returned); partitions hosted elsewhere are asked one by one for
+    /// what is still missing.
+    async fn receive_round(
+        self: &Arc<Self>,
+        queue: &str,
+        max: u32,
+        visibility_ms: u64,
+        partitions: u32,
+    ) -> (Vec<Delivery>, Option<ApiError>) {
+        let start = self.partitions.rotation.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        let mut left = max as usize;
+        let mut local = tokio::task::JoinSet::new();
+        let mut remote = Vec::new();
+        for i in 0..partitions {
+            let partition = start.wrapping_add(i) % partitions;
+            let Some(group) = self.partitions.get(partition) else {
+                remote.push(partition);
+                continue;
+            };
+            let visible = group.sm.read().state.state.visible(queue, now, left);
+            if visible == 0 {
+                continue;
+            }
+            left -= visible;
+            let (node, queue) = (self.clone(), queue.to_string());
+            local.spawn(
+                async move { node.receive_from(partition, &queue, visible as u32, visibility_ms).await },
+            );
+        }
+        let mut out = Vec::new();
+        let mut failure = None;
+        while let Some(joined) = local.join_next().await {
+            match joined.map_err(|e| ApiError::Unavailable(e.to_string())).and_then(|r| r) {
+                Ok(messages) => out.extend(messages),
+                Err(e) => failure = Some(e),
+            }
+        }
+        for partition in remote {
+            let want = max.saturating_sub(out.len() as u32);
+            if want == 0 {
+                break;
+            }
+            match self.receive_from(partition, queue, want, visibility_ms).await {
+                Ok(messages) => out.extend(messages),
+                Err(e) => failure = Some(e),
+            }
+        }
+        (out, failure)
+    }
+
+    async fn receive_from(
+        &self,
+        partition: u32,
+        queue: &str,
+        max: u32,
+        visibility_ms: u64,
+    ) -> Result<Vec<Delivery>, ApiError> {
+        let call = PartitionCall::Receive {
+            request_id: new_request_id(),
+            queue: queue.to_string(),
+            max,
+            visibility_ms,
+        };
+        let deadline = Instant::now() + RECEIVE_PARTITION_WAIT.min(self.request_timeout_dur());
+        match self.partition_call(partition, call, deadline, 2).await? {
+            PartitionReply::Received(messages) => Ok(messages),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends several messages at once; one outcome per message, in order. Messages of one
+    /// partition share its log entries.
+    pub async fn queue_send_many(
+        self: &Arc<Self>,
+        queue: &str,
+        messages: Vec<(Option<String>, serde_json::Value, Option<String>)>,
+    ) -> Vec<Result<Sent, ApiError>> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let count = messages.len();
+        for (i, (key, body, request_id)) in messages.into_iter().enumerate() {
+            let (node, queue) = (self.clone(), queue.to_string());
+            tasks.spawn(async move { (i, node.queue_send(&queue, key, body, request_id).await) });
+        }
+        collect_in_order(tasks, count).await
+    }
+
+    /// Acknowledges several deliveries at once; one outcome per receipt, in order.
+    pub async fn queue_ack_many(
+        self: &Arc<Self>,
+        queue: &str,
+        receipts: Vec<String>,
+    ) -> Vec<Result<(), ApiError>> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let count = receipts.len();
+        for (i, receipt) in receipts.into_iter().enumerate() {
+            let (node, queue) = (self.clone(), queue.to_string());
+            tasks.spawn(async move { (i, node.queue_ack(&queue, &receipt).await) });
+        }
+        collect_in_order(tasks, count).await
     }
 
     /// Acknowledges (deletes) the message delivered with `receipt`.
@@ -590,6 +673,24 @@ impl Node {
         tracing::info!(partition, "hosting queue partition");
         Ok(group)
     }
+}
+
+/// Waits for every task of `tasks`, each answering its position, and returns the outcomes
+/// in position order.
+async fn collect_in_order<T: Send + 'static>(
+    mut tasks: tokio::task::JoinSet<(usize, Result<T, ApiError>)>,
+    count: usize,
+) -> Vec<Result<T, ApiError>> {
+    let mut outcomes: Vec<Option<Result<T, ApiError>>> = (0..count).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((i, outcome)) = joined {
+            outcomes[i] = Some(outcome);
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(ApiError::Unavailable("the request was cancelled".into()))))
+        .collect()
 }
 
 /// Gives `raft`'s group exactly `replicas` as voters: new nodes join as learners and catch

@@ -76,6 +76,7 @@ fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(cache::lines))
         .routes(routes!(cache::stats))
         .routes(routes!(queues::send))
+        .routes(routes!(queues::send_batch))
         .routes(routes!(queues::receive))
         .routes(routes!(queues::ack))
         .routes(routes!(queues::nack))

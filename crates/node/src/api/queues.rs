@@ -69,12 +69,63 @@ pub struct Received {
     pub messages: Vec<MessageView>,
 }
 
-/// Body of an ack.
+/// Most messages or receipts in one batch call.
+pub const BATCH_MAX: usize = 100;
+
+/// Body of a batch send.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SendBatchBody {
+    /// 1 to 100 messages.
+    pub messages: Vec<SendBody>,
+}
+
+/// The outcome of one message of a batch send: `id` and `partition`, or `error` and
+/// `message` (the same codes as a single send).
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
+pub struct SendOutcome {
+    /// Message id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Partition storing it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub partition: Option<u32>,
+    /// Error code when it was not stored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Explanation of the error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Result of a batch send.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct SentBatch {
+    /// One outcome per message, in order.
+    pub messages: Vec<SendOutcome>,
+}
+
+/// Body of an ack: one `receipt`, or up to 100 `receipts`.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AckBody {
     /// The receipt of the delivery.
+    #[serde(default)]
+    pub receipt: Option<String>,
+    /// Several receipts, acknowledged together.
+    #[serde(default)]
+    pub receipts: Option<Vec<String>>,
+}
+
+/// A receipt of a batch ack that failed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AckFailure {
+    /// The receipt.
     pub receipt: String,
+    /// Error code, such as `not_found` for a stale receipt.
+    pub error: String,
+    /// Explanation.
+    pub message: String,
 }
 
 /// Body of a nack.
@@ -92,8 +143,10 @@ pub struct NackBody {
 /// Result of an ack.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Acked {
-    /// Always true.
-    pub acked: bool,
+    /// How many deliveries were acknowledged.
+    pub acked: usize,
+    /// The receipts of a batch that failed (a single receipt fails with an error status).
+    pub failed: Vec<AckFailure>,
 }
 
 /// Result of a nack.
@@ -223,7 +276,42 @@ fn check_receipt(receipt: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// Acknowledges a delivery: the message is deleted.
+/// Sends up to 100 messages in one call; each is stored (or refused) on its own.
+#[utoipa::path(post, path = "/v1/queues/{queue}/messages/batch", tag = "queues", request_body = SendBatchBody,
+    params(("queue" = String, Path, description = "Queue name")),
+    responses((status = 201, body = SentBatch), (status = 400, body = ErrorBody), (status = 413, body = ErrorBody)))]
+pub async fn send_batch(
+    State(node): State<AppState>,
+    Path(queue): Path<String>,
+    ApiJson(body): ApiJson<SendBatchBody>,
+) -> Result<(StatusCode, Json<SentBatch>), ApiError> {
+    if body.messages.is_empty() || body.messages.len() > BATCH_MAX {
+        return Err(ApiError::InvalidArgument(format!(
+            "messages: 1 to {BATCH_MAX} per batch, got {}",
+            body.messages.len()
+        )));
+    }
+    sinkron_core::limits::validate_queue_name(&queue)?;
+    let messages = body.messages.into_iter().map(|m| (m.key, m.body, m.request_id)).collect();
+    let outcomes = node.queue_send_many(&queue, messages).await;
+    let messages = outcomes
+        .into_iter()
+        .map(|o| match o {
+            Ok(sent) => {
+                SendOutcome { id: Some(sent.id), partition: Some(sent.partition), ..SendOutcome::default() }
+            }
+            Err(e) => SendOutcome {
+                error: Some(e.status_and_code().1.to_string()),
+                message: Some(e.to_string()),
+                ..SendOutcome::default()
+            },
+        })
+        .collect();
+    Ok((StatusCode::CREATED, Json(SentBatch { messages })))
+}
+
+/// Acknowledges deliveries: the messages are deleted. One `receipt` fails with its error
+/// status; a batch of `receipts` answers which failed.
 #[utoipa::path(post, path = "/v1/queues/{queue}/ack", tag = "queues", request_body = AckBody,
     params(("queue" = String, Path, description = "Queue name")),
     responses((status = 200, body = Acked), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody),
@@ -233,9 +321,39 @@ pub async fn ack(
     Path(queue): Path<String>,
     ApiJson(body): ApiJson<AckBody>,
 ) -> Result<Json<Acked>, ApiError> {
-    check_receipt(&body.receipt)?;
-    node.queue_ack(&queue, &body.receipt).await?;
-    Ok(Json(Acked { acked: true }))
+    match (body.receipt, body.receipts) {
+        (Some(receipt), None) => {
+            check_receipt(&receipt)?;
+            node.queue_ack(&queue, &receipt).await?;
+            Ok(Json(Acked { acked: 1, failed: Vec::new() }))
+        }
+        (None, Some(receipts)) => {
+            if receipts.is_empty() || receipts.len() > BATCH_MAX {
+                return Err(ApiError::InvalidArgument(format!(
+                    "receipts: 1 to {BATCH_MAX} per call, got {}",
+                    receipts.len()
+                )));
+            }
+            for receipt in &receipts {
+                check_receipt(receipt)?;
+            }
+            sinkron_core::limits::validate_queue_name(&queue)?;
+            let total = receipts.len();
+            let outcomes = node.queue_ack_many(&queue, receipts.clone()).await;
+            let mut failed = Vec::new();
+            for (receipt, outcome) in receipts.into_iter().zip(outcomes) {
+                if let Err(e) = outcome {
+                    failed.push(AckFailure {
+                        receipt,
+                        error: e.status_and_code().1.to_string(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+            Ok(Json(Acked { acked: total - failed.len(), failed }))
+        }
+        _ => Err(ApiError::InvalidArgument("give either receipt or receipts".into())),
+    }
 }
 
 /// Returns a delivery: the message is ready again (after `delay_ms`), or goes to the
