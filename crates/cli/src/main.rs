@@ -2,6 +2,7 @@
 
 mod bench;
 mod cache;
+mod chaos;
 mod cluster;
 mod dev;
 mod kv;
@@ -37,6 +38,9 @@ enum Commands {
     Queue(queue::QueueArgs),
     /// Show the consistent-hash ring and where each queue partition lives.
     Ring(queue::RingArgs),
+    /// Run workloads on a fresh local cluster while killing, pausing and partitioning it;
+    /// check the histories.
+    Chaos(chaos::ChaosArgs),
     /// Measure a running cluster.
     Bench(bench::BenchArgs),
 }
@@ -61,6 +65,7 @@ fn main() {
             Commands::Queue(args) => queue::run(args).await,
             Commands::Ring(args) => queue::ring(args).await,
             Commands::Bench(args) => bench::run(args).await,
+            Commands::Chaos(args) => chaos::run(args).await,
         }
     });
     if let Err(e) = result {

@@ -195,14 +195,16 @@ async fn concurrent_writers_on_three_nodes_never_let_a_reader_go_back_in_time() 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_concurrent_history_with_writers_and_readers_on_all_nodes_is_linearizable() {
+    use sinkron_chaos::linearizability::{check_register, Event, RegOp, Verdict};
     use std::sync::{Arc, Mutex};
-    use support::linearizability::{check_register, Event, RegOp};
     let cluster = ready_cluster(&[]).await;
     let history: Arc<Mutex<Vec<Event>>> = Arc::default();
+    let base = Instant::now();
     let mut tasks = Vec::new();
     // Six clients, two per node: one writes unique values, one reads, 8 operations each.
     for c in 0..6usize {
         let (client, history) = (cluster.client(c % 3), history.clone());
+        let micros = move |t: Instant| t.duration_since(base).as_micros() as u64;
         tasks.push(tokio::spawn(async move {
             for n in 0..8i64 {
                 let start = Instant::now();
@@ -215,7 +217,11 @@ async fn a_concurrent_history_with_writers_and_readers_on_all_nodes_is_lineariza
                     RegOp::Read(got.and_then(|v| v["value"].as_i64()))
                 };
                 let end = Instant::now();
-                history.lock().expect("history").push(Event { client: c, start, end, op });
+                history.lock().expect("history").push(Event {
+                    start: micros(start),
+                    end: Some(micros(end)),
+                    op,
+                });
             }
         }));
     }
@@ -224,7 +230,7 @@ async fn a_concurrent_history_with_writers_and_readers_on_all_nodes_is_lineariza
     }
     let history = history.lock().expect("history").clone();
     assert_eq!(history.len(), 48);
-    check_register(&history, None).expect("linearizable");
+    assert_eq!(check_register(&history, None), Verdict::Linearizable);
 }
 
 async fn isolate(cluster: &TestCluster, i: usize, isolated: bool) {

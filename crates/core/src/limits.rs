@@ -13,7 +13,7 @@ pub const REQUEST_ID_MAX_BYTES: usize = 128;
 /// How many recent request ids the state machine remembers for de-duplication.
 pub const DEDUP_WINDOW: usize = 10_000;
 
-/// Longest queue name, in bytes (leaving room for the `.dlq` suffix).
+/// Longest queue name, in bytes; its dead-letter queue `<name>.dlq` may have 4 more.
 pub const QUEUE_NAME_MAX_BYTES: usize = 200;
 /// Longest ordering key of a message, in bytes.
 pub const QUEUE_KEY_MAX_BYTES: usize = 256;
@@ -31,10 +31,14 @@ pub const QUEUE_DELAY_MAX_MS: u64 = 15 * 60 * 1000;
 /// Checks a queue name: 1 to [`QUEUE_NAME_MAX_BYTES`] of ASCII letters, digits, `-`, `_`,
 /// `.` and `:`.
 pub fn validate_queue_name(name: &str) -> Result<(), CoreError> {
-    if name.is_empty() || name.len() > QUEUE_NAME_MAX_BYTES {
+    let max = QUEUE_NAME_MAX_BYTES + if name.ends_with(crate::queue::DLQ_SUFFIX) { 4 } else { 0 };
+    if name.is_empty() || name.len() > max {
         return Err(CoreError::InvalidArgument {
             field: "queue",
-            reason: format!("a queue name has 1 to {QUEUE_NAME_MAX_BYTES} bytes, got {}", name.len()),
+            reason: format!(
+                "a queue name has 1 to {QUEUE_NAME_MAX_BYTES} bytes (plus .dlq), got {}",
+                name.len()
+            ),
         });
     }
     if let Some(bad) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.:".contains(*c))) {
@@ -131,6 +135,11 @@ mod tests {
         assert!(validate_queue_name("").is_err());
         assert!(validate_queue_name("a/b").is_err());
         assert!(validate_queue_name(&"q".repeat(QUEUE_NAME_MAX_BYTES + 1)).is_err());
+        let longest = "q".repeat(QUEUE_NAME_MAX_BYTES);
+        assert!(
+            validate_queue_name(&format!("{longest}.dlq")).is_ok(),
+            "the longest queue's DLQ is readable"
+        );
         assert!(validate_message(Some("k"), &serde_json::json!({"a": 1})).is_ok());
         assert!(validate_message(Some(""), &serde_json::json!(1)).is_err());
         let big = serde_json::Value::String("x".repeat(QUEUE_BODY_MAX_BYTES));

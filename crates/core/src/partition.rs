@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Batch, Command, Request, Response};
 use crate::dedup::Dedup;
-use crate::queue::PartitionState;
+use crate::queue::{PartitionState, QueueRefusal};
 
 /// Everything a partition group replicates (this is also its snapshot).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -46,7 +46,11 @@ impl PartitionMachine {
             return previous;
         }
         let response = self.dispatch(&request.command);
-        self.dedup.record(request, &response);
+        // A full queue is a passing state: a retry with the same id must be able to succeed
+        // once there is room, so that refusal is not remembered.
+        if !matches!(response, Response::QueueRefused { refusal: QueueRefusal::Full }) {
+            self.dedup.record(request, &response);
+        }
         response
     }
 
@@ -125,6 +129,23 @@ mod tests {
         let stale_clock = m.apply_entry(5, &entry(10, vec![(None, expire)]));
         assert_eq!(stale_clock, vec![Response::QueueExpired { redelivered: 0, dead_lettered: 0 }]);
         assert_eq!(m.clock_ms, 1_500);
+    }
+
+    #[test]
+    fn a_full_queue_refusal_is_not_remembered_for_the_retry() {
+        let mut m = PartitionMachine::new(0);
+        for i in 0..crate::queue::QUEUE_DEPTH_MAX {
+            m.state.send("q", None, json!(i), 0).expect("room");
+        }
+        let refused = m.apply_entry(1, &entry(1, vec![(Some("r"), send(json!("late")))]));
+        assert_eq!(refused, vec![Response::QueueRefused { refusal: QueueRefusal::Full }]);
+        let receive = Command::QueueReceive { queue: "q".into(), max: 1, visibility_ms: 10 };
+        let got = m.apply_entry(2, &entry(1, vec![(None, receive)]));
+        let Response::QueueReceived { messages } = &got[0] else { panic!("{got:?}") };
+        let ack = Command::QueueAck { queue: "q".into(), receipt: messages[0].receipt.clone() };
+        m.apply_entry(3, &entry(1, vec![(None, ack)]));
+        let retried = m.apply_entry(4, &entry(1, vec![(Some("r"), send(json!("late")))]));
+        assert!(matches!(&retried[0], Response::QueueSent { .. }), "{retried:?}");
     }
 
     #[test]

@@ -14,7 +14,9 @@ use serde::{Deserialize, Serialize};
 
 /// Suffix of dead-letter queues.
 pub const DLQ_SUFFIX: &str = ".dlq";
-/// Most messages one queue of a partition holds (ready + in flight + dead).
+/// Most messages one queue of a partition takes from sends (ready + in flight). Dead
+/// letters are not refused: a message that failed too often always reaches `<queue>.dlq`,
+/// whose size is bounded only by what its queue held.
 pub const QUEUE_DEPTH_MAX: usize = 100_000;
 
 /// One message.

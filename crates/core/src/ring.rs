@@ -128,8 +128,14 @@ pub fn partition_range(p: u32, partitions: u32) -> (u32, u32) {
 
 /// The partition of a message of `queue` with `key` (the queue name when there is no key).
 pub fn partition_of(queue: &str, key: Option<&str>, partitions: u32) -> u32 {
-    let point = hash32(format!("{queue}/{}", key.unwrap_or(queue)).as_bytes());
-    ((u64::from(point) * u64::from(partitions.max(1))) >> 32) as u32
+    partition_of_point(hash32(format!("{queue}/{}", key.unwrap_or(queue)).as_bytes()), partitions)
+}
+
+/// The partition whose [`partition_range`] holds `point`.
+pub fn partition_of_point(point: u32, partitions: u32) -> u32 {
+    let partitions = partitions.max(1);
+    let size = (1u64 << 32) / u64::from(partitions);
+    ((u64::from(point) / size) as u32).min(partitions - 1)
 }
 
 #[cfg(test)]
@@ -166,6 +172,13 @@ mod tests {
             assert_eq!(next, 1 << 32);
         }
         assert!(partition_of("orders", None, 16) < 16);
+        for partitions in [1, 3, 7, 16, 1000] {
+            for point in [0, 1, u32::MAX / 3, u32::MAX / 2, u32::MAX - 1, u32::MAX] {
+                let p = partition_of_point(point, partitions);
+                let (start, end) = partition_range(p, partitions);
+                assert!(start <= point && point <= end, "{point} in partition {p} of {partitions}");
+            }
+        }
         assert_eq!(partition_of("orders", None, 16), partition_of("orders", Some("orders"), 16));
     }
 

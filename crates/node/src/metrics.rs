@@ -137,14 +137,15 @@ pub fn render(gauges: &RaftGauges) -> String {
     install().map(|h| h.render()).unwrap_or_default()
 }
 
-/// Counts `count` queue operations `op` (sent, received, acked, nacked, dead_lettered) on
+/// Counts `count` queue operations `op` (sent, received, acked, nacked) on
 /// `queue`, where the client's request was served.
 pub fn record_queue_op(op: &'static str, queue: &str, count: u64) {
     metrics::counter!("sinkron_queue_messages_total", "op" => op, "queue" => queue.to_string())
         .increment(count);
 }
 
-/// Counts what an expiry pass of a partition this node leads did.
+/// Counts messages made ready again by an expiry pass of a partition this node leads, and
+/// messages moved to dead-letter queues (by such a pass or by a nack served here).
 pub fn record_expiry(redelivered: usize, dead_lettered: usize) {
     metrics::counter!("sinkron_queue_redelivered_total").increment(redelivered as u64);
     metrics::counter!("sinkron_queue_dead_lettered_total").increment(dead_lettered as u64);

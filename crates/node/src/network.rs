@@ -35,9 +35,12 @@ impl Isolation {
     }
 }
 
-/// Builds the HTTP client used for every node-to-node call.
-pub fn http_client() -> reqwest::Client {
+/// Builds the HTTP client used for every node-to-node call. With a specific `source`
+/// address (the node binds one IP rather than all), calls leave from it, so peers and
+/// network tools can tell the nodes of one host apart.
+pub fn http_client(source: Option<std::net::IpAddr>) -> reqwest::Client {
     reqwest::Client::builder()
+        .local_address(source)
         .connect_timeout(Duration::from_millis(500))
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64)

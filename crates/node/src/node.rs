@@ -117,7 +117,12 @@ impl Node {
     /// Opens storage and starts the Raft groups. The cluster is formed later by
     /// [`Node::bootstrap`], once the HTTP server listens.
     pub async fn open(config: NodeConfig) -> anyhow::Result<Arc<Self>> {
-        let http = http_client();
+        let source = config
+            .listen
+            .rsplit_once(':')
+            .and_then(|(host, _)| host.parse::<std::net::IpAddr>().ok())
+            .filter(|ip| !ip.is_unspecified());
+        let http = http_client(source);
         let (cache, cache_outbox) = CacheService::new(
             &config.name,
             config.cache_max_size as usize,
@@ -286,6 +291,55 @@ impl Node {
                 ForwardedWrite::NotLeader => tokio::time::sleep(RETRY_PAUSE).await,
             }
         }
+    }
+
+    /// Proposes `requests` to `group` in this order (they share entries where they can);
+    /// one outcome per request. Requests the leader did not take are retried, still in
+    /// order, until `deadline`.
+    pub async fn submit_all_to<S: Machine>(
+        &self,
+        group: &Group<S>,
+        requests: Vec<Request>,
+        deadline: Instant,
+    ) -> Vec<Result<Response, ApiError>> {
+        let mut outcomes: Vec<Option<Result<Response, ApiError>>> =
+            (0..requests.len()).map(|_| None).collect();
+        loop {
+            let open: Vec<usize> = (0..requests.len()).filter(|i| outcomes[*i].is_none()).collect();
+            if open.is_empty() {
+                break;
+            }
+            let batch: Vec<Request> = open.iter().map(|i| requests[*i].clone()).collect();
+            let answers = match leader_of(&group.raft, self.config.raft_id, deadline).await {
+                Ok(Leader::Local) => group.proposer.submit_all(batch, deadline).await,
+                Ok(Leader::Remote(_)) => group.forwarder.submit_all(batch, deadline).await,
+                Err(e) => {
+                    for i in open {
+                        outcomes[i] = Some(Err(e.clone()));
+                    }
+                    break;
+                }
+            };
+            let mut retry = false;
+            for (i, answer) in open.into_iter().zip(answers) {
+                outcomes[i] = match answer {
+                    ForwardedWrite::Applied(reply, _) => Some(Ok(reply)),
+                    ForwardedWrite::Failed(reason) => Some(Err(ApiError::Unavailable(reason))),
+                    ForwardedWrite::Timeout => Some(Err(self.timed_out(&group.log))),
+                    ForwardedWrite::NotLeader if Instant::now() >= deadline => {
+                        Some(Err(self.timed_out(&group.log)))
+                    }
+                    ForwardedWrite::NotLeader => {
+                        retry = true;
+                        None
+                    }
+                };
+            }
+            if retry {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+        outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(self.timed_out(&group.log)))).collect()
     }
 
     /// Why a write timed out: this node's storage outage if there is one, else no quorum.

@@ -106,6 +106,8 @@ impl Partitions {
 pub enum PartitionCall {
     /// Propose a request.
     Write(Request),
+    /// Propose requests in this order.
+    WriteAll(Vec<Request>),
     /// Deliver up to `max` messages of `queue`; no proposal when none is visible.
     Receive {
         /// Request id of the proposal (a retry gets the same deliveries).
@@ -134,6 +136,8 @@ pub enum PartitionCall {
 pub enum PartitionReply {
     /// The state machine's reply to a write.
     Applied(Response),
+    /// One outcome per request of a [`PartitionCall::WriteAll`].
+    AppliedAll(Vec<Result<Response, ApiError>>),
     /// Deliveries of a receive.
     Received(Vec<Delivery>),
     /// Counts.
@@ -224,7 +228,13 @@ impl Node {
         let partition = partition_of(queue, key.as_deref(), topology.settings.partitions);
         let command = Command::QueueSend { queue: queue.to_string(), key, body };
         let request = Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), command };
-        match self.partition_write(partition, request).await? {
+        let response = self.partition_write(partition, request).await?;
+        self.sent_or_refused(queue, partition, response)
+    }
+
+    /// The answer to a send from the partition's reply.
+    fn sent_or_refused(&self, queue: &str, partition: u32, response: Response) -> Result<Sent, ApiError> {
+        match response {
             Response::QueueSent { id } => {
                 crate::metrics::record_queue_op("sent", queue, 1);
                 Ok(Sent { id, partition })
@@ -344,20 +354,63 @@ impl Node {
         }
     }
 
-    /// Sends several messages at once; one outcome per message, in order. Messages of one
-    /// partition share its log entries.
+    /// Sends several messages at once; one outcome per message, in order. The messages of
+    /// one partition are proposed together and in order, so a key's order holds within a
+    /// batch too.
     pub async fn queue_send_many(
         self: &Arc<Self>,
         queue: &str,
         messages: Vec<(Option<String>, serde_json::Value, Option<String>)>,
     ) -> Vec<Result<Sent, ApiError>> {
-        let mut tasks = tokio::task::JoinSet::new();
         let count = messages.len();
+        let mut outcomes: Vec<Option<Result<Sent, ApiError>>> = (0..count).map(|_| None).collect();
+        let topology = match validate_queue_name(queue)
+            .map_err(ApiError::from)
+            .and_then(|()| self.topology_or_unavailable())
+        {
+            Ok(t) => t,
+            Err(e) => return (0..count).map(|_| Err(e.clone())).collect(),
+        };
+        let mut by_partition: BTreeMap<u32, Vec<(usize, Request)>> = BTreeMap::new();
         for (i, (key, body, request_id)) in messages.into_iter().enumerate() {
-            let (node, queue) = (self.clone(), queue.to_string());
-            tasks.spawn(async move { (i, node.queue_send(&queue, key, body, request_id).await) });
+            let checked = validate_message(key.as_deref(), &body)
+                .and_then(|()| request_id.as_deref().map_or(Ok(()), validate_request_id));
+            if let Err(e) = checked {
+                outcomes[i] = Some(Err(e.into()));
+                continue;
+            }
+            let partition = partition_of(queue, key.as_deref(), topology.settings.partitions);
+            let command = Command::QueueSend { queue: queue.to_string(), key, body };
+            let request = Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), command };
+            by_partition.entry(partition).or_default().push((i, request));
         }
-        collect_in_order(tasks, count).await
+        let mut tasks = tokio::task::JoinSet::new();
+        for (partition, items) in by_partition {
+            let node = self.clone();
+            tasks.spawn(async move {
+                let (positions, requests): (Vec<usize>, Vec<Request>) = items.into_iter().unzip();
+                let deadline = Instant::now() + node.request_timeout_dur();
+                let answers = match node
+                    .partition_call(partition, PartitionCall::WriteAll(requests), deadline, 2)
+                    .await
+                {
+                    Ok(PartitionReply::AppliedAll(answers)) if answers.len() == positions.len() => answers,
+                    Ok(other) => positions.iter().map(|_| Err(unexpected(&other))).collect(),
+                    Err(e) => positions.iter().map(|_| Err(e.clone())).collect(),
+                };
+                (partition, positions, answers)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((partition, positions, answers)) = joined else { continue };
+            for (i, answer) in positions.into_iter().zip(answers) {
+                outcomes[i] = Some(answer.and_then(|r| self.sent_or_refused(queue, partition, r)));
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(ApiError::Unavailable("the request was cancelled".into()))))
+            .collect()
     }
 
     /// Acknowledges several deliveries at once; one outcome per receipt, in order.
@@ -393,7 +446,7 @@ impl Node {
         };
         let dead = self.settle(queue, receipt, command, "nacked").await?;
         if dead {
-            crate::metrics::record_queue_op("dead_lettered", queue, 1);
+            crate::metrics::record_expiry(0, 1);
         }
         Ok(dead)
     }
@@ -498,9 +551,15 @@ impl Node {
         if leader_of(&group.raft, self.config.raft_id, patience.min(deadline)).await.is_err() {
             return self.call_replicas(partition, &call, deadline, hops).await;
         }
-        if let PartitionCall::Write(request) = call {
-            let (response, _) = self.submit_to(&group, request, deadline).await?;
-            return Ok(PartitionReply::Applied(response));
+        match call {
+            PartitionCall::Write(request) => {
+                let (response, _) = self.submit_to(&group, request, deadline).await?;
+                return Ok(PartitionReply::Applied(response));
+            }
+            PartitionCall::WriteAll(requests) => {
+                return Ok(PartitionReply::AppliedAll(self.submit_all_to(&group, requests, deadline).await));
+            }
+            _ => {}
         }
         // A replica's own copy tells whether there is anything to receive; a lagging copy
         // only delays a message to the next receive.
@@ -611,6 +670,9 @@ impl Node {
             PartitionCall::Write(request) => {
                 let (response, _) = self.submit_to(group, request.clone(), deadline).await?;
                 Ok(PartitionReply::Applied(response))
+            }
+            PartitionCall::WriteAll(requests) => {
+                Ok(PartitionReply::AppliedAll(self.submit_all_to(group, requests.clone(), deadline).await))
             }
             PartitionCall::Receive { request_id, queue, max, visibility_ms } => {
                 let command =
@@ -829,6 +891,12 @@ async fn host_once(node: &Node, topology: &Topology, pending: &mut BTreeMap<u32,
                 pending.remove(&partition);
             }
             _ => {}
+        }
+        // A node started to join a running cluster (or restored that way) never creates a
+        // partition group: the group exists elsewhere, and a fresh one could win elections
+        // among wiped replicas and overwrite the real one.
+        if node.config.join {
+            pending.remove(&partition);
         }
         let due = pending.get(&partition).is_some_and(|at| *at <= Instant::now());
         if let (true, Some(group)) = (due, node.partitions.get(partition)) {

@@ -5,7 +5,6 @@
 
 #![allow(dead_code)]
 
-pub mod linearizability;
 pub mod queue_load;
 pub mod redis_server;
 

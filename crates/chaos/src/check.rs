@@ -1,0 +1,284 @@
+//! Checkers: what a history must satisfy.
+//!
+//! - Locks: fences are unique per lock and grow in real-time order of grants; no two holds
+//!   overlap while the service promised one of them exclusivity (from the grant's answer to
+//!   the earlier of its release and its lease end); and the fenced resource never turned down
+//!   a write whose lease was still promised (that would mean a newer token was handed out
+//!   during the promise).
+//! - Cache: every key is a linearizable register ([`crate::linearizability`]).
+//! - Queues: every acknowledged send is delivered at least once, nothing is delivered that
+//!   was never sent; duplicates are counted, not forbidden (at-least-once).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::history::{Op, Outcome};
+use crate::linearizability::{check_register, Event, RegOp, Verdict};
+use crate::workloads::FencedWrite;
+
+/// Slack for comparing the service's clock with ours (the same machine's clock).
+const CLOCK_SLACK_MS: u64 = 5;
+
+/// The result of a check.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Violations, each described.
+    pub violations: Vec<String>,
+    /// Notes that are not violations (duplicates, inconclusive searches).
+    pub notes: Vec<String>,
+}
+
+/// One granted hold as the client saw it.
+#[derive(Debug, Clone)]
+struct Hold {
+    lock: String,
+    process: usize,
+    exclusive: bool,
+    fence: u64,
+    invoked_us: u64,
+    granted_us: u64,
+    /// When the promise ends, in run microseconds.
+    until_us: u64,
+}
+
+/// Checks a lock history. `started_unix_ms` converts run time to the service's clock.
+pub fn locks(ops: &[Op], writes: &[FencedWrite], started_unix_ms: u64) -> Report {
+    let mut report = Report::default();
+    let to_us = |unix_ms: u64| unix_ms.saturating_sub(started_unix_ms).saturating_mul(1_000);
+    let mut holds: Vec<Hold> = Vec::new();
+    for (i, op) in ops.iter().enumerate() {
+        let (Some("acquire"), Outcome::Ok { value }) = (Some(op.f.as_str()), &op.outcome) else { continue };
+        let lock = op.input["name"].as_str().unwrap_or_default().to_string();
+        let expires = value["expires_at_ms"].as_u64().unwrap_or(0);
+        // The promise ends at the lease end or when the holder starts to release it.
+        let released = ops[i + 1..]
+            .iter()
+            .find(|o| o.process == op.process && o.f == "release" && o.input["name"] == op.input["name"])
+            .map(|o| o.invoked_us);
+        let until_us = released.map_or(to_us(expires), |r| r.min(to_us(expires)));
+        holds.push(Hold {
+            lock,
+            process: op.process,
+            exclusive: op.input["mode"] == "exclusive",
+            fence: value["fence"].as_u64().unwrap_or(0),
+            invoked_us: op.invoked_us,
+            granted_us: op.completed_us,
+            until_us: until_us.saturating_sub(CLOCK_SLACK_MS * 1_000),
+        });
+    }
+    let mut by_lock: BTreeMap<&str, Vec<&Hold>> = BTreeMap::new();
+    for hold in &holds {
+        by_lock.entry(hold.lock.as_str()).or_default().push(hold);
+    }
+    for (lock, holds) in &by_lock {
+        // A client asking again for a lock it holds gets its own grant back: same fence.
+        let mut fences: BTreeMap<u64, usize> = BTreeMap::new();
+        for h in holds {
+            if *fences.entry(h.fence).or_insert(h.process) != h.process {
+                report.violations.push(format!("{lock}: fence {} granted to two clients", h.fence));
+            }
+        }
+        for a in holds {
+            for b in holds {
+                let same_grant = a.process == b.process && a.fence == b.fence;
+                if a.granted_us < b.invoked_us && a.fence >= b.fence && !same_grant {
+                    report.violations.push(format!(
+                        "{lock}: grant to c{} (fence {}) answered before c{} asked, yet c{} got fence {}",
+                        a.process, a.fence, b.process, b.process, b.fence
+                    ));
+                }
+                let overlap = a.granted_us < b.until_us && b.granted_us < a.until_us;
+                if a.fence < b.fence && (a.exclusive || b.exclusive) && overlap {
+                    report.violations.push(format!(
+                        "{lock}: c{} (fence {}) and c{} (fence {}) held it together while exclusivity was promised",
+                        a.process, a.fence, b.process, b.fence
+                    ));
+                }
+            }
+        }
+    }
+    for w in writes.iter().filter(|w| !w.accepted) {
+        if w.at_ms + CLOCK_SLACK_MS < w.lease_until_ms {
+            report.violations.push(format!(
+                "{}: the resource refused c{}'s fence {} {} ms before its lease ended: a newer token was issued during the lease",
+                w.lock,
+                w.process,
+                w.fence,
+                w.lease_until_ms - w.at_ms
+            ));
+        }
+    }
+    report.notes.push(format!(
+        "{} grants, {} fenced writes ({} refused as stale)",
+        holds.len(),
+        writes.len(),
+        writes.iter().filter(|w| !w.accepted).count()
+    ));
+    report
+}
+
+/// Checks a cache history: each key must be a linearizable register.
+pub fn cache(ops: &[Op]) -> Report {
+    let mut report = Report::default();
+    let mut keys: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+    for op in ops {
+        let key = op.input["key"].as_str().unwrap_or_default().to_string();
+        let event = match (op.f.as_str(), &op.outcome) {
+            ("write", Outcome::Ok { .. }) => Event {
+                start: op.invoked_us,
+                end: Some(op.completed_us),
+                op: RegOp::Write(op.input["value"].as_i64().unwrap_or(0)),
+            },
+            ("write", Outcome::Info { .. }) => Event {
+                start: op.invoked_us,
+                end: None,
+                op: RegOp::Write(op.input["value"].as_i64().unwrap_or(0)),
+            },
+            ("read", Outcome::Ok { value }) => {
+                Event { start: op.invoked_us, end: Some(op.completed_us), op: RegOp::Read(value.as_i64()) }
+            }
+            _ => continue,
+        };
+        keys.entry(key).or_default().push(event);
+    }
+    for (key, events) in &keys {
+        match check_register(events, None) {
+            Verdict::Linearizable => {}
+            Verdict::Violation(why) => report.violations.push(format!("{key} is not linearizable: {why}")),
+            Verdict::Unknown => {
+                report.notes.push(format!("{key}: the search gave up ({} operations)", events.len()))
+            }
+        }
+    }
+    report.notes.push(format!(
+        "{} keys, {} operations checked",
+        keys.len(),
+        keys.values().map(Vec::len).sum::<usize>()
+    ));
+    report
+}
+
+/// Ids of acknowledged sends and ids delivered, from a queue history.
+pub fn queue_sets(ops: &[Op]) -> (BTreeSet<String>, BTreeMap<String, usize>) {
+    let mut acked = BTreeSet::new();
+    let mut delivered: BTreeMap<String, usize> = BTreeMap::new();
+    for op in ops {
+        match (op.f.as_str(), &op.outcome) {
+            ("send", Outcome::Ok { value }) => {
+                acked.insert(value["id"].as_str().unwrap_or_default().to_string());
+            }
+            ("receive", Outcome::Ok { value }) => {
+                for m in value.as_array().into_iter().flatten() {
+                    *delivered.entry(m["id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    (acked, delivered)
+}
+
+/// Checks a queue history.
+pub fn queues(ops: &[Op]) -> Report {
+    let mut report = Report::default();
+    let (acked, delivered) = queue_sets(ops);
+    let attempted: BTreeSet<String> =
+        ops.iter().filter(|o| o.f == "send").map(|o| o.input["body"].to_string()).collect();
+    let lost: Vec<&String> = acked.iter().filter(|id| !delivered.contains_key(*id)).collect();
+    if !lost.is_empty() {
+        report.violations.push(format!(
+            "{} acknowledged sends were never delivered: {:?}",
+            lost.len(),
+            &lost[..lost.len().min(20)]
+        ));
+    }
+    for op in ops.iter().filter(|o| o.f == "receive") {
+        let Outcome::Ok { value } = &op.outcome else { continue };
+        for m in value.as_array().into_iter().flatten() {
+            if !attempted.contains(&m["body"].to_string()) {
+                report.violations.push(format!("message {} with body {} was never sent", m["id"], m["body"]));
+            }
+        }
+    }
+    let duplicates = delivered.values().filter(|n| **n > 1).count();
+    report.notes.push(format!(
+        "{} sends acknowledged, {} messages delivered, {duplicates} delivered more than once",
+        acked.len(),
+        delivered.len()
+    ));
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn op(process: usize, f: &str, input: serde_json::Value, at: (u64, u64), outcome: Outcome) -> Op {
+        Op { process, node: 0, f: f.into(), input, invoked_us: at.0, completed_us: at.1, outcome }
+    }
+
+    fn grant(fence: u64, expires: u64) -> Outcome {
+        Outcome::Ok { value: json!({ "fence": fence, "expires_at_ms": expires }) }
+    }
+
+    #[test]
+    fn overlapping_exclusive_holds_and_backward_fences_are_caught() {
+        let lock = json!({ "name": "l", "mode": "exclusive" });
+        // Run started at unix 1,000 ms; leases end at 3,000 ms = 2,000,000 us into the run.
+        let fine = vec![
+            op(0, "acquire", lock.clone(), (0, 100_000), grant(1, 3_000)),
+            op(0, "release", lock.clone(), (200_000, 300_000), Outcome::Ok { value: json!({}) }),
+            op(1, "acquire", lock.clone(), (150_000, 400_000), grant(2, 3_000)),
+        ];
+        assert!(locks(&fine, &[], 1_000).violations.is_empty());
+        let overlap = vec![
+            op(0, "acquire", lock.clone(), (0, 100_000), grant(1, 3_000)),
+            op(1, "acquire", lock.clone(), (150_000, 400_000), grant(2, 3_000)),
+            op(0, "release", lock.clone(), (900_000, 950_000), Outcome::Ok { value: json!({}) }),
+        ];
+        assert!(!locks(&overlap, &[], 1_000).violations.is_empty());
+        let backwards = vec![
+            op(0, "acquire", lock.clone(), (0, 100), grant(5, 1_000)),
+            op(1, "acquire", lock.clone(), (200, 300), grant(4, 1_000)),
+        ];
+        assert!(!locks(&backwards, &[], 1_000).violations.is_empty());
+        let stale_refused = FencedWrite {
+            lock: "l".into(),
+            process: 0,
+            fence: 1,
+            accepted: false,
+            at_ms: 1_500,
+            lease_until_ms: 3_000,
+        };
+        assert!(!locks(&[], &[stale_refused], 1_000).violations.is_empty());
+    }
+
+    #[test]
+    fn lost_and_invented_messages_are_caught() {
+        let send = |n: u64, outcome| op(0, "send", json!({ "body": { "n": n } }), (0, 1), outcome);
+        let sent = |id: &str| Outcome::Ok { value: json!({ "id": id, "partition": 0 }) };
+        let received = |ids: &[(&str, u64)]| Outcome::Ok {
+            value: json!(ids
+                .iter()
+                .map(|(id, n)| json!({ "id": id, "body": { "n": n } }))
+                .collect::<Vec<_>>()),
+        };
+        let ok = vec![
+            send(1, sent("0-1")),
+            op(1, "receive", json!({}), (2, 3), received(&[("0-1", 1), ("0-1", 1)])),
+        ];
+        assert!(queues(&ok).violations.is_empty());
+        let lost = vec![
+            send(1, sent("0-1")),
+            send(2, sent("0-2")),
+            op(1, "receive", json!({}), (2, 3), received(&[("0-1", 1)])),
+        ];
+        assert!(!queues(&lost).violations.is_empty());
+        let invented = vec![
+            send(1, sent("0-1")),
+            op(1, "receive", json!({}), (2, 3), received(&[("0-1", 1), ("0-9", 9)])),
+        ];
+        assert!(!queues(&invented).violations.is_empty());
+    }
+}

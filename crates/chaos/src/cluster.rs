@@ -1,0 +1,256 @@
+//! A cluster of real `sinkron serve` processes whose links run through our proxies.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use sinkron_client::Client;
+use tokio::net::TcpListener;
+
+use crate::proxy::{self, LinkState, Links};
+
+/// One node process.
+pub struct ChaosNode {
+    /// Name, `node1`...
+    pub name: String,
+    /// Address it serves on (clients use it directly).
+    pub addr: SocketAddr,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    /// Its log file.
+    pub log_path: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+}
+
+/// The cluster under test.
+pub struct ChaosCluster {
+    /// Nodes, by index.
+    pub nodes: Vec<ChaosNode>,
+    /// The link table the proxies obey.
+    pub links: Links,
+    bin: PathBuf,
+    env: Vec<(String, String)>,
+    cluster_addrs: String,
+    proxies: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Settings every node gets: fast elections and bounded waits, so faults resolve quickly.
+pub fn fast_env() -> Vec<(String, String)> {
+    [
+        ("RAFT_ELECTION_TIMEOUT_MIN", "0.3"),
+        ("RAFT_ELECTION_TIMEOUT_MAX", "0.6"),
+        ("RAFT_HEARTBEAT_INTERVAL", "0.1"),
+        ("REQUEST_TIMEOUT_MS", "2000"),
+        ("RUST_LOG", "info,openraft=warn"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+
+/// A port free on both `a` and `b` (the node's and its proxy's address).
+async fn shared_port(a: std::net::IpAddr, b: std::net::IpAddr) -> anyhow::Result<(TcpListener, u16)> {
+    for _ in 0..50 {
+        let listener = TcpListener::bind((b, 0)).await?;
+        let port = listener.local_addr()?.port();
+        if std::net::TcpListener::bind((a, port)).is_ok() {
+            return Ok((listener, port));
+        }
+    }
+    anyhow::bail!("no port free on both {a} and {b}")
+}
+
+impl ChaosCluster {
+    /// Starts `n` nodes of `bin` under `dir`, with [`fast_env`] plus `extra`.
+    pub async fn start(bin: &Path, n: usize, dir: &Path, extra: &[(String, String)]) -> anyhow::Result<Self> {
+        anyhow::ensure!((1..=9).contains(&n), "1 to 9 nodes");
+        let links = Links::default();
+        let mut nodes = Vec::new();
+        let mut advertised = Vec::new();
+        let mut proxies = Vec::new();
+        for i in 0..n {
+            let (listener, port) = shared_port(proxy::node_ip(i), proxy::proxy_ip(i)).await?;
+            let addr = SocketAddr::new(proxy::node_ip(i), port);
+            proxies.push(tokio::spawn(proxy::start(listener, addr, i, links.clone())));
+            let name = format!("node{}", i + 1);
+            advertised.push(format!("{name}={}:{port}", proxy::proxy_ip(i)));
+            nodes.push(ChaosNode {
+                data_dir: dir.join(&name),
+                log_path: dir.join(format!("{name}.log")),
+                name,
+                addr,
+                child: None,
+                paused: false,
+            });
+        }
+        let mut env = fast_env();
+        env.extend(extra.iter().cloned());
+        let mut cluster =
+            Self { nodes, links, bin: bin.to_path_buf(), env, cluster_addrs: advertised.join(","), proxies };
+        for i in 0..n {
+            cluster.spawn(i)?;
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let node = &mut self.nodes[i];
+        let log = File::options().create(true).append(true).open(&node.log_path)?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve")
+            .env("NODE_ID", &node.name)
+            .env("NODE_PORT", node.addr.port().to_string())
+            .env("NODE_BIND", node.addr.ip().to_string())
+            .env("CLUSTER_ADDRS", &self.cluster_addrs)
+            .env("DATA_DIR", &node.data_dir)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        node.child = Some(cmd.spawn()?);
+        node.paused = false;
+        Ok(())
+    }
+
+    /// A client of node `i`, talking to it directly (not through a proxy).
+    pub fn client(&self, i: usize, timeout: Duration) -> Client {
+        Client::with_timeout(&self.nodes[i].addr.to_string(), timeout)
+    }
+
+    /// SIGKILLs node `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.nodes[i].paused = false;
+    }
+
+    /// Starts node `i` again (after [`ChaosCluster::kill`]).
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        if self.nodes[i].child.is_none() {
+            self.spawn(i)?;
+        }
+        Ok(())
+    }
+
+    fn signal(&mut self, i: usize, signal: Signal) {
+        if let Some(child) = &self.nodes[i].child {
+            let _ = kill(Pid::from_raw(child.id() as i32), signal);
+        }
+    }
+
+    /// SIGSTOPs node `i`.
+    pub fn pause(&mut self, i: usize) {
+        self.signal(i, Signal::SIGSTOP);
+        self.nodes[i].paused = true;
+    }
+
+    /// SIGCONTs node `i`.
+    pub fn resume(&mut self, i: usize) {
+        self.signal(i, Signal::SIGCONT);
+        self.nodes[i].paused = false;
+    }
+
+    /// Cuts every link between the nodes of `side` and the others, both ways.
+    pub fn split(&self, side: &[usize]) {
+        for a in 0..self.nodes.len() {
+            for b in 0..self.nodes.len() {
+                if side.contains(&a) != side.contains(&b) {
+                    self.links.set(a, b, LinkState { cut: true, ..LinkState::default() });
+                }
+            }
+        }
+    }
+
+    /// Cuts `from -> to` only.
+    pub fn cut_one_way(&self, from: usize, to: usize) {
+        self.links.set(from, to, LinkState { cut: true, ..LinkState::default() });
+    }
+
+    /// Delays every link by `delay`.
+    pub fn delay_all(&self, delay: Duration) {
+        for a in 0..self.nodes.len() {
+            for b in 0..self.nodes.len() {
+                if a != b {
+                    self.links.set(a, b, LinkState { delay, ..LinkState::default() });
+                }
+            }
+        }
+    }
+
+    /// Restores every link, resumes paused nodes and restarts killed ones.
+    pub fn heal(&mut self) -> anyhow::Result<()> {
+        self.links.heal();
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].paused {
+                self.resume(i);
+            }
+            self.restart(i)?;
+        }
+        Ok(())
+    }
+
+    /// The node every reachable node names as group 0's leader, if they agree.
+    pub async fn leader(&self) -> Option<usize> {
+        let mut seen = None;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].child.is_none() || self.nodes[i].paused {
+                continue;
+            }
+            let Ok(status) = self.client(i, Duration::from_millis(500)).cluster().await else { continue };
+            let leader = status.leader.map(|l| l.id)?;
+            if seen.as_ref().is_some_and(|s| *s != leader) {
+                return None;
+            }
+            seen = Some(leader);
+        }
+        let name = seen?;
+        self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// Waits until every node is ready (a leader known, its log applied).
+    pub async fn wait_ready(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        for i in 0..self.nodes.len() {
+            let client = self.client(i, Duration::from_secs(1));
+            while client.ready().await.is_err() {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "{} not ready within {within:?}",
+                    self.nodes[i].name
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Copies every node's log into `dir`.
+    pub fn save_logs(&self, dir: &Path) {
+        for node in &self.nodes {
+            let _ = std::fs::copy(&node.log_path, dir.join(format!("{}.log", node.name)));
+        }
+    }
+}
+
+impl Drop for ChaosCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].paused {
+                self.resume(i);
+            }
+            self.kill(i);
+        }
+        for proxy in &self.proxies {
+            proxy.abort();
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! One chaos run: start a cluster, run a workload while a seeded schedule injects faults,
+//! heal, check the history, and say so in one line.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::check::{self, Report};
+use crate::cluster::ChaosCluster;
+use crate::history::History;
+use crate::schedule::{FaultKind, Schedule, Step, Target};
+use crate::workloads::{self, Env, FencedResource, Workload};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The `sinkron` binary.
+    pub bin: PathBuf,
+    /// The workload.
+    pub workload: Workload,
+    /// Fault kinds the schedule draws from.
+    pub faults: Vec<FaultKind>,
+    /// Seed of the schedule and the clients.
+    pub seed: u64,
+    /// How long faults are injected.
+    pub duration: Duration,
+    /// Cluster size.
+    pub nodes: usize,
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Where a failing run leaves its history and node logs.
+    pub out_dir: PathBuf,
+}
+
+impl RunConfig {
+    /// The command that replays this run.
+    pub fn replay_command(&self) -> String {
+        let faults: Vec<String> = self.faults.iter().map(ToString::to_string).collect();
+        format!(
+            "sinkron chaos --workload {} --faults {} --seed {} --duration {} --nodes {} --clients {}",
+            self.workload.name(),
+            faults.join(","),
+            self.seed,
+            self.duration.as_secs(),
+            self.nodes,
+            self.clients
+        )
+    }
+}
+
+/// The outcome of a run.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    /// Workload name.
+    pub workload: &'static str,
+    /// Seed.
+    pub seed: u64,
+    /// Operations recorded.
+    pub ops: usize,
+    /// Faults injected.
+    pub faults: usize,
+    /// Violations found.
+    pub violations: Vec<String>,
+    /// Checker notes.
+    pub notes: Vec<String>,
+    /// Where the history and logs were saved (violations only).
+    pub saved: Option<PathBuf>,
+}
+
+impl Summary {
+    /// The one-line summary.
+    pub fn line(&self) -> String {
+        format!(
+            "chaos {}: seed {}, {} operations, {} faults, {} violations ({})",
+            self.workload,
+            self.seed,
+            self.ops,
+            self.faults,
+            self.violations.len(),
+            self.notes.join("; ")
+        )
+    }
+}
+
+/// Runs one workload under the configured faults.
+pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
+    let dir = tempfile::tempdir()?;
+    let mut extra = vec![("SINKRON_FAULT_INJECTION".to_string(), "0".to_string())];
+    if config.workload == Workload::Cache {
+        extra.push(("CACHE_WRITE_POLICY".into(), "write-through".into()));
+    }
+    let mut cluster = ChaosCluster::start(&config.bin, config.nodes, dir.path(), &extra).await?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let history = History::new();
+    let started_unix_ms = workloads::unix_ms().saturating_sub(history.started().elapsed().as_millis() as u64);
+    let env = Env {
+        clients: (0..config.nodes).map(|i| cluster.client(i, Duration::from_secs(5))).collect(),
+        history: history.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+        seed: config.seed,
+    };
+    if config.workload == Workload::Queues {
+        wait_for_queues(&env).await?;
+    }
+    let resource = FencedResource::default();
+    let mut tasks = Vec::new();
+    for process in 0..config.clients {
+        let env = env.clone();
+        tasks.push(match config.workload {
+            Workload::Locks => tokio::spawn(workloads::locks(env, process, resource.clone())),
+            Workload::Cache => tokio::spawn(workloads::cache(env, process)),
+            Workload::Queues if process.is_multiple_of(2) => tokio::spawn(workloads::produce(env, process)),
+            Workload::Queues => tokio::spawn(workloads::consume(env, process)),
+        });
+    }
+    let schedule = Schedule::generate(config.seed, &config.faults, config.nodes, config.duration);
+    let started = Instant::now();
+    for step in &schedule.steps {
+        tokio::time::sleep(step.at.saturating_sub(started.elapsed())).await;
+        inject(&mut cluster, step).await?;
+    }
+    tokio::time::sleep(config.duration.saturating_sub(started.elapsed())).await;
+    env.stop.store(true, Ordering::SeqCst);
+    for task in tasks {
+        let _ = task.await;
+    }
+    cluster.heal()?;
+    cluster.wait_ready(Duration::from_secs(30)).await?;
+    let checking = Instant::now();
+    let report = match config.workload {
+        Workload::Locks => {
+            let writes = resource.writes.lock().map(|w| w.clone()).unwrap_or_default();
+            check::locks(&history.ops(), &writes, started_unix_ms)
+        }
+        Workload::Cache => check::cache(&history.ops()),
+        Workload::Queues => {
+            let all_delivered = |h: &History| {
+                let (acked, delivered) = check::queue_sets(&h.ops());
+                acked.iter().all(|id| delivered.contains_key(id))
+            };
+            workloads::final_drain(&env, all_delivered, Duration::from_secs(30)).await;
+            check::queues(&history.ops())
+        }
+    };
+    let Report { violations, mut notes } = report;
+    notes.push(format!(
+        "run {:.0} s, checked in {:.1} s",
+        started.elapsed().as_secs_f64(),
+        checking.elapsed().as_secs_f64()
+    ));
+    let mut summary = Summary {
+        workload: config.workload.name(),
+        seed: config.seed,
+        ops: history.ops().len(),
+        faults: schedule.steps.len(),
+        violations,
+        notes,
+        saved: None,
+    };
+    if !summary.violations.is_empty() {
+        let out = config.out_dir.join(format!("{}-{}", config.workload.name(), config.seed));
+        std::fs::create_dir_all(&out)?;
+        std::fs::write(out.join("history.json"), serde_json::to_vec_pretty(&history.ops())?)?;
+        std::fs::write(out.join("schedule.json"), serde_json::to_vec_pretty(&schedule)?)?;
+        std::fs::write(out.join("violations.txt"), summary.violations.join("\n"))?;
+        if config.workload == Workload::Locks {
+            let writes = resource.writes.lock().map(|w| w.clone()).unwrap_or_default();
+            std::fs::write(out.join("fenced-writes.json"), serde_json::to_vec_pretty(&writes)?)?;
+        }
+        cluster.save_logs(&out);
+        summary.saved = Some(out);
+    }
+    Ok(summary)
+}
+
+async fn wait_for_queues(env: &Env) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ring = env.clients[0].ring().await;
+        let ready = ring.as_ref().is_ok_and(|r| {
+            r["partitions"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty() && p.iter().all(|p| !p["leader"].is_null()))
+        });
+        if ready {
+            return Ok(());
+        }
+        anyhow::ensure!(Instant::now() < deadline, "queue partitions have no leaders after 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Applies `step`, waits its length, and undoes it.
+async fn inject(cluster: &mut ChaosCluster, step: &Step) -> anyhow::Result<()> {
+    let n = cluster.nodes.len();
+    let target = match step.target {
+        Target::Node(i) => i % n,
+        Target::Leader => cluster.leader().await.unwrap_or(0),
+    };
+    eprintln!(
+        "chaos: +{:.1}s {} on {} for {:.1}s",
+        step.at.as_secs_f64(),
+        step.kind,
+        cluster.nodes[target].name,
+        step.length.as_secs_f64()
+    );
+    match step.kind {
+        FaultKind::Kill => cluster.kill(target),
+        FaultKind::Pause => cluster.pause(target),
+        FaultKind::Partition => {
+            let minority: Vec<usize> = (0..n.saturating_sub(1) / 2).map(|k| (target + k) % n).collect();
+            cluster.split(&minority);
+        }
+        FaultKind::OneWay => {
+            let peer = if step.peer % n == target { (target + 1) % n } else { step.peer % n };
+            cluster.cut_one_way(target, peer);
+        }
+        FaultKind::Delay => cluster.delay_all(step.delay),
+    }
+    tokio::time::sleep(step.length).await;
+    cluster.heal()
+}

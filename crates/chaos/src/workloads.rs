@@ -1,0 +1,270 @@
+//! Workloads: clients that drive one primitive through every node and record a history.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use serde_json::json;
+use sinkron_client::{Client, ClientError, LockOptions, ReceiveOptions};
+
+use crate::history::{outcome_of, History, Op, Outcome};
+
+/// Longest a single call may take before it counts as unknown.
+const CALL_LIMIT: Duration = Duration::from_secs(4);
+
+/// Which primitive a run exercises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Workload {
+    /// Exclusive and shared locks with fenced writes to a guarded resource.
+    Locks,
+    /// Reads and writes of a few cache keys (write-through).
+    Cache,
+    /// Sends, receives and acks.
+    Queues,
+}
+
+impl Workload {
+    /// Every workload.
+    pub const ALL: [Workload; 3] = [Workload::Locks, Workload::Cache, Workload::Queues];
+
+    /// Parses a name.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|w| w.name() == name)
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Locks => "locks",
+            Workload::Cache => "cache",
+            Workload::Queues => "queues",
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// What everything a workload needs shares.
+#[derive(Clone)]
+pub struct Env {
+    /// One client per node.
+    pub clients: Vec<Client>,
+    /// The history being recorded.
+    pub history: History,
+    /// Set when the workload should stop.
+    pub stop: Arc<AtomicBool>,
+    /// Seed of the clients' choices.
+    pub seed: u64,
+}
+
+impl Env {
+    /// Runs `call` on `node` as operation `f` of `process` and records it.
+    async fn record<T, Fut>(
+        &self,
+        process: usize,
+        node: usize,
+        f: &str,
+        input: serde_json::Value,
+        call: Fut,
+    ) -> Result<T, ClientError>
+    where
+        T: Serialize,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let invoked_us = self.history.now_us();
+        let result = match tokio::time::timeout(CALL_LIMIT, call).await {
+            Ok(result) => result,
+            Err(_) => Err(ClientError::Decode { url: String::new(), reason: "timed out".into() }),
+        };
+        let outcome = match &result {
+            Err(ClientError::Decode { reason, .. }) if reason == "timed out" => {
+                Outcome::Info { error: "timed out".into() }
+            }
+            other => outcome_of(other),
+        };
+        self.history.push(Op {
+            process,
+            node,
+            f: f.to_string(),
+            input,
+            invoked_us,
+            completed_us: self.history.now_us(),
+            outcome,
+        });
+        result
+    }
+
+    fn running(&self) -> bool {
+        !self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// One write to a resource that checks fencing tokens, as the resource saw it.
+#[derive(Debug, Clone, Serialize)]
+pub struct FencedWrite {
+    /// Lock guarding the resource.
+    pub lock: String,
+    /// Writer.
+    pub process: usize,
+    /// Its token.
+    pub fence: u64,
+    /// Whether the resource accepted it (no larger token seen before).
+    pub accepted: bool,
+    /// Unix ms when the resource saw it.
+    pub at_ms: u64,
+    /// Unix ms the writer's lease was promised until.
+    pub lease_until_ms: u64,
+}
+
+/// A resource that accepts a write only with a token at least as large as any seen.
+#[derive(Default, Clone)]
+pub struct FencedResource {
+    highest: Arc<Mutex<BTreeMap<String, u64>>>,
+    /// Every write, in the order the resource saw them.
+    pub writes: Arc<Mutex<Vec<FencedWrite>>>,
+}
+
+impl FencedResource {
+    fn write(&self, lock: &str, process: usize, fence: u64, lease_until_ms: u64) {
+        let Ok(mut highest) = self.highest.lock() else { return };
+        let top = highest.entry(lock.to_string()).or_default();
+        let accepted = fence >= *top;
+        if accepted {
+            *top = fence;
+        }
+        if let Ok(mut writes) = self.writes.lock() {
+            writes.push(FencedWrite {
+                lock: lock.to_string(),
+                process,
+                fence,
+                accepted,
+                at_ms: unix_ms(),
+                lease_until_ms,
+            });
+        }
+    }
+}
+
+/// Locks: each process takes one of two locks (mostly exclusive, sometimes shared) through
+/// a node of its own, writes to the guarded resource with its fence, and releases.
+pub async fn locks(env: Env, process: usize, resource: FencedResource) {
+    let mut rng = StdRng::seed_from_u64(env.seed.wrapping_add(process as u64));
+    let client_id = format!("c{process}");
+    let mut attempt = 0usize;
+    while env.running() {
+        let node = (process + attempt) % env.clients.len();
+        let client = env.clients[node].clone();
+        let name = format!("lock-{}", rng.gen_range(0..2));
+        let shared = rng.gen_bool(0.2);
+        let options = LockOptions {
+            client_id: client_id.clone(),
+            mode: Some(if shared { "shared" } else { "exclusive" }.into()),
+            ttl_ms: Some(1_500),
+            wait_ms: Some(1_000),
+        };
+        let input = json!({ "name": name, "mode": options.mode, "client": client_id });
+        match env.record(process, node, "acquire", input.clone(), client.acquire(&name, &options)).await {
+            Ok(grant) => {
+                if !shared {
+                    resource.write(&name, process, grant.fence, grant.expires_at_ms);
+                }
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(0..80))).await;
+            }
+            Err(e) if e.code().is_some() && !matches!(e.code(), Some("no_quorum" | "unavailable")) => {
+                // Refused (timeout in the queue, deadlock): nothing to release.
+                continue;
+            }
+            Err(_) => attempt += 1,
+        }
+        let _ = env.record(process, node, "release", input, client.release(&name, &client_id)).await;
+    }
+}
+
+/// Cache: each process reads and writes five keys through one node; writes are unique
+/// values, so a read names the write it saw.
+pub async fn cache(env: Env, process: usize) {
+    let mut rng = StdRng::seed_from_u64(env.seed.wrapping_add(1_000 + process as u64));
+    let node = process % env.clients.len();
+    let client = env.clients[node].clone();
+    let mut n = 0i64;
+    while env.running() {
+        let key = format!("reg-{}", rng.gen_range(0..5));
+        if rng.gen_bool(0.4) {
+            n += 1;
+            let value = process as i64 * 1_000_000 + n;
+            let input = json!({ "key": key, "value": value });
+            let _ =
+                env.record(process, node, "write", input, client.cache_put(&key, json!(value), true)).await;
+        } else {
+            let input = json!({ "key": key });
+            let read = async { client.cache_get(&key).await.map(|v| v.map(|v| v["value"].clone())) };
+            let _ = env.record(process, node, "read", input, read).await;
+        }
+        tokio::time::sleep(Duration::from_millis(rng.gen_range(10..40))).await;
+    }
+}
+
+/// Queue producer: sends unique bodies, retrying each with its request id until it is
+/// acknowledged or the run ends.
+pub async fn produce(env: Env, process: usize) {
+    let mut n = 0u64;
+    while env.running() {
+        n += 1;
+        let body = json!({ "p": process, "n": n });
+        let request_id = format!("p{process}-{n}");
+        let key = format!("k{}", n % 8);
+        let mut attempt = 0usize;
+        while env.running() {
+            let node = (process + attempt) % env.clients.len();
+            let client = env.clients[node].clone();
+            let input = json!({ "body": body, "key": key, "request_id": request_id });
+            let sent = client.queue_send_idempotent("chaos", body.clone(), Some(&key), &request_id);
+            if env.record(process, node, "send", input, sent).await.is_ok() {
+                break;
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Queue consumer: receives batches and acks them.
+pub async fn consume(env: Env, process: usize) {
+    let mut attempt = 0usize;
+    while env.running() {
+        let _ = drain_once(&env, process, (process + attempt) % env.clients.len())
+            .await
+            .map_err(|_| attempt += 1);
+    }
+}
+
+/// One receive and the acks of what it returned.
+async fn drain_once(env: &Env, process: usize, node: usize) -> Result<usize, ClientError> {
+    let client = env.clients[node].clone();
+    let options = ReceiveOptions { max: Some(10), visibility_ms: Some(3_000), wait_ms: Some(300) };
+    let messages =
+        env.record(process, node, "receive", json!({}), client.queue_receive("chaos", &options)).await?;
+    for m in &messages {
+        let input = json!({ "id": m.id, "receipt": m.receipt });
+        let _ = env.record(process, node, "ack", input, client.queue_ack("chaos", &m.receipt)).await;
+    }
+    Ok(messages.len())
+}
+
+/// After the faults: consumes until every acknowledged send was delivered or `within`.
+pub async fn final_drain(env: &Env, acknowledged: impl Fn(&History) -> bool, within: Duration) {
+    let deadline = Instant::now() + within;
+    let mut turn = 0usize;
+    while Instant::now() < deadline && !acknowledged(&env.history) {
+        let _ = drain_once(env, 10_000, turn % env.clients.len()).await;
+        turn += 1;
+    }
+}
