@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::check::{self, Report};
 use crate::cluster::ChaosCluster;
 use crate::history::History;
-use crate::schedule::{FaultKind, Schedule, Step, Target};
+use crate::schedule::{FaultKind, FaultRecord, Schedule, Step, Target};
 use crate::workloads::{self, Env, FencedResource, Workload};
 
 /// What to run.
@@ -89,8 +89,13 @@ impl Summary {
 pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
     let dir = tempfile::tempdir()?;
     let mut extra = vec![("SINKRON_FAULT_INJECTION".to_string(), "0".to_string())];
-    if config.workload == Workload::Cache {
-        extra.push(("CACHE_WRITE_POLICY".into(), "write-through".into()));
+    match config.workload {
+        Workload::Cache => extra.push(("CACHE_WRITE_POLICY".into(), "write-through".into())),
+        Workload::CacheWriteBack => {
+            extra.push(("CACHE_WRITE_POLICY".into(), "write-back".into()));
+            extra.push(("CACHE_WRITEBACK_MAX_MS".into(), WRITEBACK_MAX_MS.to_string()));
+        }
+        _ => {}
     }
     let mut cluster = ChaosCluster::start(&config.bin, config.nodes, dir.path(), &extra).await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
@@ -111,16 +116,18 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
         let env = env.clone();
         tasks.push(match config.workload {
             Workload::Locks => tokio::spawn(workloads::locks(env, process, resource.clone())),
-            Workload::Cache => tokio::spawn(workloads::cache(env, process)),
+            Workload::Cache => tokio::spawn(workloads::cache(env, process, true)),
+            Workload::CacheWriteBack => tokio::spawn(workloads::cache(env, process, false)),
             Workload::Queues if process.is_multiple_of(2) => tokio::spawn(workloads::produce(env, process)),
             Workload::Queues => tokio::spawn(workloads::consume(env, process)),
         });
     }
     let schedule = Schedule::generate(config.seed, &config.faults, config.nodes, config.duration);
     let started = Instant::now();
+    let mut faults = Vec::new();
     for step in &schedule.steps {
         tokio::time::sleep(step.at.saturating_sub(started.elapsed())).await;
-        inject(&mut cluster, step).await?;
+        faults.push(inject(&mut cluster, step, &history).await?);
     }
     tokio::time::sleep(config.duration.saturating_sub(started.elapsed())).await;
     env.stop.store(true, Ordering::SeqCst);
@@ -136,6 +143,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
             check::locks(&history.ops(), &writes, started_unix_ms)
         }
         Workload::Cache => check::cache(&history.ops()),
+        Workload::CacheWriteBack => check::cache_write_back(&history.ops(), &faults, loss_window_us()),
         Workload::Queues => {
             let all_delivered = |h: &History| {
                 let (acked, delivered) = check::queue_sets(&h.ops());
@@ -193,8 +201,19 @@ async fn wait_for_queues(env: &Env) -> anyhow::Result<()> {
     }
 }
 
-/// Applies `step`, waits its length, and undoes it.
-async fn inject(cluster: &mut ChaosCluster, step: &Step) -> anyhow::Result<()> {
+/// `CACHE_WRITEBACK_MAX_MS` of write-back runs.
+const WRITEBACK_MAX_MS: u64 = 300;
+
+/// How long before a fault on its node a write-back write may still be unwritten, and how
+/// long after the fault the node may still lose it (its lease, 0.3 s in these runs, must
+/// lapse and the leader revoke it 1.5 leases later): the documented loss window with
+/// generous margins, in microseconds.
+fn loss_window_us() -> u64 {
+    (WRITEBACK_MAX_MS + 250 + 1_500) * 1_000
+}
+
+/// Applies `step`, waits its length, and undoes it; answers what it did.
+async fn inject(cluster: &mut ChaosCluster, step: &Step, history: &History) -> anyhow::Result<FaultRecord> {
     let n = cluster.nodes.len();
     let target = match step.target {
         Target::Node(i) => i % n,
@@ -207,19 +226,32 @@ async fn inject(cluster: &mut ChaosCluster, step: &Step) -> anyhow::Result<()> {
         cluster.nodes[target].name,
         step.length.as_secs_f64()
     );
-    match step.kind {
-        FaultKind::Kill => cluster.kill(target),
-        FaultKind::Pause => cluster.pause(target),
+    let start_us = history.now_us();
+    let nodes = match step.kind {
+        FaultKind::Kill => {
+            cluster.kill(target);
+            vec![target]
+        }
+        FaultKind::Pause => {
+            cluster.pause(target);
+            vec![target]
+        }
         FaultKind::Partition => {
             let minority: Vec<usize> = (0..n.saturating_sub(1) / 2).map(|k| (target + k) % n).collect();
             cluster.split(&minority);
+            minority
         }
         FaultKind::OneWay => {
             let peer = if step.peer % n == target { (target + 1) % n } else { step.peer % n };
             cluster.cut_one_way(target, peer);
+            vec![target, peer]
         }
-        FaultKind::Delay => cluster.delay_all(step.delay),
-    }
+        FaultKind::Delay => {
+            cluster.delay_all(step.delay);
+            (0..n).collect()
+        }
+    };
     tokio::time::sleep(step.length).await;
-    cluster.heal()
+    cluster.heal()?;
+    Ok(FaultRecord { kind: step.kind, nodes, start_us, end_us: history.now_us() })
 }

@@ -73,6 +73,19 @@ pub struct Step {
     pub delay: Duration,
 }
 
+/// A fault as it was injected.
+#[derive(Debug, Clone, Serialize)]
+pub struct FaultRecord {
+    /// The kind.
+    pub kind: FaultKind,
+    /// The nodes it hit (all of them for delay).
+    pub nodes: Vec<usize>,
+    /// Run microseconds when it began.
+    pub start_us: u64,
+    /// Run microseconds when it was healed.
+    pub end_us: u64,
+}
+
 /// A fault schedule.
 #[derive(Debug, Clone, Serialize)]
 pub struct Schedule {

@@ -24,13 +24,16 @@ pub enum Workload {
     Locks,
     /// Reads and writes of a few cache keys (write-through).
     Cache,
+    /// The same in write-back mode, where a node's unwritten values may be lost.
+    CacheWriteBack,
     /// Sends, receives and acks.
     Queues,
 }
 
 impl Workload {
     /// Every workload.
-    pub const ALL: [Workload; 3] = [Workload::Locks, Workload::Cache, Workload::Queues];
+    pub const ALL: [Workload; 4] =
+        [Workload::Locks, Workload::Cache, Workload::CacheWriteBack, Workload::Queues];
 
     /// Parses a name.
     pub fn parse(name: &str) -> Option<Self> {
@@ -42,6 +45,7 @@ impl Workload {
         match self {
             Workload::Locks => "locks",
             Workload::Cache => "cache",
+            Workload::CacheWriteBack => "cache-write-back",
             Workload::Queues => "queues",
         }
     }
@@ -189,8 +193,8 @@ pub async fn locks(env: Env, process: usize, resource: FencedResource) {
 }
 
 /// Cache: each process reads and writes five keys through one node; writes are unique
-/// values, so a read names the write it saw.
-pub async fn cache(env: Env, process: usize) {
+/// values, so a read names the write it saw. `durable` writes are write-through.
+pub async fn cache(env: Env, process: usize, durable: bool) {
     let mut rng = StdRng::seed_from_u64(env.seed.wrapping_add(1_000 + process as u64));
     let node = process % env.clients.len();
     let client = env.clients[node].clone();
@@ -201,8 +205,9 @@ pub async fn cache(env: Env, process: usize) {
             n += 1;
             let value = process as i64 * 1_000_000 + n;
             let input = json!({ "key": key, "value": value });
-            let _ =
-                env.record(process, node, "write", input, client.cache_put(&key, json!(value), true)).await;
+            let _ = env
+                .record(process, node, "write", input, client.cache_put(&key, json!(value), durable))
+                .await;
         } else {
             let input = json!({ "key": key });
             let read = async { client.cache_get(&key).await.map(|v| v.map(|v| v["value"].clone())) };
