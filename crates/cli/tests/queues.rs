@@ -4,14 +4,12 @@
 mod support;
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use sinkron_client::{Client, ReceiveOptions};
 use support::queue_load::{
-    check_at_least_once, drain, partition_leader, send_until_acked, wait_queues_ready,
+    check_at_least_once, drain, partition_leader, send_until_acked, wait_queues_ready, Producers,
 };
 use support::{eventually, TestCluster};
 
@@ -119,45 +117,13 @@ async fn sigkill_of_a_partition_leader_loses_no_acknowledged_message() {
     let leader = cluster.nodes.iter().position(|n| n.name == leader_name).expect("leader index");
     let survivors: Vec<usize> = cluster.all().into_iter().filter(|i| *i != leader).collect();
     let producers_via = clients(&cluster, &survivors);
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
-    let mut producers = Vec::new();
-    for p in 0..4 {
-        let (via, stop, acked) = (producers_via.clone(), stop.clone(), acked.clone());
-        producers.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let body = json!({ "p": p, "n": i });
-                let give_up = Instant::now() + Duration::from_secs(30);
-                if let Some(id) =
-                    send_until_acked(&via, "stream", body.clone(), None, &format!("s{p}-{i}"), give_up).await
-                {
-                    acked.lock().expect("lock").push((id, body));
-                }
-                i += 1;
-            }
-        }));
-    }
+    let producers = Producers::start(&producers_via, "stream", 4, 0);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let before_kill = acked.lock().expect("lock").len();
+    let before_kill = producers.acked();
     cluster.kill(leader);
     // Sends keep being acknowledged once a new leader is elected.
-    eventually(FORM, || async {
-        let now = acked.lock().expect("lock").len();
-        if now > before_kill + 50 {
-            Ok(())
-        } else {
-            Err(format!("{now} acked, {before_kill} before the kill"))
-        }
-    })
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    for producer in producers {
-        producer.await.expect("producer");
-    }
-    let acked = acked.lock().expect("lock").clone();
-    let expected: BTreeSet<String> = acked.iter().map(|(id, _)| id.clone()).collect();
-    let mut bodies: BTreeSet<String> = acked.iter().map(|(_, b)| b.to_string()).collect();
+    producers.wait_for_more(before_kill, 50, FORM).await;
+    let (expected, mut bodies) = producers.stop().await;
     bodies.insert(json!("probe").to_string());
     let consumed = drain(&producers_via, "stream", &expected, Duration::from_secs(60)).await;
     check_at_least_once(&expected, &bodies, &consumed);
@@ -264,28 +230,7 @@ async fn a_node_joins_and_another_leaves_while_traffic_flows() {
     let mut cluster = TestCluster::start(3, &[]);
     ready(&cluster).await;
     let via = clients(&cluster, &[0, 1]);
-    let stop = Arc::new(AtomicBool::new(false));
-    let acked: Arc<Mutex<Vec<(String, serde_json::Value)>>> = Arc::default();
-    let mut producers = Vec::new();
-    for p in 0..3 {
-        let (via, stop, acked) = (via.clone(), stop.clone(), acked.clone());
-        producers.push(tokio::spawn(async move {
-            let mut i = 0;
-            while !stop.load(Ordering::SeqCst) {
-                let body = json!({ "p": p, "n": i });
-                let key = format!("k{}", i % 16);
-                let give_up = Instant::now() + Duration::from_secs(30);
-                if let Some(id) =
-                    send_until_acked(&via, "moving", body.clone(), Some(&key), &format!("m{p}-{i}"), give_up)
-                        .await
-                {
-                    acked.lock().expect("lock").push((id, body));
-                }
-                i += 1;
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
-    }
+    let producers = Producers::start(&via, "moving", 3, 16);
     let joiner = cluster.spawn_joiner("node4");
     cluster.client(0).add_member("node4", &cluster.nodes[joiner].addr()).await.expect("add node4");
     let settled = |present: &'static str, absent: &'static str| {
@@ -323,27 +268,13 @@ async fn a_node_joins_and_another_leaves_while_traffic_flows() {
     };
     let hosted = settled("node4", "node9").await;
     eprintln!("node4 joined and replicates {hosted} of 16 partitions");
-    let during_join = acked.lock().expect("lock").len();
+    let during_join = producers.acked();
     cluster.client(1).remove_member("node3").await.expect("remove node3");
     settled("node4", "node3").await;
     // Traffic kept flowing through the moves.
-    eventually(FORM, || async {
-        let now = acked.lock().expect("lock").len();
-        if now > during_join + 20 {
-            Ok(())
-        } else {
-            Err(format!("{now} acked"))
-        }
-    })
-    .await;
-    stop.store(true, Ordering::SeqCst);
-    for producer in producers {
-        producer.await.expect("producer");
-    }
+    producers.wait_for_more(during_join, 20, FORM).await;
+    let (expected, bodies) = producers.stop().await;
     cluster.kill(2);
-    let acked = acked.lock().expect("lock").clone();
-    let expected: BTreeSet<String> = acked.iter().map(|(id, _)| id.clone()).collect();
-    let bodies: BTreeSet<String> = acked.iter().map(|(_, b)| b.to_string()).collect();
     let consumers = clients(&cluster, &[0, 1, joiner]);
     let consumed = drain(&consumers, "moving", &expected, Duration::from_secs(60)).await;
     check_at_least_once(&expected, &bodies, &consumed);

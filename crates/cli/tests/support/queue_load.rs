@@ -115,3 +115,72 @@ pub fn check_at_least_once(expected: &BTreeSet<String>, sent_bodies: &BTreeSet<S
         assert!(sent_bodies.contains(&body.to_string()), "message {id} with body {body} was never sent");
     }
 }
+
+/// Producers that send unique bodies until stopped, each send retried with its request id
+/// until acknowledged; they record every acknowledged send.
+pub struct Producers {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    acked: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Producers {
+    /// Starts `count` producers on `queue` through `via`; with `keys > 0` message `i` gets
+    /// key `k{i % keys}`, else no key.
+    pub fn start(via: &[Client], queue: &str, count: usize, keys: usize) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let acked: std::sync::Arc<std::sync::Mutex<Vec<(String, serde_json::Value)>>> = Default::default();
+        let tasks = (0..count)
+            .map(|p| {
+                let (via, stop, acked, queue) =
+                    (via.to_vec(), stop.clone(), acked.clone(), queue.to_string());
+                tokio::spawn(async move {
+                    let mut i = 0usize;
+                    while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                        let body = serde_json::json!({ "p": p, "n": i });
+                        let key = (keys > 0).then(|| format!("k{}", i % keys));
+                        let give_up = Instant::now() + Duration::from_secs(30);
+                        let request_id = format!("{queue}-{p}-{i}");
+                        if let Some(id) =
+                            send_until_acked(&via, &queue, body.clone(), key.as_deref(), &request_id, give_up)
+                                .await
+                        {
+                            acked.lock().expect("lock").push((id, body));
+                        }
+                        i += 1;
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                    }
+                })
+            })
+            .collect();
+        Self { stop, acked, tasks }
+    }
+
+    /// How many sends were acknowledged so far.
+    pub fn acked(&self) -> usize {
+        self.acked.lock().expect("lock").len()
+    }
+
+    /// Waits until `more` further sends than `since` were acknowledged.
+    pub async fn wait_for_more(&self, since: usize, more: usize, within: Duration) {
+        super::eventually(within, || async {
+            let now = self.acked();
+            if now >= since + more {
+                Ok(())
+            } else {
+                Err(format!("{now} acknowledged, {since} before"))
+            }
+        })
+        .await;
+    }
+
+    /// Stops them; answers the acknowledged ids and every acknowledged body as JSON text.
+    pub async fn stop(self) -> (BTreeSet<String>, BTreeSet<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for task in self.tasks {
+            task.await.expect("producer");
+        }
+        let acked = self.acked.lock().expect("lock").clone();
+        (acked.iter().map(|(id, _)| id.clone()).collect(), acked.iter().map(|(_, b)| b.to_string()).collect())
+    }
+}
