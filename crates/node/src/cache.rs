@@ -68,6 +68,9 @@ pub struct CacheService {
     writes_in_flight: Mutex<BTreeMap<u64, String>>,
     /// Recalls of held lines, answered when the write completes.
     deferred: Mutex<std::collections::BTreeSet<String>>,
+    /// Per key, how often a line holding unconfirmed writes was dropped (this node's lines
+    /// revoked, or the key deleted): such writes may be lost and are not acknowledged.
+    dropped_holds: Mutex<BTreeMap<String, u64>>,
     /// Set when a snapshot replaced the directory: the lines are dropped and the node
     /// joins again.
     needs_rejoin: AtomicBool,
@@ -107,6 +110,7 @@ impl CacheService {
             holding: Mutex::new(BTreeMap::new()),
             writes_in_flight: Mutex::new(BTreeMap::new()),
             deferred: Mutex::new(std::collections::BTreeSet::new()),
+            dropped_holds: Mutex::new(BTreeMap::new()),
             needs_rejoin: AtomicBool::new(false),
         };
         (Arc::new(service), rx)
@@ -157,6 +161,11 @@ impl CacheService {
                     }
                 }
                 other => {
+                    if let CacheEvent::Invalidate { key, .. } = other {
+                        if lock(&self.holding).get(key).is_some_and(|n| *n > 0) {
+                            *lock(&self.dropped_holds).entry(key.clone()).or_default() += 1;
+                        }
+                    }
                     if let Some((key, line)) = local.on_event(other) {
                         let value = line.dirty_since_ms.and(line.value);
                         let _ = self.outbox.send(CacheCommand::Evict { key, node: self.name.clone(), value });
@@ -240,6 +249,11 @@ impl CacheService {
             self.answer_recall(&local, key);
         }
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// How often a line of `key` holding unconfirmed writes was dropped so far.
+    fn dropped_holds(&self, key: &str) -> u64 {
+        lock(&self.dropped_holds).get(key).copied().unwrap_or(0)
     }
 
     fn is_pending(&self, key: &str) -> bool {
@@ -406,6 +420,7 @@ async fn put_with_ownership(
     deadline: Instant,
 ) -> Result<Line, ApiError> {
     let cache = &node.cache;
+    let dropped_before = cache.dropped_holds(key);
     let request = CacheCommand::GetM { key: key.into(), node: cache.name.clone(), token, value: Some(value) };
     node.write(cache_command(request), None).await?;
     let line = wait_served(node, key, token, deadline).await?;
@@ -413,6 +428,15 @@ async fn put_with_ownership(
     // applied what this node has applied now (which includes the grant).
     let applied = node.applied_index();
     wait_until_invalidated(node, &node.other_members(), applied).await;
+    // The granted value lives only in this node's line until it is written back. If the
+    // line was dropped meanwhile (the leader revoked this node's lines), the write may be
+    // gone: it must not be acknowledged.
+    if cache.dropped_holds(key) != dropped_before {
+        return Err(ApiError::Unavailable(
+            "this node's cache lines were revoked before the write was confirmed; it may be lost, retry"
+                .into(),
+        ));
+    }
     Ok(line)
 }
 
@@ -452,7 +476,7 @@ pub async fn run(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<CacheComma
     });
     let tick = (node.cache.lease / 4).min(node.cache.writeback_max / 4).max(Duration::from_millis(10));
     let mut last_renewal = Instant::now() - node.cache.lease;
-    let mut leader_since: Option<(u64, Instant)> = None;
+    let mut office = Office::default();
     loop {
         if node.cache.needs_rejoin.swap(false, Ordering::SeqCst) {
             join(&node).await;
@@ -462,7 +486,7 @@ pub async fn run(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<CacheComma
             renew_lease(&node).await;
         }
         write_back_due(&node);
-        revoke_lapsed(&node, &mut leader_since).await;
+        revoke_lapsed(&node, &mut office).await;
         tokio::time::sleep(tick).await;
     }
 }
@@ -553,7 +577,14 @@ fn write_back_due(node: &Node) {
     }
 }
 
-async fn revoke_lapsed(node: &Node, leader_since: &mut Option<(u64, Instant)>) {
+async fn revoke_lapsed(node: &Node, office: &mut Office) {
+    // A leader that did not run for a while (paused, starved) heard no renewals meanwhile
+    // through no fault of the holders: it starts its grace period again, as a new leader.
+    let stalled = office.last_look.replace(Instant::now()).is_some_and(|t| t.elapsed() > node.cache.lease);
+    if stalled {
+        office.since = None;
+    }
+    let leader_since = &mut office.since;
     let (is_leader, term) = {
         let m = node.group0().raft.metrics();
         let m = m.borrow();
@@ -596,6 +627,15 @@ async fn revoke_lapsed(node: &Node, leader_since: &mut Option<(u64, Instant)>) {
             record_renewal(node, &holder);
         }
     }
+}
+
+/// What the revoking leader remembers between looks.
+#[derive(Default)]
+struct Office {
+    /// The term it leads in and since when it counts renewals.
+    since: Option<(u64, Instant)>,
+    /// When it last looked.
+    last_look: Option<Instant>,
 }
 
 /// The name of a MESI state as the API shows it.
