@@ -66,8 +66,22 @@ pub fn locks(ops: &[Op], writes: &[FencedWrite], started_unix_ms: u64) -> Report
             until_us: until_us.saturating_sub(CLOCK_SLACK_MS * 1_000),
         });
     }
+    // A client asking again for a lock it still holds gets the same grant back (same
+    // fence, lease refreshed): one hold, from the first answer to the latest promise.
+    let mut merged: BTreeMap<(String, usize, u64), Hold> = BTreeMap::new();
+    for hold in holds.iter().cloned() {
+        merged
+            .entry((hold.lock.clone(), hold.process, hold.fence))
+            .and_modify(|h| {
+                h.invoked_us = h.invoked_us.min(hold.invoked_us);
+                h.granted_us = h.granted_us.min(hold.granted_us);
+                h.until_us = h.until_us.max(hold.until_us);
+                h.exclusive |= hold.exclusive;
+            })
+            .or_insert(hold);
+    }
     let mut by_lock: BTreeMap<&str, Vec<&Hold>> = BTreeMap::new();
-    for hold in &holds {
+    for hold in merged.values() {
         by_lock.entry(hold.lock.as_str()).or_default().push(hold);
     }
     for (lock, holds) in &by_lock {
@@ -277,6 +291,19 @@ mod tests {
             op(1, "acquire", lock.clone(), (200, 300), grant(4, 1_000)),
         ];
         assert!(!locks(&backwards, &[], 1_000).violations.is_empty());
+        // c1 asks again for the shared hold it still has (fence 1) after c2's grant: the
+        // same grant, refreshed, not a new one with a smaller fence.
+        let shared = json!({ "name": "l", "mode": "shared" });
+        let refresh = vec![
+            op(1, "acquire", shared.clone(), (0, 100_000), grant(1, 3_000)),
+            op(2, "acquire", shared.clone(), (200_000, 300_000), grant(2, 3_000)),
+            op(1, "acquire", shared.clone(), (400_000, 500_000), grant(1, 3_500)),
+        ];
+        assert!(
+            locks(&refresh, &[], 1_000).violations.is_empty(),
+            "{:?}",
+            locks(&refresh, &[], 1_000).violations
+        );
         let stale_refused = FencedWrite {
             lock: "l".into(),
             process: 0,
