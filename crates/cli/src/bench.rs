@@ -330,10 +330,7 @@ async fn locks(args: LockArgs) -> anyhow::Result<()> {
     };
     let rate = pairs as f64 / elapsed.as_secs_f64().max(1e-9);
     if !args.json {
-        println!(
-            "{name}: {pairs} acquire+release pairs in {:.2} s = {rate:.0} pairs/s",
-            elapsed.as_secs_f64()
-        );
+        say!("{name}: {pairs} acquire+release pairs in {:.2} s = {rate:.0} pairs/s", elapsed.as_secs_f64());
     }
     report(name, args.clients, args.json, &summary);
     Ok(())
@@ -415,7 +412,7 @@ fn report(name: &str, clients: usize, json: bool, s: &Summary) {
     let rate = s.ops as f64 / s.elapsed.as_secs_f64().max(1e-9);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     if json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({
                 "bench": name, "clients": clients, "ops": s.ops, "errors": s.errors,
@@ -424,7 +421,7 @@ fn report(name: &str, clients: usize, json: bool, s: &Summary) {
             })
         );
     } else {
-        println!(
+        say!(
             "bench {name}: {} clients, {} ok, {} errors in {:.2} s = {:.0} ops/s; latency p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
             clients, s.ops, s.errors, s.elapsed.as_secs_f64(), rate, ms(s.p50), ms(s.p99), ms(s.max)
         );
@@ -521,7 +518,7 @@ async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
     let send = summarize(send_latencies, send_errors, sent_in);
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     if args.json {
-        println!(
+        say!(
             "{}",
             serde_json::json!({
                 "bench": "queue", "producers": args.producers, "consumers": args.consumers,
@@ -532,7 +529,7 @@ async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
             })
         );
     } else {
-        println!(
+        say!(
             "bench queue: {} producers (send batch {}), {} consumers, {} keys: {done} of {} messages sent, received and acked in {:.2} s = {rate:.0} messages/s; send p50 {:.3} ms, p99 {:.3} ms; {} send errors, {consume_errors} consume errors",
             args.producers, args.send_batch, args.consumers, args.keys, args.messages, elapsed.as_secs_f64(), ms(send.p50), ms(send.p99), send.errors
         );
@@ -584,26 +581,29 @@ fn ring(args: &RingBenchArgs) {
             ring.owner_of(key.as_bytes()) != after.owner_of(key.as_bytes())
         })
         .count();
-    println!(
+    say!(
         "ring: {} nodes x {} virtual nodes, {} partitions x {} replicas",
-        args.nodes, args.virtual_nodes, args.partitions, args.replication
+        args.nodes,
+        args.virtual_nodes,
+        args.partitions,
+        args.replication
     );
-    println!(
+    say!(
         "  keys per node: max/mean {:.3} ({max_keys} vs {mean_keys:.0} of {} sample keys)",
         f64::from(max_keys) / mean_keys,
         args.keys
     );
-    println!(
+    say!(
         "  preferred leaders per node: max/mean {:.3} ({:?})",
         f64::from(preferred.values().copied().max().unwrap_or(0)) / mean_preferred,
         preferred
     );
-    println!(
+    say!(
         "  replicas per node: max/mean {:.3} ({:?})",
         f64::from(replicas.values().copied().max().unwrap_or(0)) / mean_replicas,
         replicas
     );
-    println!(
+    say!(
         "  a node joining changes the replica set of {moved_partitions} of {} partitions ({:.1}%), moving {moved_replicas} of {total_after} replicas ({:.1}%) and {:.1}% of keys (ideal share of the new node {:.1}%)",
         args.partitions,
         100.0 * moved_partitions as f64 / f64::from(args.partitions),

@@ -57,6 +57,6 @@ pub async fn run(args: CacheArgs) -> anyhow::Result<()> {
         CacheCommand::Lines { key } => client.cache_lines(&key).await?,
         CacheCommand::Stats => client.cache_stats().await?,
     };
-    println!("{}", serde_json::to_string_pretty(&shown)?);
+    say!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(())
 }

@@ -67,14 +67,14 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             clients: args.clients,
             out_dir: args.out.clone(),
         };
-        println!("chaos {}: seed {seed}; replay with: {}", workload.name(), config.replay_command());
+        say!("chaos {}: seed {seed}; replay with: {}", workload.name(), config.replay_command());
         let summary = run_once(&config).await?;
-        println!("{}", summary.line());
+        say!("{}", summary.line());
         for violation in &summary.violations {
-            println!("  violation: {violation}");
+            say!("  violation: {violation}");
         }
         if let Some(saved) = &summary.saved {
-            println!("  history and node logs saved in {}", saved.display());
+            say!("  history and node logs saved in {}", saved.display());
         }
         failed += usize::from(!summary.violations.is_empty());
     }

@@ -35,12 +35,12 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         ClusterCommand::Status => status(&client).await,
         ClusterCommand::Add { id, addr } => {
             client.add_member(&id, &addr).await?;
-            println!("{id} added as a voter");
+            say!("{id} added as a voter");
             status(&client).await
         }
         ClusterCommand::Remove { id } => {
             client.remove_member(&id).await?;
-            println!("{id} removed");
+            say!("{id} removed");
             status(&client).await
         }
     }
@@ -49,10 +49,17 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
 async fn status(client: &Client) -> anyhow::Result<()> {
     let seen = client.cluster().await?;
     let leader = seen.leader.as_ref().map(|l| l.id.clone()).unwrap_or_else(|| "(none)".into());
-    println!("leader: {leader}   term: {}", seen.term);
-    println!(
+    say!("leader: {leader}   term: {}", seen.term);
+    say!(
         "{:<10} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10}",
-        "NODE", "ADDRESS", "MEMBER", "ROLE", "TERM", "LAST_LOG", "COMMIT", "APPLIED"
+        "NODE",
+        "ADDRESS",
+        "MEMBER",
+        "ROLE",
+        "TERM",
+        "LAST_LOG",
+        "COMMIT",
+        "APPLIED"
     );
     for member in &seen.members {
         let peer = Client::with_timeout(&member.addr, std::time::Duration::from_secs(1));
@@ -72,7 +79,7 @@ async fn status(client: &Client) -> anyhow::Result<()> {
                 format!("{:<10} {:<22} {:<8} {:<10}", member.id, member.addr, member.role, "unreachable")
             }
         };
-        println!("{line}");
+        say!("{line}");
     }
     Ok(())
 }

@@ -62,9 +62,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
             .with_context(|| format!("start {name}"))?;
         children.push((name, child));
     }
-    println!("Sinkron dev cluster: {} nodes, data in {}", args.nodes, args.data_dir.display());
+    say!("Sinkron dev cluster: {} nodes, data in {}", args.nodes, args.data_dir.display());
     for (i, port) in ports.iter().enumerate() {
-        println!("  node{}  http://127.0.0.1:{port}", i + 1);
+        say!("  node{}  http://127.0.0.1:{port}", i + 1);
     }
     let clients: Vec<Client> = ports
         .iter()
@@ -75,7 +75,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         _ = int.recv() => return stop(children).await,
         _ = term.recv() => return stop(children).await,
     }
-    println!("Press Ctrl-C to stop all nodes.");
+    say!("Press Ctrl-C to stop all nodes.");
     tokio::select! {
         _ = int.recv() => {}
         _ = term.recv() => {}
@@ -93,7 +93,7 @@ async fn announce_leader(clients: &[Client]) {
     loop {
         if let Ok(status) = clients[0].cluster().await {
             if let Some(leader) = status.leader {
-                println!("Leader: {} at http://{} (term {})", leader.id, leader.addr, status.term);
+                say!("Leader: {} at http://{} (term {})", leader.id, leader.addr, status.term);
                 return;
             }
         }
@@ -102,7 +102,7 @@ async fn announce_leader(clients: &[Client]) {
 }
 
 async fn stop(children: Vec<(String, Child)>) -> anyhow::Result<()> {
-    println!("Stopping...");
+    say!("Stopping...");
     for (_, child) in &children {
         if let Some(pid) = child.id() {
             let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
@@ -110,10 +110,10 @@ async fn stop(children: Vec<(String, Child)>) -> anyhow::Result<()> {
     }
     for (name, mut child) in children {
         match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-            Ok(Ok(status)) => println!("  {name} stopped ({status})"),
+            Ok(Ok(status)) => say!("  {name} stopped ({status})"),
             _ => {
                 let _ = child.kill().await;
-                println!("  {name} did not stop in 10 s and was killed");
+                say!("  {name} did not stop in 10 s and was killed");
             }
         }
     }

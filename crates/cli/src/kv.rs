@@ -36,15 +36,15 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
     let client = Client::new(&args.endpoint);
     match args.command {
         KvCommand::Get { key } => match client.kv_get(&key).await? {
-            Some(v) => println!("{}", serde_json::to_string_pretty(&v)?),
+            Some(v) => say!("{}", serde_json::to_string_pretty(&v)?),
             None => anyhow::bail!("key {key:?} does not exist"),
         },
         KvCommand::Put { key, value } => {
             let value = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
             let put = client.kv_put(&key, value).await?;
-            println!("{} = version {}", put.key, put.version);
+            say!("{} = version {}", put.key, put.version);
         }
-        KvCommand::Del { key } => println!("{}", client.kv_delete(&key).await?),
+        KvCommand::Del { key } => say!("{}", client.kv_delete(&key).await?),
     }
     Ok(())
 }

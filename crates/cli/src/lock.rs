@@ -95,23 +95,23 @@ pub async fn run(args: LockArgs) -> anyhow::Result<()> {
     match args.command {
         LockCommand::Acquire(a) => {
             let granted = client.acquire(&a.name, &options(&a)).await?;
-            println!("{}", serde_json::to_string_pretty(&granted)?);
+            say!("{}", serde_json::to_string_pretty(&granted)?);
         }
         LockCommand::Release { name, client_id } => {
             client.release(&name, &client_id).await?;
-            println!("released {name}");
+            say!("released {name}");
         }
         LockCommand::Refresh { name, client_id, ttl_ms } => {
             let r = client.refresh(&name, &client_id, ttl_ms).await?;
-            println!("{} fence {} expires at {} ms", r.name, r.fence, r.expires_at_ms);
+            say!("{} fence {} expires at {} ms", r.name, r.fence, r.expires_at_ms);
         }
         LockCommand::Status { name: Some(name) } => {
-            println!("{}", serde_json::to_string_pretty(&client.lock_status(&name).await?)?)
+            say!("{}", serde_json::to_string_pretty(&client.lock_status(&name).await?)?)
         }
         LockCommand::Status { name: None } => {
-            println!("{}", serde_json::to_string_pretty(&client.locks().await?)?)
+            say!("{}", serde_json::to_string_pretty(&client.locks().await?)?)
         }
-        LockCommand::Graph => println!("{}", serde_json::to_string_pretty(&client.wait_for_graph().await?)?),
+        LockCommand::Graph => say!("{}", serde_json::to_string_pretty(&client.wait_for_graph().await?)?),
         LockCommand::Exec { lock, command } => {
             let code = exec(&client, &lock, &command).await?;
             std::process::exit(code);

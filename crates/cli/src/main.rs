@@ -1,5 +1,16 @@
 //! The `sinkron` binary: parses the command line and hands over to one command module.
 
+/// Prints a line to standard output. When the reader went away (`sinkron ring | head`),
+/// the command ends quietly instead of failing on the closed pipe.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 mod bench;
 mod cache;
 mod chaos;

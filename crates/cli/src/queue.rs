@@ -98,7 +98,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
         }
         QueueCommand::Stats { queue } => serde_json::to_value(client.queue_stats(&queue).await?)?,
     };
-    println!("{}", serde_json::to_string_pretty(&shown)?);
+    say!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(())
 }
 
@@ -110,6 +110,6 @@ pub async fn ring(args: RingArgs) -> anyhow::Result<()> {
             ring["tokens"] = serde_json::json!(format!("{tokens} tokens (show them with --tokens)"));
         }
     }
-    println!("{}", serde_json::to_string_pretty(&ring)?);
+    say!("{}", serde_json::to_string_pretty(&ring)?);
     Ok(())
 }

@@ -158,3 +158,20 @@ async fn cluster_status_and_bench_write_commands_work() {
     assert_eq!(report["errors"], 0);
     assert!(report["p50_ms"].as_f64().is_some_and(|p| p > 0.0), "{report}");
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // Like `sinkron bench ring | head -0`: the reader is gone before anything is printed
+    // (the command first computes for a while).
+    let mut child = Command::new(sinkron_bin())
+        .args(["bench", "ring", "--keys", "300000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run sinkron bench ring");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+}
