@@ -84,15 +84,15 @@ impl Env {
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         let invoked_us = self.history.now_us();
-        let result = match tokio::time::timeout(CALL_LIMIT, call).await {
-            Ok(result) => result,
-            Err(_) => Err(ClientError::Decode { url: String::new(), reason: "timed out".into() }),
-        };
-        let outcome = match &result {
-            Err(ClientError::Decode { reason, .. }) if reason == "timed out" => {
-                Outcome::Info { error: "timed out".into() }
+        let (result, outcome) = match tokio::time::timeout(CALL_LIMIT, call).await {
+            Ok(result) => {
+                let outcome = outcome_of(&result);
+                (result, outcome)
             }
-            other => outcome_of(other),
+            Err(_) => (
+                Err(ClientError::Decode { url: String::new(), reason: "timed out".into() }),
+                Outcome::Info { error: "timed out".into() },
+            ),
         };
         self.history.push(Op {
             process,

@@ -146,7 +146,7 @@ pub fn record_queue_op(op: &'static str, queue: &str, count: u64) {
 
 /// Counts messages made ready again by an expiry pass of a partition this node leads, and
 /// messages moved to dead-letter queues (by such a pass or by a nack served here).
-pub fn record_expiry(redelivered: usize, dead_lettered: usize) {
+pub fn record_returned(redelivered: usize, dead_lettered: usize) {
     metrics::counter!("sinkron_queue_redelivered_total").increment(redelivered as u64);
     metrics::counter!("sinkron_queue_dead_lettered_total").increment(dead_lettered as u64);
 }

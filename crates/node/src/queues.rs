@@ -25,7 +25,7 @@ use sinkron_core::ids::raft_id;
 use sinkron_core::limits::{validate_message, validate_queue_name, validate_request_id};
 use sinkron_core::queue::{partition_of_receipt, Delivery, QueueRefusal, DLQ_SUFFIX};
 use sinkron_core::ring::partition_of;
-use sinkron_core::topology::{Topology, TopologyCommand};
+use sinkron_core::topology::{QueueSettings, Topology, TopologyCommand};
 use sinkron_core::{Command, PartitionMachine, Request, Response};
 use tokio::sync::watch;
 use tokio::time::timeout;
@@ -101,13 +101,20 @@ impl Partitions {
     }
 }
 
-/// An operation on one partition, run at its group's leader.
+/// An operation on one partition.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum PartitionCall {
-    /// Propose a request.
+    /// Propose a request (through the group's batchers, which find the leader).
     Write(Request),
     /// Propose requests in this order.
     WriteAll(Vec<Request>),
+    /// Something only the group's leader does.
+    AtLeader(LeaderCall),
+}
+
+/// An operation run by a partition group's leader itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderCall {
     /// Deliver up to `max` messages of `queue`; no proposal when none is visible.
     Receive {
         /// Request id of the proposal (a retry gets the same deliveries).
@@ -204,6 +211,12 @@ impl Node {
         self.topology().ok_or_else(not_ready)
     }
 
+    /// The queue settings, without copying the whole topology (every queue request needs
+    /// them).
+    fn queue_settings(&self) -> Result<QueueSettings, ApiError> {
+        self.group0().sm.read().state.topology.as_ref().map(|t| t.settings).ok_or_else(not_ready)
+    }
+
     /// Group 0's members by name.
     fn members_by_name(&self) -> BTreeMap<String, Member> {
         let m = self.group0().raft.metrics();
@@ -224,8 +237,8 @@ impl Node {
         if let Some(id) = &request_id {
             validate_request_id(id)?;
         }
-        let topology = self.topology_or_unavailable()?;
-        let partition = partition_of(queue, key.as_deref(), topology.settings.partitions);
+        let settings = self.queue_settings()?;
+        let partition = partition_of(queue, key.as_deref(), settings.partitions);
         let command = Command::QueueSend { queue: queue.to_string(), key, body };
         let request = Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), command };
         let response = self.partition_write(partition, request).await?;
@@ -258,13 +271,12 @@ impl Node {
         wait_ms: u64,
     ) -> Result<Vec<Delivery>, ApiError> {
         validate_queue_name(queue)?;
-        let topology = self.topology_or_unavailable()?;
+        let partitions = self.queue_settings()?.partitions;
         let until = Instant::now() + Duration::from_millis(wait_ms);
         let mut changes = self.partitions.changes();
         loop {
             changes.borrow_and_update();
-            let (out, failure) =
-                self.receive_round(queue, max, visibility_ms, topology.settings.partitions).await;
+            let (out, failure) = self.receive_round(queue, max, visibility_ms, partitions).await;
             if !out.is_empty() {
                 crate::metrics::record_queue_op("received", queue, out.len() as u64);
                 return Ok(out);
@@ -341,14 +353,14 @@ impl Node {
         max: u32,
         visibility_ms: u64,
     ) -> Result<Vec<Delivery>, ApiError> {
-        let call = PartitionCall::Receive {
+        let call = LeaderCall::Receive {
             request_id: new_request_id(),
             queue: queue.to_string(),
             max,
             visibility_ms,
         };
         let deadline = Instant::now() + RECEIVE_PARTITION_WAIT.min(self.request_timeout_dur());
-        match self.partition_call(partition, call, deadline, 2).await? {
+        match self.partition_call(partition, PartitionCall::AtLeader(call), deadline, 2).await? {
             PartitionReply::Received(messages) => Ok(messages),
             other => Err(unexpected(other)),
         }
@@ -364,13 +376,11 @@ impl Node {
     ) -> Vec<Result<Sent, ApiError>> {
         let count = messages.len();
         let mut outcomes: Vec<Option<Result<Sent, ApiError>>> = (0..count).map(|_| None).collect();
-        let topology = match validate_queue_name(queue)
-            .map_err(ApiError::from)
-            .and_then(|()| self.topology_or_unavailable())
-        {
-            Ok(t) => t,
-            Err(e) => return (0..count).map(|_| Err(e.clone())).collect(),
-        };
+        let settings =
+            match validate_queue_name(queue).map_err(ApiError::from).and_then(|()| self.queue_settings()) {
+                Ok(settings) => settings,
+                Err(e) => return (0..count).map(|_| Err(e.clone())).collect(),
+            };
         let mut by_partition: BTreeMap<u32, Vec<(usize, Request)>> = BTreeMap::new();
         for (i, (key, body, request_id)) in messages.into_iter().enumerate() {
             let checked = validate_message(key.as_deref(), &body)
@@ -379,7 +389,7 @@ impl Node {
                 outcomes[i] = Some(Err(e.into()));
                 continue;
             }
-            let partition = partition_of(queue, key.as_deref(), topology.settings.partitions);
+            let partition = partition_of(queue, key.as_deref(), settings.partitions);
             let command = Command::QueueSend { queue: queue.to_string(), key, body };
             let request = Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), command };
             by_partition.entry(partition).or_default().push((i, request));
@@ -437,7 +447,7 @@ impl Node {
     /// Returns the message delivered with `receipt`, visible again after `delay_ms`; true
     /// when it went to the dead-letter queue instead.
     pub async fn queue_nack(&self, queue: &str, receipt: &str, delay_ms: u64) -> Result<bool, ApiError> {
-        let max_receives = self.topology_or_unavailable()?.settings.max_receives;
+        let max_receives = self.queue_settings()?.max_receives;
         let command = Command::QueueNack {
             queue: queue.to_string(),
             receipt: receipt.to_string(),
@@ -446,7 +456,7 @@ impl Node {
         };
         let dead = self.settle(queue, receipt, command, "nacked").await?;
         if dead {
-            crate::metrics::record_expiry(0, 1);
+            crate::metrics::record_returned(0, 1);
         }
         Ok(dead)
     }
@@ -459,11 +469,10 @@ impl Node {
         op: &'static str,
     ) -> Result<bool, ApiError> {
         validate_queue_name(queue)?;
-        let topology = self.topology_or_unavailable()?;
-        let partition =
-            partition_of_receipt(receipt).filter(|p| *p < topology.settings.partitions).ok_or_else(|| {
-                ApiError::InvalidArgument(format!("receipt {receipt:?} is not a receipt of this cluster"))
-            })?;
+        let partitions = self.queue_settings()?.partitions;
+        let partition = partition_of_receipt(receipt).filter(|p| *p < partitions).ok_or_else(|| {
+            ApiError::InvalidArgument(format!("receipt {receipt:?} is not a receipt of this cluster"))
+        })?;
         let request = Request { request_id: Some(new_request_id()), command };
         match self.partition_write(partition, request).await? {
             Response::QueueDone { dead_lettered } => {
@@ -483,8 +492,8 @@ impl Node {
     /// Counts of `queue` in every partition, read at each partition's leader.
     pub async fn queue_stats(self: &Arc<Self>, queue: &str) -> Result<Vec<PartitionStats>, ApiError> {
         validate_queue_name(queue)?;
-        let topology = self.topology_or_unavailable()?;
-        self.stats_of_all(topology.settings.partitions, Some(queue.to_string())).await
+        let partitions = self.queue_settings()?.partitions;
+        self.stats_of_all(partitions, Some(queue.to_string())).await
     }
 
     /// Stats of every partition, asked in parallel.
@@ -499,7 +508,14 @@ impl Node {
             let queue = queue.clone();
             tasks.spawn(async move {
                 let deadline = Instant::now() + node.request_timeout_dur();
-                let reply = node.partition_call(partition, PartitionCall::Stats { queue }, deadline, 2).await;
+                let reply = node
+                    .partition_call(
+                        partition,
+                        PartitionCall::AtLeader(LeaderCall::Stats { queue }),
+                        deadline,
+                        2,
+                    )
+                    .await;
                 (partition, reply)
             });
         }
@@ -551,7 +567,7 @@ impl Node {
         if leader_of(&group.raft, self.config.raft_id, patience.min(deadline)).await.is_err() {
             return self.call_replicas(partition, &call, deadline, hops).await;
         }
-        match call {
+        let call = match call {
             PartitionCall::Write(request) => {
                 let (response, _) = self.submit_to(&group, request, deadline).await?;
                 return Ok(PartitionReply::Applied(response));
@@ -559,15 +575,16 @@ impl Node {
             PartitionCall::WriteAll(requests) => {
                 return Ok(PartitionReply::AppliedAll(self.submit_all_to(&group, requests, deadline).await));
             }
-            _ => {}
-        }
+            PartitionCall::AtLeader(call) => call,
+        };
         // A replica's own copy tells whether there is anything to receive; a lagging copy
         // only delays a message to the next receive.
-        if let PartitionCall::Receive { queue, .. } = &call {
+        if let LeaderCall::Receive { queue, .. } = &call {
             if !group.sm.read().state.state.has_visible(queue, now_ms()) {
                 return Ok(PartitionReply::Received(Vec::new()));
             }
         }
+        let passed_on = PartitionCall::AtLeader(call.clone());
         loop {
             let outcome = match leader_of(&group.raft, self.config.raft_id, deadline).await? {
                 Leader::Local => self.call_here(partition, &group, &call, deadline).await,
@@ -575,7 +592,8 @@ impl Node {
                     Err(ApiError::Unavailable(format!("this node does not lead partition {partition}")))
                 }
                 Leader::Remote(leader) => {
-                    self.post_call(&leader.addr, partition_group(partition), &call, deadline, hops - 1).await
+                    self.post_call(&leader.addr, partition_group(partition), &passed_on, deadline, hops - 1)
+                        .await
                 }
             };
             match outcome {
@@ -663,18 +681,11 @@ impl Node {
         &self,
         partition: u32,
         group: &PartitionGroup,
-        call: &PartitionCall,
+        call: &LeaderCall,
         deadline: Instant,
     ) -> Result<PartitionReply, ApiError> {
         match call {
-            PartitionCall::Write(request) => {
-                let (response, _) = self.submit_to(group, request.clone(), deadline).await?;
-                Ok(PartitionReply::Applied(response))
-            }
-            PartitionCall::WriteAll(requests) => {
-                Ok(PartitionReply::AppliedAll(self.submit_all_to(group, requests.clone(), deadline).await))
-            }
-            PartitionCall::Receive { request_id, queue, max, visibility_ms } => {
+            LeaderCall::Receive { request_id, queue, max, visibility_ms } => {
                 let command =
                     Command::QueueReceive { queue: queue.clone(), max: *max, visibility_ms: *visibility_ms };
                 let request = Request { request_id: Some(request_id.clone()), command };
@@ -690,10 +701,10 @@ impl Node {
                     ForwardedWrite::Failed(reason) => Err(ApiError::Unavailable(reason)),
                 }
             }
-            PartitionCall::Stats { queue } => {
+            LeaderCall::Stats { queue } => {
                 Ok(PartitionReply::Stats(self.local_stats(partition, group, queue)))
             }
-            PartitionCall::Reconfigure { replicas } => {
+            LeaderCall::Reconfigure { replicas } => {
                 reconfigure(&group.raft, replicas, self.request_timeout_dur() * 2).await?;
                 Ok(PartitionReply::Reconfigured)
             }
@@ -840,7 +851,13 @@ async fn place_once(node: &Node) -> Result<(), ApiError> {
     let Some(replicas) = replicas else { return Ok(()) };
     tracing::info!(partition, replicas = ?target, "moving queue partition");
     let deadline = Instant::now() + node.request_timeout_dur() * 4;
-    node.partition_call(partition, PartitionCall::Reconfigure { replicas }, deadline, 2).await?;
+    node.partition_call(
+        partition,
+        PartitionCall::AtLeader(LeaderCall::Reconfigure { replicas }),
+        deadline,
+        2,
+    )
+    .await?;
     let request = TopologyCommand::Moved { partition, generation, replicas: target };
     node.write_here(Command::Topology { request }).await?;
     crate::metrics::record_partition_move();
@@ -936,8 +953,8 @@ pub async fn expiry_duties(node: Arc<Node>) {
     let mut reported: BTreeSet<String> = BTreeSet::new();
     loop {
         tokio::time::sleep(EXPIRY_INTERVAL).await;
-        let Some(topology) = node.topology() else { continue };
-        let max_receives = topology.settings.max_receives;
+        let Ok(settings) = node.queue_settings() else { continue };
+        let max_receives = settings.max_receives;
         let now = now_ms();
         for partition in node.partitions.hosted() {
             let Some(group) = node.partitions.get(partition) else { continue };
@@ -953,7 +970,7 @@ pub async fn expiry_duties(node: Arc<Node>) {
             if let ForwardedWrite::Applied(Response::QueueExpired { redelivered, dead_lettered }, _) =
                 group.proposer.submit(request, deadline).await
             {
-                crate::metrics::record_expiry(redelivered, dead_lettered);
+                crate::metrics::record_returned(redelivered, dead_lettered);
             }
         }
         if gauges_at.elapsed() >= GAUGE_INTERVAL {
