@@ -145,11 +145,9 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
         Workload::Cache => check::cache(&history.ops()),
         Workload::CacheWriteBack => check::cache_write_back(&history.ops(), &faults, loss_window_us()),
         Workload::Queues => {
-            let all_delivered = |h: &History| {
-                let (acked, delivered) = check::queue_sets(&h.ops());
-                acked.iter().all(|id| delivered.contains_key(id))
-            };
-            workloads::final_drain(&env, all_delivered, Duration::from_secs(30)).await;
+            let (acked, delivered) = check::queue_sets(&history.ops());
+            let missing = acked.into_iter().filter(|id| !delivered.contains_key(id)).collect();
+            workloads::final_drain(&env, missing, Duration::from_secs(30)).await;
             check::queues(&history.ops())
         }
     };

@@ -1,6 +1,6 @@
 //! Workloads: clients that drive one primitive through every node and record a history.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -251,8 +251,8 @@ pub async fn consume(env: Env, process: usize) {
     }
 }
 
-/// One receive and the acks of what it returned.
-async fn drain_once(env: &Env, process: usize, node: usize) -> Result<usize, ClientError> {
+/// One receive and the acks of what it returned; answers the ids received.
+async fn drain_once(env: &Env, process: usize, node: usize) -> Result<Vec<String>, ClientError> {
     let client = env.clients[node].clone();
     let options = ReceiveOptions { max: Some(10), visibility_ms: Some(3_000), wait_ms: Some(300) };
     let messages =
@@ -261,15 +261,20 @@ async fn drain_once(env: &Env, process: usize, node: usize) -> Result<usize, Cli
         let input = json!({ "id": m.id, "receipt": m.receipt });
         let _ = env.record(process, node, "ack", input, client.queue_ack("chaos", &m.receipt)).await;
     }
-    Ok(messages.len())
+    Ok(messages.into_iter().map(|m| m.id).collect())
 }
 
-/// After the faults: consumes until every acknowledged send was delivered or `within`.
-pub async fn final_drain(env: &Env, acknowledged: impl Fn(&History) -> bool, within: Duration) {
+/// After the faults, with the producers stopped: consumes until every id of `missing` (the
+/// acknowledged sends not delivered yet) was delivered, or `within` passed.
+pub async fn final_drain(env: &Env, mut missing: BTreeSet<String>, within: Duration) {
     let deadline = Instant::now() + within;
     let mut turn = 0usize;
-    while Instant::now() < deadline && !acknowledged(&env.history) {
-        let _ = drain_once(env, 10_000, turn % env.clients.len()).await;
+    while Instant::now() < deadline && !missing.is_empty() {
+        if let Ok(ids) = drain_once(env, 10_000, turn % env.clients.len()).await {
+            for id in ids {
+                missing.remove(&id);
+            }
+        }
         turn += 1;
     }
 }
