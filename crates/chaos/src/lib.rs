@@ -16,7 +16,7 @@
 pub mod check;
 pub mod cluster;
 pub mod history;
-pub mod linearizability;
+pub use sinkron_core::linearizability;
 pub mod proxy;
 pub mod run;
 pub mod schedule;

@@ -332,3 +332,95 @@ async fn a_write_is_not_acknowledged_after_a_leader_pause_revoked_its_line() {
         }
     }
 }
+
+/// A cluster for the stale-read regressions: a 1 s coherence lease (the election timeout's
+/// minimum), so the windows below are wide on a busy machine, and a short request timeout.
+async fn lease_cluster(extra: &[(&str, &str)]) -> TestCluster {
+    let mut env = vec![
+        ("SINKRON_FAULT_INJECTION", "1"),
+        ("RAFT_ELECTION_TIMEOUT_MIN", "1.0"),
+        ("RAFT_ELECTION_TIMEOUT_MAX", "2.0"),
+        ("RAFT_HEARTBEAT_INTERVAL", "0.2"),
+        ("REQUEST_TIMEOUT_MS", "2500"),
+    ];
+    env.extend_from_slice(extra);
+    ready_cluster(&env).await
+}
+
+/// Puts `old` durably through `by` and makes `sharer` hold it as a hit.
+async fn shared_on(cluster: &TestCluster, key: &str, by: usize, sharer: usize) {
+    cluster.client(by).cache_put(key, json!("old"), true).await.expect("put");
+    let client = cluster.client(sharer);
+    let hit = eventually(FORM, || async {
+        match client.cache_get(key).await {
+            Ok(Some(v)) if v["hit"] == true => Ok(v),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(hit["value"], "old");
+}
+
+/// After `first` (a read that completed with `seen`), a read on the cut-off node must not
+/// return the value that the write `seen` reflects replaced.
+async fn assert_no_older_read_on(cluster: &TestCluster, cut: usize, key: &str, seen: &Option<Value>) {
+    match cluster.client(cut).cache_get(key).await {
+        Ok(Some(v)) => assert_ne!(
+            v["value"],
+            "old",
+            "node{} returned the old value after another read returned {seen:?}: {v}",
+            cut + 1
+        ),
+        Ok(None) => {}
+        Err(e) => assert!(e.code().is_some(), "{e}"),
+    }
+}
+
+/// Regression (issue: cache reads not linearizable around partitions): a node cut off
+/// while it shares a key keeps serving it as a hit until its lease runs out. A delete
+/// through another node waits for that; a read on the third node whose miss is served
+/// after the delete must wait too. Before the fix that read returned "no value" at once,
+/// and the cut-off node then still answered the old value.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_does_not_return_a_delete_before_a_cut_off_sharer_lost_its_lease() {
+    let cluster = lease_cluster(&[]).await;
+    let leader = cluster.wait_leader(&cluster.all(), FORM).await;
+    let (cut, deleter) = ((leader + 1) % 3, (leader + 2) % 3);
+    shared_on(&cluster, "d", deleter, cut).await;
+    isolate(&cluster, cut, true).await;
+    let deleting = {
+        let client = cluster.client(deleter);
+        tokio::spawn(async move { client.cache_delete("d").await })
+    };
+    // The delete commits within milliseconds but waits about 1.5 s for the cut-off node.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let seen = cluster.client(leader).cache_get("d").await.expect("read").map(|v| v["value"].clone());
+    assert_no_older_read_on(&cluster, cut, "d", &seen).await;
+    deleting.await.expect("deleter").expect("the delete completes");
+    isolate(&cluster, cut, false).await;
+}
+
+/// Regression (same issue, the durable-write shape): the writer's own line of a durable
+/// write is dropped for room before its invalidations are confirmed (a cache of one line),
+/// so another node's read is served from the store at once. Before the fix that read
+/// returned the new value while the cut-off sharer still served the old one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_does_not_return_a_durable_write_before_a_cut_off_sharer_lost_its_lease() {
+    let cluster = lease_cluster(&[("CACHE_MAX_SIZE", "1")]).await;
+    let leader = cluster.wait_leader(&cluster.all(), FORM).await;
+    let (cut, writer) = ((leader + 1) % 3, (leader + 2) % 3);
+    shared_on(&cluster, "w", writer, cut).await;
+    isolate(&cluster, cut, true).await;
+    let writing = {
+        let client = cluster.client(writer);
+        tokio::spawn(async move { client.cache_put("w", json!("new"), true).await })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The writer reads another key: its only line, the written one, is evicted.
+    let _ = cluster.client(writer).cache_get("other").await.expect("read other");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let seen = cluster.client(leader).cache_get("w").await.expect("read").map(|v| v["value"].clone());
+    assert_no_older_read_on(&cluster, cut, "w", &seen).await;
+    writing.await.expect("writer").expect("the write completes");
+    isolate(&cluster, cut, false).await;
+}

@@ -15,6 +15,7 @@ pub mod error;
 pub mod ids;
 pub mod kv;
 pub mod limits;
+pub mod linearizability;
 pub mod locks;
 pub mod partition;
 pub mod queue;

@@ -63,27 +63,27 @@ impl Group0State {
     pub fn apply_entry(&mut self, index: u64, term: u64, batch: &Batch) -> Vec<Response> {
         self.applied_index = self.applied_index.max(index);
         self.clock_ms = self.clock_ms.max(batch.at_ms);
-        batch.requests.iter().map(|request| self.apply(term, request)).collect()
+        batch.requests.iter().map(|request| self.apply(index, term, request)).collect()
     }
 
-    fn apply(&mut self, term: u64, request: &Request) -> Response {
+    fn apply(&mut self, index: u64, term: u64, request: &Request) -> Response {
         if let Some(previous) = self.dedup.replay(request) {
             return previous;
         }
         self.revision += 1;
-        let response = self.dispatch(term, &request.command);
+        let response = self.dispatch(index, term, &request.command);
         self.dedup.record(request, &response);
         response
     }
 
-    fn dispatch(&mut self, term: u64, command: &Command) -> Response {
+    fn dispatch(&mut self, index: u64, term: u64, command: &Command) -> Response {
         match command {
             Command::KvPut { key, value } => Response::KvPut {
                 version: self.kv.put(key.clone(), value.clone(), self.revision, self.clock_ms),
             },
             Command::KvDelete { key } => Response::KvDelete { existed: self.kv.delete(key) },
             Command::Cache { request } => {
-                let (reply, events) = self.cache.apply(request);
+                let (reply, events) = self.cache.apply(index, request);
                 self.cache_events.extend(events);
                 Response::Cache { reply }
             }

@@ -14,7 +14,7 @@
 //!   the cache only after that applied.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -74,6 +74,9 @@ pub struct CacheService {
     /// Set when a snapshot replaced the directory: the lines are dropped and the node
     /// joins again.
     needs_rejoin: AtomicBool,
+    /// Every other member is known to have applied this index or lost its lease: a line
+    /// whose invalidation barrier is at most this may be returned ([`Line::visible`]).
+    confirmed_index: AtomicU64,
 }
 
 /// Most granted lines kept for their requests to pick up.
@@ -112,6 +115,7 @@ impl CacheService {
             deferred: Mutex::new(std::collections::BTreeSet::new()),
             dropped_holds: Mutex::new(BTreeMap::new()),
             needs_rejoin: AtomicBool::new(false),
+            confirmed_index: AtomicU64::new(0),
         };
         (Arc::new(service), rx)
     }
@@ -168,9 +172,23 @@ impl CacheService {
                     }
                     if let Some((key, line)) = local.on_event(other) {
                         let value = line.dirty_since_ms.and(line.value);
-                        let _ = self.outbox.send(CacheCommand::Evict { key, node: self.name.clone(), value });
+                        let granted_at = Some(line.granted_at);
+                        let evict = CacheCommand::Evict { key, node: self.name.clone(), value, granted_at };
+                        let _ = self.outbox.send(evict);
                     }
-                    if let CacheEvent::Grant { key, state, value, version, token, dirty, fresh, .. } = other {
+                    if let CacheEvent::Grant {
+                        key,
+                        state,
+                        value,
+                        version,
+                        token,
+                        dirty,
+                        fresh,
+                        invalidated_at,
+                        granted_at,
+                        ..
+                    } = other
+                    {
                         // A granted write of this node (an ownership request's value, or a
                         // write-through value): hold recalls until it is confirmed.
                         if (*dirty || *fresh) && lock(&self.writes_in_flight).remove(token).is_some() {
@@ -185,6 +203,8 @@ impl CacheService {
                                 version: *version,
                                 dirty_since_ms: None,
                                 recalled: false,
+                                invalidated_at: *invalidated_at,
+                                granted_at: *granted_at,
                             });
                             let mut served = lock(&self.served);
                             served.push_back((*token, line));
@@ -205,13 +225,7 @@ impl CacheService {
     /// Writes the recalled line of `key` back (its value is final: a recalled line takes
     /// no more writes).
     fn answer_recall(&self, local: &LocalCache, key: &str) {
-        let value = local.peek(key).filter(|l| l.dirty_since_ms.is_some()).and_then(|l| l.value.clone());
-        let _ = self.outbox.send(CacheCommand::WriteBack {
-            key: key.to_string(),
-            node: self.name.clone(),
-            value,
-            answers_recall: true,
-        });
+        let _ = self.outbox.send(CacheCommand::write_back(key, &self.name, local.peek(key), true));
     }
 
     fn begin_write(&self, key: &str) {
@@ -257,7 +271,9 @@ impl CacheService {
     }
 
     fn is_pending(&self, key: &str) -> bool {
-        lock(&self.pending).contains_key(key)
+        // A key whose evicted line's `Evict` is still on its way is treated the same: a read
+        // waits for it rather than ask the directory ahead of the evicted value.
+        lock(&self.pending).contains_key(key) || self.local().is_evicting(key)
     }
 
     /// Called when a snapshot replaced the directory: this node's lines may no longer be
@@ -270,18 +286,32 @@ impl CacheService {
         self.changed.send_modify(|v| *v = v.wrapping_add(1));
     }
 
+    /// The index every other member is known to have applied (or lost its lease).
+    fn confirmed_index(&self) -> u64 {
+        self.confirmed_index.load(Ordering::SeqCst)
+    }
+
     /// The line of `key` if it may be served as a hit now.
     fn hit(&self, key: &str) -> Option<Line> {
         if !self.is_live() || !self.lease_valid() || self.is_pending(key) {
             return None;
         }
+        let confirmed = self.confirmed_index();
         let mut local = self.local();
-        let usable = local.peek(key).is_some_and(|l| !l.recalled);
+        let usable = local.peek(key).is_some_and(|l| !l.recalled && l.visible(confirmed));
         if usable {
             local.read(key)
         } else {
             None
         }
+    }
+
+    /// The invalidation barrier of this node's line of `key`, if the line could be a hit
+    /// but for a barrier that is not confirmed yet.
+    fn unconfirmed_barrier(&self, key: &str) -> Option<u64> {
+        let confirmed = self.confirmed_index();
+        let local = self.local();
+        local.peek(key).filter(|l| !l.recalled && !l.visible(confirmed)).map(|l| l.invalidated_at)
     }
 
     fn usable_line(&self, key: &str, owned: bool) -> Option<Line> {
@@ -334,6 +364,11 @@ fn new_token() -> u64 {
 }
 
 /// Reads `key`: a hit from this node's line, or a miss through the log.
+///
+/// Whichever path finds the value, it is returned only once the line's invalidation
+/// barrier is confirmed: every other member applied the entry that invalidated the older
+/// copies, or lost its lease. Before that, a member that is behind (or cut off) could still
+/// serve the older value to a read that starts after this one ended.
 pub async fn get(node: &Arc<Node>, key: &str) -> Result<CacheRead, ApiError> {
     let cache = &node.cache;
     if let Some(line) = cache.hit(key) {
@@ -346,6 +381,9 @@ pub async fn get(node: &Arc<Node>, key: &str) -> Result<CacheRead, ApiError> {
     // A write of this node on the key is still waiting for its invalidations: its value
     // must not be seen before that write completes.
     wait_not_pending(node, key, deadline).await?;
+    if let Some(barrier) = cache.unconfirmed_barrier(key) {
+        confirm_barrier(node, barrier).await;
+    }
     if let Some(line) = cache.hit(key) {
         return Ok(CacheRead { line, hit: true });
     }
@@ -354,7 +392,15 @@ pub async fn get(node: &Arc<Node>, key: &str) -> Result<CacheRead, ApiError> {
     let request = CacheCommand::GetS { key: key.into(), node: cache.name.clone(), token };
     node.write(cache_command(request), None).await?;
     let line = wait_served(node, key, token, deadline).await?;
+    if !line.visible(cache.confirmed_index()) {
+        confirm_barrier(node, line.invalidated_at).await;
+    }
     Ok(CacheRead { line, hit: false })
+}
+
+/// Waits until every other member applied `index` or lost its lease, and records it.
+async fn confirm_barrier(node: &Node, index: u64) {
+    wait_until_invalidated(node, &node.other_members(), index).await;
 }
 
 /// Writes `key`. Returns this node's line afterwards.
@@ -406,7 +452,15 @@ async fn put_through(
     };
     wait_until_invalidated(node, &node.other_members(), index).await;
     // The writer was granted the stored value as an E line.
-    Ok(Line { state: Mesi::Exclusive, value: None, version, dirty_since_ms: None, recalled: false })
+    Ok(Line {
+        state: Mesi::Exclusive,
+        value: None,
+        version,
+        dirty_since_ms: None,
+        recalled: false,
+        invalidated_at: index,
+        granted_at: index,
+    })
 }
 
 /// A write-back write that needs ownership: the value travels with the request and is
@@ -431,7 +485,9 @@ async fn put_with_ownership(
     // The granted value lives only in this node's line until it is written back. If the
     // line was dropped meanwhile (the leader revoked this node's lines), the write may be
     // gone: it must not be acknowledged.
-    if cache.dropped_holds(key) != dropped_before {
+    // Without a valid lease the leader may already have revoked the line (a revocation this
+    // node has not applied yet): the write may be lost just the same.
+    if cache.dropped_holds(key) != dropped_before || !cache.lease_valid() {
         return Err(ApiError::Unavailable(
             "this node's cache lines were revoked before the write was confirmed; it may be lost, retry"
                 .into(),
@@ -445,15 +501,22 @@ pub async fn delete(node: &Arc<Node>, key: &str) -> Result<(), ApiError> {
     if !node.cache.is_live() {
         return Err(joining());
     }
+    let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
     let (_, index) = node.write_at(cache_command(CacheCommand::Delete { key: key.into() }), None).await?;
+    // This node may itself still hold the old line: it answers only once it dropped it.
+    node.wait_applied(index, deadline).await?;
     let others = node.other_members();
     wait_until_invalidated(node, &others, index).await;
     Ok(())
 }
 
 /// Waits until each of `nodes` applied `index`, or until its lease (which would require
-/// that apply) must have run out.
+/// that apply) must have run out. `nodes` is every other member, so afterwards `index` is
+/// a confirmed barrier.
 async fn wait_until_invalidated(node: &Node, nodes: &[String], index: u64) {
+    if index <= node.cache.confirmed_index() {
+        return;
+    }
     let lease_over = Instant::now() + node.cache.lease.mul_f64(1.5);
     for other in nodes.iter().filter(|n| **n != node.cache.name) {
         let remaining = lease_over.saturating_duration_since(Instant::now());
@@ -461,6 +524,7 @@ async fn wait_until_invalidated(node: &Node, nodes: &[String], index: u64) {
             tokio::time::sleep_until(lease_over.into()).await;
         }
     }
+    node.cache.confirmed_index.fetch_max(index, Ordering::SeqCst);
 }
 
 /// Runs the cache's background work for as long as the node runs: joining, proposing
@@ -556,24 +620,16 @@ fn write_back_due(node: &Node) {
     let cache = &node.cache;
     let now = now_ms();
     let max_ms = cache.writeback_max.as_millis() as u64;
-    let due: Vec<(String, Option<serde_json::Value>)> = cache
+    let due: Vec<(String, Line)> = cache
         .local()
         .lines()
-        .filter(|(k, l)| {
-            !l.recalled
-                && !cache.is_pending(k)
-                && l.dirty_since_ms.is_some_and(|t| now.saturating_sub(t) >= max_ms)
-        })
-        .map(|(k, l)| (k.clone(), l.value.clone()))
+        .filter(|(_, l)| !l.recalled && l.dirty_since_ms.is_some_and(|t| now.saturating_sub(t) >= max_ms))
+        .map(|(k, l)| (k.clone(), l.clone()))
         .collect();
-    for (key, value) in due {
-        lock(&cache.flushing).insert(key.clone(), value.clone());
-        let _ = cache.outbox.send(CacheCommand::WriteBack {
-            key,
-            node: cache.name.clone(),
-            value,
-            answers_recall: false,
-        });
+    // `is_pending` takes the lines' lock itself: asked only once it is released.
+    for (key, line) in due.into_iter().filter(|(k, _)| !cache.is_pending(k)) {
+        lock(&cache.flushing).insert(key.clone(), line.value.clone());
+        let _ = cache.outbox.send(CacheCommand::write_back(&key, &cache.name, Some(&line), false));
     }
 }
 

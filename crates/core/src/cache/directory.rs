@@ -4,6 +4,15 @@
 //! M or E; the directory cannot tell which, since E -> M is silent) or the set of sharers,
 //! and at most one pending recall: the owner has been asked to write its line back before
 //! waiting requests can be served.
+//!
+//! **The invalidation barrier.** Each record also keeps `invalidated_at`: the log index of
+//! the latest entry that took a copy of the key away from some node. A node that applies
+//! that entry late (it is behind, or cut off) can still serve the older value until it
+//! applies it or its coherence lease runs out. Every grant carries the barrier, and a node
+//! may return a line's value (as a hit, or as the answer to its own miss) only once every
+//! other member is known to have applied the barrier's index or lost its lease
+//! ([`super::Line::visible`]). This covers every read path on every node, not only the
+//! writer's: see docs/cache.md, "Why no read returns a value too early".
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -68,6 +77,13 @@ pub struct DirEntry {
     pub sharers: BTreeSet<String>,
     /// A pending recall of the owner's line.
     pub recall: Option<Recall>,
+    /// Log index of the latest entry that invalidated a copy of this key (0: none yet).
+    #[serde(default)]
+    pub invalidated_at: u64,
+    /// For each holder, the log index of the grant that installed its current line: an
+    /// eviction of an older line of that node is stale and must not drop the newer one.
+    #[serde(default)]
+    pub grants: BTreeMap<String, u64>,
 }
 
 /// A coherence request, as a command in group 0's log.
@@ -111,6 +127,12 @@ pub enum CacheCommand {
         /// have written again since.
         #[serde(default)]
         answers_recall: bool,
+
+        /// The log index of the grant that installed the written-back line. A node may be
+        /// granted a newer line (a write-through of its own) before this commits; the older
+        /// line's value is then stale and ignored. `None` (older logs): applied.
+        #[serde(default)]
+        granted_at: Option<u64>,
     },
     /// `node` dropped its line (after writing back a dirty value here).
     Evict {
@@ -120,6 +142,11 @@ pub enum CacheCommand {
         node: String,
         /// The dirty value, or `None` when the line was clean.
         value: Option<serde_json::Value>,
+        /// The log index of the grant that installed the dropped line. A node may be granted
+        /// the key again before its eviction of the older line commits; such an eviction
+        /// is stale and ignored. `None` (older logs): applied as it comes.
+        #[serde(default)]
+        granted_at: Option<u64>,
     },
     /// A write-through write by `node`: stored at once, every other copy invalidated.
     Put {
@@ -216,6 +243,17 @@ pub enum CacheEvent {
         dirty: bool,
         /// The token of the request this grant serves (0: none).
         token: u64,
+        /// The key's invalidation barrier when granted: the value may be returned only once
+        /// every other member applied this index or lost its lease.
+        #[serde(default)]
+        invalidated_at: u64,
+        /// The log index of this grant (an eviction of the line names it).
+        #[serde(default)]
+        granted_at: u64,
+        /// The requester already owned the key: its own copy, even one it has just evicted
+        /// and whose `Evict` is still on its way, is at least as new as the value granted.
+        #[serde(default)]
+        regrant: bool,
     },
     /// The former owner keeps a shared copy.
     Downgraded {
@@ -225,6 +263,14 @@ pub enum CacheEvent {
         key: String,
         /// Version of the value now stored.
         version: u64,
+    },
+    /// An eviction by `node` was applied (stale or not): the node no longer keeps that
+    /// evicted line aside.
+    Evicted {
+        /// The node.
+        node: String,
+        /// Key.
+        key: String,
     },
     /// A write-back by `node` was applied.
     WrittenBack {
@@ -239,6 +285,22 @@ pub enum CacheEvent {
     },
 }
 
+impl CacheCommand {
+    /// `node`'s write-back of its `line` of `key` (its dirty value, if any), in answer to a
+    /// recall or on its own deadline.
+    pub fn write_back(key: &str, node: &str, line: Option<&super::Line>, answers_recall: bool) -> Self {
+        Self::WriteBack {
+            key: key.to_string(),
+            node: node.to_string(),
+            value: line.filter(|l| l.dirty_since_ms.is_some()).and_then(|l| l.value.clone()),
+            answers_recall,
+            // No line (it was dropped meanwhile): 0, older than any grant, so the directory
+            // ignores it if the node has been granted the key again since.
+            granted_at: Some(line.map_or(0, |l| l.granted_at)),
+        }
+    }
+}
+
 impl CacheEvent {
     /// The node that must act.
     pub fn node(&self) -> &str {
@@ -247,6 +309,7 @@ impl CacheEvent {
             | Self::Recall { node, .. }
             | Self::Grant { node, .. }
             | Self::Downgraded { node, .. }
+            | Self::Evicted { node, .. }
             | Self::WrittenBack { node, .. } => node,
         }
     }
@@ -256,6 +319,20 @@ impl CacheEvent {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Directory {
     entries: BTreeMap<String, DirEntry>,
+    /// The largest log index applied (barriers never point past it).
+    #[serde(default)]
+    applied_index: u64,
+    /// The largest barrier of a record that was dropped (no value, no holder left). A key
+    /// created again starts from it: a node that is behind may still hold the copy that the
+    /// dropped record's last invalidation took away.
+    #[serde(default)]
+    dropped_barrier: u64,
+}
+
+/// Where in the log a command is being applied.
+#[derive(Debug, Clone, Copy)]
+struct Applying {
+    index: u64,
 }
 
 impl Directory {
@@ -269,37 +346,76 @@ impl Directory {
         &self.entries
     }
 
-    /// Applies `command`; returns the reply and the events for the nodes.
-    pub fn apply(&mut self, command: &CacheCommand) -> (CacheReply, Vec<CacheEvent>) {
+    /// Applies `command`, found at log `index`; returns the reply and the events for the
+    /// nodes.
+    pub fn apply(&mut self, index: u64, command: &CacheCommand) -> (CacheReply, Vec<CacheEvent>) {
         let mut events = Vec::new();
+        self.applied_index = self.applied_index.max(index);
+        let at = Applying { index };
         let reply = match command {
             CacheCommand::GetS { key, node, token } => {
                 let waiting = Waiting { node: node.clone(), want: Want::Read, token: *token, value: None };
-                self.request(key, waiting, &mut events)
+                self.request(at, key, waiting, &mut events)
             }
             CacheCommand::GetM { key, node, token, value } => {
                 let waiting =
                     Waiting { node: node.clone(), want: Want::Write, token: *token, value: value.clone() };
-                self.request(key, waiting, &mut events)
+                self.request(at, key, waiting, &mut events)
             }
-            CacheCommand::WriteBack { key, node, value, answers_recall } => {
-                self.write_back(key, node, value.clone(), *answers_recall, &mut events)
+            CacheCommand::WriteBack { key, node, value, answers_recall, granted_at } => {
+                if self.is_stale(key, node, *granted_at) {
+                    return (CacheReply::Done, events);
+                }
+                self.write_back(at, key, node, value.clone(), *answers_recall, &mut events)
             }
-            CacheCommand::Evict { key, node, value } => self.evict(key, node, value.clone(), &mut events),
+            CacheCommand::Evict { key, node, value, granted_at } => {
+                self.evict(at, key, node, value.clone(), *granted_at, &mut events)
+            }
             CacheCommand::Put { key, node, value, token } => {
-                self.put(key, Some(node), Some(value.clone()), *token, &mut events)
+                self.put(at, key, Some(node), Some(value.clone()), *token, &mut events)
             }
-            CacheCommand::Delete { key } => self.put(key, None, None, 0, &mut events),
-            CacheCommand::Revoke { node } => self.revoke(node, &mut events),
+            CacheCommand::Delete { key } => self.put(at, key, None, None, 0, &mut events),
+            CacheCommand::Revoke { node } => self.revoke(at, node, &mut events),
         };
+        for e in self.entries.values_mut() {
+            let (owner, sharers) = (&e.owner, &e.sharers);
+            e.grants.retain(|n, _| owner.as_ref() == Some(n) || sharers.contains(n));
+        }
+        let mut dropped_barrier = self.dropped_barrier;
         self.entries.retain(|_, e| {
-            e.value.is_some() || e.owner.is_some() || !e.sharers.is_empty() || e.recall.is_some()
+            let keep = e.value.is_some() || e.owner.is_some() || !e.sharers.is_empty() || e.recall.is_some();
+            if !keep {
+                dropped_barrier = dropped_barrier.max(e.invalidated_at);
+            }
+            keep
         });
+        self.dropped_barrier = dropped_barrier;
         (reply, events)
     }
 
-    fn request(&mut self, key: &str, waiting: Waiting, events: &mut Vec<CacheEvent>) -> CacheReply {
-        let entry = self.entries.entry(key.to_string()).or_default();
+    /// The record of `key`, created (inheriting the dropped records' barrier) if missing.
+    fn record_of(&mut self, key: &str) -> &mut DirEntry {
+        let barrier = self.dropped_barrier;
+        self.entries
+            .entry(key.to_string())
+            .or_insert_with(|| DirEntry { invalidated_at: barrier, ..DirEntry::default() })
+    }
+
+    /// Whether a command about `node`'s line of `key` granted at `granted_at` concerns a line
+    /// that a newer grant to the same node has replaced.
+    fn is_stale(&self, key: &str, node: &str, granted_at: Option<u64>) -> bool {
+        let current = self.entries.get(key).and_then(|e| e.grants.get(node)).copied();
+        granted_at.zip(current).is_some_and(|(line, current)| line < current)
+    }
+
+    fn request(
+        &mut self,
+        at: Applying,
+        key: &str,
+        waiting: Waiting,
+        events: &mut Vec<CacheEvent>,
+    ) -> CacheReply {
+        let entry = self.record_of(key);
         if let Some(recall) = &mut entry.recall {
             let from = recall.from.clone();
             recall.waiting.push(waiting);
@@ -313,12 +429,13 @@ impl Directory {
                 events.push(CacheEvent::Recall { node: owner.clone(), key: key.to_string(), kind });
                 CacheReply::Recalling { from: owner }
             }
-            _ => grant(entry, key, waiting, events),
+            _ => grant(at, entry, key, waiting, events),
         }
     }
 
     fn write_back(
         &mut self,
+        at: Applying,
         key: &str,
         node: &str,
         value: Option<serde_json::Value>,
@@ -343,19 +460,29 @@ impl Directory {
             if recall.kind == RecallKind::Downgrade {
                 entry.sharers.insert(node.to_string());
                 events.push(CacheEvent::Downgraded { node: node.to_string(), key: key.to_string(), version });
+            } else {
+                // The former owner drops its line here.
+                entry.invalidated_at = at.index;
             }
-            self.serve(key, recall.waiting, events);
+            self.serve(at, key, recall.waiting, events);
         }
         CacheReply::Stored { version, invalidated: Vec::new() }
     }
 
     fn evict(
         &mut self,
+        at: Applying,
         key: &str,
         node: &str,
         value: Option<serde_json::Value>,
+        granted_at: Option<u64>,
         events: &mut Vec<CacheEvent>,
     ) -> CacheReply {
+        events.push(CacheEvent::Evicted { node: node.to_string(), key: key.to_string() });
+        if self.is_stale(key, node, granted_at) {
+            // The node holds a newer line of the key than the one it evicted.
+            return CacheReply::Done;
+        }
         let Some(entry) = self.entries.get_mut(key) else { return CacheReply::Done };
         entry.sharers.remove(node);
         if entry.owner.as_deref() != Some(node) {
@@ -367,7 +494,7 @@ impl Directory {
         }
         entry.owner = None;
         if let Some(recall) = entry.recall.take() {
-            self.serve(key, recall.waiting, events);
+            self.serve(at, key, recall.waiting, events);
         }
         CacheReply::Done
     }
@@ -375,17 +502,21 @@ impl Directory {
     /// Stores a new value (`None`: deletes) written by `writer`, invalidating every other copy.
     fn put(
         &mut self,
+        at: Applying,
         key: &str,
         writer: Option<&String>,
         value: Option<serde_json::Value>,
         token: u64,
         events: &mut Vec<CacheEvent>,
     ) -> CacheReply {
-        let entry = self.entries.entry(key.to_string()).or_default();
+        let entry = self.record_of(key);
         let holders: BTreeSet<String> = entry.sharers.iter().cloned().chain(entry.owner.clone()).collect();
         let invalidated: Vec<String> = holders.into_iter().filter(|h| Some(h) != writer).collect();
         for node in &invalidated {
             events.push(CacheEvent::Invalidate { node: node.clone(), key: key.to_string() });
+        }
+        if !invalidated.is_empty() {
+            entry.invalidated_at = at.index;
         }
         entry.value = value;
         entry.version += 1;
@@ -394,6 +525,7 @@ impl Directory {
         let version = entry.version;
         if let Some(w) = writer {
             let value = entry.value.clone();
+            entry.grants.insert(w.clone(), at.index);
             events.push(CacheEvent::Grant {
                 node: w.clone(),
                 key: key.to_string(),
@@ -403,15 +535,20 @@ impl Directory {
                 fresh: true,
                 dirty: false,
                 token,
+                invalidated_at: entry.invalidated_at,
+                granted_at: at.index,
+                regrant: false,
             });
         }
         if let Some(recall) = entry.recall.take() {
-            self.serve(key, recall.waiting, events);
+            self.serve(at, key, recall.waiting, events);
         }
         CacheReply::Stored { version, invalidated }
     }
 
-    fn revoke(&mut self, node: &str, events: &mut Vec<CacheEvent>) -> CacheReply {
+    /// A revocation sets no barrier: the leader revokes a node only after its lease must
+    /// have run out, and a node revokes itself only when it restarted with no lines.
+    fn revoke(&mut self, at: Applying, node: &str, events: &mut Vec<CacheEvent>) -> CacheReply {
         let keys: Vec<String> = self
             .entries
             .iter()
@@ -425,7 +562,7 @@ impl Directory {
             if entry.owner.as_deref() == Some(node) {
                 entry.owner = None;
                 if let Some(recall) = entry.recall.take() {
-                    self.serve(&key, recall.waiting, events);
+                    self.serve(at, &key, recall.waiting, events);
                 }
             }
         }
@@ -433,9 +570,9 @@ impl Directory {
     }
 
     /// Serves requests that waited for a recall, in order, as if they arrived now.
-    fn serve(&mut self, key: &str, waiting: Vec<Waiting>, events: &mut Vec<CacheEvent>) {
+    fn serve(&mut self, at: Applying, key: &str, waiting: Vec<Waiting>, events: &mut Vec<CacheEvent>) {
         for request in waiting {
-            let _ = self.request(key, request, events);
+            let _ = self.request(at, key, request, events);
         }
     }
 
@@ -450,6 +587,9 @@ impl Directory {
                     return Err(format!("{key}: recall from {} but owner {:?}", r.from, e.owner));
                 }
             }
+            if e.invalidated_at > self.applied_index {
+                return Err(format!("{key}: barrier {} past the applied index", e.invalidated_at));
+            }
         }
         Ok(())
     }
@@ -457,8 +597,15 @@ impl Directory {
 
 /// Grants the request its line now: ownership for a write or a sole reader (M when the
 /// write's value comes with it, else E), S for a reader next to others.
-fn grant(entry: &mut DirEntry, key: &str, request: Waiting, events: &mut Vec<CacheEvent>) -> CacheReply {
+fn grant(
+    at: Applying,
+    entry: &mut DirEntry,
+    key: &str,
+    request: Waiting,
+    events: &mut Vec<CacheEvent>,
+) -> CacheReply {
     let node = request.node.as_str();
+    let regrant = entry.owner.as_deref() == Some(node);
     let others: Vec<String> = entry.sharers.iter().filter(|s| *s != node).cloned().collect();
     let write = request.want == Want::Write;
     let exclusive = write || others.is_empty();
@@ -468,6 +615,9 @@ fn grant(entry: &mut DirEntry, key: &str, request: Waiting, events: &mut Vec<Cac
             for other in others {
                 events.push(CacheEvent::Invalidate { node: other.clone(), key: key.to_string() });
                 invalidated.push(other);
+            }
+            if !invalidated.is_empty() {
+                entry.invalidated_at = at.index;
             }
         }
         entry.sharers.clear();
@@ -485,6 +635,7 @@ fn grant(entry: &mut DirEntry, key: &str, request: Waiting, events: &mut Vec<Cac
     };
     let value = if dirty { request.value } else { entry.value.clone() };
     let version = entry.version;
+    entry.grants.insert(node.to_string(), at.index);
     events.push(CacheEvent::Grant {
         node: node.to_string(),
         key: key.to_string(),
@@ -494,6 +645,9 @@ fn grant(entry: &mut DirEntry, key: &str, request: Waiting, events: &mut Vec<Cac
         fresh: dirty,
         dirty,
         token: request.token,
+        invalidated_at: entry.invalidated_at,
+        granted_at: at.index,
+        regrant,
     });
     CacheReply::Granted { state, value, version, invalidated }
 }

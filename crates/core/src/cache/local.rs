@@ -32,6 +32,25 @@ pub struct Line {
     pub dirty_since_ms: Option<u64>,
     /// Set while the directory recalls this line: no local writes until it is written back.
     pub recalled: bool,
+    /// The key's invalidation barrier when the line was granted: the log index of the latest
+    /// entry that took a copy of the key away from some node.
+    #[serde(default)]
+    pub invalidated_at: u64,
+    /// The log index of the grant that installed this line (named by its eviction).
+    #[serde(default)]
+    pub granted_at: u64,
+}
+
+impl Line {
+    /// Whether this line's value may be returned to a client, given that every other member
+    /// is known to have applied `confirmed_index` (or lost its coherence lease).
+    ///
+    /// A node that has not yet applied the barrier's entry may still serve the value that
+    /// entry replaced; returning the newer value before that is over would let a later read
+    /// on that node go back in time.
+    pub fn visible(&self, confirmed_index: u64) -> bool {
+        self.invalidated_at <= confirmed_index
+    }
 }
 
 /// Counters of a local cache.
@@ -67,6 +86,8 @@ pub struct LocalCache {
     lines: BTreeMap<String, (Line, u64)>,
     recency: BTreeMap<u64, String>,
     tick: u64,
+    /// Lines dropped for room whose `Evict` has not committed yet, oldest first.
+    evicting: BTreeMap<String, Vec<Line>>,
     /// Counters.
     pub stats: CacheStats,
 }
@@ -171,7 +192,25 @@ impl LocalCache {
         let (line, _) = self.lines.remove(&key)?;
         self.stats.evictions += 1;
         self.count(Some(line.state), None);
+        self.evicting.entry(key.clone()).or_default().push(line.clone());
         Some((key, line))
+    }
+
+    /// Whether a line of `key` was dropped for room and its `Evict` is not committed yet.
+    pub fn is_evicting(&self, key: &str) -> bool {
+        self.evicting.contains_key(key)
+    }
+
+    /// The oldest `Evict` of `key` was applied.
+    fn evict_committed(&mut self, key: &str) {
+        if let Some(lines) = self.evicting.get_mut(key) {
+            if !lines.is_empty() {
+                lines.remove(0);
+            }
+            if lines.is_empty() {
+                self.evicting.remove(key);
+            }
+        }
     }
 
     /// Drops the line of `key` (for an eviction the node decided on), returning it.
@@ -208,13 +247,40 @@ impl LocalCache {
                     line.recalled = true;
                 }
             }
-            CacheEvent::Grant { key, state, value, version, fresh, dirty, .. } => {
+            CacheEvent::Grant {
+                key,
+                state,
+                value,
+                version,
+                fresh,
+                dirty,
+                invalidated_at,
+                granted_at,
+                regrant,
+                ..
+            } => {
                 // Re-granted ownership of a line this node already owns: its own copy (maybe
                 // dirty) is at least as new as the backing store's, unless the grant carries
                 // a newer write-through value.
-                let owned = |l: &&Line| !*fresh && l.state != Mesi::Shared && *state == Mesi::Exclusive;
-                if self.peek(key).filter(owned).is_some() {
+                let owned =
+                    |l: &&mut (Line, u64)| !*fresh && l.0.state != Mesi::Shared && *state == Mesi::Exclusive;
+                if let Some((line, _)) = self.lines.get_mut(key).filter(owned) {
+                    line.invalidated_at = line.invalidated_at.max(*invalidated_at);
+                    line.granted_at = *granted_at;
                     return None;
+                }
+                // Re-granted ownership of a line this node evicted dirty, before its `Evict`
+                // committed: that `Evict` is now stale, so the evicted value lives on here.
+                let evicted =
+                    self.evicting.get(key).and_then(|l| l.last()).filter(|l| l.dirty_since_ms.is_some());
+                if let Some(old) = evicted.filter(|_| *regrant && !*fresh).cloned() {
+                    let line = Line {
+                        granted_at: *granted_at,
+                        invalidated_at: *invalidated_at,
+                        recalled: false,
+                        ..old
+                    };
+                    return self.install(key, line);
                 }
                 // A write granted with its value is dirty from now on; with no clock here, it
                 // counts as dirty since time 0, so the next write-back scan flushes it.
@@ -224,9 +290,12 @@ impl LocalCache {
                     version: *version,
                     dirty_since_ms: dirty.then_some(0),
                     recalled: false,
+                    invalidated_at: *invalidated_at,
+                    granted_at: *granted_at,
                 };
                 return self.install(key, line);
             }
+            CacheEvent::Evicted { key, .. } => self.evict_committed(key),
             CacheEvent::Downgraded { key, version, .. } => {
                 if let Some((line, _)) = self.lines.get_mut(key) {
                     let from = line.state;

@@ -13,6 +13,8 @@
 mod directory;
 mod local;
 #[cfg(test)]
+mod model;
+#[cfg(test)]
 mod sim;
 
 pub use directory::{

@@ -17,6 +17,8 @@ struct Sim {
     /// The value a linearizable read must return now.
     latest: BTreeMap<&'static str, Option<Value>>,
     log: VecDeque<CacheCommand>,
+    /// Log index of the last applied command.
+    index: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +51,7 @@ impl Sim {
             caches: NODES.iter().map(|n| (*n, LocalCache::new(capacity))).collect(),
             latest: KEYS.iter().map(|k| (*k, None)).collect(),
             log: VecDeque::new(),
+            index: 0,
         }
     }
 
@@ -59,23 +62,19 @@ impl Sim {
     /// Applies the log in order; nodes react to recalls and evictions by proposing more.
     fn drain(&mut self) {
         while let Some(command) = self.log.pop_front() {
-            let (_, events) = self.dir.apply(&command);
+            self.index += 1;
+            let (_, events) = self.dir.apply(self.index, &command);
             for event in events {
                 let node = NODES.iter().copied().find(|n| *n == event.node()).expect("node");
                 let evicted = self.cache(node).on_event(&event);
                 if let CacheEvent::Recall { key, .. } = &event {
                     let line = self.cache(node).peek(key).cloned();
-                    let value = line.filter(|l| l.dirty_since_ms.is_some()).and_then(|l| l.value);
-                    self.log.push_back(CacheCommand::WriteBack {
-                        key: key.clone(),
-                        node: node.into(),
-                        value,
-                        answers_recall: true,
-                    });
+                    self.log.push_back(CacheCommand::write_back(key, node, line.as_ref(), true));
                 }
                 if let Some((key, line)) = evicted {
                     let value = line.dirty_since_ms.and(line.value);
-                    self.log.push_back(CacheCommand::Evict { key, node: node.into(), value });
+                    let granted_at = Some(line.granted_at);
+                    self.log.push_back(CacheCommand::Evict { key, node: node.into(), value, granted_at });
                 }
             }
         }
@@ -129,7 +128,13 @@ impl Sim {
                 let (node, key) = (NODES[n], KEYS[k]);
                 if let Some(line) = self.cache(node).remove(key) {
                     let value = line.dirty_since_ms.and(line.value);
-                    self.log.push_back(CacheCommand::Evict { key: key.into(), node: node.into(), value });
+                    let granted_at = Some(line.granted_at);
+                    self.log.push_back(CacheCommand::Evict {
+                        key: key.into(),
+                        node: node.into(),
+                        value,
+                        granted_at,
+                    });
                     self.drain();
                 }
             }
@@ -137,12 +142,7 @@ impl Sim {
                 let (node, key) = (NODES[n], KEYS[k]);
                 let dirty = self.cache(node).peek(key).filter(|l| l.dirty_since_ms.is_some()).cloned();
                 if let Some(line) = dirty {
-                    self.log.push_back(CacheCommand::WriteBack {
-                        key: key.into(),
-                        node: node.into(),
-                        value: line.value,
-                        answers_recall: false,
-                    });
+                    self.log.push_back(CacheCommand::write_back(key, node, Some(&line), false));
                     self.drain();
                 }
             }
@@ -255,6 +255,8 @@ fn lru_evicts_the_least_recently_used_line() {
         version: 1,
         dirty_since_ms: None,
         recalled: false,
+        invalidated_at: 0,
+        granted_at: 0,
     };
     assert!(cache.install("x", line(1)).is_none());
     assert!(cache.install("y", line(2)).is_none());

@@ -5,6 +5,9 @@
 //! Operations whose outcome is unknown (a write that timed out) have no completion time:
 //! they may take effect at any point after their invocation, or never. Reads with an
 //! unknown outcome tell nothing and should be left out.
+//!
+//! It is pure and lives in core so that both the deterministic cache model
+//! (`cache::model`) and the fault-injection harness over real processes use the same one.
 
 use std::collections::HashSet;
 
@@ -13,8 +16,21 @@ use std::collections::HashSet;
 pub enum RegOp {
     /// Wrote this value.
     Write(i64),
+    /// Removed the value.
+    Delete,
     /// Read this value (`None`: the register had no value).
     Read(Option<i64>),
+}
+
+impl RegOp {
+    /// What the operation leaves in the register, if it changes it.
+    fn written(&self) -> Option<Option<i64>> {
+        match self {
+            Self::Write(v) => Some(Some(*v)),
+            Self::Delete => Some(None),
+            Self::Read(_) => None,
+        }
+    }
 }
 
 /// One operation with its invocation and completion times (any unit, one clock).
@@ -56,7 +72,11 @@ pub fn check_register(history: &[Event], initial: Option<i64>) -> Verdict {
         .collect();
     let mut events: Vec<&Event> = history
         .iter()
-        .filter(|e| e.end.is_some() || matches!(e.op, RegOp::Write(v) if observed.contains(&v)))
+        .filter(|e| match e.op {
+            RegOp::Write(v) => e.end.is_some() || observed.contains(&v),
+            RegOp::Delete | RegOp::Read(_) => true,
+        })
+        .filter(|e| e.end.is_some() || !matches!(e.op, RegOp::Read(_)))
         .collect();
     events.sort_by_key(|e| e.start);
     let n = events.len();
@@ -92,17 +112,16 @@ pub fn check_register(history: &[Event], initial: Option<i64>) -> Verdict {
                 _ => None,
             })
             .collect();
-        let mut writes: Vec<(bool, usize, i64)> = candidates(&events, &done)
-            .filter_map(|i| match events[i].op {
-                RegOp::Write(v) => Some((wanted.first() == Some(&v), i, v)),
-                RegOp::Read(_) => None,
+        let mut writes: Vec<(bool, usize, Option<i64>)> = candidates(&events, &done)
+            .filter_map(|i| {
+                events[i].op.written().map(|v| (v.is_some() && wanted.first() == v.as_ref(), i, v))
             })
             .collect();
         writes.sort();
         for (_, i, v) in writes {
             let mut next = done.clone();
             next[i / 64] |= 1 << (i % 64);
-            stack.push((next, Some(v)));
+            stack.push((next, v));
         }
     }
     Verdict::Violation(format!("no linearization of these {n} operations: {events:?}"))
@@ -164,6 +183,14 @@ mod tests {
             matches!(check_register(&flicker, None), Verdict::Violation(_)),
             "once seen, it cannot vanish"
         );
+    }
+
+    #[test]
+    fn a_delete_empties_the_register() {
+        let gone = [ev(0, 10, RegOp::Write(1)), ev(11, 20, RegOp::Delete), ev(21, 30, RegOp::Read(None))];
+        assert_eq!(check_register(&gone, None), Verdict::Linearizable);
+        let stale = [ev(0, 10, RegOp::Write(1)), ev(11, 20, RegOp::Delete), ev(21, 30, RegOp::Read(Some(1)))];
+        assert!(matches!(check_register(&stale, None), Verdict::Violation(_)), "a read after a delete");
     }
 
     #[test]

@@ -1,0 +1,828 @@
+//! A deterministic model of the whole cache protocol under concurrency: three nodes that
+//! apply group 0's log each at its own pace, coherence leases, a node cut off from the
+//! others, and several clients per node whose reads and writes interleave step by step.
+//! Every history a schedule produces is checked for linearizability per key.
+//!
+//! The node side mirrors `crates/node/src/cache.rs` rule for rule (hits only with a valid
+//! lease, a write hidden on its node until its invalidations are confirmed, recalls of a
+//! held line deferred, a dropped unconfirmed write answered as unknown, the writer's wait
+//! for every other member or 1.5 leases), and the directory and the lines are the real
+//! ones. A schedule is a seed: the same seed replays the same interleaving.
+//!
+//! Time is two clocks: `now` (lease ticks, what leases and waits count) and `step` (one per
+//! action, what the history's real-time order uses, so an operation that ends in one action
+//! precedes one that starts in a later action).
+//!
+//! Write-back writes that only lived in a revoked node's dirty line are lost by design
+//! (docs/cache.md). The model records such a loss exactly: a `Revoke` of the key's owner
+//! acts as a write of the stored value at the moment it commits. With that, histories under
+//! write-back must be linearizable too.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::linearizability::{check_register, Event, RegOp, Verdict};
+
+const NODES: usize = 3;
+const CLIENTS: usize = 6;
+const KEYS: [&str; 2] = ["a", "b"];
+/// A coherence lease, in ticks.
+const LEASE: u64 = 20;
+/// How long a waiter waits for a member that does not answer (1.5 leases).
+const GRACE: u64 = 30;
+/// A client request's deadline, in ticks.
+const TIMEOUT: u64 = 60;
+
+/// splitmix64: a schedule is a seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+/// Which write operations clients use.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Policy {
+    /// Durable writes (`Put`) and deletes only.
+    WriteThrough,
+    /// Also write-back writes (local on M/E, else `GetM` with the value).
+    WriteBack,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Read,
+    Put(i64),
+    Write(i64),
+    Delete,
+}
+
+/// Where a client's operation is.
+#[derive(Debug, Clone)]
+enum Stage {
+    /// Start (or restart after a confirmation) of a read.
+    ReadBegin,
+    /// A read waiting for this node's own write on the key to complete.
+    ReadNotPending,
+    /// Waiting for the grant of a request.
+    Granted(u64),
+    /// Waiting for the commit of a proposal (its token).
+    Committed(u64),
+    /// Waiting until this node applied `index`.
+    Applied(u64),
+    /// Waiting until every other member applied `index`, or `GRACE` after `since`. Then
+    /// `then` says what follows.
+    Confirm { index: u64, since: u64, then: AfterConfirm },
+}
+
+#[derive(Debug, Clone)]
+enum AfterConfirm {
+    /// Read again from the start (the barrier of a present line is now confirmed).
+    ReadAgain,
+    /// Answer the read with this value.
+    Answer(Option<Value>),
+    /// A write completes (checking a dropped hold for a write-back write).
+    WriteDone { dropped_before: Option<u64> },
+}
+
+#[derive(Debug, Clone)]
+struct Running {
+    key: &'static str,
+    op: Op,
+    start_step: u64,
+    deadline: u64,
+    stage: Stage,
+    /// The write's ownership or write-through token (registered as in flight).
+    token: Option<u64>,
+    /// Whether the write made this node's key pending.
+    pending: bool,
+    /// For an ownership write: how often the node's held lines of the key had been dropped
+    /// when the write began.
+    dropped_before: u64,
+}
+
+#[derive(Default)]
+struct NodeModel {
+    cache: LocalCache,
+    /// Entries applied (entry `i` has log index `i + 1`).
+    applied: usize,
+    lease_until: u64,
+    renewing: Option<(u64, usize)>,
+    /// When the leader last heard a renewal from this node.
+    last_renewal: u64,
+    confirmed: u64,
+    outbox: VecDeque<(u64, CacheCommand)>,
+    served: BTreeMap<u64, Line>,
+    pending: BTreeMap<&'static str, usize>,
+    holding: BTreeMap<String, usize>,
+    writes_in_flight: BTreeMap<u64, String>,
+    deferred: Vec<String>,
+    dropped: BTreeMap<String, u64>,
+    flushing: BTreeMap<String, Option<Value>>,
+}
+
+struct Model {
+    /// The fix under test: values are returned only once their barrier is confirmed.
+    barrier: bool,
+    /// The deleter waits until it applied its own delete before answering.
+    delete_waits_for_itself: bool,
+    policy: Policy,
+    now: u64,
+    step: u64,
+    dir: Directory,
+    log: Vec<Vec<CacheEvent>>,
+    commits: BTreeMap<u64, u64>,
+    nodes: Vec<NodeModel>,
+    cut: Option<usize>,
+    clients: Vec<Option<Running>>,
+    next_token: u64,
+    next_value: i64,
+    history: BTreeMap<&'static str, Vec<Event>>,
+    /// What happened, one line per commit, apply and answer (printed for a failing seed).
+    trace: Vec<String>,
+}
+
+fn name(n: usize) -> String {
+    format!("n{}", n + 1)
+}
+
+fn as_reg(value: &Option<Value>) -> Option<i64> {
+    value.as_ref().and_then(Value::as_i64)
+}
+
+impl Model {
+    fn new(policy: Policy, capacity: usize, barrier: bool) -> Self {
+        let nodes = (0..NODES)
+            .map(|_| NodeModel {
+                cache: LocalCache::new(capacity),
+                lease_until: LEASE,
+                ..NodeModel::default()
+            })
+            .collect();
+        Self {
+            barrier,
+            delete_waits_for_itself: true,
+            policy,
+            now: 0,
+            step: 0,
+            dir: Directory::default(),
+            log: Vec::new(),
+            commits: BTreeMap::new(),
+            nodes,
+            cut: None,
+            clients: vec![None; CLIENTS],
+            next_token: 1,
+            next_value: 1,
+            history: KEYS.iter().map(|k| (*k, Vec::new())).collect(),
+            trace: Vec::new(),
+        }
+    }
+
+    fn connected(&self, n: usize) -> bool {
+        self.cut != Some(n)
+    }
+
+    fn lease_valid(&self, n: usize) -> bool {
+        self.now < self.nodes[n].lease_until
+    }
+
+    /// Commits `command` at the next log index (the leader is always in the majority).
+    fn commit(&mut self, token: u64, command: &CacheCommand) {
+        let index = self.log.len() as u64 + 1;
+        if let CacheCommand::Revoke { node } = command {
+            // A revoked owner's unwritten value is lost: the stored value is current again.
+            let n = (0..NODES).find(|n| name(*n) == *node).expect("a known node");
+            let lost: Vec<(&'static str, Option<Value>)> = KEYS
+                .iter()
+                .filter(|k| self.holds_unwritten(n, k))
+                .filter_map(|k| {
+                    self.dir
+                        .get(k)
+                        .filter(|e| e.owner.as_deref() == Some(node))
+                        .map(|e| (*k, e.value.clone()))
+                })
+                .collect();
+            for (key, stored) in lost {
+                let op = match as_reg(&stored) {
+                    Some(v) => RegOp::Write(v),
+                    None => RegOp::Delete,
+                };
+                self.record(key, self.step, Some(self.step), op);
+            }
+        }
+        let (reply, events) = self.dir.apply(index, command);
+        self.trace.push(format!(
+            "step {} now {} commit #{index} {command:?} -> {reply:?} {events:?}",
+            self.step, self.now
+        ));
+        self.log.push(events);
+        if token != 0 {
+            self.commits.insert(token, index);
+        }
+    }
+
+    /// Whether node `n` holds a value of `key` that is not in the backing store: a dirty
+    /// line, or a dirty value in a write-back or eviction it has not proposed yet.
+    fn holds_unwritten(&self, n: usize, key: &str) -> bool {
+        let node = &self.nodes[n];
+        let dirty_line = node.cache.peek(key).is_some_and(|l| l.dirty_since_ms.is_some());
+        let queued = node.outbox.iter().any(|(_, c)| match c {
+            CacheCommand::WriteBack { key: k, value: Some(_), .. }
+            | CacheCommand::Evict { key: k, value: Some(_), .. } => k == key,
+            _ => false,
+        });
+        dirty_line || queued
+    }
+
+    fn record(&mut self, key: &'static str, start: u64, end: Option<u64>, op: RegOp) {
+        self.history.get_mut(key).expect("known key").push(Event { start, end, op });
+    }
+
+    /// Node `n` applies its next entry.
+    fn apply(&mut self, n: usize) {
+        let me = name(n);
+        let Some(events) = self.log.get(self.nodes[n].applied).cloned() else { return };
+        self.nodes[n].applied += 1;
+        self.trace.push(format!(
+            "step {} now {} n{} applies #{}",
+            self.step,
+            self.now,
+            n + 1,
+            self.nodes[n].applied
+        ));
+        let node = &mut self.nodes[n];
+        for event in events.iter().filter(|e| e.node() == me) {
+            match event {
+                CacheEvent::Recall { key, .. } => {
+                    node.cache.on_event(event);
+                    if node.holding.get(key).is_some_and(|c| *c > 0) {
+                        node.deferred.push(key.clone());
+                    } else {
+                        answer_recall(node, &me, key);
+                    }
+                }
+                CacheEvent::WrittenBack { key, version, kind: None, .. } => {
+                    let written = node.flushing.remove(key);
+                    if node.cache.peek(key).is_some_and(|l| written.as_ref() == Some(&l.value)) {
+                        node.cache.mark_clean(key, *version);
+                    }
+                }
+                other => {
+                    if let CacheEvent::Invalidate { key, .. } = other {
+                        if node.holding.get(key).is_some_and(|c| *c > 0) {
+                            *node.dropped.entry(key.clone()).or_default() += 1;
+                        }
+                    }
+                    if let Some((key, line)) = node.cache.on_event(other) {
+                        let value = line.dirty_since_ms.and(line.value);
+                        let granted_at = Some(line.granted_at);
+                        node.outbox
+                            .push_back((0, CacheCommand::Evict { key, node: me.clone(), value, granted_at }));
+                    }
+                    if let CacheEvent::Grant { key, token, dirty, fresh, .. } = other {
+                        if (*dirty || *fresh) && node.writes_in_flight.remove(token).is_some() {
+                            *node.holding.entry(key.clone()).or_default() += 1;
+                        }
+                        if *token != 0 {
+                            let line = node.cache.peek(key).cloned();
+                            if let Some(line) = line {
+                                node.served.insert(*token, line);
+                            } else if let CacheEvent::Grant {
+                                state,
+                                value,
+                                version,
+                                invalidated_at,
+                                granted_at,
+                                ..
+                            } = other
+                            {
+                                let line = Line {
+                                    state: *state,
+                                    value: value.clone(),
+                                    version: *version,
+                                    dirty_since_ms: None,
+                                    recalled: false,
+                                    invalidated_at: *invalidated_at,
+                                    granted_at: *granted_at,
+                                };
+                                node.served.insert(*token, line);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn hit(&mut self, n: usize, key: &str) -> Option<Line> {
+        if !self.lease_valid(n) || self.is_pending(n, key) {
+            return None;
+        }
+        let confirmed = if self.barrier { self.nodes[n].confirmed } else { u64::MAX };
+        let usable = self.nodes[n].cache.peek(key).is_some_and(|l| !l.recalled && l.visible(confirmed));
+        if usable {
+            self.nodes[n].cache.read(key)
+        } else {
+            None
+        }
+    }
+
+    fn is_pending(&self, n: usize, key: &str) -> bool {
+        self.nodes[n].pending.contains_key(key) || self.nodes[n].cache.is_evicting(key)
+    }
+
+    fn others_applied(&self, n: usize, index: u64) -> bool {
+        (0..NODES).filter(|o| *o != n).all(|o| self.nodes[o].applied as u64 >= index)
+    }
+
+    fn token(&mut self) -> u64 {
+        self.next_token += 1;
+        self.next_token
+    }
+
+    fn invoke(&mut self, c: usize, rng: &mut Rng) {
+        if self.clients[c].is_some() {
+            return;
+        }
+        let key = KEYS[rng.below(KEYS.len())];
+        let value = self.next_value;
+        let op = match (self.policy, rng.below(10)) {
+            (_, 0..=5) => Op::Read,
+            (_, 6) => Op::Delete,
+            (Policy::WriteBack, 7 | 8) => Op::Write(value),
+            _ => Op::Put(value),
+        };
+        if matches!(op, Op::Put(_) | Op::Write(_)) {
+            self.next_value += 1;
+        }
+        self.start(c, key, op);
+    }
+
+    /// Client `c` invokes `op` on `key` now.
+    fn start(&mut self, c: usize, key: &'static str, op: Op) {
+        self.step += 1;
+        let running = Running {
+            key,
+            op,
+            start_step: self.step,
+            deadline: self.now + TIMEOUT,
+            stage: Stage::ReadBegin,
+            token: None,
+            pending: false,
+            dropped_before: 0,
+        };
+        self.clients[c] = Some(running);
+        self.begin(c);
+    }
+
+    /// The first stage of a newly invoked operation.
+    fn begin(&mut self, c: usize) {
+        let n = c % NODES;
+        let Some(mut run) = self.clients[c].take() else { return };
+        let key = run.key;
+        match run.op.clone() {
+            Op::Read => run.stage = Stage::ReadBegin,
+            Op::Write(v) => {
+                let local = self.lease_valid(n)
+                    && !self.is_pending(n, key)
+                    && self.nodes[n].cache.write(key, json!(v), self.now) == WriteOutcome::Local;
+                if local {
+                    self.record(key, run.start_step, Some(self.step), RegOp::Write(v));
+                    return;
+                }
+                let token = self.start_write(n, &mut run);
+                run.dropped_before = self.nodes[n].dropped.get(key).copied().unwrap_or(0);
+                let command =
+                    CacheCommand::GetM { key: key.into(), node: name(n), token, value: Some(json!(v)) };
+                self.nodes[n].outbox.push_back((token, command));
+                run.stage = Stage::Granted(token);
+            }
+            Op::Put(v) => {
+                let token = self.start_write(n, &mut run);
+                let command = CacheCommand::Put { key: key.into(), node: name(n), value: json!(v), token };
+                self.nodes[n].outbox.push_back((token, command));
+                run.stage = Stage::Committed(token);
+            }
+            Op::Delete => {
+                let token = self.token();
+                run.token = Some(token);
+                self.nodes[n].outbox.push_back((token, CacheCommand::Delete { key: key.into() }));
+                run.stage = Stage::Committed(token);
+            }
+        }
+        self.clients[c] = Some(run);
+    }
+
+    fn start_write(&mut self, n: usize, run: &mut Running) -> u64 {
+        let token = self.token();
+        *self.nodes[n].pending.entry(run.key).or_default() += 1;
+        self.nodes[n].writes_in_flight.insert(token, run.key.to_string());
+        run.pending = true;
+        run.token = Some(token);
+        token
+    }
+
+    /// Ends a write's bookkeeping on its node (the node's `end_write`).
+    fn end_write(&mut self, n: usize, run: &Running) {
+        if !run.pending {
+            return;
+        }
+        let me = name(n);
+        let node = &mut self.nodes[n];
+        let key = run.key.to_string();
+        let granted = run.token.is_some_and(|t| node.writes_in_flight.remove(&t).is_none());
+        if granted {
+            if let Some(c) = node.holding.get_mut(&key) {
+                *c = c.saturating_sub(1);
+            }
+        }
+        let held = node.holding.get(&key).is_some_and(|c| *c > 0);
+        if !held {
+            node.holding.remove(&key);
+        }
+        if let Some(c) = node.pending.get_mut(run.key) {
+            *c -= 1;
+            if *c == 0 {
+                node.pending.remove(run.key);
+            }
+        }
+        if !held {
+            if let Some(pos) = node.deferred.iter().position(|k| *k == key) {
+                node.deferred.remove(pos);
+                answer_recall(node, &me, &key);
+            }
+        }
+    }
+
+    /// Advances client `c` by one stage if it can.
+    fn advance(&mut self, c: usize) {
+        let n = c % NODES;
+        let Some(mut run) = self.clients[c].take() else { return };
+        let key = run.key;
+        let timed_out = self.now > run.deadline;
+        let outcome: Option<Option<RegOp>> = match run.stage.clone() {
+            Stage::ReadBegin => {
+                if let Some(line) = self.hit(n, key) {
+                    Some(Some(RegOp::Read(as_reg(&line.value))))
+                } else {
+                    run.stage = Stage::ReadNotPending;
+                    None
+                }
+            }
+            Stage::ReadNotPending if self.is_pending(n, key) => timed_out.then_some(None),
+            Stage::ReadNotPending => {
+                let confirmed = self.nodes[n].confirmed;
+                let unconfirmed = self.nodes[n]
+                    .cache
+                    .peek(key)
+                    .filter(|l| self.barrier && !l.recalled && !l.visible(confirmed))
+                    .map(|l| l.invalidated_at);
+                if let Some(index) = unconfirmed {
+                    run.stage = Stage::Confirm { index, since: self.now, then: AfterConfirm::ReadAgain };
+                    None
+                } else if let Some(line) = self.hit(n, key) {
+                    Some(Some(RegOp::Read(as_reg(&line.value))))
+                } else {
+                    let token = self.token();
+                    let command = CacheCommand::GetS { key: key.into(), node: name(n), token };
+                    self.nodes[n].outbox.push_back((token, command));
+                    run.stage = Stage::Granted(token);
+                    None
+                }
+            }
+            Stage::Granted(token) => match self.nodes[n].served.remove(&token) {
+                Some(line) if matches!(run.op, Op::Read) => {
+                    if self.barrier && !line.visible(self.nodes[n].confirmed) {
+                        let then = AfterConfirm::Answer(line.value.clone());
+                        run.stage = Stage::Confirm { index: line.invalidated_at, since: self.now, then };
+                        None
+                    } else {
+                        Some(Some(RegOp::Read(as_reg(&line.value))))
+                    }
+                }
+                Some(_) => {
+                    let index = self.nodes[n].applied as u64;
+                    let dropped_before = Some(run.dropped_before);
+                    let then = AfterConfirm::WriteDone { dropped_before };
+                    run.stage = Stage::Confirm { index, since: self.now, then };
+                    None
+                }
+                None => timed_out.then_some(None),
+            },
+            Stage::Committed(token) => match self.commits.get(&token).copied() {
+                Some(index) if matches!(run.op, Op::Delete) && !self.delete_waits_for_itself => {
+                    let then = AfterConfirm::WriteDone { dropped_before: None };
+                    run.stage = Stage::Confirm { index, since: self.now, then };
+                    None
+                }
+                Some(index) => {
+                    run.stage = Stage::Applied(index);
+                    None
+                }
+                None => timed_out.then_some(None),
+            },
+            Stage::Applied(index) if self.nodes[n].applied as u64 >= index => {
+                let then = AfterConfirm::WriteDone { dropped_before: None };
+                run.stage = Stage::Confirm { index, since: self.now, then };
+                None
+            }
+            Stage::Applied(_) => timed_out.then_some(None),
+            Stage::Confirm { index, since, then } => {
+                let done = self.others_applied(n, index) || self.now >= since + GRACE;
+                if !done {
+                    None
+                } else {
+                    self.nodes[n].confirmed = self.nodes[n].confirmed.max(index);
+                    match then {
+                        AfterConfirm::ReadAgain => {
+                            run.stage = Stage::ReadBegin;
+                            None
+                        }
+                        AfterConfirm::Answer(value) => Some(Some(RegOp::Read(as_reg(&value)))),
+                        AfterConfirm::WriteDone { dropped_before } => {
+                            let dropped_now = self.nodes[n].dropped.get(key).copied().unwrap_or(0);
+                            // An ownership write lives only in this node's line: without a
+                            // valid lease the leader may already have revoked it.
+                            let revocable = dropped_before.is_some() && !self.lease_valid(n);
+                            if revocable || dropped_before.is_some_and(|d| d != dropped_now) {
+                                Some(None)
+                            } else {
+                                Some(Some(written(&run.op)))
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        match outcome {
+            None => self.clients[c] = Some(run),
+            Some(result) => self.finish(n, run, result),
+        }
+    }
+
+    /// Ends an operation: `Some(op)` completed, `None` failed (outcome unknown).
+    fn finish(&mut self, n: usize, run: Running, result: Option<RegOp>) {
+        self.trace.push(format!(
+            "step {} now {} n{} answers {:?} {}: {result:?}",
+            self.step,
+            self.now,
+            n + 1,
+            run.op,
+            run.key
+        ));
+        self.end_write(n, &run);
+        match result {
+            Some(op) => self.record(run.key, run.start_step, Some(self.step), op),
+            None if !matches!(run.op, Op::Read) => {
+                self.record(run.key, run.start_step, None, written(&run.op))
+            }
+            None => {}
+        }
+    }
+
+    fn renew(&mut self, n: usize) {
+        if self.connected(n) && self.nodes[n].renewing.is_none() {
+            self.nodes[n].renewing = Some((self.now, self.log.len()));
+            self.nodes[n].last_renewal = self.now;
+        }
+    }
+
+    /// Leases whose renewal applied far enough start to count.
+    fn settle_leases(&mut self) {
+        for node in &mut self.nodes {
+            if let Some((start, target)) = node.renewing {
+                if node.applied >= target {
+                    node.lease_until = start + LEASE;
+                    node.renewing = None;
+                }
+            }
+        }
+    }
+
+    /// The leader revokes a holder whose renewals it has not heard for `GRACE`.
+    fn revoke_lapsed(&mut self) {
+        for n in 0..NODES {
+            let me = name(n);
+            let holds =
+                self.dir.entries().values().any(|e| e.owner.as_ref() == Some(&me) || e.sharers.contains(&me));
+            if holds && self.now > self.nodes[n].last_renewal + GRACE {
+                self.commit(0, &CacheCommand::Revoke { node: me });
+                self.nodes[n].last_renewal = self.now;
+            }
+        }
+    }
+
+    fn flush(&mut self, n: usize, key: &str) {
+        let me = name(n);
+        let node = &mut self.nodes[n];
+        let due = node.cache.peek(key).filter(|l| !l.recalled && l.dirty_since_ms.is_some()).cloned();
+        if let Some(line) = due.filter(|_| !node.pending.contains_key(key)) {
+            node.flushing.insert(key.to_string(), line.value.clone());
+            node.outbox.push_back((0, CacheCommand::write_back(key, &me, Some(&line), false)));
+        }
+    }
+
+    fn propose(&mut self, n: usize) {
+        if !self.connected(n) {
+            return;
+        }
+        if let Some((token, command)) = self.nodes[n].outbox.pop_front() {
+            self.commit(token, &command);
+        }
+    }
+
+    /// One scheduled action.
+    fn act(&mut self, rng: &mut Rng) {
+        self.step += 1;
+        let n = rng.below(NODES);
+        match rng.below(100) {
+            0..=9 => self.now += 1,
+            10..=34 => {
+                if self.connected(n) {
+                    self.apply(n);
+                }
+            }
+            35..=49 => self.propose(n),
+            50..=71 => self.advance(rng.below(CLIENTS)),
+            72..=84 => self.invoke(rng.below(CLIENTS), rng),
+            85..=92 => self.renew(n),
+            93 => self.flush(n, KEYS[rng.below(KEYS.len())]),
+            94..=97 => {
+                self.cut = if self.cut.is_some() { None } else { Some(n) };
+                self.trace.push(format!("step {} now {} cut {:?}", self.step, self.now, self.cut));
+            }
+            _ => self.revoke_lapsed(),
+        }
+        self.settle_leases();
+        self.check_coherence();
+    }
+
+    /// Single writer or many readers among the nodes that are up to date, and the
+    /// directory's own invariants.
+    fn check_coherence(&self) {
+        self.dir.check_invariants().unwrap_or_else(|e| panic!("directory: {e}"));
+    }
+
+    /// Heals the cut and runs until every client is done.
+    fn finish_all(&mut self, rng: &mut Rng) {
+        self.cut = None;
+        for _ in 0..20_000 {
+            if self.clients.iter().all(Option::is_none) {
+                return;
+            }
+            self.step += 1;
+            match rng.below(4) {
+                0 => self.now += 1,
+                1 => self.apply(rng.below(NODES)),
+                2 => self.propose(rng.below(NODES)),
+                _ => self.advance(rng.below(CLIENTS)),
+            }
+            let n = rng.below(NODES);
+            self.renew(n);
+            self.settle_leases();
+        }
+        panic!("clients still running after the drain: {:?}", self.clients);
+    }
+
+    fn verdicts(&self) -> Vec<(&'static str, Verdict)> {
+        self.history.iter().map(|(k, h)| (*k, check_register(h, None))).collect()
+    }
+}
+
+fn written(op: &Op) -> RegOp {
+    match op {
+        Op::Put(v) | Op::Write(v) => RegOp::Write(*v),
+        Op::Delete => RegOp::Delete,
+        Op::Read => unreachable!("a read writes nothing"),
+    }
+}
+
+fn answer_recall(node: &mut NodeModel, me: &str, key: &str) {
+    let command = CacheCommand::write_back(key, me, node.cache.peek(key), true);
+    node.outbox.push_back((0, command));
+}
+
+/// Runs the schedule of `seed`; returns the first key whose history is not linearizable.
+fn run(seed: u64, policy: Policy, barrier: bool, steps: usize) -> Option<String> {
+    run_with(seed, policy, barrier, true, steps)
+}
+
+fn run_with(seed: u64, policy: Policy, barrier: bool, delete_waits: bool, steps: usize) -> Option<String> {
+    let mut rng = Rng(seed);
+    let capacity = 1 + rng.below(2);
+    let mut model = Model::new(policy, capacity, barrier);
+    model.delete_waits_for_itself = delete_waits;
+    for _ in 0..steps {
+        model.act(&mut rng);
+    }
+    model.finish_all(&mut rng);
+    if std::env::var("MODEL_TRACE").ok() == Some(seed.to_string()) {
+        eprintln!("{}", model.trace.join("\n"));
+    }
+    model.verdicts().into_iter().find_map(|(key, verdict)| match verdict {
+        Verdict::Linearizable => None,
+        Verdict::Unknown => None,
+        Verdict::Violation(why) => Some(format!("seed {seed}, key {key}: {why}")),
+    })
+}
+
+/// How many schedules a property runs: `MODEL_SEEDS` for a longer search, else `default`.
+fn seeds(default: u64) -> u64 {
+    std::env::var("MODEL_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
+#[test]
+fn write_through_histories_are_linearizable_under_cuts_and_lagging_nodes() {
+    for seed in 0..seeds(600) {
+        if let Some(violation) = run(seed, Policy::WriteThrough, true, 600) {
+            panic!("{violation}");
+        }
+    }
+}
+
+#[test]
+fn write_back_histories_are_linearizable_once_revocations_count_as_writes() {
+    for seed in 10_000..10_000 + seeds(600) {
+        if let Some(violation) = run(seed, Policy::WriteBack, true, 600) {
+            panic!("{violation}");
+        }
+    }
+}
+
+/// The planted bug: without the barrier the model must find a stale read, as the outside
+/// history check did on real processes.
+#[test]
+fn without_the_barrier_the_model_finds_stale_reads() {
+    let found = (0..1000).find_map(|seed| run(seed, Policy::WriteThrough, false, 600));
+    assert!(found.is_some(), "the model found no violation without the barrier");
+}
+
+/// The second planted bug (found by this model): a delete answered before the deleting
+/// node applied it, while that node still served its old line as a hit.
+#[test]
+fn a_delete_answered_before_its_own_node_applied_it_is_caught() {
+    let found = (0..1000).find_map(|seed| run_with(seed, Policy::WriteThrough, true, false, 600));
+    assert!(found.is_some(), "the model found no violation with the early delete answer");
+}
+
+/// The first history, step by step: n1 shares `a` and is cut off; n2 writes `a`
+/// durably; n2's concurrent read was a miss whose GetS is ordered after the write; then n1
+/// reads. Without the barrier n2's read returns the new value at once and n1 serves the old
+/// one from its S line; with it, n2's read waits until n1's lease must have run out.
+fn replay_the_reported_history(barrier: bool) -> Verdict {
+    let mut m = Model::new(Policy::WriteThrough, 4, barrier);
+    let settle = |m: &mut Model, clients: &[usize]| {
+        for _ in 0..20 {
+            for n in 0..NODES {
+                m.propose(n);
+                while m.nodes[n].applied < m.log.len() && m.connected(n) {
+                    m.apply(n);
+                }
+            }
+            for c in clients {
+                m.step += 1;
+                m.advance(*c);
+            }
+        }
+    };
+    // n3 writes 1 durably, n1 reads it: both share it.
+    m.start(2, "a", Op::Put(1));
+    settle(&mut m, &[2]);
+    m.start(0, "a", Op::Read);
+    settle(&mut m, &[0]);
+    assert!(m.clients.iter().all(Option::is_none), "the set-up finished");
+    assert_eq!(m.nodes[0].cache.peek("a").map(|l| l.state), Some(Mesi::Shared));
+    // n1 is cut off, its lease still running. n2's read misses and queues its GetS...
+    m.cut = Some(0);
+    m.start(1, "a", Op::Read);
+    m.advance(1);
+    m.advance(1);
+    // ...and n2's durable write of 2 commits ahead of it.
+    m.start(4, "a", Op::Put(2));
+    let put = m.nodes[1].outbox.pop_back().expect("the put is queued");
+    m.nodes[1].outbox.push_front(put);
+    settle(&mut m, &[1]);
+    // Then a read on n1 (after n2's read ended, if it did).
+    m.start(0, "a", Op::Read);
+    m.advance(0);
+    m.finish_all(&mut Rng(1));
+    check_register(&m.history["a"], None)
+}
+
+#[test]
+fn the_reported_stale_read_happens_without_the_barrier_and_not_with_it() {
+    assert!(matches!(replay_the_reported_history(false), Verdict::Violation(_)), "the bug is reproduced");
+    assert_eq!(replay_the_reported_history(true), Verdict::Linearizable);
+}
