@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::check::{self, Report};
 use crate::cluster::ChaosCluster;
 use crate::history::History;
-use crate::schedule::{FaultKind, FaultRecord, Schedule, Step, Target};
+use crate::schedule::{FaultKind, FaultRecord, Pace, Schedule, Step, Target};
 use crate::workloads::{self, Env, FencedResource, Workload};
 
 /// What to run.
@@ -122,7 +122,11 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
             Workload::Queues => tokio::spawn(workloads::consume(env, process)),
         });
     }
-    let schedule = Schedule::generate(config.seed, &config.faults, config.nodes, config.duration);
+    let pace = match config.workload {
+        Workload::Cache | Workload::CacheWriteBack => Pace::Short,
+        _ => Pace::Normal,
+    };
+    let schedule = Schedule::generate_paced(config.seed, &config.faults, config.nodes, config.duration, pace);
     let started = Instant::now();
     let mut faults = Vec::new();
     for step in &schedule.steps {

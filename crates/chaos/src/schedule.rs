@@ -86,6 +86,33 @@ pub struct FaultRecord {
     pub end_us: u64,
 }
 
+/// How long faults last and how far apart they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Faults of 0.8 to 2.5 s, 0.7 to 1.5 s apart.
+    Normal,
+    /// Many short faults: 0.2 to 1.2 s, 0.2 to 0.7 s apart. The cache workloads use it: a
+    /// stale read needs a node cut off while its coherence lease still runs, and another
+    /// node reading soon after a write, which short, frequent cuts produce far more often.
+    Short,
+}
+
+impl Pace {
+    fn length_ms(self) -> std::ops::Range<u64> {
+        match self {
+            Pace::Normal => 800..2_500,
+            Pace::Short => 200..1_200,
+        }
+    }
+
+    fn gap_ms(self) -> std::ops::Range<u64> {
+        match self {
+            Pace::Normal => 700..1_500,
+            Pace::Short => 200..700,
+        }
+    }
+}
+
 /// A fault schedule.
 #[derive(Debug, Clone, Serialize)]
 pub struct Schedule {
@@ -99,6 +126,17 @@ impl Schedule {
     /// Draws faults of `kinds` for `nodes` nodes over `duration`. With more than one kind,
     /// the kinds take turns (in a seeded order), so a short run still covers each.
     pub fn generate(seed: u64, kinds: &[FaultKind], nodes: usize, duration: Duration) -> Self {
+        Self::generate_paced(seed, kinds, nodes, duration, Pace::Normal)
+    }
+
+    /// Like [`Schedule::generate`], with faults of the given pace.
+    pub fn generate_paced(
+        seed: u64,
+        kinds: &[FaultKind],
+        nodes: usize,
+        duration: Duration,
+        pace: Pace,
+    ) -> Self {
         let mut rng = StdRng::seed_from_u64(seed);
         let mut steps = Vec::new();
         let mut order: Vec<FaultKind> = kinds.to_vec();
@@ -113,13 +151,13 @@ impl Schedule {
             }
             let kind = order[turn % order.len()];
             turn += 1;
-            let length = Duration::from_millis(rng.gen_range(800..2_500));
+            let length = Duration::from_millis(rng.gen_range(pace.length_ms()));
             let target =
                 if rng.gen_bool(0.5) { Target::Leader } else { Target::Node(rng.gen_range(0..nodes)) };
             let peer = rng.gen_range(0..nodes);
             let delay = Duration::from_millis(rng.gen_range(20..150));
             steps.push(Step { at, kind, target, peer, length, delay });
-            at += length + Duration::from_millis(rng.gen_range(700..1_500));
+            at += length + Duration::from_millis(rng.gen_range(pace.gap_ms()));
         }
         Self { seed, steps }
     }
