@@ -74,9 +74,10 @@ pub fn check_register(history: &[Event], initial: Option<i64>) -> Verdict {
         .iter()
         .filter(|e| match e.op {
             RegOp::Write(v) => e.end.is_some() || observed.contains(&v),
-            RegOp::Delete | RegOp::Read(_) => true,
+            // An unknown delete is kept (which of them a read of "no value" saw is unknown).
+            RegOp::Delete => true,
+            RegOp::Read(_) => e.end.is_some(),
         })
-        .filter(|e| e.end.is_some() || !matches!(e.op, RegOp::Read(_)))
         .collect();
     events.sort_by_key(|e| e.start);
     let n = events.len();

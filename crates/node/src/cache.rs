@@ -171,24 +171,9 @@ impl CacheService {
                         }
                     }
                     if let Some((key, line)) = local.on_event(other) {
-                        let value = line.dirty_since_ms.and(line.value);
-                        let granted_at = Some(line.granted_at);
-                        let evict = CacheCommand::Evict { key, node: self.name.clone(), value, granted_at };
-                        let _ = self.outbox.send(evict);
+                        let _ = self.outbox.send(CacheCommand::evict(key, &self.name, line));
                     }
-                    if let CacheEvent::Grant {
-                        key,
-                        state,
-                        value,
-                        version,
-                        token,
-                        dirty,
-                        fresh,
-                        invalidated_at,
-                        granted_at,
-                        ..
-                    } = other
-                    {
+                    if let CacheEvent::Grant { key, token, dirty, fresh, .. } = other {
                         // A granted write of this node (an ownership request's value, or a
                         // write-through value): hold recalls until it is confirmed.
                         if (*dirty || *fresh) && lock(&self.writes_in_flight).remove(token).is_some() {
@@ -197,17 +182,9 @@ impl CacheService {
                         if *token != 0 {
                             // What the request was served, even if a later event in this same
                             // batch already took the line away again.
-                            let line = local.peek(key).cloned().unwrap_or(Line {
-                                state: *state,
-                                value: value.clone(),
-                                version: *version,
-                                dirty_since_ms: None,
-                                recalled: false,
-                                invalidated_at: *invalidated_at,
-                                granted_at: *granted_at,
-                            });
+                            let line = local.peek(key).cloned().or_else(|| other.granted_line());
                             let mut served = lock(&self.served);
-                            served.push_back((*token, line));
+                            served.extend(line.map(|line| (*token, line)));
                             while served.len() > SERVED_MAX {
                                 served.pop_front();
                             }
@@ -293,12 +270,14 @@ impl CacheService {
 
     /// The line of `key` if it may be served as a hit now.
     fn hit(&self, key: &str) -> Option<Line> {
-        if !self.is_live() || !self.lease_valid() || self.is_pending(key) {
+        if !self.is_live() || !self.lease_valid() || lock(&self.pending).contains_key(key) {
             return None;
         }
         let confirmed = self.confirmed_index();
         let mut local = self.local();
-        let usable = local.peek(key).is_some_and(|l| !l.recalled && l.visible(confirmed));
+        // The rest of `is_pending`, under the lock taken anyway.
+        let usable =
+            !local.is_evicting(key) && local.peek(key).is_some_and(|l| !l.recalled && l.visible(confirmed));
         if usable {
             local.read(key)
         } else {
@@ -392,15 +371,8 @@ pub async fn get(node: &Arc<Node>, key: &str) -> Result<CacheRead, ApiError> {
     let request = CacheCommand::GetS { key: key.into(), node: cache.name.clone(), token };
     node.write(cache_command(request), None).await?;
     let line = wait_served(node, key, token, deadline).await?;
-    if !line.visible(cache.confirmed_index()) {
-        confirm_barrier(node, line.invalidated_at).await;
-    }
+    confirm_barrier(node, line.invalidated_at).await;
     Ok(CacheRead { line, hit: false })
-}
-
-/// Waits until every other member applied `index` or lost its lease, and records it.
-async fn confirm_barrier(node: &Node, index: u64) {
-    wait_until_invalidated(node, &node.other_members(), index).await;
 }
 
 /// Writes `key`. Returns this node's line afterwards.
@@ -450,7 +422,7 @@ async fn put_through(
     let Response::Cache { reply: CacheReply::Stored { version, .. } } = reply else {
         return Err(ApiError::Unavailable(format!("unexpected reply {reply:?}")));
     };
-    wait_until_invalidated(node, &node.other_members(), index).await;
+    confirm_barrier(node, index).await;
     // The writer was granted the stored value as an E line.
     Ok(Line {
         state: Mesi::Exclusive,
@@ -481,7 +453,7 @@ async fn put_with_ownership(
     // Every other copy must be gone before the write counts: wait for every member to have
     // applied what this node has applied now (which includes the grant).
     let applied = node.applied_index();
-    wait_until_invalidated(node, &node.other_members(), applied).await;
+    confirm_barrier(node, applied).await;
     // The granted value lives only in this node's line until it is written back. If the
     // line was dropped meanwhile (the leader revoked this node's lines), the write may be
     // gone: it must not be acknowledged.
@@ -505,20 +477,18 @@ pub async fn delete(node: &Arc<Node>, key: &str) -> Result<(), ApiError> {
     let (_, index) = node.write_at(cache_command(CacheCommand::Delete { key: key.into() }), None).await?;
     // This node may itself still hold the old line: it answers only once it dropped it.
     node.wait_applied(index, deadline).await?;
-    let others = node.other_members();
-    wait_until_invalidated(node, &others, index).await;
+    confirm_barrier(node, index).await;
     Ok(())
 }
 
-/// Waits until each of `nodes` applied `index`, or until its lease (which would require
-/// that apply) must have run out. `nodes` is every other member, so afterwards `index` is
-/// a confirmed barrier.
-async fn wait_until_invalidated(node: &Node, nodes: &[String], index: u64) {
+/// Waits until every other member applied `index`, or until its lease (which would require
+/// that apply) must have run out, and records `index` as a confirmed barrier.
+async fn confirm_barrier(node: &Node, index: u64) {
     if index <= node.cache.confirmed_index() {
         return;
     }
     let lease_over = Instant::now() + node.cache.lease.mul_f64(1.5);
-    for other in nodes.iter().filter(|n| **n != node.cache.name) {
+    for other in node.other_members().iter().filter(|n| **n != node.cache.name) {
         let remaining = lease_over.saturating_duration_since(Instant::now());
         if !node.peer_applied(other, index, remaining).await {
             tokio::time::sleep_until(lease_over.into()).await;

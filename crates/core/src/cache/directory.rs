@@ -286,17 +286,16 @@ pub enum CacheEvent {
 }
 
 impl CacheCommand {
-    /// `node`'s write-back of its `line` of `key` (its dirty value, if any), in answer to a
-    /// recall or on its own deadline.
-    pub fn write_back(key: &str, node: &str, line: Option<&super::Line>, answers_recall: bool) -> Self {
-        Self::WriteBack {
-            key: key.to_string(),
-            node: node.to_string(),
-            value: line.filter(|l| l.dirty_since_ms.is_some()).and_then(|l| l.value.clone()),
-            answers_recall,
-            // No line (it was dropped meanwhile): 0, older than any grant, so the directory
-            // ignores it if the node has been granted the key again since.
-            granted_at: Some(line.map_or(0, |l| l.granted_at)),
+    /// The key the command is about (`None` for a revocation, which concerns a node).
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Self::GetS { key, .. }
+            | Self::GetM { key, .. }
+            | Self::WriteBack { key, .. }
+            | Self::Evict { key, .. }
+            | Self::Put { key, .. }
+            | Self::Delete { key } => Some(key),
+            Self::Revoke { .. } => None,
         }
     }
 }
@@ -329,12 +328,6 @@ pub struct Directory {
     dropped_barrier: u64,
 }
 
-/// Where in the log a command is being applied.
-#[derive(Debug, Clone, Copy)]
-struct Applying {
-    index: u64,
-}
-
 impl Directory {
     /// The record of `key`.
     pub fn get(&self, key: &str) -> Option<&DirEntry> {
@@ -351,46 +344,49 @@ impl Directory {
     pub fn apply(&mut self, index: u64, command: &CacheCommand) -> (CacheReply, Vec<CacheEvent>) {
         let mut events = Vec::new();
         self.applied_index = self.applied_index.max(index);
-        let at = Applying { index };
         let reply = match command {
             CacheCommand::GetS { key, node, token } => {
                 let waiting = Waiting { node: node.clone(), want: Want::Read, token: *token, value: None };
-                self.request(at, key, waiting, &mut events)
+                self.request(index, key, waiting, &mut events)
             }
             CacheCommand::GetM { key, node, token, value } => {
                 let waiting =
                     Waiting { node: node.clone(), want: Want::Write, token: *token, value: value.clone() };
-                self.request(at, key, waiting, &mut events)
+                self.request(index, key, waiting, &mut events)
             }
             CacheCommand::WriteBack { key, node, value, answers_recall, granted_at } => {
                 if self.is_stale(key, node, *granted_at) {
                     return (CacheReply::Done, events);
                 }
-                self.write_back(at, key, node, value.clone(), *answers_recall, &mut events)
+                self.write_back(index, key, node, value.clone(), *answers_recall, &mut events)
             }
             CacheCommand::Evict { key, node, value, granted_at } => {
-                self.evict(at, key, node, value.clone(), *granted_at, &mut events)
+                self.evict(index, key, node, value.clone(), *granted_at, &mut events)
             }
             CacheCommand::Put { key, node, value, token } => {
-                self.put(at, key, Some(node), Some(value.clone()), *token, &mut events)
+                self.put(index, key, Some(node), Some(value.clone()), *token, &mut events)
             }
-            CacheCommand::Delete { key } => self.put(at, key, None, None, 0, &mut events),
-            CacheCommand::Revoke { node } => self.revoke(at, node, &mut events),
+            CacheCommand::Delete { key } => self.put(index, key, None, None, 0, &mut events),
+            CacheCommand::Revoke { node } => self.revoke(index, node, &mut events),
         };
-        for e in self.entries.values_mut() {
-            let (owner, sharers) = (&e.owner, &e.sharers);
-            e.grants.retain(|n, _| owner.as_ref() == Some(n) || sharers.contains(n));
+        // Every command but `Revoke` changes one key (a revocation tidies each key it touched).
+        if let Some(key) = command.key() {
+            self.tidy(key);
         }
-        let mut dropped_barrier = self.dropped_barrier;
-        self.entries.retain(|_, e| {
-            let keep = e.value.is_some() || e.owner.is_some() || !e.sharers.is_empty() || e.recall.is_some();
-            if !keep {
-                dropped_barrier = dropped_barrier.max(e.invalidated_at);
-            }
-            keep
-        });
-        self.dropped_barrier = dropped_barrier;
         (reply, events)
+    }
+
+    /// Forgets the grants of nodes that no longer hold `key`, and drops its record once it
+    /// has no value and no holder (keeping its barrier in `dropped_barrier`).
+    fn tidy(&mut self, key: &str) {
+        let Some(e) = self.entries.get_mut(key) else { return };
+        let (owner, sharers) = (&e.owner, &e.sharers);
+        e.grants.retain(|n, _| owner.as_ref() == Some(n) || sharers.contains(n));
+        let keep = e.value.is_some() || e.owner.is_some() || !e.sharers.is_empty() || e.recall.is_some();
+        if !keep {
+            self.dropped_barrier = self.dropped_barrier.max(e.invalidated_at);
+            self.entries.remove(key);
+        }
     }
 
     /// The record of `key`, created (inheriting the dropped records' barrier) if missing.
@@ -410,7 +406,7 @@ impl Directory {
 
     fn request(
         &mut self,
-        at: Applying,
+        index: u64,
         key: &str,
         waiting: Waiting,
         events: &mut Vec<CacheEvent>,
@@ -429,13 +425,13 @@ impl Directory {
                 events.push(CacheEvent::Recall { node: owner.clone(), key: key.to_string(), kind });
                 CacheReply::Recalling { from: owner }
             }
-            _ => grant(at, entry, key, waiting, events),
+            _ => grant(index, entry, key, waiting, events),
         }
     }
 
     fn write_back(
         &mut self,
-        at: Applying,
+        index: u64,
         key: &str,
         node: &str,
         value: Option<serde_json::Value>,
@@ -462,16 +458,16 @@ impl Directory {
                 events.push(CacheEvent::Downgraded { node: node.to_string(), key: key.to_string(), version });
             } else {
                 // The former owner drops its line here.
-                entry.invalidated_at = at.index;
+                entry.invalidated_at = index;
             }
-            self.serve(at, key, recall.waiting, events);
+            self.serve(index, key, recall.waiting, events);
         }
         CacheReply::Stored { version, invalidated: Vec::new() }
     }
 
     fn evict(
         &mut self,
-        at: Applying,
+        index: u64,
         key: &str,
         node: &str,
         value: Option<serde_json::Value>,
@@ -494,7 +490,7 @@ impl Directory {
         }
         entry.owner = None;
         if let Some(recall) = entry.recall.take() {
-            self.serve(at, key, recall.waiting, events);
+            self.serve(index, key, recall.waiting, events);
         }
         CacheReply::Done
     }
@@ -502,7 +498,7 @@ impl Directory {
     /// Stores a new value (`None`: deletes) written by `writer`, invalidating every other copy.
     fn put(
         &mut self,
-        at: Applying,
+        index: u64,
         key: &str,
         writer: Option<&String>,
         value: Option<serde_json::Value>,
@@ -516,7 +512,7 @@ impl Directory {
             events.push(CacheEvent::Invalidate { node: node.clone(), key: key.to_string() });
         }
         if !invalidated.is_empty() {
-            entry.invalidated_at = at.index;
+            entry.invalidated_at = index;
         }
         entry.value = value;
         entry.version += 1;
@@ -525,7 +521,7 @@ impl Directory {
         let version = entry.version;
         if let Some(w) = writer {
             let value = entry.value.clone();
-            entry.grants.insert(w.clone(), at.index);
+            entry.grants.insert(w.clone(), index);
             events.push(CacheEvent::Grant {
                 node: w.clone(),
                 key: key.to_string(),
@@ -536,19 +532,19 @@ impl Directory {
                 dirty: false,
                 token,
                 invalidated_at: entry.invalidated_at,
-                granted_at: at.index,
+                granted_at: index,
                 regrant: false,
             });
         }
         if let Some(recall) = entry.recall.take() {
-            self.serve(at, key, recall.waiting, events);
+            self.serve(index, key, recall.waiting, events);
         }
         CacheReply::Stored { version, invalidated }
     }
 
     /// A revocation sets no barrier: the leader revokes a node only after its lease must
     /// have run out, and a node revokes itself only when it restarted with no lines.
-    fn revoke(&mut self, at: Applying, node: &str, events: &mut Vec<CacheEvent>) -> CacheReply {
+    fn revoke(&mut self, index: u64, node: &str, events: &mut Vec<CacheEvent>) -> CacheReply {
         let keys: Vec<String> = self
             .entries
             .iter()
@@ -562,17 +558,18 @@ impl Directory {
             if entry.owner.as_deref() == Some(node) {
                 entry.owner = None;
                 if let Some(recall) = entry.recall.take() {
-                    self.serve(at, &key, recall.waiting, events);
+                    self.serve(index, &key, recall.waiting, events);
                 }
             }
+            self.tidy(&key);
         }
         CacheReply::Done
     }
 
     /// Serves requests that waited for a recall, in order, as if they arrived now.
-    fn serve(&mut self, at: Applying, key: &str, waiting: Vec<Waiting>, events: &mut Vec<CacheEvent>) {
+    fn serve(&mut self, index: u64, key: &str, waiting: Vec<Waiting>, events: &mut Vec<CacheEvent>) {
         for request in waiting {
-            let _ = self.request(at, key, request, events);
+            let _ = self.request(index, key, request, events);
         }
     }
 
@@ -598,7 +595,7 @@ impl Directory {
 /// Grants the request its line now: ownership for a write or a sole reader (M when the
 /// write's value comes with it, else E), S for a reader next to others.
 fn grant(
-    at: Applying,
+    index: u64,
     entry: &mut DirEntry,
     key: &str,
     request: Waiting,
@@ -617,7 +614,7 @@ fn grant(
                 invalidated.push(other);
             }
             if !invalidated.is_empty() {
-                entry.invalidated_at = at.index;
+                entry.invalidated_at = index;
             }
         }
         entry.sharers.clear();
@@ -635,7 +632,7 @@ fn grant(
     };
     let value = if dirty { request.value } else { entry.value.clone() };
     let version = entry.version;
-    entry.grants.insert(node.to_string(), at.index);
+    entry.grants.insert(node.to_string(), index);
     events.push(CacheEvent::Grant {
         node: node.to_string(),
         key: key.to_string(),
@@ -646,7 +643,7 @@ fn grant(
         dirty,
         token: request.token,
         invalidated_at: entry.invalidated_at,
-        granted_at: at.index,
+        granted_at: index,
         regrant,
     });
     CacheReply::Granted { state, value, version, invalidated }

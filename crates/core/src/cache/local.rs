@@ -1,10 +1,10 @@
 //! [`LocalCache`]: one node's cache lines, bounded by `CACHE_MAX_SIZE` with LRU eviction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::directory::{CacheEvent, RecallKind};
+use super::directory::{CacheCommand, CacheEvent, RecallKind};
 
 /// The state of a present line; a key with no line is Invalid.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,6 +53,51 @@ impl Line {
     }
 }
 
+/// The commands a node proposes about one of its lines. They are built from the line, so
+/// they live beside it.
+impl CacheCommand {
+    /// `node`'s write-back of its `line` of `key` (its dirty value, if any), in answer to a
+    /// recall or on its own deadline.
+    pub fn write_back(key: &str, node: &str, line: Option<&Line>, answers_recall: bool) -> Self {
+        Self::WriteBack {
+            key: key.to_string(),
+            node: node.to_string(),
+            value: line.filter(|l| l.dirty_since_ms.is_some()).and_then(|l| l.value.clone()),
+            answers_recall,
+            // No line (it was dropped meanwhile): 0, older than any grant, so the directory
+            // ignores it if the node has been granted the key again since.
+            granted_at: Some(line.map_or(0, |l| l.granted_at)),
+        }
+    }
+
+    /// `node`'s eviction of its `line` of `key` (carrying the dirty value, if any).
+    pub fn evict(key: String, node: &str, line: Line) -> Self {
+        let granted_at = Some(line.granted_at);
+        Self::Evict { key, node: node.to_string(), value: line.dirty_since_ms.and(line.value), granted_at }
+    }
+}
+
+impl CacheEvent {
+    /// The line a `Grant` installs on a node that has none of the key (`None` for other
+    /// events).
+    pub fn granted_line(&self) -> Option<Line> {
+        let Self::Grant { state, value, version, dirty, invalidated_at, granted_at, .. } = self else {
+            return None;
+        };
+        // A write granted with its value is dirty from now on; with no clock here, it
+        // counts as dirty since time 0, so the next write-back scan flushes it.
+        Some(Line {
+            state: *state,
+            value: value.clone(),
+            version: *version,
+            dirty_since_ms: dirty.then_some(0),
+            recalled: false,
+            invalidated_at: *invalidated_at,
+            granted_at: *granted_at,
+        })
+    }
+}
+
 /// Counters of a local cache.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CacheStats {
@@ -87,7 +132,7 @@ pub struct LocalCache {
     recency: BTreeMap<u64, String>,
     tick: u64,
     /// Lines dropped for room whose `Evict` has not committed yet, oldest first.
-    evicting: BTreeMap<String, Vec<Line>>,
+    evicting: BTreeMap<String, VecDeque<Line>>,
     /// Counters.
     pub stats: CacheStats,
 }
@@ -192,7 +237,7 @@ impl LocalCache {
         let (line, _) = self.lines.remove(&key)?;
         self.stats.evictions += 1;
         self.count(Some(line.state), None);
-        self.evicting.entry(key.clone()).or_default().push(line.clone());
+        self.evicting.entry(key.clone()).or_default().push_back(line.clone());
         Some((key, line))
     }
 
@@ -204,9 +249,7 @@ impl LocalCache {
     /// The oldest `Evict` of `key` was applied.
     fn evict_committed(&mut self, key: &str) {
         if let Some(lines) = self.evicting.get_mut(key) {
-            if !lines.is_empty() {
-                lines.remove(0);
-            }
+            lines.pop_front();
             if lines.is_empty() {
                 self.evicting.remove(key);
             }
@@ -247,18 +290,7 @@ impl LocalCache {
                     line.recalled = true;
                 }
             }
-            CacheEvent::Grant {
-                key,
-                state,
-                value,
-                version,
-                fresh,
-                dirty,
-                invalidated_at,
-                granted_at,
-                regrant,
-                ..
-            } => {
+            CacheEvent::Grant { key, state, fresh, invalidated_at, granted_at, regrant, .. } => {
                 // Re-granted ownership of a line this node already owns: its own copy (maybe
                 // dirty) is at least as new as the backing store's, unless the grant carries
                 // a newer write-through value.
@@ -272,7 +304,7 @@ impl LocalCache {
                 // Re-granted ownership of a line this node evicted dirty, before its `Evict`
                 // committed: that `Evict` is now stale, so the evicted value lives on here.
                 let evicted =
-                    self.evicting.get(key).and_then(|l| l.last()).filter(|l| l.dirty_since_ms.is_some());
+                    self.evicting.get(key).and_then(|l| l.back()).filter(|l| l.dirty_since_ms.is_some());
                 if let Some(old) = evicted.filter(|_| *regrant && !*fresh).cloned() {
                     let line = Line {
                         granted_at: *granted_at,
@@ -282,17 +314,7 @@ impl LocalCache {
                     };
                     return self.install(key, line);
                 }
-                // A write granted with its value is dirty from now on; with no clock here, it
-                // counts as dirty since time 0, so the next write-back scan flushes it.
-                let line = Line {
-                    state: *state,
-                    value: value.clone(),
-                    version: *version,
-                    dirty_since_ms: dirty.then_some(0),
-                    recalled: false,
-                    invalidated_at: *invalidated_at,
-                    granted_at: *granted_at,
-                };
+                let line = event.granted_line()?;
                 return self.install(key, line);
             }
             CacheEvent::Evicted { key, .. } => self.evict_committed(key),

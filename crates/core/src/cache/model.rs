@@ -93,8 +93,8 @@ enum AfterConfirm {
     ReadAgain,
     /// Answer the read with this value.
     Answer(Option<Value>),
-    /// A write completes (checking a dropped hold for a write-back write).
-    WriteDone { dropped_before: Option<u64> },
+    /// A write completes (an ownership write only if its line survived).
+    WriteDone,
 }
 
 #[derive(Debug, Clone)]
@@ -286,39 +286,15 @@ impl Model {
                         }
                     }
                     if let Some((key, line)) = node.cache.on_event(other) {
-                        let value = line.dirty_since_ms.and(line.value);
-                        let granted_at = Some(line.granted_at);
-                        node.outbox
-                            .push_back((0, CacheCommand::Evict { key, node: me.clone(), value, granted_at }));
+                        node.outbox.push_back((0, CacheCommand::evict(key, &me, line)));
                     }
                     if let CacheEvent::Grant { key, token, dirty, fresh, .. } = other {
                         if (*dirty || *fresh) && node.writes_in_flight.remove(token).is_some() {
                             *node.holding.entry(key.clone()).or_default() += 1;
                         }
-                        if *token != 0 {
-                            let line = node.cache.peek(key).cloned();
-                            if let Some(line) = line {
-                                node.served.insert(*token, line);
-                            } else if let CacheEvent::Grant {
-                                state,
-                                value,
-                                version,
-                                invalidated_at,
-                                granted_at,
-                                ..
-                            } = other
-                            {
-                                let line = Line {
-                                    state: *state,
-                                    value: value.clone(),
-                                    version: *version,
-                                    dirty_since_ms: None,
-                                    recalled: false,
-                                    invalidated_at: *invalidated_at,
-                                    granted_at: *granted_at,
-                                };
-                                node.served.insert(*token, line);
-                            }
+                        let line = node.cache.peek(key).cloned().or_else(|| other.granted_line());
+                        if let Some(line) = line.filter(|_| *token != 0) {
+                            node.served.insert(*token, line);
                         }
                     }
                 }
@@ -514,8 +490,7 @@ impl Model {
                 }
                 Some(_) => {
                     let index = self.nodes[n].applied as u64;
-                    let dropped_before = Some(run.dropped_before);
-                    let then = AfterConfirm::WriteDone { dropped_before };
+                    let then = AfterConfirm::WriteDone;
                     run.stage = Stage::Confirm { index, since: self.now, then };
                     None
                 }
@@ -523,7 +498,7 @@ impl Model {
             },
             Stage::Committed(token) => match self.commits.get(&token).copied() {
                 Some(index) if matches!(run.op, Op::Delete) && !self.delete_waits_for_itself => {
-                    let then = AfterConfirm::WriteDone { dropped_before: None };
+                    let then = AfterConfirm::WriteDone;
                     run.stage = Stage::Confirm { index, since: self.now, then };
                     None
                 }
@@ -534,7 +509,7 @@ impl Model {
                 None => timed_out.then_some(None),
             },
             Stage::Applied(index) if self.nodes[n].applied as u64 >= index => {
-                let then = AfterConfirm::WriteDone { dropped_before: None };
+                let then = AfterConfirm::WriteDone;
                 run.stage = Stage::Confirm { index, since: self.now, then };
                 None
             }
@@ -551,12 +526,13 @@ impl Model {
                             None
                         }
                         AfterConfirm::Answer(value) => Some(Some(RegOp::Read(as_reg(&value)))),
-                        AfterConfirm::WriteDone { dropped_before } => {
+                        AfterConfirm::WriteDone => {
+                            // An ownership write (the only `Write` that reaches here) lives only
+                            // in this node's line: lost if the line was dropped, and maybe
+                            // already revoked by the leader without a valid lease.
                             let dropped_now = self.nodes[n].dropped.get(key).copied().unwrap_or(0);
-                            // An ownership write lives only in this node's line: without a
-                            // valid lease the leader may already have revoked it.
-                            let revocable = dropped_before.is_some() && !self.lease_valid(n);
-                            if revocable || dropped_before.is_some_and(|d| d != dropped_now) {
+                            let ownership = matches!(run.op, Op::Write(_));
+                            if ownership && (dropped_now != run.dropped_before || !self.lease_valid(n)) {
                                 Some(None)
                             } else {
                                 Some(Some(written(&run.op)))
@@ -666,12 +642,11 @@ impl Model {
             _ => self.revoke_lapsed(),
         }
         self.settle_leases();
-        self.check_coherence();
+        self.check_directory();
     }
 
-    /// Single writer or many readers among the nodes that are up to date, and the
-    /// directory's own invariants.
-    fn check_coherence(&self) {
+    /// The directory's invariants, after every action.
+    fn check_directory(&self) {
         self.dir.check_invariants().unwrap_or_else(|e| panic!("directory: {e}"));
     }
 

@@ -72,9 +72,7 @@ impl Sim {
                     self.log.push_back(CacheCommand::write_back(key, node, line.as_ref(), true));
                 }
                 if let Some((key, line)) = evicted {
-                    let value = line.dirty_since_ms.and(line.value);
-                    let granted_at = Some(line.granted_at);
-                    self.log.push_back(CacheCommand::Evict { key, node: node.into(), value, granted_at });
+                    self.log.push_back(CacheCommand::evict(key, node, line));
                 }
             }
         }
@@ -127,14 +125,7 @@ impl Sim {
             Op::Evict(n, k) => {
                 let (node, key) = (NODES[n], KEYS[k]);
                 if let Some(line) = self.cache(node).remove(key) {
-                    let value = line.dirty_since_ms.and(line.value);
-                    let granted_at = Some(line.granted_at);
-                    self.log.push_back(CacheCommand::Evict {
-                        key: key.into(),
-                        node: node.into(),
-                        value,
-                        granted_at,
-                    });
+                    self.log.push_back(CacheCommand::evict(key.into(), node, line));
                     self.drain();
                 }
             }
