@@ -338,6 +338,18 @@ async fn wait_not_pending(node: &Node, key: &str, deadline: Instant) -> Result<(
     Ok(())
 }
 
+/// Waits until this node's coherence lease is valid (true), or `until` passed (false).
+async fn wait_lease(node: &Node, until: Instant) -> bool {
+    let mut changed = node.cache.changed.subscribe();
+    while !node.cache.lease_valid() {
+        let remaining = until.saturating_duration_since(Instant::now());
+        if remaining.is_zero() || tokio::time::timeout(remaining, changed.changed()).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
 fn new_token() -> u64 {
     rand::random::<u64>() | 1
 }
@@ -458,8 +470,11 @@ async fn put_with_ownership(
     // line was dropped meanwhile (the leader revoked this node's lines), the write may be
     // gone: it must not be acknowledged.
     // Without a valid lease the leader may already have revoked the line (a revocation this
-    // node has not applied yet): the write may be lost just the same.
-    if cache.dropped_holds(key) != dropped_before || !cache.lease_valid() {
+    // node has not applied yet). A lease that lapsed only for a moment (a slow renewal on a
+    // busy node) comes back once a renewal's read index is applied, which includes any such
+    // revocation: wait for it, then look again.
+    let lease_back = wait_lease(node, deadline.max(Instant::now() + cache.lease)).await;
+    if cache.dropped_holds(key) != dropped_before || !lease_back {
         return Err(ApiError::Unavailable(
             "this node's cache lines were revoked before the write was confirmed; it may be lost, retry"
                 .into(),
@@ -577,6 +592,7 @@ async fn renew_lease(node: &Node) {
     if let ReadIndex::Index(index) = index {
         if node.wait_applied(index, deadline).await.is_ok() {
             *lock(&node.cache.lease_until) = Some(started + node.cache.lease);
+            node.cache.changed.send_modify(|v| *v = v.wrapping_add(1));
         }
     }
 }

@@ -82,6 +82,9 @@ enum Stage {
     Committed(u64),
     /// Waiting until this node applied `index`.
     Applied(u64),
+    /// An ownership write whose node had no valid lease when its confirmations were in:
+    /// waiting for the lease to be renewed (which applies any revocation committed before).
+    Lease,
     /// Waiting until every other member applied `index`, or `GRACE` after `since`. Then
     /// `then` says what follows.
     Confirm { index: u64, since: u64, then: AfterConfirm },
@@ -514,6 +517,8 @@ impl Model {
                 None
             }
             Stage::Applied(_) => timed_out.then_some(None),
+            Stage::Lease if self.lease_valid(n) => Some(self.write_outcome(n, &run)),
+            Stage::Lease => timed_out.then_some(None),
             Stage::Confirm { index, since, then } => {
                 let done = self.others_applied(n, index) || self.now >= since + GRACE;
                 if !done {
@@ -526,18 +531,14 @@ impl Model {
                             None
                         }
                         AfterConfirm::Answer(value) => Some(Some(RegOp::Read(as_reg(&value)))),
-                        AfterConfirm::WriteDone => {
-                            // An ownership write (the only `Write` that reaches here) lives only
-                            // in this node's line: lost if the line was dropped, and maybe
-                            // already revoked by the leader without a valid lease.
-                            let dropped_now = self.nodes[n].dropped.get(key).copied().unwrap_or(0);
-                            let ownership = matches!(run.op, Op::Write(_));
-                            if ownership && (dropped_now != run.dropped_before || !self.lease_valid(n)) {
-                                Some(None)
-                            } else {
-                                Some(Some(written(&run.op)))
-                            }
+                        // An ownership write (the only `Write` that reaches here) lives only
+                        // in this node's line. Without a valid lease the leader may already
+                        // have revoked it: wait for the lease first.
+                        AfterConfirm::WriteDone if matches!(run.op, Op::Write(_)) && !self.lease_valid(n) => {
+                            run.stage = Stage::Lease;
+                            None
                         }
+                        AfterConfirm::WriteDone => Some(self.write_outcome(n, &run)),
                     }
                 }
             }
@@ -546,6 +547,14 @@ impl Model {
             None => self.clients[c] = Some(run),
             Some(result) => self.finish(n, run, result),
         }
+    }
+
+    /// A write that waited out its confirmations: an ownership write whose line was dropped
+    /// meanwhile may be lost (unknown), anything else completed.
+    fn write_outcome(&self, n: usize, run: &Running) -> Option<RegOp> {
+        let dropped_now = self.nodes[n].dropped.get(run.key).copied().unwrap_or(0);
+        let lost = matches!(run.op, Op::Write(_)) && dropped_now != run.dropped_before;
+        (!lost).then(|| written(&run.op))
     }
 
     /// Ends an operation: `Some(op)` completed, `None` failed (outcome unknown).
