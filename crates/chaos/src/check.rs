@@ -12,8 +12,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::history::{Op, Outcome};
-use crate::linearizability::{check_register, Event, RegOp, Verdict};
-use crate::schedule::FaultRecord;
+use crate::linearizability::{check_register, first_violation, Event, RegOp, Verdict};
+use crate::revocations::Revocation;
 use crate::workloads::FencedWrite;
 
 /// Slack for comparing the service's clock with ours (the same machine's clock).
@@ -136,38 +136,34 @@ pub fn cache(ops: &[Op]) -> Report {
     registers(ops, |_| false)
 }
 
-/// Checks a write-back cache history: linearizable once the writes the documented loss
-/// window allows to be lost are set aside. A write is at risk when a fault hit its node
-/// between its invocation and `window_us` after it completed, or it completed within
-/// `window_us` before such a fault; at-risk writes, and the reads that saw them, are left
-/// out. Everything else, including every write older than the window, must hold.
-pub fn cache_write_back(ops: &[Op], faults: &[FaultRecord], window_us: u64) -> Report {
-    let at_risk = |op: &Op| {
-        faults.iter().any(|f| {
-            f.nodes.contains(&op.node)
-                && op.invoked_us <= f.end_us + window_us
-                && f.start_us <= op.completed_us + window_us
-        })
-    };
-    let risky: BTreeSet<i64> = ops
-        .iter()
-        .filter(|o| o.f == "write" && matches!(o.outcome, Outcome::Ok { .. }) && at_risk(o))
-        .filter_map(|o| o.input["value"].as_i64())
-        .collect();
-    let mut report = registers(ops, |op| match op.f.as_str() {
-        "write" => op.input["value"].as_i64().is_some_and(|v| risky.contains(&v)),
-        _ => {
-            matches!(&op.outcome, Outcome::Ok { value } if value.as_i64().is_some_and(|v| risky.contains(&v)))
-        }
-    });
-    report.notes.push(format!("{} writes inside a loss window set aside", risky.len()));
+/// Checks a write-back cache history: linearizable once every revocation of a key's
+/// owner counts as a write of the value the directory then stored, taking effect between
+/// the revocation's proposal and its first apply (docs/cache.md, "Write-back under
+/// partitions"). Nothing else may be lost. `revocations` and the history share one clock
+/// (microseconds since the history started).
+pub fn cache_write_back(ops: &[Op], revocations: &[Revocation]) -> Report {
+    let mut extra: Vec<(String, Event)> = Vec::new();
+    for r in revocations {
+        let op = RegOp::Restore(r.stored);
+        extra.push((r.key.clone(), Event { start: r.proposed_us, end: Some(r.until_us), op }));
+    }
+    let mut report = registers_with(ops, |_| false, extra);
+    report.notes.push(format!("{} revocations of owners counted as possible restores", revocations.len()));
     report
 }
 
 /// Checks every key as a linearizable register, leaving out the operations `skip` names.
 fn registers(ops: &[Op], skip: impl Fn(&Op) -> bool) -> Report {
+    registers_with(ops, skip, Vec::new())
+}
+
+/// [`registers`], with `extra` events (per key) that no client issued.
+fn registers_with(ops: &[Op], skip: impl Fn(&Op) -> bool, extra: Vec<(String, Event)>) -> Report {
     let mut report = Report::default();
-    let mut keys: BTreeMap<String, Vec<Event>> = BTreeMap::new();
+    let mut keys: BTreeMap<String, Vec<(Event, Option<&Op>)>> = BTreeMap::new();
+    for (key, event) in extra {
+        keys.entry(key).or_default().push((event, None));
+    }
     for op in ops.iter().filter(|o| !skip(o)) {
         let key = op.input["key"].as_str().unwrap_or_default().to_string();
         let event = match (op.f.as_str(), &op.outcome) {
@@ -181,17 +177,26 @@ fn registers(ops: &[Op], skip: impl Fn(&Op) -> bool) -> Report {
                 end: None,
                 op: RegOp::Write(op.input["value"].as_i64().unwrap_or(0)),
             },
+            ("delete", Outcome::Ok { .. }) => {
+                Event { start: op.invoked_us, end: Some(op.completed_us), op: RegOp::Delete }
+            }
+            ("delete", Outcome::Info { .. }) => Event { start: op.invoked_us, end: None, op: RegOp::Delete },
             ("read", Outcome::Ok { value }) => {
                 Event { start: op.invoked_us, end: Some(op.completed_us), op: RegOp::Read(value.as_i64()) }
             }
             _ => continue,
         };
-        keys.entry(key).or_default().push(event);
+        keys.entry(key).or_default().push((event, Some(op)));
     }
-    for (key, events) in &keys {
-        match check_register(events, None) {
+    for (key, entries) in &keys {
+        let events: Vec<Event> = entries.iter().map(|(e, _)| e.clone()).collect();
+        match check_register(&events, None) {
             Verdict::Linearizable => {}
-            Verdict::Violation(why) => report.violations.push(format!("{key} is not linearizable: {why}")),
+            Verdict::Violation(_) => {
+                report
+                    .violations
+                    .push(format!("{key} is not linearizable: {}", around_violation(&events, entries)));
+            }
             Verdict::Unknown => {
                 report.notes.push(format!("{key}: the search gave up ({} operations)", events.len()))
             }
@@ -203,6 +208,51 @@ fn registers(ops: &[Op], skip: impl Fn(&Op) -> bool) -> Report {
         keys.values().map(Vec::len).sum::<usize>()
     ));
     report
+}
+
+/// Names the moment a register's history stops being linearizable and lists the
+/// operations of the half second before it (the whole history is in `history.json`).
+fn around_violation(events: &[Event], entries: &[(Event, Option<&Op>)]) -> String {
+    const BEFORE_US: u64 = 500_000;
+    let Some(at) = first_violation(events, None) else {
+        return format!("no linearization of its {} operations", events.len());
+    };
+    let mut lines = vec![format!(
+        "no linearization once the operation that completed at {:.3} s is in; the operations of the {} ms before:",
+        at as f64 / 1e6,
+        BEFORE_US / 1000
+    )];
+    for (event, op) in entries.iter().filter(|(e, _)| e.start <= at && e.end.unwrap_or(at) + BEFORE_US >= at)
+    {
+        let Some(op) = op else {
+            lines.push(format!(
+                "  {:.3}-{:.3} a revocation of the owner: {:?}",
+                event.start as f64 / 1e6,
+                event.end.unwrap_or(at) as f64 / 1e6,
+                event.op
+            ));
+            continue;
+        };
+        let value = match (&op.f[..], &op.outcome) {
+            ("write", _) => op.input["value"].to_string(),
+            (_, Outcome::Ok { value }) => format!("-> {value}"),
+            _ => String::new(),
+        };
+        let outcome = match &op.outcome {
+            Outcome::Ok { .. } => "ok",
+            Outcome::Fail { .. } => "failed",
+            Outcome::Info { .. } => "unknown",
+        };
+        lines.push(format!(
+            "  {:.3}-{:.3} p{} node{} {} {value} ({outcome})",
+            op.invoked_us as f64 / 1e6,
+            op.completed_us as f64 / 1e6,
+            op.process,
+            op.node + 1,
+            op.f
+        ));
+    }
+    lines.join("\n")
 }
 
 /// Ids of acknowledged sends and ids delivered, from a queue history.
@@ -316,33 +366,40 @@ mod tests {
     }
 
     #[test]
-    fn write_back_may_lose_only_writes_inside_the_loss_window() {
+    fn write_back_may_lose_only_what_a_revocation_of_the_owner_takes() {
         let ok = |v: serde_json::Value| Outcome::Ok { value: v };
-        let write = |node: usize, v: i64, at: (u64, u64)| Op {
-            node,
-            ..op(0, "write", json!({ "key": "k", "value": v }), at, ok(json!({})))
-        };
+        let write =
+            |v: i64, at: (u64, u64)| op(0, "write", json!({ "key": "k", "value": v }), at, ok(json!({})));
         let read = |v: i64, at: (u64, u64)| op(1, "read", json!({ "key": "k" }), at, ok(json!(v)));
-        let kill = |node: usize, at: u64| FaultRecord {
-            kind: crate::schedule::FaultKind::Kill,
-            nodes: vec![node],
-            start_us: at,
-            end_us: at + 1_000,
+        let revocation = |stored: Option<i64>, at: (u64, u64)| Revocation {
+            key: "k".into(),
+            stored,
+            proposed_us: at.0,
+            until_us: at.1,
         };
-        // Node 0 wrote 2 just before it was killed; afterwards the value is 1 again.
+        // 1 was written back; 2 lived only in the owner's line, and the revocation of the
+        // owner made the stored 1 current again.
         let history = vec![
-            write(0, 1, (0, 10)),
+            write(1, (0, 10)),
             read(1, (20, 30)),
-            write(0, 2, (9_000, 9_010)),
+            write(2, (9_000, 9_010)),
             read(2, (9_020, 9_030)),
             read(1, (12_000, 12_010)),
         ];
-        assert!(cache_write_back(&history, &[kill(0, 9_500)], 1_000).violations.is_empty());
-        // Without the fault (or long before it) losing 2 is a violation.
-        assert!(!cache_write_back(&history, &[], 1_000).violations.is_empty());
-        assert!(!cache_write_back(&history, &[kill(0, 50_000)], 1_000).violations.is_empty());
-        // A fault on another node does not excuse node 0.
-        assert!(!cache_write_back(&history, &[kill(1, 9_500)], 1_000).violations.is_empty());
+        assert!(cache_write_back(&history, &[revocation(Some(1), (10_000, 10_100))]).violations.is_empty());
+        // Without the revocation, or with one after the read, losing 2 is a violation.
+        assert!(!cache_write_back(&history, &[]).violations.is_empty());
+        assert!(!cache_write_back(&history, &[revocation(Some(1), (13_000, 13_100))]).violations.is_empty());
+        // A revocation that restores something else explains nothing.
+        assert!(!cache_write_back(&history, &[revocation(Some(7), (10_000, 10_100))]).violations.is_empty());
+        // A revocation of a key with nothing stored empties it.
+        let emptied = vec![
+            write(2, (0, 10)),
+            read(2, (20, 30)),
+            op(1, "read", json!({ "key": "k" }), (500, 510), ok(json!(null))),
+        ];
+        assert!(cache_write_back(&emptied, &[revocation(None, (100, 200))]).violations.is_empty());
+        assert!(!cache_write_back(&emptied, &[]).violations.is_empty());
     }
 
     #[test]

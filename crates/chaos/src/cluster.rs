@@ -233,6 +233,14 @@ impl ChaosCluster {
         Ok(())
     }
 
+    /// Every node's name and log as it is now.
+    pub fn logs(&self) -> Vec<(String, String)> {
+        self.nodes
+            .iter()
+            .map(|n| (n.name.clone(), std::fs::read_to_string(&n.log_path).unwrap_or_default()))
+            .collect()
+    }
+
     /// Copies every node's log into `dir`.
     pub fn save_logs(&self, dir: &Path) {
         for node in &self.nodes {

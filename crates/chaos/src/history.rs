@@ -88,10 +88,21 @@ impl Default for History {
 }
 
 /// The outcome of a client call: errors the service answered are failures (the operation did
-/// not happen) unless they say the outcome is unknown; transport errors are unknown.
+/// not happen) unless they say the outcome is unknown; transport errors are unknown, except
+/// a refused connection (the request never left). Every unknown outcome multiplies what the
+/// checkers must consider, so a refusal that certainly did nothing counts as a failure:
+/// a cache that is still joining refuses before it proposes anything.
 pub fn outcome_of<T: Serialize>(result: &Result<T, sinkron_client::ClientError>) -> Outcome {
     match result {
         Ok(v) => Outcome::Ok { value: serde_json::to_value(v).unwrap_or_default() },
+        Err(e @ sinkron_client::ClientError::Transport { source, .. }) if source.is_connect() => {
+            Outcome::Fail { error: e.to_string() }
+        }
+        Err(e @ sinkron_client::ClientError::Api { status: 503, message, .. })
+            if message.contains("cache of this node is still joining") =>
+        {
+            Outcome::Fail { error: e.to_string() }
+        }
         Err(e @ sinkron_client::ClientError::Api { status, .. }) if *status == 503 || *status == 500 => {
             // A timed-out write may still commit.
             Outcome::Info { error: e.to_string() }

@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod history;
 pub use sinkron_core::linearizability;
 pub mod proxy;
+pub mod revocations;
 pub mod run;
 pub mod schedule;
 pub mod workloads;

@@ -11,6 +11,7 @@ use serde::Serialize;
 use crate::check::{self, Report};
 use crate::cluster::ChaosCluster;
 use crate::history::History;
+use crate::revocations::{self, Revocation};
 use crate::schedule::{FaultKind, FaultRecord, Pace, Schedule, Step, Target};
 use crate::workloads::{self, Env, FencedResource, Workload};
 
@@ -89,20 +90,31 @@ impl Summary {
 pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
     let dir = tempfile::tempdir()?;
     let mut extra = vec![("SINKRON_FAULT_INJECTION".to_string(), "0".to_string())];
+    if matches!(config.workload, Workload::Cache | Workload::CacheWriteBack) {
+        // Two lines per node, for the workload's two keys: nothing is evicted, so a node
+        // that is cut off keeps serving hits of both while its lease runs (a read that has
+        // to go through the log would hold its process up), and misses come from writes
+        // and deletes taking copies away.
+        extra.push(("CACHE_MAX_SIZE".into(), "2".into()));
+    }
     match config.workload {
         Workload::Cache => extra.push(("CACHE_WRITE_POLICY".into(), "write-through".into())),
         Workload::CacheWriteBack => {
             extra.push(("CACHE_WRITE_POLICY".into(), "write-back".into()));
             extra.push(("CACHE_WRITEBACK_MAX_MS".into(), WRITEBACK_MAX_MS.to_string()));
+            // The check needs the revocations' times and stored values (see revocations.rs).
+            extra.push(("RUST_LOG".into(), "info,openraft=warn,sinkron_revocations=debug".into()));
         }
         _ => {}
     }
     let mut cluster = ChaosCluster::start(&config.bin, config.nodes, dir.path(), &extra).await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let history = History::new();
-    let started_unix_ms = workloads::unix_ms().saturating_sub(history.started().elapsed().as_millis() as u64);
+    let started_unix_us = workloads::unix_us().saturating_sub(history.started().elapsed().as_micros() as u64);
+    let started_unix_ms = started_unix_us / 1_000;
     let env = Env {
         clients: (0..config.nodes).map(|i| cluster.client(i, Duration::from_secs(5))).collect(),
+        quick: (0..config.nodes).map(|i| cluster.client(i, Duration::from_millis(500))).collect(),
         history: history.clone(),
         stop: Arc::new(AtomicBool::new(false)),
         seed: config.seed,
@@ -112,7 +124,13 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
     }
     let resource = FencedResource::default();
     let mut tasks = Vec::new();
-    for process in 0..config.clients {
+    let processes = match config.workload {
+        // Three per node at least: a process is stuck while its node is cut off (a write,
+        // a miss), so a node needs others that keep reading its hits meanwhile.
+        Workload::Cache | Workload::CacheWriteBack => config.clients.max(3 * config.nodes),
+        _ => config.clients,
+    };
+    for process in 0..processes {
         let env = env.clone();
         tasks.push(match config.workload {
             Workload::Locks => tokio::spawn(workloads::locks(env, process, resource.clone())),
@@ -147,7 +165,18 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
             check::locks(&history.ops(), &writes, started_unix_ms)
         }
         Workload::Cache => check::cache(&history.ops()),
-        Workload::CacheWriteBack => check::cache_write_back(&history.ops(), &faults, loss_window_us()),
+        Workload::CacheWriteBack => {
+            let on_history_clock = |us: u64| us.saturating_sub(started_unix_us);
+            let revocations: Vec<_> = revocations::from_logs(&cluster.logs(), COHERENCE_LEASE_US)
+                .into_iter()
+                .map(|r| Revocation {
+                    proposed_us: on_history_clock(r.proposed_us),
+                    until_us: on_history_clock(r.until_us),
+                    ..r
+                })
+                .collect();
+            check::cache_write_back(&history.ops(), &revocations)
+        }
         Workload::Queues => {
             let (acked, delivered) = check::queue_sets(&history.ops());
             let missing = acked.into_iter().filter(|id| !delivered.contains_key(id)).collect();
@@ -206,13 +235,8 @@ async fn wait_for_queues(env: &Env) -> anyhow::Result<()> {
 /// `CACHE_WRITEBACK_MAX_MS` of write-back runs.
 const WRITEBACK_MAX_MS: u64 = 300;
 
-/// How long before a fault on its node a write-back write may still be unwritten, and how
-/// long after the fault the node may still lose it (its lease, 0.3 s in these runs, must
-/// lapse and the leader revoke it 1.5 leases later): the documented loss window with
-/// generous margins, in microseconds.
-fn loss_window_us() -> u64 {
-    (WRITEBACK_MAX_MS + 250 + 1_500) * 1_000
-}
+/// The nodes' coherence lease: their shortest election timeout (`fast_env`).
+const COHERENCE_LEASE_US: u64 = 300_000;
 
 /// Applies `step`, waits its length, and undoes it; answers what it did.
 async fn inject(cluster: &mut ChaosCluster, step: &Step, history: &History) -> anyhow::Result<FaultRecord> {

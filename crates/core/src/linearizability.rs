@@ -20,6 +20,11 @@ pub enum RegOp {
     Delete,
     /// Read this value (`None`: the register had no value).
     Read(Option<i64>),
+    /// May have set the register to this value (`None`: emptied it), or done nothing:
+    /// a write that a fault may make happen, such as the revocation of a write-back
+    /// owner, which restores the stored value if the owner had one not written back. If
+    /// it happens, it happens between its start and its end.
+    Restore(Option<i64>),
 }
 
 impl RegOp {
@@ -28,6 +33,7 @@ impl RegOp {
         match self {
             Self::Write(v) => Some(Some(*v)),
             Self::Delete => Some(None),
+            Self::Restore(v) => Some(*v),
             Self::Read(_) => None,
         }
     }
@@ -75,14 +81,15 @@ pub fn check_register(history: &[Event], initial: Option<i64>) -> Verdict {
         .filter(|e| match e.op {
             RegOp::Write(v) => e.end.is_some() || observed.contains(&v),
             // An unknown delete is kept (which of them a read of "no value" saw is unknown).
-            RegOp::Delete => true,
+            RegOp::Delete | RegOp::Restore(_) => true,
             RegOp::Read(_) => e.end.is_some(),
         })
         .collect();
     events.sort_by_key(|e| e.start);
     let n = events.len();
     let words = n.div_ceil(64).max(1);
-    let required: Vec<bool> = events.iter().map(|e| e.end.is_some()).collect();
+    let required: Vec<bool> =
+        events.iter().map(|e| e.end.is_some() && !matches!(e.op, RegOp::Restore(_))).collect();
     let all_required = |done: &[u64]| (0..n).all(|i| !required[i] || bit(done, i));
     let mut seen: HashSet<(Vec<u64>, Option<i64>)> = HashSet::new();
     let mut stack: Vec<(Vec<u64>, Option<i64>)> = vec![(vec![0u64; words], initial)];
@@ -128,11 +135,55 @@ pub fn check_register(history: &[Event], initial: Option<i64>) -> Verdict {
     Verdict::Violation(format!("no linearization of these {n} operations: {events:?}"))
 }
 
-/// The operations that may go next: not done, and invoked before every remaining operation
-/// with a known completion finished.
+/// The earliest time at which `history` is already not linearizable, so a report can show
+/// the few operations around it instead of the whole history; `None` when it is
+/// linearizable (or the search gave up).
+///
+/// The history cut at `t` keeps the operations invoked by `t`, and those not completed by
+/// then lose their completion (they become of unknown outcome). A cut of a linearizable
+/// history is linearizable (every write placed before a read completed by `t` was invoked
+/// before it), so the failing cuts are the ones after some time, which is found by halving.
+pub fn first_violation(history: &[Event], initial: Option<i64>) -> Option<u64> {
+    let cut = |t: u64| -> Vec<Event> {
+        history
+            .iter()
+            .filter(|e| e.start <= t)
+            .map(|e| Event { start: e.start, end: e.end.filter(|end| *end <= t), op: e.op.clone() })
+            .collect()
+    };
+    let fails = |t: u64| matches!(check_register(&cut(t), initial), Verdict::Violation(_));
+    let mut ends: Vec<u64> = history.iter().filter_map(|e| e.end).collect();
+    ends.sort_unstable();
+    ends.dedup();
+    if !ends.last().is_some_and(|t| fails(*t)) {
+        return None;
+    }
+    // ends[hi] fails; find the first that does.
+    let (mut lo, mut hi) = (0usize, ends.len() - 1);
+    while lo < hi {
+        let mid = (lo + hi) / 2;
+        if fails(ends[mid]) {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Some(ends[lo])
+}
+
+/// The operations that may go next: not done, and invoked before every remaining required
+/// operation with a known completion finished. A [`RegOp::Restore`] that has not happened
+/// yet may still happen only if it did not end before an operation already placed began.
 fn candidates<'a>(events: &'a [&Event], done: &'a [u64]) -> impl Iterator<Item = usize> + 'a {
-    let first_end = (0..events.len()).filter(|i| !bit(done, *i)).filter_map(|i| events[i].end).min();
-    (0..events.len()).filter(move |i| !bit(done, *i) && first_end.is_none_or(|end| events[*i].start <= end))
+    let optional = |i: usize| matches!(events[i].op, RegOp::Restore(_));
+    let first_end =
+        (0..events.len()).filter(|i| !bit(done, *i) && !optional(*i)).filter_map(|i| events[i].end).min();
+    let latest_start = (0..events.len()).filter(|i| bit(done, *i)).map(|i| events[i].start).max();
+    (0..events.len()).filter(move |i| {
+        !bit(done, *i)
+            && first_end.is_none_or(|end| events[*i].start <= end)
+            && (!optional(*i) || events[*i].end.is_none_or(|end| latest_start.is_none_or(|s| s <= end)))
+    })
 }
 
 fn bit(done: &[u64], i: usize) -> bool {
@@ -192,6 +243,51 @@ mod tests {
         assert_eq!(check_register(&gone, None), Verdict::Linearizable);
         let stale = [ev(0, 10, RegOp::Write(1)), ev(11, 20, RegOp::Delete), ev(21, 30, RegOp::Read(Some(1)))];
         assert!(matches!(check_register(&stale, None), Verdict::Violation(_)), "a read after a delete");
+    }
+
+    #[test]
+    fn the_first_violation_is_where_the_stale_read_completed() {
+        let history = [
+            ev(0, 10, RegOp::Write(1)),
+            ev(11, 20, RegOp::Read(Some(1))),
+            ev(21, 30, RegOp::Write(2)),
+            ev(31, 40, RegOp::Read(Some(2))),
+            ev(41, 50, RegOp::Read(Some(1))),
+            ev(51, 60, RegOp::Read(Some(1))),
+        ];
+        assert_eq!(first_violation(&history, None), Some(50));
+        assert_eq!(first_violation(&history[..4], None), None);
+    }
+
+    #[test]
+    fn a_restore_may_happen_inside_its_window_or_never() {
+        let restore = Event { start: 30, end: Some(40), op: RegOp::Restore(Some(1)) };
+        // 2 was lost to the restore of 1.
+        let lost = [
+            ev(0, 10, RegOp::Write(1)),
+            ev(11, 20, RegOp::Write(2)),
+            ev(21, 25, RegOp::Read(Some(2))),
+            restore.clone(),
+            ev(50, 60, RegOp::Read(Some(1))),
+        ];
+        assert_eq!(check_register(&lost, None), Verdict::Linearizable);
+        // Or nothing was lost.
+        let kept = [
+            ev(0, 10, RegOp::Write(1)),
+            ev(11, 20, RegOp::Write(2)),
+            restore.clone(),
+            ev(50, 60, RegOp::Read(Some(2))),
+        ];
+        assert_eq!(check_register(&kept, None), Verdict::Linearizable);
+        // But it cannot happen after its window: 2 read at 45-48, then 1 again.
+        let late = [
+            ev(0, 10, RegOp::Write(1)),
+            ev(11, 20, RegOp::Write(2)),
+            restore,
+            ev(45, 48, RegOp::Read(Some(2))),
+            ev(50, 60, RegOp::Read(Some(1))),
+        ];
+        assert!(matches!(check_register(&late, None), Verdict::Violation(_)));
     }
 
     #[test]

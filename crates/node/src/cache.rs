@@ -293,6 +293,17 @@ impl CacheService {
         local.peek(key).filter(|l| !l.recalled && !l.visible(confirmed)).map(|l| l.invalidated_at)
     }
 
+    /// Writes `value` into this node's M or E line of `key` if it has one whose barrier
+    /// is confirmed; answers whether it did.
+    fn write_locally(&self, key: &str, value: &serde_json::Value) -> bool {
+        let confirmed = self.confirmed_index();
+        let mut local = self.local();
+        if local.peek(key).is_some_and(|l| !l.visible(confirmed)) {
+            return false;
+        }
+        local.write(key, value.clone(), now_ms()) == WriteOutcome::Local
+    }
+
     fn usable_line(&self, key: &str, owned: bool) -> Option<Line> {
         let local = self.local();
         local.peek(key).filter(|l| !l.recalled && (!owned || l.state != Mesi::Shared)).cloned()
@@ -400,11 +411,10 @@ pub async fn put(
     }
     let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
     let write_through = durable || cache.policy == WritePolicy::WriteThrough;
-    if !write_through
-        && cache.lease_valid()
-        && !cache.is_pending(key)
-        && cache.local().write(key, value.clone(), now_ms()) == WriteOutcome::Local
-    {
+    // A local write (to an M or E line) needs the line's barrier confirmed: until every
+    // other member applied the entry that took their copies, one of them may still serve
+    // an older value after this write was acknowledged.
+    if !write_through && cache.lease_valid() && !cache.is_pending(key) && cache.write_locally(key, &value) {
         return cache.usable_line(key, true).ok_or_else(|| ApiError::Unavailable("line vanished".into()));
     }
     // Through the log: the write is pending (hidden on this node) until it completes.
@@ -561,7 +571,7 @@ async fn propose_until_done(node: &Node, request: CacheCommand) {
 async fn join(node: &Node) {
     let me = node.cache.name.clone();
     loop {
-        let revoke = cache_command(CacheCommand::Revoke { node: me.clone() });
+        let revoke = revocation(&me);
         let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
         match node.write_at(revoke, None).await {
             // Live only once this node itself applied its revocation: events before it
@@ -575,6 +585,19 @@ async fn join(node: &Node) {
     node.cache.live.store(true, Ordering::SeqCst);
     node.cache.changed.send_modify(|v| *v = v.wrapping_add(1));
     tracing::info!("cache joined");
+}
+
+/// A revocation of `holder`'s lines with a fresh token, logged (debug level, target
+/// `sinkron_revocations`) with the time it is proposed: the fault-injection harness needs
+/// to know when the revocation it sees applied may have taken effect.
+fn revocation(holder: &str) -> Command {
+    let token = new_token();
+    tracing::debug!(
+        target: "sinkron_revocations",
+        "cache revocation proposed: node={holder} token={token} at_us={}",
+        crate::node::now_us()
+    );
+    cache_command(CacheCommand::Revoke { node: holder.to_string(), token })
 }
 
 async fn renew_lease(node: &Node) {
@@ -665,7 +688,7 @@ async fn revoke_lapsed(node: &Node, office: &mut Office) {
         let lapsed = lock(&node.cache.renewals).get(&holder).is_none_or(|t| t.elapsed() > grace);
         if lapsed {
             tracing::warn!(node = %holder, "revoking the cache lines of a node whose lease lapsed");
-            let _ = node.write_here(cache_command(CacheCommand::Revoke { node: holder.clone() })).await;
+            let _ = node.write_here(revocation(&holder)).await;
             record_renewal(node, &holder);
         }
     }

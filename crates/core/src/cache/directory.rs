@@ -8,7 +8,9 @@
 //! **The invalidation barrier.** Each record also keeps `invalidated_at`: the log index of
 //! the latest entry that took a copy of the key away from some node. A node that applies
 //! that entry late (it is behind, or cut off) can still serve the older value until it
-//! applies it or its coherence lease runs out. Every grant carries the barrier, and a node
+//! applies it or its coherence lease runs out. (A revocation sets it for the keys the
+//! revoked node owned, whose stored value is current again; a sharer's copy already holds
+//! the current value.) Every grant carries the barrier, and a node
 //! may return a line's value (as a hit, or as the answer to its own miss) only once every
 //! other member is known to have applied the barrier's index or lost its lease
 //! ([`super::Line::visible`]). This covers every read path on every node, not only the
@@ -170,6 +172,11 @@ pub enum CacheCommand {
     Revoke {
         /// The node.
         node: String,
+        /// Tells this proposal from other revocations of the node, so that an observer
+        /// (the fault-injection harness) can tell when the revocation that applied was
+        /// proposed; 0 when nobody asks.
+        #[serde(default)]
+        token: u64,
     },
 }
 
@@ -199,6 +206,12 @@ pub enum CacheReply {
         version: u64,
         /// Nodes whose copies were invalidated.
         invalidated: Vec<String>,
+    },
+    /// `node`'s lines are forgotten.
+    Revoked {
+        /// Each key `node` owned, with the value the directory stores for it: what a read
+        /// finds from now on, so a value of the owner that was never written back is lost.
+        owned: Vec<(String, Option<serde_json::Value>)>,
     },
     /// Nothing to report.
     Done,
@@ -367,7 +380,7 @@ impl Directory {
                 self.put(index, key, Some(node), Some(value.clone()), *token, &mut events)
             }
             CacheCommand::Delete { key } => self.put(index, key, None, None, 0, &mut events),
-            CacheCommand::Revoke { node } => self.revoke(index, node, &mut events),
+            CacheCommand::Revoke { node, .. } => self.revoke(index, node, &mut events),
         };
         // Every command but `Revoke` changes one key (a revocation tidies each key it touched).
         if let Some(key) = command.key() {
@@ -551,11 +564,17 @@ impl Directory {
             .filter(|(_, e)| e.owner.as_deref() == Some(node) || e.sharers.contains(node))
             .map(|(k, _)| k.clone())
             .collect();
+        let mut owned = Vec::new();
         for key in keys {
             events.push(CacheEvent::Invalidate { node: node.to_string(), key: key.clone() });
             let Some(entry) = self.entries.get_mut(&key) else { continue };
             entry.sharers.remove(node);
             if entry.owner.as_deref() == Some(node) {
+                owned.push((key.clone(), entry.value.clone()));
+                // The owner's value is gone and the stored one is current again: a reader
+                // must not see it before the owner applied this or lost its lease (the
+                // owner may still serve its line until then).
+                entry.invalidated_at = index;
                 entry.owner = None;
                 if let Some(recall) = entry.recall.take() {
                     self.serve(index, &key, recall.waiting, events);
@@ -563,7 +582,7 @@ impl Directory {
             }
             self.tidy(&key);
         }
-        CacheReply::Done
+        CacheReply::Revoked { owned }
     }
 
     /// Serves requests that waited for a recall, in order, as if they arrived now.

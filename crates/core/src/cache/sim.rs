@@ -140,7 +140,7 @@ impl Sim {
             Op::Revoke(n) => {
                 // The node lost its lease: whatever it had not written back is lost (the
                 // documented write-back window), so the latest value is the stored one.
-                self.log.push_back(CacheCommand::Revoke { node: NODES[n].into() });
+                self.log.push_back(CacheCommand::Revoke { node: NODES[n].into(), token: 0 });
                 self.drain();
                 for key in KEYS {
                     let stored = self.dir.get(key).and_then(|e| e.value.clone());

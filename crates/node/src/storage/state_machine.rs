@@ -14,9 +14,9 @@ use openraft::storage::{RaftStateMachine, Snapshot};
 use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, StorageIOError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use sinkron_core::cache::CacheEvent;
+use sinkron_core::cache::{CacheCommand, CacheEvent, CacheReply};
 use sinkron_core::locks::LockEvent;
-use sinkron_core::{Batch, Group0State, PartitionMachine, Response};
+use sinkron_core::{Batch, Command, Group0State, PartitionMachine, Response};
 use tokio::sync::watch;
 
 use super::files;
@@ -302,6 +302,7 @@ impl<S: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                 EntryPayload::Normal(batch) => {
                     let (reply, look) = applied.state.apply_entry(index, entry.log_id.leader_id.term, &batch);
                     wake |= look;
+                    log_revocations(index, &batch, &reply);
                     reply
                 }
                 EntryPayload::Membership(membership) => {
@@ -361,5 +362,32 @@ impl<S: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         };
         let (meta, data) = decode_snapshot(&bytes).map_err(read_snapshot_error)?;
         Ok(Some(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+    }
+}
+
+/// Logs, on the debug level of the target `sinkron_revocations`, each key a cache
+/// revocation took from its owner with the value stored for it from now on (what the
+/// owner had not written back is lost). The fault-injection harness reads these lines to
+/// count each such revocation as a write in its check of write-back histories; values are
+/// logged only when that target is enabled.
+fn log_revocations(index: u64, batch: &Batch, replies: &[Response]) {
+    if !tracing::enabled!(target: "sinkron_revocations", tracing::Level::DEBUG) {
+        return;
+    }
+    for (request, reply) in batch.requests.iter().zip(replies) {
+        let (Command::Cache { request: CacheCommand::Revoke { node, token } }, Response::Cache { reply }) =
+            (&request.command, reply)
+        else {
+            continue;
+        };
+        let CacheReply::Revoked { owned } = reply else { continue };
+        for (key, stored) in owned {
+            let stored = stored.as_ref().map_or("null".to_string(), |v| v.to_string());
+            tracing::debug!(
+                target: "sinkron_revocations",
+                "cache revocation applied: index={index} node={node} token={token} at_us={} key={key} stored={stored}",
+                crate::node::now_us()
+            );
+        }
     }
 }
