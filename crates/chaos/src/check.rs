@@ -133,38 +133,34 @@ pub fn locks(ops: &[Op], writes: &[FencedWrite], started_unix_ms: u64) -> Report
 
 /// Checks a cache history: each key must be a linearizable register.
 pub fn cache(ops: &[Op]) -> Report {
-    registers(ops, |_| false)
+    registers(ops, Vec::new())
 }
 
 /// Checks a write-back cache history: linearizable once every revocation of a key's
-/// owner counts as a write of the value the directory then stored, taking effect between
-/// the revocation's proposal and its first apply (docs/cache.md, "Write-back under
-/// partitions"). Nothing else may be lost. `revocations` and the history share one clock
-/// (microseconds since the history started).
+/// owner may restore the value the directory then stored, at one moment between the
+/// revocation's proposal and `until_us` (docs/cache.md, "Write-back under partitions").
+/// Nothing else may be lost. `revocations` and the history share one clock (microseconds
+/// since the history started).
 pub fn cache_write_back(ops: &[Op], revocations: &[Revocation]) -> Report {
     let mut extra: Vec<(String, Event)> = Vec::new();
     for r in revocations {
         let op = RegOp::Restore(r.stored);
         extra.push((r.key.clone(), Event { start: r.proposed_us, end: Some(r.until_us), op }));
     }
-    let mut report = registers_with(ops, |_| false, extra);
+    let mut report = registers(ops, extra);
     report.notes.push(format!("{} revocations of owners counted as possible restores", revocations.len()));
     report
 }
 
-/// Checks every key as a linearizable register, leaving out the operations `skip` names.
-fn registers(ops: &[Op], skip: impl Fn(&Op) -> bool) -> Report {
-    registers_with(ops, skip, Vec::new())
-}
-
-/// [`registers`], with `extra` events (per key) that no client issued.
-fn registers_with(ops: &[Op], skip: impl Fn(&Op) -> bool, extra: Vec<(String, Event)>) -> Report {
+/// Checks every key as a linearizable register, with `extra` events (per key) that no
+/// client issued.
+fn registers(ops: &[Op], extra: Vec<(String, Event)>) -> Report {
     let mut report = Report::default();
     let mut keys: BTreeMap<String, Vec<(Event, Option<&Op>)>> = BTreeMap::new();
     for (key, event) in extra {
         keys.entry(key).or_default().push((event, None));
     }
-    for op in ops.iter().filter(|o| !skip(o)) {
+    for op in ops {
         let key = op.input["key"].as_str().unwrap_or_default().to_string();
         let event = match (op.f.as_str(), &op.outcome) {
             ("write", Outcome::Ok { .. }) => Event {

@@ -39,10 +39,15 @@ pub struct ChaosCluster {
     proxies: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// The nodes' shortest election timeout, in milliseconds; it is also their coherence
+/// lease.
+pub const ELECTION_TIMEOUT_MIN_MS: u64 = 300;
+
 /// Settings every node gets: fast elections and bounded waits, so faults resolve quickly.
 pub fn fast_env() -> Vec<(String, String)> {
+    let election_min = format!("{}", ELECTION_TIMEOUT_MIN_MS as f64 / 1_000.0);
     [
-        ("RAFT_ELECTION_TIMEOUT_MIN", "0.3"),
+        ("RAFT_ELECTION_TIMEOUT_MIN", election_min.as_str()),
         ("RAFT_ELECTION_TIMEOUT_MAX", "0.6"),
         ("RAFT_HEARTBEAT_INTERVAL", "0.1"),
         ("REQUEST_TIMEOUT_MS", "2000"),

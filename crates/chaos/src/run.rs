@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::check::{self, Report};
-use crate::cluster::ChaosCluster;
+use crate::cluster::{self, ChaosCluster};
 use crate::history::History;
 use crate::revocations::{self, Revocation};
 use crate::schedule::{FaultKind, FaultRecord, Pace, Schedule, Step, Target};
@@ -167,14 +167,15 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
         Workload::Cache => check::cache(&history.ops()),
         Workload::CacheWriteBack => {
             let on_history_clock = |us: u64| us.saturating_sub(started_unix_us);
-            let revocations: Vec<_> = revocations::from_logs(&cluster.logs(), COHERENCE_LEASE_US)
-                .into_iter()
-                .map(|r| Revocation {
-                    proposed_us: on_history_clock(r.proposed_us),
-                    until_us: on_history_clock(r.until_us),
-                    ..r
-                })
-                .collect();
+            let revocations: Vec<_> =
+                revocations::from_logs(&cluster.logs(), cluster::ELECTION_TIMEOUT_MIN_MS * 1_000)
+                    .into_iter()
+                    .map(|r| Revocation {
+                        proposed_us: on_history_clock(r.proposed_us),
+                        until_us: on_history_clock(r.until_us),
+                        ..r
+                    })
+                    .collect();
             check::cache_write_back(&history.ops(), &revocations)
         }
         Workload::Queues => {
@@ -234,9 +235,6 @@ async fn wait_for_queues(env: &Env) -> anyhow::Result<()> {
 
 /// `CACHE_WRITEBACK_MAX_MS` of write-back runs.
 const WRITEBACK_MAX_MS: u64 = 300;
-
-/// The nodes' coherence lease: their shortest election timeout (`fast_env`).
-const COHERENCE_LEASE_US: u64 = 300_000;
 
 /// Applies `step`, waits its length, and undoes it; answers what it did.
 async fn inject(cluster: &mut ChaosCluster, step: &Step, history: &History) -> anyhow::Result<FaultRecord> {

@@ -53,7 +53,7 @@ impl Workload {
 
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    unix_us() / 1_000
 }
 
 /// Microseconds since the Unix epoch.

@@ -595,7 +595,7 @@ fn revocation(holder: &str) -> Command {
     tracing::debug!(
         target: "sinkron_revocations",
         "cache revocation proposed: node={holder} token={token} at_us={}",
-        crate::node::now_us()
+        crate::clock::now_us()
     );
     cache_command(CacheCommand::Revoke { node: holder.to_string(), token })
 }

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod locks;
 pub mod metrics;

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, InitializeError, RaftError};
@@ -14,6 +14,7 @@ use tokio::time::timeout;
 
 use crate::api::error::ApiError;
 use crate::cache::CacheService;
+pub use crate::clock::now_ms;
 use crate::config::NodeConfig;
 use crate::config::StorageBackend;
 use crate::network::{http_client, HttpNetworkFactory, Isolation};
@@ -88,16 +89,6 @@ pub struct Node {
     pub(crate) http: reqwest::Client,
     /// Fault injection: cut off from the peers while set.
     pub isolation: Isolation,
-}
-
-/// Milliseconds since the Unix epoch by this machine's clock.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
-
-/// Microseconds since the Unix epoch.
-pub fn now_us() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 /// Percent-encodes a path segment.

@@ -368,8 +368,8 @@ impl<S: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
 /// Logs, on the debug level of the target `sinkron_revocations`, each key a cache
 /// revocation took from its owner with the value stored for it from now on (what the
 /// owner had not written back is lost). The fault-injection harness reads these lines to
-/// count each such revocation as a write in its check of write-back histories; values are
-/// logged only when that target is enabled.
+/// count each such revocation as a possible restore of that value in its check of
+/// write-back histories; values are logged only when that target is enabled.
 fn log_revocations(index: u64, batch: &Batch, replies: &[Response]) {
     if !tracing::enabled!(target: "sinkron_revocations", tracing::Level::DEBUG) {
         return;
@@ -386,7 +386,7 @@ fn log_revocations(index: u64, batch: &Batch, replies: &[Response]) {
             tracing::debug!(
                 target: "sinkron_revocations",
                 "cache revocation applied: index={index} node={node} token={token} at_us={} key={key} stored={stored}",
-                crate::node::now_us()
+                crate::clock::now_us()
             );
         }
     }
