@@ -262,6 +262,9 @@ impl Client {
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .pool_max_idle_per_host(256)
+            // Below a node's default head timeout (10 s), which closes idle connections:
+            // a request never goes out on a connection the node is closing.
+            .pool_idle_timeout(Duration::from_secs(4))
             .build()
             .unwrap_or_else(|_| reqwest::Client::new());
         Self { base: base.trim_end_matches('/').to_string(), http }

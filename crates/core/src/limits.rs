@@ -12,6 +12,11 @@ pub const KV_VALUE_MAX_BYTES: usize = 64 * 1024;
 pub const REQUEST_ID_MAX_BYTES: usize = 128;
 /// How many recent request ids the state machine remembers for de-duplication.
 pub const DEDUP_WINDOW: usize = 10_000;
+/// Deepest nesting of arrays and objects in a public request body (the body's own object
+/// counts as one level). serde_json refuses anything deeper than 128 levels, and every
+/// node-to-node message wraps a client's value in a few more; 64 leaves room for that
+/// wrapping so whatever a client may send also replicates.
+pub const JSON_DEPTH_MAX: usize = 64;
 
 /// Longest queue name, in bytes; its dead-letter queue `<name>.dlq` may have 4 more.
 pub const QUEUE_NAME_MAX_BYTES: usize = 200;
@@ -115,6 +120,39 @@ pub fn validate_request_id(id: &str) -> Result<(), CoreError> {
     Ok(())
 }
 
+/// The deepest nesting of arrays and objects in the JSON text `bytes`, or `None` once it
+/// passes `limit` (the scan stops there, so a hostile body costs no more than its length).
+/// Brackets inside strings do not count; the text need not be valid JSON (the parser
+/// that runs afterwards judges that).
+pub fn json_depth_within(bytes: &[u8], limit: usize) -> Option<usize> {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in bytes {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return None;
+                }
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    Some(deepest)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +182,51 @@ mod tests {
         assert!(validate_message(Some(""), &serde_json::json!(1)).is_err());
         let big = serde_json::Value::String("x".repeat(QUEUE_BODY_MAX_BYTES));
         assert!(matches!(validate_message(None, &big), Err(CoreError::TooLarge { .. })));
+    }
+
+    #[test]
+    fn json_depth_counts_brackets_outside_strings() {
+        let table: [(&str, Option<usize>); 7] = [
+            ("1", Some(0)),
+            ("{}", Some(1)),
+            (r#"{"a":[1,{"b":[]}]}"#, Some(4)),
+            (r#"{"a":"[[[[[[[[[[[["}"#, Some(1)),
+            (r#"{"a":"\\\"[[[[[["}"#, Some(1)),
+            (r#"[[[[]]],[[]]]"#, Some(4)),
+            ("[[[[[[", None),
+        ];
+        for (text, depth) in table {
+            assert_eq!(json_depth_within(text.as_bytes(), 5), depth, "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        /// The scan agrees with the depth of the value serde_json encodes.
+        #[test]
+        fn json_depth_matches_the_parsed_value(levels in proptest::collection::vec(0u8..3, 0..40), text in "[\\[\\]{}\"\\\\a]{0,8}") {
+            let mut value = serde_json::Value::String(text);
+            for level in &levels {
+                value = match level {
+                    0 => serde_json::json!([value]),
+                    1 => serde_json::json!({"k": value, "s": "}]"}),
+                    _ => serde_json::json!([1, "[", value, {}]),
+                };
+            }
+            let encoded = serde_json::to_vec(&value).expect("encode");
+            let expected = depth_of(&value);
+            proptest::prop_assert_eq!(json_depth_within(&encoded, 64), Some(expected));
+            if expected > 0 {
+                proptest::prop_assert_eq!(json_depth_within(&encoded, expected - 1), None);
+            }
+        }
+    }
+
+    fn depth_of(value: &serde_json::Value) -> usize {
+        match value {
+            serde_json::Value::Array(items) => 1 + items.iter().map(depth_of).max().unwrap_or(0),
+            serde_json::Value::Object(map) => 1 + map.values().map(depth_of).max().unwrap_or(0),
+            _ => 0,
+        }
     }
 
     #[test]

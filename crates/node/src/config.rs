@@ -95,6 +95,38 @@ pub struct ServeArgs {
     /// such a node never bootstraps a cluster of its own.
     #[arg(long, env = "CLUSTER_JOIN", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
     pub join: bool,
+    /// Longest wait for a complete request head, in milliseconds, counted from when a
+    /// connection is ready for its next request (so it also closes idle kept-alive
+    /// connections).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    pub http_header_timeout_ms: u64,
+    /// Longest a request body may take to arrive, in milliseconds; then `408`.
+    #[arg(long, env = "HTTP_BODY_TIMEOUT_MS", default_value_t = 30_000)]
+    pub http_body_timeout_ms: u64,
+    /// Most open HTTP connections (clients and peers); one more is answered `503` and closed.
+    #[arg(long, env = "HTTP_MAX_CONNECTIONS", default_value_t = 1_024)]
+    pub http_max_connections: usize,
+    /// Most queue receives waiting at once on this node (`wait_ms` > 0); then `429`.
+    #[arg(long, env = "QUEUE_LONG_POLLS_MAX", default_value_t = 512)]
+    pub queue_long_polls_max: usize,
+    /// Most lock acquires waiting at once on this node (`wait_ms` > 0); then `429`.
+    #[arg(long, env = "LOCK_WAITERS_MAX", default_value_t = 512)]
+    pub lock_waiters_max: usize,
+}
+
+/// Bounds on what clients may hold open on one node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// Longest wait for a request head, in milliseconds (idle connections included).
+    pub header_timeout_ms: u64,
+    /// Longest a request body may take, in milliseconds.
+    pub body_timeout_ms: u64,
+    /// Most open connections.
+    pub max_connections: usize,
+    /// Most waiting queue receives.
+    pub long_polls_max: usize,
+    /// Most waiting lock acquires.
+    pub lock_waiters_max: usize,
 }
 
 /// When a cache write reaches the backing store.
@@ -204,6 +236,8 @@ pub struct NodeConfig {
     pub fault_injection: bool,
     /// Queue settings this node proposes when it creates the queue topology.
     pub queues: QueueSettings,
+    /// Connection, body and waiting limits.
+    pub limits: ConnectionLimits,
 }
 
 impl NodeConfig {
@@ -269,6 +303,23 @@ impl NodeConfig {
         if args.request_timeout_ms < 100 {
             return Err(out_of_range("REQUEST_TIMEOUT_MS", "must be at least 100".into()));
         }
+        for (name, value) in [
+            ("HTTP_HEADER_TIMEOUT_MS", args.http_header_timeout_ms),
+            ("HTTP_BODY_TIMEOUT_MS", args.http_body_timeout_ms),
+        ] {
+            if !(100..=3_600_000).contains(&value) {
+                return Err(out_of_range(name, format!("must be 100 to 3600000, got {value}")));
+            }
+        }
+        for (name, value, min) in [
+            ("HTTP_MAX_CONNECTIONS", args.http_max_connections, 16),
+            ("QUEUE_LONG_POLLS_MAX", args.queue_long_polls_max, 1),
+            ("LOCK_WAITERS_MAX", args.lock_waiters_max, 1),
+        ] {
+            if !(min..=1_000_000).contains(&value) {
+                return Err(out_of_range(name, format!("must be {min} to 1000000, got {value}")));
+            }
+        }
         Ok(Self {
             name: args.node_id.clone(),
             raft_id: raft_id(&args.node_id),
@@ -294,6 +345,13 @@ impl NodeConfig {
                 partitions: args.queue_partitions,
                 replication: args.queue_replication,
                 max_receives: args.queue_max_receives,
+            },
+            limits: ConnectionLimits {
+                header_timeout_ms: args.http_header_timeout_ms,
+                body_timeout_ms: args.http_body_timeout_ms,
+                max_connections: args.http_max_connections,
+                long_polls_max: args.queue_long_polls_max,
+                lock_waiters_max: args.lock_waiters_max,
             },
         })
     }

@@ -5,6 +5,7 @@
 //! HTTP with JSON bodies, and serves the public HTTP API. It is the only crate that names
 //! openraft or HTTP; the protocol logic it drives lives in `sinkron-core`.
 
+pub mod admission;
 pub mod api;
 pub mod cache;
 pub mod clock;

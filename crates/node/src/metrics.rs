@@ -37,12 +37,67 @@ pub fn record_rpc(rpc: &'static str, status: &'static str, elapsed: Duration) {
     metrics::histogram!("sinkron_rpc_request_duration_seconds", "rpc" => rpc).record(elapsed.as_secs_f64());
 }
 
+/// Counts a Raft call refused with a client error, by direction and status.
+pub fn record_peer_refusal(direction: crate::network::Direction, status: u16) {
+    let by = match direction {
+        crate::network::Direction::ByPeer => "peer",
+        crate::network::Direction::ByUs => "this_node",
+    };
+    metrics::counter!("sinkron_raft_refused_calls_total", "refused_by" => by, "status" => status.to_string())
+        .increment(1);
+}
+
+/// Counts a connection refused because the node had `HTTP_MAX_CONNECTIONS` open.
+pub fn record_refused_connection() {
+    metrics::counter!("sinkron_http_connections_refused_total").increment(1);
+}
+
+/// The label value of an HTTP method: the standard methods by name, anything a client
+/// invented as `other` (a label value per invented method would be unbounded).
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    const KNOWN: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::PUT, "PUT"),
+        (Method::POST, "POST"),
+        (Method::DELETE, "DELETE"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::PATCH, "PATCH"),
+        (Method::TRACE, "TRACE"),
+        (Method::CONNECT, "CONNECT"),
+    ];
+    KNOWN.iter().find(|(m, _)| m == method).map_or("other", |(_, label)| label)
+}
+
+/// Most distinct queue names that get series of their own; the rest share [`OTHER_QUEUES`].
+pub const QUEUE_SERIES_MAX: usize = 100;
+/// Label value of queues beyond [`QUEUE_SERIES_MAX`].
+pub const OTHER_QUEUES: &str = "_other";
+
+static QUEUE_LABELS: std::sync::Mutex<std::collections::BTreeSet<String>> =
+    std::sync::Mutex::new(std::collections::BTreeSet::new());
+
+/// The label value of `queue`: its name for the first [`QUEUE_SERIES_MAX`] queues this
+/// process has seen, [`OTHER_QUEUES`] after that.
+pub fn queue_label(queue: &str) -> String {
+    let mut seen = QUEUE_LABELS.lock().unwrap_or_else(|e| e.into_inner());
+    if seen.contains(queue) {
+        return queue.to_string();
+    }
+    if seen.len() < QUEUE_SERIES_MAX {
+        seen.insert(queue.to_string());
+        return queue.to_string();
+    }
+    OTHER_QUEUES.to_string()
+}
+
 /// Records one HTTP request served.
-pub fn record_http(route: String, method: String, status: u16, elapsed: Duration) {
+pub fn record_http(route: String, method: &'static str, status: u16, elapsed: Duration) {
     metrics::counter!(
         "sinkron_http_requests_total",
         "route" => route.clone(),
-        "method" => method.clone(),
+        "method" => method,
         "status" => status.to_string()
     )
     .increment(1);
@@ -140,7 +195,7 @@ pub fn render(gauges: &RaftGauges) -> String {
 /// Counts `count` queue operations `op` (sent, received, acked, nacked) on
 /// `queue`, where the client's request was served.
 pub fn record_queue_op(op: &'static str, queue: &str, count: u64) {
-    metrics::counter!("sinkron_queue_messages_total", "op" => op, "queue" => queue.to_string())
+    metrics::counter!("sinkron_queue_messages_total", "op" => op, "queue" => queue_label(queue))
         .increment(count);
 }
 
@@ -153,8 +208,13 @@ pub fn record_returned(redelivered: usize, dead_lettered: usize) {
 
 /// Sets the ready and in-flight gauges of `queue`, over the partitions this node leads.
 pub fn set_queue_gauges(queue: &str, ready: usize, in_flight: usize) {
-    metrics::gauge!("sinkron_queue_depth", "queue" => queue.to_string()).set(ready as f64);
-    metrics::gauge!("sinkron_queue_in_flight", "queue" => queue.to_string()).set(in_flight as f64);
+    let label = queue_label(queue);
+    if label == OTHER_QUEUES {
+        // A gauge shared by many queues would show whichever was set last: no series.
+        return;
+    }
+    metrics::gauge!("sinkron_queue_depth", "queue" => label.clone()).set(ready as f64);
+    metrics::gauge!("sinkron_queue_in_flight", "queue" => label).set(in_flight as f64);
 }
 
 /// Counts a partition moved to a new replica set (by group 0's leader).

@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -35,14 +37,114 @@ impl Isolation {
     }
 }
 
+/// How long a refused Raft call keeps its group reported by `/ready`.
+pub const REFUSAL_REPORT_WINDOW: Duration = Duration::from_secs(10);
+/// Most (group, peer, direction) refusals remembered; the group id of an incoming call
+/// comes from its path, so the table must not grow with what a caller invents.
+const REFUSALS_MAX: usize = 256;
+/// Least time between two log lines about one peer refusing one group's calls.
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Which side refused a Raft call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Direction {
+    /// A peer refused a call of this node.
+    ByPeer,
+    /// This node refused a peer's call.
+    ByUs,
+}
+
+/// The last refusal of one kind.
+#[derive(Debug, Clone)]
+struct Refusal {
+    at: Instant,
+    status: u16,
+    rpc: String,
+    count: u64,
+}
+
+/// Raft calls answered with a client error (4xx other than 404): a bug or an attack, never
+/// a slow link. Kept so `/ready` can say which group cannot replicate and why.
+#[derive(Debug, Clone, Default)]
+pub struct PeerRefusals(std::sync::Arc<std::sync::Mutex<Refusals>>);
+
+#[derive(Debug, Default)]
+struct Refusals {
+    by_kind: std::collections::BTreeMap<(GroupId, String, Direction), Refusal>,
+    /// Per peer: when a refusal was last logged, and how many were not logged since.
+    logged: std::collections::BTreeMap<String, (Instant, u64)>,
+}
+
+impl PeerRefusals {
+    /// Records that `peer` (a node name or address) refused, or had refused by us, a `rpc`
+    /// call of `group` with `status`.
+    pub fn record(&self, group: GroupId, peer: &str, direction: Direction, rpc: &str, status: u16) {
+        crate::metrics::record_peer_refusal(direction, status);
+        let mut refusals = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let table = &mut refusals.by_kind;
+        let key = (group, peer.to_string(), direction);
+        if table.len() >= REFUSALS_MAX && !table.contains_key(&key) {
+            table.retain(|_, r| r.at.elapsed() < REFUSAL_REPORT_WINDOW);
+            if table.len() >= REFUSALS_MAX {
+                return;
+            }
+        }
+        let entry =
+            table.entry(key).or_insert(Refusal { at: Instant::now(), status, rpc: rpc.into(), count: 0 });
+        *entry = Refusal { at: Instant::now(), status, rpc: rpc.into(), count: entry.count + 1 };
+    }
+
+    /// The groups with a refusal in the last [`REFUSAL_REPORT_WINDOW`], each with a sentence.
+    pub fn recent(&self) -> Vec<(GroupId, String)> {
+        let refusals = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        refusals
+            .by_kind
+            .iter()
+            .filter(|(_, r)| r.at.elapsed() < REFUSAL_REPORT_WINDOW)
+            .map(|((group, peer, direction), r)| {
+                let who = match direction {
+                    Direction::ByPeer => format!("{peer} refused this node's"),
+                    Direction::ByUs => format!("this node refused {peer}'s"),
+                };
+                let text = format!(
+                    "group {group} cannot replicate: {who} {} calls with HTTP {} ({} times, last {} ms ago)",
+                    r.rpc,
+                    r.status,
+                    r.count,
+                    r.at.elapsed().as_millis()
+                );
+                (*group, text)
+            })
+            .collect()
+    }
+
+    /// Whether a refusal by `peer` should be logged now (at most one line a
+    /// [`REFUSAL_LOG_INTERVAL`] per peer, whatever the group); with how many went unlogged.
+    fn log_now(&self, peer: &str) -> Option<u64> {
+        let mut refusals = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if refusals.logged.len() >= REFUSALS_MAX && !refusals.logged.contains_key(peer) {
+            refusals.logged.retain(|_, (at, _)| at.elapsed() < REFUSAL_LOG_INTERVAL);
+        }
+        let entry =
+            refusals.logged.entry(peer.to_string()).or_insert((Instant::now() - REFUSAL_LOG_INTERVAL * 2, 0));
+        if entry.0.elapsed() < REFUSAL_LOG_INTERVAL {
+            entry.1 += 1;
+            return None;
+        }
+        let unlogged = entry.1;
+        *entry = (Instant::now(), 0);
+        Some(unlogged)
+    }
+}
+
 /// Builds the HTTP client used for every node-to-node call. With a specific `source`
 /// address (the node binds one IP rather than all), calls leave from it, so peers and
 /// network tools can tell the nodes of one host apart.
-pub fn http_client(source: Option<std::net::IpAddr>) -> reqwest::Client {
+pub fn http_client(source: Option<std::net::IpAddr>, pool_idle: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .local_address(source)
         .connect_timeout(Duration::from_millis(500))
-        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_idle_timeout(pool_idle)
         .pool_max_idle_per_host(64)
         .tcp_nodelay(true)
         .build()
@@ -58,6 +160,8 @@ pub struct HttpNetworkFactory {
     pub client: reqwest::Client,
     /// Fault injection: fail every call while set.
     pub isolation: Isolation,
+    /// Where refused calls are reported.
+    pub refusals: PeerRefusals,
 }
 
 impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
@@ -70,6 +174,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
             addr: node.addr.clone(),
             client: self.client.clone(),
             isolation: self.isolation.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -81,6 +186,7 @@ pub struct PeerClient {
     addr: String,
     client: reqwest::Client,
     isolation: Isolation,
+    refusals: PeerRefusals,
 }
 
 /// Failure of a call before the peer's Raft answered.
@@ -89,6 +195,9 @@ enum CallError {
     Unreachable(reqwest::Error),
     /// The peer was reached but the exchange failed.
     Network(String),
+    /// The peer answered with a client error: it will answer the same again, so the call
+    /// must not be retried at once.
+    Refused(u16),
 }
 
 impl PeerClient {
@@ -111,6 +220,14 @@ impl PeerClient {
         let outcome = match sent {
             Err(e) if e.is_connect() || e.is_timeout() => Err(CallError::Unreachable(e)),
             Err(e) => Err(CallError::Network(e.to_string())),
+            Ok(resp)
+                if resp.status().is_client_error() && resp.status() != reqwest::StatusCode::NOT_FOUND =>
+            {
+                let status = resp.status().as_u16();
+                let detail = resp.text().await.unwrap_or_default();
+                self.report_refusal(rpc, status, &detail);
+                Err(CallError::Refused(status))
+            }
             Ok(resp) if !resp.status().is_success() => {
                 Err(CallError::Network(format!("peer answered HTTP {}", resp.status())))
             }
@@ -119,6 +236,25 @@ impl PeerClient {
         let status = if outcome.is_ok() { "ok" } else { "error" };
         crate::metrics::record_rpc(rpc, status, started.elapsed());
         outcome
+    }
+
+    /// Counts a refused call and logs it, at most once a [`REFUSAL_LOG_INTERVAL`] per peer
+    /// (every group's leader retries a refused append a few times a second).
+    fn report_refusal(&self, rpc: &str, status: u16, detail: &str) {
+        self.refusals.record(self.group, &self.addr, Direction::ByPeer, rpc, status);
+        let Some(unlogged) = self.refusals.log_now(&self.addr) else {
+            return;
+        };
+        let detail: String = detail.chars().take(300).collect();
+        tracing::error!(
+            group = self.group,
+            peer = %self.addr,
+            rpc,
+            status,
+            detail = %detail,
+            also_refused_since_last_line = unlogged,
+            "a peer refused a Raft call; the two nodes disagree on what is valid (a bug or a foreign caller)"
+        );
     }
 
     fn lift<T, E>(&self, r: Result<Result<T, E>, CallError>) -> Result<T, RPCError<NodeId, Member, E>>
@@ -132,6 +268,11 @@ impl PeerClient {
             Err(CallError::Network(msg)) => {
                 Err(RPCError::Network(NetworkError::new(&std::io::Error::other(msg))))
             }
+            // Unreachable makes openraft back off before it sends again; a network error
+            // would be retried at once, forever.
+            Err(CallError::Refused(status)) => Err(RPCError::Unreachable(Unreachable::new(
+                &std::io::Error::other(format!("peer refused the call with HTTP {status}")),
+            ))),
         }
     }
 }
@@ -144,8 +285,14 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
+        let entries = rpc.entries.len() as u64;
         let r: Result<RaftResult<AppendEntriesResponse<NodeId>>, _> =
             self.call("append", &rpc, option.hard_ttl()).await;
+        // A batch the peer found too large is sent again at once in halves; a single entry
+        // too large cannot be split and backs off like any refusal.
+        if matches!(r, Err(CallError::Refused(413))) && entries > 1 {
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2)));
+        }
         self.lift(r)
     }
 

@@ -17,7 +17,7 @@ use crate::cache::CacheService;
 pub use crate::clock::now_ms;
 use crate::config::NodeConfig;
 use crate::config::StorageBackend;
-use crate::network::{http_client, HttpNetworkFactory, Isolation};
+use crate::network::{http_client, HttpNetworkFactory, Isolation, PeerRefusals};
 use crate::proposer::Batcher;
 use crate::storage::redis as redis_store;
 use crate::storage::state_machine::CacheSignal;
@@ -89,6 +89,12 @@ pub struct Node {
     pub(crate) http: reqwest::Client,
     /// Fault injection: cut off from the peers while set.
     pub isolation: Isolation,
+    /// Raft calls refused with a client error, for `/ready`.
+    pub refusals: PeerRefusals,
+    /// Caps on waiting receives and lock acquires.
+    pub waiting: crate::admission::Waiting,
+    /// Continuity of the snapshot chunks being received.
+    pub snapshot_chunks: crate::admission::SnapshotChunks,
 }
 
 /// Percent-encodes a path segment.
@@ -118,7 +124,9 @@ impl Node {
             .rsplit_once(':')
             .and_then(|(host, _)| host.parse::<std::net::IpAddr>().ok())
             .filter(|ip| !ip.is_unspecified());
-        let http = http_client(source);
+        // Idle pooled connections are dropped well before a peer's server would close them
+        // (its head timeout), so a call never goes out on a connection being closed.
+        let http = http_client(source, Duration::from_millis(config.limits.header_timeout_ms / 2));
         let (cache, cache_outbox) = CacheService::new(
             &config.name,
             config.cache_max_size as usize,
@@ -145,17 +153,24 @@ impl Node {
             .context("derive the Raft configuration")?,
         );
         let isolation = Isolation::default();
+        let refusals = PeerRefusals::default();
         let hook = cache.clone();
-        let group0 =
-            start_group(&config, &raft_config, &http, &isolation, GROUP0, Group0State::default(), |sm| {
-                sm.set_cache_hook(Arc::new(move |signal| match signal {
-                    CacheSignal::Events(events) => hook.on_applied(events),
-                    CacheSignal::SnapshotInstalled => hook.on_snapshot_installed(),
-                }));
-            })
-            .await
-            .context("start Raft group 0")?;
+        let network = HttpNetworkFactory {
+            group: GROUP0,
+            client: http.clone(),
+            isolation: isolation.clone(),
+            refusals: refusals.clone(),
+        };
+        let group0 = start_group(&config, &raft_config, network, Group0State::default(), |sm| {
+            sm.set_cache_hook(Arc::new(move |signal| match signal {
+                CacheSignal::Events(events) => hook.on_applied(events),
+                CacheSignal::SnapshotInstalled => hook.on_snapshot_installed(),
+            }));
+        })
+        .await
+        .context("start Raft group 0")?;
         spawn_leader_watch(&group0.raft);
+        let waiting = crate::admission::Waiting::new(&config.limits);
         Ok(Arc::new(Self {
             config,
             cache,
@@ -165,6 +180,9 @@ impl Node {
             raft_config,
             http,
             isolation,
+            refusals,
+            waiting,
+            snapshot_chunks: Default::default(),
         }))
     }
 
@@ -183,7 +201,13 @@ impl Node {
         config.election_timeout_min += shift;
         config.election_timeout_max += shift;
         let config = Arc::new(config);
-        start_group(&self.config, &config, &self.http, &self.isolation, id, initial, |_| {}).await
+        let network = HttpNetworkFactory {
+            group: id,
+            client: self.http.clone(),
+            isolation: self.isolation.clone(),
+            refusals: self.refusals.clone(),
+        };
+        start_group(&self.config, &config, network, initial, |_| {}).await
     }
 
     /// The Raft instance of group `id`, if this node hosts it.
@@ -673,25 +697,24 @@ pub async fn leader_of(raft: &Raft, me: NodeId, deadline: Instant) -> Result<Lea
     }
 }
 
-/// Opens group `id`'s storage and starts its Raft instance with its batchers.
+/// Opens the storage of `network`'s group and starts its Raft instance with its batchers.
 async fn start_group<S: Machine>(
     config: &NodeConfig,
     raft_config: &Arc<openraft::Config>,
-    http: &reqwest::Client,
-    isolation: &Isolation,
-    id: GroupId,
+    network: HttpNetworkFactory,
     initial: S,
     prepare: impl FnOnce(&StateMachineStore<S>),
 ) -> anyhow::Result<Group<S>> {
+    let id = network.group;
+    let (http, isolation) = (network.client.clone(), network.isolation.clone());
     let (log, sm) = open_storage(config, id, initial).await?;
     prepare(&sm);
-    let network = HttpNetworkFactory { group: id, client: http.clone(), isolation: isolation.clone() };
     let raft = Raft::new(config.raft_id, raft_config.clone(), network, log.clone(), sm.clone())
         .await
         .with_context(|| format!("start Raft group {id}"))?;
     let timeout = Duration::from_millis(config.request_timeout_ms);
     let proposer = Batcher::proposer(raft.clone(), timeout);
-    let forwarder = Batcher::forwarder(raft.clone(), id, http.clone(), timeout, isolation.clone());
+    let forwarder = Batcher::forwarder(raft.clone(), id, http, timeout, isolation);
     Ok(Group { raft, log, sm, proposer, forwarder })
 }
 
@@ -704,7 +727,7 @@ async fn open_storage<S: Machine>(
     match config.storage {
         StorageBackend::Embedded => {
             let dir = config.data_dir.join("groups").join(group.to_string());
-            std::fs::create_dir_all(&dir)
+            crate::storage::files::create_dir_durably(&dir)
                 .with_context(|| format!("create data directory {}", dir.display()))?;
             let log = LogStore::open(&dir).context("open the Raft log")?;
             let sm = StateMachineStore::open_from(&dir, initial).context("open the state machine")?;

@@ -86,6 +86,41 @@ async fn torn_tail_is_cut_and_appends_continue() {
 }
 
 #[tokio::test]
+async fn a_bad_record_with_valid_records_after_it_is_corruption_not_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let mut log = LogStore::open(dir.path()).expect("open");
+        append_durably(&mut log, (1..=10).map(|i| put_entry(1, i)).collect()).await;
+    }
+    let segment =
+        std::fs::read_dir(dir.path().join("log")).expect("ls").next().expect("one segment").expect("entry");
+    let bytes = std::fs::read(segment.path()).expect("read segment");
+    let decoded = decode_records(&bytes);
+    let fifth = decoded.records[4].offset;
+    // One flipped byte in entry 5's payload: entries 6 to 10, acknowledged, follow it.
+    let f = std::fs::OpenOptions::new().write(true).open(segment.path()).expect("open segment");
+    let flipped = bytes[fifth as usize + 12] ^ 0x20;
+    std::os::unix::fs::FileExt::write_all_at(&f, &[flipped], fifth + 12).expect("flip");
+    drop(f);
+
+    let error = LogStore::open(dir.path()).err().expect("a corrupt log must not open").to_string();
+    let name = segment.path().display().to_string();
+    assert!(error.contains(&name), "names the file: {error}");
+    assert!(error.contains(&format!("offset {fifth}")), "names the offset: {error}");
+    assert!(error.contains("rejoins"), "says how to recover: {error}");
+    let after = std::fs::read(segment.path()).expect("read segment");
+    assert_eq!(
+        after,
+        bytes
+            .iter()
+            .enumerate()
+            .map(|(i, b)| if i == fifth as usize + 12 { flipped } else { *b })
+            .collect::<Vec<_>>(),
+        "nothing was cut"
+    );
+}
+
+#[tokio::test]
 async fn zero_fill_is_not_mistaken_for_records_or_damage() {
     let dir = tempfile::tempdir().expect("temp dir");
     for round in 0..3u64 {

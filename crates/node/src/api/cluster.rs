@@ -37,9 +37,15 @@ pub struct Readiness {
     pub leader: String,
     /// Last applied log index of group 0.
     pub applied_index: u64,
+    /// Queue partitions that cannot replicate because a Raft call was refused (a refusal in
+    /// group 0 makes the answer `503` instead).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub degraded: Vec<String>,
 }
 
-/// `200` once the node knows a leader and has applied its commit index, else `503`.
+/// `200` once the node knows a leader and has applied its commit index, else `503`; also
+/// `503` while group 0 cannot replicate because a peer refused its Raft calls (or this node
+/// refused a peer's) in the last 10 s.
 #[utoipa::path(get, path = "/ready", tag = "probes", responses(
     (status = 200, body = Readiness),
     (status = 503, body = ErrorBody, description = "no leader known, or still applying")))]
@@ -62,7 +68,12 @@ pub async fn ready(State(node): State<AppState>) -> Result<Json<Readiness>, ApiE
             status.applied_index, status.commit_index
         )));
     }
-    Ok(Json(Readiness { ready: true, leader: leader.id, applied_index: status.applied_index }))
+    let refused = node.refusals.recent();
+    if let Some((_, problem)) = refused.iter().find(|(group, _)| *group == crate::types::GROUP0) {
+        return Err(ApiError::Unavailable(problem.clone()));
+    }
+    let degraded = refused.into_iter().map(|(_, problem)| problem).collect();
+    Ok(Json(Readiness { ready: true, leader: leader.id, applied_index: status.applied_index, degraded }))
 }
 
 /// A member as `/v1/cluster` shows it.

@@ -1,5 +1,6 @@
 //! The one place where errors become HTTP: status, stable `error` code and message.
 
+use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
@@ -7,6 +8,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
+use sinkron_core::limits::{json_depth_within, JSON_DEPTH_MAX};
 use sinkron_core::locks::{HolderView, LockMode, WaitEdge};
 use sinkron_core::CoreError;
 use utoipa::ToSchema;
@@ -53,9 +55,18 @@ pub enum ApiError {
     /// Nobody holds the lock.
     #[error("{0}")]
     NotHeld(String),
-    /// A limit (waiters per lock, locks per client) was reached.
+    /// A limit (waiters per lock, locks per client, long polls per node) was reached.
     #[error("{0}")]
     LimitExceeded(String),
+    /// The request's body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// The request target (path and query) is longer than the API takes.
+    #[error("{0}")]
+    UriTooLong(String),
+    /// The request headers are larger than the API takes.
+    #[error("{0}")]
+    HeadersTooLarge(String),
 }
 
 fn holder_names(holders: &[HolderView]) -> String {
@@ -115,6 +126,9 @@ impl ApiError {
             Self::NotOwner(_) => (StatusCode::FORBIDDEN, "not_owner"),
             Self::NotHeld(_) => (StatusCode::NOT_FOUND, "not_held"),
             Self::LimitExceeded(_) => (StatusCode::TOO_MANY_REQUESTS, "limit_exceeded"),
+            Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
+            Self::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
+            Self::HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"),
         }
     }
 }
@@ -138,30 +152,91 @@ impl IntoResponse for ApiError {
         };
         let body = ErrorBody { error: code.to_string(), message: self.to_string(), cycle, holders };
         let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        let headers = response.headers_mut();
+        if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        // The body of a request refused for its size or slowness may be partly unread: the
+        // connection cannot carry another request, and clients and load balancers must not
+        // put it back into their pools.
+        if matches!(
+            status,
+            StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::REQUEST_TIMEOUT
+                | StatusCode::URI_TOO_LONG
+                | StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+        ) {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         response
     }
 }
 
 /// A JSON body whose rejections are [`ApiError`]s: malformed JSON and wrong types become
-/// `400 invalid_argument` naming the field, oversized bodies `413 payload_too_large`.
-pub struct ApiJson<T>(pub T);
+/// `400 invalid_argument` naming the field, bodies nested deeper than `DEPTH` levels
+/// `400 invalid_argument` as well, oversized bodies `413 payload_too_large`, a body that
+/// does not arrive within the node's body timeout `408 request_timeout`.
+///
+/// Public endpoints use the default depth, [`JSON_DEPTH_MAX`]; node-to-node calls use
+/// [`PEER_JSON_DEPTH`], since they wrap client values in a few levels of their own.
+pub struct ApiJson<T, const DEPTH: usize = JSON_DEPTH_MAX>(pub T);
 
-impl<S, T> FromRequest<S> for ApiJson<T>
+/// Depth allowed in node-to-node bodies: serde_json's own recursion limit.
+pub const PEER_JSON_DEPTH: usize = 128;
+
+/// How long a request's body may take to arrive, set once at start-up from the node's
+/// configuration (tests and tools that build a router alone get the default).
+pub static BODY_TIMEOUT: std::sync::OnceLock<std::time::Duration> = std::sync::OnceLock::new();
+
+/// Default of [`BODY_TIMEOUT`].
+pub const BODY_TIMEOUT_DEFAULT: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl<S, T, const DEPTH: usize> FromRequest<S> for ApiJson<T, DEPTH>
 where
-    Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
+        if !is_json(req.headers()) {
+            return Err(ApiError::InvalidArgument(
+                "send the body as JSON with content-type: application/json".into(),
+            ));
+        }
+        let within = *BODY_TIMEOUT.get().unwrap_or(&BODY_TIMEOUT_DEFAULT);
+        let bytes = match tokio::time::timeout(within, Bytes::from_request(req, state)).await {
+            Err(_) => {
+                return Err(ApiError::RequestTimeout(format!(
+                    "the request body did not arrive within {} ms",
+                    within.as_millis()
+                )))
+            }
+            Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                return Err(ApiError::PayloadTooLarge("request body is larger than the limit".into()))
+            }
+            Ok(Err(rejection)) => return Err(ApiError::InvalidArgument(rejection.body_text())),
+            Ok(Ok(bytes)) => bytes,
+        };
+        if json_depth_within(&bytes, DEPTH).is_none() {
+            return Err(ApiError::InvalidArgument(format!(
+                "body: JSON nested deeper than {DEPTH} levels (arrays and objects, the body's own included)"
+            )));
+        }
+        match Json::<T>::from_bytes(&bytes) {
             Ok(Json(value)) => Ok(Self(value)),
             Err(rejection) => Err(from_json_rejection(rejection)),
         }
     }
+}
+
+/// Whether the request says its body is JSON (`application/json` or `application/*+json`).
+fn is_json(headers: &axum::http::HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// A path parameter whose rejection is `400 invalid_argument`.
@@ -243,12 +318,19 @@ mod tests {
             (ApiError::NotOwner("x".into()), 403, "not_owner"),
             (ApiError::NotHeld("x".into()), 404, "not_held"),
             (ApiError::LimitExceeded("x".into()), 429, "limit_exceeded"),
+            (ApiError::RequestTimeout("x".into()), 408, "request_timeout"),
+            (ApiError::UriTooLong("x".into()), 414, "uri_too_long"),
+            (ApiError::HeadersTooLarge("x".into()), 431, "headers_too_large"),
         ];
         for (error, status, code) in table {
             assert_eq!(error.status_and_code(), (StatusCode::from_u16(status).expect("status"), code));
             let response = error.into_response();
             assert_eq!(response.status().as_u16(), status);
-            assert_eq!(response.headers().contains_key(header::RETRY_AFTER), status == 503);
+            assert_eq!(response.headers().contains_key(header::RETRY_AFTER), status == 503 || status == 429);
+            assert_eq!(
+                response.headers().contains_key(header::CONNECTION),
+                [408, 413, 414, 431].contains(&status)
+            );
         }
     }
 }

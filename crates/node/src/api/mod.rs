@@ -111,8 +111,10 @@ pub fn router(node: AppState) -> Router {
             ApiError::MethodNotAllowed("this endpoint does not accept that method".into())
         })
         .layer(middleware::from_fn(refuse_peers_while_isolated))
+        .layer(middleware::from_fn(refuse_oversized_heads))
         .layer(middleware::from_fn(track_http))
         .layer(axum::Extension(node.isolation.clone()))
+        .layer(axum::Extension(node.refusals.clone()))
         .with_state(node)
 }
 
@@ -126,6 +128,31 @@ async fn openapi_json() -> Response {
     }
 }
 
+/// Longest request target (path and query) the API takes; longer is `414 uri_too_long`.
+pub const URI_MAX_BYTES: usize = 8 * 1024;
+/// Most bytes of request headers (names and values) the API takes; more is `431`.
+pub const HEADERS_MAX_BYTES: usize = 16 * 1024;
+
+/// Refuses request heads above the API's limits with a JSON answer (hyper's own, larger
+/// limit answers with an empty body).
+async fn refuse_oversized_heads(req: Request, next: Next) -> Response {
+    let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri > URI_MAX_BYTES {
+        return ApiError::UriTooLong(format!(
+            "the request target has {uri} bytes; at most {URI_MAX_BYTES} are accepted"
+        ))
+        .into_response();
+    }
+    let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    if headers > HEADERS_MAX_BYTES {
+        return ApiError::HeadersTooLarge(format!(
+            "the request headers have {headers} bytes; at most {HEADERS_MAX_BYTES} are accepted"
+        ))
+        .into_response();
+    }
+    next.run(req).await
+}
+
 /// Fault injection: an isolated node refuses every node-to-node request.
 async fn refuse_peers_while_isolated(req: Request, next: Next) -> Response {
     let isolated = req.extensions().get::<crate::network::Isolation>().is_some_and(|i| i.is_set());
@@ -133,6 +160,15 @@ async fn refuse_peers_while_isolated(req: Request, next: Next) -> Response {
         return ApiError::Unavailable("isolated by fault injection".into()).into_response();
     }
     next.run(req).await
+}
+
+/// The group and call of a Raft replication path (`/raft/{group}/append`, `vote`,
+/// `snapshot`): the calls whose refusal means a group cannot replicate.
+fn raft_call_of(path: &str) -> Option<(crate::types::GroupId, &'static str)> {
+    let rest = path.strip_prefix("/raft/")?;
+    let (group, rpc) = rest.split_once('/')?;
+    let rpc = ["append", "vote", "snapshot"].into_iter().find(|known| *known == rpc)?;
+    Some((group.parse().ok()?, rpc))
 }
 
 /// Counts every request by route, method and status, and times it.
@@ -143,8 +179,16 @@ async fn track_http(req: Request, next: Next) -> Response {
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let method = crate::metrics::method_label(req.method());
+    let refusals = req.extensions().get::<crate::network::PeerRefusals>().cloned();
+    let raft_call = raft_call_of(req.uri().path());
     let response = next.run(req).await;
+    let status = response.status();
+    if let (Some(refusals), Some((group, rpc))) = (refusals, raft_call) {
+        if status.is_client_error() && status != axum::http::StatusCode::NOT_FOUND {
+            refusals.record(group, "a caller", crate::network::Direction::ByUs, rpc, status.as_u16());
+        }
+    }
     crate::metrics::record_http(route, method, response.status().as_u16(), started.elapsed());
     response
 }

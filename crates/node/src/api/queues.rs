@@ -261,6 +261,7 @@ pub async fn receive(
         QUEUE_VISIBILITY_MAX_MS,
     )?;
     let wait_ms = bounded("wait_ms", body.wait_ms.unwrap_or(0), 0, QUEUE_WAIT_MAX_MS)?;
+    let _permit = if wait_ms > 0 { Some(node.waiting.long_poll()?) } else { None };
     let delivered = node.queue_receive(&queue, max, visibility_ms, wait_ms).await?;
     let messages = delivered
         .into_iter()

@@ -12,7 +12,7 @@ use openraft::raft::{
 };
 use sinkron_core::Request;
 
-use super::error::{ApiError, ApiJson, ApiPath as Path};
+use super::error::{ApiError, ApiJson, ApiPath as Path, PEER_JSON_DEPTH};
 use super::AppState;
 use crate::node::{ForwardedWrite, ReadIndex};
 use crate::queues::{PartitionEnvelope, PartitionReply};
@@ -30,7 +30,7 @@ fn unknown_group(group: GroupId) -> ApiError {
 pub async fn append(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
-    ApiJson(req): ApiJson<AppendEntriesRequest<TypeConfig>>,
+    ApiJson(req): ApiJson<AppendEntriesRequest<TypeConfig>, PEER_JSON_DEPTH>,
 ) -> Result<RaftReply<AppendEntriesResponse<NodeId>>, ApiError> {
     let raft = node.raft_of(group).ok_or_else(|| unknown_group(group))?;
     Ok(Json(raft.append_entries(req).await))
@@ -42,7 +42,7 @@ pub async fn append(
 pub async fn vote(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
-    ApiJson(req): ApiJson<VoteRequest<NodeId>>,
+    ApiJson(req): ApiJson<VoteRequest<NodeId>, PEER_JSON_DEPTH>,
 ) -> Result<RaftReply<VoteResponse<NodeId>>, ApiError> {
     let raft = node.raft_of(group).ok_or_else(|| unknown_group(group))?;
     Ok(Json(raft.vote(req).await))
@@ -54,9 +54,10 @@ pub async fn vote(
 pub async fn snapshot(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
-    ApiJson(req): ApiJson<InstallSnapshotRequest<TypeConfig>>,
+    ApiJson(req): ApiJson<InstallSnapshotRequest<TypeConfig>, PEER_JSON_DEPTH>,
 ) -> Result<RaftReply<InstallSnapshotResponse<NodeId>, InstallSnapshotError>, ApiError> {
     let raft = node.raft_of(group).ok_or_else(|| unknown_group(group))?;
+    node.snapshot_chunks.admit(group, &req.meta.snapshot_id, req.offset, req.data.len())?;
     Ok(Json(raft.install_snapshot(req).await))
 }
 
@@ -66,7 +67,7 @@ pub async fn snapshot(
 pub async fn write(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
-    ApiJson(requests): ApiJson<Vec<Request>>,
+    ApiJson(requests): ApiJson<Vec<Request>, PEER_JSON_DEPTH>,
 ) -> Result<Json<Vec<ForwardedWrite>>, ApiError> {
     if requests.len() > crate::proposer::BATCH_MAX {
         return Err(ApiError::PayloadTooLarge(format!(
@@ -84,7 +85,7 @@ pub async fn write(
 pub async fn queue(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
-    ApiJson(envelope): ApiJson<PartitionEnvelope>,
+    ApiJson(envelope): ApiJson<PartitionEnvelope, PEER_JSON_DEPTH>,
 ) -> Result<Json<Result<PartitionReply, ApiError>>, ApiError> {
     let partition = crate::types::group_partition(group).ok_or_else(|| unknown_group(group))?;
     let within = Duration::from_millis(envelope.within_ms.min(node.config.request_timeout_ms * 4));
@@ -122,7 +123,7 @@ pub struct AppliedQuery {
 pub async fn applied(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
-    ApiJson(query): ApiJson<AppliedQuery>,
+    ApiJson(query): ApiJson<AppliedQuery, PEER_JSON_DEPTH>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     if group != GROUP0 {
         return Err(unknown_group(group));
@@ -145,7 +146,7 @@ pub struct LeaseRenewal {
 pub async fn cache_lease(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
-    ApiJson(renewal): ApiJson<LeaseRenewal>,
+    ApiJson(renewal): ApiJson<LeaseRenewal, PEER_JSON_DEPTH>,
 ) -> Result<Json<ReadIndex>, ApiError> {
     if group != GROUP0 {
         return Err(unknown_group(group));

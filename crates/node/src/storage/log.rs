@@ -18,7 +18,7 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, Vote};
 use tokio::sync::oneshot;
 
-use super::segment::{decode_records, encode_record, is_zero, list_segments};
+use super::segment::{decode_records, encode_record, is_zero, list_segments, valid_record_after};
 use super::writer::{Position, Tail, WriteOp, Writer};
 use super::{files, log_read_error, log_write_error};
 use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
@@ -107,9 +107,24 @@ impl LogStore {
     }
 }
 
+/// The error of a log whose written records are damaged: the node must not start on it,
+/// since cutting there would drop acknowledged entries.
+fn corruption(path: &Path, offset: u64, where_: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "corrupt log record in {} at offset {offset} ({where_}); this is damage to written \
+             entries, not a torn write, so the node will not start on it. To recover, move this \
+             node's data directory away and start it empty: it rejoins from the other members \
+             (see docs/operations.md)",
+            path.display()
+        ),
+    )
+}
+
 fn recover(group_dir: &Path) -> io::Result<Recovered> {
     let log_dir = group_dir.join("log");
-    fs::create_dir_all(&log_dir)?;
+    files::create_dir_durably(&log_dir)?;
     let last_purged: Option<LogId> = read_json(&group_dir.join("purged.json"))?;
     let vote = read_json(&group_dir.join("vote.json"))?;
     let committed_hint: Option<LogId> = read_json(&group_dir.join("committed.json")).unwrap_or(None);
@@ -127,10 +142,16 @@ fn recover(group_dir: &Path) -> io::Result<Recovered> {
         if !rest.is_empty() {
             let zero_fill = is_zero(rest);
             if !zero_fill && !is_last {
-                return Err(io::Error::other(format!(
-                    "corrupt record inside sealed segment {}",
-                    path.display()
-                )));
+                return Err(corruption(path, decoded.valid_len, "inside a sealed segment"));
+            }
+            if !zero_fill {
+                if let Some(next) = valid_record_after(&bytes, decoded.valid_len as usize) {
+                    return Err(corruption(
+                        path,
+                        decoded.valid_len,
+                        &format!("followed by a valid record at offset {next}"),
+                    ));
+                }
             }
             if !zero_fill {
                 tracing::warn!(segment = %path.display(), kept = decoded.valid_len, len = bytes.len(), "cutting torn log tail");

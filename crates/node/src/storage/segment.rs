@@ -76,6 +76,24 @@ pub fn decode_records(bytes: &[u8]) -> Decoded<'_> {
     Decoded { records, valid_len: pos as u64 }
 }
 
+/// The offset of the first checksum-valid record that starts after `from` in `bytes`, if
+/// any. A bad record with a valid one after it is corruption of written data, not a torn
+/// write (a crash tears only the end). Log payloads are JSON objects, so only offsets whose
+/// payload opens with `{` are checksummed, which keeps a scan of garbage cheap.
+pub fn valid_record_after(bytes: &[u8], from: usize) -> Option<u64> {
+    (from + 1..bytes.len()).find_map(|pos| {
+        let header = bytes.get(pos..pos + HEADER_BYTES)?;
+        let raw_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
+        let len = raw_len as usize;
+        if len == 0 || len > RECORD_MAX_BYTES {
+            return None;
+        }
+        let payload = bytes.get(pos + HEADER_BYTES..pos + HEADER_BYTES + len)?;
+        let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
+        (payload[0] == b'{' && checksum(raw_len, payload) == crc).then_some(pos as u64)
+    })
+}
+
 /// File name of the segment whose first record has log index `first_index`.
 pub fn segment_path(dir: &Path, first_index: u64) -> PathBuf {
     dir.join(format!("{first_index:020}.seg"))

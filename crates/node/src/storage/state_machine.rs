@@ -134,7 +134,7 @@ impl<S: Machine> StateMachineStore<S> {
     /// Like [`StateMachineStore::open`], with `initial` as the state when there is no
     /// snapshot yet.
     pub fn open_from(group_dir: &Path, initial: S) -> Result<Self, StorageError> {
-        std::fs::create_dir_all(group_dir).map_err(read_snapshot_error)?;
+        files::create_dir_durably(group_dir).map_err(read_snapshot_error)?;
         let path = group_dir.join("snapshot.bin");
         let bytes = files::read_optional(&path).map_err(read_snapshot_error)?;
         Self::from_snapshot(SnapshotStore::File(path), bytes, initial)

@@ -1,0 +1,382 @@
+//! Hostile input and resource limits on real `sinkron serve` processes: what the API accepts
+//! replicates, what it refuses is refused with our JSON, and no connection, wait or refused
+//! peer call goes unbounded.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sinkron_client::{LockOptions, ReceiveOptions};
+use support::queue_load::wait_queues_ready;
+use support::{eventually, TestCluster};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const FORM: Duration = Duration::from_secs(30);
+/// The API's documented nesting limit (the body's own object is a level).
+const DEPTH_MAX: usize = 64;
+
+/// A JSON value `levels` arrays deep around a string of `fill` bytes.
+fn nested(levels: usize, fill: usize) -> Value {
+    let mut value = Value::String("x".repeat(fill));
+    for _ in 0..levels {
+        value = Value::Array(vec![value]);
+    }
+    value
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_deepest_and_largest_accepted_values_commit_on_every_node() {
+    let cluster = TestCluster::start(3, &[]);
+    cluster.wait_leader(&cluster.all(), FORM).await;
+    wait_queues_ready(&cluster.client(0), FORM).await;
+    let client = cluster.client(1);
+
+    // `{"value": V}`: V may be one level less deep than the body.
+    let kv = nested(DEPTH_MAX - 1, 60_000);
+    client.kv_put("deep", kv.clone()).await.expect("the deepest KV value is accepted");
+    let cache = nested(DEPTH_MAX - 1, 60_000);
+    client.cache_put("deep", cache.clone(), true).await.expect("the deepest cache value is accepted");
+    let lock = "l".repeat(256);
+    let holder = "c".repeat(128);
+    let acquired = client
+        .acquire(&lock, &LockOptions { client_id: holder.clone(), ..Default::default() })
+        .await
+        .expect("the longest lock name and client id are accepted");
+    // `{"body": B}` for one message, `{"messages": [{"body": B}]}` for a batch.
+    let message = nested(DEPTH_MAX - 1, 250_000);
+    client.queue_send("deep", message.clone(), Some("k")).await.expect("the deepest message is accepted");
+    let batch: Vec<Value> = (0..4).map(|_| nested(DEPTH_MAX - 3, 250_000)).collect();
+    let http = reqwest::Client::new();
+    let sent = http
+        .post(format!("http://{}/v1/queues/deep/messages/batch", cluster.nodes[2].addr()))
+        .json(&json!({"messages": batch.iter().map(|b| json!({"body": b, "key": "k"})).collect::<Vec<_>>()}))
+        .send()
+        .await
+        .expect("send batch");
+    assert!(sent.status().is_success(), "the deepest 1 MB batch is accepted: {:?}", sent.text().await);
+
+    for i in cluster.all() {
+        cluster.wait_local_value(i, "deep", &kv, Duration::from_secs(10)).await;
+        let read = cluster.client(i).cache_get("deep").await.expect("cache read");
+        assert!(read.is_some_and(|r| r["value"] == cache), "node {} reads the deepest cache value", i + 1);
+        let status = cluster.client(i).lock_status(&lock).await.expect("lock status");
+        assert_eq!(status["holders"][0]["fence"], acquired.fence, "node {} knows the lock", i + 1);
+    }
+    let mut bodies = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bodies.len() < 5 && Instant::now() < deadline {
+        let options = ReceiveOptions { max: Some(10), wait_ms: Some(500), ..Default::default() };
+        for delivered in cluster.client(0).queue_receive("deep", &options).await.expect("receive") {
+            cluster.client(0).queue_ack("deep", &delivered.receipt).await.expect("ack");
+            bodies.push(delivered.body);
+        }
+    }
+    assert_eq!(bodies.len(), 5, "every deep message is delivered");
+    assert!(bodies[0] == message, "messages of one key keep their order");
+    assert!(bodies[1..].iter().all(|b| *b == batch[0]));
+    // The cluster still commits: nothing above stalled replication.
+    for i in cluster.all() {
+        cluster.client(i).kv_put("after", json!(i)).await.expect("a later write commits");
+    }
+
+    let base = format!("http://{}", cluster.nodes[0].addr());
+    for (levels, path, body) in [
+        (DEPTH_MAX, "/v1/kv/deeper", None),
+        (125, "/v1/kv/deeper", None),
+        (DEPTH_MAX, "/v1/cache/deeper", None),
+        (DEPTH_MAX, "/v1/queues/deep/messages", Some("body")),
+        (DEPTH_MAX - 2, "/v1/queues/deep/messages/batch", Some("batch")),
+    ] {
+        let inner = nested(levels, 1);
+        let payload = match body {
+            None => json!({"value": inner, "durable": true}),
+            Some("body") => json!({"body": inner}),
+            _ => json!({"messages": [{"body": inner}]}),
+        };
+        let request = if path.contains("queues") {
+            http.post(format!("{base}{path}"))
+        } else {
+            http.put(format!("{base}{path}"))
+        };
+        let resp = request.json(&payload).send().await.expect("send");
+        assert_eq!(resp.status().as_u16(), 400, "{path} with a value {levels} deep is refused");
+        let error: Value = resp.json().await.expect("JSON error");
+        assert_eq!(error["error"], "invalid_argument");
+        assert!(error["message"].as_str().unwrap_or("").contains("nested deeper than 64"), "{error}");
+    }
+    assert_eq!(cluster.client(0).kv_get("deeper").await.expect("read"), None);
+}
+
+/// Sends `raw` on a new connection and reads until the node closes it (or `within` ends).
+async fn exchange(addr: &str, raw: &[u8], within: Duration) -> (String, Duration) {
+    let started = Instant::now();
+    let mut tcp = TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(raw).await.expect("write");
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(within, tcp.read_to_end(&mut answer)).await;
+    (String::from_utf8_lossy(&answer).into_owned(), started.elapsed())
+}
+
+fn json_error_of(answer: &str) -> Value {
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
+    serde_json::from_str(body).unwrap_or_else(|_| panic!("a JSON error body in {answer:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slow_oversized_and_invented_requests_get_bounded_json_answers() {
+    let cluster = TestCluster::start(
+        1,
+        &[
+            ("HTTP_HEADER_TIMEOUT_MS", "500"),
+            ("HTTP_BODY_TIMEOUT_MS", "500"),
+            ("QUEUE_LONG_POLLS_MAX", "1"),
+            ("LOCK_WAITERS_MAX", "1"),
+        ],
+    );
+    cluster.wait_leader(&[0], FORM).await;
+    wait_queues_ready(&cluster.client(0), FORM).await;
+    let addr = cluster.nodes[0].addr();
+
+    // Half a request head: the node closes the connection instead of waiting forever.
+    let (answer, took) =
+        exchange(&addr, b"GET /health HTTP/1.1\r\nhost: x\r\n", Duration::from_secs(10)).await;
+    assert!(took < Duration::from_secs(10), "a half-sent head is dropped; got {answer:?} after {took:?}");
+    assert!(!answer.contains("200 OK"), "{answer}");
+
+    // Half a body: 408 in our JSON, and the connection is closed.
+    let (answer, _) = exchange(
+        &addr,
+        b"PUT /v1/kv/slow HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"value\":",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("connection: close"), "{answer}");
+    assert_eq!(json_error_of(&answer)["error"], "request_timeout");
+
+    let long_target = format!("GET /v1/kv/{} HTTP/1.1\r\nhost: x\r\n\r\n", "k".repeat(9_000));
+    let (answer, _) = exchange(&addr, long_target.as_bytes(), Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 414"), "{answer}");
+    assert_eq!(json_error_of(&answer)["error"], "uri_too_long");
+
+    let big_header = format!("GET /health HTTP/1.1\r\nhost: x\r\nx-filler: {}\r\n\r\n", "h".repeat(17_000));
+    let (answer, _) = exchange(&addr, big_header.as_bytes(), Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(json_error_of(&answer)["error"], "headers_too_large");
+
+    let (answer, _) = exchange(
+        &addr,
+        b"BREW /v1/kv/a HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert_eq!(json_error_of(&answer)["error"], "method_not_allowed");
+    let metrics = cluster.client(0).metrics().await.expect("metrics");
+    assert!(!metrics.contains("BREW"), "an invented method is no label value");
+    assert!(metrics.contains("method=\"other\""), "invented methods share one label value");
+
+    // A refused oversized body says `connection: close`, so a pooled client never sends its
+    // next request on the connection the node is closing.
+    let http = reqwest::Client::new();
+    let base = format!("http://{addr}");
+    for round in 0..5 {
+        let resp = http
+            .put(format!("{base}/v1/kv/big"))
+            .json(&json!({"value": "x".repeat(2_000_000)}))
+            .send()
+            .await
+            .expect("send a 2 MB body");
+        assert_eq!(resp.status().as_u16(), 413);
+        assert_eq!(resp.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
+        let next =
+            http.get(format!("{base}/health")).send().await.unwrap_or_else(|e| panic!("round {round}: {e}"));
+        assert_eq!(next.status().as_u16(), 200);
+    }
+
+    // One long poll at a time (QUEUE_LONG_POLLS_MAX=1); a wait outlives the head timeout.
+    let client = cluster.client(0);
+    let waiting = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let options = ReceiveOptions { wait_ms: Some(5_000), ..Default::default() };
+            client.queue_receive("idle", &options).await
+        }
+    });
+    // Nothing shows a waiting receive from outside; a second is ample for it to arrive.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "{:?}", waiting.await);
+    let refused = eventually(Duration::from_secs(5), || async {
+        let options = ReceiveOptions { wait_ms: Some(1_000), ..Default::default() };
+        let resp = http
+            .post(format!("{base}/v1/queues/idle/receive"))
+            .json(&options)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        if resp.status().as_u16() == 429 {
+            Ok(resp)
+        } else {
+            Err(format!("got {}", resp.status()))
+        }
+    })
+    .await;
+    assert_eq!(refused.headers().get("retry-after").map(|v| v.as_bytes()), Some(&b"1"[..]));
+    assert_eq!(refused.json::<Value>().await.expect("json")["error"], "limit_exceeded");
+    assert!(waiting.await.expect("join").expect("the waiting receive ends normally").is_empty());
+    let options = ReceiveOptions { wait_ms: Some(100), ..Default::default() };
+    client.queue_receive("idle", &options).await.expect("the permit came back");
+
+    // One waiting lock acquire at a time (LOCK_WAITERS_MAX=1).
+    let hold = |id: &str, wait_ms: u64| LockOptions {
+        client_id: id.into(),
+        wait_ms: Some(wait_ms),
+        ..Default::default()
+    };
+    client.acquire("busy", &hold("a", 0)).await.expect("a holds");
+    let waiter = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .acquire(
+                    "busy",
+                    &LockOptions { client_id: "b".into(), wait_ms: Some(10_000), ..Default::default() },
+                )
+                .await
+        }
+    });
+    eventually(Duration::from_secs(5), || async {
+        let status = client.lock_status("busy").await.map_err(|e| e.to_string())?;
+        if status["waiters"].as_array().is_some_and(|w| !w.is_empty()) {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
+    let over = eventually(Duration::from_secs(5), || async {
+        match client.acquire("busy", &hold("c", 1_000)).await {
+            Err(e) if e.code() == Some("limit_exceeded") => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let () = over;
+    client.release("busy", "a").await.expect("release");
+    waiter.await.expect("join").expect("the waiter is granted");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_over_the_cap_get_a_json_503_and_the_node_recovers() {
+    let cluster = TestCluster::start(1, &[("HTTP_MAX_CONNECTIONS", "16")]);
+    cluster.wait_leader(&[0], FORM).await;
+    let addr = cluster.nodes[0].addr();
+    let mut held = Vec::new();
+    // The node's own calls to itself may hold a few; fill whatever is left.
+    let answer = loop {
+        let mut tcp = TcpStream::connect(&addr).await.expect("connect");
+        let mut first = [0u8; 512];
+        match tokio::time::timeout(Duration::from_millis(200), tcp.read(&mut first)).await {
+            Ok(Ok(n)) if n > 0 => break String::from_utf8_lossy(&first[..n]).into_owned(),
+            _ => held.push(tcp),
+        }
+        assert!(held.len() <= 16, "the 17th connection is refused");
+    };
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("retry-after: 1"), "{answer}");
+    assert!(answer.contains("HTTP_MAX_CONNECTIONS"), "{answer}");
+    drop(held);
+    let client = cluster.client(0);
+    eventually(Duration::from_secs(5), || client.health()).await;
+    let metrics = cluster.client(0).metrics().await.expect("metrics");
+    assert!(metrics.contains("sinkron_http_connections_refused_total"), "the refusal is counted");
+}
+
+/// A peer that answers every call with `400`: what a node sees when a member is buggy or
+/// not a Sinkron node at all.
+async fn refusing_peer(listener: TcpListener) {
+    loop {
+        let Ok((mut tcp, _)) = listener.accept().await else { return };
+        tokio::spawn(async move {
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 64 * 1024];
+            loop {
+                let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                    continue;
+                };
+                let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                    .unwrap_or(0);
+                while buf.len() < head_end + 4 + length {
+                    match tcp.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                buf.drain(..head_end + 4 + length);
+                let body = r#"{"error":"invalid_argument","message":"refused by the test"}"#;
+                let answer = format!(
+                    "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if tcp.write_all(answer.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_refusing_raft_calls_is_reported_backed_off_and_logged_sparingly() {
+    let mut cluster = TestCluster::prepare(3, &[]);
+    let listener = TcpListener::bind(cluster.nodes[2].addr()).await.expect("bind the refusing peer");
+    let peer = tokio::spawn(refusing_peer(listener));
+    cluster.spawn(0, &[]);
+    cluster.spawn(1, &[]);
+    let leader = cluster.wait_leader(&[0, 1], FORM).await;
+    let watch_from = Instant::now();
+    // Two of three members: group 0 commits without the refusing one.
+    cluster.client(1 - leader).kv_put("still", json!(1)).await.expect("a write commits with a quorum of two");
+    let ready = eventually(Duration::from_secs(10), || async {
+        let resp = reqwest::get(format!("http://{}/ready", cluster.nodes[leader].addr()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+        if status == 503 {
+            Ok(body)
+        } else {
+            Err(format!("{status} {body}"))
+        }
+    })
+    .await;
+    let message = ready["message"].as_str().unwrap_or("").to_string();
+    assert!(message.contains("group 0 cannot replicate"), "{ready}");
+    assert!(message.contains(&cluster.nodes[2].addr()), "names the peer: {ready}");
+    assert!(message.contains("HTTP 400"), "{ready}");
+    let metrics = cluster.client(leader).metrics().await.expect("metrics");
+    assert!(
+        metrics.contains("sinkron_raft_refused_calls_total{refused_by=\"peer\",status=\"400\"}"),
+        "counted"
+    );
+
+    // Refusals are backed off and their lines rate-limited: seconds of them cost kilobytes,
+    // not the megabytes an immediate retry loop writes.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let seconds = watch_from.elapsed().as_secs() + 1;
+    let log = std::fs::read_to_string(&cluster.nodes[leader].log_path).expect("read the leader's log");
+    let ours = log.lines().filter(|l| l.contains("a peer refused a Raft call")).count() as u64;
+    // One line a second per peer at most, whichever groups it refuses.
+    assert!(ours <= seconds + 1, "{ours} refusal lines in {seconds} s");
+    assert!(log.len() < 2 * 1024 * 1024, "the leader wrote {} bytes of log in {seconds} s", log.len());
+    peer.abort();
+}
