@@ -234,9 +234,27 @@ async fn connect(endpoints: &str) -> anyhow::Result<Vec<Client>> {
     anyhow::ensure!(!endpoints.is_empty(), "--endpoints is empty");
     let clients: Vec<Client> = endpoints.iter().map(|e| Client::new(e)).collect();
     for c in &clients {
-        c.ready().await.map_err(|e| anyhow::anyhow!("{} is not ready: {e}", c.endpoint()))?;
+        wait_ready(c).await?;
     }
     Ok(clients)
+}
+
+/// How long a bench waits for a node to become ready (a cluster just started is still
+/// electing or applying) before it gives up with the node's own reason.
+const READY_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until `client`'s node answers `/ready` with 200, or [`READY_WAIT`] has passed.
+async fn wait_ready(client: &Client) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_WAIT;
+    loop {
+        match client.ready().await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                anyhow::bail!("{} is not ready after {} s: {e}", client.endpoint(), READY_WAIT.as_secs())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// Waits for every load task and merges their latencies and error counts.

@@ -324,6 +324,20 @@ async fn http_errors_are_json_with_stable_codes() {
     ] {
         assert!(doc["paths"].get(path).is_some(), "openapi documents {path}");
     }
+    let paths = doc["paths"].as_object().expect("paths");
+    assert!(
+        paths.keys().all(|p| !p.starts_with("/raft/") && !p.starts_with("/v1/debug")),
+        "node-to-node and fault-injection routes stay out of the public document"
+    );
+    let mut operation_ids: Vec<&str> = paths
+        .values()
+        .flat_map(|item| item.as_object().into_iter().flat_map(|ops| ops.values()))
+        .filter_map(|op| op["operationId"].as_str())
+        .collect();
+    let count = operation_ids.len();
+    operation_ids.sort_unstable();
+    operation_ids.dedup();
+    assert_eq!(operation_ids.len(), count, "every operationId is unique");
     let metrics = cluster.client(0).metrics().await.expect("metrics");
     for name in [
         "sinkron_raft_term",

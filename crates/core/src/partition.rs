@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Batch, Command, Request, Response};
 use crate::dedup::Dedup;
-use crate::queue::{PartitionState, QueueRefusal};
+use crate::queue::{Delivery, PartitionState, QueueRefusal};
 
 /// Everything a partition group replicates (this is also its snapshot).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -43,15 +43,34 @@ impl PartitionMachine {
 
     fn apply(&mut self, request: &Request) -> Response {
         if let Some(previous) = self.dedup.replay(request) {
-            return previous;
+            return self.replayed(&request.command, previous);
         }
         let response = self.dispatch(&request.command);
         // A full queue is a passing state: a retry with the same id must be able to succeed
         // once there is room, so that refusal is not remembered.
         if !matches!(response, Response::QueueRefused { refusal: QueueRefusal::Full }) {
-            self.dedup.record(request, &response);
+            self.dedup.record(request, &without_bodies(&response));
         }
         response
+    }
+
+    /// A remembered reply made whole again: the deliveries of a retried receive get their
+    /// bodies from the state, and those no longer in flight under their receipt (acked,
+    /// or delivered again since) are left out, as their delivery is over.
+    fn replayed(&self, command: &Command, remembered: Response) -> Response {
+        let (Command::QueueReceive { queue, .. }, Response::QueueReceived { messages }) =
+            (command, &remembered)
+        else {
+            return remembered;
+        };
+        let messages = messages
+            .iter()
+            .filter_map(|d| {
+                let in_flight = self.state.in_flight(queue, &d.receipt)?;
+                Some(Delivery { body: in_flight.message.body.clone(), ..d.clone() })
+            })
+            .collect();
+        Response::QueueReceived { messages }
     }
 
     fn dispatch(&mut self, command: &Command) -> Response {
@@ -83,6 +102,20 @@ impl PartitionMachine {
     }
 }
 
+/// `response` as the de-duplication window keeps it: ids, receipts and counts, never
+/// message bodies (a window of receives would otherwise hold up to 10,000 x 100 bodies).
+fn without_bodies(response: &Response) -> Response {
+    match response {
+        Response::QueueReceived { messages } => Response::QueueReceived {
+            messages: messages
+                .iter()
+                .map(|d| Delivery { body: serde_json::Value::Null, ..d.clone() })
+                .collect(),
+        },
+        other => other.clone(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -99,6 +132,27 @@ mod tests {
 
     fn send(body: serde_json::Value) -> Command {
         Command::QueueSend { queue: "q".into(), key: None, body }
+    }
+
+    #[test]
+    fn a_retried_receive_answers_from_the_state_and_the_window_holds_no_body() {
+        let mut m = PartitionMachine::new(3);
+        let big = json!("b".repeat(10_000));
+        m.apply_entry(1, &entry(10, vec![(None, send(big.clone())), (None, send(json!(2)))]));
+        let receive = Command::QueueReceive { queue: "q".into(), max: 2, visibility_ms: 1_000 };
+        let first = m.apply_entry(2, &entry(11, vec![(Some("r"), receive.clone())]));
+        let again = m.apply_entry(3, &entry(12, vec![(Some("r"), receive.clone())]));
+        assert_eq!(first, again, "a retry gets the same deliveries, bodies included");
+        let window = serde_json::to_string(&m.dedup).expect("encode");
+        assert!(!window.contains("bbbb"), "the window keeps no message body");
+        let Response::QueueReceived { messages } = &first[0] else { panic!("{first:?}") };
+        assert_eq!(messages[0].body, big);
+        let ack = Command::QueueAck { queue: "q".into(), receipt: messages[0].receipt.clone() };
+        m.apply_entry(4, &entry(13, vec![(None, ack)]));
+        let after_ack = m.apply_entry(5, &entry(14, vec![(Some("r"), receive)]));
+        let Response::QueueReceived { messages: left } = &after_ack[0] else { panic!("{after_ack:?}") };
+        assert_eq!(left.len(), 1, "an acked delivery is over and not answered again");
+        assert_eq!(left[0].body, json!(2));
     }
 
     #[test]

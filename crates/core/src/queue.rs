@@ -118,6 +118,11 @@ impl PartitionState {
         self.queues.get(name)
     }
 
+    /// The message in flight under `receipt` in `queue`, if any.
+    pub fn in_flight(&self, queue: &str, receipt: &str) -> Option<&InFlight> {
+        self.queues.get(queue)?.in_flight.get(receipt)
+    }
+
     /// Every queue with messages.
     pub fn queues(&self) -> &BTreeMap<String, QueueState> {
         &self.queues

@@ -186,7 +186,7 @@ pub async fn lines(
 }
 
 /// Size, capacity and counters of this node's cache.
-#[utoipa::path(get, path = "/v1/cache", tag = "cache", responses((status = 200, body = CacheStatsView)))]
+#[utoipa::path(operation_id = "cache_stats", get, path = "/v1/cache", tag = "cache", responses((status = 200, body = CacheStatsView)))]
 pub async fn stats(State(node): State<AppState>) -> Json<CacheStatsView> {
     let local = node.cache.local();
     let mut per_state: BTreeMap<String, usize> = ["M", "E", "S"].iter().map(|s| (s.to_string(), 0)).collect();

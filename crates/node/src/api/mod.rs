@@ -36,6 +36,7 @@ pub type AppState = Arc<Node>;
 
 #[derive(OpenApi)]
 #[openapi(
+    components(schemas(kv::Consistency, error::ErrorBody)),
     info(title = "Sinkron", description = "Distributed locks, MESI-coherent cache and queues over Raft."),
     tags(
         (name = "probes", description = "Liveness, readiness, metrics and this document"),
@@ -44,10 +45,57 @@ pub type AppState = Arc<Node>;
         (name = "cache", description = "MESI-coherent cache with linearizable reads from local lines"),
         (name = "locks", description = "Shared/exclusive locks with fencing tokens, leases, FIFO queues and deadlock detection"),
         (name = "queues", description = "At-least-once queues, partitioned on a consistent-hash ring, each partition its own Raft group"),
-        (name = "raft", description = "Node-to-node Raft RPC (internal)"),
     )
 )]
 struct ApiDoc;
+
+/// Adds to every operation the error answers any request can get, whatever its path: a
+/// malformed body or parameter, a slow or oversized request, a wait cap, no quorum.
+struct CommonErrors;
+
+impl utoipa::Modify for CommonErrors {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let common: [(&str, &str); 9] = [
+            ("400", "invalid_argument: a malformed body, parameter or path"),
+            ("404", "not_found"),
+            ("409", "conflict: a request_id already used for another request"),
+            ("408", "request_timeout: the body did not arrive in time"),
+            ("413", "payload_too_large: the body, a key or a value is above its limit"),
+            ("414", "uri_too_long"),
+            ("429", "limit_exceeded: a cap was reached; retry after Retry-After"),
+            ("431", "headers_too_large"),
+            ("503", "no_quorum or unavailable; retry after Retry-After"),
+        ];
+        for item in doc.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+                &mut item.head,
+                &mut item.options,
+            ];
+            for operation in operations.into_iter().flatten() {
+                for (status, description) in common {
+                    operation.responses.responses.entry(status.to_string()).or_insert_with(|| {
+                        ResponseBuilder::new()
+                            .description(description)
+                            .content(
+                                "application/json",
+                                ContentBuilder::new()
+                                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                                    .build(),
+                            )
+                            .build()
+                            .into()
+                    });
+                }
+            }
+        }
+    }
+}
 
 static OPENAPI_JSON: OnceLock<serde_json::Value> = OnceLock::new();
 
@@ -61,7 +109,6 @@ fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(cluster::cluster_status))
         .routes(routes!(cluster::add_member))
         .routes(routes!(cluster::remove_member))
-        .routes(routes!(cluster::isolate))
         .routes(routes!(kv::kv_get, kv::kv_put, kv::kv_delete))
         .routes(routes!(locks::acquire))
         .routes(routes!(locks::release))
@@ -83,7 +130,9 @@ fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(queues::stats))
         .routes(routes!(queues::ring))
         .layer(DefaultBodyLimit::max(PUBLIC_BODY_MAX_BYTES));
+    // Node-to-node calls and fault injection are not the public API: routed, not documented.
     let internal = OpenApiRouter::<AppState>::new()
+        .routes(routes!(cluster::isolate))
         .routes(routes!(raft::append))
         .routes(routes!(raft::vote))
         .routes(routes!(raft::snapshot))
@@ -93,7 +142,10 @@ fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(raft::cache_lease))
         .routes(routes!(raft::queue))
         .layer(DefaultBodyLimit::max(RAFT_BODY_MAX_BYTES));
-    public.merge(internal).split_for_parts()
+    let (internal, _) = internal.split_for_parts();
+    let (public, mut doc) = public.split_for_parts();
+    utoipa::Modify::modify(&CommonErrors, &mut doc);
+    (public.merge(internal), doc)
 }
 
 /// The OpenAPI document of this API.

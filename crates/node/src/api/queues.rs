@@ -376,7 +376,7 @@ pub async fn nack(
 
 /// Counts of a queue: ready, in flight and dead letters, per partition, read at each
 /// partition's leader.
-#[utoipa::path(get, path = "/v1/queues/{queue}", tag = "queues",
+#[utoipa::path(operation_id = "queue_stats", get, path = "/v1/queues/{queue}", tag = "queues",
     params(("queue" = String, Path, description = "Queue name")),
     responses((status = 200, body = QueueView), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn stats(
