@@ -294,6 +294,11 @@ async fn connections_over_the_cap_get_a_json_503_and_the_node_recovers() {
     assert!(metrics.contains("sinkron_http_connections_refused_total"), "the refusal is counted");
 }
 
+/// The error code of `result`, `None` when it succeeded.
+fn quota_code<T>(result: Result<T, sinkron_client::ClientError>) -> Option<String> {
+    result.err().and_then(|e| e.code().map(str::to_owned))
+}
+
 /// A peer that answers every call with `400`: what a node sees when a member is buggy or
 /// not a Sinkron node at all.
 async fn refusing_peer(listener: TcpListener) {
@@ -379,4 +384,72 @@ async fn a_peer_refusing_raft_calls_is_reported_backed_off_and_logged_sparingly(
     assert!(ours <= seconds + 1, "{ours} refusal lines in {seconds} s");
     assert!(log.len() < 2 * 1024 * 1024, "the leader wrote {} bytes of log in {seconds} s", log.len());
     peer.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn full_quotas_refuse_growth_while_deletes_releases_and_acks_keep_working() {
+    let cluster = TestCluster::start(
+        1,
+        &[("QUOTA_BYTES", "1048576"), ("QUOTA_LOCKS", "3"), ("QUOTA_CACHE_KEYS", "2"), ("QUOTA_QUEUES", "1")],
+    );
+    cluster.wait_leader(&[0], FORM).await;
+    wait_queues_ready(&cluster.client(0), FORM).await;
+    let client = cluster.client(0);
+
+    let by = |id: &str| LockOptions { client_id: id.into(), ..Default::default() };
+    for name in ["l1", "l2", "l3"] {
+        client.acquire(name, &by("a")).await.expect("within the lock quota");
+    }
+    assert_eq!(quota_code(client.acquire("l4", &by("a")).await).as_deref(), Some("quota_exceeded"));
+    assert_eq!(
+        quota_code(client.acquire("l1", &by("b")).await).as_deref(),
+        Some("lock_conflict"),
+        "an existing lock is no new lock"
+    );
+    client.release("l1", "a").await.expect("a release works at the quota");
+    client.acquire("l4", &by("a")).await.expect("a released lock made room");
+
+    client.cache_put("k1", json!(1), true).await.expect("cache key 1");
+    client.cache_put("k2", json!(2), true).await.expect("cache key 2");
+    assert_eq!(quota_code(client.cache_put("k3", json!(3), true).await).as_deref(), Some("quota_exceeded"));
+    client.cache_put("k1", json!(10), true).await.expect("an existing key can be written");
+    client.cache_delete("k1").await.expect("a delete works at the quota");
+    eventually(Duration::from_secs(10), || client.cache_put("k3", json!(3), true)).await;
+
+    // One queue per partition: some of 17 queues must share a partition with another.
+    let mut refused = 0;
+    let mut accepted = Vec::new();
+    for i in 0..17 {
+        let queue = format!("q{i}");
+        match quota_code(client.queue_send(&queue, json!(i), None).await) {
+            None => accepted.push(queue),
+            Some(code) if code == "quota_exceeded" => refused += 1,
+            Some(other) => panic!("unexpected {other}"),
+        }
+    }
+    assert!(refused >= 1 && accepted.len() <= 16, "{refused} refused, {} accepted", accepted.len());
+    let options = ReceiveOptions { wait_ms: Some(1_000), ..Default::default() };
+    let delivered = client.queue_receive(&accepted[0], &options).await.expect("receive at the quota");
+    client.queue_ack(&accepted[0], &delivered[0].receipt).await.expect("an ack works at the quota");
+
+    // Bytes: 60 KB values until group 0 (1 MiB) is full.
+    let value = json!("v".repeat(60_000));
+    let mut stored = 0;
+    let full = loop {
+        match client.kv_put(&format!("big{stored}"), value.clone()).await {
+            Ok(_) => stored += 1,
+            Err(e) => break e,
+        }
+        assert!(stored < 40, "a 1 MiB quota holds fewer than forty 60 KB values");
+    };
+    assert_eq!(full.code(), Some("quota_exceeded"), "{full:?}");
+    let ready = client.ready().await.expect("a full node is still ready");
+    assert!(ready["degraded"].to_string().contains("quota"), "{ready}");
+    let metrics = client.metrics().await.expect("metrics");
+    assert!(metrics.contains("sinkron_quota_refusals_total"), "refusals are counted");
+    for i in 0..stored {
+        client.kv_delete(&format!("big{i}")).await.expect("a delete works at the quota");
+    }
+    // The next refused write asks for a snapshot, which measures what the deletes freed.
+    eventually(Duration::from_secs(30), || client.kv_put("after", json!(1))).await;
 }

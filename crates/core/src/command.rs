@@ -168,6 +168,32 @@ pub enum Command {
 }
 
 impl Command {
+    /// About how many bytes this command can add to its group's state: its values and
+    /// names (the figure a state-size quota counts between two snapshots).
+    pub fn payload_bytes(&self) -> usize {
+        use crate::cache::CacheCommand;
+        use crate::limits::json_size_estimate as size;
+        const OVERHEAD: usize = 64;
+        OVERHEAD
+            + match self {
+                Self::KvPut { key, value } => key.len() + size(value),
+                Self::QueueSend { queue, key, body } => {
+                    queue.len() + key.as_ref().map_or(0, String::len) + size(body)
+                }
+                Self::LockAcquire { name, client_id, .. } => name.len() + client_id.len(),
+                Self::Cache { request } => match request {
+                    CacheCommand::Put { key, value, .. } => key.len() + size(value),
+                    CacheCommand::GetM { key, value: Some(value), .. }
+                    | CacheCommand::WriteBack { key, value: Some(value), .. }
+                    | CacheCommand::Evict { key, value: Some(value), .. } => key.len() + size(value),
+                    _ => 0,
+                },
+                _ => 0,
+            }
+    }
+}
+
+impl Command {
     /// Whether the command acts on the lock table.
     pub fn is_lock(&self) -> bool {
         matches!(

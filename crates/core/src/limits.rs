@@ -120,6 +120,31 @@ pub fn validate_request_id(id: &str) -> Result<(), CoreError> {
     Ok(())
 }
 
+/// About how many bytes `value` takes as JSON, without encoding it: exact for strings
+/// without escapes, an upper bound of 24 bytes per number. Iterative, so any depth is fine.
+pub fn json_size_estimate(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    let mut size = 0usize;
+    let mut pending = vec![value];
+    while let Some(v) = pending.pop() {
+        size += match v {
+            Value::Null => 4,
+            Value::Bool(_) => 5,
+            Value::Number(_) => 24,
+            Value::String(s) => s.len() + 2,
+            Value::Array(items) => {
+                pending.extend(items.iter());
+                2 + items.len()
+            }
+            Value::Object(map) => {
+                pending.extend(map.values());
+                2 + map.keys().map(|k| k.len() + 4).sum::<usize>()
+            }
+        };
+    }
+    size
+}
+
 /// The deepest nesting of arrays and objects in the JSON text `bytes`, or `None` once it
 /// passes `limit` (the scan stops there, so a hostile body costs no more than its length).
 /// Brackets inside strings do not count; the text need not be valid JSON (the parser
@@ -226,6 +251,19 @@ mod tests {
             serde_json::Value::Array(items) => 1 + items.iter().map(depth_of).max().unwrap_or(0),
             serde_json::Value::Object(map) => 1 + map.values().map(depth_of).max().unwrap_or(0),
             _ => 0,
+        }
+    }
+
+    #[test]
+    fn size_estimates_track_the_encoded_size() {
+        for value in [
+            serde_json::json!("x".repeat(1000)),
+            serde_json::json!({"a": [1, 2, {"b": "cc"}], "d": null, "e": true}),
+            serde_json::json!([[[[[[]]]]]]),
+        ] {
+            let encoded = serde_json::to_vec(&value).expect("encode").len();
+            let estimate = json_size_estimate(&value);
+            assert!(estimate >= encoded && estimate <= encoded * 3 + 16, "{value}: {estimate} vs {encoded}");
         }
     }
 

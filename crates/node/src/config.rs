@@ -112,6 +112,32 @@ pub struct ServeArgs {
     /// Most lock acquires waiting at once on this node (`wait_ms` > 0); then `429`.
     #[arg(long, env = "LOCK_WAITERS_MAX", default_value_t = 512)]
     pub lock_waiters_max: usize,
+    /// Largest state of one Raft group (group 0, each queue partition), in bytes; writes
+    /// that grow a full group answer `507 quota_exceeded`.
+    #[arg(long, env = "QUOTA_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
+    pub quota_bytes: u64,
+    /// Most locks held or awaited.
+    #[arg(long, env = "QUOTA_LOCKS", default_value_t = 1_000_000)]
+    pub quota_locks: usize,
+    /// Most cache keys.
+    #[arg(long, env = "QUOTA_CACHE_KEYS", default_value_t = 1_000_000)]
+    pub quota_cache_keys: usize,
+    /// Most queues with messages in one partition.
+    #[arg(long, env = "QUOTA_QUEUES", default_value_t = 10_000)]
+    pub quota_queues: usize,
+}
+
+/// Quotas on stored state (see `crate::quota`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuotaSettings {
+    /// Largest state of one group, in bytes.
+    pub bytes: u64,
+    /// Most locks.
+    pub locks: usize,
+    /// Most cache keys.
+    pub cache_keys: usize,
+    /// Most queues per partition.
+    pub queues: usize,
 }
 
 /// Bounds on what clients may hold open on one node.
@@ -238,6 +264,8 @@ pub struct NodeConfig {
     pub queues: QueueSettings,
     /// Connection, body and waiting limits.
     pub limits: ConnectionLimits,
+    /// Quotas on stored state.
+    pub quotas: QuotaSettings,
 }
 
 impl NodeConfig {
@@ -311,6 +339,21 @@ impl NodeConfig {
                 return Err(out_of_range(name, format!("must be 100 to 3600000, got {value}")));
             }
         }
+        if args.quota_bytes < 1024 * 1024 {
+            return Err(out_of_range(
+                "QUOTA_BYTES",
+                format!("must be at least 1048576, got {}", args.quota_bytes),
+            ));
+        }
+        for (name, value, min) in [
+            ("QUOTA_LOCKS", args.quota_locks, 1),
+            ("QUOTA_CACHE_KEYS", args.quota_cache_keys, 1),
+            ("QUOTA_QUEUES", args.quota_queues, 1),
+        ] {
+            if !(min..=1_000_000_000).contains(&value) {
+                return Err(out_of_range(name, format!("must be {min} to 1000000000, got {value}")));
+            }
+        }
         for (name, value, min) in [
             ("HTTP_MAX_CONNECTIONS", args.http_max_connections, 16),
             ("QUEUE_LONG_POLLS_MAX", args.queue_long_polls_max, 1),
@@ -352,6 +395,12 @@ impl NodeConfig {
                 max_connections: args.http_max_connections,
                 long_polls_max: args.queue_long_polls_max,
                 lock_waiters_max: args.lock_waiters_max,
+            },
+            quotas: QuotaSettings {
+                bytes: args.quota_bytes,
+                locks: args.quota_locks,
+                cache_keys: args.quota_cache_keys,
+                queues: args.quota_queues,
             },
         })
     }

@@ -16,6 +16,7 @@ pub mod network;
 pub mod node;
 pub mod proposer;
 pub mod queues;
+pub mod quota;
 pub mod server;
 pub mod storage;
 pub mod types;

@@ -47,6 +47,18 @@ pub fn record_peer_refusal(direction: crate::network::Direction, status: u16) {
         .increment(1);
 }
 
+/// Sets the state size of `group` and its quota, in bytes.
+pub fn set_quota_usage(group: crate::types::GroupId, used: u64, quota: u64) {
+    let group = group.to_string();
+    metrics::gauge!("sinkron_state_bytes", "group" => group.clone()).set(used as f64);
+    metrics::gauge!("sinkron_state_quota_bytes", "group" => group).set(quota as f64);
+}
+
+/// Counts a write refused by a quota.
+pub fn record_quota_refusal() {
+    metrics::counter!("sinkron_quota_refusals_total").increment(1);
+}
+
 /// Counts a connection refused because the node had `HTTP_MAX_CONNECTIONS` open.
 pub fn record_refused_connection() {
     metrics::counter!("sinkron_http_connections_refused_total").increment(1);

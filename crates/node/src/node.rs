@@ -95,6 +95,8 @@ pub struct Node {
     pub waiting: crate::admission::Waiting,
     /// Continuity of the snapshot chunks being received.
     pub snapshot_chunks: crate::admission::SnapshotChunks,
+    /// Quotas on stored state.
+    pub quotas: crate::quota::Quotas,
 }
 
 /// Percent-encodes a path segment.
@@ -171,6 +173,8 @@ impl Node {
         .context("start Raft group 0")?;
         spawn_leader_watch(&group0.raft);
         let waiting = crate::admission::Waiting::new(&config.limits);
+        let q = config.quotas;
+        let quotas = crate::quota::Quotas::new(q.bytes, q.locks, q.cache_keys, q.queues);
         Ok(Arc::new(Self {
             config,
             cache,
@@ -183,6 +187,7 @@ impl Node {
             refusals,
             waiting,
             snapshot_chunks: Default::default(),
+            quotas,
         }))
     }
 

@@ -548,6 +548,43 @@ impl Node {
         }
     }
 
+    /// Refuses sends to a partition whose state is at its quota, or that would add a queue
+    /// to a partition holding as many as allowed (see `crate::quota`).
+    fn check_partition_quota(
+        &self,
+        group: &PartitionGroup,
+        partition: u32,
+        call: &PartitionCall,
+    ) -> Result<(), ApiError> {
+        let requests = match call {
+            PartitionCall::Write(request) => std::slice::from_ref(request),
+            PartitionCall::WriteAll(requests) => requests.as_slice(),
+            PartitionCall::AtLeader(_) => return Ok(()),
+        };
+        let sends: Vec<&str> = requests
+            .iter()
+            .filter_map(|r| match &r.command {
+                Command::QueueSend { queue, .. } => Some(queue.as_str()),
+                _ => None,
+            })
+            .collect();
+        if sends.is_empty() {
+            return Ok(());
+        }
+        self.quotas.check_bytes(partition_group(partition), group.sm.usage(), &group.raft)?;
+        let applied = group.sm.read();
+        let state = &applied.state.state;
+        if sends.iter().any(|queue| state.queue(queue).is_none()) {
+            crate::quota::Quotas::check_count(
+                "queue",
+                state.queues().len(),
+                self.quotas.queues_per_partition,
+                "QUOTA_QUEUES",
+            )?;
+        }
+        Ok(())
+    }
+
     /// Runs `call` at the leader of `partition`'s group: here, at the leader this node knows
     /// of, or through a replica when this node does not host the partition. `hops` bounds how
     /// often the call may still be passed on.
@@ -566,6 +603,9 @@ impl Node {
         let patience = Instant::now() + Duration::from_millis(self.config.election_timeout_max_ms * 2);
         if leader_of(&group.raft, self.config.raft_id, patience.min(deadline)).await.is_err() {
             return self.call_replicas(partition, &call, deadline, hops).await;
+        }
+        if let PartitionCall::Write(_) | PartitionCall::WriteAll(_) = &call {
+            self.check_partition_quota(&group, partition, &call)?;
         }
         let call = match call {
             PartitionCall::Write(request) => {

@@ -342,6 +342,16 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// Number of keys with a record.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no key has a record.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
     /// The record of `key`.
     pub fn get(&self, key: &str) -> Option<&DirEntry> {
         self.entries.get(key)

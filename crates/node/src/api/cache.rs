@@ -140,6 +140,7 @@ pub async fn put(
             "value is {size} bytes, the limit is {CACHE_VALUE_MAX_BYTES}"
         )));
     }
+    super::quota::check_group0(&node, super::quota::Growth::CacheKey(&key))?;
     let line = service::put(&node, &key, body.value, body.durable).await?;
     Ok(Json(CacheWritten { key, state: state_name(Some(line.state)).into(), version: line.version }))
 }

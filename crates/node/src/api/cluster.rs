@@ -37,8 +37,9 @@ pub struct Readiness {
     pub leader: String,
     /// Last applied log index of group 0.
     pub applied_index: u64,
-    /// Queue partitions that cannot replicate because a Raft call was refused (a refusal in
-    /// group 0 makes the answer `503` instead).
+    /// Problems that leave the node serving: queue partitions that cannot replicate because
+    /// a Raft call was refused (a refusal in group 0 makes the answer `503` instead), and
+    /// groups whose state is at its quota (only writes that grow state are refused).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub degraded: Vec<String>,
 }
@@ -72,7 +73,17 @@ pub async fn ready(State(node): State<AppState>) -> Result<Json<Readiness>, ApiE
     if let Some((_, problem)) = refused.iter().find(|(group, _)| *group == crate::types::GROUP0) {
         return Err(ApiError::Unavailable(problem.clone()));
     }
-    let degraded = refused.into_iter().map(|(_, problem)| problem).collect();
+    let mut degraded: Vec<String> = refused.into_iter().map(|(_, problem)| problem).collect();
+    // A full group still serves reads, deletes, releases and acks: reported, still ready.
+    let partitions: Vec<_> = node
+        .partitions
+        .hosted()
+        .into_iter()
+        .filter_map(|p| Some((crate::types::partition_group(p), node.partitions.get(p)?)))
+        .collect();
+    let mut usages = vec![(crate::types::GROUP0, node.group0().sm.usage())];
+    usages.extend(partitions.iter().map(|(id, g)| (*id, g.sm.usage())));
+    degraded.extend(node.quotas.full_groups(usages));
     Ok(Json(Readiness { ready: true, leader: leader.id, applied_index: status.applied_index, degraded }))
 }
 

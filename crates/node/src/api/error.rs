@@ -67,6 +67,10 @@ pub enum ApiError {
     /// The request headers are larger than the API takes.
     #[error("{0}")]
     HeadersTooLarge(String),
+    /// A write would grow state beyond a quota (size of a group, number of locks, cache
+    /// keys or queues).
+    #[error("{0}")]
+    QuotaExceeded(String),
 }
 
 fn holder_names(holders: &[HolderView]) -> String {
@@ -129,6 +133,7 @@ impl ApiError {
             Self::RequestTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             Self::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
             Self::HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"),
+            Self::QuotaExceeded(_) => (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded"),
         }
     }
 }
@@ -321,6 +326,7 @@ mod tests {
             (ApiError::RequestTimeout("x".into()), 408, "request_timeout"),
             (ApiError::UriTooLong("x".into()), 414, "uri_too_long"),
             (ApiError::HeadersTooLarge("x".into()), 431, "headers_too_large"),
+            (ApiError::QuotaExceeded("x".into()), 507, "quota_exceeded"),
         ];
         for (error, status, code) in table {
             assert_eq!(error.status_and_code(), (StatusCode::from_u16(status).expect("status"), code));

@@ -108,6 +108,7 @@ pub async fn kv_put(
     if let Some(id) = &body.request_id {
         validate_request_id(id)?;
     }
+    super::quota::check_group0(&node, super::quota::Growth::Bytes)?;
     match node.write(Command::KvPut { key: key.clone(), value: body.value }, body.request_id).await? {
         Response::KvPut { version } => Ok(Json(PutResult { key, version })),
         other => Err(unexpected(other)),

@@ -248,6 +248,7 @@ pub async fn acquire(
     }
     let ttl_ms = body.ttl_ms.unwrap_or(node.config.lock_default_ttl_ms).min(TTL_MAX_MS);
     let mode = body.mode.unwrap_or_default();
+    super::quota::check_group0(&node, super::quota::Growth::Lock(&name))?;
     let _permit = if wait_ms > 0 { Some(node.waiting.lock_wait()?) } else { None };
     let started = Instant::now();
     let result =

@@ -10,6 +10,7 @@ pub mod error;
 pub mod kv;
 pub mod locks;
 pub mod queues;
+pub mod quota;
 pub mod raft;
 
 use std::sync::{Arc, OnceLock};

@@ -104,6 +104,7 @@ struct Shared<S> {
     changes: watch::Sender<u64>,
     snapshots: SnapshotStore,
     snapshot_seq: AtomicU64,
+    usage: crate::quota::Usage,
 }
 
 /// The state machine together with what openraft needs to know about it.
@@ -153,8 +154,10 @@ impl<S: Machine> StateMachineStore<S> {
         initial: S,
     ) -> Result<Self, StorageError> {
         let mut applied = Applied { state: initial, ..Applied::default() };
+        let usage = crate::quota::Usage::default();
         if let Some(bytes) = bytes {
             let (meta, data) = decode_snapshot(&bytes).map_err(read_snapshot_error)?;
+            usage.measured(data.len());
             applied.state = serde_json::from_slice(&data).map_err(read_snapshot_error)?;
             applied.last_applied = meta.last_log_id;
             applied.last_membership = meta.last_membership;
@@ -165,8 +168,14 @@ impl<S: Machine> StateMachineStore<S> {
             changes: watch::Sender::new(0),
             snapshots,
             snapshot_seq: AtomicU64::new(0),
+            usage,
         };
         Ok(Self { shared: Arc::new(shared) })
+    }
+
+    /// The size of this group's state, for its quota.
+    pub fn usage(&self) -> &crate::quota::Usage {
+        &self.shared.usage
     }
 
     /// Read access to the applied state.
@@ -269,6 +278,7 @@ impl<S: Machine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
             };
             (meta, data)
         };
+        self.shared.usage.measured(data.len());
         let file = encode_snapshot_file(&meta, &data).map_err(snapshot_error)?;
         self.shared.snapshots.save(file).await.map_err(snapshot_error)?;
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
@@ -300,6 +310,7 @@ impl<S: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                     Vec::new()
                 }
                 EntryPayload::Normal(batch) => {
+                    self.shared.usage.grew(batch.requests.iter().map(|r| r.command.payload_bytes()).sum());
                     let (reply, look) = applied.state.apply_entry(index, entry.log_id.leader_id.term, &batch);
                     wake |= look;
                     log_revocations(index, &batch, &reply);
@@ -342,6 +353,7 @@ impl<S: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         let state: S = serde_json::from_slice(&data).map_err(read_snapshot_error)?;
+        self.shared.usage.measured(data.len());
         let file = encode_snapshot_file(meta, &data).map_err(snapshot_error)?;
         self.shared.snapshots.save(file).await.map_err(snapshot_error)?;
         let mut applied = self.write();
