@@ -288,8 +288,9 @@ pub fn queues(ops: &[Op]) -> Report {
     for op in ops.iter().filter(|o| o.f == "receive") {
         let Outcome::Ok { value } = &op.outcome else { continue };
         for m in value.as_array().into_iter().flatten() {
-            if !attempted.contains(&m["body"].to_string()) {
-                report.violations.push(format!("message {} with body {} was never sent", m["id"], m["body"]));
+            let body = crate::workloads::Payload::unwrap(&m["body"]);
+            if !attempted.contains(&body.to_string()) {
+                report.violations.push(format!("message {} with body {body} was never sent", m["id"]));
             }
         }
     }

@@ -62,7 +62,11 @@ pub fn from_logs(logs: &[(String, String)], lease_us: u64) -> Vec<Revocation> {
             ) else {
                 continue;
             };
-            let stored = fields.get("stored").and_then(|v| v.parse::<i64>().ok());
+            // A number, `null`, or a deep value (see `Payload`) with the number inside.
+            let stored = fields
+                .get("stored")
+                .and_then(|v| serde_json::from_str::<serde_json::Value>(v).ok())
+                .and_then(|v| crate::workloads::Payload::unwrap(&v).as_i64());
             let seen = applied.entry((index, key.to_string())).or_insert(Seen {
                 first_apply: at,
                 own_apply: None,

@@ -34,6 +34,9 @@ pub struct RunConfig {
     pub clients: usize,
     /// Where a failing run leaves its history and node logs.
     pub out_dir: PathBuf,
+    /// Write cache values and queue bodies as the largest, deepest shape the API accepts
+    /// (see [`workloads::Payload`]) instead of plain numbers.
+    pub deep_values: bool,
 }
 
 impl RunConfig {
@@ -41,13 +44,14 @@ impl RunConfig {
     pub fn replay_command(&self) -> String {
         let faults: Vec<String> = self.faults.iter().map(ToString::to_string).collect();
         format!(
-            "sinkron chaos --workload {} --faults {} --seed {} --duration {} --nodes {} --clients {}",
+            "sinkron chaos --workload {} --faults {} --seed {} --duration {} --nodes {} --clients {}{}",
             self.workload.name(),
             faults.join(","),
             self.seed,
             self.duration.as_secs(),
             self.nodes,
-            self.clients
+            self.clients,
+            if self.deep_values { " --deep-values" } else { "" }
         )
     }
 }
@@ -118,6 +122,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
         history: history.clone(),
         stop: Arc::new(AtomicBool::new(false)),
         seed: config.seed,
+        payload: if config.deep_values { workloads::Payload::Deep } else { workloads::Payload::Plain },
     };
     if config.workload == Workload::Queues {
         wait_for_queues(&env).await?;

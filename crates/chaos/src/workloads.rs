@@ -76,6 +76,50 @@ pub struct Env {
     pub stop: Arc<AtomicBool>,
     /// Seed of the clients' choices.
     pub seed: u64,
+    /// The shape of written values.
+    pub payload: Payload,
+}
+
+/// How cache values and queue bodies are written. The history and the checks always see the
+/// plain number inside ([`Payload::unwrap`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Payload {
+    /// The number itself.
+    Plain,
+    /// The number at the bottom of 60 nested arrays, beside 16 KB of padding: near the
+    /// API's nesting limit (64 levels for a whole body) and far above any small value, so
+    /// replication, snapshots and restarts carry what a client may legally send.
+    Deep,
+}
+
+/// Levels of nesting of a deep value: a cache put's body adds one.
+const DEEP_LEVELS: usize = 60;
+/// Padding of a deep value, in bytes.
+const DEEP_PADDING: usize = 16 * 1024;
+
+impl Payload {
+    /// `value` in this shape.
+    pub fn wrap(self, value: serde_json::Value) -> serde_json::Value {
+        match self {
+            Self::Plain => value,
+            Self::Deep => {
+                let mut wrapped = json!({ "v": value, "pad": "p".repeat(DEEP_PADDING) });
+                for _ in 0..DEEP_LEVELS {
+                    wrapped = serde_json::Value::Array(vec![wrapped]);
+                }
+                wrapped
+            }
+        }
+    }
+
+    /// The plain value inside a value of either shape.
+    pub fn unwrap(value: &serde_json::Value) -> &serde_json::Value {
+        let mut inner = value;
+        while let Some(first) = inner.as_array().and_then(|a| a.first()) {
+            inner = first;
+        }
+        inner.get("v").unwrap_or(inner)
+    }
 }
 
 impl Env {
@@ -225,12 +269,20 @@ pub async fn cache(env: Env, process: usize, durable: bool) {
             let value = process as i64 * 1_000_000 + n;
             let input = json!({ "key": key, "value": value });
             let _ = env
-                .record(process, node, "write", input, client.cache_put(&key, json!(value), durable))
+                .record(
+                    process,
+                    node,
+                    "write",
+                    input,
+                    client.cache_put(&key, env.payload.wrap(json!(value)), durable),
+                )
                 .await;
         } else {
             let input = json!({ "key": key });
             let quick = &env.quick[node];
-            let read = async { quick.cache_get(&key).await.map(|v| v.map(|v| v["value"].clone())) };
+            let read = async {
+                quick.cache_get(&key).await.map(|v| v.map(|v| Payload::unwrap(&v["value"]).clone()))
+            };
             let _ = env.record(process, node, "read", input, read).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(2..15))).await;
@@ -251,7 +303,12 @@ pub async fn produce(env: Env, process: usize) {
             let node = (process + attempt) % env.clients.len();
             let client = env.clients[node].clone();
             let input = json!({ "body": body, "key": key, "request_id": request_id });
-            let sent = client.queue_send_idempotent("chaos", body.clone(), Some(&key), &request_id);
+            let sent = client.queue_send_idempotent(
+                "chaos",
+                env.payload.wrap(body.clone()),
+                Some(&key),
+                &request_id,
+            );
             if env.record(process, node, "send", input, sent).await.is_ok() {
                 break;
             }
@@ -296,5 +353,22 @@ pub async fn final_drain(env: &Env, mut missing: BTreeSet<String>, within: Durat
             }
         }
         turn += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_deep_payload_is_within_the_api_limit_and_unwraps_to_its_number() {
+        let deep = Payload::Deep.wrap(json!(42));
+        let body = serde_json::to_vec(&json!({ "value": deep, "durable": true })).expect("encode");
+        let depth = sinkron_core::limits::json_depth_within(&body, sinkron_core::limits::JSON_DEPTH_MAX);
+        assert!(depth.is_some_and(|d| d > 60), "deep, yet accepted: {depth:?}");
+        assert!(body.len() > DEEP_PADDING, "large");
+        assert_eq!(Payload::unwrap(&deep), &json!(42));
+        assert_eq!(Payload::unwrap(&Payload::Plain.wrap(json!({"p": 1}))), &json!({"p": 1}));
+        assert_eq!(Payload::unwrap(&json!(7)), &json!(7));
     }
 }

@@ -30,6 +30,10 @@ pub struct ChaosArgs {
     /// Where a failing run saves its history and node logs.
     #[arg(long, default_value = "chaos-runs")]
     out: PathBuf,
+    /// Write cache values and queue bodies 60 levels deep with 16 KB of padding (the
+    /// largest, deepest shape the API accepts) instead of plain numbers.
+    #[arg(long)]
+    deep_values: bool,
 }
 
 /// Parses a comma-separated list of names, `all` meaning every one.
@@ -66,6 +70,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             nodes: args.nodes,
             clients: args.clients,
             out_dir: args.out.clone(),
+            deep_values: args.deep_values,
         };
         say!("chaos {}: seed {seed}; replay with: {}", workload.name(), config.replay_command());
         let summary = run_once(&config).await?;

@@ -32,6 +32,7 @@ async fn every_workload_survives_every_fault_kind() {
             nodes: 3,
             clients: 4,
             out_dir: out.path().to_path_buf(),
+            deep_values: false,
         };
         let summary = run(&config).await.expect("the run completes");
         eprintln!("{}", summary.line());

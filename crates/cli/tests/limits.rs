@@ -453,3 +453,44 @@ async fn full_quotas_refuse_growth_while_deletes_releases_and_acks_keep_working(
     // The next refused write asks for a snapshot, which measures what the deletes freed.
     eventually(Duration::from_secs(30), || client.kv_put("after", json!(1))).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_with_a_corrupt_log_record_refuses_to_start_with_one_clear_line() {
+    let mut cluster = TestCluster::start(1, &[]);
+    cluster.wait_leader(&[0], FORM).await;
+    for i in 0..20 {
+        cluster.client(0).kv_put(&format!("k{i}"), json!(i)).await.expect("write");
+    }
+    assert_eq!(cluster.stop(0), Some(0), "a clean stop");
+    let log_dir = cluster.nodes[0].data_dir.join("groups").join("0").join("log");
+    let segment =
+        std::fs::read_dir(&log_dir).expect("log dir").next().expect("a segment").expect("entry").path();
+    let mut bytes = std::fs::read(&segment).expect("read segment");
+    let records = sinkron_node::storage::segment::decode_records(&bytes);
+    assert!(records.records.len() > 3, "entries to damage");
+    let third = records.records[2].offset as usize;
+    bytes[third + 12] ^= 0x20;
+    std::fs::write(&segment, &bytes).expect("damage one record");
+
+    std::fs::write(&cluster.nodes[0].log_path, b"").expect("clear the log");
+    cluster.spawn(0, &[]);
+    let mut child = cluster.nodes[0].child.take().expect("child");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "a node on a corrupt log must not keep running");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!status.success());
+    let output = std::fs::read_to_string(&cluster.nodes[0].log_path).expect("read the node's output");
+    let line =
+        output.lines().find(|l| l.contains("corrupt log record")).unwrap_or_else(|| panic!("{output}"));
+    assert!(
+        line.contains(&segment.display().to_string()) && line.contains(&format!("offset {third}")),
+        "{line}"
+    );
+    assert_eq!(line.matches("corrupt log record").count(), 1, "said once: {line}");
+    assert!(!output.contains("panicked"), "{output}");
+}

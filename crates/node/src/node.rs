@@ -734,8 +734,11 @@ async fn open_storage<S: Machine>(
             let dir = config.data_dir.join("groups").join(group.to_string());
             crate::storage::files::create_dir_durably(&dir)
                 .with_context(|| format!("create data directory {}", dir.display()))?;
-            let log = LogStore::open(&dir).context("open the Raft log")?;
-            let sm = StateMachineStore::open_from(&dir, initial).context("open the state machine")?;
+            // openraft's storage errors repeat their source in their own text: keep the text
+            // only, so the one line an operator reads says it once.
+            let log = LogStore::open(&dir).map_err(|e| anyhow::anyhow!("open the Raft log: {e}"))?;
+            let sm = StateMachineStore::open_from(&dir, initial)
+                .map_err(|e| anyhow::anyhow!("open the state machine: {e}"))?;
             Ok((log, sm))
         }
         StorageBackend::Redis => {
