@@ -37,12 +37,9 @@ pub fn record_rpc(rpc: &'static str, status: &'static str, elapsed: Duration) {
     metrics::histogram!("sinkron_rpc_request_duration_seconds", "rpc" => rpc).record(elapsed.as_secs_f64());
 }
 
-/// Counts a Raft call refused with a client error, by direction and status.
-pub fn record_peer_refusal(direction: crate::network::Direction, status: u16) {
-    let by = match direction {
-        crate::network::Direction::ByPeer => "peer",
-        crate::network::Direction::ByUs => "this_node",
-    };
+/// Counts a Raft call refused with a client error, by who refused it (`peer` or
+/// `this_node`) and status.
+pub fn record_peer_refusal(by: &'static str, status: u16) {
     metrics::counter!("sinkron_raft_refused_calls_total", "refused_by" => by, "status" => status.to_string())
         .increment(1);
 }

@@ -79,7 +79,11 @@ impl PeerRefusals {
     /// Records that `peer` (a node name or address) refused, or had refused by us, a `rpc`
     /// call of `group` with `status`.
     pub fn record(&self, group: GroupId, peer: &str, direction: Direction, rpc: &str, status: u16) {
-        crate::metrics::record_peer_refusal(direction, status);
+        let by = match direction {
+            Direction::ByPeer => "peer",
+            Direction::ByUs => "this_node",
+        };
+        crate::metrics::record_peer_refusal(by, status);
         let mut refusals = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let table = &mut refusals.by_kind;
         let key = (group, peer.to_string(), direction);

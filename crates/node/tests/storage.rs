@@ -56,18 +56,24 @@ async fn reopened_log_has_every_flushed_entry() {
     assert_eq!(log.read_vote().await.expect("vote"), Some(openraft::Vote::new(3, 7)));
 }
 
-#[tokio::test]
-async fn torn_tail_is_cut_and_appends_continue() {
+/// A log of entries 1 to 10, its one segment's directory entry and bytes.
+async fn ten_entries_in_one_segment() -> (TempDir, std::fs::DirEntry, Vec<u8>) {
     let dir = tempfile::tempdir().expect("temp dir");
     {
         let mut log = LogStore::open(dir.path()).expect("open");
         append_durably(&mut log, (1..=10).map(|i| put_entry(1, i)).collect()).await;
     }
-    // Simulate a crash in the middle of writing entry 10: keep only its first bytes, then
-    // leave garbage where the rest would have been.
     let segment =
         std::fs::read_dir(dir.path().join("log")).expect("ls").next().expect("one segment").expect("entry");
     let bytes = std::fs::read(segment.path()).expect("read segment");
+    (dir, segment, bytes)
+}
+
+#[tokio::test]
+async fn torn_tail_is_cut_and_appends_continue() {
+    let (dir, segment, bytes) = ten_entries_in_one_segment().await;
+    // Simulate a crash in the middle of writing entry 10: keep only its first bytes, then
+    // leave garbage where the rest would have been.
     let decoded = decode_records(&bytes);
     assert_eq!(decoded.records.len(), 10);
     let tenth = decoded.records[9].offset;
@@ -87,14 +93,7 @@ async fn torn_tail_is_cut_and_appends_continue() {
 
 #[tokio::test]
 async fn a_bad_record_with_valid_records_after_it_is_corruption_not_a_torn_tail() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    {
-        let mut log = LogStore::open(dir.path()).expect("open");
-        append_durably(&mut log, (1..=10).map(|i| put_entry(1, i)).collect()).await;
-    }
-    let segment =
-        std::fs::read_dir(dir.path().join("log")).expect("ls").next().expect("one segment").expect("entry");
-    let bytes = std::fs::read(segment.path()).expect("read segment");
+    let (dir, segment, bytes) = ten_entries_in_one_segment().await;
     let decoded = decode_records(&bytes);
     let fifth = decoded.records[4].offset;
     // One flipped byte in entry 5's payload: entries 6 to 10, acknowledged, follow it.
