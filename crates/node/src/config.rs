@@ -345,22 +345,16 @@ impl NodeConfig {
                 format!("must be at least 1048576, got {}", args.quota_bytes),
             ));
         }
-        for (name, value, min) in [
-            ("QUOTA_LOCKS", args.quota_locks, 1),
-            ("QUOTA_CACHE_KEYS", args.quota_cache_keys, 1),
-            ("QUOTA_QUEUES", args.quota_queues, 1),
+        for (name, value, min, max) in [
+            ("QUOTA_LOCKS", args.quota_locks, 1, 1_000_000_000),
+            ("QUOTA_CACHE_KEYS", args.quota_cache_keys, 1, 1_000_000_000),
+            ("QUOTA_QUEUES", args.quota_queues, 1, 1_000_000_000),
+            ("HTTP_MAX_CONNECTIONS", args.http_max_connections, 16, 1_000_000),
+            ("QUEUE_LONG_POLLS_MAX", args.queue_long_polls_max, 1, 1_000_000),
+            ("LOCK_WAITERS_MAX", args.lock_waiters_max, 1, 1_000_000),
         ] {
-            if !(min..=1_000_000_000).contains(&value) {
-                return Err(out_of_range(name, format!("must be {min} to 1000000000, got {value}")));
-            }
-        }
-        for (name, value, min) in [
-            ("HTTP_MAX_CONNECTIONS", args.http_max_connections, 16),
-            ("QUEUE_LONG_POLLS_MAX", args.queue_long_polls_max, 1),
-            ("LOCK_WAITERS_MAX", args.lock_waiters_max, 1),
-        ] {
-            if !(min..=1_000_000).contains(&value) {
-                return Err(out_of_range(name, format!("must be {min} to 1000000, got {value}")));
+            if !(min..=max).contains(&value) {
+                return Err(out_of_range(name, format!("must be {min} to {max}, got {value}")));
             }
         }
         Ok(Self {

@@ -42,7 +42,7 @@ pub const REFUSAL_REPORT_WINDOW: Duration = Duration::from_secs(10);
 /// Most (group, peer, direction) refusals remembered; the group id of an incoming call
 /// comes from its path, so the table must not grow with what a caller invents.
 const REFUSALS_MAX: usize = 256;
-/// Least time between two log lines about one peer refusing one group's calls.
+/// Least time between two log lines about one peer's refusals, whatever the group.
 const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Which side refused a Raft call.
@@ -72,7 +72,7 @@ pub struct PeerRefusals(std::sync::Arc<std::sync::Mutex<Refusals>>);
 struct Refusals {
     by_kind: std::collections::BTreeMap<(GroupId, String, Direction), Refusal>,
     /// Per peer: when a refusal was last logged, and how many were not logged since.
-    logged: std::collections::BTreeMap<String, (Instant, u64)>,
+    logged: std::collections::BTreeMap<String, (Option<Instant>, u64)>,
 }
 
 impl PeerRefusals {
@@ -93,9 +93,8 @@ impl PeerRefusals {
                 return;
             }
         }
-        let entry =
-            table.entry(key).or_insert(Refusal { at: Instant::now(), status, rpc: rpc.into(), count: 0 });
-        *entry = Refusal { at: Instant::now(), status, rpc: rpc.into(), count: entry.count + 1 };
+        let count = table.get(&key).map_or(0, |r| r.count) + 1;
+        table.insert(key, Refusal { at: Instant::now(), status, rpc: rpc.into(), count });
     }
 
     /// The groups with a refusal in the last [`REFUSAL_REPORT_WINDOW`], each with a sentence.
@@ -127,16 +126,15 @@ impl PeerRefusals {
     fn log_now(&self, peer: &str) -> Option<u64> {
         let mut refusals = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if refusals.logged.len() >= REFUSALS_MAX && !refusals.logged.contains_key(peer) {
-            refusals.logged.retain(|_, (at, _)| at.elapsed() < REFUSAL_LOG_INTERVAL);
+            refusals.logged.retain(|_, (at, _)| at.is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL));
         }
-        let entry =
-            refusals.logged.entry(peer.to_string()).or_insert((Instant::now() - REFUSAL_LOG_INTERVAL * 2, 0));
-        if entry.0.elapsed() < REFUSAL_LOG_INTERVAL {
+        let entry = refusals.logged.entry(peer.to_string()).or_insert((None, 0));
+        if entry.0.is_some_and(|at| at.elapsed() < REFUSAL_LOG_INTERVAL) {
             entry.1 += 1;
             return None;
         }
         let unlogged = entry.1;
-        *entry = (Instant::now(), 0);
+        *entry = (Some(Instant::now()), 0);
         Some(unlogged)
     }
 }

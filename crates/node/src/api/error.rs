@@ -283,10 +283,9 @@ where
     }
 }
 
+/// The error of a body that `Json::from_bytes` refused (size and content type are checked
+/// before, in [`ApiJson`]).
 fn from_json_rejection(rejection: JsonRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        return ApiError::PayloadTooLarge("request body is larger than the limit".into());
-    }
     match rejection {
         JsonRejection::JsonDataError(e) => ApiError::InvalidArgument(format!(
             "body: {}",
@@ -296,9 +295,6 @@ fn from_json_rejection(rejection: JsonRejection) -> ApiError {
             "body is not valid JSON: {}",
             e.body_text().trim_start_matches("Failed to parse the request body as JSON: ")
         )),
-        JsonRejection::MissingJsonContentType(_) => {
-            ApiError::InvalidArgument("send the body as JSON with content-type: application/json".into())
-        }
         other => ApiError::InvalidArgument(other.body_text()),
     }
 }
