@@ -4,7 +4,6 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -56,24 +55,9 @@ async fn sigterm_stops_cleanly_and_a_restart_never_reinitialises() {
     }
 }
 
-/// Three consecutive free ports, or `None` after a few tries.
-fn three_free_ports() -> Option<u16> {
-    for _ in 0..20 {
-        let base = support::free_port();
-        if base > 65_000 {
-            continue;
-        }
-        let taken: Vec<_> = (0..3).map(|i| TcpListener::bind(("127.0.0.1", base + i))).collect();
-        if taken.iter().all(|t| t.is_ok()) {
-            return Some(base);
-        }
-    }
-    None
-}
-
 #[test]
 fn dev_starts_three_nodes_and_ctrl_c_stops_them_all() {
-    let base = three_free_ports().expect("three consecutive free ports");
+    let base = support::free_ports(3);
     let dir = tempfile::tempdir().expect("temp dir");
     let mut child = Command::new(sinkron_bin())
         .args(["dev", "--base-port", &base.to_string(), "--data-dir"])

@@ -139,11 +139,12 @@ async fn slow_oversized_and_invented_requests_get_bounded_json_answers() {
     wait_queues_ready(&cluster.client(0), FORM).await;
     let addr = cluster.nodes[0].addr();
 
-    // Half a request head: the node closes the connection instead of waiting forever.
+    // Half a request head: a JSON 408 once the head timeout passes, then the node closes.
     let (answer, took) =
         exchange(&addr, b"GET /health HTTP/1.1\r\nhost: x\r\n", Duration::from_secs(10)).await;
     assert!(took < Duration::from_secs(10), "a half-sent head is dropped; got {answer:?} after {took:?}");
-    assert!(!answer.contains("200 OK"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(json_error_of(&answer)["error"], "request_timeout");
 
     // Half a body: 408 in our JSON, and the connection is closed.
     let (answer, _) = exchange(
@@ -495,4 +496,99 @@ async fn a_node_with_a_corrupt_log_record_refuses_to_start_with_one_clear_line()
     );
     assert_eq!(line.matches("corrupt log record").count(), 1, "said once: {line}");
     assert!(!output.contains("panicked"), "{output}");
+}
+
+/// Reads one answer (head and `content-length` body) from a kept-alive connection.
+async fn read_answer(tcp: &mut TcpStream) -> String {
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length = head
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if body.len() >= length {
+                return text;
+            }
+        }
+        let n = tcp.read(&mut chunk).await.expect("read an answer");
+        assert!(n > 0, "the node closed before answering; got {:?}", String::from_utf8_lossy(&answer));
+        answer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Waits for the node to close `tcp` and says how long that took (at most `within`).
+async fn closed_after(tcp: &mut TcpStream, within: Duration) -> Duration {
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    tokio::time::timeout(within, tcp.read_to_end(&mut rest))
+        .await
+        .expect("the node closes the connection")
+        .expect("read to the end");
+    assert!(rest.is_empty(), "nothing more is sent: {:?}", String::from_utf8_lossy(&rest));
+    started.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn request_heads_are_checked_and_timed_before_hyper_reads_them() {
+    let cluster =
+        TestCluster::start(1, &[("HTTP_HEADER_TIMEOUT_MS", "500"), ("HTTP_IDLE_TIMEOUT_MS", "1500")]);
+    cluster.wait_leader(&[0], FORM).await;
+    wait_queues_ready(&cluster.client(0), FORM).await;
+    let addr = cluster.nodes[0].addr();
+
+    // What hyper used to answer with an empty body (or not at all) is our JSON now.
+    let (answer, _) = exchange(&addr, b"HELLO WORLD\r\n\r\n", Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert_eq!(json_error_of(&answer)["error"], "invalid_argument");
+    let huge = format!("GET /health HTTP/1.1\r\nhost: x\r\nx-filler: {}", "h".repeat(70_000));
+    let (answer, _) = exchange(&addr, huge.as_bytes(), Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    assert_eq!(json_error_of(&answer)["error"], "headers_too_large");
+    let smuggled = b"PUT /v1/kv/s HTTP/1.1\r\nhost: x\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n";
+    let (answer, _) = exchange(&addr, smuggled, Duration::from_secs(10)).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // A connection that never asks anything is closed after the head timeout, unanswered.
+    let mut silent = TcpStream::connect(&addr).await.expect("connect");
+    let took = closed_after(&mut silent, Duration::from_secs(10)).await;
+    assert!(took >= Duration::from_millis(400), "closed after {took:?}");
+
+    // A chunked body and a request pipelined right behind it: the guard finds where the
+    // body ends, and both are answered in order on the same connection.
+    let mut tcp = TcpStream::connect(&addr).await.expect("connect");
+    tcp.write_all(
+        b"PUT /v1/kv/chunked HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n\
+          5\r\n{\"val\r\n9;x=y\r\nue\":\"abc\"\r\n1\r\n}\r\n0\r\n\r\n\
+          GET /v1/kv/chunked HTTP/1.1\r\nhost: x\r\n\r\n",
+    )
+    .await
+    .expect("write");
+    let put = read_answer(&mut tcp).await;
+    assert!(put.starts_with("HTTP/1.1 200"), "{put}");
+    let get = read_answer(&mut tcp).await;
+    assert!(get.starts_with("HTTP/1.1 200") && get.contains("\"abc\""), "{get}");
+
+    // A long poll outlives both timeouts: no timer runs while the node is answering. Then
+    // the kept-alive connection is closed after the idle timeout, not the head timeout.
+    let body = r#"{"max":1,"wait_ms":3000}"#;
+    let poll = format!(
+        "POST /v1/queues/idle/receive HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(poll.as_bytes()).await.expect("write");
+    let started = Instant::now();
+    let answer = read_answer(&mut tcp).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(started.elapsed() >= Duration::from_millis(2_500), "the poll waited: {:?}", started.elapsed());
+    let idle = closed_after(&mut tcp, Duration::from_secs(10)).await;
+    assert!(
+        idle >= Duration::from_millis(1_200),
+        "closed {idle:?} after the answer, before the idle timeout"
+    );
 }

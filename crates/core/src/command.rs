@@ -317,3 +317,36 @@ pub enum Response {
         reason: String,
     },
 }
+
+impl Response {
+    /// The reply as the de-duplication window keeps it: ids, versions, receipts, fences
+    /// and counts, never values or message bodies (a window of receives could otherwise
+    /// hold 10,000 x 100 bodies, a window of cache grants 10,000 values, and a revocation
+    /// every key a node owned). A retried receive gets its bodies back from the state; a
+    /// cache grant's value and a revocation's keys traveled in the events of the first
+    /// apply, so a replayed grant carries no value and a replayed revocation revoked nothing.
+    pub fn remembered(&self) -> Response {
+        match self {
+            Response::QueueReceived { messages } => Response::QueueReceived {
+                messages: messages
+                    .iter()
+                    .map(|d| Delivery { body: serde_json::Value::Null, ..d.clone() })
+                    .collect(),
+            },
+            Response::Cache { reply: CacheReply::Granted { state, version, invalidated, .. } } => {
+                Response::Cache {
+                    reply: CacheReply::Granted {
+                        state: *state,
+                        value: None,
+                        version: *version,
+                        invalidated: invalidated.clone(),
+                    },
+                }
+            }
+            Response::Cache { reply: CacheReply::Revoked { .. } } => {
+                Response::Cache { reply: CacheReply::Revoked { owned: Vec::new() } }
+            }
+            other => other.clone(),
+        }
+    }
+}

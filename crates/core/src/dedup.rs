@@ -56,10 +56,11 @@ impl Dedup {
         })
     }
 
-    /// Remembers the reply to `request` if it carries an id.
+    /// Remembers the reply to `request` if it carries an id, in its small form
+    /// ([`Response::remembered`]).
     pub fn record(&mut self, request: &Request, response: &Response) {
         if let Some(id) = &request.request_id {
-            self.insert(id.clone(), request.fingerprint(), response.clone());
+            self.insert(id.clone(), request.fingerprint(), response.remembered());
         }
     }
 

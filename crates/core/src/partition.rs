@@ -49,7 +49,7 @@ impl PartitionMachine {
         // A full queue is a passing state: a retry with the same id must be able to succeed
         // once there is room, so that refusal is not remembered.
         if !matches!(response, Response::QueueRefused { refusal: QueueRefusal::Full }) {
-            self.dedup.record(request, &without_bodies(&response));
+            self.dedup.record(request, &response);
         }
         response
     }
@@ -99,20 +99,6 @@ impl PartitionMachine {
             }
             _ => Response::Rejected { reason: "a queue partition only applies queue commands".into() },
         }
-    }
-}
-
-/// `response` as the de-duplication window keeps it: ids, receipts and counts, never
-/// message bodies (a window of receives would otherwise hold up to 10,000 x 100 bodies).
-fn without_bodies(response: &Response) -> Response {
-    match response {
-        Response::QueueReceived { messages } => Response::QueueReceived {
-            messages: messages
-                .iter()
-                .map(|d| Delivery { body: serde_json::Value::Null, ..d.clone() })
-                .collect(),
-        },
-        other => other.clone(),
     }
 }
 

@@ -324,6 +324,54 @@ mod tests {
         assert_eq!(again, vec![Response::KvPut { version: DEDUP_WINDOW as u64 + 51 }]);
     }
 
+    #[test]
+    fn the_dedup_window_keeps_no_cache_values() {
+        use crate::cache::{CacheCommand, CacheReply};
+        let cache = |request| Command::Cache { request };
+        let big = json!("v".repeat(60_000));
+        let mut state = Group0State::default();
+        let owned = req(
+            Some("own"),
+            cache(CacheCommand::GetM {
+                key: "k".into(),
+                node: "n1".into(),
+                token: 1,
+                value: Some(big.clone()),
+            }),
+        );
+        let first = state.apply_batch(1, &batch(1, vec![owned.clone()]));
+        assert!(
+            matches!(&first[0], Response::Cache { reply: CacheReply::Granted { value: Some(v), .. } } if *v == big),
+            "{first:?}"
+        );
+        let revoke = req(Some("rev"), cache(CacheCommand::Revoke { node: "n1".into(), token: 7 }));
+        let revoked = state.apply_batch(2, &batch(2, vec![revoke.clone()]));
+        assert!(
+            matches!(&revoked[0], Response::Cache { reply: CacheReply::Revoked { owned } } if owned.len() == 1),
+            "{revoked:?}"
+        );
+        for i in 0..50 {
+            let read = req(
+                Some(&format!("read{i}")),
+                cache(CacheCommand::GetS { key: "k".into(), node: format!("n{}", i % 3 + 2), token: i }),
+            );
+            state.apply_batch(3 + i, &batch(3 + i, vec![read]));
+        }
+        // Fifty grants of a 60 KB value and a revocation are remembered in a few KB.
+        let window = serde_json::to_string(&state.dedup).expect("encode");
+        assert!(window.len() < 20_000, "the window holds {} bytes", window.len());
+        assert!(!window.contains("vvvv"), "no value in the window");
+        // Retries are answered from the window without values, and change nothing.
+        let before = state.clone();
+        let replayed = state.apply_batch(100, &batch(100, vec![owned, revoke]));
+        assert!(
+            matches!(&replayed[0], Response::Cache { reply: CacheReply::Granted { value: None, .. } }),
+            "{replayed:?}"
+        );
+        assert_eq!(replayed[1], Response::Cache { reply: CacheReply::Revoked { owned: Vec::new() } });
+        assert_eq!(state.cache, before.cache);
+    }
+
     fn request_strategy() -> impl Strategy<Value = Request> {
         let key = prop::sample::select(vec!["a", "b", "c"]);
         let cmd = prop_oneof![

@@ -142,6 +142,7 @@ mod tests {
     fn a_permit_returns_when_its_wait_ends() {
         let limits = ConnectionLimits {
             header_timeout_ms: 1_000,
+            idle_timeout_ms: 1_000,
             body_timeout_ms: 1_000,
             max_connections: 16,
             long_polls_max: 2,

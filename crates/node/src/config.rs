@@ -95,11 +95,14 @@ pub struct ServeArgs {
     /// such a node never bootstraps a cluster of its own.
     #[arg(long, env = "CLUSTER_JOIN", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
     pub join: bool,
-    /// Longest wait for a complete request head, in milliseconds, counted from when a
-    /// connection is ready for its next request (so it also closes idle kept-alive
-    /// connections).
+    /// Longest wait for a complete request head, in milliseconds: from a connection's
+    /// accept for its first request, from a head's first byte for later ones; then `408`.
     #[arg(long, env = "HTTP_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
     pub http_header_timeout_ms: u64,
+    /// Longest silence between requests on a kept-alive connection, in milliseconds
+    /// (never while a request is running); then the connection is closed.
+    #[arg(long, env = "HTTP_IDLE_TIMEOUT_MS", default_value_t = 60_000)]
+    pub http_idle_timeout_ms: u64,
     /// Longest a request body may take to arrive, in milliseconds; then `408`.
     #[arg(long, env = "HTTP_BODY_TIMEOUT_MS", default_value_t = 30_000)]
     pub http_body_timeout_ms: u64,
@@ -143,8 +146,10 @@ pub struct QuotaSettings {
 /// Bounds on what clients may hold open on one node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// Longest wait for a request head, in milliseconds (idle connections included).
+    /// Longest wait for a request head, in milliseconds.
     pub header_timeout_ms: u64,
+    /// Longest silence between requests on a connection, in milliseconds.
+    pub idle_timeout_ms: u64,
     /// Longest a request body may take, in milliseconds.
     pub body_timeout_ms: u64,
     /// Most open connections.
@@ -333,6 +338,7 @@ impl NodeConfig {
         }
         for (name, value) in [
             ("HTTP_HEADER_TIMEOUT_MS", args.http_header_timeout_ms),
+            ("HTTP_IDLE_TIMEOUT_MS", args.http_idle_timeout_ms),
             ("HTTP_BODY_TIMEOUT_MS", args.http_body_timeout_ms),
         ] {
             if !(100..=3_600_000).contains(&value) {
@@ -385,6 +391,7 @@ impl NodeConfig {
             },
             limits: ConnectionLimits {
                 header_timeout_ms: args.http_header_timeout_ms,
+                idle_timeout_ms: args.http_idle_timeout_ms,
                 body_timeout_ms: args.http_body_timeout_ms,
                 max_connections: args.http_max_connections,
                 long_polls_max: args.queue_long_polls_max,

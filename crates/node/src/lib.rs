@@ -1,6 +1,6 @@
 //! The Sinkron server.
 //!
-//! A node runs one or more Raft groups (group 0 today; queue partitions later) on the
+//! A node runs several Raft groups (group 0 and the queue partitions it replicates) on the
 //! `openraft` crate, stores them durably under its data directory, talks to its peers over
 //! HTTP with JSON bodies, and serves the public HTTP API. It is the only crate that names
 //! openraft or HTTP; the protocol logic it drives lives in `sinkron-core`.
@@ -10,6 +10,7 @@ pub mod api;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod http_guard;
 pub mod locks;
 pub mod metrics;
 pub mod network;

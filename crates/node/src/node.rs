@@ -127,8 +127,8 @@ impl Node {
             .and_then(|(host, _)| host.parse::<std::net::IpAddr>().ok())
             .filter(|ip| !ip.is_unspecified());
         // Idle pooled connections are dropped well before a peer's server would close them
-        // (its head timeout), so a call never goes out on a connection being closed.
-        let http = http_client(source, Duration::from_millis(config.limits.header_timeout_ms / 2));
+        // (its idle timeout), so a call never goes out on a connection being closed.
+        let http = http_client(source, Duration::from_millis(config.limits.idle_timeout_ms / 2));
         let (cache, cache_outbox) = CacheService::new(
             &config.name,
             config.cache_max_size as usize,

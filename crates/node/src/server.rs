@@ -1,16 +1,21 @@
 //! Runs a node: binds the listener, serves HTTP, bootstraps, and shuts down gracefully.
 //!
 //! The accept loop is ours (not `axum::serve`) so that every connection is bounded: a cap
-//! on open connections, a timeout for request heads (which also closes idle kept-alive
-//! connections) and a bounded head size. Body timeouts are the extractor's (`ApiJson`).
+//! on open connections, and each connection wrapped in [`Guarded`], which checks request
+//! heads, their time and size, and idle time between requests before hyper reads them.
+//! Body timeouts are the extractor's (`ApiJson`).
 
+use std::convert::Infallible;
 use std::future::Future;
-
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use axum::body::{Body, Bytes, HttpBody};
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
@@ -18,11 +23,8 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use crate::config::{ConnectionLimits, NodeConfig};
+use crate::http_guard::{Activity, Guarded, InFlight, Timeouts};
 use crate::node::Node;
-
-/// Largest request head hyper buffers; a longer one is answered by hyper itself (an empty
-/// `431`). The API's own, smaller limits on the URI and headers answer in JSON first.
-const HEAD_MAX_BYTES: usize = 64 * 1024;
 
 /// How long requests still running at a stop may take to finish.
 const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -106,20 +108,84 @@ fn serve_connection(
         return;
     };
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_millis(limits.header_timeout_ms))
-        .max_buf_size(HEAD_MAX_BYTES)
-        .keep_alive(true);
-    let service = TowerToHyperService::new(app.clone());
-    let connection = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+    // The guard times heads and idle connections; hyper's own timer would close a
+    // connection without an answer.
+    http.header_read_timeout(None).keep_alive(true);
+    let activity = Arc::new(Activity::default());
+    let timeouts = Timeouts {
+        header: Duration::from_millis(limits.header_timeout_ms),
+        idle: Duration::from_millis(limits.idle_timeout_ms),
+    };
+    let io = TokioIo::new(Guarded::new(tcp, timeouts, activity.clone()));
+    let service = Counted { inner: TowerToHyperService::new(app.clone()), activity };
+    let connection = graceful.watch(http.serve_connection(io, service));
     tokio::spawn(async move {
-        // Errors here are a client's (a reset, a malformed or slow request head); hyper has
-        // already answered what can be answered.
+        // Errors here are a client's (a reset, a malformed body); the guard has already
+        // answered a bad head.
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "HTTP connection ended with an error");
         }
         drop(permit);
     });
+}
+
+/// The router as a hyper service that counts each request as in flight on its connection
+/// until its answer has been sent (or dropped), so the guard never times a connection out
+/// while the node is still answering it.
+struct Counted<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+type Answer = hyper::Response<CountedBody>;
+
+impl<S> hyper::service::Service<hyper::Request<Incoming>> for Counted<S>
+where
+    S: hyper::service::Service<
+        hyper::Request<Incoming>,
+        Response = hyper::Response<Body>,
+        Error = Infallible,
+    >,
+    S::Future: Send + 'static,
+{
+    type Response = Answer;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>>;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let in_flight = self.activity.begin();
+        let answer = self.inner.call(request);
+        Box::pin(async move {
+            let response = answer.await?;
+            Ok(response.map(|body| CountedBody { body, _in_flight: in_flight }))
+        })
+    }
+}
+
+/// A response body that holds its request's [`InFlight`] until hyper is done with it.
+struct CountedBody {
+    body: Body,
+    _in_flight: InFlight,
+}
+
+impl HttpBody for CountedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Answers a connection over the limit with a JSON `503` and closes it.

@@ -1,4 +1,4 @@
-//! A cluster of real `sinkron serve` processes on 127.0.0.1 ports chosen by the OS.
+//! A cluster of real `sinkron serve` processes on free 127.0.0.1 ports.
 //!
 //! Nodes run with short Raft timeouts so tests stay fast. Every child is killed when the
 //! cluster is dropped; if the test panicked, the tail of each node's log is printed.
@@ -12,6 +12,7 @@ use std::fs::File;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -24,10 +25,42 @@ pub fn sinkron_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_sinkron"))
 }
 
-/// A port that was free a moment ago.
+/// A port that was free a moment ago and that no other test of this process was given.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
+    free_ports(1)
+}
+
+/// The first of `n` consecutive ports that were free a moment ago, given to no other test
+/// of this process.
+///
+/// A port the OS picks (`bind` to port 0) comes from its ephemeral range, the same range
+/// the source ports of outgoing connections come from; between the pick and the node's
+/// bind, a connection of a test running alongside could take it (it happened: `address
+/// already in use`). Ports below that range are never handed out for outgoing
+/// connections, so the tests draw from there, each process from its own offset.
+pub fn free_ports(n: u16) -> u16 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low < LOW + 1_000 {
+        // No room below the ephemeral range: let the OS pick, as well as it can.
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        return listener.local_addr().expect("local addr").port();
+    }
+    let span = ephemeral_low - LOW - u32::from(n);
+    let offset = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..1_000 {
+        let base = LOW + (offset + NEXT.fetch_add(u32::from(n), Ordering::Relaxed)) % span;
+        let taken: Vec<_> =
+            (0..u32::from(n)).map(|i| TcpListener::bind(("127.0.0.1", (base + i) as u16))).collect();
+        if taken.iter().all(Result::is_ok) {
+            return base as u16;
+        }
+    }
+    panic!("no {n} free consecutive ports below {ephemeral_low}");
 }
 
 /// One node process.

@@ -147,6 +147,28 @@ impl From<CoreError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The whole HTTP/1.1 answer for this error on a connection that closes after it, for
+    /// the connection guard, which answers before any router sees a request.
+    pub fn to_http1(&self) -> Vec<u8> {
+        let (status, code) = self.status_and_code();
+        let body = serde_json::to_string(&ErrorBody {
+            error: code.to_string(),
+            message: self.to_string(),
+            cycle: None,
+            holders: None,
+        })
+        .unwrap_or_default();
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();

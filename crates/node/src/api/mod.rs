@@ -164,7 +164,6 @@ pub fn router(node: AppState) -> Router {
             ApiError::MethodNotAllowed("this endpoint does not accept that method".into())
         })
         .layer(middleware::from_fn(refuse_peers_while_isolated))
-        .layer(middleware::from_fn(refuse_oversized_heads))
         .layer(middleware::from_fn(track_http))
         .layer(axum::Extension(node.isolation.clone()))
         .layer(axum::Extension(node.refusals.clone()))
@@ -179,31 +178,6 @@ async fn openapi_json() -> Response {
         Some(doc) => Json(doc.clone()).into_response(),
         None => Json(serde_json::to_value(openapi()).unwrap_or_default()).into_response(),
     }
-}
-
-/// Longest request target (path and query) the API takes; longer is `414 uri_too_long`.
-pub const URI_MAX_BYTES: usize = 8 * 1024;
-/// Most bytes of request headers (names and values) the API takes; more is `431`.
-pub const HEADERS_MAX_BYTES: usize = 16 * 1024;
-
-/// Refuses request heads above the API's limits with a JSON answer (hyper's own, larger
-/// limit answers with an empty body).
-async fn refuse_oversized_heads(req: Request, next: Next) -> Response {
-    let uri = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
-    if uri > URI_MAX_BYTES {
-        return ApiError::UriTooLong(format!(
-            "the request target has {uri} bytes; at most {URI_MAX_BYTES} are accepted"
-        ))
-        .into_response();
-    }
-    let headers: usize = req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
-    if headers > HEADERS_MAX_BYTES {
-        return ApiError::HeadersTooLarge(format!(
-            "the request headers have {headers} bytes; at most {HEADERS_MAX_BYTES} are accepted"
-        ))
-        .into_response();
-    }
-    next.run(req).await
 }
 
 /// Fault injection: an isolated node refuses every node-to-node request.
