@@ -22,6 +22,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+use crate::api::error::ApiError;
 use crate::config::{ConnectionLimits, NodeConfig};
 use crate::http_guard::{Activity, Guarded, InFlight, Timeouts};
 use crate::node::Node;
@@ -190,18 +191,12 @@ impl HttpBody for CountedBody {
 
 /// Answers a connection over the limit with a JSON `503` and closes it.
 async fn refuse_connection(mut tcp: TcpStream, max_connections: usize) {
-    let body = serde_json::json!({
-        "error": "unavailable",
-        "message": format!("this node already serves {max_connections} connections (HTTP_MAX_CONNECTIONS); retry later or on another node"),
-    })
-    .to_string();
-    let answer = format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: 1\r\n\
-         connection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    );
+    let answer = ApiError::Unavailable(format!(
+        "this node already serves {max_connections} connections (HTTP_MAX_CONNECTIONS); retry later or on another node"
+    ))
+    .to_http1();
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = tcp.write_all(answer.as_bytes()).await;
+        let _ = tcp.write_all(&answer).await;
         let _ = tcp.shutdown().await;
     })
     .await;

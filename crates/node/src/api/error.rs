@@ -151,36 +151,44 @@ impl ApiError {
     /// The whole HTTP/1.1 answer for this error on a connection that closes after it, for
     /// the connection guard, which answers before any router sees a request.
     pub fn to_http1(&self) -> Vec<u8> {
-        let (status, code) = self.status_and_code();
-        let body = serde_json::to_string(&ErrorBody {
-            error: code.to_string(),
-            message: self.to_string(),
-            cycle: None,
-            holders: None,
-        })
-        .unwrap_or_default();
+        let status = self.status_and_code().0;
+        let body = serde_json::to_string(&self.body()).unwrap_or_default();
+        let retry_after = if retries_later(status) {
+            format!("retry-after: {RETRY_AFTER_SECONDS}\r\n")
+        } else {
+            String::new()
+        };
         format!(
-            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{retry_after}connection: close\r\n\r\n{body}",
             status.as_u16(),
             status.canonical_reason().unwrap_or(""),
             body.len()
         )
         .into_bytes()
     }
-}
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
-        let (cycle, holders) = match &self {
+    /// The JSON body of this error.
+    fn body(&self) -> ErrorBody {
+        let (cycle, holders) = match self {
             Self::Deadlock(cycle) => (Some(cycle.clone()), None),
             Self::LockConflict(holders) => (None, Some(holders.clone())),
             _ => (None, None),
         };
-        let body = ErrorBody { error: code.to_string(), message: self.to_string(), cycle, holders };
-        let mut response = (status, Json(body)).into_response();
+        ErrorBody { error: self.status_and_code().1.to_string(), message: self.to_string(), cycle, holders }
+    }
+}
+
+/// Whether an answer with `status` tells the client when to retry (`Retry-After`).
+fn retries_later(status: StatusCode) -> bool {
+    matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status_and_code().0;
+        let mut response = (status, Json(self.body())).into_response();
         let headers = response.headers_mut();
-        if matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS) {
+        if retries_later(status) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
         }
         // The body of a request refused for its size or slowness may be partly unread: the

@@ -57,7 +57,7 @@ pub enum Step {
 
 /// Follows HTTP/1.1 request framing (RFC 9112): where each head ends, how long its body is.
 /// Pure: bytes in, decisions out.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Framer {
     state: State,
 }
@@ -155,8 +155,7 @@ fn refuse_unfinished_head(pending: &[u8]) -> Step {
     let line_max = URI_MAX_BYTES + 64;
     if pending.len() > line_max && !pending[..=line_max].contains(&b'\n') {
         return Step::Refuse(ApiError::UriTooLong(format!(
-            "the request line is longer than {} bytes; targets of at most {URI_MAX_BYTES} bytes are accepted",
-            URI_MAX_BYTES + 64
+            "the request line is longer than {line_max} bytes; targets of at most {URI_MAX_BYTES} bytes are accepted"
         )));
     }
     if pending.len() > HEAD_MAX_BYTES {

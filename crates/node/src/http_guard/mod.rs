@@ -26,7 +26,7 @@ use crate::api::error::ApiError;
 
 mod framer;
 
-pub use framer::{Framer, Step, HEADERS_MAX_BYTES, HEAD_MAX_BYTES, URI_MAX_BYTES};
+use framer::{Framer, Step};
 
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 16 * 1024;
@@ -70,9 +70,9 @@ impl Activity {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let waiting = self.0.waiting.lock().unwrap_or_else(|e| e.into_inner()).take();
+        // Only the last request to end wakes the guard: the waker stays for it.
         if self.0.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-            if let Some(waker) = waiting {
+            if let Some(waker) = self.0.waiting.lock().unwrap_or_else(|e| e.into_inner()).take() {
                 waker.wake();
             }
         }
