@@ -8,10 +8,9 @@
 //! **The invalidation barrier.** Each record also keeps `invalidated_at`: the log index of
 //! the latest entry that took a copy of the key away from some node. A node that applies
 //! that entry late (it is behind, or cut off) can still serve the older value until it
-//! applies it or its coherence lease runs out. (A revocation sets it for the keys the
-//! revoked node owned, whose stored value is current again; a sharer's copy already holds
-//! the current value.) Every grant carries the barrier, and a node
-//! may return a line's value (as a hit, or as the answer to its own miss) only once every
+//! applies it or its coherence lease runs out. (A revocation sets it for every key the
+//! revoked node held: its lines stay until it applies the revocation.) Every grant carries
+//! the barrier, and a node may return a line's value (as a hit, or as the answer to its own miss) only once every
 //! other member is known to have applied the barrier's index or lost its lease
 //! ([`super::Line::visible`]). This covers every read path on every node, not only the
 //! writer's: see docs/cache.md, "Why no read returns a value too early".
@@ -339,6 +338,11 @@ pub struct Directory {
     /// dropped record's last invalidation took away.
     #[serde(default)]
     dropped_barrier: u64,
+    /// Tests only, a planted bug: a revocation of a sharer leaves the key's barrier alone
+    /// (the rule before the chaos harness found it wrong), so the model can show it finds it.
+    #[cfg(test)]
+    #[serde(skip)]
+    pub(crate) plant_sharer_revocation_without_barrier: bool,
 }
 
 impl Directory {
@@ -565,8 +569,11 @@ impl Directory {
         CacheReply::Stored { version, invalidated }
     }
 
-    /// A revocation sets no barrier: the leader revokes a node only after its lease must
-    /// have run out, and a node revokes itself only when it restarted with no lines.
+    /// A revocation sets the barrier of every key the node held. The leader means to revoke
+    /// a node only once its lease ran out, but a renewal answered between that decision and
+    /// the commit gives the node a lease without this entry; and once the directory forgets
+    /// a sharer, no later write invalidates its copy. So the next grant of the key makes its
+    /// holder wait until the revoked node applied this entry or lost that lease.
     fn revoke(&mut self, index: u64, node: &str, events: &mut Vec<CacheEvent>) -> CacheReply {
         let keys: Vec<String> = self
             .entries
@@ -575,16 +582,19 @@ impl Directory {
             .map(|(k, _)| k.clone())
             .collect();
         let mut owned = Vec::new();
+        let planted = self.planted_sharer_bug();
         for key in keys {
             events.push(CacheEvent::Invalidate { node: node.to_string(), key: key.clone() });
             let Some(entry) = self.entries.get_mut(&key) else { continue };
-            entry.sharers.remove(node);
+            let was_sharer = entry.sharers.remove(node);
+            // A sharer's copy holds the current value, but nothing will invalidate it now;
+            // an owner's value is gone and the stored one is current again. Either way the
+            // node may still serve its line until it applied this or lost its lease.
+            if !(was_sharer && planted) {
+                entry.invalidated_at = index;
+            }
             if entry.owner.as_deref() == Some(node) {
                 owned.push((key.clone(), entry.value.clone()));
-                // The owner's value is gone and the stored one is current again: a reader
-                // must not see it before the owner applied this or lost its lease (the
-                // owner may still serve its line until then).
-                entry.invalidated_at = index;
                 entry.owner = None;
                 if let Some(recall) = entry.recall.take() {
                     self.serve(index, &key, recall.waiting, events);
@@ -593,6 +603,16 @@ impl Directory {
             self.tidy(&key);
         }
         CacheReply::Revoked { owned }
+    }
+
+    #[cfg(test)]
+    fn planted_sharer_bug(&self) -> bool {
+        self.plant_sharer_revocation_without_barrier
+    }
+
+    #[cfg(not(test))]
+    fn planted_sharer_bug(&self) -> bool {
+        false
     }
 
     /// Serves requests that waited for a recall, in order, as if they arrived now.
