@@ -23,8 +23,11 @@ use sinkron_core::{Command, Response};
 use tokio::sync::{mpsc, watch};
 
 use crate::api::error::ApiError;
+use crate::clock::now_ms;
 use crate::config::WritePolicy;
-use crate::node::{now_ms, Leader, Node, ReadIndex};
+use crate::group::Leader;
+use crate::group0::Group0;
+use crate::wire::ReadIndex;
 
 /// What a cache read found.
 #[derive(Debug, Clone)]
@@ -318,273 +321,387 @@ fn joining() -> ApiError {
     ApiError::Unavailable("the cache of this node is still joining; retry".into())
 }
 
-/// Waits until the request with `token` was served, and returns the line it got.
-async fn wait_served(node: &Node, key: &str, token: u64, deadline: Instant) -> Result<Line, ApiError> {
-    let cache = &node.cache;
-    let mut changed = cache.changed.subscribe();
-    loop {
+/// The cache as the API and the node's duties use it: this node's lines and lease, and
+/// group 0 to propose through. Cheap to clone.
+#[derive(Clone)]
+pub struct Cache {
+    /// This node's lines and lease.
+    pub service: Arc<CacheService>,
+    group0: Group0,
+}
+
+impl Cache {
+    /// The cache of `service` over `group0`.
+    pub fn new(service: Arc<CacheService>, group0: Group0) -> Self {
+        Self { service, group0 }
+    }
+
+    /// Waits until the request with `token` was served, and returns the line it got.
+    async fn wait_served(&self, key: &str, token: u64, deadline: Instant) -> Result<Line, ApiError> {
+        let cache = &self.service;
+        let mut changed = cache.changed.subscribe();
+        loop {
+            {
+                let mut served = lock(&cache.served);
+                if let Some(pos) = served.iter().position(|(t, _)| *t == token) {
+                    if let Some((_, line)) = served.remove(pos) {
+                        return Ok(line);
+                    }
+                }
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() || tokio::time::timeout(remaining, changed.changed()).await.is_err() {
+                return Err(ApiError::NoQuorum(format!(
+                    "the request for {key:?} was not served in time; retry"
+                )));
+            }
+        }
+    }
+
+    async fn wait_not_pending(&self, key: &str, deadline: Instant) -> Result<(), ApiError> {
+        let mut changed = self.service.changed.subscribe();
+        while self.service.is_pending(key) {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() || tokio::time::timeout(remaining, changed.changed()).await.is_err() {
+                return Err(ApiError::NoQuorum(format!("a write of {key:?} is still completing; retry")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until this node's coherence lease is valid (true), or `until` passed (false).
+    async fn wait_lease(&self, until: Instant) -> bool {
+        let mut changed = self.service.changed.subscribe();
+        while !self.service.lease_valid() {
+            let remaining = until.saturating_duration_since(Instant::now());
+            if remaining.is_zero() || tokio::time::timeout(remaining, changed.changed()).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Reads `key`: a hit from this node's line, or a miss through the log.
+    ///
+    /// Whichever path finds the value, it is returned only once the line's invalidation
+    /// barrier is confirmed: every other member applied the entry that invalidated the older
+    /// copies, or lost its lease. Before that, a member that is behind (or cut off) could still
+    /// serve the older value to a read that starts after this one ended.
+    pub async fn get(&self, key: &str) -> Result<CacheRead, ApiError> {
+        let cache = &self.service;
+        if let Some(line) = cache.hit(key) {
+            return Ok(CacheRead { line, hit: true });
+        }
+        if !cache.is_live() {
+            return Err(joining());
+        }
+        let deadline = Instant::now() + self.group0.request_timeout();
+        // A write of this node on the key is still waiting for its invalidations: its value
+        // must not be seen before that write completes.
+        self.wait_not_pending(key, deadline).await?;
+        if let Some(barrier) = cache.unconfirmed_barrier(key) {
+            self.confirm_barrier(barrier).await;
+        }
+        if let Some(line) = cache.hit(key) {
+            return Ok(CacheRead { line, hit: true });
+        }
+        cache.local().stats.misses += 1;
+        let token = new_token();
+        let request = CacheCommand::GetS { key: key.into(), node: cache.name.clone(), token };
+        self.group0.write(cache_command(request), None).await?;
+        let line = self.wait_served(key, token, deadline).await?;
+        self.confirm_barrier(line.invalidated_at).await;
+        Ok(CacheRead { line, hit: false })
+    }
+
+    /// Writes `key`. Returns this node's line afterwards.
+    pub async fn put(&self, key: &str, value: serde_json::Value, durable: bool) -> Result<Line, ApiError> {
+        let cache = &self.service;
+        if !cache.is_live() {
+            return Err(joining());
+        }
+        let deadline = Instant::now() + self.group0.request_timeout();
+        let write_through = durable || cache.policy == WritePolicy::WriteThrough;
+        // A local write (to an M or E line) needs the line's barrier confirmed: until every
+        // other member applied the entry that took their copies, one of them may still serve
+        // an older value after this write was acknowledged.
+        if !write_through && cache.lease_valid() && !cache.is_pending(key) && cache.write_locally(key, &value)
         {
-            let mut served = lock(&cache.served);
-            if let Some(pos) = served.iter().position(|(t, _)| *t == token) {
-                if let Some((_, line)) = served.remove(pos) {
-                    return Ok(line);
+            return cache.usable_line(key, true).ok_or_else(|| ApiError::Unavailable("line vanished".into()));
+        }
+        // Through the log: the write is pending (hidden on this node) until it completes.
+        cache.begin_write(key);
+        let token = new_token();
+        lock(&cache.writes_in_flight).insert(token, key.to_string());
+        let result = if write_through {
+            self.put_through(key, value, token, deadline).await
+        } else {
+            self.put_with_ownership(key, value, token, deadline).await
+        };
+        cache.end_write(key, Some(token));
+        result
+    }
+
+    /// A write-through write: stored by the log, then every other copy is confirmed gone.
+    async fn put_through(
+        &self,
+        key: &str,
+        value: serde_json::Value,
+        token: u64,
+        deadline: Instant,
+    ) -> Result<Line, ApiError> {
+        let request = CacheCommand::Put { key: key.into(), node: self.service.name.clone(), value, token };
+        let (reply, index) = self.group0.write_at(cache_command(request), None).await?;
+        self.group0.wait_applied(index, deadline).await?;
+        let Response::Cache { reply: CacheReply::Stored { version, .. } } = reply else {
+            return Err(ApiError::Unavailable(format!("unexpected reply {reply:?}")));
+        };
+        self.confirm_barrier(index).await;
+        // The writer was granted the stored value as an E line.
+        Ok(Line {
+            state: Mesi::Exclusive,
+            value: None,
+            version,
+            dirty_since_ms: None,
+            recalled: false,
+            invalidated_at: index,
+            granted_at: index,
+        })
+    }
+
+    /// A write-back write that needs ownership: the value travels with the request and is
+    /// written when the request is served, so a request queued behind a recall cannot lose the
+    /// line before writing.
+    async fn put_with_ownership(
+        &self,
+        key: &str,
+        value: serde_json::Value,
+        token: u64,
+        deadline: Instant,
+    ) -> Result<Line, ApiError> {
+        let cache = &self.service;
+        let dropped_before = cache.dropped_holds(key);
+        let request =
+            CacheCommand::GetM { key: key.into(), node: cache.name.clone(), token, value: Some(value) };
+        self.group0.write(cache_command(request), None).await?;
+        let line = self.wait_served(key, token, deadline).await?;
+        // Every other copy must be gone before the write counts: wait for every member to have
+        // applied what this node has applied now (which includes the grant).
+        let applied = self.group0.applied_index();
+        self.confirm_barrier(applied).await;
+        // The granted value lives only in this node's line until it is written back. If the
+        // line was dropped meanwhile (the leader revoked this node's lines), the write may be
+        // gone: it must not be acknowledged.
+        // Without a valid lease the leader may already have revoked the line (a revocation this
+        // node has not applied yet). A lease that lapsed only for a moment (a slow renewal on a
+        // busy node) comes back once a renewal's read index is applied, which includes any such
+        // revocation: wait for it, then look again.
+        let lease_back = self.wait_lease(deadline.max(Instant::now() + cache.lease)).await;
+        if cache.dropped_holds(key) != dropped_before || !lease_back {
+            return Err(ApiError::Unavailable(
+                "this node's cache lines were revoked before the write was confirmed; it may be lost, retry"
+                    .into(),
+            ));
+        }
+        Ok(line)
+    }
+
+    /// Removes `key` everywhere.
+    pub async fn delete(&self, key: &str) -> Result<(), ApiError> {
+        if !self.service.is_live() {
+            return Err(joining());
+        }
+        let deadline = Instant::now() + self.group0.request_timeout();
+        let (_, index) =
+            self.group0.write_at(cache_command(CacheCommand::Delete { key: key.into() }), None).await?;
+        // This node may itself still hold the old line: it answers only once it dropped it.
+        self.group0.wait_applied(index, deadline).await?;
+        self.confirm_barrier(index).await;
+        Ok(())
+    }
+
+    /// Waits until every other member applied `index`, or until its lease (which would require
+    /// that apply) must have run out, and records `index` as a confirmed barrier.
+    async fn confirm_barrier(&self, index: u64) {
+        if index <= self.service.confirmed_index() {
+            return;
+        }
+        let lease_over = Instant::now() + self.service.lease.mul_f64(1.5);
+        for other in self.group0.other_members().iter().filter(|n| **n != self.service.name) {
+            let remaining = lease_over.saturating_duration_since(Instant::now());
+            if !self.group0.peer_applied(other, index, remaining).await {
+                tokio::time::sleep_until(lease_over.into()).await;
+            }
+        }
+        self.service.confirmed_index.fetch_max(index, Ordering::SeqCst);
+    }
+
+    /// Runs the cache's background work for as long as the node runs: joining, proposing
+    /// follow-ups, renewing the lease, writing dirty lines back, and (on the leader) revoking
+    /// holders whose leases lapsed.
+    pub async fn run(self, mut outbox: mpsc::UnboundedReceiver<CacheCommand>) {
+        self.join().await;
+        let proposer = self.clone();
+        tokio::spawn(async move {
+            while let Some(request) = outbox.recv().await {
+                proposer.propose_until_done(request).await;
+            }
+        });
+        let tick =
+            (self.service.lease / 4).min(self.service.writeback_max / 4).max(Duration::from_millis(10));
+        let mut last_renewal = Instant::now() - self.service.lease;
+        let mut office = Office::default();
+        loop {
+            if self.service.needs_rejoin.swap(false, Ordering::SeqCst) {
+                self.join().await;
+            }
+            if last_renewal.elapsed() >= self.service.lease / 4 {
+                last_renewal = Instant::now();
+                self.renew_lease().await;
+            }
+            self.write_back_due();
+            self.revoke_lapsed(&mut office).await;
+            tokio::time::sleep(tick).await;
+        }
+    }
+
+    /// Proposes a follow-up (a write-back, an eviction) until the log takes it: dropping one
+    /// would leave a recall unanswered or lose an evicted dirty value.
+    async fn propose_until_done(&self, request: CacheCommand) {
+        let mut pause = Duration::from_millis(50);
+        for attempt in 0u32.. {
+            match self.group0.write(cache_command(request.clone()), None).await {
+                Ok(_) => return,
+                Err(e) => {
+                    if attempt.is_multiple_of(10) {
+                        tracing::warn!(error = %e, "cache follow-up not proposed yet; retrying");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
                 }
             }
         }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() || tokio::time::timeout(remaining, changed.changed()).await.is_err() {
-            return Err(ApiError::NoQuorum(format!("the request for {key:?} was not served in time; retry")));
-        }
     }
-}
 
-async fn wait_not_pending(node: &Node, key: &str, deadline: Instant) -> Result<(), ApiError> {
-    let mut changed = node.cache.changed.subscribe();
-    while node.cache.is_pending(key) {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        if remaining.is_zero() || tokio::time::timeout(remaining, changed.changed()).await.is_err() {
-            return Err(ApiError::NoQuorum(format!("a write of {key:?} is still completing; retry")));
+    async fn join(&self) {
+        let me = self.service.name.clone();
+        loop {
+            let revoke = revocation(&me);
+            let deadline = Instant::now() + self.group0.request_timeout();
+            match self.group0.write_at(revoke, None).await {
+                // Live only once this node itself applied its revocation: events before it
+                // concern lines this node no longer has.
+                Ok((_, index)) if self.group0.wait_applied(index, deadline).await.is_ok() => break,
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "cache join: retrying"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        self.service.live.store(true, Ordering::SeqCst);
+        self.service.changed.send_modify(|v| *v = v.wrapping_add(1));
+        tracing::info!("cache joined");
     }
-    Ok(())
-}
 
-/// Waits until this node's coherence lease is valid (true), or `until` passed (false).
-async fn wait_lease(node: &Node, until: Instant) -> bool {
-    let mut changed = node.cache.changed.subscribe();
-    while !node.cache.lease_valid() {
-        let remaining = until.saturating_duration_since(Instant::now());
-        if remaining.is_zero() || tokio::time::timeout(remaining, changed.changed()).await.is_err() {
-            return false;
+    async fn renew_lease(&self) {
+        let started = Instant::now();
+        let deadline = started + self.service.lease;
+        let index = match self.group0.leader(deadline).await {
+            Ok(Leader::Local) => {
+                let outcome = self.group0.read_index_local(deadline).await;
+                self.record_renewal(&self.service.name);
+                outcome
+            }
+            Ok(Leader::Remote(leader)) => {
+                self.group0.peers().renew_cache_lease(&leader, &self.service.name, deadline).await
+            }
+            Err(_) => return,
+        };
+        if let ReadIndex::Index(index) = index {
+            if self.group0.wait_applied(index, deadline).await.is_ok() {
+                *lock(&self.service.lease_until) = Some(started + self.service.lease);
+                self.service.changed.send_modify(|v| *v = v.wrapping_add(1));
+            }
         }
     }
-    true
+
+    /// Records a lease renewal by `member` (on the leader).
+    pub fn record_renewal(&self, member: &str) {
+        lock(&self.service.renewals).insert(member.to_string(), Instant::now());
+    }
+
+    fn write_back_due(&self) {
+        let cache = &self.service;
+        let now = now_ms();
+        let max_ms = cache.writeback_max.as_millis() as u64;
+        let due: Vec<(String, Line)> = cache
+            .local()
+            .lines()
+            .filter(|(_, l)| !l.recalled && l.dirty_since_ms.is_some_and(|t| now.saturating_sub(t) >= max_ms))
+            .map(|(k, l)| (k.clone(), l.clone()))
+            .collect();
+        // `is_pending` takes the lines' lock itself: asked only once it is released.
+        for (key, line) in due.into_iter().filter(|(k, _)| !cache.is_pending(k)) {
+            lock(&cache.flushing).insert(key.clone(), line.value.clone());
+            let _ = cache.outbox.send(CacheCommand::write_back(&key, &cache.name, Some(&line), false));
+        }
+    }
+
+    async fn revoke_lapsed(&self, office: &mut Office) {
+        // A leader that did not run for a while (paused, starved) heard no renewals meanwhile
+        // through no fault of the holders: it starts its grace period again, as a new leader.
+        let stalled =
+            office.last_look.replace(Instant::now()).is_some_and(|t| t.elapsed() > self.service.lease);
+        if stalled {
+            office.since = None;
+        }
+        let leader_since = &mut office.since;
+        let (is_leader, term) = {
+            let m = self.group0.raft().metrics();
+            let m = m.borrow();
+            (m.state == openraft::ServerState::Leader, m.current_term)
+        };
+        if !is_leader {
+            *leader_since = None;
+            return;
+        }
+        let since = match leader_since {
+            Some((t, at)) if *t == term => *at,
+            _ => {
+                *leader_since = Some((term, Instant::now()));
+                return;
+            }
+        };
+        // A new leader has no renewal history: wait until any lease granted before it took
+        // office must have run out.
+        let grace = self.service.lease.mul_f64(1.5);
+        if since.elapsed() < grace {
+            return;
+        }
+        let holders: Vec<String> = {
+            let applied = self.group0.group().sm.read();
+            applied
+                .state
+                .cache
+                .entries()
+                .values()
+                .flat_map(|e| e.owner.iter().chain(e.sharers.iter()).cloned().collect::<Vec<_>>())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect()
+        };
+        for holder in holders.into_iter().filter(|h| *h != self.service.name) {
+            let lapsed = lock(&self.service.renewals).get(&holder).is_none_or(|t| t.elapsed() > grace);
+            if lapsed {
+                tracing::warn!(node = %holder, "revoking the cache lines of a node whose lease lapsed");
+                let _ = self.group0.write_here(revocation(&holder)).await;
+                self.record_renewal(&holder);
+            }
+        }
+    }
 }
 
 fn new_token() -> u64 {
     rand::random::<u64>() | 1
-}
-
-/// Reads `key`: a hit from this node's line, or a miss through the log.
-///
-/// Whichever path finds the value, it is returned only once the line's invalidation
-/// barrier is confirmed: every other member applied the entry that invalidated the older
-/// copies, or lost its lease. Before that, a member that is behind (or cut off) could still
-/// serve the older value to a read that starts after this one ended.
-pub async fn get(node: &Arc<Node>, key: &str) -> Result<CacheRead, ApiError> {
-    let cache = &node.cache;
-    if let Some(line) = cache.hit(key) {
-        return Ok(CacheRead { line, hit: true });
-    }
-    if !cache.is_live() {
-        return Err(joining());
-    }
-    let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
-    // A write of this node on the key is still waiting for its invalidations: its value
-    // must not be seen before that write completes.
-    wait_not_pending(node, key, deadline).await?;
-    if let Some(barrier) = cache.unconfirmed_barrier(key) {
-        confirm_barrier(node, barrier).await;
-    }
-    if let Some(line) = cache.hit(key) {
-        return Ok(CacheRead { line, hit: true });
-    }
-    cache.local().stats.misses += 1;
-    let token = new_token();
-    let request = CacheCommand::GetS { key: key.into(), node: cache.name.clone(), token };
-    node.write(cache_command(request), None).await?;
-    let line = wait_served(node, key, token, deadline).await?;
-    confirm_barrier(node, line.invalidated_at).await;
-    Ok(CacheRead { line, hit: false })
-}
-
-/// Writes `key`. Returns this node's line afterwards.
-pub async fn put(
-    node: &Arc<Node>,
-    key: &str,
-    value: serde_json::Value,
-    durable: bool,
-) -> Result<Line, ApiError> {
-    let cache = &node.cache;
-    if !cache.is_live() {
-        return Err(joining());
-    }
-    let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
-    let write_through = durable || cache.policy == WritePolicy::WriteThrough;
-    // A local write (to an M or E line) needs the line's barrier confirmed: until every
-    // other member applied the entry that took their copies, one of them may still serve
-    // an older value after this write was acknowledged.
-    if !write_through && cache.lease_valid() && !cache.is_pending(key) && cache.write_locally(key, &value) {
-        return cache.usable_line(key, true).ok_or_else(|| ApiError::Unavailable("line vanished".into()));
-    }
-    // Through the log: the write is pending (hidden on this node) until it completes.
-    cache.begin_write(key);
-    let token = new_token();
-    lock(&cache.writes_in_flight).insert(token, key.to_string());
-    let result = if write_through {
-        put_through(node, key, value, token, deadline).await
-    } else {
-        put_with_ownership(node, key, value, token, deadline).await
-    };
-    cache.end_write(key, Some(token));
-    result
-}
-
-/// A write-through write: stored by the log, then every other copy is confirmed gone.
-async fn put_through(
-    node: &Node,
-    key: &str,
-    value: serde_json::Value,
-    token: u64,
-    deadline: Instant,
-) -> Result<Line, ApiError> {
-    let request = CacheCommand::Put { key: key.into(), node: node.cache.name.clone(), value, token };
-    let (reply, index) = node.write_at(cache_command(request), None).await?;
-    node.wait_applied(index, deadline).await?;
-    let Response::Cache { reply: CacheReply::Stored { version, .. } } = reply else {
-        return Err(ApiError::Unavailable(format!("unexpected reply {reply:?}")));
-    };
-    confirm_barrier(node, index).await;
-    // The writer was granted the stored value as an E line.
-    Ok(Line {
-        state: Mesi::Exclusive,
-        value: None,
-        version,
-        dirty_since_ms: None,
-        recalled: false,
-        invalidated_at: index,
-        granted_at: index,
-    })
-}
-
-/// A write-back write that needs ownership: the value travels with the request and is
-/// written when the request is served, so a request queued behind a recall cannot lose the
-/// line before writing.
-async fn put_with_ownership(
-    node: &Node,
-    key: &str,
-    value: serde_json::Value,
-    token: u64,
-    deadline: Instant,
-) -> Result<Line, ApiError> {
-    let cache = &node.cache;
-    let dropped_before = cache.dropped_holds(key);
-    let request = CacheCommand::GetM { key: key.into(), node: cache.name.clone(), token, value: Some(value) };
-    node.write(cache_command(request), None).await?;
-    let line = wait_served(node, key, token, deadline).await?;
-    // Every other copy must be gone before the write counts: wait for every member to have
-    // applied what this node has applied now (which includes the grant).
-    let applied = node.applied_index();
-    confirm_barrier(node, applied).await;
-    // The granted value lives only in this node's line until it is written back. If the
-    // line was dropped meanwhile (the leader revoked this node's lines), the write may be
-    // gone: it must not be acknowledged.
-    // Without a valid lease the leader may already have revoked the line (a revocation this
-    // node has not applied yet). A lease that lapsed only for a moment (a slow renewal on a
-    // busy node) comes back once a renewal's read index is applied, which includes any such
-    // revocation: wait for it, then look again.
-    let lease_back = wait_lease(node, deadline.max(Instant::now() + cache.lease)).await;
-    if cache.dropped_holds(key) != dropped_before || !lease_back {
-        return Err(ApiError::Unavailable(
-            "this node's cache lines were revoked before the write was confirmed; it may be lost, retry"
-                .into(),
-        ));
-    }
-    Ok(line)
-}
-
-/// Removes `key` everywhere.
-pub async fn delete(node: &Arc<Node>, key: &str) -> Result<(), ApiError> {
-    if !node.cache.is_live() {
-        return Err(joining());
-    }
-    let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
-    let (_, index) = node.write_at(cache_command(CacheCommand::Delete { key: key.into() }), None).await?;
-    // This node may itself still hold the old line: it answers only once it dropped it.
-    node.wait_applied(index, deadline).await?;
-    confirm_barrier(node, index).await;
-    Ok(())
-}
-
-/// Waits until every other member applied `index`, or until its lease (which would require
-/// that apply) must have run out, and records `index` as a confirmed barrier.
-async fn confirm_barrier(node: &Node, index: u64) {
-    if index <= node.cache.confirmed_index() {
-        return;
-    }
-    let lease_over = Instant::now() + node.cache.lease.mul_f64(1.5);
-    for other in node.other_members().iter().filter(|n| **n != node.cache.name) {
-        let remaining = lease_over.saturating_duration_since(Instant::now());
-        if !node.peer_applied(other, index, remaining).await {
-            tokio::time::sleep_until(lease_over.into()).await;
-        }
-    }
-    node.cache.confirmed_index.fetch_max(index, Ordering::SeqCst);
-}
-
-/// Runs the cache's background work for as long as the node runs: joining, proposing
-/// follow-ups, renewing the lease, writing dirty lines back, and (on the leader) revoking
-/// holders whose leases lapsed.
-pub async fn run(node: Arc<Node>, mut outbox: mpsc::UnboundedReceiver<CacheCommand>) {
-    join(&node).await;
-    let proposer = node.clone();
-    tokio::spawn(async move {
-        while let Some(request) = outbox.recv().await {
-            propose_until_done(&proposer, request).await;
-        }
-    });
-    let tick = (node.cache.lease / 4).min(node.cache.writeback_max / 4).max(Duration::from_millis(10));
-    let mut last_renewal = Instant::now() - node.cache.lease;
-    let mut office = Office::default();
-    loop {
-        if node.cache.needs_rejoin.swap(false, Ordering::SeqCst) {
-            join(&node).await;
-        }
-        if last_renewal.elapsed() >= node.cache.lease / 4 {
-            last_renewal = Instant::now();
-            renew_lease(&node).await;
-        }
-        write_back_due(&node);
-        revoke_lapsed(&node, &mut office).await;
-        tokio::time::sleep(tick).await;
-    }
-}
-
-/// Proposes a follow-up (a write-back, an eviction) until the log takes it: dropping one
-/// would leave a recall unanswered or lose an evicted dirty value.
-async fn propose_until_done(node: &Node, request: CacheCommand) {
-    let mut pause = Duration::from_millis(50);
-    for attempt in 0u32.. {
-        match node.write(cache_command(request.clone()), None).await {
-            Ok(_) => return,
-            Err(e) => {
-                if attempt.is_multiple_of(10) {
-                    tracing::warn!(error = %e, "cache follow-up not proposed yet; retrying");
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
-}
-
-async fn join(node: &Node) {
-    let me = node.cache.name.clone();
-    loop {
-        let revoke = revocation(&me);
-        let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
-        match node.write_at(revoke, None).await {
-            // Live only once this node itself applied its revocation: events before it
-            // concern lines this node no longer has.
-            Ok((_, index)) if node.wait_applied(index, deadline).await.is_ok() => break,
-            Ok(_) => {}
-            Err(e) => tracing::debug!(error = %e, "cache join: retrying"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    node.cache.live.store(true, Ordering::SeqCst);
-    node.cache.changed.send_modify(|v| *v = v.wrapping_add(1));
-    tracing::info!("cache joined");
 }
 
 /// A revocation of `holder`'s lines with a fresh token, logged (debug level, target
@@ -598,100 +715,6 @@ fn revocation(holder: &str) -> Command {
         crate::clock::now_us()
     );
     cache_command(CacheCommand::Revoke { node: holder.to_string(), token })
-}
-
-async fn renew_lease(node: &Node) {
-    let started = Instant::now();
-    let deadline = started + node.cache.lease;
-    let index = match node.leader(deadline).await {
-        Ok(Leader::Local) => {
-            let outcome = node.read_index_local(deadline).await;
-            record_renewal(node, &node.cache.name);
-            outcome
-        }
-        Ok(Leader::Remote(leader)) => node.renew_cache_lease(&leader, deadline).await,
-        Err(_) => return,
-    };
-    if let ReadIndex::Index(index) = index {
-        if node.wait_applied(index, deadline).await.is_ok() {
-            *lock(&node.cache.lease_until) = Some(started + node.cache.lease);
-            node.cache.changed.send_modify(|v| *v = v.wrapping_add(1));
-        }
-    }
-}
-
-/// Records a lease renewal by `member` (on the leader).
-pub fn record_renewal(node: &Node, member: &str) {
-    lock(&node.cache.renewals).insert(member.to_string(), Instant::now());
-}
-
-fn write_back_due(node: &Node) {
-    let cache = &node.cache;
-    let now = now_ms();
-    let max_ms = cache.writeback_max.as_millis() as u64;
-    let due: Vec<(String, Line)> = cache
-        .local()
-        .lines()
-        .filter(|(_, l)| !l.recalled && l.dirty_since_ms.is_some_and(|t| now.saturating_sub(t) >= max_ms))
-        .map(|(k, l)| (k.clone(), l.clone()))
-        .collect();
-    // `is_pending` takes the lines' lock itself: asked only once it is released.
-    for (key, line) in due.into_iter().filter(|(k, _)| !cache.is_pending(k)) {
-        lock(&cache.flushing).insert(key.clone(), line.value.clone());
-        let _ = cache.outbox.send(CacheCommand::write_back(&key, &cache.name, Some(&line), false));
-    }
-}
-
-async fn revoke_lapsed(node: &Node, office: &mut Office) {
-    // A leader that did not run for a while (paused, starved) heard no renewals meanwhile
-    // through no fault of the holders: it starts its grace period again, as a new leader.
-    let stalled = office.last_look.replace(Instant::now()).is_some_and(|t| t.elapsed() > node.cache.lease);
-    if stalled {
-        office.since = None;
-    }
-    let leader_since = &mut office.since;
-    let (is_leader, term) = {
-        let m = node.group0().raft.metrics();
-        let m = m.borrow();
-        (m.state == openraft::ServerState::Leader, m.current_term)
-    };
-    if !is_leader {
-        *leader_since = None;
-        return;
-    }
-    let since = match leader_since {
-        Some((t, at)) if *t == term => *at,
-        _ => {
-            *leader_since = Some((term, Instant::now()));
-            return;
-        }
-    };
-    // A new leader has no renewal history: wait until any lease granted before it took
-    // office must have run out.
-    let grace = node.cache.lease.mul_f64(1.5);
-    if since.elapsed() < grace {
-        return;
-    }
-    let holders: Vec<String> = {
-        let applied = node.group0().sm.read();
-        applied
-            .state
-            .cache
-            .entries()
-            .values()
-            .flat_map(|e| e.owner.iter().chain(e.sharers.iter()).cloned().collect::<Vec<_>>())
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect()
-    };
-    for holder in holders.into_iter().filter(|h| *h != node.cache.name) {
-        let lapsed = lock(&node.cache.renewals).get(&holder).is_none_or(|t| t.elapsed() > grace);
-        if lapsed {
-            tracing::warn!(node = %holder, "revoking the cache lines of a node whose lease lapsed");
-            let _ = node.write_here(revocation(&holder)).await;
-            record_renewal(node, &holder);
-        }
-    }
 }
 
 /// What the revoking leader remembers between looks.

@@ -5,7 +5,6 @@
 //! turns replies into answers. A queued request waits on this node's own state machine: the
 //! grant is a log entry like any other, so every node learns of it by applying the log.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sinkron_core::locks::{AcquireOutcome, Hold, HolderView, LockMode, LockRefusal};
@@ -13,7 +12,8 @@ use sinkron_core::{Command, Response};
 use tokio::sync::watch;
 
 use crate::api::error::ApiError;
-use crate::node::{now_ms, Node};
+use crate::clock::now_ms;
+use crate::group0::Group0;
 
 /// A granted lock, as answered to the client.
 #[derive(Debug, Clone)]
@@ -48,7 +48,7 @@ fn unexpected(reply: Response) -> ApiError {
 
 /// Acquires `name`, waiting up to `wait_ms` in the queue.
 pub async fn acquire(
-    node: &Arc<Node>,
+    node: &Group0,
     name: &str,
     client_id: &str,
     mode: LockMode,
@@ -57,7 +57,7 @@ pub async fn acquire(
 ) -> Result<Grant, ApiError> {
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     // Subscribe before proposing, so no grant can slip between the reply and the wait.
-    let changes = node.group0().sm.changes();
+    let changes = node.group().sm.changes();
     // Armed from the start: if the client goes away while we wait (even for the first
     // reply), the request leaves the queue through the log.
     let mut cancel = CancelOnDrop::new(node, name, client_id, wait_ms > 0);
@@ -101,7 +101,7 @@ pub async fn acquire(
 /// Waits for the local table to show the grant. `Ok(None)`: the deadline passed, or the
 /// leader already removed the waiter.
 async fn wait_for_grant(
-    node: &Arc<Node>,
+    node: &Group0,
     name: &str,
     client_id: &str,
     mode: LockMode,
@@ -128,7 +128,7 @@ async fn wait_for_grant(
 
 /// Leaves the queue through the log. A grant that won the race is still a grant.
 async fn give_up(
-    node: &Arc<Node>,
+    node: &Group0,
     name: &str,
     client_id: &str,
     mode: LockMode,
@@ -150,8 +150,8 @@ async fn give_up(
     }
 }
 
-fn queue_state(node: &Node, name: &str, client_id: &str, mode: LockMode) -> QueueState {
-    let applied = node.group0().sm.read();
+fn queue_state(node: &Group0, name: &str, client_id: &str, mode: LockMode) -> QueueState {
+    let applied = node.group().sm.read();
     let Some(lock) = applied.state.locks.get(name) else { return QueueState::Gone };
     if let Some(hold) = lock.holders.get(client_id) {
         if hold.mode == mode || hold.mode == LockMode::Exclusive {
@@ -168,13 +168,13 @@ fn queue_state(node: &Node, name: &str, client_id: &str, mode: LockMode) -> Queu
 /// Takes a waiter out of the queue through the log when its request is dropped (the client
 /// hung up), so no phantom waiter stays behind.
 struct CancelOnDrop {
-    node: Option<Arc<Node>>,
+    node: Option<Group0>,
     name: String,
     client_id: String,
 }
 
 impl CancelOnDrop {
-    fn new(node: &Arc<Node>, name: &str, client_id: &str, armed: bool) -> Self {
+    fn new(node: &Group0, name: &str, client_id: &str, armed: bool) -> Self {
         Self { node: armed.then(|| node.clone()), name: name.into(), client_id: client_id.into() }
     }
 
@@ -199,7 +199,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// Releases `client_id`'s hold of `name`.
-pub async fn release(node: &Node, name: &str, client_id: &str) -> Result<(), ApiError> {
+pub async fn release(node: &Group0, name: &str, client_id: &str) -> Result<(), ApiError> {
     match node.write(Command::LockRelease { name: name.into(), client_id: client_id.into() }, None).await? {
         Response::LockDone { .. } => Ok(()),
         Response::LockRefused { refusal: r } => Err(refusal(name, client_id, r)),
@@ -209,7 +209,7 @@ pub async fn release(node: &Node, name: &str, client_id: &str) -> Result<(), Api
 
 /// Extends `client_id`'s lease of `name`.
 pub async fn refresh(
-    node: &Node,
+    node: &Group0,
     name: &str,
     client_id: &str,
     ttl_ms: Option<u64>,
@@ -224,7 +224,7 @@ pub async fn refresh(
 
 /// Extends every lease of `client_id`.
 pub async fn refresh_all(
-    node: &Node,
+    node: &Group0,
     client_id: &str,
     ttl_ms: Option<u64>,
 ) -> Result<Vec<(String, Hold)>, ApiError> {
@@ -235,7 +235,7 @@ pub async fn refresh_all(
 }
 
 /// Drops every hold of `name`; returns the former holders.
-pub async fn force_release(node: &Node, name: &str) -> Result<Vec<String>, ApiError> {
+pub async fn force_release(node: &Group0, name: &str) -> Result<Vec<String>, ApiError> {
     match node.write(Command::LockForceRelease { name: name.into() }, None).await? {
         Response::LockForceReleased { former_holders } => Ok(former_holders),
         other => Err(unexpected(other)),
@@ -252,11 +252,11 @@ const DUTY_INTERVAL: Duration = Duration::from_millis(50);
 /// Both are proposed on this node only, never forwarded: a deposed leader's expiry must not
 /// reach the new leader. The state machine also ignores an expiry written in another term
 /// than the last extension, so the order "extend, then expire" holds on every replica.
-pub async fn leader_duties(node: Arc<Node>) {
+pub async fn leader_duties(node: Group0) {
     let mut extended_in_term: Option<u64> = None;
     loop {
         let (is_leader, term) = {
-            let m = node.group0().raft.metrics();
+            let m = node.raft().metrics();
             let m = m.borrow();
             (m.state == openraft::ServerState::Leader, m.current_term)
         };
@@ -275,7 +275,7 @@ pub async fn leader_duties(node: Arc<Node>) {
                 }
             }
         }
-        let next = node.group0().sm.read().state.locks.next_deadline_ms();
+        let next = node.group().sm.read().state.locks.next_deadline_ms();
         let now = now_ms();
         match next {
             Some(due) if due <= now => {

@@ -18,8 +18,10 @@ use openraft::error::{ClientWriteError, RaftError};
 use sinkron_core::{Batch, Request};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::node::{now_ms, ForwardedWrite};
+use crate::clock::now_ms;
+use crate::peers::Peers;
 use crate::types::{GroupId, Raft};
+use crate::wire::ForwardedWrite;
 
 /// Most requests in one batch.
 pub const BATCH_MAX: usize = 512;
@@ -52,22 +54,16 @@ impl Batcher {
         })
     }
 
-    /// Sends batches to the current leader of `raft`'s group over HTTP.
-    pub fn forwarder(
-        raft: Raft,
-        group: GroupId,
-        http: reqwest::Client,
-        timeout: Duration,
-        isolation: crate::network::Isolation,
-    ) -> Self {
+    /// Sends batches to the current leader of `raft`'s group through `peers`.
+    pub fn forwarder(raft: Raft, group: GroupId, peers: Peers, timeout: Duration) -> Self {
         Self::spawn(move |requests| {
-            let (raft, http, isolation) = (raft.clone(), http.clone(), isolation.clone());
+            let (raft, peers) = (raft.clone(), peers.clone());
             async move {
-                if isolation.is_set() {
+                if peers.isolation.is_set() {
                     tokio::time::sleep(Duration::from_millis(25)).await;
                     return requests.iter().map(|_| ForwardedWrite::NotLeader).collect();
                 }
-                forward(&raft, group, &http, requests, timeout).await
+                forward(&raft, group, &peers, requests, timeout).await
             }
         })
     }
@@ -190,7 +186,7 @@ async fn propose(raft: &Raft, requests: Vec<Request>, timeout: Duration) -> Vec<
 async fn forward(
     raft: &Raft,
     group: GroupId,
-    http: &reqwest::Client,
+    peers: &Peers,
     requests: Vec<Request>,
     timeout: Duration,
 ) -> Vec<ForwardedWrite> {
@@ -201,15 +197,10 @@ async fn forward(
         m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned())
     };
     let Some(leader) = leader else { return (0..count).map(|_| ForwardedWrite::NotLeader).collect() };
-    let url = format!("http://{}/raft/{group}/write", leader.addr);
     // Forwarded requests were queued with the caller's deadline; a call outliving the
     // longest of them would be answered to nobody.
-    let answered = match http.post(url).json(&requests).timeout(timeout).send().await {
-        Ok(resp) if resp.status().is_success() => resp.json::<Vec<ForwardedWrite>>().await.ok(),
-        _ => None,
-    };
-    match answered {
-        Some(outcomes) if outcomes.len() == count => outcomes,
-        _ => (0..count).map(|_| ForwardedWrite::NotLeader).collect(),
+    match peers.forward_writes(&leader, group, &requests, timeout).await {
+        Some(outcomes) => outcomes,
+        None => (0..count).map(|_| ForwardedWrite::NotLeader).collect(),
     }
 }

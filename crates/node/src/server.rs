@@ -51,13 +51,12 @@ pub async fn run(
     );
     tokio::spawn(node.clone().bootstrap());
     let duties = [
-        tokio::spawn(crate::locks::leader_duties(node.clone())),
-        tokio::spawn(crate::queues::placement_duties(node.clone())),
-        tokio::spawn(crate::queues::host_duties(node.clone())),
-        tokio::spawn(crate::queues::expiry_duties(node.clone())),
+        tokio::spawn(crate::locks::leader_duties(node.group0.clone())),
+        tokio::spawn(crate::queues::placement_duties(node.queues.clone())),
+        tokio::spawn(crate::queues::host_duties(node.queues.clone())),
+        tokio::spawn(crate::queues::expiry_duties(node.queues.clone())),
     ];
-    let cache_task =
-        node.take_cache_outbox().map(|outbox| tokio::spawn(crate::cache::run(node.clone(), outbox)));
+    let cache_task = node.take_cache_outbox().map(|outbox| tokio::spawn(node.cache.clone().run(outbox)));
     let app = crate::api::router(node.clone());
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);

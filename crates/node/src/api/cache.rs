@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiJson, ApiPath as Path, ErrorBody};
 use super::AppState;
-use crate::cache::{self as service, state_name};
+use crate::cache::state_name;
 
 /// A cached value as read.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -116,7 +116,7 @@ pub async fn get(
     Path(key): Path<String>,
 ) -> Result<Json<CacheValue>, ApiError> {
     validate_key(&key)?;
-    let read = service::get(&node, &key).await?;
+    let read = node.cache.get(&key).await?;
     let Some(value) = read.line.value else {
         return Err(ApiError::NotFound(format!("cache key {key:?} has no value")));
     };
@@ -141,7 +141,7 @@ pub async fn put(
         )));
     }
     super::quota::check_group0(&node, super::quota::Growth::CacheKey(&key))?;
-    let line = service::put(&node, &key, body.value, body.durable).await?;
+    let line = node.cache.put(&key, body.value, body.durable).await?;
     Ok(Json(CacheWritten { key, state: state_name(Some(line.state)).into(), version: line.version }))
 }
 
@@ -154,7 +154,7 @@ pub async fn delete(
     Path(key): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     validate_key(&key)?;
-    service::delete(&node, &key).await?;
+    node.cache.delete(&key).await?;
     Ok(Json(serde_json::json!({ "key": key, "deleted": true })))
 }
 
@@ -166,7 +166,7 @@ pub async fn local_line(
     Path(key): Path<String>,
 ) -> Result<Json<NodeLine>, ApiError> {
     validate_key(&key)?;
-    let state = node.cache.local().peek(&key).map(|l| l.state);
+    let state = node.cache.service.local().peek(&key).map(|l| l.state);
     Ok(Json(NodeLine { node: node.config.name.clone(), state: state_name(state).into() }))
 }
 
@@ -179,8 +179,8 @@ pub async fn lines(
 ) -> Result<Json<KeyLines>, ApiError> {
     validate_key(&key)?;
     let mut lines = Vec::new();
-    for (name, addr) in node.members() {
-        let state = node.peer_line(&addr, &key).await.unwrap_or_else(|| "unreachable".into());
+    for (name, addr) in node.group0.members() {
+        let state = node.peers.cache_line(&addr, &key).await.unwrap_or_else(|| "unreachable".into());
         lines.push(NodeLine { node: name, state });
     }
     Ok(Json(KeyLines { key, lines }))
@@ -189,7 +189,7 @@ pub async fn lines(
 /// Size, capacity and counters of this node's cache.
 #[utoipa::path(operation_id = "cache_stats", get, path = "/v1/cache", tag = "cache", responses((status = 200, body = CacheStatsView)))]
 pub async fn stats(State(node): State<AppState>) -> Json<CacheStatsView> {
-    let local = node.cache.local();
+    let local = node.cache.service.local();
     let mut per_state: BTreeMap<String, usize> = ["M", "E", "S"].iter().map(|s| (s.to_string(), 0)).collect();
     for (_, line) in local.lines() {
         *per_state.entry(state_name(Some(line.state)).into()).or_default() += 1;
@@ -208,6 +208,6 @@ pub async fn stats(State(node): State<AppState>) -> Json<CacheStatsView> {
         write_backs: s.write_backs,
         lines_per_state: per_state,
         transitions: s.transitions.clone(),
-        lease_valid: node.cache.lease_valid(),
+        lease_valid: node.cache.service.lease_valid(),
     })
 }

@@ -10,7 +10,8 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiJson, ApiPath as Path, ErrorBody};
 use super::AppState;
-use crate::node::{role_name, Node};
+use crate::group::role_name;
+use crate::node::Node;
 use crate::types::Member;
 
 /// Liveness.
@@ -51,7 +52,7 @@ pub struct Readiness {
     (status = 200, body = Readiness),
     (status = 503, body = ErrorBody, description = "no leader known, or still applying")))]
 pub async fn ready(State(node): State<AppState>) -> Result<Json<Readiness>, ApiError> {
-    if let Some(problem) = node.group0().log.health().problem() {
+    if let Some(problem) = node.group0.group().log.health().problem() {
         return Err(ApiError::Unavailable(problem));
     }
     let status = status_of(&node).await;
@@ -59,7 +60,7 @@ pub async fn ready(State(node): State<AppState>) -> Result<Json<Readiness>, ApiE
         return Err(ApiError::Unavailable("no leader is known".into()));
     };
     // openraft 0.9 does not step down a leader that lost its quorum; do not send it traffic.
-    let quorum_ack_ms = node.group0().raft.metrics().borrow().millis_since_quorum_ack;
+    let quorum_ack_ms = node.group0.raft().metrics().borrow().millis_since_quorum_ack;
     if status.role == "leader" && quorum_ack_ms.is_none_or(|ms| ms > node.config.election_timeout_max_ms) {
         return Err(ApiError::Unavailable("this leader has not heard from a quorum recently".into()));
     }
@@ -69,19 +70,20 @@ pub async fn ready(State(node): State<AppState>) -> Result<Json<Readiness>, ApiE
             status.applied_index, status.commit_index
         )));
     }
-    let refused = node.refusals.recent();
+    let refused = node.peers.refusals.recent();
     if let Some((_, problem)) = refused.iter().find(|(group, _)| *group == crate::types::GROUP0) {
         return Err(ApiError::Unavailable(problem.clone()));
     }
     let mut degraded: Vec<String> = refused.into_iter().map(|(_, problem)| problem).collect();
     // A full group still serves reads, deletes, releases and acks: reported, still ready.
     let partitions: Vec<_> = node
-        .partitions
+        .queues
+        .partitions()
         .hosted()
         .into_iter()
-        .filter_map(|p| Some((crate::types::partition_group(p), node.partitions.get(p)?)))
+        .filter_map(|p| Some((crate::types::partition_group(p), node.queues.partitions().get(p)?)))
         .collect();
-    let mut usages = vec![(crate::types::GROUP0, node.group0().sm.usage())];
+    let mut usages = vec![(crate::types::GROUP0, node.group0.group().sm.usage())];
     usages.extend(partitions.iter().map(|(id, g)| (*id, g.sm.usage())));
     degraded.extend(node.quotas.full_groups(usages));
     Ok(Json(Readiness { ready: true, leader: leader.id, applied_index: status.applied_index, degraded }))
@@ -139,7 +141,7 @@ pub struct ClusterStatus {
 
 /// Builds the status shown by `/v1/cluster` and used by `/ready` and `/metrics`.
 pub async fn status_of(node: &Node) -> ClusterStatus {
-    let raft = &node.group0().raft;
+    let raft = &node.group0.raft();
     let m = raft.metrics().borrow().clone();
     let commit_index =
         raft.with_raft_state(|s| s.committed.map(|c| c.index)).await.ok().flatten().unwrap_or(0);
@@ -213,13 +215,13 @@ pub async fn add_member(
     if !addr_ok || body.addr.contains('/') {
         return Err(ApiError::InvalidArgument(format!("addr: expected host:port, got {:?}", body.addr)));
     }
-    if node.role() != "leader" {
+    if node.group0.role() != "leader" {
         let value = serde_json::to_value(&body).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
         return proxied(
-            node.proxy_to_leader(reqwest::Method::POST, "/v1/cluster/members", Some(&value)).await?,
+            node.group0.proxy_to_leader(reqwest::Method::POST, "/v1/cluster/members", Some(&value)).await?,
         );
     }
-    node.add_member(Member { name: body.id, addr: body.addr }).await?;
+    node.group0.add_member(Member { name: body.id, addr: body.addr }).await?;
     Ok(Json(MembershipChanged { members: status_of(&node).await.members }).into_response())
 }
 
@@ -232,12 +234,14 @@ pub async fn remove_member(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     validate_node_name(&id)?;
-    if node.role() != "leader" {
+    if node.group0.role() != "leader" {
         return proxied(
-            node.proxy_to_leader(reqwest::Method::DELETE, &format!("/v1/cluster/members/{id}"), None).await?,
+            node.group0
+                .proxy_to_leader(reqwest::Method::DELETE, &format!("/v1/cluster/members/{id}"), None)
+                .await?,
         );
     }
-    node.remove_member(&id).await?;
+    node.group0.remove_member(&id).await?;
     Ok(Json(MembershipChanged { members: status_of(&node).await.members }).into_response())
 }
 
@@ -251,7 +255,7 @@ fn proxied((status, body): (u16, Vec<u8>)) -> Result<Response, ApiError> {
 pub async fn metrics_text(State(node): State<AppState>) -> Response {
     let status = status_of(&node).await;
     let gauges = crate::metrics::RaftGauges {
-        role: role_name(node.group0().raft.metrics().borrow().state),
+        role: role_name(node.group0.raft().metrics().borrow().state),
         term: status.term,
         commit_index: status.commit_index,
         applied_index: status.applied_index,
@@ -259,7 +263,7 @@ pub async fn metrics_text(State(node): State<AppState>) -> Response {
         has_leader: status.leader.is_some(),
     };
     {
-        let applied = node.group0().sm.read();
+        let applied = node.group0.group().sm.read();
         let locks = applied.state.locks.locks();
         let held = locks.values().filter(|l| !l.holders.is_empty()).count();
         let holders = locks.values().map(|l| l.holders.len()).sum();
@@ -267,12 +271,12 @@ pub async fn metrics_text(State(node): State<AppState>) -> Response {
         crate::metrics::set_lock_gauges(held, holders, waiters);
     }
     {
-        let local = node.cache.local();
+        let local = node.cache.service.local();
         crate::metrics::set_cache_metrics(
             &local.stats,
             local.len(),
             local.capacity(),
-            node.cache.lease_valid(),
+            node.cache.service.lease_valid(),
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&gauges)).into_response()
@@ -297,7 +301,7 @@ pub async fn isolate(
     if !node.config.fault_injection {
         return Err(ApiError::NotFound("fault injection is disabled (SINKRON_FAULT_INJECTION)".into()));
     }
-    node.isolation.set(body.isolated);
+    node.peers.isolation.set(body.isolated);
     tracing::warn!(isolated = body.isolated, "fault injection: peer links switched");
     Ok(Json(serde_json::json!({ "isolated": body.isolated })))
 }

@@ -83,9 +83,9 @@ pub async fn kv_get(
 ) -> Result<Json<KvValue>, ApiError> {
     validate_kv_key(&key)?;
     if query.consistency == Consistency::Linearizable {
-        node.read_barrier().await?;
+        node.group0.read_barrier().await?;
     }
-    let applied = node.group0().sm.read();
+    let applied = node.group0.group().sm.read();
     let entry = applied
         .state
         .kv
@@ -109,7 +109,7 @@ pub async fn kv_put(
         validate_request_id(id)?;
     }
     super::quota::check_group0(&node, super::quota::Growth::Bytes)?;
-    match node.write(Command::KvPut { key: key.clone(), value: body.value }, body.request_id).await? {
+    match node.group0.write(Command::KvPut { key: key.clone(), value: body.value }, body.request_id).await? {
         Response::KvPut { version } => Ok(Json(PutResult { key, version })),
         other => Err(unexpected(other)),
     }
@@ -135,7 +135,7 @@ pub async fn kv_delete(
     if let Some(id) = &query.request_id {
         validate_request_id(id)?;
     }
-    match node.write(Command::KvDelete { key: key.clone() }, query.request_id).await? {
+    match node.group0.write(Command::KvDelete { key: key.clone() }, query.request_id).await? {
         Response::KvDelete { existed } => Ok(Json(DeleteResult { key, existed })),
         other => Err(unexpected(other)),
     }

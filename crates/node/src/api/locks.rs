@@ -251,8 +251,9 @@ pub async fn acquire(
     super::quota::check_group0(&node, super::quota::Growth::Lock(&name))?;
     let _permit = if wait_ms > 0 { Some(node.waiting.lock_wait()?) } else { None };
     let started = Instant::now();
-    let result =
-        locks::acquire(&node, &name, &body.client_id, mode, ttl_ms, wait_ms).await.map(|g| acquired(name, g));
+    let result = locks::acquire(&node.group0, &name, &body.client_id, mode, ttl_ms, wait_ms)
+        .await
+        .map(|g| acquired(name, g));
     let op = if wait_ms > 0 { "acquire_wait" } else { "acquire" };
     crate::metrics::record_lock_request(op, outcome_label(&result), started.elapsed());
     result.map(Json)
@@ -271,7 +272,7 @@ pub async fn release(
     validate_name(&name)?;
     validate_client(&body.client_id)?;
     let started = Instant::now();
-    let result = locks::release(&node, &name, &body.client_id).await;
+    let result = locks::release(&node.group0, &name, &body.client_id).await;
     let outcome = match &result {
         Ok(()) => "released",
         Err(e) => e.status_and_code().1,
@@ -293,7 +294,7 @@ pub async fn refresh(
     validate_name(&name)?;
     validate_client(&body.client_id)?;
     validate_ttl(body.ttl_ms)?;
-    let hold: Hold = locks::refresh(&node, &name, &body.client_id, body.ttl_ms).await?;
+    let hold: Hold = locks::refresh(&node.group0, &name, &body.client_id, body.ttl_ms).await?;
     Ok(Json(Refreshed { name, expires_at_ms: hold.expires_at_ms, fence: hold.fence }))
 }
 
@@ -306,7 +307,7 @@ pub async fn refresh_all(
 ) -> Result<Json<RefreshedAll>, ApiError> {
     validate_client(&body.client_id)?;
     validate_ttl(body.ttl_ms)?;
-    let locks = locks::refresh_all(&node, &body.client_id, body.ttl_ms).await?;
+    let locks = locks::refresh_all(&node.group0, &body.client_id, body.ttl_ms).await?;
     let locks = locks
         .into_iter()
         .map(|(name, hold)| Refreshed { name, expires_at_ms: hold.expires_at_ms, fence: hold.fence })
@@ -323,7 +324,7 @@ pub async fn force_release(
     Path(name): Path<String>,
 ) -> Result<Json<Released>, ApiError> {
     validate_name(&name)?;
-    let former = locks::force_release(&node, &name).await?;
+    let former = locks::force_release(&node.group0, &name).await?;
     Ok(Json(Released { name, released: former }))
 }
 
@@ -359,9 +360,9 @@ pub async fn get_lock(
 ) -> Result<Json<LockState>, ApiError> {
     validate_name(&name)?;
     if query.consistency == super::kv::Consistency::Linearizable {
-        node.read_barrier().await?;
+        node.group0.read_barrier().await?;
     }
-    let applied = node.group0().sm.read();
+    let applied = node.group0.group().sm.read();
     Ok(Json(lock_state(&name, applied.state.locks.get(&name))))
 }
 
@@ -373,9 +374,9 @@ pub async fn list_locks(
     Query(query): Query<ReadQuery>,
 ) -> Result<Json<LockList>, ApiError> {
     if query.consistency == super::kv::Consistency::Linearizable {
-        node.read_barrier().await?;
+        node.group0.read_barrier().await?;
     }
-    let applied = node.group0().sm.read();
+    let applied = node.group0.group().sm.read();
     let table = &applied.state.locks;
     let locks = table.locks().iter().map(|(name, lock)| lock_state(name, Some(lock))).collect();
     Ok(Json(LockList { locks, last_fence: table.last_fence() }))
@@ -389,9 +390,9 @@ pub async fn wait_for_graph(
     Query(query): Query<ReadQuery>,
 ) -> Result<Json<WaitForGraph>, ApiError> {
     if query.consistency == super::kv::Consistency::Linearizable {
-        node.read_barrier().await?;
+        node.group0.read_barrier().await?;
     }
-    let applied = node.group0().sm.read();
+    let applied = node.group0.group().sm.read();
     let table = &applied.state.locks;
     Ok(Json(WaitForGraph {
         edges: table.all_edges(),

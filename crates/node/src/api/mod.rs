@@ -165,8 +165,8 @@ pub fn router(node: AppState) -> Router {
         })
         .layer(middleware::from_fn(refuse_peers_while_isolated))
         .layer(middleware::from_fn(track_http))
-        .layer(axum::Extension(node.isolation.clone()))
-        .layer(axum::Extension(node.refusals.clone()))
+        .layer(axum::Extension(node.peers.isolation.clone()))
+        .layer(axum::Extension(node.peers.refusals.clone()))
         .with_state(node)
 }
 

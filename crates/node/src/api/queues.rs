@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 
 use super::error::{ApiError, ApiJson, ApiPath as Path, ErrorBody};
 use super::AppState;
-use crate::queues::{PartitionStats, Sent};
+use crate::wire::{PartitionStats, Sent};
 
 /// Visibility timeout of a receive that names none.
 pub const DEFAULT_VISIBILITY_MS: u64 = 30_000;
@@ -233,7 +233,7 @@ pub async fn send(
     Path(queue): Path<String>,
     ApiJson(body): ApiJson<SendBody>,
 ) -> Result<(StatusCode, Json<Sent>), ApiError> {
-    let sent = node.queue_send(&queue, body.key, body.body, body.request_id).await?;
+    let sent = node.queues.send(&queue, body.key, body.body, body.request_id).await?;
     Ok((StatusCode::CREATED, Json(sent)))
 }
 
@@ -262,7 +262,7 @@ pub async fn receive(
     )?;
     let wait_ms = bounded("wait_ms", body.wait_ms.unwrap_or(0), 0, QUEUE_WAIT_MAX_MS)?;
     let _permit = if wait_ms > 0 { Some(node.waiting.long_poll()?) } else { None };
-    let delivered = node.queue_receive(&queue, max, visibility_ms, wait_ms).await?;
+    let delivered = node.queues.receive(&queue, max, visibility_ms, wait_ms).await?;
     let messages = delivered
         .into_iter()
         .map(|d| MessageView { id: d.id, body: d.body, receipt: d.receipt, receive_count: d.receive_count })
@@ -294,7 +294,7 @@ pub async fn send_batch(
     }
     sinkron_core::limits::validate_queue_name(&queue)?;
     let messages = body.messages.into_iter().map(|m| (m.key, m.body, m.request_id)).collect();
-    let outcomes = node.queue_send_many(&queue, messages).await;
+    let outcomes = node.queues.send_many(&queue, messages).await;
     let messages = outcomes
         .into_iter()
         .map(|o| match o {
@@ -325,7 +325,7 @@ pub async fn ack(
     match (body.receipt, body.receipts) {
         (Some(receipt), None) => {
             check_receipt(&receipt)?;
-            node.queue_ack(&queue, &receipt).await?;
+            node.queues.ack(&queue, &receipt).await?;
             Ok(Json(Acked { acked: 1, failed: Vec::new() }))
         }
         (None, Some(receipts)) => {
@@ -340,7 +340,7 @@ pub async fn ack(
             }
             sinkron_core::limits::validate_queue_name(&queue)?;
             let total = receipts.len();
-            let outcomes = node.queue_ack_many(&queue, receipts.clone()).await;
+            let outcomes = node.queues.ack_many(&queue, receipts.clone()).await;
             let mut failed = Vec::new();
             for (receipt, outcome) in receipts.into_iter().zip(outcomes) {
                 if let Err(e) = outcome {
@@ -370,7 +370,7 @@ pub async fn nack(
 ) -> Result<Json<Nacked>, ApiError> {
     check_receipt(&body.receipt)?;
     let delay_ms = bounded("delay_ms", body.delay_ms.unwrap_or(0), 0, QUEUE_DELAY_MAX_MS)?;
-    let dead_lettered = node.queue_nack(&queue, &body.receipt, delay_ms).await?;
+    let dead_lettered = node.queues.nack(&queue, &body.receipt, delay_ms).await?;
     Ok(Json(Nacked { dead_lettered }))
 }
 
@@ -383,7 +383,7 @@ pub async fn stats(
     State(node): State<AppState>,
     Path(queue): Path<String>,
 ) -> Result<Json<QueueView>, ApiError> {
-    let partitions = node.queue_stats(&queue).await?;
+    let partitions = node.queues.stats(&queue).await?;
     Ok(Json(QueueView {
         ready: partitions.iter().map(|p| p.ready).sum(),
         in_flight: partitions.iter().map(|p| p.in_flight).sum(),
@@ -398,6 +398,7 @@ pub async fn stats(
     responses((status = 200, body = RingView), (status = 503, body = ErrorBody)))]
 pub async fn ring(State(node): State<AppState>) -> Result<Json<RingView>, ApiError> {
     let topology = node
+        .group0
         .topology()
         .ok_or_else(|| ApiError::Unavailable("queues are not set up yet; retry in a moment".into()))?;
     let settings = topology.settings;
@@ -414,7 +415,7 @@ pub async fn ring(State(node): State<AppState>) -> Result<Json<RingView>, ApiErr
         }
     }
     tokens.sort_by_key(|t| t.token);
-    let leaders = node.stats_of_all(settings.partitions, None).await?;
+    let leaders = node.queues.stats_of_all(settings.partitions, None).await?;
     let partitions = topology
         .targets()
         .into_iter()

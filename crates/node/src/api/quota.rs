@@ -19,7 +19,7 @@ pub enum Growth<'a> {
 
 /// Refuses a write to group 0 that would grow it past a quota.
 pub fn check_group0(node: &Node, growth: Growth<'_>) -> Result<(), ApiError> {
-    let group0 = node.group0();
+    let group0 = node.group0.group();
     node.quotas.check_bytes(GROUP0, group0.sm.usage(), &group0.raft)?;
     let applied = group0.sm.read();
     let state = &applied.state;

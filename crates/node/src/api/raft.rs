@@ -14,9 +14,8 @@ use sinkron_core::Request;
 
 use super::error::{ApiError, ApiJson, ApiPath as Path, PEER_JSON_DEPTH};
 use super::AppState;
-use crate::node::{ForwardedWrite, ReadIndex};
-use crate::queues::{PartitionEnvelope, PartitionReply};
 use crate::types::{GroupId, NodeId, TypeConfig, GROUP0};
+use crate::wire::{AppliedQuery, ForwardedWrite, LeaseRenewal, PartitionEnvelope, PartitionReply, ReadIndex};
 
 type RaftReply<T, E = openraft::error::Infallible> = Json<Result<T, RaftError<NodeId, E>>>;
 
@@ -91,7 +90,7 @@ pub async fn queue(
     let within = Duration::from_millis(envelope.within_ms.min(node.config.request_timeout_ms * 4));
     let deadline = Instant::now() + within;
     let hops = envelope.hops.min(2);
-    Ok(Json(node.partition_call(partition, envelope.call, deadline, hops).await))
+    Ok(Json(node.queues.partition_call(partition, envelope.call, deadline, hops).await))
 }
 
 /// ReadIndex: the leader confirms its leadership and tells the index reads must wait for.
@@ -105,16 +104,7 @@ pub async fn read_index(
         return Err(unknown_group(group));
     }
     let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
-    Ok(Json(node.read_index_local(deadline).await))
-}
-
-/// Body of an applied-index wait.
-#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
-pub struct AppliedQuery {
-    /// The index to have applied.
-    pub index: u64,
-    /// Longest wait, in milliseconds (at most 10,000).
-    pub wait_ms: u64,
+    Ok(Json(node.group0.read_index_local(deadline).await))
 }
 
 /// Answers once this node applied `index` (a writer waiting for invalidations), or 503.
@@ -129,15 +119,8 @@ pub async fn applied(
         return Err(unknown_group(group));
     }
     let deadline = Instant::now() + Duration::from_millis(query.wait_ms.min(10_000));
-    node.wait_applied(query.index, deadline).await?;
-    Ok(Json(serde_json::json!({ "applied": node.applied_index() })))
-}
-
-/// Body of a cache lease renewal.
-#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
-pub struct LeaseRenewal {
-    /// The renewing node.
-    pub node: String,
+    node.group0.wait_applied(query.index, deadline).await?;
+    Ok(Json(serde_json::json!({ "applied": node.group0.applied_index() })))
 }
 
 /// On the leader: records a cache lease renewal and answers the index to apply first.
@@ -152,9 +135,9 @@ pub async fn cache_lease(
         return Err(unknown_group(group));
     }
     let deadline = Instant::now() + Duration::from_millis(node.config.request_timeout_ms);
-    let outcome = node.read_index_local(deadline).await;
+    let outcome = node.group0.read_index_local(deadline).await;
     if matches!(outcome, ReadIndex::Index(_)) {
-        crate::cache::record_renewal(&node, &renewal.node);
+        node.cache.record_renewal(&renewal.node);
     }
     Ok(Json(outcome))
 }

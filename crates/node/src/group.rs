@@ -1,0 +1,323 @@
+//! One Raft group on this node (group 0 or a queue partition): its Raft instance, storage
+//! and batchers, how it is opened, and how a request reaches its leader.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use sinkron_core::{Group0State, Request, Response};
+
+use crate::api::error::ApiError;
+use crate::config::{NodeConfig, StorageBackend};
+use crate::peers::Peers;
+use crate::proposer::Batcher;
+use crate::storage::redis as redis_store;
+use crate::storage::{LogStore, Machine, StateMachineStore};
+use crate::types::{GroupId, Member, NodeId, Raft, GROUP0};
+use crate::wire::ForwardedWrite;
+
+/// Pause before retrying after a leader change or an unreachable leader.
+pub const RETRY_PAUSE: Duration = Duration::from_millis(25);
+
+/// One Raft group hosted by this node.
+pub struct Group<S: Machine = Group0State> {
+    /// The Raft instance.
+    pub raft: Raft,
+    /// Its durable log.
+    pub log: LogStore,
+    /// Its applied state.
+    pub sm: StateMachineStore<S>,
+    /// Batches client requests into entries (used while this node leads).
+    pub proposer: Batcher,
+    /// Batches client requests to the leader (used while another node leads).
+    pub forwarder: Batcher,
+    /// This node's Raft id.
+    me: NodeId,
+    /// How long a proposal may wait for its quorum.
+    request_timeout: Duration,
+}
+
+/// Where the leader of a group is, seen from this node.
+pub enum Leader {
+    /// This node leads.
+    Local,
+    /// Another node leads.
+    Remote(Member),
+}
+
+impl<S: Machine> Group<S> {
+    /// Where this group's leader is, waiting for one until `deadline`.
+    pub async fn leader(&self, deadline: Instant) -> Result<Leader, ApiError> {
+        leader_of(&self.raft, self.me, deadline).await
+    }
+
+    /// How long a proposal may wait for its quorum.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Whether this node leads the group right now.
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().state == ServerState::Leader
+    }
+
+    /// Proposes `request` through the group's leader (here, or forwarded in a batch) and
+    /// returns the reply with the index of the entry that applied it.
+    pub async fn submit(&self, request: Request, deadline: Instant) -> Result<(Response, u64), ApiError> {
+        loop {
+            let outcome = match self.leader(deadline).await? {
+                Leader::Local => self.proposer.submit(request.clone(), deadline).await,
+                Leader::Remote(_) => self.forwarder.submit(request.clone(), deadline).await,
+            };
+            match outcome {
+                ForwardedWrite::Applied(reply, index) => return Ok((reply, index)),
+                ForwardedWrite::Failed(reason) => return Err(ApiError::Unavailable(reason)),
+                ForwardedWrite::Timeout => return Err(self.timed_out()),
+                ForwardedWrite::NotLeader if Instant::now() >= deadline => return Err(self.timed_out()),
+                ForwardedWrite::NotLeader => tokio::time::sleep(RETRY_PAUSE).await,
+            }
+        }
+    }
+
+    /// Proposes `requests` in this order (they share entries where they can); one outcome
+    /// per request. Requests the leader did not take are retried, still in order, until
+    /// `deadline`.
+    pub async fn submit_all(
+        &self,
+        requests: Vec<Request>,
+        deadline: Instant,
+    ) -> Vec<Result<Response, ApiError>> {
+        let mut outcomes: Vec<Option<Result<Response, ApiError>>> =
+            (0..requests.len()).map(|_| None).collect();
+        loop {
+            let open: Vec<usize> = (0..requests.len()).filter(|i| outcomes[*i].is_none()).collect();
+            if open.is_empty() {
+                break;
+            }
+            let batch: Vec<Request> = open.iter().map(|i| requests[*i].clone()).collect();
+            let answers = match self.leader(deadline).await {
+                Ok(Leader::Local) => self.proposer.submit_all(batch, deadline).await,
+                Ok(Leader::Remote(_)) => self.forwarder.submit_all(batch, deadline).await,
+                Err(e) => {
+                    for i in open {
+                        outcomes[i] = Some(Err(e.clone()));
+                    }
+                    break;
+                }
+            };
+            let mut retry = false;
+            for (i, answer) in open.into_iter().zip(answers) {
+                outcomes[i] = match answer {
+                    ForwardedWrite::Applied(reply, _) => Some(Ok(reply)),
+                    ForwardedWrite::Failed(reason) => Some(Err(ApiError::Unavailable(reason))),
+                    ForwardedWrite::Timeout => Some(Err(self.timed_out())),
+                    ForwardedWrite::NotLeader if Instant::now() >= deadline => Some(Err(self.timed_out())),
+                    ForwardedWrite::NotLeader => {
+                        retry = true;
+                        None
+                    }
+                };
+            }
+            if retry {
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+        outcomes.into_iter().map(|o| o.unwrap_or_else(|| Err(self.timed_out()))).collect()
+    }
+
+    /// Proposes `request` on this node only, never forwarding it: fails unless this node
+    /// leads the group.
+    pub async fn submit_here(
+        &self,
+        request: Request,
+        deadline: Instant,
+    ) -> Result<(Response, u64), ApiError> {
+        match self.proposer.submit(request, deadline).await {
+            ForwardedWrite::Applied(reply, index) => Ok((reply, index)),
+            ForwardedWrite::NotLeader => Err(ApiError::Unavailable("this node is not the leader".into())),
+            ForwardedWrite::Timeout => Err(self.timed_out()),
+            ForwardedWrite::Failed(reason) => Err(ApiError::Unavailable(reason)),
+        }
+    }
+
+    /// Why a write timed out: this node's storage outage if there is one, else no quorum.
+    pub fn timed_out(&self) -> ApiError {
+        match self.log.health().problem() {
+            Some(problem) => ApiError::Unavailable(problem),
+            None => ApiError::NoQuorum(format!(
+                "no quorum acknowledged the write within {} ms; it may still commit, retry with the same request_id",
+                self.request_timeout.as_millis()
+            )),
+        }
+    }
+}
+
+/// Where the leader of `raft`'s group is, seen from node `me`, waiting for one until
+/// `deadline`.
+pub async fn leader_of(raft: &Raft, me: NodeId, deadline: Instant) -> Result<Leader, ApiError> {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    let metrics = raft
+        .wait(Some(remaining))
+        .metrics(|m| m.current_leader.is_some(), "a leader is known")
+        .await
+        .map_err(|_| ApiError::NoQuorum(format!("no leader is known after {} ms", remaining.as_millis())))?;
+    let leader = metrics.current_leader.unwrap_or_default();
+    if leader == me {
+        return Ok(Leader::Local);
+    }
+    match metrics.membership_config.membership().get_node(&leader) {
+        Some(member) => Ok(Leader::Remote(member.clone())),
+        None => Err(ApiError::NoQuorum("the leader is not in the known membership".into())),
+    }
+}
+
+/// The lowercase word for a Raft server state.
+pub fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "shutdown",
+    }
+}
+
+/// What a membership change (adding a learner, changing voters) came to.
+pub type MembershipResult<T> =
+    Result<Result<T, RaftError<NodeId, ClientWriteError<NodeId, Member>>>, tokio::time::error::Elapsed>;
+
+/// The answer for a membership change's outcome; `action` says what was tried.
+pub fn membership_outcome<T>(result: MembershipResult<T>, action: &str) -> Result<(), ApiError> {
+    match result {
+        Ok(Ok(_)) => Ok(()),
+        Err(_) => Err(ApiError::NoQuorum(format!("could not {action} in time; retry"))),
+        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
+            Err(ApiError::Unavailable(format!("leadership changed while trying to {action}; retry")))
+        }
+        Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
+            Err(ApiError::Conflict(format!("cannot {action}: {e}")))
+        }
+        Ok(Err(e)) => Err(ApiError::Unavailable(format!("cannot {action}: {e}"))),
+    }
+}
+
+/// Opens groups: storage on the configured backend, a Raft instance and its batchers.
+#[derive(Clone)]
+pub struct GroupFactory {
+    config: Arc<NodeConfig>,
+    raft_config: Arc<openraft::Config>,
+    peers: Peers,
+}
+
+impl GroupFactory {
+    /// Derives the Raft settings from `config`.
+    pub fn new(config: Arc<NodeConfig>, peers: Peers) -> anyhow::Result<Self> {
+        let raft_config = Arc::new(
+            openraft::Config {
+                cluster_name: "sinkron".into(),
+                heartbeat_interval: config.heartbeat_interval_ms,
+                election_timeout_min: config.election_timeout_min_ms,
+                election_timeout_max: config.election_timeout_max_ms,
+                install_snapshot_timeout: 5_000,
+                snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
+                max_in_snapshot_log_to_keep: config.snapshot_logs.min(1_000),
+                snapshot_max_chunk_size: 256 * 1024,
+                // An entry is a batch of up to BATCH_BYTES_MAX bytes of requests; keep one
+                // AppendEntries well under the RPC body limit.
+                max_payload_entries: 16,
+                ..Default::default()
+            }
+            .validate()
+            .context("derive the Raft configuration")?,
+        );
+        Ok(Self { config, raft_config, peers })
+    }
+
+    /// Opens the storage of group `id` and starts its Raft instance. `rank` is this node's
+    /// place in the group's preferred order: each rank waits half an election-timeout range
+    /// longer before it campaigns, so the preferred replica usually leads and leadership
+    /// spreads over the nodes as the ring spreads preferences. `prepare` sees the state
+    /// machine before Raft starts applying to it.
+    pub async fn open<S: Machine>(
+        &self,
+        id: GroupId,
+        initial: S,
+        rank: u64,
+        prepare: impl FnOnce(&StateMachineStore<S>),
+    ) -> anyhow::Result<Group<S>> {
+        let mut raft_config = (*self.raft_config).clone();
+        let shift = rank.min(4) * (raft_config.election_timeout_max - raft_config.election_timeout_min) / 2;
+        raft_config.election_timeout_min += shift;
+        raft_config.election_timeout_max += shift;
+        let (log, sm) = open_storage(&self.config, id, initial).await?;
+        prepare(&sm);
+        let me = self.config.raft_id;
+        let raft = Raft::new(me, Arc::new(raft_config), self.peers.raft_network(id), log.clone(), sm.clone())
+            .await
+            .with_context(|| format!("start Raft group {id}"))?;
+        let request_timeout = Duration::from_millis(self.config.request_timeout_ms);
+        let proposer = Batcher::proposer(raft.clone(), request_timeout);
+        let forwarder = Batcher::forwarder(raft.clone(), id, self.peers.clone(), request_timeout);
+        Ok(Group { raft, log, sm, proposer, forwarder, me, request_timeout })
+    }
+}
+
+/// Opens the log and state machine of `group` on the configured backend.
+async fn open_storage<S: Machine>(
+    config: &NodeConfig,
+    group: GroupId,
+    initial: S,
+) -> anyhow::Result<(LogStore, StateMachineStore<S>)> {
+    match config.storage {
+        StorageBackend::Embedded => {
+            let dir = config.data_dir.join("groups").join(group.to_string());
+            crate::storage::files::create_dir_durably(&dir)
+                .with_context(|| format!("create data directory {}", dir.display()))?;
+            // openraft's storage errors repeat their source in their own text: keep the text
+            // only, so the one line an operator reads says it once.
+            let log = LogStore::open(&dir).map_err(|e| anyhow::anyhow!("open the Raft log: {e}"))?;
+            let sm = StateMachineStore::open_from(&dir, initial)
+                .map_err(|e| anyhow::anyhow!("open the state machine: {e}"))?;
+            Ok((log, sm))
+        }
+        StorageBackend::Redis => {
+            let (host, port) = &config.redis;
+            let mut conn = redis_store::connect(host, *port)
+                .await
+                .with_context(|| format!("connect to Redis at {host}:{port} (STORAGE_BACKEND=redis)"))?;
+            if group == GROUP0 {
+                redis_store::warn_if_volatile(&mut conn).await;
+            }
+            let keys = redis_store::Keys::new(&config.redis_namespace, &config.name, group);
+            redis_store::open_group(&mut conn, keys, initial)
+                .await
+                .context("open the Raft log and snapshot in Redis")
+        }
+    }
+}
+
+/// Logs and counts every change of the known leader of `raft`.
+pub fn spawn_leader_watch(raft: &Raft) {
+    let mut rx = raft.metrics();
+    tokio::spawn(async move {
+        let mut last: Option<NodeId> = None;
+        while rx.changed().await.is_ok() {
+            let (leader, term, name) = {
+                let m = rx.borrow();
+                let name = m
+                    .current_leader
+                    .and_then(|id| m.membership_config.membership().get_node(&id).map(|n| n.name.clone()));
+                (m.current_leader, m.current_term, name)
+            };
+            if leader != last {
+                if leader.is_some() {
+                    crate::metrics::record_leader_change();
+                }
+                tracing::info!(leader = name.as_deref().unwrap_or("none"), term, "leader changed");
+                last = leader;
+            }
+        }
+    });
+}

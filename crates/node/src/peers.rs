@@ -1,0 +1,213 @@
+//! Every call this node makes to another node, outside openraft's own RPCs
+//! ([`crate::network`]): one pooled HTTP client, the peers' URLs, and the fault-injection
+//! cut ([`Isolation`]) checked before each call.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sinkron_core::Request;
+
+use crate::api::error::ApiError;
+use crate::network::{HttpNetworkFactory, Isolation, PeerRefusals};
+use crate::types::{GroupId, Member, GROUP0};
+use crate::wire::{AppliedQuery, ForwardedWrite, LeaseRenewal, PartitionCall, PartitionReply, ReadIndex};
+
+/// This node's calls to its peers. Cheap to clone: every clone shares one connection pool.
+#[derive(Debug, Clone)]
+pub struct Peers {
+    http: reqwest::Client,
+    /// Fault injection: cut off from the peers while set.
+    pub isolation: Isolation,
+    /// Raft calls refused with a client error, for `/ready`.
+    pub refusals: PeerRefusals,
+}
+
+/// Body of `POST /raft/{group}/queue` as sent (the call borrowed, not copied).
+#[derive(Serialize)]
+struct Envelope<'a> {
+    hops: u8,
+    within_ms: u64,
+    call: &'a PartitionCall,
+}
+
+/// Percent-encodes a path segment.
+fn urlencode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+fn cut_off() -> ApiError {
+    ApiError::NoQuorum("this node is cut off from its peers".into())
+}
+
+impl Peers {
+    /// Calls go out from `source` (when given) over connections kept at most `pool_idle`.
+    pub fn new(source: Option<std::net::IpAddr>, pool_idle: Duration) -> Self {
+        Self {
+            http: crate::network::http_client(source, pool_idle),
+            isolation: Isolation::default(),
+            refusals: PeerRefusals::default(),
+        }
+    }
+
+    /// openraft's network for group `group`, sharing this node's pool, cut and refusals.
+    pub fn raft_network(&self, group: GroupId) -> HttpNetworkFactory {
+        HttpNetworkFactory {
+            group,
+            client: self.http.clone(),
+            isolation: self.isolation.clone(),
+            refusals: self.refusals.clone(),
+        }
+    }
+
+    /// Whether `peer` says it already belongs to a cluster.
+    pub async fn is_initialized(&self, peer: &Member) -> bool {
+        if self.isolation.is_set() {
+            return false;
+        }
+        let url = format!("http://{}/v1/cluster", peer.addr);
+        let Ok(resp) = self.http.get(url).timeout(Duration::from_millis(500)).send().await else {
+            return false;
+        };
+        let Ok(body) = resp.json::<serde_json::Value>().await else { return false };
+        body.get("initialized").and_then(|v| v.as_bool()).unwrap_or(false)
+    }
+
+    /// Asks group 0's `leader` for the index linearizable reads must wait for.
+    pub async fn read_index(&self, leader: &Member, deadline: Instant) -> ReadIndex {
+        if self.isolation.is_set() {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            return ReadIndex::NotLeader;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let url = format!("http://{}/raft/{GROUP0}/read-index", leader.addr);
+        match self.http.post(url).timeout(remaining).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                resp.json::<ReadIndex>().await.unwrap_or(ReadIndex::NotLeader)
+            }
+            _ => ReadIndex::NotLeader,
+        }
+    }
+
+    /// Renews node `name`'s cache lease at group 0's `leader`: the leader records the
+    /// renewal and answers the index the node must apply before the lease counts.
+    pub async fn renew_cache_lease(&self, leader: &Member, name: &str, deadline: Instant) -> ReadIndex {
+        if self.isolation.is_set() {
+            return ReadIndex::NotLeader;
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let url = format!("http://{}/raft/{GROUP0}/cache-lease", leader.addr);
+        let body = LeaseRenewal { node: name.to_owned() };
+        match self.http.post(url).json(&body).timeout(remaining).send().await {
+            Ok(resp) if resp.status().is_success() => {
+                resp.json::<ReadIndex>().await.unwrap_or(ReadIndex::NotLeader)
+            }
+            _ => ReadIndex::NotLeader,
+        }
+    }
+
+    /// Whether the member at `addr` confirms it applied group 0's `index` within `wait`.
+    pub async fn applied(&self, addr: &str, index: u64, wait: Duration) -> bool {
+        if self.isolation.is_set() {
+            return false;
+        }
+        let url = format!("http://{addr}/raft/{GROUP0}/applied");
+        let body = AppliedQuery { index, wait_ms: wait.as_millis() as u64 };
+        matches!(self.http.post(url).json(&body).timeout(wait + Duration::from_millis(200)).send().await,
+            Ok(resp) if resp.status().is_success())
+    }
+
+    /// The MESI state the member at `addr` reports for `key`.
+    pub async fn cache_line(&self, addr: &str, key: &str) -> Option<String> {
+        if self.isolation.is_set() {
+            return None;
+        }
+        let url = format!("http://{addr}/v1/cache/{}/local", urlencode(key));
+        let resp = self.http.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
+        let body: serde_json::Value = resp.json().await.ok()?;
+        body.get("state").and_then(|s| s.as_str()).map(String::from)
+    }
+
+    /// Sends a public API request to `leader` and returns its status and body unchanged.
+    pub async fn proxy(
+        &self,
+        leader: &Member,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+        limit: Duration,
+    ) -> Result<(u16, Vec<u8>), ApiError> {
+        if self.isolation.is_set() {
+            return Err(cut_off());
+        }
+        let mut req = self.http.request(method, format!("http://{}{path}", leader.addr)).timeout(limit);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp =
+            req.send().await.map_err(|e| ApiError::NoQuorum(format!("leader {leader} unreachable: {e}")))?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        Ok((status, bytes.to_vec()))
+    }
+
+    /// Sends `requests` for `group` to its `leader` in one call; `None` if it could not be
+    /// reached or answered something else than one outcome per request.
+    pub async fn forward_writes(
+        &self,
+        leader: &Member,
+        group: GroupId,
+        requests: &[Request],
+        limit: Duration,
+    ) -> Option<Vec<ForwardedWrite>> {
+        if self.isolation.is_set() {
+            return None;
+        }
+        let url = format!("http://{}/raft/{group}/write", leader.addr);
+        let outcomes = match self.http.post(url).json(requests).timeout(limit).send().await {
+            Ok(resp) if resp.status().is_success() => resp.json::<Vec<ForwardedWrite>>().await.ok()?,
+            _ => return None,
+        };
+        (outcomes.len() == requests.len()).then_some(outcomes)
+    }
+
+    /// Runs a queue partition `call` at the node at `addr`, which may pass it on `hops` more
+    /// times, within `deadline`.
+    pub async fn partition_call(
+        &self,
+        addr: &str,
+        group: GroupId,
+        call: &PartitionCall,
+        deadline: Instant,
+        hops: u8,
+    ) -> Result<PartitionReply, ApiError> {
+        if self.isolation.is_set() {
+            return Err(cut_off());
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let envelope = Envelope { hops, within_ms: remaining.as_millis() as u64, call };
+        let url = format!("http://{addr}/raft/{group}/queue");
+        let resp = self
+            .http
+            .post(url)
+            .json(&envelope)
+            .timeout(remaining + Duration::from_millis(200))
+            .send()
+            .await
+            .map_err(|e| ApiError::NoQuorum(format!("{addr} unreachable: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(ApiError::Unavailable(format!("{addr} answered HTTP {}", resp.status())));
+        }
+        resp.json::<Result<PartitionReply, ApiError>>()
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("bad answer from {addr}: {e}")))?
+    }
+}

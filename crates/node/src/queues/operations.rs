@@ -1,0 +1,350 @@
+//! The queue operations: send (one or many), receive with long polling, ack, nack, stats.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use sinkron_core::limits::{validate_message, validate_queue_name, validate_request_id};
+use sinkron_core::queue::{partition_of_receipt, Delivery, QueueRefusal};
+use sinkron_core::ring::partition_of;
+use sinkron_core::{Command, Request, Response};
+use tokio::time::timeout;
+
+use super::{new_request_id, unexpected, Queues};
+use crate::api::error::ApiError;
+use crate::clock::now_ms;
+use crate::wire::{LeaderCall, PartitionCall, PartitionReply, PartitionStats, Sent};
+
+/// Longest a receive waits for one partition before moving on to the next.
+const RECEIVE_PARTITION_WAIT: Duration = Duration::from_secs(2);
+/// Longest pause between two looks of a long-polling receive (partitions hosted elsewhere
+/// do not wake it).
+const RECEIVE_POLL: Duration = Duration::from_millis(200);
+
+impl Queues {
+    /// Sends a message; answers its id and partition once its partition committed it.
+    pub async fn send(
+        &self,
+        queue: &str,
+        key: Option<String>,
+        body: serde_json::Value,
+        request_id: Option<String>,
+    ) -> Result<Sent, ApiError> {
+        validate_queue_name(queue)?;
+        validate_message(key.as_deref(), &body)?;
+        if let Some(id) = &request_id {
+            validate_request_id(id)?;
+        }
+        let settings = self.queue_settings()?;
+        let partition = partition_of(queue, key.as_deref(), settings.partitions);
+        let command = Command::QueueSend { queue: queue.to_string(), key, body };
+        let request = Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), command };
+        let response = self.partition_write(partition, request).await?;
+        self.sent_or_refused(queue, partition, response)
+    }
+
+    /// The answer to a send from the partition's reply.
+    fn sent_or_refused(&self, queue: &str, partition: u32, response: Response) -> Result<Sent, ApiError> {
+        match response {
+            Response::QueueSent { id } => {
+                crate::metrics::record_queue_op("sent", queue, 1);
+                Ok(Sent { id, partition })
+            }
+            Response::QueueRefused { refusal: QueueRefusal::Full } => Err(ApiError::LimitExceeded(format!(
+                "queue {queue:?} holds {} messages in partition {partition}; receive and ack some first",
+                sinkron_core::queue::QUEUE_DEPTH_MAX
+            ))),
+            Response::Rejected { reason } => Err(ApiError::Conflict(reason)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Receives up to `max` messages from every partition of `queue`, waiting up to
+    /// `wait_ms` for the first one.
+    pub async fn receive(
+        &self,
+        queue: &str,
+        max: u32,
+        visibility_ms: u64,
+        wait_ms: u64,
+    ) -> Result<Vec<Delivery>, ApiError> {
+        validate_queue_name(queue)?;
+        let partitions = self.queue_settings()?.partitions;
+        let until = Instant::now() + Duration::from_millis(wait_ms);
+        let mut changes = self.partitions.changes();
+        loop {
+            changes.borrow_and_update();
+            let (out, failure) = self.receive_round(queue, max, visibility_ms, partitions).await;
+            if !out.is_empty() {
+                crate::metrics::record_queue_op("received", queue, out.len() as u64);
+                return Ok(out);
+            }
+            let now = Instant::now();
+            if now >= until {
+                return match failure {
+                    Some(e) => Err(e),
+                    None => Ok(Vec::new()),
+                };
+            }
+            let pause = until.saturating_duration_since(now).min(RECEIVE_POLL);
+            let _ = timeout(pause, changes.changed()).await;
+        }
+    }
+
+    /// One look at every partition. The partitions this node hosts are asked in parallel,
+    /// each for at most what its local copy shows as visible (`max` in all, so nothing is
+    /// taken that cannot be returned); partitions hosted elsewhere are asked one by one for
+    /// what is still missing.
+    async fn receive_round(
+        &self,
+        queue: &str,
+        max: u32,
+        visibility_ms: u64,
+        partitions: u32,
+    ) -> (Vec<Delivery>, Option<ApiError>) {
+        let start = self.partitions.rotation.fetch_add(1, Ordering::Relaxed);
+        let now = now_ms();
+        let mut left = max as usize;
+        let mut local = tokio::task::JoinSet::new();
+        let mut remote = Vec::new();
+        for i in 0..partitions {
+            let partition = start.wrapping_add(i) % partitions;
+            let Some(group) = self.partitions.get(partition) else {
+                remote.push(partition);
+                continue;
+            };
+            let visible = group.sm.read().state.state.visible(queue, now, left);
+            if visible == 0 {
+                continue;
+            }
+            left -= visible;
+            let (this, queue) = (self.clone(), queue.to_string());
+            local.spawn(
+                async move { this.receive_from(partition, &queue, visible as u32, visibility_ms).await },
+            );
+        }
+        let mut out = Vec::new();
+        let mut failure = None;
+        while let Some(joined) = local.join_next().await {
+            match joined.map_err(|e| ApiError::Unavailable(e.to_string())).and_then(|r| r) {
+                Ok(messages) => out.extend(messages),
+                Err(e) => failure = Some(e),
+            }
+        }
+        for partition in remote {
+            let want = max.saturating_sub(out.len() as u32);
+            if want == 0 {
+                break;
+            }
+            match self.receive_from(partition, queue, want, visibility_ms).await {
+                Ok(messages) => out.extend(messages),
+                Err(e) => failure = Some(e),
+            }
+        }
+        (out, failure)
+    }
+
+    async fn receive_from(
+        &self,
+        partition: u32,
+        queue: &str,
+        max: u32,
+        visibility_ms: u64,
+    ) -> Result<Vec<Delivery>, ApiError> {
+        let call = LeaderCall::Receive {
+            request_id: new_request_id(),
+            queue: queue.to_string(),
+            max,
+            visibility_ms,
+        };
+        let deadline = Instant::now() + RECEIVE_PARTITION_WAIT.min(self.request_timeout());
+        match self.partition_call(partition, PartitionCall::AtLeader(call), deadline, 2).await? {
+            PartitionReply::Received(messages) => Ok(messages),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Sends several messages at once; one outcome per message, in order. The messages of
+    /// one partition are proposed together and in order, so a key's order holds within a
+    /// batch too.
+    pub async fn send_many(
+        &self,
+        queue: &str,
+        messages: Vec<(Option<String>, serde_json::Value, Option<String>)>,
+    ) -> Vec<Result<Sent, ApiError>> {
+        let count = messages.len();
+        let mut outcomes: Vec<Option<Result<Sent, ApiError>>> = (0..count).map(|_| None).collect();
+        let settings =
+            match validate_queue_name(queue).map_err(ApiError::from).and_then(|()| self.queue_settings()) {
+                Ok(settings) => settings,
+                Err(e) => return (0..count).map(|_| Err(e.clone())).collect(),
+            };
+        let mut by_partition: BTreeMap<u32, Vec<(usize, Request)>> = BTreeMap::new();
+        for (i, (key, body, request_id)) in messages.into_iter().enumerate() {
+            let checked = validate_message(key.as_deref(), &body)
+                .and_then(|()| request_id.as_deref().map_or(Ok(()), validate_request_id));
+            if let Err(e) = checked {
+                outcomes[i] = Some(Err(e.into()));
+                continue;
+            }
+            let partition = partition_of(queue, key.as_deref(), settings.partitions);
+            let command = Command::QueueSend { queue: queue.to_string(), key, body };
+            let request = Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), command };
+            by_partition.entry(partition).or_default().push((i, request));
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (partition, items) in by_partition {
+            let this = self.clone();
+            tasks.spawn(async move {
+                let (positions, requests): (Vec<usize>, Vec<Request>) = items.into_iter().unzip();
+                let deadline = Instant::now() + this.request_timeout();
+                let answers = match this
+                    .partition_call(partition, PartitionCall::WriteAll(requests), deadline, 2)
+                    .await
+                {
+                    Ok(PartitionReply::AppliedAll(answers)) if answers.len() == positions.len() => answers,
+                    Ok(other) => positions.iter().map(|_| Err(unexpected(&other))).collect(),
+                    Err(e) => positions.iter().map(|_| Err(e.clone())).collect(),
+                };
+                (partition, positions, answers)
+            });
+        }
+        while let Some(joined) = tasks.join_next().await {
+            let Ok((partition, positions, answers)) = joined else { continue };
+            for (i, answer) in positions.into_iter().zip(answers) {
+                outcomes[i] = Some(answer.and_then(|r| self.sent_or_refused(queue, partition, r)));
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(ApiError::Unavailable("the request was cancelled".into()))))
+            .collect()
+    }
+
+    /// Acknowledges several deliveries at once; one outcome per receipt, in order.
+    pub async fn ack_many(&self, queue: &str, receipts: Vec<String>) -> Vec<Result<(), ApiError>> {
+        let mut tasks = tokio::task::JoinSet::new();
+        let count = receipts.len();
+        for (i, receipt) in receipts.into_iter().enumerate() {
+            let (this, queue) = (self.clone(), queue.to_string());
+            tasks.spawn(async move { (i, this.ack(&queue, &receipt).await) });
+        }
+        collect_in_order(tasks, count).await
+    }
+
+    /// Acknowledges (deletes) the message delivered with `receipt`.
+    pub async fn ack(&self, queue: &str, receipt: &str) -> Result<(), ApiError> {
+        let command = Command::QueueAck { queue: queue.to_string(), receipt: receipt.to_string() };
+        self.settle(queue, receipt, command, "acked").await.map(|_| ())
+    }
+
+    /// Returns the message delivered with `receipt`, visible again after `delay_ms`; true
+    /// when it went to the dead-letter queue instead.
+    pub async fn nack(&self, queue: &str, receipt: &str, delay_ms: u64) -> Result<bool, ApiError> {
+        let max_receives = self.queue_settings()?.max_receives;
+        let command = Command::QueueNack {
+            queue: queue.to_string(),
+            receipt: receipt.to_string(),
+            delay_ms,
+            max_receives,
+        };
+        let dead = self.settle(queue, receipt, command, "nacked").await?;
+        if dead {
+            crate::metrics::record_returned(0, 1);
+        }
+        Ok(dead)
+    }
+
+    async fn settle(
+        &self,
+        queue: &str,
+        receipt: &str,
+        command: Command,
+        op: &'static str,
+    ) -> Result<bool, ApiError> {
+        validate_queue_name(queue)?;
+        let partitions = self.queue_settings()?.partitions;
+        let partition = partition_of_receipt(receipt).filter(|p| *p < partitions).ok_or_else(|| {
+            ApiError::InvalidArgument(format!("receipt {receipt:?} is not a receipt of this cluster"))
+        })?;
+        let request = Request { request_id: Some(new_request_id()), command };
+        match self.partition_write(partition, request).await? {
+            Response::QueueDone { dead_lettered } => {
+                crate::metrics::record_queue_op(op, queue, 1);
+                Ok(dead_lettered)
+            }
+            Response::QueueRefused { refusal: QueueRefusal::StaleReceipt } => {
+                Err(ApiError::NotFound(format!(
+                    "receipt {receipt:?} is not in flight in queue {queue:?}: already acked, returned, or \
+                 redelivered after its visibility timeout"
+                )))
+            }
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// Counts of `queue` in every partition, read at each partition's leader.
+    pub async fn stats(&self, queue: &str) -> Result<Vec<PartitionStats>, ApiError> {
+        validate_queue_name(queue)?;
+        let partitions = self.queue_settings()?.partitions;
+        self.stats_of_all(partitions, Some(queue.to_string())).await
+    }
+
+    /// Stats of every partition, asked in parallel.
+    pub async fn stats_of_all(
+        &self,
+        partitions: u32,
+        queue: Option<String>,
+    ) -> Result<Vec<PartitionStats>, ApiError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for partition in 0..partitions {
+            let this = self.clone();
+            let queue = queue.clone();
+            tasks.spawn(async move {
+                let deadline = Instant::now() + this.request_timeout();
+                let reply = this
+                    .partition_call(
+                        partition,
+                        PartitionCall::AtLeader(LeaderCall::Stats { queue }),
+                        deadline,
+                        2,
+                    )
+                    .await;
+                (partition, reply)
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(joined) = tasks.join_next().await {
+            let (partition, reply) = joined.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            match reply {
+                Ok(PartitionReply::Stats(stats)) => out.push(stats),
+                Ok(other) => return Err(unexpected(other)),
+                // A partition without a leader still shows, with no counts.
+                Err(_) if queue.is_none() => {
+                    out.push(PartitionStats { partition, ..PartitionStats::default() })
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by_key(|s| s.partition);
+        Ok(out)
+    }
+}
+
+/// Waits for every task of `tasks`, each answering its position, and returns the outcomes
+/// in position order.
+async fn collect_in_order<T: Send + 'static>(
+    mut tasks: tokio::task::JoinSet<(usize, Result<T, ApiError>)>,
+    count: usize,
+) -> Vec<Result<T, ApiError>> {
+    let mut outcomes: Vec<Option<Result<T, ApiError>>> = (0..count).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((i, outcome)) = joined {
+            outcomes[i] = Some(outcome);
+        }
+    }
+    outcomes
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(ApiError::Unavailable("the request was cancelled".into()))))
+        .collect()
+}

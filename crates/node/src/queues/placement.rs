@@ -1,0 +1,61 @@
+//! On group 0's leader: the topology is written once, the ring follows group 0's voters, and
+//! one partition at a time moves to its target replica set.
+
+use std::time::Instant;
+
+use sinkron_core::topology::TopologyCommand;
+use sinkron_core::Command;
+
+use super::{Queues, PLACEMENT_INTERVAL};
+use crate::api::error::ApiError;
+use crate::types::Member;
+use crate::wire::{LeaderCall, PartitionCall};
+
+/// On group 0's leader: writes the topology once, keeps the ring's nodes equal to group 0's
+/// voters, and moves one partition at a time to its target replica set.
+pub async fn placement_duties(queues: Queues) {
+    loop {
+        tokio::time::sleep(PLACEMENT_INTERVAL).await;
+        if !queues.group0.is_leader() {
+            continue;
+        }
+        if let Err(e) = place_once(&queues).await {
+            tracing::debug!(error = %e, "queue placement will retry");
+        }
+    }
+}
+
+async fn place_once(queues: &Queues) -> Result<(), ApiError> {
+    let voters = queues.group0.voter_names();
+    if voters.is_empty() {
+        return Ok(());
+    }
+    let Some(topology) = queues.group0.topology() else {
+        let request = TopologyCommand::Setup { settings: queues.config.queues, nodes: voters };
+        queues.group0.write_here(Command::Topology { request }).await?;
+        tracing::info!("queue topology created");
+        return Ok(());
+    };
+    if topology.nodes != voters {
+        tracing::info!(nodes = ?voters, "queue ring follows the new membership");
+        queues
+            .group0
+            .write_here(Command::Topology { request: TopologyCommand::SetNodes { nodes: voters } })
+            .await?;
+        return Ok(());
+    }
+    let Some((partition, target)) = topology.pending_moves().into_iter().next() else { return Ok(()) };
+    let generation = topology.partitions[partition as usize].generation;
+    let members = queues.group0.members_by_name();
+    let replicas: Option<Vec<Member>> = target.iter().map(|n| members.get(n).cloned()).collect();
+    let Some(replicas) = replicas else { return Ok(()) };
+    tracing::info!(partition, replicas = ?target, "moving queue partition");
+    let deadline = Instant::now() + queues.request_timeout() * 4;
+    queues
+        .partition_call(partition, PartitionCall::AtLeader(LeaderCall::Reconfigure { replicas }), deadline, 2)
+        .await?;
+    let request = TopologyCommand::Moved { partition, generation, replicas: target };
+    queues.group0.write_here(Command::Topology { request }).await?;
+    crate::metrics::record_partition_move();
+    Ok(())
+}

@@ -1,0 +1,137 @@
+//! The bodies nodes send each other, shared by the callers ([`crate::peers`],
+//! [`crate::proposer`]) and the handlers of `/raft/*` ([`crate::api::raft`]).
+
+use serde::{Deserialize, Serialize};
+use sinkron_core::queue::Delivery;
+use sinkron_core::{Request, Response};
+
+use crate::api::error::ApiError;
+use crate::types::Member;
+
+/// How the leader answers a write forwarded to it.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ForwardedWrite {
+    /// Applied; the state machine's reply and the log index of the entry that carried it.
+    Applied(Response, u64),
+    /// The receiver is not (or no longer) the leader.
+    NotLeader,
+    /// No quorum acknowledged it in time; it may still commit.
+    Timeout,
+    /// The write was refused for another reason.
+    Failed(String),
+}
+
+/// How the leader answers a read-index request.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ReadIndex {
+    /// Reads are linearizable once the asker has applied this index.
+    Index(u64),
+    /// The receiver is not (or no longer) the leader.
+    NotLeader,
+    /// The leader could not confirm its leadership with a quorum in time.
+    Timeout,
+}
+
+/// Body of an applied-index wait.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AppliedQuery {
+    /// The index to have applied.
+    pub index: u64,
+    /// Longest wait, in milliseconds (at most 10,000).
+    pub wait_ms: u64,
+}
+
+/// Body of a cache lease renewal.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LeaseRenewal {
+    /// The renewing node.
+    pub node: String,
+}
+
+/// An operation on one partition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PartitionCall {
+    /// Propose a request (through the group's batchers, which find the leader).
+    Write(Request),
+    /// Propose requests in this order.
+    WriteAll(Vec<Request>),
+    /// Something only the group's leader does.
+    AtLeader(LeaderCall),
+}
+
+/// An operation run by a partition group's leader itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum LeaderCall {
+    /// Deliver up to `max` messages of `queue`; no proposal when none is visible.
+    Receive {
+        /// Request id of the proposal (a retry gets the same deliveries).
+        request_id: String,
+        /// Queue name.
+        queue: String,
+        /// Most messages.
+        max: u32,
+        /// Visibility timeout.
+        visibility_ms: u64,
+    },
+    /// Counts of `queue` (if given) and the leader.
+    Stats {
+        /// Queue to count.
+        queue: Option<String>,
+    },
+    /// Give the group exactly these voters (a move after a membership change).
+    Reconfigure {
+        /// The new replica set.
+        replicas: Vec<Member>,
+    },
+}
+
+/// The answer to a [`PartitionCall`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum PartitionReply {
+    /// The state machine's reply to a write.
+    Applied(Response),
+    /// One outcome per request of a [`PartitionCall::WriteAll`].
+    AppliedAll(Vec<Result<Response, ApiError>>),
+    /// Deliveries of a receive.
+    Received(Vec<Delivery>),
+    /// Counts.
+    Stats(PartitionStats),
+    /// A reconfiguration finished.
+    Reconfigured,
+}
+
+/// One partition's view of a queue, read at its leader.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PartitionStats {
+    /// Partition number.
+    pub partition: u32,
+    /// Leader of its group.
+    pub leader: Option<String>,
+    /// Ready messages (including delayed ones).
+    pub ready: usize,
+    /// Delivered, unacknowledged messages.
+    pub in_flight: usize,
+    /// Messages in the queue's dead-letter queue.
+    pub dead_letters: usize,
+}
+
+/// Body of `POST /raft/{group}/queue`.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PartitionEnvelope {
+    /// How many more times the call may be forwarded.
+    pub hops: u8,
+    /// Milliseconds left to the caller's deadline.
+    pub within_ms: u64,
+    /// The call.
+    #[schema(value_type = Object)]
+    pub call: PartitionCall,
+}
+
+/// A message sent: its id and partition.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Sent {
+    /// Message id.
+    pub id: String,
+    /// Partition that stores it.
+    pub partition: u32,
+}
