@@ -12,8 +12,8 @@ use std::sync::Arc;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::api::error::ApiError;
 use crate::config::ConnectionLimits;
+use crate::error::NodeError;
 
 /// The permits of one node's waiting requests.
 #[derive(Debug)]
@@ -36,9 +36,9 @@ impl Waiting {
     }
 
     /// A permit for one long-polling receive, held until it answers.
-    pub fn long_poll(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+    pub fn long_poll(&self) -> Result<OwnedSemaphorePermit, NodeError> {
         self.long_polls.clone().try_acquire_owned().map_err(|_| {
-            ApiError::LimitExceeded(format!(
+            NodeError::LimitExceeded(format!(
                 "this node already has {} receives waiting (QUEUE_LONG_POLLS_MAX); retry later, \
                  on another node, or with a shorter wait_ms",
                 self.long_polls_max
@@ -47,9 +47,9 @@ impl Waiting {
     }
 
     /// A permit for one waiting lock acquire, held until it answers.
-    pub fn lock_wait(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+    pub fn lock_wait(&self) -> Result<OwnedSemaphorePermit, NodeError> {
         self.lock_waiters.clone().try_acquire_owned().map_err(|_| {
-            ApiError::LimitExceeded(format!(
+            NodeError::LimitExceeded(format!(
                 "this node already has {} lock acquires waiting (LOCK_WAITERS_MAX); retry later \
                  or on another node",
                 self.lock_waiters_max
@@ -83,10 +83,10 @@ impl SnapshotChunks {
         snapshot_id: &str,
         offset: u64,
         len: usize,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), NodeError> {
         let end =
             offset.checked_add(len as u64).filter(|end| *end <= SNAPSHOT_MAX_BYTES).ok_or_else(|| {
-                ApiError::PayloadTooLarge(format!("a snapshot has at most {SNAPSHOT_MAX_BYTES} bytes"))
+                NodeError::PayloadTooLarge(format!("a snapshot has at most {SNAPSHOT_MAX_BYTES} bytes"))
             })?;
         let mut receiving = self.0.lock().unwrap_or_else(|e| e.into_inner());
         if offset == 0 {
@@ -97,7 +97,7 @@ impl SnapshotChunks {
             return Ok(());
         }
         let Some(current) = receiving.get_mut(&group).filter(|r| r.snapshot_id == snapshot_id) else {
-            return Err(ApiError::InvalidArgument(format!(
+            return Err(NodeError::InvalidArgument(format!(
                 "snapshot chunk at offset {offset} of snapshot {snapshot_id:?}, which was not started at offset 0"
             )));
         };
@@ -106,7 +106,7 @@ impl SnapshotChunks {
             return Ok(());
         }
         if offset != current.next_offset {
-            return Err(ApiError::InvalidArgument(format!(
+            return Err(NodeError::InvalidArgument(format!(
                 "snapshot chunk at offset {offset}; the next chunk of snapshot {snapshot_id:?} begins at {}",
                 current.next_offset
             )));

@@ -22,9 +22,9 @@ use sinkron_core::cache::{CacheCommand, CacheEvent, CacheReply, Line, LocalCache
 use sinkron_core::{Command, Response};
 use tokio::sync::{mpsc, watch};
 
-use crate::api::error::ApiError;
 use crate::clock::now_ms;
 use crate::config::WritePolicy;
+use crate::error::NodeError;
 use crate::group::Leader;
 use crate::group0::Group0;
 use crate::wire::ReadIndex;
@@ -317,8 +317,8 @@ fn cache_command(request: CacheCommand) -> Command {
     Command::Cache { request }
 }
 
-fn joining() -> ApiError {
-    ApiError::Unavailable("the cache of this node is still joining; retry".into())
+fn joining() -> NodeError {
+    NodeError::Unavailable("the cache of this node is still joining; retry".into())
 }
 
 /// The cache as the API and the node's duties use it: this node's lines and lease, and
@@ -337,7 +337,7 @@ impl Cache {
     }
 
     /// Waits until the request with `token` was served, and returns the line it got.
-    async fn wait_served(&self, key: &str, token: u64, deadline: Instant) -> Result<Line, ApiError> {
+    async fn wait_served(&self, key: &str, token: u64, deadline: Instant) -> Result<Line, NodeError> {
         let cache = &self.service;
         let mut changed = cache.changed.subscribe();
         loop {
@@ -351,19 +351,19 @@ impl Cache {
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() || tokio::time::timeout(remaining, changed.changed()).await.is_err() {
-                return Err(ApiError::NoQuorum(format!(
+                return Err(NodeError::NoQuorum(format!(
                     "the request for {key:?} was not served in time; retry"
                 )));
             }
         }
     }
 
-    async fn wait_not_pending(&self, key: &str, deadline: Instant) -> Result<(), ApiError> {
+    async fn wait_not_pending(&self, key: &str, deadline: Instant) -> Result<(), NodeError> {
         let mut changed = self.service.changed.subscribe();
         while self.service.is_pending(key) {
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() || tokio::time::timeout(remaining, changed.changed()).await.is_err() {
-                return Err(ApiError::NoQuorum(format!("a write of {key:?} is still completing; retry")));
+                return Err(NodeError::NoQuorum(format!("a write of {key:?} is still completing; retry")));
             }
         }
         Ok(())
@@ -387,7 +387,7 @@ impl Cache {
     /// barrier is confirmed: every other member applied the entry that invalidated the older
     /// copies, or lost its lease. Before that, a member that is behind (or cut off) could still
     /// serve the older value to a read that starts after this one ended.
-    pub async fn get(&self, key: &str) -> Result<CacheRead, ApiError> {
+    pub async fn get(&self, key: &str) -> Result<CacheRead, NodeError> {
         let cache = &self.service;
         if let Some(line) = cache.hit(key) {
             return Ok(CacheRead { line, hit: true });
@@ -415,7 +415,7 @@ impl Cache {
     }
 
     /// Writes `key`. Returns this node's line afterwards.
-    pub async fn put(&self, key: &str, value: serde_json::Value, durable: bool) -> Result<Line, ApiError> {
+    pub async fn put(&self, key: &str, value: serde_json::Value, durable: bool) -> Result<Line, NodeError> {
         let cache = &self.service;
         if !cache.is_live() {
             return Err(joining());
@@ -427,7 +427,9 @@ impl Cache {
         // an older value after this write was acknowledged.
         if !write_through && cache.lease_valid() && !cache.is_pending(key) && cache.write_locally(key, &value)
         {
-            return cache.usable_line(key, true).ok_or_else(|| ApiError::Unavailable("line vanished".into()));
+            return cache
+                .usable_line(key, true)
+                .ok_or_else(|| NodeError::Unavailable("line vanished".into()));
         }
         // Through the log: the write is pending (hidden on this node) until it completes.
         cache.begin_write(key);
@@ -449,12 +451,12 @@ impl Cache {
         value: serde_json::Value,
         token: u64,
         deadline: Instant,
-    ) -> Result<Line, ApiError> {
+    ) -> Result<Line, NodeError> {
         let request = CacheCommand::Put { key: key.into(), node: self.service.name.clone(), value, token };
         let (reply, index) = self.group0.write_at(cache_command(request), None).await?;
         self.group0.wait_applied(index, deadline).await?;
         let Response::Cache { reply: CacheReply::Stored { version, .. } } = reply else {
-            return Err(ApiError::Unavailable(format!("unexpected reply {reply:?}")));
+            return Err(NodeError::Unavailable(format!("unexpected reply {reply:?}")));
         };
         self.confirm_barrier(index).await;
         // The writer was granted the stored value as an E line.
@@ -478,7 +480,7 @@ impl Cache {
         value: serde_json::Value,
         token: u64,
         deadline: Instant,
-    ) -> Result<Line, ApiError> {
+    ) -> Result<Line, NodeError> {
         let cache = &self.service;
         let dropped_before = cache.dropped_holds(key);
         let request =
@@ -498,7 +500,7 @@ impl Cache {
         // revocation: wait for it, then look again.
         let lease_back = self.wait_lease(deadline.max(Instant::now() + cache.lease)).await;
         if cache.dropped_holds(key) != dropped_before || !lease_back {
-            return Err(ApiError::Unavailable(
+            return Err(NodeError::Unavailable(
                 "this node's cache lines were revoked before the write was confirmed; it may be lost, retry"
                     .into(),
             ));
@@ -507,7 +509,7 @@ impl Cache {
     }
 
     /// Removes `key` everywhere.
-    pub async fn delete(&self, key: &str) -> Result<(), ApiError> {
+    pub async fn delete(&self, key: &str) -> Result<(), NodeError> {
         if !self.service.is_live() {
             return Err(joining());
         }

@@ -9,8 +9,8 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
 use sinkron_core::{Group0State, Request, Response};
 
-use crate::api::error::ApiError;
 use crate::config::{NodeConfig, StorageBackend};
+use crate::error::NodeError;
 use crate::peers::Peers;
 use crate::proposer::Batcher;
 use crate::storage::redis as redis_store;
@@ -49,7 +49,7 @@ pub enum Leader {
 
 impl<S: Machine> Group<S> {
     /// Where this group's leader is, waiting for one until `deadline`.
-    pub async fn leader(&self, deadline: Instant) -> Result<Leader, ApiError> {
+    pub async fn leader(&self, deadline: Instant) -> Result<Leader, NodeError> {
         leader_of(&self.raft, self.me, deadline).await
     }
 
@@ -65,7 +65,7 @@ impl<S: Machine> Group<S> {
 
     /// Proposes `request` through the group's leader (here, or forwarded in a batch) and
     /// returns the reply with the index of the entry that applied it.
-    pub async fn submit(&self, request: Request, deadline: Instant) -> Result<(Response, u64), ApiError> {
+    pub async fn submit(&self, request: Request, deadline: Instant) -> Result<(Response, u64), NodeError> {
         loop {
             let outcome = match self.leader(deadline).await? {
                 Leader::Local => self.proposer.submit(request.clone(), deadline).await,
@@ -73,7 +73,7 @@ impl<S: Machine> Group<S> {
             };
             match outcome {
                 ForwardedWrite::Applied(reply, index) => return Ok((reply, index)),
-                ForwardedWrite::Failed(reason) => return Err(ApiError::Unavailable(reason)),
+                ForwardedWrite::Failed(reason) => return Err(NodeError::Unavailable(reason)),
                 ForwardedWrite::Timeout => return Err(self.timed_out()),
                 ForwardedWrite::NotLeader if Instant::now() >= deadline => return Err(self.timed_out()),
                 ForwardedWrite::NotLeader => tokio::time::sleep(RETRY_PAUSE).await,
@@ -88,8 +88,8 @@ impl<S: Machine> Group<S> {
         &self,
         requests: Vec<Request>,
         deadline: Instant,
-    ) -> Vec<Result<Response, ApiError>> {
-        let mut outcomes: Vec<Option<Result<Response, ApiError>>> =
+    ) -> Vec<Result<Response, NodeError>> {
+        let mut outcomes: Vec<Option<Result<Response, NodeError>>> =
             (0..requests.len()).map(|_| None).collect();
         loop {
             let open: Vec<usize> = (0..requests.len()).filter(|i| outcomes[*i].is_none()).collect();
@@ -111,7 +111,7 @@ impl<S: Machine> Group<S> {
             for (i, answer) in open.into_iter().zip(answers) {
                 outcomes[i] = match answer {
                     ForwardedWrite::Applied(reply, _) => Some(Ok(reply)),
-                    ForwardedWrite::Failed(reason) => Some(Err(ApiError::Unavailable(reason))),
+                    ForwardedWrite::Failed(reason) => Some(Err(NodeError::Unavailable(reason))),
                     ForwardedWrite::Timeout => Some(Err(self.timed_out())),
                     ForwardedWrite::NotLeader if Instant::now() >= deadline => Some(Err(self.timed_out())),
                     ForwardedWrite::NotLeader => {
@@ -133,20 +133,20 @@ impl<S: Machine> Group<S> {
         &self,
         request: Request,
         deadline: Instant,
-    ) -> Result<(Response, u64), ApiError> {
+    ) -> Result<(Response, u64), NodeError> {
         match self.proposer.submit(request, deadline).await {
             ForwardedWrite::Applied(reply, index) => Ok((reply, index)),
-            ForwardedWrite::NotLeader => Err(ApiError::Unavailable("this node is not the leader".into())),
+            ForwardedWrite::NotLeader => Err(NodeError::Unavailable("this node is not the leader".into())),
             ForwardedWrite::Timeout => Err(self.timed_out()),
-            ForwardedWrite::Failed(reason) => Err(ApiError::Unavailable(reason)),
+            ForwardedWrite::Failed(reason) => Err(NodeError::Unavailable(reason)),
         }
     }
 
     /// Why a write timed out: this node's storage outage if there is one, else no quorum.
-    pub fn timed_out(&self) -> ApiError {
+    pub fn timed_out(&self) -> NodeError {
         match self.log.health().problem() {
-            Some(problem) => ApiError::Unavailable(problem),
-            None => ApiError::NoQuorum(format!(
+            Some(problem) => NodeError::Unavailable(problem),
+            None => NodeError::NoQuorum(format!(
                 "no quorum acknowledged the write within {} ms; it may still commit, retry with the same request_id",
                 self.request_timeout.as_millis()
             )),
@@ -156,20 +156,20 @@ impl<S: Machine> Group<S> {
 
 /// Where the leader of `raft`'s group is, seen from node `me`, waiting for one until
 /// `deadline`.
-pub async fn leader_of(raft: &Raft, me: NodeId, deadline: Instant) -> Result<Leader, ApiError> {
+pub async fn leader_of(raft: &Raft, me: NodeId, deadline: Instant) -> Result<Leader, NodeError> {
     let remaining = deadline.saturating_duration_since(Instant::now());
     let metrics = raft
         .wait(Some(remaining))
         .metrics(|m| m.current_leader.is_some(), "a leader is known")
         .await
-        .map_err(|_| ApiError::NoQuorum(format!("no leader is known after {} ms", remaining.as_millis())))?;
+        .map_err(|_| NodeError::NoQuorum(format!("no leader is known after {} ms", remaining.as_millis())))?;
     let leader = metrics.current_leader.unwrap_or_default();
     if leader == me {
         return Ok(Leader::Local);
     }
     match metrics.membership_config.membership().get_node(&leader) {
         Some(member) => Ok(Leader::Remote(member.clone())),
-        None => Err(ApiError::NoQuorum("the leader is not in the known membership".into())),
+        None => Err(NodeError::NoQuorum("the leader is not in the known membership".into())),
     }
 }
 
@@ -189,17 +189,17 @@ pub type MembershipResult<T> =
     Result<Result<T, RaftError<NodeId, ClientWriteError<NodeId, Member>>>, tokio::time::error::Elapsed>;
 
 /// The answer for a membership change's outcome; `action` says what was tried.
-pub fn membership_outcome<T>(result: MembershipResult<T>, action: &str) -> Result<(), ApiError> {
+pub fn membership_outcome<T>(result: MembershipResult<T>, action: &str) -> Result<(), NodeError> {
     match result {
         Ok(Ok(_)) => Ok(()),
-        Err(_) => Err(ApiError::NoQuorum(format!("could not {action} in time; retry"))),
+        Err(_) => Err(NodeError::NoQuorum(format!("could not {action} in time; retry"))),
         Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-            Err(ApiError::Unavailable(format!("leadership changed while trying to {action}; retry")))
+            Err(NodeError::Unavailable(format!("leadership changed while trying to {action}; retry")))
         }
         Ok(Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e)))) => {
-            Err(ApiError::Conflict(format!("cannot {action}: {e}")))
+            Err(NodeError::Conflict(format!("cannot {action}: {e}")))
         }
-        Ok(Err(e)) => Err(ApiError::Unavailable(format!("cannot {action}: {e}"))),
+        Ok(Err(e)) => Err(NodeError::Unavailable(format!("cannot {action}: {e}"))),
     }
 }
 

@@ -12,7 +12,7 @@ use sinkron_core::topology::Topology;
 use sinkron_core::{Command, Request, Response};
 use tokio::time::timeout;
 
-use crate::api::error::ApiError;
+use crate::error::NodeError;
 use crate::group::{membership_outcome, role_name, Group, Leader, RETRY_PAUSE};
 use crate::peers::Peers;
 use crate::types::{Member, NodeId, Raft};
@@ -62,12 +62,12 @@ impl Group0 {
     }
 
     /// Where group 0's leader is, waiting for one until `deadline`.
-    pub async fn leader(&self, deadline: Instant) -> Result<Leader, ApiError> {
+    pub async fn leader(&self, deadline: Instant) -> Result<Leader, NodeError> {
         self.group.leader(deadline).await
     }
 
     /// Proposes `command` through the leader and returns the state machine's reply.
-    pub async fn write(&self, command: Command, request_id: Option<String>) -> Result<Response, ApiError> {
+    pub async fn write(&self, command: Command, request_id: Option<String>) -> Result<Response, NodeError> {
         self.write_at(command, request_id).await.map(|(reply, _)| reply)
     }
 
@@ -76,7 +76,7 @@ impl Group0 {
         &self,
         command: Command,
         request_id: Option<String>,
-    ) -> Result<(Response, u64), ApiError> {
+    ) -> Result<(Response, u64), NodeError> {
         let deadline = Instant::now() + self.request_timeout();
         // Every proposal carries an id, so a retry after a lost reply applies only once.
         let request = Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), command };
@@ -85,14 +85,14 @@ impl Group0 {
 
     /// Proposes `command` on this node only, never forwarding it: fails unless this node
     /// is the leader.
-    pub async fn write_here(&self, command: Command) -> Result<Response, ApiError> {
+    pub async fn write_here(&self, command: Command) -> Result<Response, NodeError> {
         let deadline = Instant::now() + self.request_timeout();
         self.group.submit_here(Request { request_id: None, command }, deadline).await.map(|(reply, _)| reply)
     }
 
     /// Waits until this node's state machine reflects every write completed before the call:
     /// ReadIndex through the leader, then a wait for the local apply.
-    pub async fn read_barrier(&self) -> Result<(), ApiError> {
+    pub async fn read_barrier(&self) -> Result<(), NodeError> {
         let deadline = Instant::now() + self.request_timeout();
         loop {
             let outcome = match self.leader(deadline).await? {
@@ -108,8 +108,8 @@ impl Group0 {
         }
     }
 
-    fn no_quorum_for_read(&self) -> ApiError {
-        ApiError::NoQuorum(format!(
+    fn no_quorum_for_read(&self) -> NodeError {
+        NodeError::NoQuorum(format!(
             "no leader confirmed by a quorum within {} ms; retry later",
             self.request_timeout().as_millis()
         ))
@@ -128,14 +128,14 @@ impl Group0 {
     }
 
     /// Waits until this node has applied log index `index`.
-    pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), ApiError> {
+    pub async fn wait_applied(&self, index: u64, deadline: Instant) -> Result<(), NodeError> {
         let remaining = deadline.saturating_duration_since(Instant::now());
         self.raft()
             .wait(Some(remaining))
             .applied_index_at_least(Some(index), "read barrier")
             .await
             .map(|_| ())
-            .map_err(|_| ApiError::NoQuorum(format!("this node did not catch up to index {index} in time")))
+            .map_err(|_| NodeError::NoQuorum(format!("this node did not catch up to index {index} in time")))
     }
 
     /// Last log index applied by group 0 on this node.
@@ -204,23 +204,23 @@ impl Group0 {
         method: reqwest::Method,
         path: &str,
         body: Option<&serde_json::Value>,
-    ) -> Result<(u16, Vec<u8>), ApiError> {
+    ) -> Result<(u16, Vec<u8>), NodeError> {
         let deadline = Instant::now() + self.request_timeout();
         let Leader::Remote(leader) = self.leader(deadline).await? else {
-            return Err(ApiError::Unavailable("leadership moved here while forwarding; retry".into()));
+            return Err(NodeError::Unavailable("leadership moved here while forwarding; retry".into()));
         };
         self.peers.proxy(&leader, method, path, body, self.request_timeout() * 5).await
     }
 
     /// Adds a member: as a learner first (it catches up), then as a voter (joint consensus).
     /// Must run on the leader.
-    pub async fn add_member(&self, member: Member) -> Result<(), ApiError> {
+    pub async fn add_member(&self, member: Member) -> Result<(), NodeError> {
         let raft = self.raft();
         let id = sinkron_core::ids::raft_id(&member.name);
         let membership = raft.metrics().borrow().membership_config.clone();
         if let Some(existing) = membership.membership().get_node(&id) {
             if existing.name != member.name {
-                return Err(ApiError::Conflict(format!(
+                return Err(NodeError::Conflict(format!(
                     "node {} has the same Raft id as {}; choose another name",
                     member.name, existing.name
                 )));
@@ -236,16 +236,16 @@ impl Group0 {
     }
 
     /// Removes a member entirely. Must run on the leader.
-    pub async fn remove_member(&self, name: &str) -> Result<(), ApiError> {
+    pub async fn remove_member(&self, name: &str) -> Result<(), NodeError> {
         let raft = self.raft();
         let id = sinkron_core::ids::raft_id(name);
         let membership = raft.metrics().borrow().membership_config.clone();
         if membership.membership().get_node(&id).is_none() {
-            return Err(ApiError::NotFound(format!("{name} is not a member")));
+            return Err(NodeError::NotFound(format!("{name} is not a member")));
         }
         let voters: BTreeSet<NodeId> = membership.membership().voter_ids().collect();
         if voters.len() == 1 && voters.contains(&id) {
-            return Err(ApiError::InvalidArgument(format!("{name} is the last voter; a cluster needs one")));
+            return Err(NodeError::InvalidArgument(format!("{name} is the last voter; a cluster needs one")));
         }
         let change = if voters.contains(&id) {
             ChangeMembers::RemoveVoters(BTreeSet::from([id]))

@@ -10,6 +10,7 @@ pub mod api;
 pub mod cache;
 pub mod clock;
 pub mod config;
+pub mod error;
 pub mod group;
 pub mod group0;
 pub mod http_guard;

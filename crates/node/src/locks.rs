@@ -11,8 +11,8 @@ use sinkron_core::locks::{AcquireOutcome, Hold, HolderView, LockMode, LockRefusa
 use sinkron_core::{Command, Response};
 use tokio::sync::watch;
 
-use crate::api::error::ApiError;
 use crate::clock::now_ms;
+use crate::error::NodeError;
 use crate::group0::Group0;
 
 /// A granted lock, as answered to the client.
@@ -31,18 +31,18 @@ enum QueueState {
     Gone,
 }
 
-fn refusal(name: &str, client_id: &str, r: LockRefusal) -> ApiError {
+fn refusal(name: &str, client_id: &str, r: LockRefusal) -> NodeError {
     match r {
-        LockRefusal::NotHeld => ApiError::NotHeld(format!("lock {name:?} is not held")),
-        LockRefusal::NotOwner => ApiError::NotOwner(format!("lock {name:?} is not held by {client_id:?}")),
-        LockRefusal::Limit { what } => ApiError::LimitExceeded(what),
+        LockRefusal::NotHeld => NodeError::NotHeld(format!("lock {name:?} is not held")),
+        LockRefusal::NotOwner => NodeError::NotOwner(format!("lock {name:?} is not held by {client_id:?}")),
+        LockRefusal::Limit { what } => NodeError::LimitExceeded(what),
     }
 }
 
-fn unexpected(reply: Response) -> ApiError {
+fn unexpected(reply: Response) -> NodeError {
     match reply {
-        Response::Rejected { reason } => ApiError::Conflict(reason),
-        other => ApiError::Unavailable(format!("unexpected reply {other:?}")),
+        Response::Rejected { reason } => NodeError::Conflict(reason),
+        other => NodeError::Unavailable(format!("unexpected reply {other:?}")),
     }
 }
 
@@ -54,7 +54,7 @@ pub async fn acquire(
     mode: LockMode,
     ttl_ms: u64,
     wait_ms: u64,
-) -> Result<Grant, ApiError> {
+) -> Result<Grant, NodeError> {
     let deadline = Instant::now() + Duration::from_millis(wait_ms);
     // Subscribe before proposing, so no grant can slip between the reply and the wait.
     let changes = node.group().sm.changes();
@@ -81,8 +81,8 @@ pub async fn acquire(
     }
     match outcome {
         AcquireOutcome::Granted { hold, holders } => Ok(Grant { hold, holders }),
-        AcquireOutcome::Conflict { holders } => Err(ApiError::LockConflict(holders)),
-        AcquireOutcome::Deadlock { cycle } => Err(ApiError::Deadlock(cycle)),
+        AcquireOutcome::Conflict { holders } => Err(NodeError::LockConflict(holders)),
+        AcquireOutcome::Deadlock { cycle } => Err(NodeError::Deadlock(cycle)),
         AcquireOutcome::Queued { .. } => {
             // The reply came from the leader; look at our own table only once it has the entry.
             let settle = deadline.max(Instant::now() + Duration::from_secs(1));
@@ -107,7 +107,7 @@ async fn wait_for_grant(
     mode: LockMode,
     deadline: Instant,
     mut changes: watch::Receiver<u64>,
-) -> Result<Option<Grant>, ApiError> {
+) -> Result<Option<Grant>, NodeError> {
     loop {
         match queue_state(node, name, client_id, mode) {
             QueueState::Granted(grant) => return Ok(Some(grant)),
@@ -120,7 +120,7 @@ async fn wait_for_grant(
         }
         match tokio::time::timeout(remaining, changes.changed()).await {
             Ok(Ok(())) => {}
-            Ok(Err(_)) => return Err(ApiError::Unavailable("the node is shutting down".into())),
+            Ok(Err(_)) => return Err(NodeError::Unavailable("the node is shutting down".into())),
             Err(_) => return Ok(None),
         }
     }
@@ -133,10 +133,10 @@ async fn give_up(
     client_id: &str,
     mode: LockMode,
     wait_ms: u64,
-) -> Result<Grant, ApiError> {
+) -> Result<Grant, NodeError> {
     let command = Command::LockCancelWait { name: name.into(), client_id: client_id.into() };
     let (reply, index) = node.write_at(command, None).await?;
-    let timed_out = || ApiError::WaitTimeout(format!("lock {name:?} was not granted within {wait_ms} ms"));
+    let timed_out = || NodeError::WaitTimeout(format!("lock {name:?} was not granted within {wait_ms} ms"));
     match reply {
         Response::LockCancelled { was_waiting: true } => Err(timed_out()),
         Response::LockCancelled { was_waiting: false } => {
@@ -199,7 +199,7 @@ impl Drop for CancelOnDrop {
 }
 
 /// Releases `client_id`'s hold of `name`.
-pub async fn release(node: &Group0, name: &str, client_id: &str) -> Result<(), ApiError> {
+pub async fn release(node: &Group0, name: &str, client_id: &str) -> Result<(), NodeError> {
     match node.write(Command::LockRelease { name: name.into(), client_id: client_id.into() }, None).await? {
         Response::LockDone { .. } => Ok(()),
         Response::LockRefused { refusal: r } => Err(refusal(name, client_id, r)),
@@ -213,7 +213,7 @@ pub async fn refresh(
     name: &str,
     client_id: &str,
     ttl_ms: Option<u64>,
-) -> Result<Hold, ApiError> {
+) -> Result<Hold, NodeError> {
     let command = Command::LockRefresh { name: name.into(), client_id: client_id.into(), ttl_ms };
     match node.write(command, None).await? {
         Response::LockDone { hold: Some(hold) } => Ok(hold),
@@ -227,7 +227,7 @@ pub async fn refresh_all(
     node: &Group0,
     client_id: &str,
     ttl_ms: Option<u64>,
-) -> Result<Vec<(String, Hold)>, ApiError> {
+) -> Result<Vec<(String, Hold)>, NodeError> {
     match node.write(Command::LockRefreshAll { client_id: client_id.into(), ttl_ms }, None).await? {
         Response::LockRefreshedAll { locks } => Ok(locks),
         other => Err(unexpected(other)),
@@ -235,7 +235,7 @@ pub async fn refresh_all(
 }
 
 /// Drops every hold of `name`; returns the former holders.
-pub async fn force_release(node: &Group0, name: &str) -> Result<Vec<String>, ApiError> {
+pub async fn force_release(node: &Group0, name: &str) -> Result<Vec<String>, NodeError> {
     match node.write(Command::LockForceRelease { name: name.into() }, None).await? {
         Response::LockForceReleased { former_holders } => Ok(former_holders),
         other => Err(unexpected(other)),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sinkron_core::Request;
 
-use crate::api::error::ApiError;
+use crate::error::NodeError;
 use crate::network::{HttpNetworkFactory, Isolation, PeerRefusals};
 use crate::types::{GroupId, Member, GROUP0};
 use crate::wire::{AppliedQuery, ForwardedWrite, LeaseRenewal, PartitionCall, PartitionReply, ReadIndex};
@@ -44,8 +44,8 @@ fn urlencode(segment: &str) -> String {
         .collect()
 }
 
-fn cut_off() -> ApiError {
-    ApiError::NoQuorum("this node is cut off from its peers".into())
+fn cut_off() -> NodeError {
+    NodeError::NoQuorum("this node is cut off from its peers".into())
 }
 
 impl Peers {
@@ -144,7 +144,7 @@ impl Peers {
         path: &str,
         body: Option<&serde_json::Value>,
         limit: Duration,
-    ) -> Result<(u16, Vec<u8>), ApiError> {
+    ) -> Result<(u16, Vec<u8>), NodeError> {
         if self.isolation.is_set() {
             return Err(cut_off());
         }
@@ -153,9 +153,9 @@ impl Peers {
             req = req.json(body);
         }
         let resp =
-            req.send().await.map_err(|e| ApiError::NoQuorum(format!("leader {leader} unreachable: {e}")))?;
+            req.send().await.map_err(|e| NodeError::NoQuorum(format!("leader {leader} unreachable: {e}")))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+        let bytes = resp.bytes().await.map_err(|e| NodeError::Unavailable(e.to_string()))?;
         Ok((status, bytes.to_vec()))
     }
 
@@ -188,7 +188,7 @@ impl Peers {
         call: &PartitionCall,
         deadline: Instant,
         hops: u8,
-    ) -> Result<PartitionReply, ApiError> {
+    ) -> Result<PartitionReply, NodeError> {
         if self.isolation.is_set() {
             return Err(cut_off());
         }
@@ -202,12 +202,12 @@ impl Peers {
             .timeout(remaining + Duration::from_millis(200))
             .send()
             .await
-            .map_err(|e| ApiError::NoQuorum(format!("{addr} unreachable: {e}")))?;
+            .map_err(|e| NodeError::NoQuorum(format!("{addr} unreachable: {e}")))?;
         if !resp.status().is_success() {
-            return Err(ApiError::Unavailable(format!("{addr} answered HTTP {}", resp.status())));
+            return Err(NodeError::Unavailable(format!("{addr} answered HTTP {}", resp.status())));
         }
-        resp.json::<Result<PartitionReply, ApiError>>()
+        resp.json::<Result<PartitionReply, NodeError>>()
             .await
-            .map_err(|e| ApiError::Unavailable(format!("bad answer from {addr}: {e}")))?
+            .map_err(|e| NodeError::Unavailable(format!("bad answer from {addr}: {e}")))?
     }
 }

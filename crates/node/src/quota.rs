@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::api::error::ApiError;
+use crate::error::NodeError;
 use crate::types::{GroupId, Raft};
 
 /// Least time between two snapshots asked for because a group looked full.
@@ -69,7 +69,7 @@ impl Quotas {
 
     /// Refuses a write that grows `group`'s state when its usage is at the quota; then also
     /// asks `raft` for a snapshot, so the next check sees what deletes have freed.
-    pub fn check_bytes(&self, group: GroupId, usage: &Usage, raft: &Raft) -> Result<(), ApiError> {
+    pub fn check_bytes(&self, group: GroupId, usage: &Usage, raft: &Raft) -> Result<(), NodeError> {
         let used = usage.bytes();
         crate::metrics::set_quota_usage(group, used, self.bytes);
         if used < self.bytes {
@@ -84,7 +84,7 @@ impl Quotas {
             });
         }
         crate::metrics::record_quota_refusal();
-        Err(ApiError::QuotaExceeded(format!(
+        Err(NodeError::QuotaExceeded(format!(
             "Raft group {group} holds about {used} bytes of state, its quota is {} (QUOTA_BYTES); \
              delete keys, release locks or ack messages to make room",
             self.bytes
@@ -92,12 +92,12 @@ impl Quotas {
     }
 
     /// Refuses a new `what` (lock, cache key, queue) when `count` of them reach `limit`.
-    pub fn check_count(what: &str, count: usize, limit: usize, setting: &str) -> Result<(), ApiError> {
+    pub fn check_count(what: &str, count: usize, limit: usize, setting: &str) -> Result<(), NodeError> {
         if count < limit {
             return Ok(());
         }
         crate::metrics::record_quota_refusal();
-        Err(ApiError::QuotaExceeded(format!(
+        Err(NodeError::QuotaExceeded(format!(
             "there are {count} {what}s, the quota is {limit} ({setting}); remove some to make room"
         )))
     }

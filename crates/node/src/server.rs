@@ -22,8 +22,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::api::error::ApiError;
 use crate::config::{ConnectionLimits, NodeConfig};
+use crate::error::NodeError;
 use crate::http_guard::{Activity, Guarded, InFlight, Timeouts};
 use crate::node::Node;
 
@@ -190,7 +190,7 @@ impl HttpBody for CountedBody {
 
 /// Answers a connection over the limit with a JSON `503` and closes it.
 async fn refuse_connection(mut tcp: TcpStream, max_connections: usize) {
-    let answer = ApiError::Unavailable(format!(
+    let answer = NodeError::Unavailable(format!(
         "this node already serves {max_connections} connections (HTTP_MAX_CONNECTIONS); retry later or on another node"
     ))
     .to_http1();

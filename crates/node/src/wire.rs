@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use sinkron_core::queue::Delivery;
 use sinkron_core::{Request, Response};
 
-use crate::api::error::ApiError;
+use crate::error::NodeError;
 use crate::types::Member;
 
 /// How the leader answers a write forwarded to it.
@@ -91,7 +91,7 @@ pub enum PartitionReply {
     /// The state machine's reply to a write.
     Applied(Response),
     /// One outcome per request of a [`PartitionCall::WriteAll`].
-    AppliedAll(Vec<Result<Response, ApiError>>),
+    AppliedAll(Vec<Result<Response, NodeError>>),
     /// Deliveries of a receive.
     Received(Vec<Delivery>),
     /// Counts.

@@ -4,19 +4,7 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
-use super::directory::{CacheCommand, CacheEvent, RecallKind};
-
-/// The state of a present line; a key with no line is Invalid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mesi {
-    /// Only copy, changed since it was last written back.
-    Modified,
-    /// Only copy, equal to the backing store.
-    Exclusive,
-    /// One of several read-only copies, equal to the backing store.
-    Shared,
-}
+use super::protocol::{CacheCommand, CacheEvent, Mesi, RecallKind};
 
 /// One cached key.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,13 +14,13 @@ mod directory;
 mod local;
 #[cfg(test)]
 mod model;
+mod protocol;
 #[cfg(test)]
 mod sim;
 
-pub use directory::{
-    CacheCommand, CacheEvent, CacheReply, DirEntry, Directory, Recall, RecallKind, Waiting, Want,
-};
-pub use local::{CacheStats, Line, LocalCache, Mesi, WriteOutcome};
+pub use directory::{DirEntry, Directory, Recall, Waiting};
+pub use local::{CacheStats, Line, LocalCache, WriteOutcome};
+pub use protocol::{CacheCommand, CacheEvent, CacheReply, Mesi, RecallKind, Want};
 
 /// Largest cache key, in bytes.
 pub const CACHE_KEY_MAX_BYTES: usize = 256;

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sinkron_core::cache::{CACHE_KEY_MAX_BYTES, CACHE_VALUE_MAX_BYTES};
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ApiJson, ApiPath as Path, ErrorBody};
+use super::error::{ApiJson, ApiPath as Path, ErrorBody, NodeError};
 use super::AppState;
 use crate::cache::state_name;
 
@@ -94,12 +94,12 @@ pub struct CacheStatsView {
     pub lease_valid: bool,
 }
 
-fn validate_key(key: &str) -> Result<(), ApiError> {
+fn validate_key(key: &str) -> Result<(), NodeError> {
     if key.is_empty() {
-        return Err(ApiError::InvalidArgument("key: must not be empty".into()));
+        return Err(NodeError::InvalidArgument("key: must not be empty".into()));
     }
     if key.len() > CACHE_KEY_MAX_BYTES {
-        return Err(ApiError::PayloadTooLarge(format!(
+        return Err(NodeError::PayloadTooLarge(format!(
             "key is {} bytes, the limit is {CACHE_KEY_MAX_BYTES}",
             key.len()
         )));
@@ -114,11 +114,11 @@ fn validate_key(key: &str) -> Result<(), ApiError> {
 pub async fn get(
     State(node): State<AppState>,
     Path(key): Path<String>,
-) -> Result<Json<CacheValue>, ApiError> {
+) -> Result<Json<CacheValue>, NodeError> {
     validate_key(&key)?;
     let read = node.cache.get(&key).await?;
     let Some(value) = read.line.value else {
-        return Err(ApiError::NotFound(format!("cache key {key:?} has no value")));
+        return Err(NodeError::NotFound(format!("cache key {key:?} has no value")));
     };
     Ok(Json(CacheValue { key, value, state: state_name(Some(read.line.state)).into(), hit: read.hit }))
 }
@@ -132,11 +132,11 @@ pub async fn put(
     State(node): State<AppState>,
     Path(key): Path<String>,
     ApiJson(body): ApiJson<CachePut>,
-) -> Result<Json<CacheWritten>, ApiError> {
+) -> Result<Json<CacheWritten>, NodeError> {
     validate_key(&key)?;
     let size = serde_json::to_vec(&body.value).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > CACHE_VALUE_MAX_BYTES {
-        return Err(ApiError::PayloadTooLarge(format!(
+        return Err(NodeError::PayloadTooLarge(format!(
             "value is {size} bytes, the limit is {CACHE_VALUE_MAX_BYTES}"
         )));
     }
@@ -152,7 +152,7 @@ pub async fn put(
 pub async fn delete(
     State(node): State<AppState>,
     Path(key): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<serde_json::Value>, NodeError> {
     validate_key(&key)?;
     node.cache.delete(&key).await?;
     Ok(Json(serde_json::json!({ "key": key, "deleted": true })))
@@ -164,7 +164,7 @@ pub async fn delete(
 pub async fn local_line(
     State(node): State<AppState>,
     Path(key): Path<String>,
-) -> Result<Json<NodeLine>, ApiError> {
+) -> Result<Json<NodeLine>, NodeError> {
     validate_key(&key)?;
     let state = node.cache.service.local().peek(&key).map(|l| l.state);
     Ok(Json(NodeLine { node: node.config.name.clone(), state: state_name(state).into() }))
@@ -176,7 +176,7 @@ pub async fn local_line(
 pub async fn lines(
     State(node): State<AppState>,
     Path(key): Path<String>,
-) -> Result<Json<KeyLines>, ApiError> {
+) -> Result<Json<KeyLines>, NodeError> {
     validate_key(&key)?;
     let mut lines = Vec::new();
     for (name, addr) in node.group0.members() {

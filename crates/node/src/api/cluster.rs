@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sinkron_core::limits::validate_node_name;
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ApiJson, ApiPath as Path, ErrorBody};
+use super::error::{ApiJson, ApiPath as Path, ErrorBody, NodeError};
 use super::AppState;
 use crate::group::role_name;
 use crate::node::Node;
@@ -51,28 +51,28 @@ pub struct Readiness {
 #[utoipa::path(get, path = "/ready", tag = "probes", responses(
     (status = 200, body = Readiness),
     (status = 503, body = ErrorBody, description = "no leader known, or still applying")))]
-pub async fn ready(State(node): State<AppState>) -> Result<Json<Readiness>, ApiError> {
+pub async fn ready(State(node): State<AppState>) -> Result<Json<Readiness>, NodeError> {
     if let Some(problem) = node.group0.group().log.health().problem() {
-        return Err(ApiError::Unavailable(problem));
+        return Err(NodeError::Unavailable(problem));
     }
     let status = status_of(&node).await;
     let Some(leader) = status.leader else {
-        return Err(ApiError::Unavailable("no leader is known".into()));
+        return Err(NodeError::Unavailable("no leader is known".into()));
     };
     // openraft 0.9 does not step down a leader that lost its quorum; do not send it traffic.
     let quorum_ack_ms = node.group0.raft().metrics().borrow().millis_since_quorum_ack;
     if status.role == "leader" && quorum_ack_ms.is_none_or(|ms| ms > node.config.election_timeout_max_ms) {
-        return Err(ApiError::Unavailable("this leader has not heard from a quorum recently".into()));
+        return Err(NodeError::Unavailable("this leader has not heard from a quorum recently".into()));
     }
     if status.applied_index < status.commit_index {
-        return Err(ApiError::Unavailable(format!(
+        return Err(NodeError::Unavailable(format!(
             "applying: applied index {} is behind commit index {}",
             status.applied_index, status.commit_index
         )));
     }
     let refused = node.peers.refusals.recent();
     if let Some((_, problem)) = refused.iter().find(|(group, _)| *group == crate::types::GROUP0) {
-        return Err(ApiError::Unavailable(problem.clone()));
+        return Err(NodeError::Unavailable(problem.clone()));
     }
     let mut degraded: Vec<String> = refused.into_iter().map(|(_, problem)| problem).collect();
     // A full group still serves reads, deletes, releases and acks: reported, still ready.
@@ -206,17 +206,17 @@ pub struct MembershipChanged {
 pub async fn add_member(
     State(node): State<AppState>,
     ApiJson(body): ApiJson<AddMember>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, NodeError> {
     validate_node_name(&body.id)?;
     let addr_ok = body
         .addr
         .rsplit_once(':')
         .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
     if !addr_ok || body.addr.contains('/') {
-        return Err(ApiError::InvalidArgument(format!("addr: expected host:port, got {:?}", body.addr)));
+        return Err(NodeError::InvalidArgument(format!("addr: expected host:port, got {:?}", body.addr)));
     }
     if node.group0.role() != "leader" {
-        let value = serde_json::to_value(&body).map_err(|e| ApiError::InvalidArgument(e.to_string()))?;
+        let value = serde_json::to_value(&body).map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
         return proxied(
             node.group0.proxy_to_leader(reqwest::Method::POST, "/v1/cluster/members", Some(&value)).await?,
         );
@@ -232,7 +232,7 @@ pub async fn add_member(
 pub async fn remove_member(
     State(node): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Response, ApiError> {
+) -> Result<Response, NodeError> {
     validate_node_name(&id)?;
     if node.group0.role() != "leader" {
         return proxied(
@@ -245,7 +245,7 @@ pub async fn remove_member(
     Ok(Json(MembershipChanged { members: status_of(&node).await.members }).into_response())
 }
 
-fn proxied((status, body): (u16, Vec<u8>)) -> Result<Response, ApiError> {
+fn proxied((status, body): (u16, Vec<u8>)) -> Result<Response, NodeError> {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY);
     Ok((status, [(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
@@ -297,9 +297,9 @@ pub struct Isolate {
 pub async fn isolate(
     State(node): State<AppState>,
     ApiJson(body): ApiJson<Isolate>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<serde_json::Value>, NodeError> {
     if !node.config.fault_injection {
-        return Err(ApiError::NotFound("fault injection is disabled (SINKRON_FAULT_INJECTION)".into()));
+        return Err(NodeError::NotFound("fault injection is disabled (SINKRON_FAULT_INJECTION)".into()));
     }
     node.peers.isolation.set(body.isolated);
     tracing::warn!(isolated = body.isolated, "fault injection: peer links switched");

@@ -1,4 +1,6 @@
-//! The one place where errors become HTTP: status, stable `error` code and message.
+//! The one place where the node's errors ([`crate::error::NodeError`]) become HTTP: status,
+//! stable `error` code, message and `Retry-After`; and the extractors whose rejections are
+//! such errors.
 
 use axum::body::Bytes;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
@@ -9,91 +11,13 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sinkron_core::limits::{json_depth_within, JSON_DEPTH_MAX};
-use sinkron_core::locks::{HolderView, LockMode, WaitEdge};
-use sinkron_core::CoreError;
+use sinkron_core::locks::{HolderView, WaitEdge};
+
+pub use crate::error::NodeError;
 use utoipa::ToSchema;
 
 /// Seconds a client is asked to wait before retrying a `503`.
 const RETRY_AFTER_SECONDS: &str = "1";
-
-/// An error answered to a client (also carried between nodes as JSON).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
-pub enum ApiError {
-    /// The request is malformed; the message names the field.
-    #[error("{0}")]
-    InvalidArgument(String),
-    /// The addressed object does not exist.
-    #[error("{0}")]
-    NotFound(String),
-    /// The request conflicts with the current state (e.g. a membership change in progress).
-    #[error("{0}")]
-    Conflict(String),
-    /// A body, key or value is above its size limit.
-    #[error("{0}")]
-    PayloadTooLarge(String),
-    /// No leader with a live quorum answered within the bounded wait.
-    #[error("{0}")]
-    NoQuorum(String),
-    /// The node cannot serve the request now (shutting down, storage failed).
-    #[error("{0}")]
-    Unavailable(String),
-    /// The endpoint exists but not with this HTTP method.
-    #[error("{0}")]
-    MethodNotAllowed(String),
-    /// The lock is held incompatibly and the request did not wait.
-    #[error("lock is held by {}", holder_names(.0))]
-    LockConflict(Vec<HolderView>),
-    /// The request waited `wait_ms` without being granted.
-    #[error("{0}")]
-    WaitTimeout(String),
-    /// Waiting would have closed a cycle of waiters; this request is the victim.
-    #[error("waiting would deadlock: {}", cycle_text(.0))]
-    Deadlock(Vec<WaitEdge>),
-    /// The lock is held, but not by this client.
-    #[error("{0}")]
-    NotOwner(String),
-    /// Nobody holds the lock.
-    #[error("{0}")]
-    NotHeld(String),
-    /// A limit (waiters per lock, locks per client, long polls per node) was reached.
-    #[error("{0}")]
-    LimitExceeded(String),
-    /// The request's body did not arrive in time.
-    #[error("{0}")]
-    RequestTimeout(String),
-    /// The request target (path and query) is longer than the API takes.
-    #[error("{0}")]
-    UriTooLong(String),
-    /// The request headers are larger than the API takes.
-    #[error("{0}")]
-    HeadersTooLarge(String),
-    /// A write would grow state beyond a quota (size of a group, number of locks, cache
-    /// keys or queues).
-    #[error("{0}")]
-    QuotaExceeded(String),
-}
-
-fn holder_names(holders: &[HolderView]) -> String {
-    holders
-        .iter()
-        .map(|h| {
-            let mode = match h.mode {
-                LockMode::Shared => "shared",
-                LockMode::Exclusive => "exclusive",
-            };
-            format!("{} ({mode}, fence {})", h.client_id, h.fence)
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn cycle_text(cycle: &[WaitEdge]) -> String {
-    cycle
-        .iter()
-        .map(|e| format!("{} waits for {} on {}", e.client_id, e.waits_for, e.lock))
-        .collect::<Vec<_>>()
-        .join("; ")
-}
 
 /// The JSON body of every error.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -113,7 +37,7 @@ pub struct ErrorBody {
     pub holders: Option<Vec<HolderView>>,
 }
 
-impl ApiError {
+impl NodeError {
     /// The HTTP status and stable code of this error.
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
@@ -138,16 +62,7 @@ impl ApiError {
     }
 }
 
-impl From<CoreError> for ApiError {
-    fn from(e: CoreError) -> Self {
-        match e {
-            CoreError::InvalidArgument { .. } => Self::InvalidArgument(e.to_string()),
-            CoreError::TooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
-        }
-    }
-}
-
-impl ApiError {
+impl NodeError {
     /// The whole HTTP/1.1 answer for this error on a connection that closes after it, for
     /// the connection guard, which answers before any router sees a request.
     pub fn to_http1(&self) -> Vec<u8> {
@@ -183,7 +98,7 @@ fn retries_later(status: StatusCode) -> bool {
     matches!(status, StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS)
 }
 
-impl IntoResponse for ApiError {
+impl IntoResponse for NodeError {
     fn into_response(self) -> Response {
         let status = self.status_and_code().0;
         let mut response = (status, Json(self.body())).into_response();
@@ -207,7 +122,7 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON body whose rejections are [`ApiError`]s: malformed JSON and wrong types become
+/// A JSON body whose rejections are [`NodeError`]s: malformed JSON and wrong types become
 /// `400 invalid_argument` naming the field, bodies nested deeper than `DEPTH` levels
 /// `400 invalid_argument` as well, oversized bodies `413 payload_too_large`, a body that
 /// does not arrive within the node's body timeout `408 request_timeout`.
@@ -231,30 +146,30 @@ where
     T: serde::de::DeserializeOwned,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = NodeError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
         if !is_json(req.headers()) {
-            return Err(ApiError::InvalidArgument(
+            return Err(NodeError::InvalidArgument(
                 "send the body as JSON with content-type: application/json".into(),
             ));
         }
         let within = *BODY_TIMEOUT.get().unwrap_or(&BODY_TIMEOUT_DEFAULT);
         let bytes = match tokio::time::timeout(within, Bytes::from_request(req, state)).await {
             Err(_) => {
-                return Err(ApiError::RequestTimeout(format!(
+                return Err(NodeError::RequestTimeout(format!(
                     "the request body did not arrive within {} ms",
                     within.as_millis()
                 )))
             }
             Ok(Err(rejection)) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                return Err(ApiError::PayloadTooLarge("request body is larger than the limit".into()))
+                return Err(NodeError::PayloadTooLarge("request body is larger than the limit".into()))
             }
-            Ok(Err(rejection)) => return Err(ApiError::InvalidArgument(rejection.body_text())),
+            Ok(Err(rejection)) => return Err(NodeError::InvalidArgument(rejection.body_text())),
             Ok(Ok(bytes)) => bytes,
         };
         if json_depth_within(&bytes, DEPTH).is_none() {
-            return Err(ApiError::InvalidArgument(format!(
+            return Err(NodeError::InvalidArgument(format!(
                 "body: JSON nested deeper than {DEPTH} levels (arrays and objects, the body's own included)"
             )));
         }
@@ -282,12 +197,12 @@ where
     Path<T>: FromRequestParts<S, Rejection = PathRejection>,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = NodeError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match Path::<T>::from_request_parts(parts, state).await {
             Ok(Path(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::InvalidArgument(format!("path: {}", rejection.body_text()))),
+            Err(rejection) => Err(NodeError::InvalidArgument(format!("path: {}", rejection.body_text()))),
         }
     }
 }
@@ -300,12 +215,12 @@ where
     Query<T>: FromRequestParts<S, Rejection = QueryRejection>,
     S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = NodeError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         match Query::<T>::from_request_parts(parts, state).await {
             Ok(Query(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::InvalidArgument(format!(
+            Err(rejection) => Err(NodeError::InvalidArgument(format!(
                 "query: {}",
                 rejection.body_text().trim_start_matches("Failed to deserialize query string: ")
             ))),
@@ -315,17 +230,17 @@ where
 
 /// The error of a body that `Json::from_bytes` refused (size and content type are checked
 /// before, in [`ApiJson`]).
-fn from_json_rejection(rejection: JsonRejection) -> ApiError {
+fn from_json_rejection(rejection: JsonRejection) -> NodeError {
     match rejection {
-        JsonRejection::JsonDataError(e) => ApiError::InvalidArgument(format!(
+        JsonRejection::JsonDataError(e) => NodeError::InvalidArgument(format!(
             "body: {}",
             e.body_text().trim_start_matches("Failed to deserialize the JSON body into the target type: ")
         )),
-        JsonRejection::JsonSyntaxError(e) => ApiError::InvalidArgument(format!(
+        JsonRejection::JsonSyntaxError(e) => NodeError::InvalidArgument(format!(
             "body is not valid JSON: {}",
             e.body_text().trim_start_matches("Failed to parse the request body as JSON: ")
         )),
-        other => ApiError::InvalidArgument(other.body_text()),
+        other => NodeError::InvalidArgument(other.body_text()),
     }
 }
 
@@ -336,23 +251,23 @@ mod tests {
     #[test]
     fn every_error_has_its_status_and_code() {
         let table = [
-            (ApiError::InvalidArgument("x".into()), 400, "invalid_argument"),
-            (ApiError::NotFound("x".into()), 404, "not_found"),
-            (ApiError::Conflict("x".into()), 409, "conflict"),
-            (ApiError::PayloadTooLarge("x".into()), 413, "payload_too_large"),
-            (ApiError::NoQuorum("x".into()), 503, "no_quorum"),
-            (ApiError::Unavailable("x".into()), 503, "unavailable"),
-            (ApiError::MethodNotAllowed("x".into()), 405, "method_not_allowed"),
-            (ApiError::LockConflict(vec![]), 409, "lock_conflict"),
-            (ApiError::WaitTimeout("x".into()), 409, "wait_timeout"),
-            (ApiError::Deadlock(vec![]), 409, "deadlock"),
-            (ApiError::NotOwner("x".into()), 403, "not_owner"),
-            (ApiError::NotHeld("x".into()), 404, "not_held"),
-            (ApiError::LimitExceeded("x".into()), 429, "limit_exceeded"),
-            (ApiError::RequestTimeout("x".into()), 408, "request_timeout"),
-            (ApiError::UriTooLong("x".into()), 414, "uri_too_long"),
-            (ApiError::HeadersTooLarge("x".into()), 431, "headers_too_large"),
-            (ApiError::QuotaExceeded("x".into()), 507, "quota_exceeded"),
+            (NodeError::InvalidArgument("x".into()), 400, "invalid_argument"),
+            (NodeError::NotFound("x".into()), 404, "not_found"),
+            (NodeError::Conflict("x".into()), 409, "conflict"),
+            (NodeError::PayloadTooLarge("x".into()), 413, "payload_too_large"),
+            (NodeError::NoQuorum("x".into()), 503, "no_quorum"),
+            (NodeError::Unavailable("x".into()), 503, "unavailable"),
+            (NodeError::MethodNotAllowed("x".into()), 405, "method_not_allowed"),
+            (NodeError::LockConflict(vec![]), 409, "lock_conflict"),
+            (NodeError::WaitTimeout("x".into()), 409, "wait_timeout"),
+            (NodeError::Deadlock(vec![]), 409, "deadlock"),
+            (NodeError::NotOwner("x".into()), 403, "not_owner"),
+            (NodeError::NotHeld("x".into()), 404, "not_held"),
+            (NodeError::LimitExceeded("x".into()), 429, "limit_exceeded"),
+            (NodeError::RequestTimeout("x".into()), 408, "request_timeout"),
+            (NodeError::UriTooLong("x".into()), 414, "uri_too_long"),
+            (NodeError::HeadersTooLarge("x".into()), 431, "headers_too_large"),
+            (NodeError::QuotaExceeded("x".into()), 507, "quota_exceeded"),
         ];
         for (error, status, code) in table {
             assert_eq!(error.status_and_code(), (StatusCode::from_u16(status).expect("status"), code));

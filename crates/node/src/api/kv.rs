@@ -11,7 +11,7 @@ use sinkron_core::limits::{validate_kv_key, validate_kv_value, validate_request_
 use sinkron_core::{Command, Response};
 use utoipa::{IntoParams, ToSchema};
 
-use super::error::{ApiError, ApiJson, ApiPath as Path, ApiQuery as Query, ErrorBody};
+use super::error::{ApiJson, ApiPath as Path, ApiQuery as Query, ErrorBody, NodeError};
 use super::AppState;
 
 /// How fresh a read must be.
@@ -80,7 +80,7 @@ pub async fn kv_get(
     State(node): State<AppState>,
     Path(key): Path<String>,
     Query(query): Query<ReadQuery>,
-) -> Result<Json<KvValue>, ApiError> {
+) -> Result<Json<KvValue>, NodeError> {
     validate_kv_key(&key)?;
     if query.consistency == Consistency::Linearizable {
         node.group0.read_barrier().await?;
@@ -90,7 +90,7 @@ pub async fn kv_get(
         .state
         .kv
         .get(&key)
-        .ok_or_else(|| ApiError::NotFound(format!("key {key:?} does not exist")))?;
+        .ok_or_else(|| NodeError::NotFound(format!("key {key:?} does not exist")))?;
     Ok(Json(KvValue { key: key.clone(), value: entry.value.clone(), version: entry.version }))
 }
 
@@ -102,7 +102,7 @@ pub async fn kv_put(
     State(node): State<AppState>,
     Path(key): Path<String>,
     ApiJson(body): ApiJson<PutBody>,
-) -> Result<Json<PutResult>, ApiError> {
+) -> Result<Json<PutResult>, NodeError> {
     validate_kv_key(&key)?;
     validate_kv_value(&body.value)?;
     if let Some(id) = &body.request_id {
@@ -130,7 +130,7 @@ pub async fn kv_delete(
     State(node): State<AppState>,
     Path(key): Path<String>,
     Query(query): Query<DeleteQuery>,
-) -> Result<Json<DeleteResult>, ApiError> {
+) -> Result<Json<DeleteResult>, NodeError> {
     validate_kv_key(&key)?;
     if let Some(id) = &query.request_id {
         validate_request_id(id)?;
@@ -142,9 +142,9 @@ pub async fn kv_delete(
 }
 
 /// A reply that does not answer the command: a reused request id, or a bug.
-fn unexpected(reply: Response) -> ApiError {
+fn unexpected(reply: Response) -> NodeError {
     match reply {
-        Response::Rejected { reason } => ApiError::Conflict(reason),
-        other => ApiError::Unavailable(format!("unexpected reply {other:?}")),
+        Response::Rejected { reason } => NodeError::Conflict(reason),
+        other => NodeError::Unavailable(format!("unexpected reply {other:?}")),
     }
 }

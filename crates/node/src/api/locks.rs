@@ -10,7 +10,7 @@ use sinkron_core::locks::{
 };
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ApiJson, ApiPath as Path, ApiQuery as Query, ErrorBody};
+use super::error::{ApiJson, ApiPath as Path, ApiQuery as Query, ErrorBody, NodeError};
 use super::kv::ReadQuery;
 use super::AppState;
 use crate::locks::{self, Grant};
@@ -173,25 +173,25 @@ pub struct WaitForGraph {
     pub deadlocks: Vec<sinkron_core::locks::DeadlockRecord>,
 }
 
-fn validate_name(name: &str) -> Result<(), ApiError> {
+fn validate_name(name: &str) -> Result<(), NodeError> {
     if name.is_empty() {
-        return Err(ApiError::InvalidArgument("name: must not be empty".into()));
+        return Err(NodeError::InvalidArgument("name: must not be empty".into()));
     }
     if name.len() > LOCK_NAME_MAX_BYTES {
-        return Err(ApiError::PayloadTooLarge(format!(
+        return Err(NodeError::PayloadTooLarge(format!(
             "name is {} bytes, the limit is {LOCK_NAME_MAX_BYTES}",
             name.len()
         )));
     }
     if RESERVED_NAMES.contains(&name) {
-        return Err(ApiError::InvalidArgument(format!("name: {name:?} is reserved")));
+        return Err(NodeError::InvalidArgument(format!("name: {name:?} is reserved")));
     }
     Ok(())
 }
 
-fn validate_client(client_id: &str) -> Result<(), ApiError> {
+fn validate_client(client_id: &str) -> Result<(), NodeError> {
     if client_id.is_empty() || client_id.len() > CLIENT_ID_MAX_BYTES {
-        return Err(ApiError::InvalidArgument(format!(
+        return Err(NodeError::InvalidArgument(format!(
             "client_id: has 1 to {CLIENT_ID_MAX_BYTES} bytes, got {}",
             client_id.len()
         )));
@@ -199,10 +199,10 @@ fn validate_client(client_id: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn validate_ttl(ttl_ms: Option<u64>) -> Result<(), ApiError> {
+fn validate_ttl(ttl_ms: Option<u64>) -> Result<(), NodeError> {
     match ttl_ms {
         Some(t) if t == 0 || t > TTL_MAX_MS => {
-            Err(ApiError::InvalidArgument(format!("ttl_ms: must be 1 to {TTL_MAX_MS}, got {t}")))
+            Err(NodeError::InvalidArgument(format!("ttl_ms: must be 1 to {TTL_MAX_MS}, got {t}")))
         }
         _ => Ok(()),
     }
@@ -218,7 +218,7 @@ fn acquired(name: String, grant: Grant) -> Acquired {
     }
 }
 
-fn outcome_label(result: &Result<Acquired, ApiError>) -> &'static str {
+fn outcome_label(result: &Result<Acquired, NodeError>) -> &'static str {
     match result {
         Ok(_) => "granted",
         Err(e) => e.status_and_code().1,
@@ -236,13 +236,13 @@ pub async fn acquire(
     State(node): State<AppState>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<AcquireBody>,
-) -> Result<Json<Acquired>, ApiError> {
+) -> Result<Json<Acquired>, NodeError> {
     validate_name(&name)?;
     validate_client(&body.client_id)?;
     validate_ttl(body.ttl_ms)?;
     let wait_ms = body.wait_ms.unwrap_or(0);
     if wait_ms > WAIT_MAX_MS {
-        return Err(ApiError::InvalidArgument(format!(
+        return Err(NodeError::InvalidArgument(format!(
             "wait_ms: must be at most {WAIT_MAX_MS}, got {wait_ms}"
         )));
     }
@@ -268,7 +268,7 @@ pub async fn release(
     State(node): State<AppState>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<ClientBody>,
-) -> Result<Json<Released>, ApiError> {
+) -> Result<Json<Released>, NodeError> {
     validate_name(&name)?;
     validate_client(&body.client_id)?;
     let started = Instant::now();
@@ -290,7 +290,7 @@ pub async fn refresh(
     State(node): State<AppState>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<RefreshBody>,
-) -> Result<Json<Refreshed>, ApiError> {
+) -> Result<Json<Refreshed>, NodeError> {
     validate_name(&name)?;
     validate_client(&body.client_id)?;
     validate_ttl(body.ttl_ms)?;
@@ -304,7 +304,7 @@ pub async fn refresh(
 pub async fn refresh_all(
     State(node): State<AppState>,
     ApiJson(body): ApiJson<RefreshBody>,
-) -> Result<Json<RefreshedAll>, ApiError> {
+) -> Result<Json<RefreshedAll>, NodeError> {
     validate_client(&body.client_id)?;
     validate_ttl(body.ttl_ms)?;
     let locks = locks::refresh_all(&node.group0, &body.client_id, body.ttl_ms).await?;
@@ -322,7 +322,7 @@ pub async fn refresh_all(
 pub async fn force_release(
     State(node): State<AppState>,
     Path(name): Path<String>,
-) -> Result<Json<Released>, ApiError> {
+) -> Result<Json<Released>, NodeError> {
     validate_name(&name)?;
     let former = locks::force_release(&node.group0, &name).await?;
     Ok(Json(Released { name, released: former }))
@@ -357,7 +357,7 @@ pub async fn get_lock(
     State(node): State<AppState>,
     Path(name): Path<String>,
     Query(query): Query<ReadQuery>,
-) -> Result<Json<LockState>, ApiError> {
+) -> Result<Json<LockState>, NodeError> {
     validate_name(&name)?;
     if query.consistency == super::kv::Consistency::Linearizable {
         node.group0.read_barrier().await?;
@@ -372,7 +372,7 @@ pub async fn get_lock(
 pub async fn list_locks(
     State(node): State<AppState>,
     Query(query): Query<ReadQuery>,
-) -> Result<Json<LockList>, ApiError> {
+) -> Result<Json<LockList>, NodeError> {
     if query.consistency == super::kv::Consistency::Linearizable {
         node.group0.read_barrier().await?;
     }
@@ -388,7 +388,7 @@ pub async fn list_locks(
 pub async fn wait_for_graph(
     State(node): State<AppState>,
     Query(query): Query<ReadQuery>,
-) -> Result<Json<WaitForGraph>, ApiError> {
+) -> Result<Json<WaitForGraph>, NodeError> {
     if query.consistency == super::kv::Consistency::Linearizable {
         node.group0.read_barrier().await?;
     }

@@ -24,7 +24,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use self::error::ApiError;
+use self::error::NodeError;
 use crate::node::Node;
 
 /// Largest body of a public request.
@@ -159,9 +159,9 @@ pub fn router(node: AppState) -> Router {
     let (routes, doc) = documented_routes();
     let _ = OPENAPI_JSON.set(serde_json::to_value(&doc).unwrap_or_default());
     routes
-        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .fallback(|| async { NodeError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
-            ApiError::MethodNotAllowed("this endpoint does not accept that method".into())
+            NodeError::MethodNotAllowed("this endpoint does not accept that method".into())
         })
         .layer(middleware::from_fn(refuse_peers_while_isolated))
         .layer(middleware::from_fn(track_http))
@@ -184,7 +184,7 @@ async fn openapi_json() -> Response {
 async fn refuse_peers_while_isolated(req: Request, next: Next) -> Response {
     let isolated = req.extensions().get::<crate::network::Isolation>().is_some_and(|i| i.is_set());
     if isolated && req.uri().path().starts_with("/raft/") {
-        return ApiError::Unavailable("isolated by fault injection".into()).into_response();
+        return NodeError::Unavailable("isolated by fault injection".into()).into_response();
     }
     next.run(req).await
 }

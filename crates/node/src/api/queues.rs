@@ -10,7 +10,7 @@ use sinkron_core::limits::{
 use sinkron_core::ring::hash32;
 use utoipa::ToSchema;
 
-use super::error::{ApiError, ApiJson, ApiPath as Path, ErrorBody};
+use super::error::{ApiJson, ApiPath as Path, ErrorBody, NodeError};
 use super::AppState;
 use crate::wire::{PartitionStats, Sent};
 
@@ -232,14 +232,14 @@ pub async fn send(
     State(node): State<AppState>,
     Path(queue): Path<String>,
     ApiJson(body): ApiJson<SendBody>,
-) -> Result<(StatusCode, Json<Sent>), ApiError> {
+) -> Result<(StatusCode, Json<Sent>), NodeError> {
     let sent = node.queues.send(&queue, body.key, body.body, body.request_id).await?;
     Ok((StatusCode::CREATED, Json(sent)))
 }
 
-fn bounded(field: &str, value: u64, min: u64, max: u64) -> Result<u64, ApiError> {
+fn bounded(field: &str, value: u64, min: u64, max: u64) -> Result<u64, NodeError> {
     if value < min || value > max {
-        return Err(ApiError::InvalidArgument(format!("{field} must be {min} to {max}, got {value}")));
+        return Err(NodeError::InvalidArgument(format!("{field} must be {min} to {max}, got {value}")));
     }
     Ok(value)
 }
@@ -252,7 +252,7 @@ pub async fn receive(
     State(node): State<AppState>,
     Path(queue): Path<String>,
     ApiJson(body): ApiJson<ReceiveBody>,
-) -> Result<Json<Received>, ApiError> {
+) -> Result<Json<Received>, NodeError> {
     let max = bounded("max", body.max.unwrap_or(1).into(), 1, QUEUE_RECEIVE_MAX.into())? as u32;
     let visibility_ms = bounded(
         "visibility_ms",
@@ -270,9 +270,9 @@ pub async fn receive(
     Ok(Json(Received { messages }))
 }
 
-fn check_receipt(receipt: &str) -> Result<(), ApiError> {
+fn check_receipt(receipt: &str) -> Result<(), NodeError> {
     if receipt.is_empty() || receipt.len() > 64 {
-        return Err(ApiError::InvalidArgument("receipt: 1 to 64 bytes as returned by receive".into()));
+        return Err(NodeError::InvalidArgument("receipt: 1 to 64 bytes as returned by receive".into()));
     }
     Ok(())
 }
@@ -285,9 +285,9 @@ pub async fn send_batch(
     State(node): State<AppState>,
     Path(queue): Path<String>,
     ApiJson(body): ApiJson<SendBatchBody>,
-) -> Result<(StatusCode, Json<SentBatch>), ApiError> {
+) -> Result<(StatusCode, Json<SentBatch>), NodeError> {
     if body.messages.is_empty() || body.messages.len() > BATCH_MAX {
-        return Err(ApiError::InvalidArgument(format!(
+        return Err(NodeError::InvalidArgument(format!(
             "messages: 1 to {BATCH_MAX} per batch, got {}",
             body.messages.len()
         )));
@@ -321,7 +321,7 @@ pub async fn ack(
     State(node): State<AppState>,
     Path(queue): Path<String>,
     ApiJson(body): ApiJson<AckBody>,
-) -> Result<Json<Acked>, ApiError> {
+) -> Result<Json<Acked>, NodeError> {
     match (body.receipt, body.receipts) {
         (Some(receipt), None) => {
             check_receipt(&receipt)?;
@@ -330,7 +330,7 @@ pub async fn ack(
         }
         (None, Some(receipts)) => {
             if receipts.is_empty() || receipts.len() > BATCH_MAX {
-                return Err(ApiError::InvalidArgument(format!(
+                return Err(NodeError::InvalidArgument(format!(
                     "receipts: 1 to {BATCH_MAX} per call, got {}",
                     receipts.len()
                 )));
@@ -353,7 +353,7 @@ pub async fn ack(
             }
             Ok(Json(Acked { acked: total - failed.len(), failed }))
         }
-        _ => Err(ApiError::InvalidArgument("give either receipt or receipts".into())),
+        _ => Err(NodeError::InvalidArgument("give either receipt or receipts".into())),
     }
 }
 
@@ -367,7 +367,7 @@ pub async fn nack(
     State(node): State<AppState>,
     Path(queue): Path<String>,
     ApiJson(body): ApiJson<NackBody>,
-) -> Result<Json<Nacked>, ApiError> {
+) -> Result<Json<Nacked>, NodeError> {
     check_receipt(&body.receipt)?;
     let delay_ms = bounded("delay_ms", body.delay_ms.unwrap_or(0), 0, QUEUE_DELAY_MAX_MS)?;
     let dead_lettered = node.queues.nack(&queue, &body.receipt, delay_ms).await?;
@@ -382,7 +382,7 @@ pub async fn nack(
 pub async fn stats(
     State(node): State<AppState>,
     Path(queue): Path<String>,
-) -> Result<Json<QueueView>, ApiError> {
+) -> Result<Json<QueueView>, NodeError> {
     let partitions = node.queues.stats(&queue).await?;
     Ok(Json(QueueView {
         ready: partitions.iter().map(|p| p.ready).sum(),
@@ -396,11 +396,11 @@ pub async fn stats(
 /// The consistent-hash ring: virtual nodes, and each partition's replicas, target and leader.
 #[utoipa::path(get, path = "/v1/ring", tag = "queues",
     responses((status = 200, body = RingView), (status = 503, body = ErrorBody)))]
-pub async fn ring(State(node): State<AppState>) -> Result<Json<RingView>, ApiError> {
+pub async fn ring(State(node): State<AppState>) -> Result<Json<RingView>, NodeError> {
     let topology = node
         .group0
         .topology()
-        .ok_or_else(|| ApiError::Unavailable("queues are not set up yet; retry in a moment".into()))?;
+        .ok_or_else(|| NodeError::Unavailable("queues are not set up yet; retry in a moment".into()))?;
     let settings = topology.settings;
     let ring = topology.ring();
     let mut tokens = Vec::with_capacity(ring.tokens().len());

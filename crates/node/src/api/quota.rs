@@ -2,7 +2,7 @@
 //! the state is refused while group 0 is full, and a new lock or cache key while there are
 //! as many as the quota allows.
 
-use super::error::ApiError;
+use super::error::NodeError;
 use crate::node::Node;
 use crate::quota::Quotas;
 use crate::types::GROUP0;
@@ -18,7 +18,7 @@ pub enum Growth<'a> {
 }
 
 /// Refuses a write to group 0 that would grow it past a quota.
-pub fn check_group0(node: &Node, growth: Growth<'_>) -> Result<(), ApiError> {
+pub fn check_group0(node: &Node, growth: Growth<'_>) -> Result<(), NodeError> {
     let group0 = node.group0.group();
     node.quotas.check_bytes(GROUP0, group0.sm.usage(), &group0.raft)?;
     let applied = group0.sm.read();

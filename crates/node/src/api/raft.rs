@@ -12,15 +12,15 @@ use openraft::raft::{
 };
 use sinkron_core::Request;
 
-use super::error::{ApiError, ApiJson, ApiPath as Path, PEER_JSON_DEPTH};
+use super::error::{ApiJson, ApiPath as Path, NodeError, PEER_JSON_DEPTH};
 use super::AppState;
 use crate::types::{GroupId, NodeId, TypeConfig, GROUP0};
 use crate::wire::{AppliedQuery, ForwardedWrite, LeaseRenewal, PartitionEnvelope, PartitionReply, ReadIndex};
 
 type RaftReply<T, E = openraft::error::Infallible> = Json<Result<T, RaftError<NodeId, E>>>;
 
-fn unknown_group(group: GroupId) -> ApiError {
-    ApiError::NotFound(format!("this node hosts no Raft group {group}"))
+fn unknown_group(group: GroupId) -> NodeError {
+    NodeError::NotFound(format!("this node hosts no Raft group {group}"))
 }
 
 /// AppendEntries (also heartbeats).
@@ -30,7 +30,7 @@ pub async fn append(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
     ApiJson(req): ApiJson<AppendEntriesRequest<TypeConfig>, PEER_JSON_DEPTH>,
-) -> Result<RaftReply<AppendEntriesResponse<NodeId>>, ApiError> {
+) -> Result<RaftReply<AppendEntriesResponse<NodeId>>, NodeError> {
     let raft = node.raft_of(group).ok_or_else(|| unknown_group(group))?;
     Ok(Json(raft.append_entries(req).await))
 }
@@ -42,7 +42,7 @@ pub async fn vote(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
     ApiJson(req): ApiJson<VoteRequest<NodeId>, PEER_JSON_DEPTH>,
-) -> Result<RaftReply<VoteResponse<NodeId>>, ApiError> {
+) -> Result<RaftReply<VoteResponse<NodeId>>, NodeError> {
     let raft = node.raft_of(group).ok_or_else(|| unknown_group(group))?;
     Ok(Json(raft.vote(req).await))
 }
@@ -54,7 +54,7 @@ pub async fn snapshot(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
     ApiJson(req): ApiJson<InstallSnapshotRequest<TypeConfig>, PEER_JSON_DEPTH>,
-) -> Result<RaftReply<InstallSnapshotResponse<NodeId>, InstallSnapshotError>, ApiError> {
+) -> Result<RaftReply<InstallSnapshotResponse<NodeId>, InstallSnapshotError>, NodeError> {
     let raft = node.raft_of(group).ok_or_else(|| unknown_group(group))?;
     node.snapshot_chunks.admit(group, &req.meta.snapshot_id, req.offset, req.data.len())?;
     Ok(Json(raft.install_snapshot(req).await))
@@ -67,9 +67,9 @@ pub async fn write(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
     ApiJson(requests): ApiJson<Vec<Request>, PEER_JSON_DEPTH>,
-) -> Result<Json<Vec<ForwardedWrite>>, ApiError> {
+) -> Result<Json<Vec<ForwardedWrite>>, NodeError> {
     if requests.len() > crate::proposer::BATCH_MAX {
-        return Err(ApiError::PayloadTooLarge(format!(
+        return Err(NodeError::PayloadTooLarge(format!(
             "at most {} requests per call",
             crate::proposer::BATCH_MAX
         )));
@@ -85,7 +85,7 @@ pub async fn queue(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
     ApiJson(envelope): ApiJson<PartitionEnvelope, PEER_JSON_DEPTH>,
-) -> Result<Json<Result<PartitionReply, ApiError>>, ApiError> {
+) -> Result<Json<Result<PartitionReply, NodeError>>, NodeError> {
     let partition = crate::types::group_partition(group).ok_or_else(|| unknown_group(group))?;
     let within = Duration::from_millis(envelope.within_ms.min(node.config.request_timeout_ms * 4));
     let deadline = Instant::now() + within;
@@ -99,7 +99,7 @@ pub async fn queue(
 pub async fn read_index(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
-) -> Result<Json<ReadIndex>, ApiError> {
+) -> Result<Json<ReadIndex>, NodeError> {
     if group != GROUP0 {
         return Err(unknown_group(group));
     }
@@ -114,7 +114,7 @@ pub async fn applied(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
     ApiJson(query): ApiJson<AppliedQuery, PEER_JSON_DEPTH>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<serde_json::Value>, NodeError> {
     if group != GROUP0 {
         return Err(unknown_group(group));
     }
@@ -130,7 +130,7 @@ pub async fn cache_lease(
     State(node): State<AppState>,
     Path(group): Path<GroupId>,
     ApiJson(renewal): ApiJson<LeaseRenewal, PEER_JSON_DEPTH>,
-) -> Result<Json<ReadIndex>, ApiError> {
+) -> Result<Json<ReadIndex>, NodeError> {
     if group != GROUP0 {
         return Err(unknown_group(group));
     }

@@ -2,7 +2,7 @@
 //! breaks a limit, and how long its body is, so the connection guard knows which bytes are
 //! a head it must check and which are a body it passes on.
 
-use crate::api::error::ApiError;
+use crate::error::NodeError;
 
 /// Longest request target (path and query) the API takes; longer is `414 uri_too_long`.
 pub const URI_MAX_BYTES: usize = 8 * 1024;
@@ -52,7 +52,7 @@ pub enum Step {
     /// Nothing can be decided before more bytes arrive.
     NeedMore,
     /// The request breaks a rule; answer this and close.
-    Refuse(ApiError),
+    Refuse(NodeError),
 }
 
 /// Follows HTTP/1.1 request framing (RFC 9112): where each head ends, how long its body is.
@@ -126,7 +126,7 @@ impl Framer {
 /// The length of the head at the front of `bytes` (through its empty line), searching
 /// from `scanned` on; `None` while it is unfinished. The few empty lines a client may send
 /// before a request line belong to the head (httparse skips them, for hyper as for us).
-fn head_end(bytes: &[u8], scanned: usize) -> Result<Option<usize>, ApiError> {
+fn head_end(bytes: &[u8], scanned: usize) -> Result<Option<usize>, NodeError> {
     let Some(start) = bytes.iter().take(LEADING_EMPTY_MAX + 1).position(|b| !matches!(b, b'\r' | b'\n'))
     else {
         if bytes.len() > LEADING_EMPTY_MAX {
@@ -154,12 +154,12 @@ fn head_end(bytes: &[u8], scanned: usize) -> Result<Option<usize>, ApiError> {
 fn refuse_unfinished_head(pending: &[u8]) -> Step {
     let line_max = URI_MAX_BYTES + 64;
     if pending.len() > line_max && !pending[..=line_max].contains(&b'\n') {
-        return Step::Refuse(ApiError::UriTooLong(format!(
+        return Step::Refuse(NodeError::UriTooLong(format!(
             "the request line is longer than {line_max} bytes; targets of at most {URI_MAX_BYTES} bytes are accepted"
         )));
     }
     if pending.len() > HEAD_MAX_BYTES {
-        return Step::Refuse(ApiError::HeadersTooLarge(format!(
+        return Step::Refuse(NodeError::HeadersTooLarge(format!(
             "the request head is longer than {HEAD_MAX_BYTES} bytes"
         )));
     }
@@ -167,7 +167,7 @@ fn refuse_unfinished_head(pending: &[u8]) -> Step {
 }
 
 /// Checks a complete head and says how its body is framed.
-fn check_head(head: &[u8]) -> Result<State, ApiError> {
+fn check_head(head: &[u8]) -> Result<State, NodeError> {
     let mut headers = [httparse::EMPTY_HEADER; HEADERS_MAX_COUNT];
     let mut request = httparse::Request::new(&mut headers);
     match request.parse(head) {
@@ -176,7 +176,7 @@ fn check_head(head: &[u8]) -> Result<State, ApiError> {
             return Err(malformed("the request head ends before its request line does"));
         }
         Err(httparse::Error::TooManyHeaders) => {
-            return Err(ApiError::HeadersTooLarge(format!(
+            return Err(NodeError::HeadersTooLarge(format!(
                 "the request has more than {HEADERS_MAX_COUNT} header lines"
             )));
         }
@@ -184,13 +184,13 @@ fn check_head(head: &[u8]) -> Result<State, ApiError> {
     }
     let target = request.path.map_or(0, str::len);
     if target > URI_MAX_BYTES {
-        return Err(ApiError::UriTooLong(format!(
+        return Err(NodeError::UriTooLong(format!(
             "the request target has {target} bytes; at most {URI_MAX_BYTES} are accepted"
         )));
     }
     let header_bytes: usize = request.headers.iter().map(|h| h.name.len() + h.value.len() + 4).sum();
     if header_bytes > HEADERS_MAX_BYTES {
-        return Err(ApiError::HeadersTooLarge(format!(
+        return Err(NodeError::HeadersTooLarge(format!(
             "the request headers have {header_bytes} bytes; at most {HEADERS_MAX_BYTES} are accepted"
         )));
     }
@@ -199,7 +199,7 @@ fn check_head(head: &[u8]) -> Result<State, ApiError> {
 
 /// The body framing a request's headers declare; anything ambiguous is refused, so hyper
 /// and this framer can never disagree on where a request ends.
-fn body_framing(headers: &[httparse::Header<'_>]) -> Result<State, ApiError> {
+fn body_framing(headers: &[httparse::Header<'_>]) -> Result<State, NodeError> {
     let mut length: Option<u64> = None;
     let mut chunked = false;
     for header in headers {
@@ -236,7 +236,7 @@ impl Chunk {
 }
 
 /// Follows a chunked body over `bytes`: how many of them belong to it, and whether it ended.
-fn advance_chunked(chunk: &mut Chunk, bytes: &[u8]) -> Result<(usize, bool), ApiError> {
+fn advance_chunked(chunk: &mut Chunk, bytes: &[u8]) -> Result<(usize, bool), NodeError> {
     let mut used = 0;
     while used < bytes.len() {
         if let Chunk::Data(remaining) = chunk {
@@ -291,7 +291,7 @@ fn advance_chunked(chunk: &mut Chunk, bytes: &[u8]) -> Result<(usize, bool), Api
             Chunk::Trailer { line, cr, total } => {
                 *total += 1;
                 if *total > HEADERS_MAX_BYTES {
-                    return Err(ApiError::HeadersTooLarge("the body's trailer is too large".into()));
+                    return Err(NodeError::HeadersTooLarge("the body's trailer is too large".into()));
                 }
                 match byte {
                     b'\n' if *cr => {
@@ -312,8 +312,8 @@ fn advance_chunked(chunk: &mut Chunk, bytes: &[u8]) -> Result<(usize, bool), Api
     Ok((used, false))
 }
 
-fn malformed(why: &str) -> ApiError {
-    ApiError::InvalidArgument(format!("malformed request: {why}"))
+fn malformed(why: &str) -> NodeError {
+    NodeError::InvalidArgument(format!("malformed request: {why}"))
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Sleep;
 
-use crate::api::error::ApiError;
+use crate::error::NodeError;
 
 mod framer;
 
@@ -223,7 +223,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin> AsyncRead for Guarded<T> {
             match this.head_wait_expired(cx) {
                 Some(Wait::Head) => {
                     this.refusal = Some((
-                        ApiError::RequestTimeout(format!(
+                        NodeError::RequestTimeout(format!(
                             "the request head did not arrive within {} ms (HTTP_HEADER_TIMEOUT_MS)",
                             this.timeouts.header.as_millis()
                         ))

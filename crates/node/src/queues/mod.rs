@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 use sinkron_core::topology::{QueueSettings, Topology};
 use sinkron_core::{PartitionMachine, Request, Response};
 
-use crate::api::error::ApiError;
 use crate::config::NodeConfig;
+use crate::error::NodeError;
 use crate::group::{Group, GroupFactory};
 use crate::group0::Group0;
 use crate::quota::Quotas;
@@ -65,12 +65,12 @@ fn new_request_id() -> String {
     format!("{:032x}", rand::random::<u128>())
 }
 
-fn unexpected(reply: impl std::fmt::Debug) -> ApiError {
-    ApiError::Unavailable(format!("unexpected reply {reply:?}"))
+fn unexpected(reply: impl std::fmt::Debug) -> NodeError {
+    NodeError::Unavailable(format!("unexpected reply {reply:?}"))
 }
 
-fn not_ready() -> ApiError {
-    ApiError::Unavailable("queues are not set up yet: the cluster has no leader or just started".into())
+fn not_ready() -> NodeError {
+    NodeError::Unavailable("queues are not set up yet: the cluster has no leader or just started".into())
 }
 
 impl Queues {
@@ -88,17 +88,17 @@ impl Queues {
         self.group0.request_timeout()
     }
 
-    fn topology_or_unavailable(&self) -> Result<Topology, ApiError> {
+    fn topology_or_unavailable(&self) -> Result<Topology, NodeError> {
         self.group0.topology().ok_or_else(not_ready)
     }
 
     /// The queue settings, without copying the whole topology (every queue request needs
     /// them).
-    fn queue_settings(&self) -> Result<QueueSettings, ApiError> {
+    fn queue_settings(&self) -> Result<QueueSettings, NodeError> {
         self.group0.group().sm.read().state.topology.as_ref().map(|t| t.settings).ok_or_else(not_ready)
     }
 
-    async fn partition_write(&self, partition: u32, request: Request) -> Result<Response, ApiError> {
+    async fn partition_write(&self, partition: u32, request: Request) -> Result<Response, NodeError> {
         let deadline = Instant::now() + self.request_timeout();
         match self.partition_call(partition, PartitionCall::Write(request), deadline, 2).await? {
             PartitionReply::Applied(response) => Ok(response),

@@ -11,8 +11,8 @@ use sinkron_core::{Command, Request, Response};
 use tokio::time::timeout;
 
 use super::{new_request_id, unexpected, Queues};
-use crate::api::error::ApiError;
 use crate::clock::now_ms;
+use crate::error::NodeError;
 use crate::wire::{LeaderCall, PartitionCall, PartitionReply, PartitionStats, Sent};
 
 /// Longest a receive waits for one partition before moving on to the next.
@@ -29,7 +29,7 @@ impl Queues {
         key: Option<String>,
         body: serde_json::Value,
         request_id: Option<String>,
-    ) -> Result<Sent, ApiError> {
+    ) -> Result<Sent, NodeError> {
         validate_queue_name(queue)?;
         validate_message(key.as_deref(), &body)?;
         if let Some(id) = &request_id {
@@ -44,17 +44,17 @@ impl Queues {
     }
 
     /// The answer to a send from the partition's reply.
-    fn sent_or_refused(&self, queue: &str, partition: u32, response: Response) -> Result<Sent, ApiError> {
+    fn sent_or_refused(&self, queue: &str, partition: u32, response: Response) -> Result<Sent, NodeError> {
         match response {
             Response::QueueSent { id } => {
                 crate::metrics::record_queue_op("sent", queue, 1);
                 Ok(Sent { id, partition })
             }
-            Response::QueueRefused { refusal: QueueRefusal::Full } => Err(ApiError::LimitExceeded(format!(
+            Response::QueueRefused { refusal: QueueRefusal::Full } => Err(NodeError::LimitExceeded(format!(
                 "queue {queue:?} holds {} messages in partition {partition}; receive and ack some first",
                 sinkron_core::queue::QUEUE_DEPTH_MAX
             ))),
-            Response::Rejected { reason } => Err(ApiError::Conflict(reason)),
+            Response::Rejected { reason } => Err(NodeError::Conflict(reason)),
             other => Err(unexpected(other)),
         }
     }
@@ -67,7 +67,7 @@ impl Queues {
         max: u32,
         visibility_ms: u64,
         wait_ms: u64,
-    ) -> Result<Vec<Delivery>, ApiError> {
+    ) -> Result<Vec<Delivery>, NodeError> {
         validate_queue_name(queue)?;
         let partitions = self.queue_settings()?.partitions;
         let until = Instant::now() + Duration::from_millis(wait_ms);
@@ -101,7 +101,7 @@ impl Queues {
         max: u32,
         visibility_ms: u64,
         partitions: u32,
-    ) -> (Vec<Delivery>, Option<ApiError>) {
+    ) -> (Vec<Delivery>, Option<NodeError>) {
         let start = self.partitions.rotation.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
         let mut left = max as usize;
@@ -126,7 +126,7 @@ impl Queues {
         let mut out = Vec::new();
         let mut failure = None;
         while let Some(joined) = local.join_next().await {
-            match joined.map_err(|e| ApiError::Unavailable(e.to_string())).and_then(|r| r) {
+            match joined.map_err(|e| NodeError::Unavailable(e.to_string())).and_then(|r| r) {
                 Ok(messages) => out.extend(messages),
                 Err(e) => failure = Some(e),
             }
@@ -150,7 +150,7 @@ impl Queues {
         queue: &str,
         max: u32,
         visibility_ms: u64,
-    ) -> Result<Vec<Delivery>, ApiError> {
+    ) -> Result<Vec<Delivery>, NodeError> {
         let call = LeaderCall::Receive {
             request_id: new_request_id(),
             queue: queue.to_string(),
@@ -171,11 +171,11 @@ impl Queues {
         &self,
         queue: &str,
         messages: Vec<(Option<String>, serde_json::Value, Option<String>)>,
-    ) -> Vec<Result<Sent, ApiError>> {
+    ) -> Vec<Result<Sent, NodeError>> {
         let count = messages.len();
-        let mut outcomes: Vec<Option<Result<Sent, ApiError>>> = (0..count).map(|_| None).collect();
+        let mut outcomes: Vec<Option<Result<Sent, NodeError>>> = (0..count).map(|_| None).collect();
         let settings =
-            match validate_queue_name(queue).map_err(ApiError::from).and_then(|()| self.queue_settings()) {
+            match validate_queue_name(queue).map_err(NodeError::from).and_then(|()| self.queue_settings()) {
                 Ok(settings) => settings,
                 Err(e) => return (0..count).map(|_| Err(e.clone())).collect(),
             };
@@ -217,12 +217,12 @@ impl Queues {
         }
         outcomes
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(ApiError::Unavailable("the request was cancelled".into()))))
+            .map(|o| o.unwrap_or_else(|| Err(NodeError::Unavailable("the request was cancelled".into()))))
             .collect()
     }
 
     /// Acknowledges several deliveries at once; one outcome per receipt, in order.
-    pub async fn ack_many(&self, queue: &str, receipts: Vec<String>) -> Vec<Result<(), ApiError>> {
+    pub async fn ack_many(&self, queue: &str, receipts: Vec<String>) -> Vec<Result<(), NodeError>> {
         let mut tasks = tokio::task::JoinSet::new();
         let count = receipts.len();
         for (i, receipt) in receipts.into_iter().enumerate() {
@@ -233,14 +233,14 @@ impl Queues {
     }
 
     /// Acknowledges (deletes) the message delivered with `receipt`.
-    pub async fn ack(&self, queue: &str, receipt: &str) -> Result<(), ApiError> {
+    pub async fn ack(&self, queue: &str, receipt: &str) -> Result<(), NodeError> {
         let command = Command::QueueAck { queue: queue.to_string(), receipt: receipt.to_string() };
         self.settle(queue, receipt, command, "acked").await.map(|_| ())
     }
 
     /// Returns the message delivered with `receipt`, visible again after `delay_ms`; true
     /// when it went to the dead-letter queue instead.
-    pub async fn nack(&self, queue: &str, receipt: &str, delay_ms: u64) -> Result<bool, ApiError> {
+    pub async fn nack(&self, queue: &str, receipt: &str, delay_ms: u64) -> Result<bool, NodeError> {
         let max_receives = self.queue_settings()?.max_receives;
         let command = Command::QueueNack {
             queue: queue.to_string(),
@@ -261,11 +261,11 @@ impl Queues {
         receipt: &str,
         command: Command,
         op: &'static str,
-    ) -> Result<bool, ApiError> {
+    ) -> Result<bool, NodeError> {
         validate_queue_name(queue)?;
         let partitions = self.queue_settings()?.partitions;
         let partition = partition_of_receipt(receipt).filter(|p| *p < partitions).ok_or_else(|| {
-            ApiError::InvalidArgument(format!("receipt {receipt:?} is not a receipt of this cluster"))
+            NodeError::InvalidArgument(format!("receipt {receipt:?} is not a receipt of this cluster"))
         })?;
         let request = Request { request_id: Some(new_request_id()), command };
         match self.partition_write(partition, request).await? {
@@ -274,7 +274,7 @@ impl Queues {
                 Ok(dead_lettered)
             }
             Response::QueueRefused { refusal: QueueRefusal::StaleReceipt } => {
-                Err(ApiError::NotFound(format!(
+                Err(NodeError::NotFound(format!(
                     "receipt {receipt:?} is not in flight in queue {queue:?}: already acked, returned, or \
                  redelivered after its visibility timeout"
                 )))
@@ -284,7 +284,7 @@ impl Queues {
     }
 
     /// Counts of `queue` in every partition, read at each partition's leader.
-    pub async fn stats(&self, queue: &str) -> Result<Vec<PartitionStats>, ApiError> {
+    pub async fn stats(&self, queue: &str) -> Result<Vec<PartitionStats>, NodeError> {
         validate_queue_name(queue)?;
         let partitions = self.queue_settings()?.partitions;
         self.stats_of_all(partitions, Some(queue.to_string())).await
@@ -295,7 +295,7 @@ impl Queues {
         &self,
         partitions: u32,
         queue: Option<String>,
-    ) -> Result<Vec<PartitionStats>, ApiError> {
+    ) -> Result<Vec<PartitionStats>, NodeError> {
         let mut tasks = tokio::task::JoinSet::new();
         for partition in 0..partitions {
             let this = self.clone();
@@ -315,7 +315,7 @@ impl Queues {
         }
         let mut out = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            let (partition, reply) = joined.map_err(|e| ApiError::Unavailable(e.to_string()))?;
+            let (partition, reply) = joined.map_err(|e| NodeError::Unavailable(e.to_string()))?;
             match reply {
                 Ok(PartitionReply::Stats(stats)) => out.push(stats),
                 Ok(other) => return Err(unexpected(other)),
@@ -334,10 +334,10 @@ impl Queues {
 /// Waits for every task of `tasks`, each answering its position, and returns the outcomes
 /// in position order.
 async fn collect_in_order<T: Send + 'static>(
-    mut tasks: tokio::task::JoinSet<(usize, Result<T, ApiError>)>,
+    mut tasks: tokio::task::JoinSet<(usize, Result<T, NodeError>)>,
     count: usize,
-) -> Vec<Result<T, ApiError>> {
-    let mut outcomes: Vec<Option<Result<T, ApiError>>> = (0..count).map(|_| None).collect();
+) -> Vec<Result<T, NodeError>> {
+    let mut outcomes: Vec<Option<Result<T, NodeError>>> = (0..count).map(|_| None).collect();
     while let Some(joined) = tasks.join_next().await {
         if let Ok((i, outcome)) = joined {
             outcomes[i] = Some(outcome);
@@ -345,6 +345,6 @@ async fn collect_in_order<T: Send + 'static>(
     }
     outcomes
         .into_iter()
-        .map(|o| o.unwrap_or_else(|| Err(ApiError::Unavailable("the request was cancelled".into()))))
+        .map(|o| o.unwrap_or_else(|| Err(NodeError::Unavailable("the request was cancelled".into()))))
         .collect()
 }

@@ -7,7 +7,7 @@ use sinkron_core::topology::TopologyCommand;
 use sinkron_core::Command;
 
 use super::{Queues, PLACEMENT_INTERVAL};
-use crate::api::error::ApiError;
+use crate::error::NodeError;
 use crate::types::Member;
 use crate::wire::{LeaderCall, PartitionCall};
 
@@ -25,7 +25,7 @@ pub async fn placement_duties(queues: Queues) {
     }
 }
 
-async fn place_once(queues: &Queues) -> Result<(), ApiError> {
+async fn place_once(queues: &Queues) -> Result<(), NodeError> {
     let voters = queues.group0.voter_names();
     if voters.is_empty() {
         return Ok(());

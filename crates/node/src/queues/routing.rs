@@ -10,8 +10,8 @@ use sinkron_core::{Command, Request, Response};
 use tokio::time::timeout;
 
 use super::{unexpected, PartitionGroup, Queues, RETRY_PAUSE};
-use crate::api::error::ApiError;
 use crate::clock::now_ms;
+use crate::error::NodeError;
 use crate::group::{membership_outcome, Leader};
 use crate::types::{partition_group, Member, NodeId};
 use crate::wire::{ForwardedWrite, LeaderCall, PartitionCall, PartitionReply, PartitionStats};
@@ -24,7 +24,7 @@ impl Queues {
         group: &PartitionGroup,
         partition: u32,
         call: &PartitionCall,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), NodeError> {
         let requests = match call {
             PartitionCall::Write(request) => std::slice::from_ref(request),
             PartitionCall::WriteAll(requests) => requests.as_slice(),
@@ -63,7 +63,7 @@ impl Queues {
         call: PartitionCall,
         deadline: Instant,
         hops: u8,
-    ) -> Result<PartitionReply, ApiError> {
+    ) -> Result<PartitionReply, NodeError> {
         let Some(group) = self.partitions.get(partition) else {
             return self.call_replicas(partition, &call, deadline, hops).await;
         };
@@ -98,7 +98,7 @@ impl Queues {
             let outcome = match group.leader(deadline).await? {
                 Leader::Local => self.call_here(partition, &group, &call, deadline).await,
                 Leader::Remote(_) if hops == 0 => {
-                    Err(ApiError::Unavailable(format!("this node does not lead partition {partition}")))
+                    Err(NodeError::Unavailable(format!("this node does not lead partition {partition}")))
                 }
                 Leader::Remote(leader) => {
                     self.group0
@@ -114,7 +114,7 @@ impl Queues {
                 }
             };
             match outcome {
-                Err(ApiError::Unavailable(_) | ApiError::NoQuorum(_)) if Instant::now() < deadline => {
+                Err(NodeError::Unavailable(_) | NodeError::NoQuorum(_)) if Instant::now() < deadline => {
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
                 other => return other,
@@ -129,9 +129,9 @@ impl Queues {
         call: &PartitionCall,
         deadline: Instant,
         hops: u8,
-    ) -> Result<PartitionReply, ApiError> {
+    ) -> Result<PartitionReply, NodeError> {
         if hops == 0 {
-            return Err(ApiError::Unavailable(format!("this node does not host partition {partition}")));
+            return Err(NodeError::Unavailable(format!("this node does not host partition {partition}")));
         }
         let topology = self.topology_or_unavailable()?;
         let mut names: Vec<String> =
@@ -140,7 +140,7 @@ impl Queues {
             names.extend(target.replicas.iter().filter(|n| !names.contains(n)).cloned().collect::<Vec<_>>());
         }
         let members = self.group0.members_by_name();
-        let mut last = ApiError::NoQuorum(format!("no replica of partition {partition} answered"));
+        let mut last = NodeError::NoQuorum(format!("no replica of partition {partition} answered"));
         loop {
             for name in names.iter().filter(|n| **n != self.config.name) {
                 let Some(member) = members.get(name) else { continue };
@@ -151,7 +151,7 @@ impl Queues {
                     .await
                 {
                     Ok(reply) => return Ok(reply),
-                    Err(e @ (ApiError::Unavailable(_) | ApiError::NoQuorum(_))) => last = e,
+                    Err(e @ (NodeError::Unavailable(_) | NodeError::NoQuorum(_))) => last = e,
                     Err(e) => return Err(e),
                 }
             }
@@ -169,7 +169,7 @@ impl Queues {
         group: &PartitionGroup,
         call: &LeaderCall,
         deadline: Instant,
-    ) -> Result<PartitionReply, ApiError> {
+    ) -> Result<PartitionReply, NodeError> {
         match call {
             LeaderCall::Receive { request_id, queue, max, visibility_ms } => {
                 let command =
@@ -180,11 +180,13 @@ impl Queues {
                         Ok(PartitionReply::Received(messages))
                     }
                     ForwardedWrite::Applied(other, _) => Err(unexpected(other)),
-                    ForwardedWrite::NotLeader => Err(ApiError::Unavailable("leadership moved; retry".into())),
-                    ForwardedWrite::Timeout => Err(ApiError::NoQuorum(format!(
+                    ForwardedWrite::NotLeader => {
+                        Err(NodeError::Unavailable("leadership moved; retry".into()))
+                    }
+                    ForwardedWrite::Timeout => Err(NodeError::NoQuorum(format!(
                         "partition {partition} did not commit the receive in time"
                     ))),
-                    ForwardedWrite::Failed(reason) => Err(ApiError::Unavailable(reason)),
+                    ForwardedWrite::Failed(reason) => Err(NodeError::Unavailable(reason)),
                 }
             }
             LeaderCall::Stats { queue } => {
@@ -224,7 +226,7 @@ async fn reconfigure(
     raft: &crate::types::Raft,
     replicas: &[Member],
     limit: Duration,
-) -> Result<(), ApiError> {
+) -> Result<(), NodeError> {
     let wanted: BTreeMap<NodeId, &Member> = replicas.iter().map(|m| (raft_id(&m.name), m)).collect();
     let membership = raft.metrics().borrow().membership_config.clone();
     for (id, member) in &wanted {

@@ -20,6 +20,7 @@
 pub mod files;
 pub mod log;
 pub mod redis;
+pub mod redis_slot;
 pub mod segment;
 pub mod state_machine;
 pub mod writer;

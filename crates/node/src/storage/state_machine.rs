@@ -217,7 +217,7 @@ pub enum SnapshotStore {
     /// A file, replaced atomically and fsynced.
     File(PathBuf),
     /// A Redis key.
-    Redis(super::redis::RedisSlot),
+    Redis(super::redis_slot::RedisSlot),
 }
 
 impl SnapshotStore {

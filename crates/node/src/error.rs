@@ -1,0 +1,95 @@
+//! [`NodeError`]: the one error type of the node's engine (groups, services, storage
+//! answers), also carried between nodes as JSON. What a client sees of it (status, stable
+//! code) is decided in one place, `api/error.rs`.
+
+use serde::{Deserialize, Serialize};
+use sinkron_core::locks::{HolderView, LockMode, WaitEdge};
+use sinkron_core::CoreError;
+
+/// Why a request of the node failed (also carried between nodes as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub enum NodeError {
+    /// The request is malformed; the message names the field.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The addressed object does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the current state (e.g. a membership change in progress).
+    #[error("{0}")]
+    Conflict(String),
+    /// A body, key or value is above its size limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// No leader with a live quorum answered within the bounded wait.
+    #[error("{0}")]
+    NoQuorum(String),
+    /// The node cannot serve the request now (shutting down, storage failed).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The endpoint exists but not with this HTTP method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The lock is held incompatibly and the request did not wait.
+    #[error("lock is held by {}", holder_names(.0))]
+    LockConflict(Vec<HolderView>),
+    /// The request waited `wait_ms` without being granted.
+    #[error("{0}")]
+    WaitTimeout(String),
+    /// Waiting would have closed a cycle of waiters; this request is the victim.
+    #[error("waiting would deadlock: {}", cycle_text(.0))]
+    Deadlock(Vec<WaitEdge>),
+    /// The lock is held, but not by this client.
+    #[error("{0}")]
+    NotOwner(String),
+    /// Nobody holds the lock.
+    #[error("{0}")]
+    NotHeld(String),
+    /// A limit (waiters per lock, locks per client, long polls per node) was reached.
+    #[error("{0}")]
+    LimitExceeded(String),
+    /// The request's body did not arrive in time.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// The request target (path and query) is longer than the API takes.
+    #[error("{0}")]
+    UriTooLong(String),
+    /// The request headers are larger than the API takes.
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// A write would grow state beyond a quota (size of a group, number of locks, cache
+    /// keys or queues).
+    #[error("{0}")]
+    QuotaExceeded(String),
+}
+
+fn holder_names(holders: &[HolderView]) -> String {
+    holders
+        .iter()
+        .map(|h| {
+            let mode = match h.mode {
+                LockMode::Shared => "shared",
+                LockMode::Exclusive => "exclusive",
+            };
+            format!("{} ({mode}, fence {})", h.client_id, h.fence)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn cycle_text(cycle: &[WaitEdge]) -> String {
+    cycle
+        .iter()
+        .map(|e| format!("{} waits for {} on {}", e.client_id, e.waits_for, e.lock))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl From<CoreError> for NodeError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::InvalidArgument { .. } => Self::InvalidArgument(e.to_string()),
+            CoreError::TooLarge { .. } => Self::PayloadTooLarge(e.to_string()),
+        }
+    }
+}
