@@ -1,0 +1,139 @@
+//! `sinkron bench`: load generators against a running cluster, one file per benchmark.
+//!
+//! Numbers are measured here, at the client, over real HTTP: latency is from sending a
+//! request to reading its reply. Run it against `sinkron dev` or any cluster.
+
+use std::time::{Duration, Instant};
+
+use sinkron_client::Client;
+
+mod cache;
+mod locks;
+mod queue;
+mod ring;
+mod write;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(clap::Subcommand)]
+enum BenchCommand {
+    /// Group-0 writes (replicated key-value puts) through every given node.
+    Write(write::WriteArgs),
+    /// Lock acquire+release pairs on distinct locks, or hand-offs on one contended lock.
+    Locks(locks::LockArgs),
+    /// Cache hits, misses, writes to an M line, writes that invalidate, and a 90/10 mix.
+    Cache(cache::CacheBenchArgs),
+    /// Queue throughput: producers send, consumers receive and ack, across the nodes.
+    Queue(queue::QueueBenchArgs),
+    /// The ring's balance and the partitions a joining node moves (computed, no cluster).
+    Ring(ring::RingBenchArgs),
+}
+
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.command {
+        BenchCommand::Write(args) => write::write(args).await,
+        BenchCommand::Locks(args) => locks::locks(args).await,
+        BenchCommand::Cache(args) => cache::cache(args).await,
+        BenchCommand::Queue(args) => queue::queue(args).await,
+        BenchCommand::Ring(args) => {
+            ring::ring(&args);
+            Ok(())
+        }
+    }
+}
+
+/// Latency distribution of a run.
+pub(super) struct Summary {
+    pub(super) ops: usize,
+    pub(super) errors: usize,
+    pub(super) elapsed: Duration,
+    pub(super) p50: Duration,
+    pub(super) p99: Duration,
+    pub(super) max: Duration,
+}
+
+pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+pub(super) async fn connect(endpoints: &str) -> anyhow::Result<Vec<Client>> {
+    let endpoints: Vec<&str> = endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    anyhow::ensure!(!endpoints.is_empty(), "--endpoints is empty");
+    let clients: Vec<Client> = endpoints.iter().map(|e| Client::new(e)).collect();
+    for c in &clients {
+        wait_ready(c).await?;
+    }
+    Ok(clients)
+}
+
+/// How long a bench waits for a node to become ready (a cluster just started is still
+/// electing or applying) before it gives up with the node's own reason.
+const READY_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until `client`'s node answers `/ready` with 200, or [`READY_WAIT`] has passed.
+pub(super) async fn wait_ready(client: &Client) -> anyhow::Result<()> {
+    let deadline = Instant::now() + READY_WAIT;
+    loop {
+        match client.ready().await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() >= deadline => {
+                anyhow::bail!("{} is not ready after {} s: {e}", client.endpoint(), READY_WAIT.as_secs())
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Waits for every load task and merges their latencies and error counts.
+pub(super) async fn gather(
+    tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, usize)>>,
+) -> anyhow::Result<(Vec<Duration>, usize)> {
+    let mut latencies = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        let (l, e) = task.await?;
+        latencies.extend(l);
+        errors += e;
+    }
+    Ok((latencies, errors))
+}
+
+pub(super) fn summarize(mut latencies: Vec<Duration>, errors: usize, elapsed: Duration) -> Summary {
+    latencies.sort();
+    Summary {
+        ops: latencies.len(),
+        errors,
+        elapsed,
+        p50: percentile(&latencies, 50.0),
+        p99: percentile(&latencies, 99.0),
+        max: latencies.last().copied().unwrap_or_default(),
+    }
+}
+
+pub(super) fn report(name: &str, clients: usize, json: bool, s: &Summary) {
+    let rate = s.ops as f64 / s.elapsed.as_secs_f64().max(1e-9);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    if json {
+        say!(
+            "{}",
+            serde_json::json!({
+                "bench": name, "clients": clients, "ops": s.ops, "errors": s.errors,
+                "seconds": s.elapsed.as_secs_f64(), "ops_per_sec": rate,
+                "p50_ms": ms(s.p50), "p99_ms": ms(s.p99), "max_ms": ms(s.max),
+            })
+        );
+    } else {
+        say!(
+            "bench {name}: {} clients, {} ok, {} errors in {:.2} s = {:.0} ops/s; latency p50 {:.3} ms, p99 {:.3} ms, max {:.3} ms",
+            clients, s.ops, s.errors, s.elapsed.as_secs_f64(), rate, ms(s.p50), ms(s.p99), ms(s.max)
+        );
+    }
+}

@@ -1,0 +1,64 @@
+//! `sinkron bench write`: group-0 writes (replicated key-value puts) through every given node.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::{connect, gather, report, summarize};
+
+#[derive(clap::Args)]
+pub(super) struct WriteArgs {
+    /// Comma-separated nodes to send to; clients are spread over them round-robin.
+    #[arg(long, env = "SINKRON_ENDPOINTS", default_value = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003")]
+    endpoints: String,
+    /// Concurrent clients, each with one request in flight.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Total writes.
+    #[arg(long, default_value_t = 20_000)]
+    ops: usize,
+    /// Bytes of each value.
+    #[arg(long, default_value_t = 100)]
+    value_bytes: usize,
+    /// Distinct keys per client.
+    #[arg(long, default_value_t = 100)]
+    keys: usize,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.clients > 0 && args.ops > 0 && args.keys > 0,
+        "--clients, --ops and --keys must be positive"
+    );
+    let clients = connect(&args.endpoints).await?;
+    let value = serde_json::Value::String("x".repeat(args.value_bytes));
+    let per_client = args.ops.div_ceil(args.clients);
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(args.clients);
+    let value = Arc::new(value);
+    for worker in 0..args.clients {
+        let client = clients[worker % clients.len()].clone();
+        let value = value.clone();
+        let count = per_client.min(args.ops.saturating_sub(worker * per_client));
+        let keys = args.keys;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(count);
+            let mut errors = 0usize;
+            for i in 0..count {
+                let key = format!("bench-{worker}-{}", i % keys);
+                let t = Instant::now();
+                match client.kv_put(&key, (*value).clone()).await {
+                    Ok(_) => latencies.push(t.elapsed()),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let (latencies, errors) = gather(tasks).await?;
+    let summary = summarize(latencies, errors, started.elapsed());
+    report("write", args.clients, args.json, &summary);
+    Ok(())
+}
