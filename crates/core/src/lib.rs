@@ -18,6 +18,7 @@ pub mod limits;
 pub mod linearizability;
 pub mod locks;
 pub mod partition;
+pub mod placement;
 pub mod queue;
 pub mod ring;
 pub mod state;

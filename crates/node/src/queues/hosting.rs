@@ -1,12 +1,13 @@
 //! On every node: the groups of the partitions this node replicates (or is about to) are
 //! opened, those created with it initialised, and those moved away closed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use openraft::error::RaftError;
 use sinkron_core::ids::raft_id;
+use sinkron_core::placement::{HostStep, Hosting};
 use sinkron_core::topology::Topology;
 use sinkron_core::PartitionMachine;
 
@@ -32,61 +33,49 @@ impl Queues {
 }
 
 /// On every node: opens the groups of the partitions this node replicates (or is about to),
-/// initialises those it was created with, and closes those moved away.
+/// initialises those it was created with, and closes those moved away. The decisions are
+/// `sinkron_core::placement::Hosting`'s; this loop only performs them. Initialising makes a
+/// node campaign at once, so the preferred replica does it first and the others only if
+/// the group is still empty after a few election timeouts (the preferred replica may be
+/// down).
 pub async fn host_duties(queues: Queues) {
-    let mut pending: BTreeMap<u32, Instant> = BTreeMap::new();
+    let patience_ms = queues.config.election_timeout_max_ms * 2;
+    let mut hosting = Hosting::new(&queues.config.name, queues.config.join, patience_ms);
+    let started = Instant::now();
     loop {
         if let Some(topology) = queues.group0.topology() {
-            host_once(&queues, &topology, &mut pending).await;
+            host_once(&queues, &topology, &mut hosting, started).await;
         }
         tokio::time::sleep(PLACEMENT_INTERVAL).await;
     }
 }
 
-/// One pass of [`host_duties`]. `pending` holds the partitions of generation 0 this node
-/// still has to initialise and since when: initialising makes a node campaign at once, so
-/// the preferred replica does it first and the others only if the group is still empty
-/// after a few election timeouts (the preferred replica may be down).
-async fn host_once(queues: &Queues, topology: &Topology, pending: &mut BTreeMap<u32, Instant>) {
-    let me = &queues.config.name;
-    let targets = topology.targets();
-    let patience = Duration::from_millis(queues.config.election_timeout_max_ms * 2);
-    for (partition, record) in topology.partitions.iter().enumerate() {
-        let partition = partition as u32;
-        let in_record = record.replicas.contains(me);
-        let target = targets.get(partition as usize).map(|t| t.replicas.as_slice()).unwrap_or_default();
-        let wanted = in_record || target.contains(me);
-        let rank = record.replicas.iter().chain(target).position(|n| n == me).unwrap_or(0) as u32;
-        match (wanted, queues.partitions.get(partition)) {
-            (true, None) => match queues.host(partition, u64::from(rank)).await {
-                Ok(_) if record.generation == 0 && in_record => {
-                    pending.insert(partition, Instant::now() + patience * rank);
-                }
-                Ok(_) => {}
+/// One pass of [`host_duties`]; the planner's clock is the time since `started`.
+async fn host_once(queues: &Queues, topology: &Topology, hosting: &mut Hosting, started: Instant) {
+    let hosted = |queues: &Queues| queues.partitions.hosted().into_iter().collect::<BTreeSet<u32>>();
+    let now_ms = || started.elapsed().as_millis() as u64;
+    for step in hosting.plan(topology, &hosted(queues)) {
+        match step {
+            HostStep::Open { partition, rank } => match queues.host(partition, rank).await {
+                Ok(_) => hosting.opened(topology, partition, rank, now_ms()),
                 Err(e) => tracing::error!(partition, error = %e, "cannot open the partition"),
             },
-            (false, Some(_)) => {
+            HostStep::Close { partition } => {
                 if let Some(group) = queues.partitions.remove(partition) {
                     tracing::info!(partition, "partition moved away; closing its group");
                     if let Err(e) = group.raft.shutdown().await {
                         tracing::warn!(partition, error = %e, "raft shutdown failed");
                     }
                 }
-                pending.remove(&partition);
             }
-            _ => {}
+            HostStep::Initialise { .. } => {}
         }
-        // A node started to join a running cluster (or restored that way) never creates a
-        // partition group: the group exists elsewhere, and a fresh one could win elections
-        // among wiped replicas and overwrite the real one.
-        if queues.config.join {
-            pending.remove(&partition);
-        }
-        let due = pending.get(&partition).is_some_and(|at| *at <= Instant::now());
-        if let (true, Some(group)) = (due, queues.partitions.get(partition)) {
-            if record.generation != 0 || initialize(queues, &group, &record.replicas).await {
-                pending.remove(&partition);
-            }
+    }
+    for step in hosting.due(topology, &hosted(queues), now_ms()) {
+        let HostStep::Initialise { partition, replicas } = step else { continue };
+        let Some(group) = queues.partitions.get(partition) else { continue };
+        if initialize(queues, &group, &replicas).await {
+            hosting.initialised(partition);
         }
     }
 }

@@ -3,6 +3,7 @@
 
 use std::time::Instant;
 
+use sinkron_core::placement::{next_placement, PlacementStep};
 use sinkron_core::topology::TopologyCommand;
 use sinkron_core::Command;
 
@@ -26,36 +27,29 @@ pub async fn placement_duties(queues: Queues) {
 }
 
 async fn place_once(queues: &Queues) -> Result<(), NodeError> {
+    let topology = queues.group0.topology();
     let voters = queues.group0.voter_names();
-    if voters.is_empty() {
-        return Ok(());
+    match next_placement(topology.as_ref(), &voters, queues.config.queues) {
+        PlacementStep::Idle => Ok(()),
+        PlacementStep::Write(request) => {
+            match &request {
+                TopologyCommand::Setup { .. } => tracing::info!("queue topology created"),
+                _ => tracing::info!(nodes = ?voters, "queue ring follows the new membership"),
+            }
+            queues.group0.write_here(Command::Topology { request }).await.map(|_| ())
+        }
+        PlacementStep::Move { partition, generation, replicas: target } => {
+            let members = queues.group0.members_by_name();
+            let replicas: Option<Vec<Member>> = target.iter().map(|n| members.get(n).cloned()).collect();
+            let Some(replicas) = replicas else { return Ok(()) };
+            tracing::info!(partition, replicas = ?target, "moving queue partition");
+            let deadline = Instant::now() + queues.request_timeout() * 4;
+            let call = PartitionCall::AtLeader(LeaderCall::Reconfigure { replicas });
+            queues.partition_call(partition, call, deadline, 2).await?;
+            let request = TopologyCommand::Moved { partition, generation, replicas: target };
+            queues.group0.write_here(Command::Topology { request }).await?;
+            crate::metrics::record_partition_move();
+            Ok(())
+        }
     }
-    let Some(topology) = queues.group0.topology() else {
-        let request = TopologyCommand::Setup { settings: queues.config.queues, nodes: voters };
-        queues.group0.write_here(Command::Topology { request }).await?;
-        tracing::info!("queue topology created");
-        return Ok(());
-    };
-    if topology.nodes != voters {
-        tracing::info!(nodes = ?voters, "queue ring follows the new membership");
-        queues
-            .group0
-            .write_here(Command::Topology { request: TopologyCommand::SetNodes { nodes: voters } })
-            .await?;
-        return Ok(());
-    }
-    let Some((partition, target)) = topology.pending_moves().into_iter().next() else { return Ok(()) };
-    let generation = topology.partitions[partition as usize].generation;
-    let members = queues.group0.members_by_name();
-    let replicas: Option<Vec<Member>> = target.iter().map(|n| members.get(n).cloned()).collect();
-    let Some(replicas) = replicas else { return Ok(()) };
-    tracing::info!(partition, replicas = ?target, "moving queue partition");
-    let deadline = Instant::now() + queues.request_timeout() * 4;
-    queues
-        .partition_call(partition, PartitionCall::AtLeader(LeaderCall::Reconfigure { replicas }), deadline, 2)
-        .await?;
-    let request = TopologyCommand::Moved { partition, generation, replicas: target };
-    queues.group0.write_here(Command::Topology { request }).await?;
-    crate::metrics::record_partition_move();
-    Ok(())
 }
