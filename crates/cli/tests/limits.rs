@@ -28,7 +28,18 @@ fn nested(levels: usize, fill: usize) -> Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_deepest_and_largest_accepted_values_commit_on_every_node() {
-    let cluster = TestCluster::start(3, &[]);
+    // openraft 0.9 gives each AppendEntries call one heartbeat interval. The test's usual
+    // 100 ms is too short for megabyte entries of deep JSON in a debug build on a busy
+    // machine: calls time out, are sent again, and the follower keeps parsing the ones
+    // abandoned (once it stalled a node for 6 s). See README, RAFT_HEARTBEAT_INTERVAL.
+    let cluster = TestCluster::start(
+        3,
+        &[
+            ("RAFT_HEARTBEAT_INTERVAL", "0.5"),
+            ("RAFT_ELECTION_TIMEOUT_MIN", "1.5"),
+            ("RAFT_ELECTION_TIMEOUT_MAX", "3.0"),
+        ],
+    );
     cluster.wait_leader(&cluster.all(), FORM).await;
     wait_queues_ready(&cluster.client(0), FORM).await;
     let client = cluster.client(1);
