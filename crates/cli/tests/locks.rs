@@ -228,6 +228,10 @@ async fn two_and_three_cycles_across_nodes_are_reported_at_once_to_the_requester
 async fn the_guard_keeps_a_short_lease_alive_and_releases_on_drop() {
     let cluster = TestCluster::start(3, &[]);
     cluster.wait_leader(&cluster.all(), FORM).await;
+    // A 600 ms lease leaves 400 ms for a refresh. While the cluster is still starting its
+    // 48 partition replicas (elections, first appends), a loaded 2-core machine once
+    // delayed one that long and the lease lapsed: start the lease once they have leaders.
+    support::queue_load::wait_queues_ready(&cluster.client(0), FORM).await;
     let guard = cluster.client(0).lock("guarded", opts("keeper", false, 600, 0)).await.expect("lock");
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert!(!guard.is_lost(), "refreshes kept the lease");
