@@ -29,6 +29,12 @@ impl PartitionMachine {
         Self { state: PartitionState::new(partition), ..Self::default() }
     }
 
+    /// The partition's invariants: its messages' and its request-id window's.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        self.dedup.check_invariants()?;
+        self.state.check_invariants()
+    }
+
     /// Records that the entry at `index` carried no application command.
     pub fn apply_blank(&mut self, index: u64) {
         self.applied_index = self.applied_index.max(index);

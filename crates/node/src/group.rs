@@ -224,7 +224,7 @@ impl GroupFactory {
                 snapshot_policy: SnapshotPolicy::LogsSinceLast(config.snapshot_logs),
                 max_in_snapshot_log_to_keep: config.snapshot_logs.min(1_000),
                 snapshot_max_chunk_size: 256 * 1024,
-                // An entry is a batch of up to BATCH_BYTES_MAX bytes of requests; keep one
+                // An entry is a batch of up to BATCH_MAX_BYTES bytes of requests; keep one
                 // AppendEntries well under the RPC body limit.
                 max_payload_entries: 16,
                 ..Default::default()

@@ -26,7 +26,7 @@ use crate::wire::ForwardedWrite;
 /// Most requests in one batch.
 pub const BATCH_MAX: usize = 512;
 /// A batch stops growing once its requests add up to this many bytes (estimated).
-pub const BATCH_BYTES_MAX: usize = 2 * 1024 * 1024;
+pub const BATCH_MAX_BYTES: usize = 2 * 1024 * 1024;
 /// Most batches sent and not yet answered.
 pub const IN_FLIGHT_MAX: usize = 2;
 /// Most requests waiting for a batch; beyond it callers wait for room (backpressure).
@@ -137,7 +137,7 @@ where
         let Some(first) = rx.recv().await else { return };
         let mut bytes = first.bytes;
         let mut batch = vec![first];
-        while batch.len() < BATCH_MAX && bytes < BATCH_BYTES_MAX {
+        while batch.len() < BATCH_MAX && bytes < BATCH_MAX_BYTES {
             match rx.try_recv() {
                 Ok(p) => {
                     bytes += p.bytes;

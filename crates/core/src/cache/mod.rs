@@ -7,9 +7,11 @@
 //! [`CacheEvent`]s each node must perform on its own lines ([`LocalCache::on_event`]). A node
 //! never changes another node's line; it only reacts to the log.
 //!
-//! What this core does not do (the node does): time (write-back deadlines, coherence
-//! leases), networking, and waiting for a recall to finish.
+//! [`CacheAgent`] is one node's side: its lines, lease and pending requests, with the rules
+//! for hits, deferred recalls and lost writes; [`Revoker`] is the leader's lease-lapse rule.
+//! What this core does not do (the node does): reading clocks, networking, and waiting.
 
+mod agent;
 mod directory;
 mod local;
 #[cfg(test)]
@@ -18,6 +20,7 @@ mod protocol;
 #[cfg(test)]
 mod sim;
 
+pub use agent::{CacheAgent, Revoker, WriteTicket};
 pub use directory::{DirEntry, Directory, Recall, Waiting};
 pub use local::{CacheStats, Line, LocalCache, WriteOutcome};
 pub use protocol::{CacheCommand, CacheEvent, CacheReply, Mesi, RecallKind, Want};

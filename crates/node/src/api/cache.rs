@@ -166,7 +166,7 @@ pub async fn local_line(
     Path(key): Path<String>,
 ) -> Result<Json<NodeLine>, NodeError> {
     validate_key(&key)?;
-    let state = node.cache.service.local().peek(&key).map(|l| l.state);
+    let state = node.cache.service.agent().lines().peek(&key).map(|l| l.state);
     Ok(Json(NodeLine { node: node.config.name.clone(), state: state_name(state).into() }))
 }
 
@@ -189,7 +189,9 @@ pub async fn lines(
 /// Size, capacity and counters of this node's cache.
 #[utoipa::path(operation_id = "cache_stats", get, path = "/v1/cache", tag = "cache", responses((status = 200, body = CacheStatsView)))]
 pub async fn stats(State(node): State<AppState>) -> Json<CacheStatsView> {
-    let local = node.cache.service.local();
+    let lease_valid = node.cache.service.lease_valid();
+    let agent = node.cache.service.agent();
+    let local = agent.lines();
     let mut per_state: BTreeMap<String, usize> = ["M", "E", "S"].iter().map(|s| (s.to_string(), 0)).collect();
     for (_, line) in local.lines() {
         *per_state.entry(state_name(Some(line.state)).into()).or_default() += 1;
@@ -208,6 +210,6 @@ pub async fn stats(State(node): State<AppState>) -> Json<CacheStatsView> {
         write_backs: s.write_backs,
         lines_per_state: per_state,
         transitions: s.transitions.clone(),
-        lease_valid: node.cache.service.lease_valid(),
+        lease_valid,
     })
 }

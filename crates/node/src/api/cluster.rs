@@ -271,13 +271,10 @@ pub async fn metrics_text(State(node): State<AppState>) -> Response {
         crate::metrics::set_lock_gauges(held, holders, waiters);
     }
     {
-        let local = node.cache.service.local();
-        crate::metrics::set_cache_metrics(
-            &local.stats,
-            local.len(),
-            local.capacity(),
-            node.cache.service.lease_valid(),
-        );
+        let lease_valid = node.cache.service.lease_valid();
+        let agent = node.cache.service.agent();
+        let local = agent.lines();
+        crate::metrics::set_cache_metrics(&local.stats, local.len(), local.capacity(), lease_valid);
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], crate::metrics::render(&gauges)).into_response()
 }

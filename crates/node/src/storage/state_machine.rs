@@ -31,6 +31,8 @@ pub trait Machine: Default + Serialize + DeserializeOwned + Send + Sync + 'stati
     /// Applies one entry of the leader of `term`: the replies, and whether waiters on this
     /// group should look at the state again.
     fn apply_entry(&mut self, index: u64, term: u64, batch: &Batch) -> (Vec<Response>, bool);
+    /// The state's invariants; checked after every applied entry in debug builds.
+    fn check_invariants(&self) -> Result<(), String>;
     /// Side effects of the applies since the last call.
     fn drain_effects(&mut self) -> Effects {
         Effects::default()
@@ -58,6 +60,10 @@ impl Machine for Group0State {
         (Group0State::apply_entry(self, index, term, batch), touched_locks)
     }
 
+    fn check_invariants(&self) -> Result<(), String> {
+        Group0State::check_invariants(self)
+    }
+
     fn drain_effects(&mut self) -> Effects {
         Effects { lock_events: self.locks.drain_events(), cache_events: self.drain_cache_events() }
     }
@@ -71,6 +77,10 @@ impl Machine for PartitionMachine {
     fn apply_entry(&mut self, index: u64, _term: u64, batch: &Batch) -> (Vec<Response>, bool) {
         // Receivers long-poll: any entry may have made messages ready.
         (PartitionMachine::apply_entry(self, index, batch), true)
+    }
+
+    fn check_invariants(&self) -> Result<(), String> {
+        PartitionMachine::check_invariants(self)
     }
 }
 
@@ -322,6 +332,12 @@ impl<S: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                     Vec::new()
                 }
             };
+            // Debug builds check the state after every entry, so every cluster test and chaos
+            // run checks the invariants continuously; a broken one stops this node loudly.
+            #[cfg(debug_assertions)]
+            if let Err(broken) = applied.state.check_invariants() {
+                panic!("state machine invariant broken after entry {index}: {broken}");
+            }
             replies.push(reply);
         }
         let Effects { lock_events, cache_events } = applied.state.drain_effects();
