@@ -478,9 +478,13 @@ async fn a_node_with_a_corrupt_log_record_refuses_to_start_with_one_clear_line()
         cluster.client(0).kv_put(&format!("k{i}"), json!(i)).await.expect("write");
     }
     assert_eq!(cluster.stop(0), Some(0), "a clean stop");
-    let log_dir = cluster.nodes[0].data_dir.join("groups").join("0").join("log");
-    let segment =
-        std::fs::read_dir(&log_dir).expect("log dir").next().expect("a segment").expect("entry").path();
+    let log_dir = cluster.nodes[0].data_dir.join("log");
+    let segment = std::fs::read_dir(&log_dir)
+        .expect("log dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .expect("a segment");
     let mut bytes = std::fs::read(&segment).expect("read segment");
     let records = sinkron_node::storage::segment::decode_records(&bytes);
     assert!(records.records.len() > 3, "entries to damage");

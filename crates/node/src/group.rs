@@ -14,7 +14,7 @@ use crate::error::NodeError;
 use crate::peers::Peers;
 use crate::proposer::Batcher;
 use crate::storage::redis as redis_store;
-use crate::storage::{LogStore, Machine, StateMachineStore};
+use crate::storage::{LogStore, Machine, SharedLog, StateMachineStore};
 use crate::types::{GroupId, Member, NodeId, Raft, GROUP0};
 use crate::wire::ForwardedWrite;
 
@@ -209,6 +209,8 @@ pub struct GroupFactory {
     config: Arc<NodeConfig>,
     raft_config: Arc<openraft::Config>,
     peers: Peers,
+    /// The node's shared log, with the embedded backend.
+    wal: Option<Arc<SharedLog>>,
 }
 
 impl GroupFactory {
@@ -232,7 +234,11 @@ impl GroupFactory {
             .validate()
             .context("derive the Raft configuration")?,
         );
-        Ok(Self { config, raft_config, peers })
+        let wal = match config.storage {
+            StorageBackend::Embedded => Some(open_shared_log(&config.data_dir)?),
+            StorageBackend::Redis => None,
+        };
+        Ok(Self { config, raft_config, peers, wal })
     }
 
     /// Opens the storage of group `id` and starts its Raft instance. `rank` is this node's
@@ -251,7 +257,7 @@ impl GroupFactory {
         let shift = rank.min(4) * (raft_config.election_timeout_max - raft_config.election_timeout_min) / 2;
         raft_config.election_timeout_min += shift;
         raft_config.election_timeout_max += shift;
-        let (log, sm) = open_storage(&self.config, id, initial).await?;
+        let (log, sm) = open_storage(&self.config, self.wal.as_deref(), id, initial).await?;
         prepare(&sm);
         let me = self.config.raft_id;
         let raft = Raft::new(me, Arc::new(raft_config), self.peers.raft_network(id), log.clone(), sm.clone())
@@ -264,25 +270,36 @@ impl GroupFactory {
     }
 }
 
+/// Opens the node's shared log in `<data_dir>/log/`, first moving into it the per-group
+/// logs an earlier version left under `<data_dir>/groups/`.
+fn open_shared_log(data_dir: &std::path::Path) -> anyhow::Result<Arc<SharedLog>> {
+    let wal_dir = data_dir.join("log");
+    crate::storage::import_group_dirs(&data_dir.join("groups"), &wal_dir)
+        .map_err(|e| anyhow::anyhow!("move the per-group logs into the shared log: {e}"))?;
+    SharedLog::open(&wal_dir).map_err(|e| anyhow::anyhow!("open the Raft log: {e}"))
+}
+
 /// Opens the log and state machine of `group` on the configured backend.
 async fn open_storage<S: Machine>(
     config: &NodeConfig,
+    wal: Option<&SharedLog>,
     group: GroupId,
     initial: S,
 ) -> anyhow::Result<(LogStore, StateMachineStore<S>)> {
-    match config.storage {
-        StorageBackend::Embedded => {
+    match (config.storage, wal) {
+        (StorageBackend::Embedded, Some(wal)) => {
             let dir = config.data_dir.join("groups").join(group.to_string());
             crate::storage::files::create_dir_durably(&dir)
                 .with_context(|| format!("create data directory {}", dir.display()))?;
+            let log = wal.group(group);
             // openraft's storage errors repeat their source in their own text: keep the text
             // only, so the one line an operator reads says it once.
-            let log = LogStore::open(&dir).map_err(|e| anyhow::anyhow!("open the Raft log: {e}"))?;
             let sm = StateMachineStore::open_from(&dir, initial)
                 .map_err(|e| anyhow::anyhow!("open the state machine: {e}"))?;
             Ok((log, sm))
         }
-        StorageBackend::Redis => {
+        (StorageBackend::Embedded, None) => anyhow::bail!("the embedded backend has no shared log"),
+        (StorageBackend::Redis, _) => {
             let (host, port) = &config.redis;
             let mut conn = redis_store::connect(host, *port)
                 .await

@@ -5,7 +5,7 @@ use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{Entry, EntryPayload, RaftLogReader};
 use sinkron_core::{Batch, Command, Request};
 use sinkron_node::storage::segment::decode_records;
-use sinkron_node::storage::{LogStore, StateMachineStore};
+use sinkron_node::storage::{LogStore, SharedLog, StateMachineStore};
 use sinkron_node::types::{StorageError, TypeConfig};
 use tempfile::TempDir;
 
@@ -63,10 +63,20 @@ async fn ten_entries_in_one_segment() -> (TempDir, std::fs::DirEntry, Vec<u8>) {
         let mut log = LogStore::open(dir.path()).expect("open");
         append_durably(&mut log, (1..=10).map(|i| put_entry(1, i)).collect()).await;
     }
-    let segment =
-        std::fs::read_dir(dir.path().join("log")).expect("ls").next().expect("one segment").expect("entry");
+    let segment = only_segment(dir.path());
     let bytes = std::fs::read(segment.path()).expect("read segment");
     (dir, segment, bytes)
+}
+
+/// The one segment of the log in `dir`.
+fn only_segment(dir: &std::path::Path) -> std::fs::DirEntry {
+    let mut segments: Vec<std::fs::DirEntry> = std::fs::read_dir(dir.join("log"))
+        .expect("ls")
+        .map(|e| e.expect("entry"))
+        .filter(|e| e.path().extension().is_some_and(|x| x == "seg"))
+        .collect();
+    assert_eq!(segments.len(), 1, "one segment");
+    segments.remove(0)
 }
 
 #[tokio::test]
@@ -128,8 +138,7 @@ async fn zero_fill_is_not_mistaken_for_records_or_damage() {
         append_durably(&mut log, (first..first + 10).map(|i| put_entry(1, i)).collect()).await;
         assert_eq!(indexes(&mut log).await, (1..first + 10).collect::<Vec<_>>());
     }
-    let segment =
-        std::fs::read_dir(dir.path().join("log")).expect("ls").next().expect("segment").expect("entry");
+    let segment = only_segment(dir.path());
     assert!(
         segment.metadata().expect("stat").len() >= 1024 * 1024,
         "the newest segment is zero-filled ahead"
@@ -186,4 +195,106 @@ async fn snapshot_restores_state_after_restart() {
     assert_eq!(sm.read().state.kv.len(), 30);
     let current = sm.get_current_snapshot().await.expect("read snapshot").expect("has snapshot");
     assert_eq!(current.meta.last_log_id.map(|l| l.index), Some(30));
+}
+
+/// Entries of `group` in the shared log, as the tests write them: term 1, index `i`.
+async fn append_to(wal: &SharedLog, group: u64, range: std::ops::RangeInclusive<u64>) {
+    append_durably(&mut wal.group(group), range.map(|i| put_entry(1, i)).collect()).await;
+}
+
+#[tokio::test]
+async fn groups_share_one_log_and_each_recovers_its_own() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let wal = SharedLog::open(dir.path()).expect("open");
+        for round in 0..5u64 {
+            for group in 0..3u64 {
+                append_to(&wal, group, round * 10 + 1..=round * 10 + 10).await;
+            }
+        }
+        wal.group(0).save_vote(&openraft::Vote::new(4, 1)).await.expect("vote");
+        wal.group(2).save_vote(&openraft::Vote::new(9, 2)).await.expect("vote");
+        let mut one = wal.group(1);
+        one.truncate(log_id(1, 1, 31)).await.expect("truncate");
+        append_durably(&mut one, (31..=35).map(|i| put_entry(2, i)).collect()).await;
+        wal.group(2).purge(log_id(1, 1, 25)).await.expect("purge");
+    }
+    let wal = SharedLog::open(dir.path()).expect("reopen");
+    let (mut zero, mut one, mut two) = (wal.group(0), wal.group(1), wal.group(2));
+    assert_eq!(indexes(&mut zero).await, (1..=50).collect::<Vec<_>>());
+    assert_eq!(indexes(&mut one).await, (1..=35).collect::<Vec<_>>());
+    assert_eq!(one.try_get_log_entries(31..=31).await.expect("read")[0].log_id.leader_id.term, 2);
+    assert_eq!(indexes(&mut two).await, (26..=50).collect::<Vec<_>>());
+    assert_eq!(zero.read_vote().await.expect("vote"), Some(openraft::Vote::new(4, 1)));
+    assert_eq!(one.read_vote().await.expect("vote"), None);
+    assert_eq!(two.read_vote().await.expect("vote"), Some(openraft::Vote::new(9, 2)));
+    assert_eq!(two.get_log_state().await.expect("state").last_purged_log_id.map(|l| l.index), Some(25));
+    assert!(indexes(&mut wal.group(7)).await.is_empty(), "a group that never wrote is empty");
+}
+
+fn segment_count(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .expect("ls")
+        .filter(|e| e.as_ref().expect("entry").path().extension().is_some_and(|x| x == "seg"))
+        .count()
+}
+
+#[tokio::test]
+async fn purged_segments_go_and_an_idle_group_is_copied_forward_not_lost() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let max_segments = sinkron_node::storage::wal::SEALED_KEPT + 2;
+    {
+        let wal = SharedLog::open_with(dir.path(), 8 * 1024).expect("open");
+        // An idle group: three entries and a vote, never purged.
+        append_to(&wal, 9, 1..=3).await;
+        wal.group(9).save_vote(&openraft::Vote::new(2, 3)).await.expect("vote");
+        // A busy group that purges as it goes: its old segments must be reclaimed, and the
+        // idle group's entries must move along instead of pinning them all.
+        let mut busy = wal.group(1);
+        for chunk in 0..60u64 {
+            let first = chunk * 20 + 1;
+            append_durably(&mut busy, (first..first + 20).map(|i| put_entry(1, i)).collect()).await;
+            if chunk >= 2 {
+                busy.purge(log_id(1, 1, first - 21)).await.expect("purge");
+            }
+            assert!(segment_count(dir.path()) <= max_segments, "segments pile up after chunk {chunk}");
+        }
+    }
+    let wal = SharedLog::open_with(dir.path(), 8 * 1024).expect("reopen");
+    let mut idle = wal.group(9);
+    assert_eq!(indexes(&mut idle).await, vec![1, 2, 3]);
+    assert_eq!(idle.read_vote().await.expect("vote"), Some(openraft::Vote::new(2, 3)));
+    let mut busy = wal.group(1);
+    assert_eq!(indexes(&mut busy).await, (1161..=1200).collect::<Vec<_>>());
+    assert_eq!(busy.get_log_state().await.expect("state").last_purged_log_id.map(|l| l.index), Some(1160));
+}
+
+#[tokio::test]
+async fn logs_of_the_per_group_layout_move_into_the_shared_log() {
+    use sinkron_node::storage::segment::encode_record;
+    let data = tempfile::tempdir().expect("temp dir");
+    let group_dir = data.path().join("groups").join("4");
+    std::fs::create_dir_all(group_dir.join("log")).expect("mkdir");
+    let mut old = Vec::new();
+    for i in 1..=6 {
+        encode_record(&serde_json::to_vec(&put_entry(1, i)).expect("json"), &mut old);
+    }
+    std::fs::write(group_dir.join("log").join("00000000000000000001.seg"), &old).expect("segment");
+    std::fs::write(
+        group_dir.join("vote.json"),
+        serde_json::to_vec(&openraft::Vote::new(5, 6)).expect("json"),
+    )
+    .expect("vote");
+    std::fs::write(group_dir.join("purged.json"), serde_json::to_vec(&log_id(1, 1, 2)).expect("json"))
+        .expect("purged");
+
+    let wal_dir = data.path().join("log");
+    sinkron_node::storage::import_group_dirs(&data.path().join("groups"), &wal_dir).expect("import");
+    assert!(!group_dir.join("log").exists() && !group_dir.join("vote.json").exists(), "old files gone");
+    let wal = SharedLog::open(&wal_dir).expect("open");
+    let mut four = wal.group(4);
+    assert_eq!(indexes(&mut four).await, vec![3, 4, 5, 6]);
+    assert_eq!(four.read_vote().await.expect("vote"), Some(openraft::Vote::new(5, 6)));
+    // A second import finds nothing to move.
+    sinkron_node::storage::import_group_dirs(&data.path().join("groups"), &wal_dir).expect("again");
 }

@@ -91,10 +91,11 @@ impl Queues {
         }
     }
 
-    /// One look at every partition. The partitions this node hosts are asked in parallel,
-    /// each for at most what its local copy shows as visible (`max` in all, so nothing is
-    /// taken that cannot be returned); partitions hosted elsewhere are asked one by one for
-    /// what is still missing.
+    /// One look at every partition. `max` is filled from as few partitions as possible,
+    /// by what this node's copies show as visible: partitions this node leads first (no hop),
+    /// then the fullest; those are asked in parallel, each for what its copy shows (`max` in
+    /// all, so nothing is taken that cannot be returned). Partitions hosted elsewhere are
+    /// asked one by one for what is still missing.
     async fn receive_round(
         &self,
         queue: &str,
@@ -104,8 +105,7 @@ impl Queues {
     ) -> (Vec<Delivery>, Option<NodeError>) {
         let start = self.partitions.rotation.fetch_add(1, Ordering::Relaxed);
         let now = now_ms();
-        let mut left = max as usize;
-        let mut local = tokio::task::JoinSet::new();
+        let mut candidates = Vec::new();
         let mut remote = Vec::new();
         for i in 0..partitions {
             let partition = start.wrapping_add(i) % partitions;
@@ -113,15 +113,25 @@ impl Queues {
                 remote.push(partition);
                 continue;
             };
-            let visible = group.sm.read().state.state.visible(queue, now, left);
-            if visible == 0 {
-                continue;
+            let visible = group.sm.read().state.state.visible(queue, now, max as usize);
+            if visible > 0 {
+                candidates.push((group.is_leader(), visible, partition));
             }
-            left -= visible;
+        }
+        // Stable, so partitions that tie keep the rotation's order and share the load.
+        candidates
+            .sort_by_key(|(leads, visible, _)| (std::cmp::Reverse(*leads), std::cmp::Reverse(*visible)));
+        let mut left = max as usize;
+        let mut local = tokio::task::JoinSet::new();
+        for (_, visible, partition) in candidates {
+            if left == 0 {
+                break;
+            }
+            let take = visible.min(left);
+            left -= take;
             let (this, queue) = (self.clone(), queue.to_string());
-            local.spawn(
-                async move { this.receive_from(partition, &queue, visible as u32, visibility_ms).await },
-            );
+            local
+                .spawn(async move { this.receive_from(partition, &queue, take as u32, visibility_ms).await });
         }
         let mut out = Vec::new();
         let mut failure = None;
@@ -192,6 +202,43 @@ impl Queues {
             let request = Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), command };
             by_partition.entry(partition).or_default().push((i, request));
         }
+        for (i, partition, answer) in self.write_by_partition(by_partition).await {
+            outcomes[i] = Some(answer.and_then(|r| self.sent_or_refused(queue, partition, r)));
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(NodeError::Unavailable("the request was cancelled".into()))))
+            .collect()
+    }
+
+    /// Acknowledges several deliveries at once; one outcome per receipt, in order. The
+    /// acks of one partition travel as one call and are proposed together.
+    pub async fn ack_many(&self, queue: &str, receipts: Vec<String>) -> Vec<Result<(), NodeError>> {
+        let mut outcomes: Vec<Option<Result<(), NodeError>>> = (0..receipts.len()).map(|_| None).collect();
+        let mut by_partition: BTreeMap<u32, Vec<(usize, Request)>> = BTreeMap::new();
+        for (i, receipt) in receipts.iter().enumerate() {
+            let command = Command::QueueAck { queue: queue.to_string(), receipt: receipt.clone() };
+            match self.settle_request(queue, receipt, command) {
+                Ok((partition, request)) => by_partition.entry(partition).or_default().push((i, request)),
+                Err(e) => outcomes[i] = Some(Err(e)),
+            }
+        }
+        for (i, _, answer) in self.write_by_partition(by_partition).await {
+            let acked = answer.and_then(|r| settled(queue, &receipts[i], r, "acked"));
+            outcomes[i] = Some(acked.map(|_| ()));
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(NodeError::Unavailable("the request was cancelled".into()))))
+            .collect()
+    }
+
+    /// Proposes each partition's requests together, the partitions in parallel; answers
+    /// `(position, partition, outcome)` for every request.
+    async fn write_by_partition(
+        &self,
+        by_partition: BTreeMap<u32, Vec<(usize, Request)>>,
+    ) -> Vec<(usize, u32, Result<Response, NodeError>)> {
         let mut tasks = tokio::task::JoinSet::new();
         for (partition, items) in by_partition {
             let this = self.clone();
@@ -206,30 +253,14 @@ impl Queues {
                     Ok(other) => positions.iter().map(|_| Err(unexpected(&other))).collect(),
                     Err(e) => positions.iter().map(|_| Err(e.clone())).collect(),
                 };
-                (partition, positions, answers)
+                positions.into_iter().zip(answers).map(|(i, a)| (i, partition, a)).collect::<Vec<_>>()
             });
         }
+        let mut out = Vec::new();
         while let Some(joined) = tasks.join_next().await {
-            let Ok((partition, positions, answers)) = joined else { continue };
-            for (i, answer) in positions.into_iter().zip(answers) {
-                outcomes[i] = Some(answer.and_then(|r| self.sent_or_refused(queue, partition, r)));
-            }
+            out.extend(joined.unwrap_or_default());
         }
-        outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(NodeError::Unavailable("the request was cancelled".into()))))
-            .collect()
-    }
-
-    /// Acknowledges several deliveries at once; one outcome per receipt, in order.
-    pub async fn ack_many(&self, queue: &str, receipts: Vec<String>) -> Vec<Result<(), NodeError>> {
-        let mut tasks = tokio::task::JoinSet::new();
-        let count = receipts.len();
-        for (i, receipt) in receipts.into_iter().enumerate() {
-            let (this, queue) = (self.clone(), queue.to_string());
-            tasks.spawn(async move { (i, this.ack(&queue, &receipt).await) });
-        }
-        collect_in_order(tasks, count).await
+        out
     }
 
     /// Acknowledges (deletes) the message delivered with `receipt`.
@@ -262,25 +293,24 @@ impl Queues {
         command: Command,
         op: &'static str,
     ) -> Result<bool, NodeError> {
+        let (partition, request) = self.settle_request(queue, receipt, command)?;
+        let response = self.partition_write(partition, request).await?;
+        settled(queue, receipt, response, op)
+    }
+
+    /// The partition a receipt belongs to, and the request that settles it there.
+    fn settle_request(
+        &self,
+        queue: &str,
+        receipt: &str,
+        command: Command,
+    ) -> Result<(u32, Request), NodeError> {
         validate_queue_name(queue)?;
         let partitions = self.queue_settings()?.partitions;
         let partition = partition_of_receipt(receipt).filter(|p| *p < partitions).ok_or_else(|| {
             NodeError::InvalidArgument(format!("receipt {receipt:?} is not a receipt of this cluster"))
         })?;
-        let request = Request { request_id: Some(new_request_id()), command };
-        match self.partition_write(partition, request).await? {
-            Response::QueueDone { dead_lettered } => {
-                crate::metrics::record_queue_op(op, queue, 1);
-                Ok(dead_lettered)
-            }
-            Response::QueueRefused { refusal: QueueRefusal::StaleReceipt } => {
-                Err(NodeError::NotFound(format!(
-                    "receipt {receipt:?} is not in flight in queue {queue:?}: already acked, returned, or \
-                 redelivered after its visibility timeout"
-                )))
-            }
-            other => Err(unexpected(other)),
-        }
+        Ok((partition, Request { request_id: Some(new_request_id()), command }))
     }
 
     /// Counts of `queue` in every partition, read at each partition's leader.
@@ -331,20 +361,18 @@ impl Queues {
     }
 }
 
-/// Waits for every task of `tasks`, each answering its position, and returns the outcomes
-/// in position order.
-async fn collect_in_order<T: Send + 'static>(
-    mut tasks: tokio::task::JoinSet<(usize, Result<T, NodeError>)>,
-    count: usize,
-) -> Vec<Result<T, NodeError>> {
-    let mut outcomes: Vec<Option<Result<T, NodeError>>> = (0..count).map(|_| None).collect();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok((i, outcome)) = joined {
-            outcomes[i] = Some(outcome);
+/// The outcome of an ack or nack from its partition's answer: whether the message went to
+/// the dead-letter queue.
+fn settled(queue: &str, receipt: &str, response: Response, op: &'static str) -> Result<bool, NodeError> {
+    match response {
+        Response::QueueDone { dead_lettered } => {
+            crate::metrics::record_queue_op(op, queue, 1);
+            Ok(dead_lettered)
         }
+        Response::QueueRefused { refusal: QueueRefusal::StaleReceipt } => Err(NodeError::NotFound(format!(
+            "receipt {receipt:?} is not in flight in queue {queue:?}: already acked, returned, or \
+             redelivered after its visibility timeout"
+        ))),
+        other => Err(unexpected(other)),
     }
-    outcomes
-        .into_iter()
-        .map(|o| o.unwrap_or_else(|| Err(NodeError::Unavailable("the request was cancelled".into()))))
-        .collect()
 }

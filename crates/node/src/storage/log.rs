@@ -1,13 +1,14 @@
-//! [`LogStore`]: openraft's `RaftLogStorage` over segment files and a writer thread.
+//! [`LogStore`]: openraft's `RaftLogStorage` of one group, over a writer thread: the node's
+//! shared log (`super::wal`) or the group's own Redis writer (`super::redis`).
 //!
 //! Unpurged entries are also kept in memory, so reads never touch the disk; snapshots and
 //! purging keep that bounded. Appends become visible to readers at once but are reported
-//! flushed only after the writer thread's fsync (openraft 0.9 waits for that report before
-//! it replicates or commits them).
+//! flushed only after the writer's fsync (openraft 0.9 waits for that report before it
+//! replicates or commits them). An entry is encoded once, here, into the record its writer
+//! stores.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
-use std::fs;
 use std::io;
 use std::ops::RangeBounds;
 use std::path::Path;
@@ -18,10 +19,11 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, Vote};
 use tokio::sync::oneshot;
 
-use super::segment::{decode_records, encode_record, is_zero, list_segments, valid_record_after};
-use super::writer::{Position, Tail, WriteOp, Writer};
-use super::{files, log_read_error, log_write_error};
-use crate::types::{Entry, LogId, NodeId, StorageError, TypeConfig};
+use super::segment::encode_record;
+use super::wal::Tagged;
+use super::writer::WriteOp;
+use super::{log_read_error, log_write_error};
+use crate::types::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig};
 
 /// The durable Raft log of one group. Cloning gives another handle to the same log.
 #[derive(Clone)]
@@ -30,9 +32,17 @@ pub struct LogStore {
 }
 
 struct Shared {
-    mem: Mutex<MemLog>,
-    writer: Mutex<Sender<WriteOp>>,
+    mem: Arc<Mutex<MemLog>>,
+    sink: Sink,
     health: super::StorageHealth,
+}
+
+/// Where the group's changes go.
+enum Sink {
+    /// A writer of this group alone (Redis): records are plain segment records.
+    Own(Mutex<Sender<WriteOp>>),
+    /// The node's shared log: records carry the group.
+    Shared(GroupId, Mutex<Sender<Tagged>>),
 }
 
 /// The in-memory view of a log, as recovered from a backend at start-up.
@@ -48,18 +58,12 @@ pub struct MemLog {
     pub committed: Option<LogId>,
 }
 
-/// Everything read back from a group directory at start-up.
-struct Recovered {
-    mem: MemLog,
-    writer: Writer,
-}
-
 impl LogStore {
-    /// Opens (or creates) the log in `group_dir`, cutting off a torn tail left by a crash.
-    pub fn open(group_dir: &Path) -> Result<Self, StorageError> {
-        let Recovered { mem, writer } = recover(group_dir).map_err(log_read_error)?;
-        let health = writer.health.clone();
-        Self::start(mem, health, move |rx| writer.run(rx))
+    /// Opens (or creates) a node's shared log in `dir/log/` and answers the log of group 0
+    /// in it (a one-group node; tests of the log itself use this).
+    pub fn open(dir: &Path) -> Result<Self, StorageError> {
+        let wal = super::wal::SharedLog::open(&dir.join("log")).map_err(log_read_error)?;
+        Ok(wal.group(0))
     }
 
     /// Whether the log's backend currently accepts writes.
@@ -78,7 +82,18 @@ impl LogStore {
             .name("sinkron-log-writer".into())
             .spawn(move || writer(rx))
             .map_err(log_write_error)?;
-        Ok(Self { shared: Arc::new(Shared { mem: Mutex::new(mem), writer: Mutex::new(tx), health }) })
+        let mem = Arc::new(Mutex::new(mem));
+        Ok(Self { shared: Arc::new(Shared { mem, sink: Sink::Own(Mutex::new(tx)), health }) })
+    }
+
+    /// The view of `group` in the node's shared log.
+    pub(super) fn shared(
+        group: GroupId,
+        mem: Arc<Mutex<MemLog>>,
+        tx: Sender<Tagged>,
+        health: super::StorageHealth,
+    ) -> Self {
+        Self { shared: Arc::new(Shared { mem, sink: Sink::Shared(group, Mutex::new(tx)), health }) }
     }
 
     fn mem(&self) -> MutexGuard<'_, MemLog> {
@@ -88,8 +103,25 @@ impl LogStore {
     }
 
     fn send(&self, op: WriteOp) -> Result<(), StorageError> {
-        let tx = self.shared.writer.lock().unwrap_or_else(|p| p.into_inner());
-        tx.send(op).map_err(|_| log_write_error(io::Error::other("log writer thread stopped")))
+        let stopped = |_| log_write_error(io::Error::other("log writer thread stopped"));
+        match &self.shared.sink {
+            Sink::Own(tx) => tx.lock().unwrap_or_else(|p| p.into_inner()).send(op).map_err(stopped),
+            Sink::Shared(group, tx) => tx
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .send(Tagged { group: *group, op })
+                .map_err(|_| log_write_error(io::Error::other("log writer thread stopped"))),
+        }
+    }
+
+    /// The stored record of `entry`, whose JSON is `payload`.
+    fn record(&self, payload: &[u8]) -> Vec<u8> {
+        let mut record = Vec::with_capacity(payload.len() + 8 + super::wal::PAYLOAD_HEAD_BYTES);
+        match &self.shared.sink {
+            Sink::Own(_) => encode_record(payload, &mut record),
+            Sink::Shared(group, _) => super::wal::frame(super::wal::ENTRY, *group, payload, &mut record),
+        }
+        record
     }
 
     async fn send_and_wait(
@@ -105,94 +137,6 @@ impl LogStore {
     pub fn last_index(&self) -> Option<u64> {
         self.mem().entries.keys().next_back().copied()
     }
-}
-
-/// The error of a log whose written records are damaged: the node must not start on it,
-/// since cutting there would drop acknowledged entries.
-fn corruption(path: &Path, offset: u64, where_: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidData,
-        format!(
-            "corrupt log record in {} at offset {offset} ({where_}); this is damage to written \
-             entries, not a torn write, so the node will not start on it. To recover, move this \
-             node's data directory away and start it empty: it rejoins from the other members \
-             (see docs/operations.md)",
-            path.display()
-        ),
-    )
-}
-
-fn recover(group_dir: &Path) -> io::Result<Recovered> {
-    let log_dir = group_dir.join("log");
-    files::create_dir_durably(&log_dir)?;
-    let last_purged: Option<LogId> = read_json(&group_dir.join("purged.json"))?;
-    let vote = read_json(&group_dir.join("vote.json"))?;
-    let committed_hint: Option<LogId> = read_json(&group_dir.join("committed.json")).unwrap_or(None);
-
-    let segments = list_segments(&log_dir)?;
-    let mut entries = BTreeMap::new();
-    let mut positions = BTreeMap::new();
-    let mut seg_map = BTreeMap::new();
-    let mut tail_len = 0;
-    for (i, (first, path)) in segments.iter().enumerate() {
-        let is_last = i + 1 == segments.len();
-        let bytes = fs::read(path)?;
-        let decoded = decode_records(&bytes);
-        let rest = &bytes[decoded.valid_len as usize..];
-        if !rest.is_empty() {
-            let zero_fill = is_zero(rest);
-            if !zero_fill && !is_last {
-                return Err(corruption(path, decoded.valid_len, "inside a sealed segment"));
-            }
-            if !zero_fill {
-                if let Some(next) = valid_record_after(&bytes, decoded.valid_len as usize) {
-                    return Err(corruption(
-                        path,
-                        decoded.valid_len,
-                        &format!("followed by a valid record at offset {next}"),
-                    ));
-                }
-            }
-            if !zero_fill {
-                tracing::warn!(segment = %path.display(), kept = decoded.valid_len, len = bytes.len(), "cutting torn log tail");
-            }
-            if !zero_fill || !is_last {
-                // Torn bytes go; a sealed segment keeps no zero fill.
-                let f = fs::OpenOptions::new().write(true).open(path)?;
-                f.set_len(decoded.valid_len)?;
-                f.sync_all()?;
-            }
-        }
-        for record in decoded.records {
-            let entry: Entry = serde_json::from_slice(record.payload).map_err(io::Error::other)?;
-            positions.insert(entry.log_id.index, Position { segment: *first, offset: record.offset });
-            entries.insert(entry.log_id.index, entry);
-        }
-        seg_map.insert(*first, path.clone());
-        tail_len = decoded.valid_len;
-    }
-    if let Some(purged) = &last_purged {
-        entries = entries.split_off(&(purged.index + 1));
-        positions = positions.split_off(&(purged.index + 1));
-    }
-    check_contiguous(&entries)?;
-    let committed = clamp_committed(committed_hint, &entries, last_purged);
-    let current = match seg_map.iter().next_back() {
-        Some((first, path)) => Some(Tail::open(*first, path, tail_len)?),
-        None => None,
-    };
-    let writer = Writer {
-        group_dir: group_dir.to_path_buf(),
-        log_dir,
-        segments: seg_map,
-        positions,
-        current,
-        committed_hint: None,
-        hint_written_at: std::time::Instant::now(),
-        failed: None,
-        health: super::StorageHealth::default(),
-    };
-    Ok(Recovered { mem: MemLog { entries, last_purged, vote, committed }, writer })
 }
 
 /// The commit hint is only a hint: never claim more than the log holds.
@@ -217,13 +161,6 @@ pub fn check_contiguous(entries: &BTreeMap<u64, Entry>) -> io::Result<()> {
         expected = Some(index + 1);
     }
     Ok(())
-}
-
-fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> io::Result<Option<T>> {
-    match files::read_optional(path)? {
-        Some(bytes) => serde_json::from_slice(&bytes).map_err(io::Error::other),
-        None => Ok(None),
-    }
 }
 
 fn encode_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {
@@ -284,9 +221,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let mut records = Vec::with_capacity(entries.len());
         for entry in &entries {
             let payload = encode_json(entry)?;
-            let mut record = Vec::with_capacity(payload.len() + 8);
-            encode_record(&payload, &mut record);
-            records.push((entry.log_id.index, record));
+            records.push((entry.log_id.index, self.record(&payload)));
         }
         {
             let mut mem = self.mem();

@@ -1,21 +1,19 @@
-//! Durable embedded storage of one Raft group: its log, vote, commit index, state machine
-//! and snapshots, all under one directory.
+//! Durable embedded storage of a node's Raft groups: one shared log for every group, and a
+//! state machine with its snapshots per group.
 //!
-//! Layout of a group's directory:
+//! Layout of a node's data directory:
 //!
 //! ```text
-//! log/<first-index>.seg   append-only segments of length-prefixed, CRC-checked entries
-//! vote.json               the last vote, replaced atomically and fsynced
-//! purged.json             the last purged log id, replaced atomically and fsynced
-//! committed.json          the last known commit index (a hint; never trusted past the log)
-//! snapshot.bin            the latest snapshot, replaced atomically and fsynced
+//! log/<sequence>.seg       the shared log: length-prefixed, CRC-checked records tagged by
+//!                          group (entries, truncations, purges, votes, commit hints)
+//! groups/<id>/snapshot.bin the group's latest snapshot, replaced atomically and fsynced
 //! ```
 //!
 //! Why our own log rather than an embedded database: a Raft log is an append-only sequence
 //! that is only ever cut at the tail (conflicts) or at the head (compaction). A segmented
-//! file with one `fdatasync` per batch is exactly that shape, needs no compaction of its own,
-//! and lets one writer thread cover many appends with a single fsync, which is what bounds
-//! Raft's write throughput. See `docs/storage.md`.
+//! file with one `fdatasync` per batch is exactly that shape, and one writer thread for all
+//! groups covers every group's appends with a single fsync, which is what bounds Raft's
+//! write throughput. See `docs/storage.md`.
 
 pub mod files;
 pub mod log;
@@ -23,12 +21,16 @@ pub mod redis;
 pub mod redis_slot;
 pub mod segment;
 pub mod state_machine;
+pub mod wal;
+mod wal_recover;
 pub mod writer;
 
 use openraft::{AnyError, StorageIOError};
 
 pub use self::log::LogStore;
 pub use self::state_machine::{Machine, SnapshotStore, StateMachineStore};
+pub use self::wal::SharedLog;
+pub use self::wal_recover::import_group_dirs;
 use crate::types::StorageError;
 
 /// Whether a group's storage currently accepts writes; shared by its writer (which sets it)

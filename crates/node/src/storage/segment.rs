@@ -78,9 +78,10 @@ pub fn decode_records(bytes: &[u8]) -> Decoded<'_> {
 
 /// The offset of the first checksum-valid record that starts after `from` in `bytes`, if
 /// any. A bad record with a valid one after it is corruption of written data, not a torn
-/// write (a crash tears only the end). Log payloads are JSON objects, so only offsets whose
-/// payload opens with `{` are checksummed, which keeps a scan of garbage cheap.
-pub fn valid_record_after(bytes: &[u8], from: usize) -> Option<u64> {
+/// write (a crash tears only the end). Only offsets whose payload opens with one of
+/// `first_bytes` (the record kinds the log writes) are checksummed, which keeps a scan of
+/// garbage cheap.
+pub fn valid_record_after(bytes: &[u8], from: usize, first_bytes: &[u8]) -> Option<u64> {
     (from + 1..bytes.len()).find_map(|pos| {
         let header = bytes.get(pos..pos + HEADER_BYTES)?;
         let raw_len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
@@ -90,7 +91,7 @@ pub fn valid_record_after(bytes: &[u8], from: usize) -> Option<u64> {
         }
         let payload = bytes.get(pos + HEADER_BYTES..pos + HEADER_BYTES + len)?;
         let crc = u32::from_le_bytes([header[4], header[5], header[6], header[7]]);
-        (payload[0] == b'{' && checksum(raw_len, payload) == crc).then_some(pos as u64)
+        (first_bytes.contains(&payload[0]) && checksum(raw_len, payload) == crc).then_some(pos as u64)
     })
 }
 
