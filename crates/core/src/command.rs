@@ -33,15 +33,21 @@ pub struct Request {
 }
 
 impl Request {
-    /// Size of the request's JSON encoding, used to bound batches.
+    /// Size of the request's JSON encoding, used to bound batches (counted as it is
+    /// encoded, nothing kept).
     pub fn approx_bytes(&self) -> usize {
-        serde_json::to_vec(self).map(|v| v.len()).unwrap_or(0)
+        let mut count = crate::ids::ByteCount::default();
+        let _ = serde_json::to_writer(&mut count, self);
+        count.0
     }
 
     /// A stable digest of what the request asks for, to tell a genuine retry (same id, same
-    /// command) from an id reused for something else.
+    /// command) from an id reused for something else: FNV-1a of the command's JSON, hashed
+    /// as it is encoded.
     pub fn fingerprint(&self) -> u64 {
-        crate::ids::fnv1a64(&serde_json::to_vec(&self.command).unwrap_or_default())
+        let mut hasher = crate::ids::Fnv1a64::default();
+        let _ = serde_json::to_writer(&mut hasher, &self.command);
+        hasher.0
     }
 }
 

@@ -31,6 +31,11 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Records a batch of `calls` Raft calls sent on a peer stream.
+pub fn record_stream_batch(calls: usize) {
+    metrics::histogram!("sinkron_peer_batch_calls").record(calls as f64);
+}
+
 /// Records one node-to-node call.
 pub fn record_rpc(rpc: &'static str, status: &'static str, elapsed: Duration) {
     metrics::counter!("sinkron_rpc_requests_total", "rpc" => rpc, "status" => status).increment(1);

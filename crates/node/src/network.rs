@@ -1,8 +1,10 @@
 //! Node-to-node RPC, client side: openraft's `RaftNetwork` over HTTP with JSON bodies.
 //!
-//! One pooled keep-alive HTTP client per node is shared by every peer connection of every
-//! group. Each call carries openraft's deadline as its timeout, so a peer that is down costs a
-//! bounded wait and never blocks the node. Paths carry the group id: `/raft/{group}/append`.
+//! Appends, heartbeats and votes of every group travel on the node's one batched stream per
+//! peer (`crate::peer_stream`, `POST /raft/batch`); snapshot chunks on calls of their own
+//! (`/raft/{group}/snapshot`). One pooled keep-alive HTTP client per node carries both. Each
+//! call carries openraft's deadline as its timeout, so a peer that is down costs a bounded
+//! wait and never blocks the node.
 
 use std::time::{Duration, Instant};
 
@@ -17,6 +19,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::peer_stream::{CallError, Streams};
 use crate::types::{GroupId, Member, NodeId, TypeConfig};
 
 /// Cuts this node off from its peers, for fault-injection tests: while set, every
@@ -158,8 +161,10 @@ pub fn http_client(source: Option<std::net::IpAddr>, pool_idle: Duration) -> req
 pub struct HttpNetworkFactory {
     /// The group whose RPCs this factory carries.
     pub group: GroupId,
-    /// Shared pooled HTTP client.
+    /// Shared pooled HTTP client (snapshots).
     pub client: reqwest::Client,
+    /// The node's batched streams to its peers (appends, heartbeats, votes).
+    pub streams: Streams,
     /// Fault injection: fail every call while set.
     pub isolation: Isolation,
     /// Where refused calls are reported.
@@ -175,6 +180,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
             target,
             addr: node.addr.clone(),
             client: self.client.clone(),
+            streams: self.streams.clone(),
             isolation: self.isolation.clone(),
             refusals: self.refusals.clone(),
         }
@@ -187,19 +193,9 @@ pub struct PeerClient {
     target: NodeId,
     addr: String,
     client: reqwest::Client,
+    streams: Streams,
     isolation: Isolation,
     refusals: PeerRefusals,
-}
-
-/// Failure of a call before the peer's Raft answered.
-enum CallError {
-    /// The peer could not be reached at all (refused, timed out connecting).
-    Unreachable(reqwest::Error),
-    /// The peer was reached but the exchange failed.
-    Network(String),
-    /// The peer answered with a client error: it will answer the same again, so the call
-    /// must not be retried at once.
-    Refused(u16),
 }
 
 impl PeerClient {
@@ -216,28 +212,54 @@ impl PeerClient {
         if self.isolation.is_set() {
             return Err(CallError::Network("isolated by fault injection".into()));
         }
-        let url = format!("http://{}/raft/{}/{rpc}", self.addr, self.group);
         let started = Instant::now();
-        let sent = self.client.post(url).json(req).timeout(timeout).send().await;
-        let outcome = match sent {
-            Err(e) if e.is_connect() || e.is_timeout() => Err(CallError::Unreachable(e)),
+        let outcome = if rpc == "snapshot" {
+            self.call_direct(rpc, req, timeout).await
+        } else {
+            self.call_streamed(rpc, req, timeout).await
+        };
+        if let Err(CallError::Refused(status, detail)) = &outcome {
+            self.report_refusal(rpc, *status, detail);
+        }
+        let status = if outcome.is_ok() { "ok" } else { "error" };
+        crate::metrics::record_rpc(rpc, status, started.elapsed());
+        outcome
+    }
+
+    /// Through the peer's batched stream, with every group's other calls to it.
+    async fn call_streamed<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        rpc: &'static str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let body = serde_json::value::to_raw_value(req).map_err(|e| CallError::Network(e.to_string()))?;
+        let reply = self.streams.call(&self.addr, self.group, rpc, body, timeout).await?;
+        serde_json::from_str(reply.get()).map_err(|e| CallError::Network(e.to_string()))
+    }
+
+    /// On a call of its own (snapshot chunks, which must not hold up the stream).
+    async fn call_direct<Req: Serialize, Resp: DeserializeOwned>(
+        &self,
+        rpc: &'static str,
+        req: &Req,
+        timeout: Duration,
+    ) -> Result<Resp, CallError> {
+        let url = format!("http://{}/raft/{}/{rpc}", self.addr, self.group);
+        match self.client.post(url).json(req).timeout(timeout).send().await {
+            Err(e) if e.is_connect() || e.is_timeout() => Err(CallError::Unreachable(e.to_string())),
             Err(e) => Err(CallError::Network(e.to_string())),
             Ok(resp)
                 if resp.status().is_client_error() && resp.status() != reqwest::StatusCode::NOT_FOUND =>
             {
                 let status = resp.status().as_u16();
-                let detail = resp.text().await.unwrap_or_default();
-                self.report_refusal(rpc, status, &detail);
-                Err(CallError::Refused(status))
+                Err(CallError::Refused(status, resp.text().await.unwrap_or_default()))
             }
             Ok(resp) if !resp.status().is_success() => {
                 Err(CallError::Network(format!("peer answered HTTP {}", resp.status())))
             }
             Ok(resp) => resp.json::<Resp>().await.map_err(|e| CallError::Network(e.to_string())),
-        };
-        let status = if outcome.is_ok() { "ok" } else { "error" };
-        crate::metrics::record_rpc(rpc, status, started.elapsed());
-        outcome
+        }
     }
 
     /// Counts a refused call and logs it, at most once a [`REFUSAL_LOG_INTERVAL`] per peer
@@ -266,13 +288,15 @@ impl PeerClient {
         match r {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(remote)) => Err(RPCError::RemoteError(RemoteError::new(self.target, remote))),
-            Err(CallError::Unreachable(e)) => Err(RPCError::Unreachable(Unreachable::new(&e))),
+            Err(CallError::Unreachable(msg)) => {
+                Err(RPCError::Unreachable(Unreachable::new(&std::io::Error::other(msg))))
+            }
             Err(CallError::Network(msg)) => {
                 Err(RPCError::Network(NetworkError::new(&std::io::Error::other(msg))))
             }
             // Unreachable makes openraft back off before it sends again; a network error
             // would be retried at once, forever.
-            Err(CallError::Refused(status)) => Err(RPCError::Unreachable(Unreachable::new(
+            Err(CallError::Refused(status, _)) => Err(RPCError::Unreachable(Unreachable::new(
                 &std::io::Error::other(format!("peer refused the call with HTTP {status}")),
             ))),
         }
@@ -292,7 +316,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             self.call("append", &rpc, option.hard_ttl()).await;
         // A batch the peer found too large is sent again at once in halves; a single entry
         // too large cannot be split and backs off like any refusal.
-        if matches!(r, Err(CallError::Refused(413))) && entries > 1 {
+        if matches!(r, Err(CallError::Refused(413, _))) && entries > 1 {
             return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries / 2)));
         }
         self.lift(r)

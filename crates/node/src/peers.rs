@@ -16,6 +16,8 @@ use crate::wire::{AppliedQuery, ForwardedWrite, LeaseRenewal, PartitionCall, Par
 #[derive(Debug, Clone)]
 pub struct Peers {
     http: reqwest::Client,
+    /// Batched Raft calls, one stream per peer.
+    streams: crate::peer_stream::Streams,
     /// Fault injection: cut off from the peers while set.
     pub isolation: Isolation,
     /// Raft calls refused with a client error, for `/ready`.
@@ -51,9 +53,12 @@ fn cut_off() -> NodeError {
 impl Peers {
     /// Calls go out from `source` (when given) over connections kept at most `pool_idle`.
     pub fn new(source: Option<std::net::IpAddr>, pool_idle: Duration) -> Self {
+        let http = crate::network::http_client(source, pool_idle);
+        let isolation = Isolation::default();
         Self {
-            http: crate::network::http_client(source, pool_idle),
-            isolation: Isolation::default(),
+            streams: crate::peer_stream::Streams::new(http.clone(), isolation.clone()),
+            http,
+            isolation,
             refusals: PeerRefusals::default(),
         }
     }
@@ -63,6 +68,7 @@ impl Peers {
         HttpNetworkFactory {
             group,
             client: self.http.clone(),
+            streams: self.streams.clone(),
             isolation: self.isolation.clone(),
             refusals: self.refusals.clone(),
         }

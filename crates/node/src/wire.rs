@@ -135,3 +135,41 @@ pub struct Sent {
     /// Partition that stores it.
     pub partition: u32,
 }
+
+/// One Raft call in a batch of a peer stream (`POST /raft/batch`, see
+/// [`crate::peer_stream`]): openraft's request for `group`, serialised once by the caller.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StreamCall {
+    /// The Raft group.
+    pub group: crate::types::GroupId,
+    /// `append` or `vote`.
+    pub rpc: String,
+    /// openraft's request, as JSON.
+    pub body: Box<serde_json::value::RawValue>,
+}
+
+/// The answer to one call of a batch, in the batch's order: the HTTP status the call would
+/// have had on its own, and openraft's reply (200) or why not.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StreamReply {
+    /// 200, or the status of the refusal.
+    pub status: u16,
+    /// openraft's reply (`{"Ok": ...}` or `{"Err": ...}`) when the status is 200.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Box<serde_json::value::RawValue>>,
+    /// Why the call was refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl StreamReply {
+    /// A call that reached its group.
+    pub fn ok(body: Box<serde_json::value::RawValue>) -> Self {
+        Self { status: 200, body: Some(body), error: None }
+    }
+
+    /// A call refused with `status`.
+    pub fn refused(status: u16, error: impl Into<String>) -> Self {
+        Self { status, body: None, error: Some(error.into()) }
+    }
+}

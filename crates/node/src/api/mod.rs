@@ -134,6 +134,7 @@ fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
     // Node-to-node calls and fault injection are not the public API: routed, not documented.
     let internal = OpenApiRouter::<AppState>::new()
         .routes(routes!(cluster::isolate))
+        .routes(routes!(raft::batch))
         .routes(routes!(raft::append))
         .routes(routes!(raft::vote))
         .routes(routes!(raft::snapshot))

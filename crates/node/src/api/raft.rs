@@ -14,8 +14,12 @@ use sinkron_core::Request;
 
 use super::error::{ApiJson, ApiPath as Path, NodeError, PEER_JSON_DEPTH};
 use super::AppState;
+use crate::peer_stream::STREAM_MAX_CALLS;
 use crate::types::{GroupId, NodeId, TypeConfig, GROUP0};
-use crate::wire::{AppliedQuery, ForwardedWrite, LeaseRenewal, PartitionEnvelope, PartitionReply, ReadIndex};
+use crate::wire::{
+    AppliedQuery, ForwardedWrite, LeaseRenewal, PartitionEnvelope, PartitionReply, ReadIndex, StreamCall,
+    StreamReply,
+};
 
 type RaftReply<T, E = openraft::error::Infallible> = Json<Result<T, RaftError<NodeId, E>>>;
 
@@ -33,6 +37,63 @@ pub async fn append(
 ) -> Result<RaftReply<AppendEntriesResponse<NodeId>>, NodeError> {
     let raft = node.raft_of(group).ok_or_else(|| unknown_group(group))?;
     Ok(Json(raft.append_entries(req).await))
+}
+
+/// The Raft calls of many groups from one peer in one body (see `crate::peer_stream`):
+/// run concurrently, so the groups' appends share one flush; one reply per call, in order.
+#[utoipa::path(post, path = "/raft/batch", tag = "raft", request_body = Object,
+    responses((status = 200, body = Object)))]
+pub async fn batch(
+    State(node): State<AppState>,
+    ApiJson(calls): ApiJson<Vec<StreamCall>, { PEER_JSON_DEPTH + 2 }>,
+) -> Result<Json<Vec<StreamReply>>, NodeError> {
+    if calls.len() > STREAM_MAX_CALLS {
+        return Err(NodeError::PayloadTooLarge(format!("at most {STREAM_MAX_CALLS} calls per batch")));
+    }
+    let count = calls.len();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, call) in calls.into_iter().enumerate() {
+        let node = node.clone();
+        tasks.spawn(async move { (i, stream_call(&node, call).await) });
+    }
+    let mut replies: Vec<Option<StreamReply>> = (0..count).map(|_| None).collect();
+    while let Some(joined) = tasks.join_next().await {
+        if let Ok((i, reply)) = joined {
+            replies[i] = Some(reply);
+        }
+    }
+    Ok(Json(
+        replies
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| StreamReply::refused(500, "the call did not finish")))
+            .collect(),
+    ))
+}
+
+/// Runs one call of a batch at its group.
+async fn stream_call(node: &AppState, call: StreamCall) -> StreamReply {
+    let Some(raft) = node.raft_of(call.group) else {
+        return StreamReply::refused(404, unknown_group(call.group).to_string());
+    };
+    let refused = |rpc: &'static str, e: serde_json::Error| {
+        node.peers.refusals.record(call.group, "a caller", crate::network::Direction::ByUs, rpc, 400);
+        StreamReply::refused(400, format!("malformed {rpc} call: {e}"))
+    };
+    let reply = match call.rpc.as_str() {
+        "append" => match serde_json::from_str::<AppendEntriesRequest<TypeConfig>>(call.body.get()) {
+            Ok(req) => serde_json::value::to_raw_value(&raft.append_entries(req).await),
+            Err(e) => return refused("append", e),
+        },
+        "vote" => match serde_json::from_str::<VoteRequest<NodeId>>(call.body.get()) {
+            Ok(req) => serde_json::value::to_raw_value(&raft.vote(req).await),
+            Err(e) => return refused("vote", e),
+        },
+        other => return StreamReply::refused(400, format!("no Raft call {other:?} on a stream")),
+    };
+    match reply {
+        Ok(body) => StreamReply::ok(body),
+        Err(e) => StreamReply::refused(500, format!("cannot encode the reply: {e}")),
+    }
 }
 
 /// RequestVote.
