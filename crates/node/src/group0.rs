@@ -12,6 +12,7 @@ use sinkron_core::topology::Topology;
 use sinkron_core::{Command, Request, Response};
 use tokio::time::timeout;
 
+use crate::coalesce::Rounds;
 use crate::error::NodeError;
 use crate::group::{membership_outcome, role_name, Group, Leader, RETRY_PAUSE};
 use crate::peers::Peers;
@@ -24,6 +25,10 @@ pub struct Group0 {
     group: Arc<Group>,
     peers: Peers,
     name: Arc<str>,
+    /// ReadIndex rounds at the leader, shared by the reads that wait for one.
+    local_reads: Rounds<ReadIndex>,
+    /// ReadIndex calls to a remote leader, shared the same way.
+    remote_reads: Rounds<ReadIndex>,
 }
 
 fn new_request_id() -> String {
@@ -33,7 +38,13 @@ fn new_request_id() -> String {
 impl Group0 {
     /// The handle on `group`, run by the node called `name`.
     pub fn new(group: Group, peers: Peers, name: &str) -> Self {
-        Self { group: Arc::new(group), peers, name: name.into() }
+        Self {
+            group: Arc::new(group),
+            peers,
+            name: name.into(),
+            local_reads: Rounds::default(),
+            remote_reads: Rounds::default(),
+        }
     }
 
     /// The group itself (its Raft instance, storage and batchers).
@@ -97,7 +108,16 @@ impl Group0 {
         loop {
             let outcome = match self.leader(deadline).await? {
                 Leader::Local => self.read_index_local(deadline).await,
-                Leader::Remote(leader) => self.peers.read_index(&leader, deadline).await,
+                Leader::Remote(leader) => {
+                    // One call to the leader serves every read here that was waiting when
+                    // it was sent.
+                    let peers = self.peers.clone();
+                    let round = move || {
+                        let (peers, leader) = (peers.clone(), leader.clone());
+                        async move { peers.read_index(&leader, deadline).await }
+                    };
+                    self.remote_reads.join(round).await.unwrap_or(ReadIndex::Timeout)
+                }
             };
             match outcome {
                 ReadIndex::Index(index) => return self.wait_applied(index, deadline).await,
@@ -116,15 +136,14 @@ impl Group0 {
     }
 
     /// On the leader: confirms leadership with a quorum and returns the index reads must see.
+    /// Concurrent callers share one confirmation that began after they called.
     pub async fn read_index_local(&self, deadline: Instant) -> ReadIndex {
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        match timeout(remaining, self.raft().ensure_linearizable()).await {
-            Err(_) => ReadIndex::Timeout,
-            Ok(Ok(log_id)) => ReadIndex::Index(log_id.map(|l| l.index).unwrap_or(0)),
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => ReadIndex::NotLeader,
-            Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => ReadIndex::NotLeader,
-            Ok(Err(RaftError::Fatal(_))) => ReadIndex::Timeout,
-        }
+        let raft = self.raft().clone();
+        let round = move || {
+            let raft = raft.clone();
+            async move { confirm_leadership(&raft, deadline).await }
+        };
+        self.local_reads.join(round).await.unwrap_or(ReadIndex::Timeout)
     }
 
     /// Waits until this node has applied log index `index`.
@@ -254,5 +273,17 @@ impl Group0 {
         };
         let changed = timeout(self.request_timeout() * 2, raft.change_membership(change, false)).await;
         membership_outcome(changed, "remove the member")
+    }
+}
+
+/// One ReadIndex round at the leader: its commit index once a quorum confirmed it leads.
+async fn confirm_leadership(raft: &Raft, deadline: Instant) -> ReadIndex {
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    match timeout(remaining, raft.ensure_linearizable()).await {
+        Err(_) => ReadIndex::Timeout,
+        Ok(Ok(log_id)) => ReadIndex::Index(log_id.map(|l| l.index).unwrap_or(0)),
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_)))) => ReadIndex::NotLeader,
+        Ok(Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))) => ReadIndex::NotLeader,
+        Ok(Err(RaftError::Fatal(_))) => ReadIndex::Timeout,
     }
 }

@@ -9,6 +9,7 @@ pub mod admission;
 pub mod api;
 pub mod cache;
 pub mod clock;
+pub mod coalesce;
 pub mod config;
 pub mod error;
 pub mod group;

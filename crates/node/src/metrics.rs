@@ -31,6 +31,11 @@ pub fn install() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Records a ReadIndex round shared by `waiters` reads (or lease renewals).
+pub fn record_read_round(waiters: usize) {
+    metrics::histogram!("sinkron_read_round_waiters").record(waiters as f64);
+}
+
 /// Records a batch of `calls` Raft calls sent on a peer stream.
 pub fn record_stream_batch(calls: usize) {
     metrics::histogram!("sinkron_peer_batch_calls").record(calls as f64);

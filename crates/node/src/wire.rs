@@ -22,7 +22,7 @@ pub enum ForwardedWrite {
 }
 
 /// How the leader answers a read-index request.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum ReadIndex {
     /// Reads are linearizable once the asker has applied this index.
     Index(u64),

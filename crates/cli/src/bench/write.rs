@@ -1,4 +1,5 @@
-//! `sinkron bench write`: group-0 writes (replicated key-value puts) through every given node.
+//! `sinkron bench write`: group-0 writes (replicated key-value puts) through every given node,
+//! or with `--reads` linearizable reads of those keys.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -22,6 +23,9 @@ pub(super) struct WriteArgs {
     /// Distinct keys per client.
     #[arg(long, default_value_t = 100)]
     keys: usize,
+    /// Linearizable reads of the keys instead of writes (each key is written once first).
+    #[arg(long)]
+    reads: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -35,6 +39,23 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
     let clients = connect(&args.endpoints).await?;
     let value = serde_json::Value::String("x".repeat(args.value_bytes));
     let per_client = args.ops.div_ceil(args.clients);
+    if args.reads {
+        // The keys exist before the clock starts.
+        let mut first = tokio::task::JoinSet::new();
+        for worker in 0..args.clients {
+            let (client, value) = (clients[worker % clients.len()].clone(), value.clone());
+            let keys = args.keys.min(per_client);
+            first.spawn(async move {
+                for i in 0..keys {
+                    client.kv_put(&format!("bench-{worker}-{i}"), value.clone()).await?;
+                }
+                Ok::<_, sinkron_client::ClientError>(())
+            });
+        }
+        while let Some(joined) = first.join_next().await {
+            joined??;
+        }
+    }
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     let value = Arc::new(value);
@@ -42,15 +63,20 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
         let client = clients[worker % clients.len()].clone();
         let value = value.clone();
         let count = per_client.min(args.ops.saturating_sub(worker * per_client));
-        let keys = args.keys;
+        let (keys, reads) = (args.keys, args.reads);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(count);
             let mut errors = 0usize;
             for i in 0..count {
                 let key = format!("bench-{worker}-{}", i % keys);
                 let t = Instant::now();
-                match client.kv_put(&key, (*value).clone()).await {
-                    Ok(_) => latencies.push(t.elapsed()),
+                let outcome = if reads {
+                    client.kv_get(&key).await.map(|_| ())
+                } else {
+                    client.kv_put(&key, (*value).clone()).await.map(|_| ())
+                };
+                match outcome {
+                    Ok(()) => latencies.push(t.elapsed()),
                     Err(_) => errors += 1,
                 }
             }
@@ -59,6 +85,6 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
     }
     let (latencies, errors) = gather(tasks).await?;
     let summary = summarize(latencies, errors, started.elapsed());
-    report("write", args.clients, args.json, &summary);
+    report(if args.reads { "read" } else { "write" }, args.clients, args.json, &summary);
     Ok(())
 }
