@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::network::Isolation;
 use crate::types::GroupId;
 use crate::wire::{StreamCall, StreamReply};
 
@@ -53,18 +52,18 @@ struct Queued {
 #[derive(Clone, Debug)]
 pub struct Streams {
     http: reqwest::Client,
-    isolation: Isolation,
     by_addr: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Queued>>>>,
 }
 
 impl Streams {
     /// No streams yet; each starts with the first call to its peer.
-    pub fn new(http: reqwest::Client, isolation: Isolation) -> Self {
-        Self { http, isolation, by_addr: Arc::default() }
+    pub fn new(http: reqwest::Client) -> Self {
+        Self { http, by_addr: Arc::default() }
     }
 
     /// Sends `body` as call `rpc` of `group` to the peer at `addr` in the peer's next batch;
-    /// answers the peer's reply body, or why there is none, within `timeout`.
+    /// answers the peer's reply body, or why there is none, within `timeout`. The caller
+    /// checks fault injection's isolation first.
     pub async fn call(
         &self,
         addr: &str,
@@ -73,9 +72,6 @@ impl Streams {
         body: Box<RawValue>,
         timeout: Duration,
     ) -> Result<Box<RawValue>, CallError> {
-        if self.isolation.is_set() {
-            return Err(CallError::Network("isolated by fault injection".into()));
-        }
         let deadline = Instant::now() + timeout;
         let (tx, rx) = oneshot::channel();
         let queued = Queued { call: StreamCall { group, rpc: rpc.to_string(), body }, deadline, reply: tx };

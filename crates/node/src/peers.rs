@@ -56,7 +56,7 @@ impl Peers {
         let http = crate::network::http_client(source, pool_idle);
         let isolation = Isolation::default();
         Self {
-            streams: crate::peer_stream::Streams::new(http.clone(), isolation.clone()),
+            streams: crate::peer_stream::Streams::new(http.clone()),
             http,
             isolation,
             refusals: PeerRefusals::default(),

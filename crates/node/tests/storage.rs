@@ -9,12 +9,19 @@ use sinkron_node::storage::{LogStore, SharedLog, StateMachineStore};
 use sinkron_node::types::{StorageError, TypeConfig};
 use tempfile::TempDir;
 
+/// Group 0's view of a shared log kept in `dir/log/`.
+fn open_log(dir: &std::path::Path) -> Result<LogStore, StorageError> {
+    let wal = SharedLog::open(&dir.join("log"))
+        .map_err(|e| openraft::StorageIOError::read_logs(openraft::AnyError::new(&e)))?;
+    Ok(wal.group(0))
+}
+
 struct Builder;
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore, TempDir> for Builder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore), StorageError> {
         let dir = tempfile::tempdir().expect("create temp dir");
-        let log = LogStore::open(dir.path())?;
+        let log = open_log(dir.path())?;
         let sm = StateMachineStore::open(dir.path())?;
         Ok((dir, log, sm))
     }
@@ -47,11 +54,11 @@ async fn indexes(log: &mut LogStore) -> Vec<u64> {
 async fn reopened_log_has_every_flushed_entry() {
     let dir = tempfile::tempdir().expect("temp dir");
     {
-        let mut log = LogStore::open(dir.path()).expect("open");
+        let mut log = open_log(dir.path()).expect("open");
         append_durably(&mut log, (1..=100).map(|i| put_entry(1, i)).collect()).await;
         log.save_vote(&openraft::Vote::new(3, 7)).await.expect("vote");
     }
-    let mut log = LogStore::open(dir.path()).expect("reopen");
+    let mut log = open_log(dir.path()).expect("reopen");
     assert_eq!(indexes(&mut log).await, (1..=100).collect::<Vec<_>>());
     assert_eq!(log.read_vote().await.expect("vote"), Some(openraft::Vote::new(3, 7)));
 }
@@ -60,7 +67,7 @@ async fn reopened_log_has_every_flushed_entry() {
 async fn ten_entries_in_one_segment() -> (TempDir, std::fs::DirEntry, Vec<u8>) {
     let dir = tempfile::tempdir().expect("temp dir");
     {
-        let mut log = LogStore::open(dir.path()).expect("open");
+        let mut log = open_log(dir.path()).expect("open");
         append_durably(&mut log, (1..=10).map(|i| put_entry(1, i)).collect()).await;
     }
     let segment = only_segment(dir.path());
@@ -93,11 +100,11 @@ async fn torn_tail_is_cut_and_appends_continue() {
     std::os::unix::fs::FileExt::write_all_at(&f, &[0xAB; 64], tenth + 100).expect("garbage");
     drop(f);
 
-    let mut log = LogStore::open(dir.path()).expect("reopen");
+    let mut log = open_log(dir.path()).expect("reopen");
     assert_eq!(indexes(&mut log).await, (1..=9).collect::<Vec<_>>());
     append_durably(&mut log, vec![put_entry(2, 10), put_entry(2, 11)]).await;
     drop(log);
-    let mut log = LogStore::open(dir.path()).expect("reopen again");
+    let mut log = open_log(dir.path()).expect("reopen again");
     assert_eq!(indexes(&mut log).await, (1..=11).collect::<Vec<_>>());
 }
 
@@ -112,7 +119,7 @@ async fn a_bad_record_with_valid_records_after_it_is_corruption_not_a_torn_tail(
     std::os::unix::fs::FileExt::write_all_at(&f, &[flipped], fifth + 12).expect("flip");
     drop(f);
 
-    let error = LogStore::open(dir.path()).err().expect("a corrupt log must not open").to_string();
+    let error = open_log(dir.path()).err().expect("a corrupt log must not open").to_string();
     let name = segment.path().display().to_string();
     assert!(error.contains(&name), "names the file: {error}");
     assert!(error.contains(&format!("offset {fifth}")), "names the offset: {error}");
@@ -133,7 +140,7 @@ async fn a_bad_record_with_valid_records_after_it_is_corruption_not_a_torn_tail(
 async fn zero_fill_is_not_mistaken_for_records_or_damage() {
     let dir = tempfile::tempdir().expect("temp dir");
     for round in 0..3u64 {
-        let mut log = LogStore::open(dir.path()).expect("open");
+        let mut log = open_log(dir.path()).expect("open");
         let first = round * 10 + 1;
         append_durably(&mut log, (first..first + 10).map(|i| put_entry(1, i)).collect()).await;
         assert_eq!(indexes(&mut log).await, (1..first + 10).collect::<Vec<_>>());
@@ -149,13 +156,13 @@ async fn zero_fill_is_not_mistaken_for_records_or_damage() {
 async fn truncate_and_purge_survive_restart() {
     let dir = tempfile::tempdir().expect("temp dir");
     {
-        let mut log = LogStore::open(dir.path()).expect("open");
+        let mut log = open_log(dir.path()).expect("open");
         append_durably(&mut log, (1..=50).map(|i| put_entry(1, i)).collect()).await;
         log.truncate(log_id(1, 1, 41)).await.expect("truncate");
         append_durably(&mut log, (41..=45).map(|i| put_entry(2, i)).collect()).await;
         log.purge(log_id(1, 1, 20)).await.expect("purge");
     }
-    let mut log = LogStore::open(dir.path()).expect("reopen");
+    let mut log = open_log(dir.path()).expect("reopen");
     assert_eq!(indexes(&mut log).await, (21..=45).collect::<Vec<_>>());
     let entries = log.try_get_log_entries(41..=41).await.expect("read");
     assert_eq!(entries[0].log_id.leader_id.term, 2, "the truncated entry was replaced");
@@ -169,12 +176,12 @@ async fn purge_past_the_end_then_append_after_gap() {
     // at the snapshot's next index.
     let dir = tempfile::tempdir().expect("temp dir");
     {
-        let mut log = LogStore::open(dir.path()).expect("open");
+        let mut log = open_log(dir.path()).expect("open");
         append_durably(&mut log, (1..=5).map(|i| put_entry(1, i)).collect()).await;
         log.purge(log_id(3, 2, 100)).await.expect("purge");
         append_durably(&mut log, (101..=103).map(|i| put_entry(3, i)).collect()).await;
     }
-    let mut log = LogStore::open(dir.path()).expect("reopen");
+    let mut log = open_log(dir.path()).expect("reopen");
     assert_eq!(indexes(&mut log).await, vec![101, 102, 103]);
 }
 

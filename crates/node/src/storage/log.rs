@@ -7,11 +7,9 @@
 //! replicates or commits them). An entry is encoded once, here, into the record its writer
 //! stores.
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::io;
 use std::ops::RangeBounds;
-use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -19,10 +17,11 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, Vote};
 use tokio::sync::oneshot;
 
+use super::log_write_error;
+pub use super::mem::MemLog;
+use super::record::Tagged;
 use super::segment::encode_record;
-use super::wal::Tagged;
 use super::writer::WriteOp;
-use super::{log_read_error, log_write_error};
 use crate::types::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig};
 
 /// The durable Raft log of one group. Cloning gives another handle to the same log.
@@ -45,27 +44,7 @@ enum Sink {
     Shared(GroupId, Mutex<Sender<Tagged>>),
 }
 
-/// The in-memory view of a log, as recovered from a backend at start-up.
-#[derive(Default)]
-pub struct MemLog {
-    /// Unpurged entries by index.
-    pub entries: BTreeMap<u64, Entry>,
-    /// Last purged log id.
-    pub last_purged: Option<LogId>,
-    /// Last saved vote.
-    pub vote: Option<Vote<NodeId>>,
-    /// Commit index hint.
-    pub committed: Option<LogId>,
-}
-
 impl LogStore {
-    /// Opens (or creates) a node's shared log in `dir/log/` and answers the log of group 0
-    /// in it (a one-group node; tests of the log itself use this).
-    pub fn open(dir: &Path) -> Result<Self, StorageError> {
-        let wal = super::wal::SharedLog::open(&dir.join("log")).map_err(log_read_error)?;
-        Ok(wal.group(0))
-    }
-
     /// Whether the log's backend currently accepts writes.
     pub fn health(&self) -> &super::StorageHealth {
         &self.shared.health
@@ -116,10 +95,12 @@ impl LogStore {
 
     /// The stored record of `entry`, whose JSON is `payload`.
     fn record(&self, payload: &[u8]) -> Vec<u8> {
-        let mut record = Vec::with_capacity(payload.len() + 8 + super::wal::PAYLOAD_HEAD_BYTES);
+        let mut record = Vec::with_capacity(payload.len() + 8 + super::record::PAYLOAD_HEAD_BYTES);
         match &self.shared.sink {
             Sink::Own(_) => encode_record(payload, &mut record),
-            Sink::Shared(group, _) => super::wal::frame(super::wal::ENTRY, *group, payload, &mut record),
+            Sink::Shared(group, _) => {
+                super::record::frame(super::record::ENTRY, *group, payload, &mut record)
+            }
         }
         record
     }
@@ -137,30 +118,6 @@ impl LogStore {
     pub fn last_index(&self) -> Option<u64> {
         self.mem().entries.keys().next_back().copied()
     }
-}
-
-/// The commit hint is only a hint: never claim more than the log holds.
-pub fn clamp_committed(
-    hint: Option<LogId>,
-    entries: &BTreeMap<u64, Entry>,
-    purged: Option<LogId>,
-) -> Option<LogId> {
-    let last_index = entries.keys().next_back().copied();
-    hint.filter(|c| Some(c.index) <= last_index.or(purged.map(|p| p.index)))
-}
-
-/// Every index follows the previous one.
-pub fn check_contiguous(entries: &BTreeMap<u64, Entry>) -> io::Result<()> {
-    let mut expected = None;
-    for index in entries.keys() {
-        if let Some(e) = expected {
-            if *index != e {
-                return Err(io::Error::other(format!("log has a gap: expected index {e}, found {index}")));
-            }
-        }
-        expected = Some(index + 1);
-    }
-    Ok(())
 }
 
 fn encode_json<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StorageError> {

@@ -17,6 +17,8 @@
 
 pub mod files;
 pub mod log;
+pub mod mem;
+pub mod record;
 pub mod redis;
 pub mod redis_slot;
 pub mod segment;
@@ -58,9 +60,4 @@ impl StorageHealth {
 /// Wraps an I/O failure of the log as openraft's storage error.
 pub(crate) fn log_write_error(e: impl std::error::Error + 'static) -> StorageError {
     StorageIOError::write_logs(AnyError::new(&e)).into()
-}
-
-/// Wraps a failure to read the log as openraft's storage error.
-pub(crate) fn log_read_error(e: impl std::error::Error + 'static) -> StorageError {
-    StorageIOError::read_logs(AnyError::new(&e)).into()
 }

@@ -29,7 +29,7 @@ use redis::aio::ConnectionManager;
 use redis::AsyncCommands;
 use tokio::runtime::Handle;
 
-use super::log::{check_contiguous, clamp_committed, MemLog};
+use super::mem::{check_contiguous, clamp_committed, MemLog};
 pub use super::redis_slot::RedisSlot;
 use super::redis_slot::{redis_error, CALL_TIMEOUT};
 use super::segment::decode_records;

@@ -36,8 +36,10 @@ use std::time::{Duration, Instant};
 use openraft::storage::LogFlushed;
 use tokio::sync::oneshot;
 
-use super::log::{LogStore, MemLog};
-use super::segment::encode_record;
+use super::log::LogStore;
+use super::mem::MemLog;
+use super::record::{frame, Tagged, COMMITTED, ENTRY, PURGE, TRUNCATE, VOTE};
+use super::wal_recover::GroupMeta;
 use super::writer::{drain_batch, Tail, WriteOp, HINT_INTERVAL, SEGMENT_MAX_BYTES};
 use super::{files, StorageHealth};
 use crate::types::{GroupId, TypeConfig};
@@ -46,34 +48,6 @@ use crate::types::{GroupId, TypeConfig};
 pub const SEALED_KEPT: usize = 2;
 /// At most this many queued changes share one fsync.
 const BATCH_MAX_OPS: usize = 8192;
-
-/// Record kinds (the first payload byte).
-pub(super) const ENTRY: u8 = b'E';
-pub(super) const TRUNCATE: u8 = b'T';
-pub(super) const PURGE: u8 = b'P';
-pub(super) const VOTE: u8 = b'V';
-pub(super) const COMMITTED: u8 = b'C';
-/// Every kind, for telling a record from garbage when scanning damage.
-pub(super) const KINDS: &[u8] = &[ENTRY, TRUNCATE, PURGE, VOTE, COMMITTED];
-/// Bytes of a payload before its body.
-pub(super) const PAYLOAD_HEAD_BYTES: usize = 9;
-
-/// Appends the record of `kind` for `group` with `body` to `buf`.
-pub fn frame(kind: u8, group: GroupId, body: &[u8], buf: &mut Vec<u8>) {
-    let mut payload = Vec::with_capacity(PAYLOAD_HEAD_BYTES + body.len());
-    payload.push(kind);
-    payload.extend_from_slice(&group.to_le_bytes());
-    payload.extend_from_slice(body);
-    encode_record(&payload, buf);
-}
-
-/// A change of one group's log, as the writer receives it.
-pub struct Tagged {
-    /// The group.
-    pub group: GroupId,
-    /// The change.
-    pub op: WriteOp,
-}
 
 /// The in-memory logs of every group, shared by their [`LogStore`]s and the writer (which
 /// copies live entries from them when it compacts).
@@ -135,15 +109,6 @@ impl SharedLog {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// What the writer knows of a group's durable metadata: the bodies of its last `V`, `P`
-/// and `C` records, repeated in every new segment's checkpoint.
-#[derive(Default, Clone)]
-pub(super) struct GroupMeta {
-    pub vote: Option<Vec<u8>>,
-    pub purged: Option<(u64, Vec<u8>)>,
-    pub committed: Option<Vec<u8>>,
 }
 
 /// The writer's view of the disk.

@@ -8,11 +8,20 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::files;
-use super::log::{check_contiguous, clamp_committed, MemLog};
+use super::mem::{check_contiguous, clamp_committed, MemLog};
+use super::record::{frame, COMMITTED, ENTRY, KINDS, PAYLOAD_HEAD_BYTES, PURGE, TRUNCATE, VOTE};
 use super::segment::{decode_records, is_zero, list_segments, valid_record_after};
-use super::wal::{frame, GroupMeta, COMMITTED, ENTRY, KINDS, PAYLOAD_HEAD_BYTES, PURGE, TRUNCATE, VOTE};
 use super::writer::Tail;
 use crate::types::{Entry, GroupId, LogId};
+
+/// What the writer knows of a group's durable metadata: the bodies of its last `V`, `P`
+/// and `C` records, repeated in every new segment's checkpoint.
+#[derive(Default, Clone)]
+pub(super) struct GroupMeta {
+    pub vote: Option<Vec<u8>>,
+    pub purged: Option<(u64, Vec<u8>)>,
+    pub committed: Option<Vec<u8>>,
+}
 
 /// What the writer and the groups start from.
 pub(super) struct Recovered {
