@@ -615,3 +615,36 @@ async fn request_heads_are_checked_and_timed_before_hyper_reads_them() {
         "closed {idle:?} after the answer, before the idle timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_peer_batches_are_refused_call_by_call_and_the_node_keeps_working() {
+    let cluster = TestCluster::start(1, &[]);
+    cluster.wait_leader(&[0], FORM).await;
+    let url = format!("http://{}/raft/batch", cluster.nodes[0].addr());
+    let http = reqwest::Client::new();
+    let post = |body: Vec<u8>| http.post(&url).header("content-type", "application/json").body(body).send();
+
+    let garbage = post(b"not json".to_vec()).await.expect("garbage");
+    assert_eq!(garbage.status().as_u16(), 400);
+    let body: Value = garbage.json().await.expect("a JSON error");
+    assert_eq!(body["error"], "invalid_argument", "{body}");
+
+    let vote = json!({"group": 0, "rpc": "vote", "body": {}});
+    let too_many = serde_json::to_vec(&vec![vote; 513]).expect("encode");
+    assert_eq!(post(too_many).await.expect("too many").status().as_u16(), 413);
+
+    let mixed = json!([
+        {"group": 0, "rpc": "append", "body": {"nonsense": 1}},
+        {"group": 99, "rpc": "vote", "body": {}},
+        {"group": 0, "rpc": "install", "body": {}},
+    ]);
+    let answer = post(serde_json::to_vec(&mixed).expect("encode")).await.expect("mixed");
+    assert_eq!(answer.status().as_u16(), 200);
+    let replies: Value = answer.json().await.expect("replies");
+    let statuses: Vec<u64> =
+        replies.as_array().expect("a list").iter().map(|r| r["status"].as_u64().unwrap_or(0)).collect();
+    assert_eq!(statuses, vec![400, 404, 400], "{replies}");
+
+    let client = cluster.client(0);
+    client.kv_put("after", json!(1)).await.expect("group 0 still commits");
+}
