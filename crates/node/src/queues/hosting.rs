@@ -15,15 +15,18 @@ use super::{PartitionGroup, Queues, PLACEMENT_INTERVAL};
 use crate::types::{partition_group, Member, NodeId};
 
 impl Queues {
-    /// Opens `partition`'s group on this node and starts forwarding its apply notifications.
+    /// Opens `partition`'s group on this node and starts telling waiting receives what its
+    /// applies make visible.
     async fn host(&self, partition: u32, rank: u64) -> anyhow::Result<Arc<PartitionGroup>> {
         let group = partition_group(partition);
         let group = Arc::new(self.factory.open(group, PartitionMachine::new(partition), rank, |_| {}).await?);
         let mut applied = group.sm.changes();
-        let changed = self.partitions.changed.clone();
+        // Weak: a closed partition's group goes, and this task with it.
+        let (partitions, weak) = (self.partitions.clone(), Arc::downgrade(&group));
         tokio::spawn(async move {
             while applied.changed().await.is_ok() {
-                changed.send_modify(|n| *n = n.wrapping_add(1));
+                let Some(group) = weak.upgrade() else { break };
+                partitions.applied(&group);
             }
         });
         self.partitions.insert(partition, group.clone());

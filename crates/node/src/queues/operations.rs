@@ -71,7 +71,7 @@ impl Queues {
         validate_queue_name(queue)?;
         let partitions = self.queue_settings()?.partitions;
         let until = Instant::now() + Duration::from_millis(wait_ms);
-        let mut changes = self.partitions.changes();
+        let mut changes = self.partitions.queue_changes(queue);
         loop {
             changes.borrow_and_update();
             let (out, failure) = self.receive_round(queue, max, visibility_ms, partitions).await;

@@ -1,27 +1,26 @@
-//! The partition groups this node hosts, and the signal that one of them applied an entry.
+//! The partition groups this node hosts, and the signal that one of them has messages a
+//! waiting receive can take.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 
 use super::PartitionGroup;
+use crate::clock::now_ms;
 use crate::types::GroupId;
 
 /// The partition groups this node hosts.
+#[derive(Default)]
 pub struct Partitions {
     hosted: RwLock<BTreeMap<u32, Arc<PartitionGroup>>>,
-    /// Bumped whenever a hosted partition applied an entry; long-polling receives wait on it.
-    pub(super) changed: watch::Sender<u64>,
+    /// Per queue that long-polling receives wait on: bumped when a hosted partition applied
+    /// an entry and then shows visible messages of that queue. An apply that gives a queue
+    /// nothing (an ack, another queue's send) wakes nobody.
+    waiting: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// Spreads receives over partitions.
     pub(super) rotation: AtomicU32,
-}
-
-impl Default for Partitions {
-    fn default() -> Self {
-        Self { hosted: RwLock::default(), changed: watch::Sender::new(0), rotation: AtomicU32::new(0) }
-    }
 }
 
 impl Partitions {
@@ -53,8 +52,28 @@ impl Partitions {
         self.hosted.write().unwrap_or_else(|p| p.into_inner()).remove(&partition)
     }
 
-    /// Notified after any hosted partition applied an entry.
-    pub fn changes(&self) -> watch::Receiver<u64> {
-        self.changed.subscribe()
+    /// Notified when a hosted partition applied an entry and shows visible messages of
+    /// `queue` (a receive waits on this, and looks again at least every 200 ms for what
+    /// no apply announces: partitions hosted elsewhere, delays running out).
+    pub fn queue_changes(&self, queue: &str) -> watch::Receiver<u64> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.entry(queue.to_string()).or_insert_with(|| watch::Sender::new(0)).subscribe()
+    }
+
+    /// After `group` applied an entry: wakes the receives waiting on the queues it now shows
+    /// visible messages of.
+    pub(super) fn applied(&self, group: &PartitionGroup) {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if waiting.is_empty() {
+            return;
+        }
+        waiting.retain(|_, tx| tx.receiver_count() > 0);
+        let now = now_ms();
+        let applied = group.sm.read();
+        for (queue, tx) in waiting.iter() {
+            if applied.state.state.has_visible(queue, now) {
+                tx.send_modify(|n| *n = n.wrapping_add(1));
+            }
+        }
     }
 }
