@@ -39,9 +39,9 @@ struct Shared {
 /// Where the group's changes go.
 enum Sink {
     /// A writer of this group alone (Redis): records are plain segment records.
-    Own(Mutex<Sender<WriteOp>>),
+    Own(Sender<WriteOp>),
     /// The node's shared log: records carry the group.
-    Shared(GroupId, Mutex<Sender<Tagged>>),
+    Shared(GroupId, Sender<Tagged>),
 }
 
 impl LogStore {
@@ -62,7 +62,7 @@ impl LogStore {
             .spawn(move || writer(rx))
             .map_err(log_write_error)?;
         let mem = Arc::new(Mutex::new(mem));
-        Ok(Self { shared: Arc::new(Shared { mem, sink: Sink::Own(Mutex::new(tx)), health }) })
+        Ok(Self { shared: Arc::new(Shared { mem, sink: Sink::Own(tx), health }) })
     }
 
     /// The view of `group` in the node's shared log.
@@ -72,7 +72,7 @@ impl LogStore {
         tx: Sender<Tagged>,
         health: super::StorageHealth,
     ) -> Self {
-        Self { shared: Arc::new(Shared { mem, sink: Sink::Shared(group, Mutex::new(tx)), health }) }
+        Self { shared: Arc::new(Shared { mem, sink: Sink::Shared(group, tx), health }) }
     }
 
     fn mem(&self) -> MutexGuard<'_, MemLog> {
@@ -82,14 +82,14 @@ impl LogStore {
     }
 
     fn send(&self, op: WriteOp) -> Result<(), StorageError> {
-        let stopped = |_| log_write_error(io::Error::other("log writer thread stopped"));
-        match &self.shared.sink {
-            Sink::Own(tx) => tx.lock().unwrap_or_else(|p| p.into_inner()).send(op).map_err(stopped),
-            Sink::Shared(group, tx) => tx
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .send(Tagged { group: *group, op })
-                .map_err(|_| log_write_error(io::Error::other("log writer thread stopped"))),
+        let sent = match &self.shared.sink {
+            Sink::Own(tx) => tx.send(op).is_ok(),
+            Sink::Shared(group, tx) => tx.send(Tagged { group: *group, op }).is_ok(),
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(log_write_error(io::Error::other("log writer thread stopped")))
         }
     }
 

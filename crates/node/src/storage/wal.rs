@@ -55,7 +55,7 @@ pub type Registry = Arc<Mutex<BTreeMap<GroupId, Arc<Mutex<MemLog>>>>>;
 
 /// The node's shared log: one directory, one writer thread, a [`LogStore`] per group.
 pub struct SharedLog {
-    tx: Mutex<Sender<Tagged>>,
+    tx: Sender<Tagged>,
     groups: Registry,
     health: StorageHealth,
 }
@@ -91,14 +91,13 @@ impl SharedLog {
         };
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new().name("sinkron-log-writer".into()).spawn(move || writer.run(rx))?;
-        Ok(Arc::new(Self { tx: Mutex::new(tx), groups, health }))
+        Ok(Arc::new(Self { tx, groups, health }))
     }
 
     /// The log of `group` (empty if it never wrote anything).
     pub fn group(&self, group: GroupId) -> LogStore {
         let mem = lock(&self.groups).entry(group).or_default().clone();
-        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        LogStore::shared(group, mem, tx, self.health.clone())
+        LogStore::shared(group, mem, self.tx.clone(), self.health.clone())
     }
 
     /// Whether the shared log accepts writes.
@@ -171,24 +170,34 @@ impl WalWriter {
             let first = match rx.recv_timeout(HINT_INTERVAL) {
                 Ok(op) => op,
                 Err(RecvTimeoutError::Timeout) => {
-                    self.write_batch(Vec::new());
+                    self.write_batch(Vec::new(), false);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) => break,
             };
             let batch = drain_batch(&rx, first, BATCH_MAX_OPS);
-            self.write_batch(batch);
+            self.write_batch(batch, false);
         }
-        self.hint_written_at = Instant::now() - HINT_INTERVAL;
-        self.write_batch(Vec::new());
+        // The last hints go out however recently the previous ones did.
+        self.write_batch(Vec::new(), true);
     }
 
     fn seq(&self) -> Option<u64> {
         self.current.as_ref().map(|t| t.first)
     }
 
-    fn write_batch(&mut self, batch: Vec<Tagged>) {
-        if self.current.is_none() && self.failed.is_none() && !batch.is_empty() {
+    /// Whether the waiting commit hints go out with this write.
+    fn hints_due(&self, now: bool) -> bool {
+        !self.hints.is_empty() && (now || self.hint_written_at.elapsed() >= HINT_INTERVAL)
+    }
+
+    /// Writes `batch` and, when they are due (or `hints_now`), the commit hints waiting.
+    fn write_batch(&mut self, batch: Vec<Tagged>, hints_now: bool) {
+        if batch.is_empty() && !self.hints_due(hints_now) {
+            return;
+        }
+        // The first segment opens with the first record: appends must know where they go.
+        if self.current.is_none() && self.failed.is_none() {
             if let Err(e) = self.roll() {
                 self.fail(&e, "could not start a log segment");
             }
@@ -219,7 +228,7 @@ impl WalWriter {
                     frame(PURGE, group, &purged, &mut buf);
                     let live = self.live.entry(group).or_default();
                     *live = live.split_off(&(upto + 1));
-                    self.meta.entry(group).or_default().purged = Some((upto, purged));
+                    self.meta.entry(group).or_default().purged = Some(purged);
                     pending.push(Pending::Done(done));
                 }
                 WriteOp::Meta { bytes, done, .. } => {
@@ -232,7 +241,7 @@ impl WalWriter {
                 }
             }
         }
-        if self.hint_written_at.elapsed() >= HINT_INTERVAL && !self.hints.is_empty() {
+        if self.hints_due(hints_now) {
             for (group, bytes) in std::mem::take(&mut self.hints) {
                 frame(COMMITTED, group, &bytes, &mut buf);
                 self.meta.entry(group).or_default().committed = Some(bytes);
@@ -240,6 +249,7 @@ impl WalWriter {
             self.hint_written_at = Instant::now();
         }
         if buf.is_empty() && pending.is_empty() {
+            // Only commit hints, not due yet.
             return;
         }
         let result = self.write_and_sync(&buf, !pending.is_empty());
@@ -267,9 +277,6 @@ impl WalWriter {
             return Err(io::Error::other(format!("log writer stopped after an earlier error: {reason}")));
         }
         let outcome = (|| {
-            if self.current.is_none() {
-                self.roll()?;
-            }
             let tail = self.current.as_mut().ok_or_else(|| io::Error::other("no open segment"))?;
             tail.append(buf)?;
             if sync {
@@ -317,7 +324,7 @@ impl WalWriter {
             if let Some(vote) = &meta.vote {
                 frame(VOTE, *group, vote, &mut buf);
             }
-            if let Some((_, purged)) = &meta.purged {
+            if let Some(purged) = &meta.purged {
                 frame(PURGE, *group, purged, &mut buf);
             }
             if let Some(committed) = &meta.committed {

@@ -19,7 +19,7 @@ use crate::types::{Entry, GroupId, LogId};
 #[derive(Default, Clone)]
 pub(super) struct GroupMeta {
     pub vote: Option<Vec<u8>>,
-    pub purged: Option<(u64, Vec<u8>)>,
+    pub purged: Option<Vec<u8>>,
     pub committed: Option<Vec<u8>>,
 }
 
@@ -146,7 +146,7 @@ impl Replay {
                     mem.entries = mem.entries.split_off(&(purged.index + 1));
                     *live = live.split_off(&(purged.index + 1));
                     mem.last_purged = Some(purged);
-                    meta.purged = Some((purged.index, body.to_vec()));
+                    meta.purged = Some(body.to_vec());
                 }
             }
             VOTE => {
