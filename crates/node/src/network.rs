@@ -19,7 +19,7 @@ use openraft::raft::{
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::peer_stream::{CallError, Streams};
+use crate::peer_stream::{post_json, CallError, Streams};
 use crate::types::{GroupId, Member, NodeId, TypeConfig};
 
 /// Cuts this node off from its peers, for fault-injection tests: while set, every
@@ -199,25 +199,18 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    async fn call<Req, Resp>(
+    /// Runs one call (`outcome`, not started yet) unless fault injection isolates this
+    /// node; reports a refusal and records the call's metrics.
+    async fn call<Resp>(
         &self,
         rpc: &'static str,
-        req: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, CallError>
-    where
-        Req: Serialize,
-        Resp: DeserializeOwned,
-    {
+        outcome: impl std::future::Future<Output = Result<Resp, CallError>>,
+    ) -> Result<Resp, CallError> {
         if self.isolation.is_set() {
             return Err(CallError::Network("isolated by fault injection".into()));
         }
         let started = Instant::now();
-        let outcome = if rpc == "snapshot" {
-            self.call_direct(rpc, req, timeout).await
-        } else {
-            self.call_streamed(rpc, req, timeout).await
-        };
+        let outcome = outcome.await;
         if let Err(CallError::Refused(status, detail)) = &outcome {
             self.report_refusal(rpc, *status, detail);
         }
@@ -227,7 +220,7 @@ impl PeerClient {
     }
 
     /// Through the peer's batched stream, with every group's other calls to it.
-    async fn call_streamed<Req: Serialize, Resp: DeserializeOwned>(
+    async fn streamed<Req: Serialize, Resp: DeserializeOwned>(
         &self,
         rpc: &'static str,
         req: &Req,
@@ -236,30 +229,6 @@ impl PeerClient {
         let body = serde_json::value::to_raw_value(req).map_err(|e| CallError::Network(e.to_string()))?;
         let reply = self.streams.call(&self.addr, self.group, rpc, body, timeout).await?;
         serde_json::from_str(reply.get()).map_err(|e| CallError::Network(e.to_string()))
-    }
-
-    /// On a call of its own (snapshot chunks, which must not hold up the stream).
-    async fn call_direct<Req: Serialize, Resp: DeserializeOwned>(
-        &self,
-        rpc: &'static str,
-        req: &Req,
-        timeout: Duration,
-    ) -> Result<Resp, CallError> {
-        let url = format!("http://{}/raft/{}/{rpc}", self.addr, self.group);
-        match self.client.post(url).json(req).timeout(timeout).send().await {
-            Err(e) if e.is_connect() || e.is_timeout() => Err(CallError::Unreachable(e.to_string())),
-            Err(e) => Err(CallError::Network(e.to_string())),
-            Ok(resp)
-                if resp.status().is_client_error() && resp.status() != reqwest::StatusCode::NOT_FOUND =>
-            {
-                let status = resp.status().as_u16();
-                Err(CallError::Refused(status, resp.text().await.unwrap_or_default()))
-            }
-            Ok(resp) if !resp.status().is_success() => {
-                Err(CallError::Network(format!("peer answered HTTP {}", resp.status())))
-            }
-            Ok(resp) => resp.json::<Resp>().await.map_err(|e| CallError::Network(e.to_string())),
-        }
     }
 
     /// Counts a refused call and logs it, at most once a [`REFUSAL_LOG_INTERVAL`] per peer
@@ -313,7 +282,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let entries = rpc.entries.len() as u64;
         let r: Result<RaftResult<AppendEntriesResponse<NodeId>>, _> =
-            self.call("append", &rpc, option.hard_ttl()).await;
+            self.call("append", self.streamed("append", &rpc, option.hard_ttl())).await;
         // A batch the peer found too large is sent again at once in halves; a single entry
         // too large cannot be split and backs off like any refusal.
         if matches!(r, Err(CallError::Refused(413, _))) && entries > 1 {
@@ -330,8 +299,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
+        // Snapshot chunks go on calls of their own: they must not hold up the stream.
+        let url = format!("http://{}/raft/{}/snapshot", self.addr, self.group);
         let r: Result<RaftResult<InstallSnapshotResponse<NodeId>, InstallSnapshotError>, _> =
-            self.call("snapshot", &rpc, option.hard_ttl()).await;
+            self.call("snapshot", post_json(&self.client, &url, &rpc, option.hard_ttl())).await;
         self.lift(r)
     }
 
@@ -340,7 +311,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        let r: Result<RaftResult<VoteResponse<NodeId>>, _> = self.call("vote", &rpc, option.hard_ttl()).await;
+        let r: Result<RaftResult<VoteResponse<NodeId>>, _> =
+            self.call("vote", self.streamed("vote", &rpc, option.hard_ttl())).await;
         self.lift(r)
     }
 }

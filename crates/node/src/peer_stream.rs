@@ -15,6 +15,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -30,7 +32,7 @@ pub const STREAM_MAX_BYTES: usize = 4 * 1024 * 1024;
 pub const STREAM_MAX_CALLS: usize = 512;
 
 /// Failure of a call before the peer's Raft answered.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum CallError {
     /// The peer could not be reached at all (refused, timed out connecting).
     Unreachable(String),
@@ -130,33 +132,17 @@ async fn send(http: &reqwest::Client, url: &str, batch: Vec<Queued>) {
     let timeout = longest.saturating_duration_since(Instant::now()).max(Duration::from_millis(1));
     let calls: Vec<&StreamCall> = batch.iter().map(|q| &q.call).collect();
     crate::metrics::record_stream_batch(calls.len());
-    let outcome: Result<Vec<StreamReply>, CallError> = async {
-        let resp = http.post(url).json(&calls).timeout(timeout).send().await.map_err(|e| {
-            if e.is_connect() || e.is_timeout() {
-                CallError::Unreachable(e.to_string())
-            } else {
-                CallError::Network(e.to_string())
-            }
-        })?;
-        let status = resp.status();
-        if status.is_client_error() && status != reqwest::StatusCode::NOT_FOUND {
-            let detail = resp.text().await.unwrap_or_default();
-            return Err(CallError::Refused(status.as_u16(), detail));
-        }
-        if !status.is_success() {
-            return Err(CallError::Network(format!("peer answered HTTP {status}")));
-        }
-        let replies: Vec<StreamReply> = resp.json().await.map_err(|e| CallError::Network(e.to_string()))?;
-        if replies.len() != batch.len() {
-            return Err(CallError::Network(format!(
+    let outcome = post_json::<_, Vec<StreamReply>>(http, url, &calls, timeout).await.and_then(|replies| {
+        if replies.len() == batch.len() {
+            Ok(replies)
+        } else {
+            Err(CallError::Network(format!(
                 "peer answered {} replies to {} calls",
                 replies.len(),
                 batch.len()
-            )));
+            )))
         }
-        Ok(replies)
-    }
-    .await;
+    });
     match outcome {
         Ok(replies) => {
             for (queued, reply) in batch.into_iter().zip(replies) {
@@ -165,15 +151,36 @@ async fn send(http: &reqwest::Client, url: &str, batch: Vec<Queued>) {
         }
         Err(e) => {
             for queued in batch {
-                let copy = match &e {
-                    CallError::Unreachable(m) => CallError::Unreachable(m.clone()),
-                    CallError::Network(m) => CallError::Network(m.clone()),
-                    CallError::Refused(s, m) => CallError::Refused(*s, m.clone()),
-                };
-                let _ = queued.reply.send(Err(copy));
+                let _ = queued.reply.send(Err(e.clone()));
             }
         }
     }
+}
+
+/// POSTs `body` as JSON to a peer's `url` and reads its JSON answer: what every
+/// node-to-node Raft call shares, streamed or on its own.
+pub async fn post_json<Req: Serialize + ?Sized, Resp: DeserializeOwned>(
+    http: &reqwest::Client,
+    url: &str,
+    body: &Req,
+    timeout: Duration,
+) -> Result<Resp, CallError> {
+    let resp = http.post(url).json(body).timeout(timeout).send().await.map_err(|e| {
+        if e.is_connect() || e.is_timeout() {
+            CallError::Unreachable(e.to_string())
+        } else {
+            CallError::Network(e.to_string())
+        }
+    })?;
+    let status = resp.status();
+    if status.is_client_error() && status != reqwest::StatusCode::NOT_FOUND {
+        let detail = resp.text().await.unwrap_or_default();
+        return Err(CallError::Refused(status.as_u16(), detail));
+    }
+    if !status.is_success() {
+        return Err(CallError::Network(format!("peer answered HTTP {status}")));
+    }
+    resp.json().await.map_err(|e| CallError::Network(e.to_string()))
 }
 
 impl StreamReply {
