@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sinkron_client::Client;
+use sinkron_client::{Client, Credentials};
 use tokio::net::TcpListener;
 
 use crate::proxy::{self, LinkState, Links};
@@ -37,6 +37,9 @@ pub struct ChaosCluster {
     env: Vec<(String, String)>,
     cluster_addrs: String,
     proxies: Vec<tokio::task::JoinHandle<()>>,
+    /// The certificates of a TLS run (`ca.pem`, `<node>.pem`, `<node>-key.pem`).
+    certs: Option<PathBuf>,
+    credentials: Credentials,
 }
 
 /// The nodes' shortest election timeout, in milliseconds; it is also their coherence
@@ -58,6 +61,21 @@ pub fn fast_env() -> Vec<(String, String)> {
     .collect()
 }
 
+/// Makes a CA and a certificate per node with `bin certs`, each valid for the node's own
+/// address (clients call it there) and its proxy's (peers call it there).
+fn make_certs(bin: &Path, dir: &Path, n: usize) -> anyhow::Result<PathBuf> {
+    let certs = dir.join("certs");
+    let mut cmd = Command::new(bin);
+    cmd.arg("certs").arg("--dir").arg(&certs);
+    for i in 0..n {
+        cmd.args(["--host", &proxy::node_ip(i).to_string(), "--host", &proxy::proxy_ip(i).to_string()]);
+    }
+    cmd.args((1..=n).map(|i| format!("node{i}")));
+    let out = cmd.output()?;
+    anyhow::ensure!(out.status.success(), "sinkron certs failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(certs)
+}
+
 /// A port free on both `a` and `b` (the node's and its proxy's address).
 async fn shared_port(a: std::net::IpAddr, b: std::net::IpAddr) -> anyhow::Result<(TcpListener, u16)> {
     for _ in 0..50 {
@@ -71,8 +89,15 @@ async fn shared_port(a: std::net::IpAddr, b: std::net::IpAddr) -> anyhow::Result
 }
 
 impl ChaosCluster {
-    /// Starts `n` nodes of `bin` under `dir`, with [`fast_env`] plus `extra`.
-    pub async fn start(bin: &Path, n: usize, dir: &Path, extra: &[(String, String)]) -> anyhow::Result<Self> {
+    /// Starts `n` nodes of `bin` under `dir`, with [`fast_env`] plus `extra`; with `tls`,
+    /// they serve HTTPS and call each other (through the proxies) with mutual TLS.
+    pub async fn start(
+        bin: &Path,
+        n: usize,
+        dir: &Path,
+        extra: &[(String, String)],
+        tls: bool,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!((1..=9).contains(&n), "1 to 9 nodes");
         let links = Links::default();
         let mut nodes = Vec::new();
@@ -95,8 +120,24 @@ impl ChaosCluster {
         }
         let mut env = fast_env();
         env.extend(extra.iter().cloned());
-        let mut cluster =
-            Self { nodes, links, bin: bin.to_path_buf(), env, cluster_addrs: advertised.join(","), proxies };
+        let (certs, credentials) = if tls {
+            let certs = make_certs(bin, dir, n)?;
+            env.push(("TLS_CA_FILE".into(), certs.join("ca.pem").display().to_string()));
+            let ca_pem = Some(std::fs::read(certs.join("ca.pem"))?);
+            (Some(certs), Credentials { token: None, ca_pem })
+        } else {
+            (None, Credentials::default())
+        };
+        let mut cluster = Self {
+            nodes,
+            links,
+            bin: bin.to_path_buf(),
+            env,
+            cluster_addrs: advertised.join(","),
+            proxies,
+            certs,
+            credentials,
+        };
         for i in 0..n {
             cluster.spawn(i)?;
         }
@@ -119,6 +160,10 @@ impl ChaosCluster {
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
+        if let Some(certs) = &self.certs {
+            cmd.env("TLS_CERT_FILE", certs.join(format!("{}.pem", node.name)))
+                .env("TLS_KEY_FILE", certs.join(format!("{}-key.pem", node.name)));
+        }
         node.child = Some(cmd.spawn()?);
         node.paused = false;
         Ok(())
@@ -126,7 +171,10 @@ impl ChaosCluster {
 
     /// A client of node `i`, talking to it directly (not through a proxy).
     pub fn client(&self, i: usize, timeout: Duration) -> Client {
-        Client::with_timeout(&self.nodes[i].addr.to_string(), timeout)
+        let scheme = if self.certs.is_some() { "https" } else { "http" };
+        let endpoint = format!("{scheme}://{}", self.nodes[i].addr);
+        Client::connect(&endpoint, timeout, &self.credentials)
+            .unwrap_or_else(|_| Client::with_timeout(&endpoint, timeout))
     }
 
     /// SIGKILLs node `i`.

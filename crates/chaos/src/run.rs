@@ -37,6 +37,8 @@ pub struct RunConfig {
     /// Write cache values and queue bodies as the largest, deepest shape the API accepts
     /// (see [`workloads::Payload`]) instead of plain numbers.
     pub deep_values: bool,
+    /// Serve HTTPS with mutual TLS between the nodes (certificates made for the run).
+    pub tls: bool,
 }
 
 impl RunConfig {
@@ -44,14 +46,15 @@ impl RunConfig {
     pub fn replay_command(&self) -> String {
         let faults: Vec<String> = self.faults.iter().map(ToString::to_string).collect();
         format!(
-            "sinkron chaos --workload {} --faults {} --seed {} --duration {} --nodes {} --clients {}{}",
+            "sinkron chaos --workload {} --faults {} --seed {} --duration {} --nodes {} --clients {}{}{}",
             self.workload.name(),
             faults.join(","),
             self.seed,
             self.duration.as_secs(),
             self.nodes,
             self.clients,
-            if self.deep_values { " --deep-values" } else { "" }
+            if self.deep_values { " --deep-values" } else { "" },
+            if self.tls { " --tls" } else { "" }
         )
     }
 }
@@ -111,7 +114,7 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
         }
         _ => {}
     }
-    let mut cluster = ChaosCluster::start(&config.bin, config.nodes, dir.path(), &extra).await?;
+    let mut cluster = ChaosCluster::start(&config.bin, config.nodes, dir.path(), &extra, config.tls).await?;
     cluster.wait_ready(Duration::from_secs(30)).await?;
     let history = History::new();
     let started_unix_us = workloads::unix_us().saturating_sub(history.started().elapsed().as_micros() as u64);

@@ -1,7 +1,5 @@
 //! `sinkron cache get|put|del|lines|stats`.
 
-use sinkron_client::Client;
-
 #[derive(clap::Args)]
 pub struct CacheArgs {
     /// Node to ask; its own cache serves the request.
@@ -43,7 +41,7 @@ enum CacheCommand {
 }
 
 pub async fn run(args: CacheArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.endpoint);
+    let client = crate::conn::client(&args.endpoint)?;
     let shown = match args.command {
         CacheCommand::Get { key } => match client.cache_get(&key).await? {
             Some(v) => v,

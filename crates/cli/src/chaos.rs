@@ -34,6 +34,9 @@ pub struct ChaosArgs {
     /// largest, deepest shape the API accepts) instead of plain numbers.
     #[arg(long)]
     deep_values: bool,
+    /// Run the nodes with mutual TLS (certificates made for the run).
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Parses a comma-separated list of names, `all` meaning every one.
@@ -71,6 +74,7 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             clients: args.clients,
             out_dir: args.out.clone(),
             deep_values: args.deep_values,
+            tls: args.tls,
         };
         say!("chaos {}: seed {seed}; replay with: {}", workload.name(), config.replay_command());
         let summary = run_once(&config).await?;

@@ -15,6 +15,8 @@ pub struct ClusterArgs {
 enum ClusterCommand {
     /// Members, roles, term, leader and log indexes, asked of every member.
     Status,
+    /// Whether the node is ready (`GET /ready`, which needs no token); fails when not.
+    Ready,
     /// Add a node (learner, then voter).
     Add {
         /// The new node's NODE_ID.
@@ -30,9 +32,14 @@ enum ClusterCommand {
 }
 
 pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.endpoint);
+    let client = crate::conn::client(&args.endpoint)?;
     match args.command {
         ClusterCommand::Status => status(&client).await,
+        ClusterCommand::Ready => {
+            let ready = client.ready().await?;
+            say!("{ready}");
+            Ok(())
+        }
         ClusterCommand::Add { id, addr } => {
             client.add_member(&id, &addr).await?;
             say!("{id} added as a voter");
@@ -62,7 +69,7 @@ async fn status(client: &Client) -> anyhow::Result<()> {
         "APPLIED"
     );
     for member in &seen.members {
-        let peer = Client::with_timeout(&member.addr, std::time::Duration::from_secs(1));
+        let peer = crate::conn::member_client(client, &member.addr, std::time::Duration::from_secs(1))?;
         let line = match peer.cluster().await {
             Ok(s) => format!(
                 "{:<10} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10}",

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::Context;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sinkron_client::Client;
+use sinkron_client::{Client, Credentials};
 use tokio::process::{Child, Command};
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -29,6 +29,64 @@ pub struct DevArgs {
     /// Delete the data directory first, starting a brand-new cluster.
     #[arg(long)]
     fresh: bool,
+    /// Serve HTTPS with mutual TLS between the nodes: certificates are made under the data
+    /// directory (certs/), and the CA to pass as --cacert is printed.
+    #[arg(long)]
+    tls: bool,
+    /// Check bearer tokens: a tokens file with an admin, a write and a read principal is
+    /// made under the data directory and its tokens printed (without --tls, the nodes also
+    /// get a cluster secret, printed too).
+    #[arg(long)]
+    tokens: bool,
+}
+
+/// What the nodes of a dev cluster are started with beyond their addresses.
+struct Secured {
+    env: Vec<(String, String)>,
+    scheme: &'static str,
+    ca: Option<PathBuf>,
+    admin_token: Option<String>,
+}
+
+/// `--tls` adds certificates, `--tokens` principals; tokens without TLS need a cluster
+/// secret: the exported `CLUSTER_SECRET`, or one made for this run.
+fn secure(args: &DevArgs, names: &[String]) -> anyhow::Result<Secured> {
+    let random = || format!("{:032x}", rand::random::<u128>());
+    let mut env = Vec::new();
+    let inherited = std::env::var("CLUSTER_SECRET").is_ok_and(|s| !s.is_empty());
+    if args.tokens && !args.tls && !inherited {
+        let secret = random();
+        say!("  CLUSTER_SECRET={secret} (a node that joins needs it too)");
+        env.push(("CLUSTER_SECRET".to_string(), secret));
+    }
+    let mut secured = Secured { env: Vec::new(), scheme: "http", ca: None, admin_token: None };
+    if args.tls {
+        let dir = args.data_dir.join("certs");
+        crate::certs::make(&dir, names, &[], 2, crate::certs::Usage::Node)?;
+        env.push(("TLS_CA_FILE".into(), dir.join("ca.pem").display().to_string()));
+        secured.scheme = "https";
+        secured.ca = Some(dir.join("ca.pem"));
+    }
+    if args.tokens {
+        let path = args.data_dir.join("tokens");
+        let tokens = [("admin", random()), ("writer", random()), ("reader", random())];
+        let roles = ["admin", "write", "read"];
+        let text: String = tokens
+            .iter()
+            .zip(roles)
+            .map(|((name, token), role)| format!("{name}:{role}:{token}\n"))
+            .collect();
+        std::fs::create_dir_all(&args.data_dir)
+            .with_context(|| format!("create {}", args.data_dir.display()))?;
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
+        env.push(("AUTH_TOKENS_FILE".into(), path.display().to_string()));
+        for ((name, token), role) in tokens.iter().zip(roles) {
+            say!("  token of {name} ({role}): {token}");
+        }
+        secured.admin_token = Some(tokens[0].1.clone());
+    }
+    secured.env = env;
+    Ok(secured)
 }
 
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
@@ -46,10 +104,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("find the sinkron executable")?;
     let ports: Vec<u16> = (0..args.nodes).map(|i| args.base_port + i).collect();
     let cluster_addrs = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect::<Vec<_>>().join(",");
+    let names: Vec<String> = (1..=args.nodes).map(|i| format!("node{i}")).collect();
+    let secured = secure(&args, &names)?;
     let mut children = Vec::new();
     for (i, port) in ports.iter().enumerate() {
         let name = format!("node{}", i + 1);
-        let child = Command::new(&exe)
+        let mut command = Command::new(&exe);
+        command.envs(secured.env.iter().map(|(k, v)| (k, v)));
+        if args.tls {
+            let certs = args.data_dir.join("certs");
+            command
+                .env("TLS_CERT_FILE", certs.join(format!("{name}.pem")))
+                .env("TLS_KEY_FILE", certs.join(format!("{name}-key.pem")));
+        }
+        let child = command
             .arg("serve")
             .env("NODE_ID", &name)
             .env("NODE_PORT", port.to_string())
@@ -64,12 +132,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     }
     say!("Sinkron dev cluster: {} nodes, data in {}", args.nodes, args.data_dir.display());
     for (i, port) in ports.iter().enumerate() {
-        say!("  node{}  http://127.0.0.1:{port}", i + 1);
+        say!("  node{}  {}://127.0.0.1:{port}", i + 1, secured.scheme);
     }
+    if let Some(ca) = &secured.ca {
+        say!("  CA: --cacert {} (or SINKRON_CACERT)", ca.display());
+    }
+    let credentials = Credentials {
+        token: secured.admin_token.clone(),
+        ca_pem: secured.ca.as_ref().map(std::fs::read).transpose().context("read the dev CA")?,
+    };
     let clients: Vec<Client> = ports
         .iter()
-        .map(|p| Client::with_timeout(&format!("127.0.0.1:{p}"), Duration::from_secs(2)))
-        .collect();
+        .map(|p| {
+            let endpoint = format!("{}://127.0.0.1:{p}", secured.scheme);
+            Client::connect(&endpoint, Duration::from_secs(2), &credentials)
+        })
+        .collect::<Result<_, _>>()?;
     tokio::select! {
         _ = announce_leader(&clients) => {}
         _ = int.recv() => return stop(children).await,
@@ -93,12 +171,17 @@ async fn announce_leader(clients: &[Client]) {
     loop {
         if let Ok(status) = clients[0].cluster().await {
             if let Some(leader) = status.leader {
-                say!("Leader: {} at http://{} (term {})", leader.id, leader.addr, status.term);
+                let scheme = client_scheme(&clients[0]);
+                say!("Leader: {} at {scheme}://{} (term {})", leader.id, leader.addr, status.term);
                 return;
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+fn client_scheme(client: &Client) -> &str {
+    client.endpoint().split_once("://").map_or("http", |(scheme, _)| scheme)
 }
 
 async fn stop(children: Vec<(String, Child)>) -> anyhow::Result<()> {

@@ -1,7 +1,5 @@
 //! `sinkron kv get|put|del`.
 
-use sinkron_client::Client;
-
 #[derive(clap::Args)]
 pub struct KvArgs {
     /// Node to ask (any node answers).
@@ -33,7 +31,7 @@ enum KvCommand {
 }
 
 pub async fn run(args: KvArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.endpoint);
+    let client = crate::conn::client(&args.endpoint)?;
     match args.command {
         KvCommand::Get { key } => match client.kv_get(&key).await? {
             Some(v) => say!("{}", serde_json::to_string_pretty(&v)?),

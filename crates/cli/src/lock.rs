@@ -91,7 +91,7 @@ fn options(a: &Acquire) -> LockOptions {
 }
 
 pub async fn run(args: LockArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.endpoint);
+    let client = crate::conn::client(&args.endpoint)?;
     match args.command {
         LockCommand::Acquire(a) => {
             let granted = client.acquire(&a.name, &options(&a)).await?;

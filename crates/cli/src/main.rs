@@ -13,8 +13,10 @@ macro_rules! say {
 
 mod bench;
 mod cache;
+mod certs;
 mod chaos;
 mod cluster;
+mod conn;
 mod dev;
 mod kv;
 mod lock;
@@ -27,6 +29,8 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "sinkron", version, about)]
 struct Cli {
+    #[command(flatten)]
+    conn: conn::ConnArgs,
     #[command(subcommand)]
     command: Commands,
 }
@@ -54,10 +58,16 @@ enum Commands {
     Chaos(chaos::ChaosArgs),
     /// Measure a running cluster.
     Bench(bench::BenchArgs),
+    /// Make a CA and a certificate per node for a TLS cluster.
+    Certs(certs::CertsArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
+    if let Err(e) = conn::init(&cli.conn) {
+        eprintln!("sinkron: {e:#}");
+        std::process::exit(2);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -77,6 +87,7 @@ fn main() {
             Commands::Ring(args) => queue::ring(args).await,
             Commands::Bench(args) => bench::run(args).await,
             Commands::Chaos(args) => chaos::run(args).await,
+            Commands::Certs(args) => certs::run(args),
         }
     });
     if let Err(e) = result {

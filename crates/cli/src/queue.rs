@@ -1,6 +1,6 @@
 //! `sinkron queue send|receive|ack|nack|stats` and `sinkron ring`.
 
-use sinkron_client::{Client, ReceiveOptions};
+use sinkron_client::ReceiveOptions;
 
 #[derive(clap::Args)]
 pub struct QueueArgs {
@@ -75,7 +75,7 @@ pub struct RingArgs {
 }
 
 pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
-    let client = Client::new(&args.endpoint);
+    let client = crate::conn::client(&args.endpoint)?;
     let shown = match args.command {
         QueueCommand::Send { queue, body, key } => {
             let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
@@ -104,7 +104,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
 
 /// Prints the ring: nodes, settings and each partition's replicas and leader.
 pub async fn ring(args: RingArgs) -> anyhow::Result<()> {
-    let mut ring = Client::new(&args.endpoint).ring().await?;
+    let mut ring = crate::conn::client(&args.endpoint)?.ring().await?;
     if !args.tokens {
         if let Some(tokens) = ring.get("tokens").and_then(|t| t.as_array()).map(Vec::len) {
             ring["tokens"] = serde_json::json!(format!("{tokens} tokens (show them with --tokens)"));

@@ -33,10 +33,49 @@ async fn every_workload_survives_every_fault_kind() {
             clients: 4,
             out_dir: out.path().to_path_buf(),
             deep_values: false,
+            tls: false,
         };
         let summary = run(&config).await.expect("the run completes");
         eprintln!("{}", summary.line());
         assert!(summary.ops > 100, "{}: too few operations to mean anything", summary.line());
+        if !summary.violations.is_empty() {
+            failures.push(format!(
+                "{}\n  replay: {}\n  {}",
+                summary.line(),
+                config.replay_command(),
+                summary.violations.join("\n  ")
+            ));
+        }
+    }
+    if !failures.is_empty() {
+        let kept = out.keep();
+        panic!("violations (histories and logs in {}):\n{}", kept.display(), failures.join("\n"));
+    }
+}
+
+/// The same checks with mutual TLS on every link (the proxies carry TLS through): shorter,
+/// on the workloads whose histories need the most node-to-node traffic.
+#[tokio::test(flavor = "multi_thread")]
+async fn locks_and_queues_survive_faults_over_mutual_tls() {
+    const TLS_DURATION: Duration = Duration::from_secs(12);
+    let out = tempfile::tempdir().expect("temp dir");
+    let mut failures = Vec::new();
+    for workload in [Workload::Locks, Workload::Queues] {
+        let config = RunConfig {
+            bin: support::sinkron_bin(),
+            workload,
+            faults: FaultKind::ALL.to_vec(),
+            seed: SEED + 1,
+            duration: TLS_DURATION,
+            nodes: 3,
+            clients: 4,
+            out_dir: out.path().to_path_buf(),
+            deep_values: false,
+            tls: true,
+        };
+        let summary = run(&config).await.expect("the run completes");
+        eprintln!("{}", summary.line());
+        assert!(summary.ops > 50, "{}: too few operations to mean anything", summary.line());
         if !summary.violations.is_empty() {
             failures.push(format!(
                 "{}\n  replay: {}\n  {}",

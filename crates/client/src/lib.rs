@@ -39,6 +39,9 @@ pub enum ClientError {
         /// Explanation.
         message: String,
     },
+    /// The client's own settings are unusable (a bad CA file or token).
+    #[error("{0}")]
+    Config(String),
     /// The server's answer could not be decoded.
     #[error("unexpected answer from {url}: {reason}")]
     Decode {
@@ -59,6 +62,20 @@ impl ClientError {
     }
 }
 
+/// What a client presents to the nodes.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// Sent as `Authorization: Bearer <token>` (nodes with `AUTH_TOKENS_FILE`).
+    pub token: Option<String>,
+    /// The CA (PEM) that `https://` endpoints' certificates must chain to.
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+fn base_url(endpoint: &str) -> String {
+    let base = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
+    base.trim_end_matches('/').to_string()
+}
+
 /// A client of one node. Any node serves every endpoint.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -75,18 +92,42 @@ impl Client {
 
     /// Like [`Client::new`] with another per-call timeout.
     pub fn with_timeout(endpoint: &str, timeout: Duration) -> Self {
-        let base = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
-        let http = reqwest::Client::builder()
+        Self::connect(endpoint, timeout, &Credentials::default())
+            .unwrap_or_else(|_| Self { base: base_url(endpoint), http: reqwest::Client::new() })
+    }
+
+    /// A client of the node at `endpoint` (`host:port`, `http://host:port` or
+    /// `https://host:port`) that sends `credentials` with every call.
+    pub fn connect(
+        endpoint: &str,
+        timeout: Duration,
+        credentials: &Credentials,
+    ) -> Result<Self, ClientError> {
+        let mut builder = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(Duration::from_secs(2))
             .tcp_nodelay(true)
             .pool_max_idle_per_host(256)
             // Below a node's default head timeout (10 s), which closes idle connections:
             // a request never goes out on a connection the node is closing.
-            .pool_idle_timeout(Duration::from_secs(4))
-            .build()
-            .unwrap_or_else(|_| reqwest::Client::new());
-        Self { base: base.trim_end_matches('/').to_string(), http }
+            .pool_idle_timeout(Duration::from_secs(4));
+        if let Some(token) = &credentials.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| ClientError::Config("the token must be printable ASCII".into()))?;
+            value.set_sensitive(true);
+            builder = builder.default_headers(reqwest::header::HeaderMap::from_iter([(
+                reqwest::header::AUTHORIZATION,
+                value,
+            )]));
+        }
+        if let Some(pem) = &credentials.ca_pem {
+            let ca = reqwest::Certificate::from_pem(pem)
+                .map_err(|e| ClientError::Config(format!("the CA certificate is not PEM: {e}")))?;
+            builder = builder.use_rustls_tls().tls_built_in_root_certs(false).add_root_certificate(ca);
+        }
+        let http =
+            builder.build().map_err(|e| ClientError::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Self { base: base_url(endpoint), http })
     }
 
     /// The endpoint this client talks to.
@@ -99,10 +140,16 @@ impl Client {
         req: reqwest::RequestBuilder,
         url: String,
     ) -> Result<T, ClientError> {
-        let resp = req.send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let bytes = self.send_raw(req, &url).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url, reason: e.to_string() })
+    }
+
+    /// Sends `req` and returns the body of a success, or the server's error.
+    async fn send_raw(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, ClientError> {
+        let transport = |source| ClientError::Transport { url: url.to_string(), source };
+        let resp = req.send().await.map_err(transport)?;
         let status = resp.status();
-        let bytes =
-            resp.bytes().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let bytes = resp.bytes().await.map_err(transport)?;
         if !status.is_success() {
             return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(body) => {
@@ -115,7 +162,7 @@ impl Client {
                 },
             });
         }
-        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url, reason: e.to_string() })
+        Ok(bytes.to_vec())
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -409,13 +456,8 @@ impl Client {
     /// `GET /metrics` as text.
     pub async fn metrics(&self) -> Result<String, ClientError> {
         let url = format!("{}/metrics", self.base);
-        let resp = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .map_err(|source| ClientError::Transport { url: url.clone(), source })?;
-        resp.text().await.map_err(|source| ClientError::Transport { url, source })
+        let bytes = self.send_raw(self.http.get(&url), &url).await?;
+        String::from_utf8(bytes).map_err(|e| ClientError::Decode { url, reason: e.to_string() })
     }
 }
 

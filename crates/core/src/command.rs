@@ -19,6 +19,10 @@ pub struct Batch {
     pub at_ms: u64,
     /// The requests, applied in this order.
     pub requests: Vec<Request>,
+    /// Random bits drawn by the proposing leader when a request needs some (a queue
+    /// receive's receipts): the replicas derive the same values from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seed: Option<crate::entropy::Seed>,
 }
 
 /// One client request.
@@ -33,6 +37,11 @@ pub struct Request {
 }
 
 impl Request {
+    /// Whether applying the request draws random values from its entry's seed.
+    pub fn needs_seed(&self) -> bool {
+        matches!(self.command, Command::QueueReceive { .. })
+    }
+
     /// Size of the request's JSON encoding, used to bound batches (counted as it is
     /// encoded, nothing kept).
     pub fn approx_bytes(&self) -> usize {
@@ -79,6 +88,10 @@ pub enum Command {
         ttl_ms: u64,
         /// How long the request may wait in the queue; 0 never queues.
         wait_ms: u64,
+        /// The authenticated principal that asks (when the cluster checks tokens): a client id
+        /// that holds or awaits a lock belongs to its principal until it holds nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
     /// Releases a hold.
     LockRelease {
@@ -86,6 +99,10 @@ pub enum Command {
         name: String,
         /// The holder.
         client_id: String,
+        /// The authenticated principal that asks (when the cluster checks tokens): a client id
+        /// that holds or awaits a lock belongs to its principal until it holds nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
     /// Extends a lease.
     LockRefresh {
@@ -95,6 +112,10 @@ pub enum Command {
         client_id: String,
         /// New lease length; `None` keeps the hold's own.
         ttl_ms: Option<u64>,
+        /// The authenticated principal that asks (when the cluster checks tokens): a client id
+        /// that holds or awaits a lock belongs to its principal until it holds nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
     /// Extends every lease of a client.
     LockRefreshAll {
@@ -102,6 +123,10 @@ pub enum Command {
         client_id: String,
         /// New lease length; `None` keeps each hold's own.
         ttl_ms: Option<u64>,
+        /// The authenticated principal that asks (when the cluster checks tokens): a client id
+        /// that holds or awaits a lock belongs to its principal until it holds nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
     /// Leaves a lock's queue (the waiter gave up or went away).
     LockCancelWait {
@@ -109,6 +134,10 @@ pub enum Command {
         name: String,
         /// The waiter.
         client_id: String,
+        /// The authenticated principal that asks (when the cluster checks tokens): a client id
+        /// that holds or awaits a lock belongs to its principal until it holds nothing.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        owner: Option<String>,
     },
     /// Drops every hold of a lock (administrative).
     LockForceRelease {

@@ -11,6 +11,7 @@
 pub mod cache;
 pub mod command;
 pub mod dedup;
+pub mod entropy;
 pub mod error;
 pub mod ids;
 pub mod kv;

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{Batch, Command, Request, Response};
 use crate::dedup::Dedup;
+use crate::entropy::Draws;
 use crate::queue::{Delivery, PartitionState, QueueRefusal};
 
 /// Everything a partition group replicates (this is also its snapshot).
@@ -44,14 +45,22 @@ impl PartitionMachine {
     pub fn apply_entry(&mut self, index: u64, batch: &Batch) -> Vec<Response> {
         self.applied_index = self.applied_index.max(index);
         self.clock_ms = self.clock_ms.max(batch.at_ms);
-        batch.requests.iter().map(|request| self.apply(request)).collect()
+        batch
+            .requests
+            .iter()
+            .enumerate()
+            .map(|(position, request)| {
+                let mut draws = batch.seed.map(|seed| seed.stream(position));
+                self.apply(request, draws.as_mut())
+            })
+            .collect()
     }
 
-    fn apply(&mut self, request: &Request) -> Response {
+    fn apply(&mut self, request: &Request, draws: Option<&mut Draws>) -> Response {
         if let Some(previous) = self.dedup.replay(request) {
             return self.replayed(&request.command, previous);
         }
-        let response = self.dispatch(&request.command);
+        let response = self.dispatch(&request.command, draws);
         // A full queue is a passing state: a retry with the same id must be able to succeed
         // once there is room, so that refusal is not remembered.
         if !matches!(response, Response::QueueRefused { refusal: QueueRefusal::Full }) {
@@ -79,7 +88,7 @@ impl PartitionMachine {
         Response::QueueReceived { messages }
     }
 
-    fn dispatch(&mut self, command: &Command) -> Response {
+    fn dispatch(&mut self, command: &Command, draws: Option<&mut Draws>) -> Response {
         let now = self.clock_ms;
         let done = |r: Result<bool, _>| match r {
             Ok(dead_lettered) => Response::QueueDone { dead_lettered },
@@ -93,7 +102,7 @@ impl PartitionMachine {
                 }
             }
             Command::QueueReceive { queue, max, visibility_ms } => Response::QueueReceived {
-                messages: self.state.receive(queue, *max as usize, *visibility_ms, now),
+                messages: self.state.receive(queue, *max as usize, *visibility_ms, now, draws),
             },
             Command::QueueAck { queue, receipt } => done(self.state.ack(queue, receipt).map(|()| false)),
             Command::QueueNack { queue, receipt, delay_ms, max_receives } => {
@@ -119,7 +128,7 @@ mod tests {
             .into_iter()
             .map(|(id, command)| Request { request_id: id.map(str::to_owned), command })
             .collect();
-        Batch { at_ms, requests }
+        Batch { at_ms, requests, seed: Some(crate::entropy::Seed([at_ms as u8; 32])) }
     }
 
     fn send(body: serde_json::Value) -> Command {

@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
+use crate::entropy::Draws;
+
 /// Suffix of dead-letter queues.
 pub const DLQ_SUFFIX: &str = ".dlq";
 /// Most messages one queue of a partition takes from sends (ready + in flight). Dead
@@ -63,13 +65,35 @@ fn seq_of(id: &str) -> u64 {
     id.rsplit_once('-').and_then(|(_, seq)| seq.parse().ok()).unwrap_or(0)
 }
 
-/// The partition named by a receipt `<partition>-<sequence>.<delivery>`, if it is one.
+/// The partition named by a receipt `<partition>-<sequence>.<delivery>.<secret>`, if it
+/// is one.
 pub fn partition_of_receipt(receipt: &str) -> Option<u32> {
-    let (id, delivery) = receipt.split_once('.')?;
+    let (id, rest) = receipt.split_once('.')?;
     let (partition, seq) = id.split_once('-')?;
     seq.parse::<u64>().ok()?;
+    let delivery = match rest.split_once('.') {
+        Some((delivery, secret)) if is_secret(secret) => delivery,
+        Some(_) => return None,
+        None => rest,
+    };
     delivery.parse::<u32>().ok()?;
     partition.parse().ok()
+}
+
+/// Whether `text` is a receipt's secret part: 32 lowercase hex digits (128 bits).
+fn is_secret(text: &str) -> bool {
+    text.len() == 32 && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// The receipt of `message`'s current delivery: its id and delivery count, which route an
+/// ack to the partition, and 128 bits drawn from the entry's seed, which no one can derive
+/// from the message id or any other receipt. Entries written before seeds existed have
+/// none and give the old `<id>.<delivery>` form.
+fn receipt_of(message: &Message, draws: Option<&mut Draws>) -> String {
+    match draws {
+        Some(draws) => format!("{}.{}.{}", message.id, message.receive_count, draws.hex128()),
+        None => format!("{}.{}", message.id, message.receive_count),
+    }
 }
 
 /// One queue within a partition.
@@ -154,7 +178,14 @@ impl PartitionState {
     }
 
     /// Delivers up to `max` visible messages, oldest first, hidden for `visibility_ms`.
-    pub fn receive(&mut self, queue: &str, max: usize, visibility_ms: u64, now_ms: u64) -> Vec<Delivery> {
+    pub fn receive(
+        &mut self,
+        queue: &str,
+        max: usize,
+        visibility_ms: u64,
+        now_ms: u64,
+        mut draws: Option<&mut Draws>,
+    ) -> Vec<Delivery> {
         let Some(q) = self.queues.get_mut(queue) else { return Vec::new() };
         let mut out = Vec::new();
         let mut skipped = VecDeque::new();
@@ -165,7 +196,7 @@ impl PartitionState {
                 continue;
             }
             message.receive_count += 1;
-            let receipt = format!("{}.{}", message.id, message.receive_count);
+            let receipt = receipt_of(&message, draws.as_deref_mut());
             out.push(Delivery {
                 id: message.id.clone(),
                 body: message.body.clone(),
@@ -286,7 +317,9 @@ impl PartitionState {
                 }
             }
             for (receipt, f) in &q.in_flight {
-                if *receipt != format!("{}.{}", f.message.id, f.message.receive_count) {
+                let plain = format!("{}.{}", f.message.id, f.message.receive_count);
+                let secret = receipt.strip_prefix(&plain).and_then(|rest| rest.strip_prefix('.'));
+                if *receipt != plain && !secret.is_some_and(is_secret) {
                     return Err(format!("receipt {receipt} does not match {}", f.message.id));
                 }
             }
@@ -312,12 +345,12 @@ mod tests {
         for i in 0..3 {
             p.send("q", None, json!(i), 0).expect("send");
         }
-        let got = p.receive("q", 2, 1_000, 0);
+        let got = p.receive("q", 2, 1_000, 0, None);
         assert_eq!(got.iter().map(|d| d.body.clone()).collect::<Vec<_>>(), vec![json!(0), json!(1)]);
         assert_eq!(got[0].id, "7-1");
         p.ack("q", &got[0].receipt).expect("ack");
         assert_eq!(p.ack("q", &got[0].receipt), Err(QueueRefusal::StaleReceipt), "acked once");
-        assert_eq!(p.receive("q", 5, 1_000, 0).len(), 1, "one left ready");
+        assert_eq!(p.receive("q", 5, 1_000, 0, None).len(), 1, "one left ready");
     }
 
     #[test]
@@ -325,10 +358,10 @@ mod tests {
         let mut p = PartitionState::new(0);
         p.send("q", None, json!("a"), 0).expect("send");
         p.send("q", None, json!("b"), 1).expect("send");
-        let first = p.receive("q", 2, 100, 10);
+        let first = p.receive("q", 2, 100, 10, None);
         assert_eq!(p.expire(MAX, 109), (0, 0));
         assert_eq!(p.expire(MAX, 110), (2, 0));
-        let again = p.receive("q", 2, 100, 120);
+        let again = p.receive("q", 2, 100, 120, None);
         assert_eq!(again.iter().map(|d| d.body.clone()).collect::<Vec<_>>(), vec![json!("a"), json!("b")]);
         assert_eq!(again[0].receive_count, 2);
         assert_ne!(again[0].receipt, first[0].receipt);
@@ -340,20 +373,41 @@ mod tests {
         let mut p = PartitionState::new(0);
         p.send("jobs", None, json!("poison"), 0).expect("send");
         for round in 0..MAX {
-            let d = p.receive("jobs", 1, 1_000, 0);
+            let d = p.receive("jobs", 1, 1_000, 0, None);
             assert_eq!(d.len(), 1, "round {round}");
             assert_eq!(p.nack("jobs", &d[0].receipt, 0, MAX, 0), Ok(round + 1 == MAX));
         }
         assert!(p.queue("jobs").is_none());
-        let dead = p.receive("jobs.dlq", 1, 1_000, 0);
+        let dead = p.receive("jobs.dlq", 1, 1_000, 0, None);
         assert_eq!(dead[0].body, json!("poison"));
+    }
+
+    #[test]
+    fn seeded_receipts_carry_128_unguessable_bits() {
+        let mut p = PartitionState::new(3);
+        for i in 0..3 {
+            p.send("q", None, serde_json::json!(i), 0).expect("send");
+        }
+        let seed = crate::entropy::Seed([42; 32]);
+        let got = p.receive("q", 2, 1_000, 0, Some(&mut seed.stream(0)));
+        let secret = |r: &str| r.rsplit_once('.').map(|(_, s)| s.to_string()).expect("three parts");
+        assert_eq!(secret(&got[0].receipt).len(), 32);
+        assert_ne!(secret(&got[0].receipt), secret(&got[1].receipt), "each delivery its own bits");
+        assert_eq!(partition_of_receipt(&got[0].receipt), Some(3));
+        // The id and count alone, or another message's secret, do not ack.
+        let (plain, _) = got[0].receipt.rsplit_once('.').expect("parts");
+        assert_eq!(p.ack("q", plain), Err(QueueRefusal::StaleReceipt));
+        let forged = format!("{plain}.{}", secret(&got[1].receipt));
+        assert_eq!(p.ack("q", &forged), Err(QueueRefusal::StaleReceipt));
+        p.check_invariants().expect("invariants");
+        assert_eq!(p.ack("q", &got[0].receipt), Ok(()));
     }
 
     #[test]
     fn receipts_name_their_partition() {
         let mut p = PartitionState::new(12);
         p.send("q", None, json!(1), 0).expect("send");
-        let d = p.receive("q", 1, 1_000, 0);
+        let d = p.receive("q", 1, 1_000, 0, None);
         assert_eq!(partition_of_receipt(&d[0].receipt), Some(12));
         for bad in ["", "12", "12-1", "x-1.1", "12-x.1", "12-1.x", "12-1.1.1"] {
             assert_eq!(partition_of_receipt(bad), None, "{bad:?}");
@@ -366,7 +420,7 @@ mod tests {
         assert!(!p.has_visible("q", 0));
         p.send("q", None, json!(1), 0).expect("send");
         assert!(p.has_visible("q", 0));
-        let d = p.receive("q", 1, 1_000, 0);
+        let d = p.receive("q", 1, 1_000, 0, None);
         assert!(!p.has_visible("q", 0), "in flight");
         p.nack("q", &d[0].receipt, 100, MAX, 0).expect("nack");
         assert!(!p.has_visible("q", 99));
@@ -377,10 +431,10 @@ mod tests {
     fn a_nack_delay_keeps_the_message_invisible() {
         let mut p = PartitionState::new(0);
         p.send("q", None, json!(1), 0).expect("send");
-        let d = p.receive("q", 1, 1_000, 0);
+        let d = p.receive("q", 1, 1_000, 0, None);
         p.nack("q", &d[0].receipt, 500, MAX, 0).expect("nack");
-        assert!(p.receive("q", 1, 1_000, 499).is_empty());
-        assert_eq!(p.receive("q", 1, 1_000, 500).len(), 1);
+        assert!(p.receive("q", 1, 1_000, 499, None).is_empty());
+        assert_eq!(p.receive("q", 1, 1_000, 500, None).len(), 1);
     }
 
     #[derive(Debug, Clone)]
@@ -416,7 +470,7 @@ mod tests {
                 match op {
                     Op::Send => { sent.insert(p.send("q", None, json!(now), now).expect("send")); }
                     Op::Receive(n) => {
-                        for d in p.receive("q", n, 100, now).into_iter().chain(p.receive("q.dlq", n, 100, now)) {
+                        for d in p.receive("q", n, 100, now, None).into_iter().chain(p.receive("q.dlq", n, 100, now, None)) {
                             prop_assert!(sent.contains(&d.id), "invented {}", d.id);
                             prop_assert!(!acked.contains(&d.id), "acked {} delivered again", d.id);
                             receipts.push(d.receipt);

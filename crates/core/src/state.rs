@@ -104,23 +104,46 @@ impl Group0State {
             Err(refusal) => Response::LockRefused { refusal },
         };
         match command {
-            Command::LockAcquire { name, client_id, mode, ttl_ms, wait_ms } => {
-                match self.locks.acquire(name, client_id, *mode, *ttl_ms, *wait_ms, now) {
+            Command::LockAcquire { name, client_id, mode, ttl_ms, wait_ms, owner } => {
+                let acquired = self
+                    .locks
+                    .check_owner(client_id, owner.as_deref())
+                    .and_then(|()| self.locks.acquire(name, client_id, *mode, *ttl_ms, *wait_ms, now));
+                if acquired.is_ok() {
+                    self.locks.record_owner(client_id, owner.as_deref());
+                }
+                match acquired {
                     Ok(outcome) => Response::LockAcquire { outcome },
                     Err(refusal) => Response::LockRefused { refusal },
                 }
             }
-            Command::LockRelease { name, client_id } => {
-                done(self.locks.release(name, client_id, now).map(|_| None))
+            Command::LockRelease { name, client_id, owner } => done(
+                self.locks
+                    .check_owner(client_id, owner.as_deref())
+                    .and_then(|()| self.locks.release(name, client_id, now))
+                    .map(|_| None),
+            ),
+            Command::LockRefresh { name, client_id, ttl_ms, owner } => done(
+                self.locks
+                    .check_owner(client_id, owner.as_deref())
+                    .and_then(|()| self.locks.refresh(name, client_id, *ttl_ms, now))
+                    .map(Some),
+            ),
+            Command::LockRefreshAll { client_id, ttl_ms, owner } => {
+                match self.locks.check_owner(client_id, owner.as_deref()) {
+                    Ok(()) => {
+                        Response::LockRefreshedAll { locks: self.locks.refresh_all(client_id, *ttl_ms, now) }
+                    }
+                    Err(refusal) => Response::LockRefused { refusal },
+                }
             }
-            Command::LockRefresh { name, client_id, ttl_ms } => {
-                done(self.locks.refresh(name, client_id, *ttl_ms, now).map(Some))
-            }
-            Command::LockRefreshAll { client_id, ttl_ms } => {
-                Response::LockRefreshedAll { locks: self.locks.refresh_all(client_id, *ttl_ms, now) }
-            }
-            Command::LockCancelWait { name, client_id } => {
-                Response::LockCancelled { was_waiting: self.locks.cancel_wait(name, client_id, now) }
+            Command::LockCancelWait { name, client_id, owner } => {
+                match self.locks.check_owner(client_id, owner.as_deref()) {
+                    Ok(()) => {
+                        Response::LockCancelled { was_waiting: self.locks.cancel_wait(name, client_id, now) }
+                    }
+                    Err(refusal) => Response::LockRefused { refusal },
+                }
             }
             Command::LockForceRelease { name } => {
                 Response::LockForceReleased { former_holders: self.locks.force_release(name, now) }
@@ -165,7 +188,7 @@ mod tests {
     }
 
     fn batch(at_ms: u64, requests: Vec<Request>) -> Batch {
-        Batch { at_ms, requests }
+        Batch { at_ms, requests, seed: None }
     }
 
     fn put(key: &str, value: serde_json::Value) -> Command {
@@ -208,6 +231,7 @@ mod tests {
             mode: LockMode::Exclusive,
             ttl_ms: 100,
             wait_ms,
+            owner: None,
         };
         let mut state = Group0State::default();
         let first = state.apply_batch(1, &batch(1_000, vec![req(None, acquire("a", 0))]));
@@ -234,9 +258,64 @@ mod tests {
         );
         let refused = state.apply_batch(
             5,
-            &batch(1_200, vec![req(None, Command::LockRelease { name: "l".into(), client_id: "a".into() })]),
+            &batch(
+                1_200,
+                vec![req(
+                    None,
+                    Command::LockRelease { name: "l".into(), client_id: "a".into(), owner: None },
+                )],
+            ),
         );
         assert!(matches!(&refused[0], Response::LockRefused { .. }));
+        state.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn a_client_id_belongs_to_the_principal_that_acquired_with_it() {
+        use crate::locks::{AcquireOutcome, LockMode, LockRefusal};
+        let owner = |o: &str| Some(o.to_string());
+        let acquire = |client: &str, by: Option<String>, wait_ms| Command::LockAcquire {
+            name: "l".into(),
+            client_id: client.into(),
+            mode: LockMode::Exclusive,
+            ttl_ms: 10_000,
+            wait_ms,
+            owner: by,
+        };
+        let release = |client: &str, by: Option<String>| Command::LockRelease {
+            name: "l".into(),
+            client_id: client.into(),
+            owner: by,
+        };
+        let not_owner = Response::LockRefused { refusal: LockRefusal::NotOwner };
+        let mut state = Group0State::default();
+        let mut at = 0;
+        let mut apply = |state: &mut Group0State, command: Command| {
+            at += 1;
+            state.apply_batch(at, &batch(1_000, vec![req(None, command)])).remove(0)
+        };
+        let granted = apply(&mut state, acquire("w", owner("alice"), 0));
+        assert!(matches!(granted, Response::LockAcquire { outcome: AcquireOutcome::Granted { .. } }));
+        // Another principal, or none, with the same client id: refused, and nothing changes.
+        assert_eq!(apply(&mut state, release("w", owner("bob"))), not_owner);
+        assert_eq!(apply(&mut state, release("w", None)), not_owner);
+        assert_eq!(apply(&mut state, acquire("w", owner("bob"), 0)), not_owner);
+        let refresh_all =
+            Command::LockRefreshAll { client_id: "w".into(), ttl_ms: None, owner: owner("bob") };
+        assert_eq!(apply(&mut state, refresh_all), not_owner);
+        assert_eq!(state.locks.owner_of("w"), Some("alice"), "a refused acquire does not take the id over");
+        // A waiter is bound too.
+        let queued = apply(&mut state, acquire("v", owner("carol"), 5_000));
+        assert!(matches!(queued, Response::LockAcquire { outcome: AcquireOutcome::Queued { .. } }));
+        let cancel = Command::LockCancelWait { name: "l".into(), client_id: "v".into(), owner: owner("bob") };
+        assert_eq!(apply(&mut state, cancel), not_owner);
+        state.check_invariants().expect("invariants");
+        assert_eq!(apply(&mut state, release("w", owner("alice"))), Response::LockDone { hold: None });
+        // carol now holds; once alice holds nothing, the id "w" is free for anyone.
+        assert_eq!(state.locks.owner_of("w"), None);
+        assert_eq!(apply(&mut state, release("v", owner("carol"))), Response::LockDone { hold: None });
+        let again = apply(&mut state, acquire("w", owner("bob"), 0));
+        assert!(matches!(again, Response::LockAcquire { outcome: AcquireOutcome::Granted { .. } }));
         state.check_invariants().expect("invariants");
     }
 
@@ -250,6 +329,7 @@ mod tests {
             mode: LockMode::Exclusive,
             ttl_ms: 100,
             wait_ms: 0,
+            owner: None,
         };
         state.apply_entry(1, 1, &batch(1_000, vec![req(None, Command::LockExtendAll), req(None, acquire)]));
         // Term 2's leader has not applied its extension yet: a (forwarded) expiry is a no-op.

@@ -13,6 +13,7 @@ use sinkron_core::limits::validate_node_name;
 pub use sinkron_core::topology::QueueSettings;
 use thiserror::Error;
 
+use crate::security::{is_loopback_bind, SecuritySettings, TlsFiles};
 use crate::types::{Member, NodeId};
 
 /// Settings of `sinkron serve`, each also read from the environment variable of its name.
@@ -37,6 +38,16 @@ pub struct ServeArgs {
     /// Redis server port (Redis storage backend).
     #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
     pub redis_port: u16,
+    /// Password of the Redis server (its `requirepass`, or the `default` user's).
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// Connect to Redis over TLS.
+    #[arg(long, env = "REDIS_TLS", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+    pub redis_tls: bool,
+    /// CA (PEM) that the Redis server's certificate must chain to (with REDIS_TLS); the
+    /// system's CAs when not given.
+    #[arg(long, env = "REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Smallest election timeout, in seconds.
     #[arg(long, env = "RAFT_ELECTION_TIMEOUT_MIN", default_value_t = 3.0)]
     pub raft_election_timeout_min: f64,
@@ -128,6 +139,54 @@ pub struct ServeArgs {
     /// Most queues with messages in one partition.
     #[arg(long, env = "QUOTA_QUEUES", default_value_t = 10_000)]
     pub quota_queues: usize,
+    /// The node's certificate chain (PEM). With TLS_KEY_FILE and TLS_CA_FILE, the node
+    /// serves HTTPS only, and node-to-node calls use mutual TLS.
+    #[arg(long, env = "TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The private key of TLS_CERT_FILE (PEM).
+    #[arg(long, env = "TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// The cluster's CA (PEM): peers' certificates must chain to it.
+    #[arg(long, env = "TLS_CA_FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+    /// Shared secret that node-to-node calls carry when TLS is off (compared in constant time).
+    #[arg(long, env = "CLUSTER_SECRET", hide_env_values = true)]
+    pub cluster_secret: Option<String>,
+    /// Principals of the clients, one `name:role:token` a line (roles admin, write, read);
+    /// when set, `/v1` and `/metrics` need `Authorization: Bearer <token>`. Reloaded on SIGHUP.
+    #[arg(long, env = "AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Run on a non-loopback address with neither TLS nor CLUSTER_SECRET: anyone who reaches
+    /// the port can then act as a node. For isolated networks and experiments only.
+    #[arg(long, env = "SINKRON_INSECURE", default_value_t = false, value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure: bool,
+}
+
+/// How to reach the Redis server of the Redis backend.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisSettings {
+    /// Host.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// Password, if the server asks for one.
+    pub password: Option<String>,
+    /// Connect over TLS.
+    pub tls: bool,
+    /// The CA of the server's certificate (TLS); the system's CAs when absent.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RedisSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisSettings")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("password", &self.password.as_ref().map(|_| "(set)"))
+            .field("tls", &self.tls)
+            .field("ca_file", &self.ca_file)
+            .finish()
+    }
 }
 
 /// Quotas on stored state (see `crate::quota`).
@@ -193,6 +252,9 @@ pub enum ConfigError {
     /// Two entries of `CLUSTER_ADDRS` share a name or an address.
     #[error("CLUSTER_ADDRS names {0:?} twice")]
     Duplicate(String),
+    /// The security settings do not fit together, or leave a reachable node unprotected.
+    #[error("{0}")]
+    Security(String),
     /// `NODE_ID` is not among the names of `CLUSTER_ADDRS`.
     #[error("NODE_ID {node:?} is not in CLUSTER_ADDRS ({known}); entries without a name are node1, node2, ... by position")]
     SelfMissing {
@@ -246,7 +308,7 @@ pub struct NodeConfig {
     /// Default lock lease, in milliseconds.
     pub lock_default_ttl_ms: u64,
     /// Redis host and port, for the Redis backend.
-    pub redis: (String, u16),
+    pub redis: RedisSettings,
     /// Storage backend.
     pub storage: StorageBackend,
     /// Cache write policy.
@@ -271,6 +333,7 @@ pub struct NodeConfig {
     pub limits: ConnectionLimits,
     /// Quotas on stored state.
     pub quotas: QuotaSettings,
+    pub security: SecuritySettings,
 }
 
 impl NodeConfig {
@@ -363,6 +426,7 @@ impl NodeConfig {
                 return Err(out_of_range(name, format!("must be {min} to {max}, got {value}")));
             }
         }
+        let security = security_settings(args)?;
         Ok(Self {
             name: args.node_id.clone(),
             raft_id: raft_id(&args.node_id),
@@ -373,7 +437,13 @@ impl NodeConfig {
             heartbeat_interval_ms: heartbeat,
             cache_max_size: args.cache_max_size,
             lock_default_ttl_ms: seconds_to_ms("LOCK_DEFAULT_TTL", args.lock_default_ttl)?,
-            redis: (args.redis_host.clone(), args.redis_port),
+            redis: RedisSettings {
+                host: args.redis_host.clone(),
+                port: args.redis_port,
+                password: args.redis_password.clone().filter(|p| !p.is_empty()),
+                tls: args.redis_tls,
+                ca_file: args.redis_ca_file.clone(),
+            },
             storage: args.storage_backend,
             cache_write_policy: args.cache_write_policy,
             cache_writeback_max_ms: args.cache_writeback_max_ms,
@@ -403,6 +473,7 @@ impl NodeConfig {
                 cache_keys: args.quota_cache_keys,
                 queues: args.quota_queues,
             },
+            security,
         })
     }
 
@@ -410,6 +481,45 @@ impl NodeConfig {
     pub fn own_member(&self) -> Option<&Member> {
         self.members.iter().find(|m| m.name == self.name)
     }
+}
+
+/// The TLS files, secret and tokens, checked to fit together; a node bound beyond loopback
+/// must protect node-to-node calls unless `SINKRON_INSECURE` says otherwise.
+fn security_settings(args: &ServeArgs) -> Result<SecuritySettings, ConfigError> {
+    let bad = |reason: &str| ConfigError::Security(reason.to_string());
+    let tls = match (&args.tls_cert_file, &args.tls_key_file, &args.tls_ca_file) {
+        (None, None, None) => None,
+        (Some(cert), Some(key), Some(ca)) => {
+            Some(TlsFiles { cert: cert.clone(), key: key.clone(), ca: ca.clone() })
+        }
+        (Some(_), Some(_), None) => {
+            return Err(bad("TLS_CA_FILE is needed with TLS_CERT_FILE: peers are verified against that CA"))
+        }
+        _ => return Err(bad("TLS needs all of TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE")),
+    };
+    let cluster_secret = args.cluster_secret.clone().filter(|s| !s.is_empty());
+    if cluster_secret.as_ref().is_some_and(|s| s.chars().any(|c| c.is_whitespace() || c.is_control())) {
+        return Err(bad("CLUSTER_SECRET must not contain spaces or control characters"));
+    }
+    let protected = tls.is_some() || cluster_secret.is_some();
+    if args.auth_tokens_file.is_some() && !protected {
+        return Err(bad("AUTH_TOKENS_FILE needs TLS or CLUSTER_SECRET as well: otherwise any caller could \
+             pose as a node and bypass the tokens"));
+    }
+    if !protected && !args.insecure && !is_loopback_bind(&args.bind) {
+        return Err(bad(&format!(
+            "NODE_BIND {} is reachable from other machines but node-to-node calls are unprotected: \
+             set TLS_CERT_FILE, TLS_KEY_FILE and TLS_CA_FILE, or CLUSTER_SECRET \
+             (or SINKRON_INSECURE=true to run unprotected anyway)",
+            args.bind
+        )));
+    }
+    Ok(SecuritySettings {
+        tls,
+        cluster_secret,
+        tokens_file: args.auth_tokens_file.clone(),
+        insecure: args.insecure,
+    })
 }
 
 fn out_of_range(name: &'static str, reason: String) -> ConfigError {
@@ -479,8 +589,40 @@ mod tests {
         Cli::try_parse_from(argv).expect("parse").serve
     }
 
+    /// A configuration with a cluster secret (the default bind is not loopback).
     fn config(extra: &[&str]) -> Result<NodeConfig, ConfigError> {
-        NodeConfig::from_args(&args(extra))
+        let mut all = vec!["--cluster-secret", "a-test-secret-0123456789"];
+        all.extend_from_slice(extra);
+        NodeConfig::from_args(&args(&all))
+    }
+
+    #[test]
+    fn a_reachable_node_must_protect_its_peers() {
+        let err = NodeConfig::from_args(&args(&[])).expect_err("0.0.0.0 without TLS or secret");
+        assert!(err.to_string().contains("NODE_BIND 0.0.0.0 is reachable"), "{err}");
+        assert!(err.to_string().contains("SINKRON_INSECURE"), "{err}");
+        let c = NodeConfig::from_args(&args(&["--insecure"])).expect("explicitly insecure");
+        assert!(c.security.insecure && c.security.cluster_secret.is_none());
+        let c = NodeConfig::from_args(&args(&["--bind", "127.0.0.1"])).expect("loopback");
+        assert_eq!(c.security, SecuritySettings::default());
+        let c = config(&[]).expect("a secret protects the peers");
+        assert_eq!(c.security.cluster_secret.as_deref(), Some("a-test-secret-0123456789"));
+        let tls = ["--tls-cert-file", "c.pem", "--tls-key-file", "k.pem", "--tls-ca-file", "ca.pem"];
+        let c = NodeConfig::from_args(&args(&tls)).expect("TLS protects the peers");
+        assert_eq!(c.security.tls.map(|t| t.ca), Some(PathBuf::from("ca.pem")));
+        for (extra, want) in [
+            (&tls[..4], "TLS_CA_FILE is needed"),
+            (&tls[..2], "all of TLS_CERT_FILE"),
+            (&tls[4..], "all of TLS_CERT_FILE"),
+            (
+                &["--bind", "127.0.0.1", "--auth-tokens-file", "t"][..],
+                "AUTH_TOKENS_FILE needs TLS or CLUSTER_SECRET",
+            ),
+            (&["--cluster-secret", "has space"][..], "CLUSTER_SECRET must not"),
+        ] {
+            let err = NodeConfig::from_args(&args(extra)).expect_err(want).to_string();
+            assert!(err.contains(want), "{extra:?}: {err}");
+        }
     }
 
     #[test]
@@ -495,7 +637,7 @@ mod tests {
         assert_eq!(c.heartbeat_interval_ms, 1000);
         assert_eq!(c.cache_max_size, 1000);
         assert_eq!(c.lock_default_ttl_ms, 300_000);
-        assert_eq!(c.redis, ("localhost".to_string(), 6379));
+        assert_eq!((c.redis.host.as_str(), c.redis.port, c.redis.tls), ("localhost", 6379, false));
         assert_eq!(c.data_dir, PathBuf::from("data/node1"));
     }
 

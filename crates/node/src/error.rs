@@ -57,6 +57,13 @@ pub enum NodeError {
     /// The request headers are larger than the API takes.
     #[error("{0}")]
     HeadersTooLarge(String),
+    /// The request carries no credentials the node accepts (no or an unknown token, or a
+    /// node-to-node call without the cluster's certificate or secret).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The caller is known but its role does not allow the request.
+    #[error("{0}")]
+    PermissionDenied(String),
     /// A write would grow state beyond a quota (size of a group, number of locks, cache
     /// keys or queues).
     #[error("{0}")]

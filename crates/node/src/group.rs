@@ -300,8 +300,8 @@ async fn open_storage<S: Machine>(
         }
         (StorageBackend::Embedded, None) => anyhow::bail!("the embedded backend has no shared log"),
         (StorageBackend::Redis, _) => {
-            let (host, port) = &config.redis;
-            let mut conn = redis_store::connect(host, *port)
+            let (host, port) = (&config.redis.host, config.redis.port);
+            let mut conn = redis_store::connect(&config.redis)
                 .await
                 .with_context(|| format!("connect to Redis at {host}:{port} (STORAGE_BACKEND=redis)"))?;
             if group == GROUP0 {

@@ -217,18 +217,20 @@ impl Group0 {
         self.peers.applied(&member.addr, index, wait).await
     }
 
-    /// Sends a public API request to the leader and returns its status and body unchanged.
+    /// Sends a public API request to the leader on behalf of `principal` and returns its
+    /// status and body unchanged.
     pub async fn proxy_to_leader(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&serde_json::Value>,
+        principal: Option<&crate::security::Principal>,
     ) -> Result<(u16, Vec<u8>), NodeError> {
         let deadline = Instant::now() + self.request_timeout();
         let Leader::Remote(leader) = self.leader(deadline).await? else {
             return Err(NodeError::Unavailable("leadership moved here while forwarding; retry".into()));
         };
-        self.peers.proxy(&leader, method, path, body, self.request_timeout() * 5).await
+        self.peers.proxy(&leader, method, path, body, principal, self.request_timeout() * 5).await
     }
 
     /// Adds a member: as a learner first (it catches up), then as a voter (joint consensus).
@@ -245,13 +247,77 @@ impl Group0 {
                 )));
             }
         }
+        let known = membership.membership().get_node(&id).is_some();
         let limit = self.request_timeout() * 2;
         let added = timeout(limit, raft.add_learner(id, member.clone(), true)).await;
-        membership_outcome(added, "add the learner")?;
+        if let Err(e) = membership_outcome(added, "add the learner") {
+            self.withdraw_learner(id, known).await;
+            return Err(e);
+        }
+        // Promotion is decided now, at the leader's last index: the learner must have
+        // acknowledged the log up to there. openraft's "caught up" only means within a
+        // bounded distance, which an address that is no real replica can meet.
+        let decided = raft.metrics().borrow().last_log_index.unwrap_or(0);
+        if !self.acknowledged(id, decided, Instant::now() + limit).await {
+            self.withdraw_learner(id, known).await;
+            return Err(NodeError::Unavailable(format!(
+                "{} at {} did not acknowledge the log up to index {decided} within {} ms, so it is not \
+                 made a voter (is it a Sinkron node of this cluster, reachable and started in join mode?)",
+                member.name,
+                member.addr,
+                limit.as_millis()
+            )));
+        }
         // Name only the voter to add, so concurrent changes cannot undo each other.
         let change = ChangeMembers::AddVoterIds(BTreeSet::from([id]));
         let changed = timeout(limit, raft.change_membership(change, false)).await;
         membership_outcome(changed, "promote the learner to voter")
+    }
+
+    /// Whether node `id` has acknowledged (matched) the leader's log up to `index` by
+    /// `deadline`, as the leader's replication metrics show.
+    async fn acknowledged(&self, id: NodeId, index: u64, deadline: Instant) -> bool {
+        let mut metrics = self.raft().metrics();
+        loop {
+            let matched = metrics
+                .borrow()
+                .replication
+                .as_ref()
+                .and_then(|r| r.get(&id).copied().flatten())
+                .map(|log_id| log_id.index);
+            if matched.is_some_and(|m| m >= index) {
+                return true;
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match timeout(remaining, metrics.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return false,
+            }
+        }
+    }
+
+    /// Takes a learner that failed to become a voter out again (unless it was a member
+    /// before this request).
+    async fn withdraw_learner(&self, id: NodeId, known_before: bool) {
+        if known_before {
+            return;
+        }
+        let raft = self.raft();
+        let still_learner = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
+            let membership = m.membership_config.membership();
+            membership.get_node(&id).is_some() && !membership.voter_ids().any(|v| v == id)
+        };
+        if still_learner {
+            let change = ChangeMembers::RemoveNodes(BTreeSet::from([id]));
+            let error = match timeout(self.request_timeout(), raft.change_membership(change, false)).await {
+                Ok(Ok(_)) => return,
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "timed out".to_string(),
+            };
+            tracing::warn!(node = id, %error, "could not withdraw a learner that did not catch up");
+        }
     }
 
     /// Removes a member entirely. Must run on the leader.

@@ -24,6 +24,7 @@ pub mod peers;
 pub mod proposer;
 pub mod queues;
 pub mod quota;
+pub mod security;
 pub mod server;
 pub mod storage;
 pub mod types;

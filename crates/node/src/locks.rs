@@ -34,7 +34,9 @@ enum QueueState {
 fn refusal(name: &str, client_id: &str, r: LockRefusal) -> NodeError {
     match r {
         LockRefusal::NotHeld => NodeError::NotHeld(format!("lock {name:?} is not held")),
-        LockRefusal::NotOwner => NodeError::NotOwner(format!("lock {name:?} is not held by {client_id:?}")),
+        LockRefusal::NotOwner => NodeError::NotOwner(format!(
+            "lock {name:?} is not held by {client_id:?}, or that client id belongs to another principal"
+        )),
         LockRefusal::Limit { what } => NodeError::LimitExceeded(what),
     }
 }
@@ -51,6 +53,7 @@ pub async fn acquire(
     node: &Group0,
     name: &str,
     client_id: &str,
+    owner: Option<&str>,
     mode: LockMode,
     ttl_ms: u64,
     wait_ms: u64,
@@ -60,9 +63,15 @@ pub async fn acquire(
     let changes = node.group().sm.changes();
     // Armed from the start: if the client goes away while we wait (even for the first
     // reply), the request leaves the queue through the log.
-    let mut cancel = CancelOnDrop::new(node, name, client_id, wait_ms > 0);
-    let command =
-        Command::LockAcquire { name: name.into(), client_id: client_id.into(), mode, ttl_ms, wait_ms };
+    let mut cancel = CancelOnDrop::new(node, name, client_id, owner, wait_ms > 0);
+    let command = Command::LockAcquire {
+        name: name.into(),
+        client_id: client_id.into(),
+        mode,
+        ttl_ms,
+        wait_ms,
+        owner: owner.map(str::to_owned),
+    };
     let (reply, index) = node.write_at(command, None).await?;
     let outcome = match reply {
         Response::LockAcquire { outcome } => outcome,
@@ -92,7 +101,7 @@ pub async fn acquire(
             cancel.disarm();
             match granted {
                 Some(grant) => Ok(grant),
-                None => give_up(node, name, client_id, mode, wait_ms).await,
+                None => give_up(node, name, client_id, owner, mode, wait_ms).await,
             }
         }
     }
@@ -131,10 +140,15 @@ async fn give_up(
     node: &Group0,
     name: &str,
     client_id: &str,
+    owner: Option<&str>,
     mode: LockMode,
     wait_ms: u64,
 ) -> Result<Grant, NodeError> {
-    let command = Command::LockCancelWait { name: name.into(), client_id: client_id.into() };
+    let command = Command::LockCancelWait {
+        name: name.into(),
+        client_id: client_id.into(),
+        owner: owner.map(str::to_owned),
+    };
     let (reply, index) = node.write_at(command, None).await?;
     let timed_out = || NodeError::WaitTimeout(format!("lock {name:?} was not granted within {wait_ms} ms"));
     match reply {
@@ -171,11 +185,17 @@ struct CancelOnDrop {
     node: Option<Group0>,
     name: String,
     client_id: String,
+    owner: Option<String>,
 }
 
 impl CancelOnDrop {
-    fn new(node: &Group0, name: &str, client_id: &str, armed: bool) -> Self {
-        Self { node: armed.then(|| node.clone()), name: name.into(), client_id: client_id.into() }
+    fn new(node: &Group0, name: &str, client_id: &str, owner: Option<&str>, armed: bool) -> Self {
+        Self {
+            node: armed.then(|| node.clone()),
+            name: name.into(),
+            client_id: client_id.into(),
+            owner: owner.map(str::to_owned),
+        }
     }
 
     fn disarm(&mut self) {
@@ -189,6 +209,7 @@ impl Drop for CancelOnDrop {
         let command = Command::LockCancelWait {
             name: std::mem::take(&mut self.name),
             client_id: std::mem::take(&mut self.client_id),
+            owner: self.owner.take(),
         };
         tokio::spawn(async move {
             if let Err(e) = node.write(command, None).await {
@@ -199,8 +220,18 @@ impl Drop for CancelOnDrop {
 }
 
 /// Releases `client_id`'s hold of `name`.
-pub async fn release(node: &Group0, name: &str, client_id: &str) -> Result<(), NodeError> {
-    match node.write(Command::LockRelease { name: name.into(), client_id: client_id.into() }, None).await? {
+pub async fn release(
+    node: &Group0,
+    name: &str,
+    client_id: &str,
+    owner: Option<&str>,
+) -> Result<(), NodeError> {
+    let command = Command::LockRelease {
+        name: name.into(),
+        client_id: client_id.into(),
+        owner: owner.map(str::to_owned),
+    };
+    match node.write(command, None).await? {
         Response::LockDone { .. } => Ok(()),
         Response::LockRefused { refusal: r } => Err(refusal(name, client_id, r)),
         other => Err(unexpected(other)),
@@ -212,9 +243,15 @@ pub async fn refresh(
     node: &Group0,
     name: &str,
     client_id: &str,
+    owner: Option<&str>,
     ttl_ms: Option<u64>,
 ) -> Result<Hold, NodeError> {
-    let command = Command::LockRefresh { name: name.into(), client_id: client_id.into(), ttl_ms };
+    let command = Command::LockRefresh {
+        name: name.into(),
+        client_id: client_id.into(),
+        ttl_ms,
+        owner: owner.map(str::to_owned),
+    };
     match node.write(command, None).await? {
         Response::LockDone { hold: Some(hold) } => Ok(hold),
         Response::LockRefused { refusal: r } => Err(refusal(name, client_id, r)),
@@ -226,10 +263,14 @@ pub async fn refresh(
 pub async fn refresh_all(
     node: &Group0,
     client_id: &str,
+    owner: Option<&str>,
     ttl_ms: Option<u64>,
 ) -> Result<Vec<(String, Hold)>, NodeError> {
-    match node.write(Command::LockRefreshAll { client_id: client_id.into(), ttl_ms }, None).await? {
+    let command =
+        Command::LockRefreshAll { client_id: client_id.into(), ttl_ms, owner: owner.map(str::to_owned) };
+    match node.write(command, None).await? {
         Response::LockRefreshedAll { locks } => Ok(locks),
+        Response::LockRefused { refusal: r } => Err(refusal("(every lock)", client_id, r)),
         other => Err(unexpected(other)),
     }
 }

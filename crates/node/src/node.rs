@@ -42,12 +42,17 @@ pub struct Node {
     pub snapshot_chunks: crate::admission::SnapshotChunks,
     /// Quotas on stored state.
     pub quotas: Arc<Quotas>,
+    /// What this node accepts from callers and presents to its peers.
+    pub security: Arc<crate::security::Security>,
 }
 
 impl Node {
     /// Opens storage and starts the Raft groups. The cluster is formed later by
     /// [`Node::bootstrap`], once the HTTP server listens.
-    pub async fn open(config: NodeConfig) -> anyhow::Result<Arc<Self>> {
+    pub async fn open(
+        config: NodeConfig,
+        security: Arc<crate::security::Security>,
+    ) -> anyhow::Result<Arc<Self>> {
         let config = Arc::new(config);
         let source = config
             .listen
@@ -56,7 +61,7 @@ impl Node {
             .filter(|ip| !ip.is_unspecified());
         // Idle pooled connections are dropped well before a peer's server would close them
         // (its idle timeout), so a call never goes out on a connection being closed.
-        let peers = Peers::new(source, Duration::from_millis(config.limits.idle_timeout_ms / 2));
+        let peers = Peers::new(source, Duration::from_millis(config.limits.idle_timeout_ms / 2), &security)?;
         let (service, cache_outbox) = CacheService::new(
             &config.name,
             config.cache_max_size as usize,
@@ -90,6 +95,7 @@ impl Node {
             peers,
             snapshot_chunks: Default::default(),
             quotas,
+            security,
         }))
     }
 

@@ -53,13 +53,13 @@ struct Queued {
 /// The streams of one node to its peers, by address. Cloning gives another handle.
 #[derive(Clone, Debug)]
 pub struct Streams {
-    http: reqwest::Client,
+    http: crate::network::PeerHttp,
     by_addr: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Queued>>>>,
 }
 
 impl Streams {
     /// No streams yet; each starts with the first call to its peer.
-    pub fn new(http: reqwest::Client) -> Self {
+    pub fn new(http: crate::network::PeerHttp) -> Self {
         Self { http, by_addr: Arc::default() }
     }
 
@@ -98,9 +98,10 @@ impl Streams {
 }
 
 /// The stream of one peer: takes what is queued whenever a call slot is free.
-async fn run(addr: String, http: reqwest::Client, mut rx: mpsc::UnboundedReceiver<Queued>) {
+async fn run(addr: String, peer: crate::network::PeerHttp, mut rx: mpsc::UnboundedReceiver<Queued>) {
     let slots = Arc::new(Semaphore::new(STREAM_IN_FLIGHT));
-    let url = format!("http://{addr}/raft/batch");
+    let url = peer.url(&addr, "/raft/batch");
+    let http = peer.client;
     while let Some(first) = rx.recv().await {
         let Ok(slot) = slots.clone().acquire_owned().await else { return };
         let mut bytes = first.call.body.get().len();

@@ -8,14 +8,15 @@ use serde::Serialize;
 use sinkron_core::Request;
 
 use crate::error::NodeError;
-use crate::network::{HttpNetworkFactory, Isolation, PeerRefusals};
+use crate::network::{HttpNetworkFactory, Isolation, PeerHttp, PeerRefusals};
+use crate::security::{guard::forwarded_header, Principal, PRINCIPAL_HEADER};
 use crate::types::{GroupId, Member, GROUP0};
 use crate::wire::{AppliedQuery, ForwardedWrite, LeaseRenewal, PartitionCall, PartitionReply, ReadIndex};
 
 /// This node's calls to its peers. Cheap to clone: every clone shares one connection pool.
 #[derive(Debug, Clone)]
 pub struct Peers {
-    http: reqwest::Client,
+    http: PeerHttp,
     /// Batched Raft calls, one stream per peer.
     streams: crate::peer_stream::Streams,
     /// Fault injection: cut off from the peers while set.
@@ -52,15 +53,19 @@ fn cut_off() -> NodeError {
 
 impl Peers {
     /// Calls go out from `source` (when given) over connections kept at most `pool_idle`.
-    pub fn new(source: Option<std::net::IpAddr>, pool_idle: Duration) -> Self {
-        let http = crate::network::http_client(source, pool_idle);
+    pub fn new(
+        source: Option<std::net::IpAddr>,
+        pool_idle: Duration,
+        security: &crate::security::Security,
+    ) -> anyhow::Result<Self> {
+        let http = crate::network::http_client(source, pool_idle, security)?;
         let isolation = Isolation::default();
-        Self {
+        Ok(Self {
             streams: crate::peer_stream::Streams::new(http.clone()),
             http,
             isolation,
             refusals: PeerRefusals::default(),
-        }
+        })
     }
 
     /// openraft's network for group `group`, sharing this node's pool, cut and refusals.
@@ -79,8 +84,8 @@ impl Peers {
         if self.isolation.is_set() {
             return false;
         }
-        let url = format!("http://{}/v1/cluster", peer.addr);
-        let Ok(resp) = self.http.get(url).timeout(Duration::from_millis(500)).send().await else {
+        let url = self.http.url(&peer.addr, "/v1/cluster");
+        let Ok(resp) = self.http.client.get(url).timeout(Duration::from_millis(500)).send().await else {
             return false;
         };
         let Ok(body) = resp.json::<serde_json::Value>().await else { return false };
@@ -94,8 +99,8 @@ impl Peers {
             return ReadIndex::NotLeader;
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let url = format!("http://{}/raft/{GROUP0}/read-index", leader.addr);
-        match self.http.post(url).timeout(remaining).send().await {
+        let url = self.http.url(&leader.addr, &format!("/raft/{GROUP0}/read-index"));
+        match self.http.client.post(url).timeout(remaining).send().await {
             Ok(resp) if resp.status().is_success() => {
                 resp.json::<ReadIndex>().await.unwrap_or(ReadIndex::NotLeader)
             }
@@ -110,9 +115,9 @@ impl Peers {
             return ReadIndex::NotLeader;
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
-        let url = format!("http://{}/raft/{GROUP0}/cache-lease", leader.addr);
+        let url = self.http.url(&leader.addr, &format!("/raft/{GROUP0}/cache-lease"));
         let body = LeaseRenewal { node: name.to_owned() };
-        match self.http.post(url).json(&body).timeout(remaining).send().await {
+        match self.http.client.post(url).json(&body).timeout(remaining).send().await {
             Ok(resp) if resp.status().is_success() => {
                 resp.json::<ReadIndex>().await.unwrap_or(ReadIndex::NotLeader)
             }
@@ -125,9 +130,9 @@ impl Peers {
         if self.isolation.is_set() {
             return false;
         }
-        let url = format!("http://{addr}/raft/{GROUP0}/applied");
+        let url = self.http.url(addr, &format!("/raft/{GROUP0}/applied"));
         let body = AppliedQuery { index, wait_ms: wait.as_millis() as u64 };
-        matches!(self.http.post(url).json(&body).timeout(wait + Duration::from_millis(200)).send().await,
+        matches!(self.http.client.post(url).json(&body).timeout(wait + Duration::from_millis(200)).send().await,
             Ok(resp) if resp.status().is_success())
     }
 
@@ -136,25 +141,30 @@ impl Peers {
         if self.isolation.is_set() {
             return None;
         }
-        let url = format!("http://{addr}/v1/cache/{}/local", urlencode(key));
-        let resp = self.http.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
+        let url = self.http.url(addr, &format!("/v1/cache/{}/local", urlencode(key)));
+        let resp = self.http.client.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
         let body: serde_json::Value = resp.json().await.ok()?;
         body.get("state").and_then(|s| s.as_str()).map(String::from)
     }
 
-    /// Sends a public API request to `leader` and returns its status and body unchanged.
+    /// Sends a public API request to `leader` on behalf of `principal` and returns its
+    /// status and body unchanged.
     pub async fn proxy(
         &self,
         leader: &Member,
         method: reqwest::Method,
         path: &str,
         body: Option<&serde_json::Value>,
+        principal: Option<&Principal>,
         limit: Duration,
     ) -> Result<(u16, Vec<u8>), NodeError> {
         if self.isolation.is_set() {
             return Err(cut_off());
         }
-        let mut req = self.http.request(method, format!("http://{}{path}", leader.addr)).timeout(limit);
+        let mut req = self.http.client.request(method, self.http.url(&leader.addr, path)).timeout(limit);
+        if let Some(principal) = principal {
+            req = req.header(PRINCIPAL_HEADER, forwarded_header(principal));
+        }
         if let Some(body) = body {
             req = req.json(body);
         }
@@ -177,8 +187,8 @@ impl Peers {
         if self.isolation.is_set() {
             return None;
         }
-        let url = format!("http://{}/raft/{group}/write", leader.addr);
-        let outcomes = match self.http.post(url).json(requests).timeout(limit).send().await {
+        let url = self.http.url(&leader.addr, &format!("/raft/{group}/write"));
+        let outcomes = match self.http.client.post(url).json(requests).timeout(limit).send().await {
             Ok(resp) if resp.status().is_success() => resp.json::<Vec<ForwardedWrite>>().await.ok()?,
             _ => return None,
         };
@@ -200,9 +210,10 @@ impl Peers {
         }
         let remaining = deadline.saturating_duration_since(Instant::now());
         let envelope = Envelope { hops, within_ms: remaining.as_millis() as u64, call };
-        let url = format!("http://{addr}/raft/{group}/queue");
+        let url = self.http.url(addr, &format!("/raft/{group}/queue"));
         let resp = self
             .http
+            .client
             .post(url)
             .json(&envelope)
             .timeout(remaining + Duration::from_millis(200))

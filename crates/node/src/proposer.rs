@@ -167,7 +167,10 @@ where
 async fn propose(raft: &Raft, requests: Vec<Request>, timeout: Duration) -> Vec<ForwardedWrite> {
     let count = requests.len();
     metrics::histogram!("sinkron_proposal_batch_requests").record(count as f64);
-    let entry = Batch { at_ms: now_ms(), requests };
+    // Randomness enters the log like time: drawn here, by the proposing leader, and carried
+    // in the entry, so every replica applies the same values.
+    let seed = requests.iter().any(Request::needs_seed).then(|| sinkron_core::entropy::Seed(rand::random()));
+    let entry = Batch { at_ms: now_ms(), requests, seed };
     match tokio::time::timeout(timeout, raft.client_write(entry)).await {
         Ok(Ok(written)) => {
             let index = written.log_id.index;

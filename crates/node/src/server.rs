@@ -3,7 +3,9 @@
 //! The accept loop is ours (not `axum::serve`) so that every connection is bounded: a cap
 //! on open connections, and each connection wrapped in [`Guarded`], which checks request
 //! heads, their time and size, and idle time between requests before hyper reads them.
-//! Body timeouts are the extractor's (`ApiJson`).
+//! Body timeouts are the extractor's (`ApiJson`). With TLS the loop hands each connection
+//! to rustls first (in the connection's own task, bounded by the header timeout) and
+//! answers a plain-HTTP request with one JSON `400` instead of a handshake error.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -17,8 +19,9 @@ use axum::body::{Body, Bytes, HttpBody};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::Watcher;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
@@ -26,6 +29,8 @@ use crate::config::{ConnectionLimits, NodeConfig};
 use crate::error::NodeError;
 use crate::http_guard::{Activity, Guarded, InFlight, Timeouts};
 use crate::node::Node;
+use crate::security::guard::Connection;
+use crate::security::{is_loopback_bind, Security, Tls};
 
 /// How long requests still running at a stop may take to finish.
 const GRACE: std::time::Duration = std::time::Duration::from_secs(3);
@@ -41,7 +46,9 @@ pub async fn run(
         .with_context(|| format!("bind the HTTP listener on {}", config.listen))?;
     let limits = config.limits;
     let _ = crate::api::error::BODY_TIMEOUT.set(Duration::from_millis(limits.body_timeout_ms));
-    let node = Node::open(config).await?;
+    let security = Arc::new(Security::load(&config.security, &config.name)?);
+    announce_security(&config, &security);
+    let node = Node::open(config, security.clone()).await?;
     tracing::info!(
         node = %node.config.name,
         listen = %node.config.listen,
@@ -57,14 +64,18 @@ pub async fn run(
         tokio::spawn(crate::queues::expiry_duties(node.queues.clone())),
     ];
     let cache_task = node.take_cache_outbox().map(|outbox| tokio::spawn(node.cache.clone().run(outbox)));
+    let reload = security.tokens.clone().map(|tokens| tokio::spawn(reload_tokens_on_sighup(tokens)));
     let app = crate::api::router(node.clone());
+    let tls = security.tls.clone();
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let connections = Arc::new(Semaphore::new(limits.max_connections));
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => serve_connection(tcp, &app, &graceful, &connections, limits),
+                Ok((tcp, remote)) => {
+                    serve_connection(tcp, remote, tls.as_ref(), &app, graceful.watcher(), &connections, limits)
+                }
                 // Out of file descriptors or a connection reset before it was accepted: the
                 // listener itself is fine; a short pause keeps an fd shortage from spinning.
                 Err(e) => {
@@ -87,6 +98,9 @@ pub async fn run(
     if let Some(task) = cache_task {
         task.abort();
     }
+    if let Some(task) = reload {
+        task.abort();
+    }
     node.shutdown().await;
     Ok(())
 }
@@ -95,8 +109,10 @@ pub async fn run(
 /// has `max_connections` open.
 fn serve_connection(
     tcp: TcpStream,
+    remote: std::net::SocketAddr,
+    tls: Option<&Tls>,
     app: &axum::Router,
-    graceful: &GracefulShutdown,
+    watcher: Watcher,
     connections: &Arc<Semaphore>,
     limits: ConnectionLimits,
 ) {
@@ -107,6 +123,61 @@ fn serve_connection(
         tokio::spawn(refuse_connection(tcp, limits.max_connections));
         return;
     };
+    let app = app.clone();
+    let acceptor = tls.map(|t| t.acceptor.clone());
+    tokio::spawn(async move {
+        let plain = Connection { verified_certificate: false, remote: Some(remote) };
+        match acceptor {
+            None => serve_http(tcp, plain, app, watcher, limits).await,
+            Some(acceptor) => {
+                let header_timeout = Duration::from_millis(limits.header_timeout_ms);
+                if let Some(stream) = handshake(tcp, &acceptor, header_timeout).await {
+                    let verified = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                    let connection = Connection { verified_certificate: verified, ..plain };
+                    serve_http(stream, connection, app, watcher, limits).await;
+                }
+            }
+        }
+        drop(permit);
+    });
+}
+
+/// The TLS handshake of a new connection, within `limit`. A client that speaks plain HTTP
+/// to an HTTPS node gets one JSON `400` saying so.
+async fn handshake(
+    tcp: TcpStream,
+    acceptor: &tokio_rustls::TlsAcceptor,
+    limit: Duration,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(limit, tcp.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] != 0x16 => {
+            refuse_plain_http(tcp).await;
+            return None;
+        }
+        Ok(Ok(1)) => {}
+        _ => return None,
+    }
+    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS) until it closes.
+async fn serve_http<I>(
+    io: I,
+    connection: Connection,
+    app: axum::Router,
+    watcher: Watcher,
+    limits: ConnectionLimits,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let mut http = hyper::server::conn::http1::Builder::new();
     // The guard times heads and idle connections; hyper's own timer would close a
     // connection without an answer.
@@ -116,17 +187,13 @@ fn serve_connection(
         header: Duration::from_millis(limits.header_timeout_ms),
         idle: Duration::from_millis(limits.idle_timeout_ms),
     };
-    let io = TokioIo::new(Guarded::new(tcp, timeouts, activity.clone()));
-    let service = Counted { inner: TowerToHyperService::new(app.clone()), activity };
-    let connection = graceful.watch(http.serve_connection(io, service));
-    tokio::spawn(async move {
-        // Errors here are a client's (a reset, a malformed body); the guard has already
-        // answered a bad head.
-        if let Err(e) = connection.await {
-            tracing::debug!(error = %e, "HTTP connection ended with an error");
-        }
-        drop(permit);
-    });
+    let io = TokioIo::new(Guarded::new(io, timeouts, activity.clone()));
+    let service = Counted { inner: TowerToHyperService::new(app), activity, connection };
+    // Errors here are a client's (a reset, a malformed body); the guard has already
+    // answered a bad head.
+    if let Err(e) = watcher.watch(http.serve_connection(io, service)).await {
+        tracing::debug!(error = %e, "HTTP connection ended with an error");
+    }
 }
 
 /// The router as a hyper service that counts each request as in flight on its connection
@@ -135,6 +202,7 @@ fn serve_connection(
 struct Counted<S> {
     inner: S,
     activity: Arc<Activity>,
+    connection: Connection,
 }
 
 type Answer = hyper::Response<CountedBody>;
@@ -152,7 +220,8 @@ where
     type Error = Infallible;
     type Future = Pin<Box<dyn Future<Output = Result<Answer, Infallible>> + Send>>;
 
-    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+    fn call(&self, mut request: hyper::Request<Incoming>) -> Self::Future {
+        request.extensions_mut().insert(self.connection);
         let in_flight = self.activity.begin();
         let answer = self.inner.call(request);
         Box::pin(async move {
@@ -199,4 +268,57 @@ async fn refuse_connection(mut tcp: TcpStream, max_connections: usize) {
         let _ = tcp.shutdown().await;
     })
     .await;
+}
+
+/// Answers a plain-HTTP request on an HTTPS-only node and closes the connection.
+async fn refuse_plain_http(mut tcp: TcpStream) {
+    let answer = NodeError::InvalidArgument(
+        "this node serves HTTPS only (TLS_CERT_FILE is set): use an https:// endpoint".into(),
+    )
+    .to_http1();
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = tcp.write_all(&answer).await;
+        let _ = tcp.shutdown().await;
+    })
+    .await;
+}
+
+/// Logs what protects this node, and loudly what does not.
+fn announce_security(config: &NodeConfig, security: &Security) {
+    let host = config.listen.rsplit_once(':').map_or(config.listen.as_str(), |(host, _)| host);
+    let peers = match (&security.tls, &security.cluster_secret) {
+        (Some(_), _) => "mutual TLS",
+        (None, Some(_)) => "cluster secret",
+        (None, None) => "none",
+    };
+    let clients = security.tokens.as_ref().map(|t| t.current().len());
+    tracing::info!(peers, principals = clients.unwrap_or(0), tokens = clients.is_some(), "security");
+    if config.security.insecure && !security.peers_authenticate() && !is_loopback_bind(host) {
+        tracing::warn!(
+            listen = %config.listen,
+            "SINKRON_INSECURE: node-to-node calls are NOT authenticated on a reachable address; \
+             anyone who reaches this port can act as a node and take the cluster over"
+        );
+    }
+    if clients.is_none() && !is_loopback_bind(host) {
+        tracing::warn!(
+            listen = %config.listen,
+            "no AUTH_TOKENS_FILE: every client that reaches this port may use the whole API, membership included"
+        );
+    }
+}
+
+/// Reads the tokens file again on every SIGHUP; a broken file keeps the previous tokens.
+async fn reload_tokens_on_sighup(tokens: crate::security::TokenStore) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: AUTH_TOKENS_FILE is read only at start");
+        return;
+    };
+    while hangups.recv().await.is_some() {
+        match tokens.reload() {
+            Ok(count) => tracing::info!(principals = count, "AUTH_TOKENS_FILE reloaded"),
+            Err(e) => tracing::error!(error = %e, "AUTH_TOKENS_FILE not reloaded; the previous tokens stay"),
+        }
+    }
 }

@@ -18,7 +18,14 @@ use sinkron_node::types::{StorageError, TypeConfig};
 static NEXT_NAMESPACE: AtomicU64 = AtomicU64::new(0);
 
 async fn open(port: u16, namespace: &str) -> (LogStore, StateMachineStore) {
-    let mut conn = connect("127.0.0.1", port).await.expect("connect to redis");
+    let settings = sinkron_node::config::RedisSettings {
+        host: "127.0.0.1".into(),
+        port,
+        password: None,
+        tls: false,
+        ca_file: None,
+    };
+    let mut conn = connect(&settings).await.expect("connect to redis");
     open_group(&mut conn, Keys::new(namespace, "node1", 0), sinkron_core::Group0State::default())
         .await
         .expect("open the group on redis")
@@ -52,7 +59,7 @@ fn put_entry(term: u64, index: u64) -> Entry<TypeConfig> {
     };
     Entry {
         log_id: log_id(term, 1, index),
-        payload: EntryPayload::Normal(Batch { at_ms: index, requests: vec![request] }),
+        payload: EntryPayload::Normal(Batch { at_ms: index, requests: vec![request], seed: None }),
     }
 }
 

@@ -37,7 +37,7 @@ fn put_entry(term: u64, index: u64) -> Entry<TypeConfig> {
         request_id: None,
         command: Command::KvPut { key: format!("k{index}"), value: index.into() },
     };
-    let batch = Batch { at_ms: index, requests: vec![request] };
+    let batch = Batch { at_ms: index, requests: vec![request], seed: None };
     Entry { log_id: log_id(term, 1, index), payload: EntryPayload::Normal(batch) }
 }
 

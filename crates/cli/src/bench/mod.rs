@@ -67,7 +67,8 @@ pub(super) fn percentile(sorted: &[Duration], p: f64) -> Duration {
 pub(super) async fn connect(endpoints: &str) -> anyhow::Result<Vec<Client>> {
     let endpoints: Vec<&str> = endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
     anyhow::ensure!(!endpoints.is_empty(), "--endpoints is empty");
-    let clients: Vec<Client> = endpoints.iter().map(|e| Client::new(e)).collect();
+    let clients: Vec<Client> =
+        endpoints.iter().map(|e| crate::conn::client(e)).collect::<anyhow::Result<_>>()?;
     for c in &clients {
         wait_ready(c).await?;
     }

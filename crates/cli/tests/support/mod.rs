@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use sinkron_client::{Client, ClusterStatus};
+use sinkron_client::{Client, ClusterStatus, Credentials};
 use tempfile::TempDir;
 
 /// The binary under test.
@@ -84,6 +84,11 @@ pub struct TestCluster {
     pub nodes: Vec<TestNode>,
     pub cluster_addrs: String,
     pub env: Vec<(String, String)>,
+    /// Certificates of a TLS cluster (made by `sinkron certs`): `ca.pem`, `<node>.pem`,
+    /// `<node>-key.pem`. Each node is started with its own.
+    pub certs: Option<PathBuf>,
+    /// What [`TestCluster::client`] presents: the CA of a TLS cluster, an admin token.
+    pub credentials: Credentials,
 }
 
 /// Settings every test node gets: fast elections, bounded waits, quiet logs.
@@ -147,7 +152,47 @@ impl TestCluster {
                 }
             })
             .collect();
-        Self { dir, nodes, cluster_addrs, env }
+        Self { dir, nodes, cluster_addrs, env, certs: None, credentials: Credentials::default() }
+    }
+
+    /// Makes a CA and a certificate per node (with `sinkron certs`); nodes spawned after
+    /// this serve HTTPS with mutual TLS, and [`TestCluster::client`] trusts the CA.
+    pub fn use_tls(&mut self) {
+        let dir = self.dir.path().join("certs");
+        let names: Vec<String> = self.nodes.iter().map(|n| n.name.clone()).collect();
+        make_certs(&dir, &names);
+        self.env.push(("TLS_CA_FILE".to_string(), dir.join("ca.pem").display().to_string()));
+        self.credentials.ca_pem = Some(std::fs::read(dir.join("ca.pem")).expect("read the CA"));
+        self.certs = Some(dir);
+    }
+
+    /// Writes a tokens file of `name:role:token` lines and makes the nodes check tokens;
+    /// [`TestCluster::client`] then uses `client_token`.
+    pub fn use_tokens(&mut self, lines: &str, client_token: &str) -> PathBuf {
+        let path = self.dir.path().join("tokens");
+        std::fs::write(&path, lines).expect("write the tokens file");
+        self.env.push(("AUTH_TOKENS_FILE".into(), path.display().to_string()));
+        self.credentials.token = Some(client_token.to_string());
+        path
+    }
+
+    /// The URL scheme the nodes serve.
+    pub fn scheme(&self) -> &'static str {
+        if self.certs.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
+    /// The base URL of node `i`.
+    pub fn url(&self, i: usize) -> String {
+        format!("{}://{}", self.scheme(), self.nodes[i].addr())
+    }
+
+    /// A client of node `i` with `credentials`.
+    pub fn client_with(&self, i: usize, credentials: &Credentials) -> Client {
+        Client::connect(&self.url(i), Duration::from_secs(20), credentials).expect("client")
     }
 
     /// Starts (or restarts) node `i`.
@@ -166,6 +211,10 @@ impl TestCluster {
             .stderr(log);
         for (k, v) in &self.env {
             cmd.env(k, v);
+        }
+        if let Some(certs) = &self.certs {
+            cmd.env("TLS_CERT_FILE", certs.join(format!("{}.pem", node.name)))
+                .env("TLS_KEY_FILE", certs.join(format!("{}-key.pem", node.name)));
         }
         for (k, v) in extra {
             cmd.env(k, v);
@@ -225,7 +274,7 @@ impl TestCluster {
     }
 
     pub fn client(&self, i: usize) -> Client {
-        Client::with_timeout(&self.nodes[i].addr(), Duration::from_secs(20))
+        self.client_with(i, &self.credentials)
     }
 
     /// Waits until the nodes in `among` agree on one leader in one term; returns its index.
@@ -307,6 +356,18 @@ impl Drop for TestCluster {
             }
         }
     }
+}
+
+/// Runs `sinkron certs` for `names` into `dir`.
+pub fn make_certs(dir: &std::path::Path, names: &[String]) {
+    let out = Command::new(sinkron_bin())
+        .arg("certs")
+        .arg("--dir")
+        .arg(dir)
+        .args(names)
+        .output()
+        .expect("run sinkron certs");
+    assert!(out.status.success(), "sinkron certs: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Retries `f` until it succeeds or `within` passes; returns the last error on timeout.

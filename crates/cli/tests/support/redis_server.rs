@@ -25,8 +25,15 @@ impl RedisServer {
 
     /// Starts `redis-server` on `port` with its files in `dir` (used to restart it).
     pub fn start_on(dir: &Path, port: u16) -> Option<Self> {
+        Self::start_with(dir, &["--port", &port.to_string()], port)
+    }
+
+    /// Starts `redis-server` with `args` (which must make it listen on `port`), its files in
+    /// `dir`: for a TLS port or a password.
+    pub fn start_with(dir: &Path, args: &[&str], port: u16) -> Option<Self> {
         let spawned = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", ""])
+            .args(["--bind", "127.0.0.1", "--save", ""])
+            .args(args)
             .args(["--appendonly", "yes", "--appendfsync", "always", "--protected-mode", "no"])
             .arg("--dir")
             .arg(dir)

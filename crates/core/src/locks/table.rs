@@ -62,6 +62,10 @@ pub struct LockTable {
     last_fence: u64,
     /// The most recent deadlocks, oldest first.
     deadlocks: VecDeque<DeadlockRecord>,
+    /// The principal each client id belongs to while it holds or awaits a lock (only for
+    /// clients that acquired as an authenticated principal).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    owners: BTreeMap<String, String>,
     /// Side effects of the commands applied since the node last drained them.
     #[serde(skip)]
     events: Vec<LockEvent>,
@@ -101,6 +105,31 @@ impl LockTable {
                 l.holders.values().map(|h| h.expires_at_ms).chain(l.waiters.iter().map(|w| w.deadline_ms))
             })
             .min()
+    }
+
+    /// Refuses a command about `client_id` from `owner` when the client id belongs to
+    /// another principal: one that acquired as a principal, or none when `owner` is one.
+    pub fn check_owner(&self, client_id: &str, owner: Option<&str>) -> Result<(), LockRefusal> {
+        if !self.by_client.contains_key(client_id) {
+            return Ok(());
+        }
+        if self.owners.get(client_id).map(String::as_str) == owner {
+            Ok(())
+        } else {
+            Err(LockRefusal::NotOwner)
+        }
+    }
+
+    /// The principal `client_id` belongs to, if it acquired as one.
+    pub fn owner_of(&self, client_id: &str) -> Option<&str> {
+        self.owners.get(client_id).map(String::as_str)
+    }
+
+    /// Records that `client_id` belongs to `owner` while it holds or awaits anything.
+    pub fn record_owner(&mut self, client_id: &str, owner: Option<&str>) {
+        if let (Some(owner), true) = (owner, self.by_client.contains_key(client_id)) {
+            self.owners.insert(client_id.to_string(), owner.to_string());
+        }
     }
 
     /// Acquires `name` for `client_id`. `wait_ms == 0` never queues.
@@ -409,6 +438,7 @@ impl LockTable {
             names.remove(name);
             if names.is_empty() {
                 self.by_client.remove(client_id);
+                self.owners.remove(client_id);
             }
         }
         if self.locks.get(name).is_some_and(Lock::is_idle) {
@@ -446,6 +476,9 @@ impl LockTable {
         }
         if index != self.by_client {
             return Err("the client index does not match the locks".into());
+        }
+        if let Some(client) = self.owners.keys().find(|c| !self.by_client.contains_key(*c)) {
+            return Err(format!("client {client:?} keeps an owner but holds and awaits nothing"));
         }
         for client in self.by_client.keys() {
             if let Some(cycle) = find_cycle(client, |c| self.edges_from(c)) {

@@ -3,6 +3,7 @@
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use sinkron_core::limits::validate_node_name;
@@ -12,6 +13,8 @@ use super::error::{ApiJson, ApiPath as Path, ErrorBody, NodeError};
 use super::AppState;
 use crate::group::role_name;
 use crate::node::Node;
+use crate::security::guard::audit;
+use crate::security::Principal;
 use crate::types::Member;
 
 /// Liveness.
@@ -205,8 +208,10 @@ pub struct MembershipChanged {
     (status = 400, body = ErrorBody), (status = 409, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn add_member(
     State(node): State<AppState>,
+    principal: Option<Extension<Principal>>,
     ApiJson(body): ApiJson<AddMember>,
 ) -> Result<Response, NodeError> {
+    let principal = principal.map(|Extension(p)| p);
     validate_node_name(&body.id)?;
     let addr_ok = body
         .addr
@@ -218,10 +223,20 @@ pub async fn add_member(
     if node.group0.role() != "leader" {
         let value = serde_json::to_value(&body).map_err(|e| NodeError::InvalidArgument(e.to_string()))?;
         return proxied(
-            node.group0.proxy_to_leader(reqwest::Method::POST, "/v1/cluster/members", Some(&value)).await?,
+            node.group0
+                .proxy_to_leader(
+                    reqwest::Method::POST,
+                    "/v1/cluster/members",
+                    Some(&value),
+                    principal.as_ref(),
+                )
+                .await?,
         );
     }
-    node.group0.add_member(Member { name: body.id, addr: body.addr }).await?;
+    let target = format!("{}={}", body.id, body.addr);
+    let added = node.group0.add_member(Member { name: body.id, addr: body.addr }).await;
+    audit(&principal_name(principal.as_ref()), "add member", &target, &outcome(&added));
+    added?;
     Ok(Json(MembershipChanged { members: status_of(&node).await.members }).into_response())
 }
 
@@ -231,18 +246,34 @@ pub async fn add_member(
     responses((status = 200, body = MembershipChanged), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn remove_member(
     State(node): State<AppState>,
+    principal: Option<Extension<Principal>>,
     Path(id): Path<String>,
 ) -> Result<Response, NodeError> {
+    let principal = principal.map(|Extension(p)| p);
     validate_node_name(&id)?;
     if node.group0.role() != "leader" {
+        let path = format!("/v1/cluster/members/{id}");
         return proxied(
-            node.group0
-                .proxy_to_leader(reqwest::Method::DELETE, &format!("/v1/cluster/members/{id}"), None)
-                .await?,
+            node.group0.proxy_to_leader(reqwest::Method::DELETE, &path, None, principal.as_ref()).await?,
         );
     }
-    node.group0.remove_member(&id).await?;
+    let removed = node.group0.remove_member(&id).await;
+    audit(&principal_name(principal.as_ref()), "remove member", &id, &outcome(&removed));
+    removed?;
     Ok(Json(MembershipChanged { members: status_of(&node).await.members }).into_response())
+}
+
+/// The name an audit line gives the caller: its principal, or `anonymous` without tokens.
+pub fn principal_name(principal: Option<&Principal>) -> String {
+    principal.map_or_else(|| "anonymous".to_string(), |p| p.name.clone())
+}
+
+/// An audit line's outcome of `result`.
+pub fn outcome<T>(result: &Result<T, NodeError>) -> String {
+    match result {
+        Ok(_) => "done".into(),
+        Err(e) => format!("failed: {}", e.status_and_code().1),
+    }
 }
 
 fn proxied((status, body): (u16, Vec<u8>)) -> Result<Response, NodeError> {
@@ -293,11 +324,14 @@ pub struct Isolate {
     responses((status = 200, body = Object), (status = 404, body = ErrorBody, description = "fault injection is disabled")))]
 pub async fn isolate(
     State(node): State<AppState>,
+    principal: Option<Extension<Principal>>,
     ApiJson(body): ApiJson<Isolate>,
 ) -> Result<Json<serde_json::Value>, NodeError> {
     if !node.config.fault_injection {
         return Err(NodeError::NotFound("fault injection is disabled (SINKRON_FAULT_INJECTION)".into()));
     }
+    let who = principal_name(principal.as_ref().map(|Extension(p)| p));
+    audit(&who, "isolate", &node.config.name, if body.isolated { "isolated" } else { "reconnected" });
     node.peers.isolation.set(body.isolated);
     tracing::warn!(isolated = body.isolated, "fault injection: peer links switched");
     Ok(Json(serde_json::json!({ "isolated": body.isolated })))

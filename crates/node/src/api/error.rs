@@ -58,6 +58,8 @@ impl NodeError {
             Self::UriTooLong(_) => (StatusCode::URI_TOO_LONG, "uri_too_long"),
             Self::HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"),
             Self::QuotaExceeded(_) => (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded"),
+            Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Self::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
         }
     }
 }
@@ -105,6 +107,9 @@ impl IntoResponse for NodeError {
         let headers = response.headers_mut();
         if retries_later(status) {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"sinkron\""));
         }
         // The body of a request refused for its size or slowness may be partly unread: the
         // connection cannot carry another request, and clients and load balancers must not
@@ -268,6 +273,8 @@ mod tests {
             (NodeError::UriTooLong("x".into()), 414, "uri_too_long"),
             (NodeError::HeadersTooLarge("x".into()), 431, "headers_too_large"),
             (NodeError::QuotaExceeded("x".into()), 507, "quota_exceeded"),
+            (NodeError::Unauthenticated("x".into()), 401, "unauthenticated"),
+            (NodeError::PermissionDenied("x".into()), 403, "permission_denied"),
         ];
         for (error, status, code) in table {
             assert_eq!(error.status_and_code(), (StatusCode::from_u16(status).expect("status"), code));
@@ -278,6 +285,7 @@ mod tests {
                 response.headers().contains_key(header::CONNECTION),
                 [408, 413, 414, 431].contains(&status)
             );
+            assert_eq!(response.headers().contains_key(header::WWW_AUTHENTICATE), status == 401);
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 use sinkron_core::locks::{
     Hold, HolderView, LockMode, WaitEdge, CLIENT_ID_MAX_BYTES, LOCK_NAME_MAX_BYTES, TTL_MAX_MS, WAIT_MAX_MS,
@@ -14,6 +14,8 @@ use super::error::{ApiJson, ApiPath as Path, ApiQuery as Query, ErrorBody, NodeE
 use super::kv::ReadQuery;
 use super::AppState;
 use crate::locks::{self, Grant};
+use crate::security::guard::audit;
+use crate::security::Principal;
 
 /// Names of routes under `/v1/locks/` that cannot also be lock names.
 const RESERVED_NAMES: [&str; 2] = ["wait-for-graph", "refresh-all"];
@@ -234,6 +236,7 @@ fn outcome_label(result: &Result<Acquired, NodeError>) -> &'static str {
         (status = 413, body = ErrorBody), (status = 429, body = ErrorBody, description = "limit_exceeded"), (status = 503, body = ErrorBody)))]
 pub async fn acquire(
     State(node): State<AppState>,
+    principal: Option<Extension<Principal>>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<AcquireBody>,
 ) -> Result<Json<Acquired>, NodeError> {
@@ -251,7 +254,8 @@ pub async fn acquire(
     super::quota::check_group0(&node, super::quota::Growth::Lock(&name))?;
     let _permit = if wait_ms > 0 { Some(node.waiting.lock_wait()?) } else { None };
     let started = Instant::now();
-    let result = locks::acquire(&node.group0, &name, &body.client_id, mode, ttl_ms, wait_ms)
+    let owner = owner_of(&principal);
+    let result = locks::acquire(&node.group0, &name, &body.client_id, owner, mode, ttl_ms, wait_ms)
         .await
         .map(|g| acquired(name, g));
     let op = if wait_ms > 0 { "acquire_wait" } else { "acquire" };
@@ -266,13 +270,14 @@ pub async fn acquire(
         (status = 404, body = ErrorBody, description = "not_held"), (status = 503, body = ErrorBody)))]
 pub async fn release(
     State(node): State<AppState>,
+    principal: Option<Extension<Principal>>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<ClientBody>,
 ) -> Result<Json<Released>, NodeError> {
     validate_name(&name)?;
     validate_client(&body.client_id)?;
     let started = Instant::now();
-    let result = locks::release(&node.group0, &name, &body.client_id).await;
+    let result = locks::release(&node.group0, &name, &body.client_id, owner_of(&principal)).await;
     let outcome = match &result {
         Ok(()) => "released",
         Err(e) => e.status_and_code().1,
@@ -288,13 +293,15 @@ pub async fn release(
     responses((status = 200, body = Refreshed), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn refresh(
     State(node): State<AppState>,
+    principal: Option<Extension<Principal>>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<RefreshBody>,
 ) -> Result<Json<Refreshed>, NodeError> {
     validate_name(&name)?;
     validate_client(&body.client_id)?;
     validate_ttl(body.ttl_ms)?;
-    let hold: Hold = locks::refresh(&node.group0, &name, &body.client_id, body.ttl_ms).await?;
+    let owner = owner_of(&principal);
+    let hold: Hold = locks::refresh(&node.group0, &name, &body.client_id, owner, body.ttl_ms).await?;
     Ok(Json(Refreshed { name, expires_at_ms: hold.expires_at_ms, fence: hold.fence }))
 }
 
@@ -303,11 +310,12 @@ pub async fn refresh(
     responses((status = 200, body = RefreshedAll), (status = 400, body = ErrorBody), (status = 503, body = ErrorBody)))]
 pub async fn refresh_all(
     State(node): State<AppState>,
+    principal: Option<Extension<Principal>>,
     ApiJson(body): ApiJson<RefreshBody>,
 ) -> Result<Json<RefreshedAll>, NodeError> {
     validate_client(&body.client_id)?;
     validate_ttl(body.ttl_ms)?;
-    let locks = locks::refresh_all(&node.group0, &body.client_id, body.ttl_ms).await?;
+    let locks = locks::refresh_all(&node.group0, &body.client_id, owner_of(&principal), body.ttl_ms).await?;
     let locks = locks
         .into_iter()
         .map(|(name, hold)| Refreshed { name, expires_at_ms: hold.expires_at_ms, fence: hold.fence })
@@ -321,11 +329,24 @@ pub async fn refresh_all(
     responses((status = 200, body = Released), (status = 503, body = ErrorBody)))]
 pub async fn force_release(
     State(node): State<AppState>,
+    principal: Option<Extension<Principal>>,
     Path(name): Path<String>,
 ) -> Result<Json<Released>, NodeError> {
     validate_name(&name)?;
-    let former = locks::force_release(&node.group0, &name).await?;
+    let released = locks::force_release(&node.group0, &name).await;
+    let who = super::cluster::principal_name(principal.as_ref().map(|Extension(p)| p));
+    let outcome = match &released {
+        Ok(former) => format!("released {former:?}"),
+        Err(_) => super::cluster::outcome(&released),
+    };
+    audit(&who, "force-release", &name, &outcome);
+    let former = released?;
     Ok(Json(Released { name, released: former }))
+}
+
+/// The principal that lock holds are bound to: the caller's, when tokens are checked.
+fn owner_of(principal: &Option<Extension<Principal>>) -> Option<&str> {
+    principal.as_ref().map(|Extension(p)| p.name.as_str())
 }
 
 fn lock_state(name: &str, lock: Option<&sinkron_core::locks::Lock>) -> LockState {

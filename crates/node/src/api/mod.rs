@@ -57,8 +57,10 @@ struct CommonErrors;
 impl utoipa::Modify for CommonErrors {
     fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
-        let common: [(&str, &str); 9] = [
+        let common: [(&str, &str); 11] = [
             ("400", "invalid_argument: a malformed body, parameter or path"),
+            ("401", "unauthenticated: no or an unknown bearer token (when AUTH_TOKENS_FILE is set)"),
+            ("403", "permission_denied: the token's role does not allow this request"),
             ("404", "not_found"),
             ("409", "conflict: a request_id already used for another request"),
             ("408", "request_timeout: the body did not arrive in time"),
@@ -165,7 +167,9 @@ pub fn router(node: AppState) -> Router {
             NodeError::MethodNotAllowed("this endpoint does not accept that method".into())
         })
         .layer(middleware::from_fn(refuse_peers_while_isolated))
+        .layer(middleware::from_fn(crate::security::guard::authorize))
         .layer(middleware::from_fn(track_http))
+        .layer(axum::Extension(node.security.clone()))
         .layer(axum::Extension(node.peers.isolation.clone()))
         .layer(axum::Extension(node.peers.refusals.clone()))
         .with_state(node)

@@ -39,9 +39,31 @@ use crate::types::{Entry, LogId};
 /// Most operations written in one transaction.
 const BATCH_MAX_OPS: usize = 4096;
 
-/// Connects to Redis at `host:port`, failing after a bounded wait.
-pub async fn connect(host: &str, port: u16) -> io::Result<ConnectionManager> {
-    let client = redis::Client::open(format!("redis://{host}:{port}/")).map_err(redis_error)?;
+/// Connects to the Redis server of `settings` (password and TLS as given), failing after a
+/// bounded wait.
+pub async fn connect(settings: &crate::config::RedisSettings) -> io::Result<ConnectionManager> {
+    let (host, port) = (&settings.host, settings.port);
+    let addr = if settings.tls {
+        redis::ConnectionAddr::TcpTls { host: host.clone(), port, insecure: false, tls_params: None }
+    } else {
+        redis::ConnectionAddr::Tcp(host.clone(), port)
+    };
+    let mut redis_settings = redis::RedisConnectionInfo::default();
+    if let Some(password) = &settings.password {
+        redis_settings = redis_settings.set_password(password.clone());
+    }
+    let info = redis::IntoConnectionInfo::into_connection_info(addr)
+        .map_err(redis_error)?
+        .set_redis_settings(redis_settings);
+    let client = match (&settings.ca_file, settings.tls) {
+        (Some(ca), true) => {
+            let root_cert = std::fs::read(ca)
+                .map_err(|e| redis_error(format!("read REDIS_CA_FILE {}: {e}", ca.display())))?;
+            let certificates = redis::TlsCertificates { client_tls: None, root_cert: Some(root_cert) };
+            redis::Client::build_with_tls(info, certificates).map_err(redis_error)?
+        }
+        _ => redis::Client::open(info).map_err(redis_error)?,
+    };
     let config = redis::aio::ConnectionManagerConfig::new()
         .set_connection_timeout(Some(Duration::from_secs(2)))
         .set_response_timeout(Some(CALL_TIMEOUT))
