@@ -226,6 +226,76 @@ impl Client {
         self.send(self.http.delete(&url), url).await
     }
 
+    /// `PUT /v1/kv/{key}` with a compare-and-set version, a fence or a request id. A
+    /// refused condition is `ClientError::Api` with code `version_mismatch` or `stale_fence`.
+    pub async fn kv_put_with(
+        &self,
+        key: &str,
+        value: serde_json::Value,
+        options: &WriteOptions,
+    ) -> Result<PutResult, ClientError> {
+        let url = format!("{}/v1/kv/{}", self.base, encode(key));
+        let mut body = serde_json::to_value(options).unwrap_or_default();
+        body["value"] = value;
+        self.send(self.http.put(&url).json(&body), url).await
+    }
+
+    /// `DELETE /v1/kv/{key}` with a compare-and-set version, a fence or a request id.
+    pub async fn kv_delete_with(
+        &self,
+        key: &str,
+        options: &WriteOptions,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut url = format!("{}/v1/kv/{}", self.base, encode(key));
+        if let Some(id) = &options.request_id {
+            url.push_str(&format!("?request_id={}", encode(id)));
+        }
+        let body = serde_json::json!({ "if_version": options.if_version, "fence": options.fence });
+        self.send(self.http.delete(&url).json(&body), url).await
+    }
+
+    /// `GET /v1/kv/{key}?wait_version=N&wait_ms=M`: the key once its version is above
+    /// `after` (or it was deleted after it), or after `wait_ms` as it is then.
+    pub async fn kv_get_after(
+        &self,
+        key: &str,
+        after: u64,
+        wait_ms: u64,
+    ) -> Result<Option<KvValue>, ClientError> {
+        let url = format!("{}/v1/kv/{}?wait_version={after}&wait_ms={wait_ms}", self.base, encode(key));
+        let req = self.http.get(&url).timeout(Duration::from_millis(wait_ms) + Duration::from_secs(15));
+        match self.send(req, url).await {
+            Ok(v) => Ok(Some(v)),
+            Err(ClientError::Api { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `GET /v1/watch`: the changes under `prefix` after `from_version` (from now when
+    /// `None`), as a stream of events. The stream has no timeout of its own.
+    pub async fn watch(&self, prefix: &str, from_version: Option<u64>) -> Result<Watch, ClientError> {
+        let mut url = format!("{}/v1/watch?prefix={}", self.base, encode(prefix));
+        if let Some(v) = from_version {
+            url.push_str(&format!("&from_version={v}"));
+        }
+        // A long-lived stream: no per-call timeout (the client's applies to the whole call).
+        let req = self.http.get(&url).timeout(Duration::from_secs(365 * 24 * 3600));
+        let resp = req.send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let bytes = resp.bytes().await.unwrap_or_default();
+            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(body) => ClientError::Api { status, code: body.error, message: body.message },
+                Err(_) => ClientError::Api {
+                    status,
+                    code: "unknown".into(),
+                    message: String::from_utf8_lossy(&bytes).into(),
+                },
+            });
+        }
+        Ok(Watch { resp, buffer: Vec::new(), url })
+    }
+
     /// `POST /v1/locks/{name}/acquire`; waits up to `wait_ms` plus the request timeout.
     pub async fn acquire(&self, name: &str, options: &LockOptions) -> Result<Acquired, ClientError> {
         let url = format!("{}/v1/locks/{}/acquire", self.base, encode(name));
@@ -458,6 +528,40 @@ impl Client {
         let url = format!("{}/metrics", self.base);
         let bytes = self.send_raw(self.http.get(&url), &url).await?;
         String::from_utf8(bytes).map_err(|e| ClientError::Decode { url, reason: e.to_string() })
+    }
+}
+
+/// An open watch: [`Watch::next`] gives one change at a time.
+#[derive(Debug)]
+pub struct Watch {
+    resp: reqwest::Response,
+    buffer: Vec<u8>,
+    url: String,
+}
+
+impl Watch {
+    /// The next change; `Ok(None)` when the node ended the stream (resume with the last
+    /// version seen).
+    pub async fn next(&mut self) -> Result<Option<WatchEvent>, ClientError> {
+        loop {
+            // An event ends at a blank line; its `data:` line carries the JSON.
+            while let Some(end) = self.buffer.windows(2).position(|w| w == b"\n\n") {
+                let block: Vec<u8> = self.buffer.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&block);
+                for line in text.lines() {
+                    if let Some(data) = line.strip_prefix("data:") {
+                        return serde_json::from_str(data.trim_start()).map(Some).map_err(|e| {
+                            ClientError::Decode { url: self.url.clone(), reason: e.to_string() }
+                        });
+                    }
+                }
+            }
+            match self.resp.chunk().await {
+                Ok(Some(chunk)) => self.buffer.extend_from_slice(&chunk),
+                Ok(None) => return Ok(None),
+                Err(source) => return Err(ClientError::Transport { url: self.url.clone(), source }),
+            }
+        }
     }
 }
 

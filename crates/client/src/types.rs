@@ -70,6 +70,44 @@ pub struct PutResult {
     pub version: u64,
 }
 
+/// Conditions and identity of a key-value write.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct WriteOptions {
+    /// Compare-and-set: applies only at this version (0: the key must not exist).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub if_version: Option<u64>,
+    /// Applies only while this lock is held with this fence.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fence: Option<Fence>,
+    /// A retry with the same id applies once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+}
+
+/// A fenced write's condition: the lock and the fencing token of its current hold.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fence {
+    /// The lock.
+    pub lock: String,
+    /// The fencing token.
+    pub token: u64,
+}
+
+/// One change seen by a watch.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    /// The key.
+    pub key: String,
+    /// `put` or `delete`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The new value (puts).
+    #[serde(default)]
+    pub value: Option<serde_json::Value>,
+    /// The revision of the change.
+    pub version: u64,
+}
+
 #[derive(Deserialize)]
 pub(crate) struct ErrorBody {
     pub(crate) error: String,

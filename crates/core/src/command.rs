@@ -60,6 +60,35 @@ impl Request {
     }
 }
 
+/// A fenced write's condition: lock `lock` is held right now, by a hold whose fencing token
+/// is `token` and whose lease has not lapsed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fence {
+    /// The lock's name.
+    pub lock: String,
+    /// The fencing token of the hold.
+    pub token: u64,
+}
+
+/// Why a conditional write of the key-value store was not applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "reason", rename_all = "snake_case")]
+pub enum KvRefusal {
+    /// `if_version` did not match.
+    VersionMismatch {
+        /// The key's current version (0: it does not exist).
+        current: u64,
+    },
+    /// The fence is not that of a current hold of the lock.
+    StaleFence {
+        /// The lock.
+        lock: String,
+        /// The highest fence of the lock's current holds, if it is held.
+        current: Option<u64>,
+    },
+}
+
 /// A state change of group 0 (metadata, locks, cache) or of a queue partition's group.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -70,11 +99,23 @@ pub enum Command {
         key: String,
         /// The new value.
         value: serde_json::Value,
+        /// Compare-and-set: applies only if the key's version is this (0: it must not exist).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_version: Option<u64>,
+        /// Applies only while this lock is held with this fence.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<Fence>,
     },
     /// Removes `key` from the replicated key-value store.
     KvDelete {
         /// The key.
         key: String,
+        /// Compare-and-set: applies only if the key's version is this (0: it must not exist).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        if_version: Option<u64>,
+        /// Applies only while this lock is held with this fence.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<Fence>,
     },
     /// Acquires a lock, or queues for it when `wait_ms > 0`.
     LockAcquire {
@@ -152,6 +193,9 @@ pub enum Command {
     Cache {
         /// The request.
         request: CacheCommand,
+        /// A fenced write: applied only while this lock is held with this fence.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<Fence>,
     },
     /// A change of the queue ring and partition placements (group 0).
     Topology {
@@ -211,12 +255,12 @@ impl Command {
         const OVERHEAD: usize = 64;
         OVERHEAD
             + match self {
-                Self::KvPut { key, value } => key.len() + size(value),
+                Self::KvPut { key, value, .. } => key.len() + size(value),
                 Self::QueueSend { queue, key, body } => {
                     queue.len() + key.as_ref().map_or(0, String::len) + size(body)
                 }
                 Self::LockAcquire { name, client_id, .. } => name.len() + client_id.len(),
-                Self::Cache { request } => match request {
+                Self::Cache { request, .. } => match request {
                     CacheCommand::Put { key, value, .. } => key.len() + size(value),
                     CacheCommand::GetM { key, value: Some(value), .. }
                     | CacheCommand::WriteBack { key, value: Some(value), .. }
@@ -272,6 +316,11 @@ pub enum Response {
     KvDelete {
         /// Whether the key existed before.
         existed: bool,
+    },
+    /// A conditional put or delete was not applied.
+    KvRefused {
+        /// Why.
+        refusal: KvRefusal,
     },
     /// Outcome of a lock acquire.
     LockAcquire {

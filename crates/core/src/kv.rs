@@ -19,6 +19,18 @@ pub struct KvEntry {
     pub written_at_ms: u64,
 }
 
+/// A change of the key-value store, in the order applied: what watches and blocking reads
+/// follow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KvEvent {
+    /// The key.
+    pub key: String,
+    /// The new value; `None` for a delete.
+    pub value: Option<serde_json::Value>,
+    /// The revision of the change.
+    pub version: u64,
+}
+
 /// The key-value map. `BTreeMap` keeps iteration, and so snapshots, deterministic.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct KvStore {

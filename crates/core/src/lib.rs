@@ -25,7 +25,7 @@ pub mod ring;
 pub mod state;
 pub mod topology;
 
-pub use command::{Batch, Command, Request, Response};
+pub use command::{Batch, Command, Fence, KvRefusal, Request, Response};
 pub use error::CoreError;
 pub use partition::PartitionMachine;
 pub use state::Group0State;

@@ -206,7 +206,10 @@ mod tests {
     #[test]
     fn group_zero_commands_are_rejected() {
         let mut m = PartitionMachine::new(0);
-        let got = m.apply_entry(1, &entry(1, vec![(None, Command::KvDelete { key: "k".into() })]));
+        let got = m.apply_entry(
+            1,
+            &entry(1, vec![(None, Command::KvDelete { key: "k".into(), if_version: None, fence: None })]),
+        );
         assert!(matches!(&got[0], Response::Rejected { .. }));
     }
 }

@@ -11,9 +11,9 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheEvent, Directory};
-use crate::command::{Batch, Command, Request, Response};
+use crate::command::{Batch, Command, Fence, KvRefusal, Request, Response};
 use crate::dedup::Dedup;
-use crate::kv::KvStore;
+use crate::kv::{KvEvent, KvStore};
 use crate::locks::LockTable;
 use crate::topology::Topology;
 
@@ -44,6 +44,9 @@ pub struct Group0State {
     /// Cache events of the commands applied since the node last drained them.
     #[serde(skip)]
     cache_events: Vec<CacheEvent>,
+    /// Key-value changes not yet taken by the node (watches, blocking reads).
+    #[serde(skip)]
+    kv_events: Vec<KvEvent>,
     /// Replies to recent client request ids, for exactly-once application of retries.
     dedup: Dedup,
 }
@@ -78,11 +81,28 @@ impl Group0State {
 
     fn dispatch(&mut self, index: u64, term: u64, command: &Command) -> Response {
         match command {
-            Command::KvPut { key, value } => Response::KvPut {
-                version: self.kv.put(key.clone(), value.clone(), self.revision, self.clock_ms),
-            },
-            Command::KvDelete { key } => Response::KvDelete { existed: self.kv.delete(key) },
-            Command::Cache { request } => {
+            Command::KvPut { key, value, if_version, fence } => {
+                if let Err(refusal) = self.check_write(key, *if_version, fence.as_ref()) {
+                    return Response::KvRefused { refusal };
+                }
+                let version = self.kv.put(key.clone(), value.clone(), self.revision, self.clock_ms);
+                self.kv_events.push(KvEvent { key: key.clone(), value: Some(value.clone()), version });
+                Response::KvPut { version }
+            }
+            Command::KvDelete { key, if_version, fence } => {
+                if let Err(refusal) = self.check_write(key, *if_version, fence.as_ref()) {
+                    return Response::KvRefused { refusal };
+                }
+                let existed = self.kv.delete(key);
+                if existed {
+                    self.kv_events.push(KvEvent { key: key.clone(), value: None, version: self.revision });
+                }
+                Response::KvDelete { existed }
+            }
+            Command::Cache { request, fence } => {
+                if let Some(refusal) = fence.as_ref().and_then(|f| self.check_fence(f).err()) {
+                    return Response::KvRefused { refusal };
+                }
                 let (reply, events) = self.cache.apply(index, request);
                 self.cache_events.extend(events);
                 Response::Cache { reply }
@@ -95,6 +115,47 @@ impl Group0State {
             }
             lock => self.dispatch_lock(term, lock),
         }
+    }
+
+    /// The conditions of a key-value write: its compare-and-set version and its fence.
+    fn check_write(
+        &self,
+        key: &str,
+        if_version: Option<u64>,
+        fence: Option<&Fence>,
+    ) -> Result<(), KvRefusal> {
+        if let Some(expected) = if_version {
+            let current = self.kv.get(key).map_or(0, |e| e.version);
+            if current != expected {
+                return Err(KvRefusal::VersionMismatch { current });
+            }
+        }
+        match fence {
+            Some(fence) => self.check_fence(fence),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether `fence` is the fencing token of a current hold of its lock: one that the
+    /// table lists and whose lease has not lapsed by this state machine's clock (a lapsed
+    /// hold counts as gone even before the leader's expiry removes it).
+    pub fn check_fence(&self, fence: &Fence) -> Result<(), KvRefusal> {
+        let now = self.clock_ms;
+        let holds: Vec<&crate::locks::Hold> = self
+            .locks
+            .get(&fence.lock)
+            .map(|l| l.holders.values().filter(|h| h.expires_at_ms > now).collect())
+            .unwrap_or_default();
+        if holds.iter().any(|h| h.fence == fence.token) {
+            return Ok(());
+        }
+        let current = holds.iter().map(|h| h.fence).max();
+        Err(KvRefusal::StaleFence { lock: fence.lock.clone(), current })
+    }
+
+    /// The key-value changes applied since the node last took them.
+    pub fn drain_kv_events(&mut self) -> Vec<KvEvent> {
+        std::mem::take(&mut self.kv_events)
     }
 
     fn dispatch_lock(&mut self, term: u64, command: &Command) -> Response {
@@ -192,7 +253,7 @@ mod tests {
     }
 
     fn put(key: &str, value: serde_json::Value) -> Command {
-        Command::KvPut { key: key.into(), value }
+        Command::KvPut { key: key.into(), value, if_version: None, fence: None }
     }
 
     #[test]
@@ -200,8 +261,14 @@ mod tests {
         let cases: Vec<(Command, Response)> = vec![
             (put("a", json!(1)), Response::KvPut { version: 1 }),
             (put("a", json!(2)), Response::KvPut { version: 2 }),
-            (Command::KvDelete { key: "a".into() }, Response::KvDelete { existed: true }),
-            (Command::KvDelete { key: "a".into() }, Response::KvDelete { existed: false }),
+            (
+                Command::KvDelete { key: "a".into(), if_version: None, fence: None },
+                Response::KvDelete { existed: true },
+            ),
+            (
+                Command::KvDelete { key: "a".into(), if_version: None, fence: None },
+                Response::KvDelete { existed: false },
+            ),
         ];
         let mut state = Group0State::default();
         for (i, (command, expected)) in cases.into_iter().enumerate() {
@@ -267,6 +334,74 @@ mod tests {
             ),
         );
         assert!(matches!(&refused[0], Response::LockRefused { .. }));
+        state.check_invariants().expect("invariants");
+    }
+
+    #[test]
+    fn compare_and_set_and_fences_are_checked_in_log_order() {
+        use crate::locks::LockMode;
+        let mut state = Group0State::default();
+        let mut index = 0;
+        let mut apply = |state: &mut Group0State, at_ms: u64, command: Command| {
+            index += 1;
+            state.apply_batch(index, &batch(at_ms, vec![req(None, command)])).remove(0)
+        };
+        let put = |value: u64, if_version: Option<u64>, fence: Option<Fence>| Command::KvPut {
+            key: "k".into(),
+            value: json!(value),
+            if_version,
+            fence,
+        };
+        let mismatch = |current| Response::KvRefused { refusal: KvRefusal::VersionMismatch { current } };
+        // 0 means "must not exist".
+        assert_eq!(apply(&mut state, 1_000, put(1, Some(0), None)), Response::KvPut { version: 1 });
+        assert_eq!(apply(&mut state, 1_000, put(2, Some(0), None)), mismatch(1));
+        assert_eq!(apply(&mut state, 1_000, put(3, Some(1), None)), Response::KvPut { version: 3 });
+        assert_eq!(apply(&mut state, 1_000, put(4, Some(1), None)), mismatch(3), "the loser of a race");
+        let delete =
+            |if_version| Command::KvDelete { key: "k".into(), if_version: Some(if_version), fence: None };
+        assert_eq!(apply(&mut state, 1_000, delete(1)), mismatch(3));
+        assert_eq!(apply(&mut state, 1_000, delete(3)), Response::KvDelete { existed: true });
+        let events = state.drain_kv_events();
+        let versions: Vec<(u64, bool)> = events.iter().map(|e| (e.version, e.value.is_some())).collect();
+        assert_eq!(versions, vec![(1, true), (3, true), (6, false)], "refused writes leave no event");
+
+        // A fence is good while its hold is current: not after the lease lapsed, nor once
+        // another client holds the lock.
+        let acquire = |client: &str| Command::LockAcquire {
+            name: "l".into(),
+            client_id: client.into(),
+            mode: LockMode::Exclusive,
+            ttl_ms: 100,
+            wait_ms: 0,
+            owner: None,
+        };
+        let fence_of = |reply: Response| match reply {
+            Response::LockAcquire { outcome: crate::locks::AcquireOutcome::Granted { hold, .. } } => {
+                hold.fence
+            }
+            other => panic!("not granted: {other:?}"),
+        };
+        let first = fence_of(apply(&mut state, 2_000, acquire("a")));
+        let fenced = |token| Some(Fence { lock: "l".into(), token });
+        assert!(matches!(apply(&mut state, 2_050, put(5, None, fenced(first))), Response::KvPut { .. }));
+        let stale =
+            |current| Response::KvRefused { refusal: KvRefusal::StaleFence { lock: "l".into(), current } };
+        assert_eq!(
+            apply(&mut state, 2_100, put(6, None, fenced(first))),
+            stale(None),
+            "the lease lapsed at 2_100"
+        );
+        assert_eq!(apply(&mut state, 2_400, Command::LockExpire), Response::LockExpired { removed: 1 });
+        let second = fence_of(apply(&mut state, 2_400, acquire("b")));
+        assert_eq!(apply(&mut state, 2_410, put(7, None, fenced(first))), stale(Some(second)));
+        assert!(matches!(apply(&mut state, 2_420, put(8, None, fenced(second))), Response::KvPut { .. }));
+        let unknown = Some(Fence { lock: "other".into(), token: second });
+        assert_eq!(
+            apply(&mut state, 2_430, put(9, None, unknown)),
+            Response::KvRefused { refusal: KvRefusal::StaleFence { lock: "other".into(), current: None } }
+        );
+        assert_eq!(state.kv.get("k").map(|e| e.value.clone()), Some(json!(8)));
         state.check_invariants().expect("invariants");
     }
 
@@ -345,7 +480,8 @@ mod tests {
         use crate::cache::{CacheCommand, CacheEvent, CacheReply};
         let mut state = Group0State::default();
         let put = CacheCommand::Put { key: "k".into(), node: "n1".into(), value: json!(5), token: 0 };
-        let replies = state.apply_batch(1, &batch(1, vec![req(None, Command::Cache { request: put })]));
+        let replies =
+            state.apply_batch(1, &batch(1, vec![req(None, Command::Cache { request: put, fence: None })]));
         assert!(matches!(&replies[0], Response::Cache { reply: CacheReply::Stored { version: 1, .. } }));
         let events = state.drain_cache_events();
         assert!(matches!(&events[..], [CacheEvent::Grant { node, .. }] if node == "n1"));
@@ -407,7 +543,7 @@ mod tests {
     #[test]
     fn the_dedup_window_keeps_no_cache_values() {
         use crate::cache::{CacheCommand, CacheReply};
-        let cache = |request| Command::Cache { request };
+        let cache = |request| Command::Cache { request, fence: None };
         let big = json!("v".repeat(60_000));
         let mut state = Group0State::default();
         let owned = req(
@@ -456,7 +592,7 @@ mod tests {
         let key = prop::sample::select(vec!["a", "b", "c"]);
         let cmd = prop_oneof![
             (key.clone(), any::<i32>()).prop_map(|(k, v)| put(k, json!(v))),
-            key.prop_map(|k| Command::KvDelete { key: k.into() }),
+            key.prop_map(|k| Command::KvDelete { key: k.into(), if_version: None, fence: None }),
         ];
         (prop::option::of(0u8..20), cmd)
             .prop_map(|(id, command)| req(id.map(|n| format!("r{n}")).as_deref(), command))

@@ -22,6 +22,8 @@ pub struct Waiting {
     long_polls_max: usize,
     lock_waiters: Arc<Semaphore>,
     lock_waiters_max: usize,
+    watches: Arc<Semaphore>,
+    watches_max: usize,
 }
 
 impl Waiting {
@@ -32,7 +34,20 @@ impl Waiting {
             long_polls_max: limits.long_polls_max,
             lock_waiters: Arc::new(Semaphore::new(limits.lock_waiters_max)),
             lock_waiters_max: limits.lock_waiters_max,
+            watches: Arc::new(Semaphore::new(limits.watches_max)),
+            watches_max: limits.watches_max,
         }
+    }
+
+    /// A permit for one open watch stream or blocking read, held until it ends.
+    pub fn watch(&self) -> Result<OwnedSemaphorePermit, NodeError> {
+        self.watches.clone().try_acquire_owned().map_err(|_| {
+            NodeError::LimitExceeded(format!(
+                "this node already has {} watches and blocking reads open (WATCHES_MAX); retry \
+                 later or on another node",
+                self.watches_max
+            ))
+        })
     }
 
     /// A permit for one long-polling receive, held until it answers.
@@ -147,6 +162,7 @@ mod tests {
             max_connections: 16,
             long_polls_max: 2,
             lock_waiters_max: 1,
+            watches_max: 1,
         };
         let waiting = Waiting::new(&limits);
         let first = waiting.long_poll().expect("first");
@@ -157,5 +173,9 @@ mod tests {
         assert!(waiting.long_poll().is_ok(), "a finished wait frees its permit");
         let _lock = waiting.lock_wait().expect("lock");
         assert!(waiting.lock_wait().is_err());
+        let watch = waiting.watch().expect("watch");
+        assert!(waiting.watch().is_err(), "WATCHES_MAX");
+        drop(watch);
+        assert!(waiting.watch().is_ok());
     }
 }

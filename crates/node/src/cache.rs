@@ -149,7 +149,7 @@ impl CacheService {
 }
 
 fn cache_command(request: CacheCommand) -> Command {
-    Command::Cache { request }
+    Command::Cache { request, fence: None }
 }
 
 fn joining() -> NodeError {
@@ -249,13 +249,22 @@ impl Cache {
     }
 
     /// Writes `key`. Returns this node's line afterwards.
-    pub async fn put(&self, key: &str, value: serde_json::Value, durable: bool) -> Result<Line, NodeError> {
+    ///
+    /// A `fence` makes the write durable and conditional: it is stored only while the
+    /// fence's lock is held with that fence (checked in the log), else `stale_fence`.
+    pub async fn put(
+        &self,
+        key: &str,
+        value: serde_json::Value,
+        durable: bool,
+        fence: Option<sinkron_core::Fence>,
+    ) -> Result<Line, NodeError> {
         let cache = &self.service;
         if !cache.is_live() {
             return Err(joining());
         }
         let deadline = Instant::now() + self.group0.request_timeout();
-        let write_through = durable || cache.policy == WritePolicy::WriteThrough;
+        let write_through = durable || fence.is_some() || cache.policy == WritePolicy::WriteThrough;
         // A local write (to an M or E line) needs the line's barrier confirmed: until every
         // other member applied the entry that took their copies, one of them may still serve
         // an older value after this write was acknowledged.
@@ -267,7 +276,7 @@ impl Cache {
         // Through the log: the write is pending (hidden on this node) until it completes.
         let ticket = cache.agent().begin_write(key, new_token());
         let result = if write_through {
-            self.put_through(key, value, ticket.token(), deadline).await
+            self.put_through(key, value, ticket.token(), fence, deadline).await
         } else {
             self.put_with_ownership(key, value, &ticket, deadline).await
         };
@@ -281,10 +290,14 @@ impl Cache {
         key: &str,
         value: serde_json::Value,
         token: u64,
+        fence: Option<sinkron_core::Fence>,
         deadline: Instant,
     ) -> Result<Line, NodeError> {
         let request = CacheCommand::Put { key: key.into(), node: self.service.name.clone(), value, token };
-        let (reply, index) = self.group0.write_at(cache_command(request), None).await?;
+        let (reply, index) = self.group0.write_at(Command::Cache { request, fence }, None).await?;
+        if let Response::KvRefused { refusal } = reply {
+            return Err(NodeError::refused(key, refusal));
+        }
         self.group0.wait_applied(index, deadline).await?;
         let Response::Cache { reply: CacheReply::Stored { version, .. } } = reply else {
             return Err(NodeError::Unavailable(format!("unexpected reply {reply:?}")));

@@ -126,6 +126,13 @@ pub struct ServeArgs {
     /// Most lock acquires waiting at once on this node (`wait_ms` > 0); then `429`.
     #[arg(long, env = "LOCK_WAITERS_MAX", default_value_t = 512)]
     pub lock_waiters_max: usize,
+    /// Most watch streams and blocking reads open at once on this node; then `429`.
+    #[arg(long, env = "WATCHES_MAX", default_value_t = 256)]
+    pub watches_max: usize,
+    /// Key-value changes each node keeps for watches that resume from a version; older
+    /// ones answer `410 compacted`.
+    #[arg(long, env = "WATCH_HISTORY", default_value_t = crate::kv_feed::HISTORY_DEFAULT)]
+    pub watch_history: usize,
     /// Largest state of one Raft group (group 0, each queue partition), in bytes; writes
     /// that grow a full group answer `507 quota_exceeded`.
     #[arg(long, env = "QUOTA_BYTES", default_value_t = 2 * 1024 * 1024 * 1024)]
@@ -217,6 +224,8 @@ pub struct ConnectionLimits {
     pub long_polls_max: usize,
     /// Most waiting lock acquires.
     pub lock_waiters_max: usize,
+    /// Most open watches and blocking reads.
+    pub watches_max: usize,
 }
 
 /// When a cache write reaches the backing store.
@@ -334,6 +343,7 @@ pub struct NodeConfig {
     /// Quotas on stored state.
     pub quotas: QuotaSettings,
     pub security: SecuritySettings,
+    pub watch_history: usize,
 }
 
 impl NodeConfig {
@@ -421,6 +431,8 @@ impl NodeConfig {
             ("HTTP_MAX_CONNECTIONS", args.http_max_connections, 16, 1_000_000),
             ("QUEUE_LONG_POLLS_MAX", args.queue_long_polls_max, 1, 1_000_000),
             ("LOCK_WAITERS_MAX", args.lock_waiters_max, 1, 1_000_000),
+            ("WATCHES_MAX", args.watches_max, 1, 1_000_000),
+            ("WATCH_HISTORY", args.watch_history, 1, 10_000_000),
         ] {
             if !(min..=max).contains(&value) {
                 return Err(out_of_range(name, format!("must be {min} to {max}, got {value}")));
@@ -466,7 +478,9 @@ impl NodeConfig {
                 max_connections: args.http_max_connections,
                 long_polls_max: args.queue_long_polls_max,
                 lock_waiters_max: args.lock_waiters_max,
+                watches_max: args.watches_max,
             },
+            watch_history: args.watch_history,
             quotas: QuotaSettings {
                 bytes: args.quota_bytes,
                 locks: args.quota_locks,

@@ -57,6 +57,17 @@ pub enum NodeError {
     /// The request headers are larger than the API takes.
     #[error("{0}")]
     HeadersTooLarge(String),
+    /// A compare-and-set found another version; with the key's current one (0: absent).
+    #[error("{0}")]
+    VersionMismatch(String, u64),
+    /// A fenced write's fence is not that of a current hold; with the lock's current
+    /// fence, if it is held.
+    #[error("{0}")]
+    StaleFence(String, Option<u64>),
+    /// A watch asked for history that is no longer kept; with the oldest version it may
+    /// resume from.
+    #[error("{0}")]
+    Compacted(String, u64),
     /// The request carries no credentials the node accepts (no or an unknown token, or a
     /// node-to-node call without the cluster's certificate or secret).
     #[error("{0}")]
@@ -90,6 +101,27 @@ fn cycle_text(cycle: &[WaitEdge]) -> String {
         .map(|e| format!("{} waits for {} on {}", e.client_id, e.waits_for, e.lock))
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+impl NodeError {
+    /// The answer to a refused conditional write of `key`.
+    pub fn refused(key: &str, refusal: sinkron_core::KvRefusal) -> Self {
+        match refusal {
+            sinkron_core::KvRefusal::VersionMismatch { current } => Self::VersionMismatch(
+                format!("key {key:?} is at version {current}, not the one given (if_version)"),
+                current,
+            ),
+            sinkron_core::KvRefusal::StaleFence { lock, current } => Self::StaleFence(
+                match current {
+                    Some(fence) => {
+                        format!("lock {lock:?} is held with fence {fence}: the given fence is stale")
+                    }
+                    None => format!("lock {lock:?} is not held: the given fence is stale"),
+                },
+                current,
+            ),
+        }
+    }
 }
 
 impl From<CoreError> for NodeError {

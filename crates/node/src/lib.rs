@@ -15,6 +15,7 @@ pub mod error;
 pub mod group;
 pub mod group0;
 pub mod http_guard;
+pub mod kv_feed;
 pub mod locks;
 pub mod metrics;
 pub mod network;

@@ -81,6 +81,7 @@ impl Node {
             .await
             .context("start Raft group 0")?;
         spawn_leader_watch(&group.raft);
+        group.sm.kv_feed().set_capacity(config.watch_history);
         let group0 = Group0::new(group, peers.clone(), &config.name);
         let q = config.quotas;
         let quotas = Arc::new(Quotas::new(q.bytes, q.locks, q.cache_keys, q.queues));

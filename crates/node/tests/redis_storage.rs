@@ -55,7 +55,12 @@ fn redis_store_passes_openraft_suite() -> Result<(), StorageError> {
 fn put_entry(term: u64, index: u64) -> Entry<TypeConfig> {
     let request = Request {
         request_id: None,
-        command: Command::KvPut { key: format!("k{index}"), value: index.into() },
+        command: Command::KvPut {
+            key: format!("k{index}"),
+            value: index.into(),
+            if_version: None,
+            fence: None,
+        },
     };
     Entry {
         log_id: log_id(term, 1, index),

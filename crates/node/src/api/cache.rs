@@ -34,6 +34,9 @@ pub struct CachePut {
     /// Commit to the backing store before answering (write-through for this write).
     #[serde(default)]
     pub durable: bool,
+    /// A fenced write (always durable): stored only while the lock is held with this
+    /// fence; otherwise `409 stale_fence`.
+    pub fence: Option<super::kv::FenceBody>,
 }
 
 /// Result of a cache write.
@@ -141,7 +144,8 @@ pub async fn put(
         )));
     }
     super::quota::check_group0(&node, super::quota::Growth::CacheKey(&key))?;
-    let line = node.cache.put(&key, body.value, body.durable).await?;
+    let fence = body.fence.map(super::kv::FenceBody::checked).transpose()?;
+    let line = node.cache.put(&key, body.value, body.durable, fence).await?;
     Ok(Json(CacheWritten { key, state: state_name(Some(line.state)).into(), version: line.version }))
 }
 

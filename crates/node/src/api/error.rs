@@ -35,6 +35,15 @@ pub struct ErrorBody {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Vec<Object>>)]
     pub holders: Option<Vec<HolderView>>,
+    /// With `version_mismatch`: the key's current version (0: it does not exist).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_version: Option<u64>,
+    /// With `stale_fence`: the lock's current fence (absent when nobody holds it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_fence: Option<u64>,
+    /// With `compacted`: the oldest version a watch may resume from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_version: Option<u64>,
 }
 
 impl NodeError {
@@ -59,6 +68,9 @@ impl NodeError {
             Self::HeadersTooLarge(_) => (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, "headers_too_large"),
             Self::QuotaExceeded(_) => (StatusCode::INSUFFICIENT_STORAGE, "quota_exceeded"),
             Self::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            Self::VersionMismatch(..) => (StatusCode::CONFLICT, "version_mismatch"),
+            Self::StaleFence(..) => (StatusCode::CONFLICT, "stale_fence"),
+            Self::Compacted(..) => (StatusCode::GONE, "compacted"),
             Self::PermissionDenied(_) => (StatusCode::FORBIDDEN, "permission_denied"),
         }
     }
@@ -91,7 +103,24 @@ impl NodeError {
             Self::LockConflict(holders) => (None, Some(holders.clone())),
             _ => (None, None),
         };
-        ErrorBody { error: self.status_and_code().1.to_string(), message: self.to_string(), cycle, holders }
+        ErrorBody {
+            error: self.status_and_code().1.to_string(),
+            message: self.to_string(),
+            cycle,
+            holders,
+            current_version: match self {
+                Self::VersionMismatch(_, current) => Some(*current),
+                _ => None,
+            },
+            current_fence: match self {
+                Self::StaleFence(_, current) => *current,
+                _ => None,
+            },
+            oldest_version: match self {
+                Self::Compacted(_, oldest) => Some(*oldest),
+                _ => None,
+            },
+        }
     }
 }
 
@@ -275,6 +304,9 @@ mod tests {
             (NodeError::QuotaExceeded("x".into()), 507, "quota_exceeded"),
             (NodeError::Unauthenticated("x".into()), 401, "unauthenticated"),
             (NodeError::PermissionDenied("x".into()), 403, "permission_denied"),
+            (NodeError::VersionMismatch("x".into(), 3), 409, "version_mismatch"),
+            (NodeError::StaleFence("x".into(), Some(4)), 409, "stale_fence"),
+            (NodeError::Compacted("x".into(), 9), 410, "compacted"),
         ];
         for (error, status, code) in table {
             assert_eq!(error.status_and_code(), (StatusCode::from_u16(status).expect("status"), code));

@@ -175,7 +175,7 @@ pub struct WaitForGraph {
     pub deadlocks: Vec<sinkron_core::locks::DeadlockRecord>,
 }
 
-fn validate_name(name: &str) -> Result<(), NodeError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), NodeError> {
     if name.is_empty() {
         return Err(NodeError::InvalidArgument("name: must not be empty".into()));
     }

@@ -12,6 +12,7 @@ pub mod locks;
 pub mod queues;
 pub mod quota;
 pub mod raft;
+pub mod watch;
 
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -113,6 +114,7 @@ fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(cluster::add_member))
         .routes(routes!(cluster::remove_member))
         .routes(routes!(kv::kv_get, kv::kv_put, kv::kv_delete))
+        .routes(routes!(watch::watch))
         .routes(routes!(locks::acquire))
         .routes(routes!(locks::release))
         .routes(routes!(locks::refresh))

@@ -37,6 +37,10 @@ pub trait Machine: Default + Serialize + DeserializeOwned + Send + Sync + 'stati
     fn drain_effects(&mut self) -> Effects {
         Effects::default()
     }
+    /// The revision of the key-value store (group 0); where a watch's history starts.
+    fn kv_revision(&self) -> u64 {
+        0
+    }
 }
 
 /// Side effects of applied entries that the node acts on.
@@ -46,6 +50,8 @@ pub struct Effects {
     pub lock_events: Vec<LockEvent>,
     /// Cache events (group 0).
     pub cache_events: Vec<CacheEvent>,
+    /// Key-value changes (group 0).
+    pub kv_events: Vec<sinkron_core::kv::KvEvent>,
 }
 
 impl Machine for Group0State {
@@ -65,7 +71,15 @@ impl Machine for Group0State {
     }
 
     fn drain_effects(&mut self) -> Effects {
-        Effects { lock_events: self.locks.drain_events(), cache_events: self.drain_cache_events() }
+        Effects {
+            lock_events: self.locks.drain_events(),
+            cache_events: self.drain_cache_events(),
+            kv_events: self.drain_kv_events(),
+        }
+    }
+
+    fn kv_revision(&self) -> u64 {
+        self.revision
     }
 }
 
@@ -115,6 +129,8 @@ struct Shared<S> {
     snapshots: SnapshotStore,
     snapshot_seq: AtomicU64,
     usage: crate::quota::Usage,
+    /// The key-value changes applied here (group 0's watches; empty elsewhere).
+    kv_feed: crate::kv_feed::KvFeed,
 }
 
 /// The state machine together with what openraft needs to know about it.
@@ -172,7 +188,9 @@ impl<S: Machine> StateMachineStore<S> {
             applied.last_applied = meta.last_log_id;
             applied.last_membership = meta.last_membership;
         }
+        let kv_feed = crate::kv_feed::KvFeed::new(applied.state.kv_revision());
         let shared = Shared {
+            kv_feed,
             data: RwLock::new(applied),
             cache_hook: std::sync::OnceLock::new(),
             changes: watch::Sender::new(0),
@@ -191,6 +209,11 @@ impl<S: Machine> StateMachineStore<S> {
     /// Read access to the applied state.
     pub fn read(&self) -> RwLockReadGuard<'_, Applied<S>> {
         self.shared.data.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The key-value changes this group applied (watches and blocking reads).
+    pub fn kv_feed(&self) -> &crate::kv_feed::KvFeed {
+        &self.shared.kv_feed
     }
 
     /// Installs the receiver of cache events (once, before Raft starts applying).
@@ -340,7 +363,10 @@ impl<S: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
             }
             replies.push(reply);
         }
-        let Effects { lock_events, cache_events } = applied.state.drain_effects();
+        let Effects { lock_events, cache_events, kv_events } = applied.state.drain_effects();
+        // Published before the lock is let go: a reader that sees this state and then
+        // subscribes finds these changes in the feed's window, not missing.
+        self.shared.kv_feed.publish(kv_events);
         drop(applied);
         // Lines change before the apply is reported, so "applied index N" also means
         // "this node's lines reflect entry N" (what a writer's invalidation wait relies on).
@@ -376,6 +402,7 @@ impl<S: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         applied.state = state;
         applied.last_applied = meta.last_log_id;
         applied.last_membership = meta.last_membership.clone();
+        self.shared.kv_feed.reset(applied.state.kv_revision());
         drop(applied);
         self.shared.changes.send_modify(|e| *e = e.wrapping_add(1));
         if let Some(hook) = self.shared.cache_hook.get() {
@@ -403,7 +430,7 @@ fn log_revocations(index: u64, batch: &Batch, replies: &[Response]) {
         return;
     }
     for (request, reply) in batch.requests.iter().zip(replies) {
-        let (Command::Cache { request: CacheCommand::Revoke { node, token } }, Response::Cache { reply }) =
+        let (Command::Cache { request: CacheCommand::Revoke { node, token }, .. }, Response::Cache { reply }) =
             (&request.command, reply)
         else {
             continue;
