@@ -4,7 +4,9 @@
 //!   overlap while the service promised one of them exclusivity (from the grant's answer to
 //!   the earlier of its release and its lease end); and the fenced resource never turned down
 //!   a write whose lease was still promised (that would mean a newer token was handed out
-//!   during the promise).
+//!   during the promise). Puts that carried a fence to Sinkron itself were never applied
+//!   with a stale fence: a lock's fences never go down in the order applied, and no put
+//!   was applied after a newer grant was answered.
 //! - Cache: every key is a linearizable register ([`crate::linearizability`]).
 //! - Queues: every acknowledged send is delivered at least once, nothing is delivered that
 //!   was never sent; duplicates are counted, not forbidden (at-least-once).
@@ -122,13 +124,59 @@ pub fn locks(ops: &[Op], writes: &[FencedWrite], started_unix_ms: u64) -> Report
             ));
         }
     }
+    let (applied, refused) = check_fenced_puts(ops, &holds, &mut report);
     report.notes.push(format!(
-        "{} grants, {} fenced writes ({} refused as stale)",
+        "{} grants, {} fenced writes ({} refused as stale); {applied} fenced puts applied, {refused} refused by Sinkron",
         holds.len(),
         writes.len(),
         writes.iter().filter(|w| !w.accepted).count()
     ));
     report
+}
+
+/// Sinkron's own fence check: of the puts that carried a fence, none that was applied may
+/// have been stale. In the order applied (their versions), a lock's fences never go down;
+/// and no put was applied whose fence was superseded by a grant answered before the put
+/// was sent. Returns how many were applied and refused.
+fn check_fenced_puts(ops: &[Op], holds: &[Hold], report: &mut Report) -> (usize, usize) {
+    let mut applied: BTreeMap<String, Vec<(u64, u64, usize, u64)>> = BTreeMap::new();
+    let mut refused = 0;
+    for op in ops.iter().filter(|o| o.f == "fenced_put") {
+        let lock = op.input["name"].as_str().unwrap_or_default().to_string();
+        let fence = op.input["fence"].as_u64().unwrap_or(0);
+        match &op.outcome {
+            Outcome::Ok { value } => {
+                let version = value["version"].as_u64().unwrap_or(0);
+                applied.entry(lock).or_default().push((version, fence, op.process, op.invoked_us));
+            }
+            Outcome::Fail { .. } => refused += 1,
+            Outcome::Info { .. } => {}
+        }
+    }
+    let mut count = 0;
+    for (lock, puts) in &mut applied {
+        puts.sort();
+        count += puts.len();
+        for pair in puts.windows(2) {
+            let ((v1, f1, p1, _), (v2, f2, p2, _)) = (pair[0], pair[1]);
+            if f2 < f1 {
+                report.violations.push(format!(
+                    "{lock}: c{p2}'s put with fence {f2} was applied at version {v2}, after c{p1}'s with fence {f1} at version {v1}: a stale fence was accepted"
+                ));
+            }
+        }
+        for &(version, fence, process, invoked_us) in puts.iter() {
+            let newer =
+                holds.iter().find(|h| h.lock == *lock && h.fence > fence && h.granted_us < invoked_us);
+            if let Some(h) = newer {
+                report.violations.push(format!(
+                    "{lock}: c{process}'s put with fence {fence} was applied (version {version}) although fence {} was granted to c{} before the put was sent",
+                    h.fence, h.process
+                ));
+            }
+        }
+    }
+    (count, refused)
 }
 
 /// Checks a cache history: each key must be a linearizable register.

@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use serde_json::json;
-use sinkron_client::{Client, ClientError, LockOptions, ReceiveOptions};
+use sinkron_client::{Client, ClientError, Fence, LockOptions, ReceiveOptions, WriteOptions};
 
 use crate::history::{outcome_of, History, Op, Outcome};
 
@@ -210,6 +210,9 @@ impl FencedResource {
     }
 }
 
+/// How long a stalling lock holder waits before writing: past its 1.5 s lease.
+const STALL_MS: u64 = 1_800;
+
 /// Locks: each process takes one of two locks (mostly exclusive, sometimes shared) through
 /// a node of its own, writes to the guarded resource with its fence, and releases.
 pub async fn locks(env: Env, process: usize, resource: FencedResource) {
@@ -231,7 +234,21 @@ pub async fn locks(env: Env, process: usize, resource: FencedResource) {
         match env.record(process, node, "acquire", input.clone(), client.acquire(&name, &options)).await {
             Ok(grant) => {
                 if !shared {
+                    // Now and then a holder stalls past its lease (as a paused process
+                    // would) before it writes: its fence must then be refused.
+                    if rng.gen_bool(0.1) {
+                        tokio::time::sleep(Duration::from_millis(STALL_MS)).await;
+                    }
                     resource.write(&name, process, grant.fence, grant.expires_at_ms);
+                    // The same write through Sinkron's own fence check, which the checker
+                    // holds to: nothing with a stale fence is ever applied.
+                    let fence = Fence { lock: name.clone(), token: grant.fence };
+                    let options = WriteOptions { fence: Some(fence), ..Default::default() };
+                    let input = json!({ "name": name, "fence": grant.fence });
+                    let value = json!({ "by": process, "fence": grant.fence });
+                    let key = format!("guarded-{name}");
+                    let put = client.kv_put_with(&key, value, &options);
+                    let _ = env.record(process, node, "fenced_put", input, put).await;
                 }
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(0..80))).await;
             }
