@@ -30,7 +30,7 @@ impl Conditions {
 }
 
 /// Parses `LOCK:TOKEN` (the lock name may itself contain colons).
-fn parse_fence(text: &str) -> Result<Fence, String> {
+pub(crate) fn parse_fence(text: &str) -> Result<Fence, String> {
     let (lock, token) = text.rsplit_once(':').ok_or("expected LOCK:TOKEN")?;
     let token = token.parse().map_err(|_| format!("the fence token {token:?} is not a number"))?;
     if lock.is_empty() {

@@ -22,6 +22,9 @@ enum QueueCommand {
         /// Ordering key (messages with one key keep their order); default: the queue name.
         #[arg(long)]
         key: Option<String>,
+        /// Send only while LOCK is held with fence TOKEN, as `LOCK:TOKEN`.
+        #[arg(long, value_parser = crate::kv::parse_fence)]
+        fence: Option<sinkron_client::Fence>,
     },
     /// Receive messages; each stays hidden for the visibility timeout unless acked.
     Receive {
@@ -77,9 +80,13 @@ pub struct RingArgs {
 pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
     let client = crate::conn::client(&args.endpoint)?;
     let shown = match args.command {
-        QueueCommand::Send { queue, body, key } => {
+        QueueCommand::Send { queue, body, key, fence } => {
             let body = serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body));
-            serde_json::to_value(client.queue_send(&queue, body, key.as_deref()).await?)?
+            let sent = match &fence {
+                Some(fence) => client.queue_send_fenced(&queue, body, key.as_deref(), fence).await?,
+                None => client.queue_send(&queue, body, key.as_deref()).await?,
+            };
+            serde_json::to_value(sent)?
         }
         QueueCommand::Receive { queue, max, visibility_ms, wait_ms, ack } => {
             let options =

@@ -205,8 +205,16 @@ async fn fenced_writes_are_refused_after_a_lease_expiry_and_a_leader_failover() 
         |token| WriteOptions { fence: Some(Fence { lock: "job".into(), token }), ..Default::default() };
     let first = client.acquire("job", &hold("worker-a", 600)).await.expect("acquire").fence;
     client.kv_put_with("result", json!("a"), &fenced(first)).await.expect("the holder writes");
-    // The lease lapses: the same fence is refused, and the value stays.
-    tokio::time::sleep(Duration::from_millis(900)).await;
+    // The lease lapses (a leader that just took office extends leases once, so wait until
+    // the leader has expired it): the same fence is refused, and the value stays.
+    eventually(FORM, || async {
+        let state = client.lock_status("job").await?;
+        match state["holders"].as_array().map(Vec::len) {
+            Some(0) => Ok(()),
+            _ => Err(ClientError::Config(format!("still held: {state}"))),
+        }
+    })
+    .await;
     assert_eq!(code(client.kv_put_with("result", json!("a-late"), &fenced(first)).await), "stale_fence");
     let successor = hold("worker-b", 60_000);
     let second = eventually(FORM, || client.acquire("job", &successor)).await.fence;
@@ -230,6 +238,11 @@ async fn fenced_writes_are_refused_after_a_lease_expiry_and_a_leader_failover() 
         .expect("answer");
     assert_eq!(cache.status().as_u16(), 409);
     assert_eq!(code(client.kv_delete_with("result", &fenced(first)).await), "stale_fence");
+    // A queue send too: the stale fence is refused, the current one stored.
+    let stale = Fence { lock: "job".into(), token: first };
+    assert_eq!(code(client.queue_send_fenced("jobs", json!("late"), None, &stale).await), "stale_fence");
+    let current_fence = Fence { lock: "job".into(), token: second };
+    eventually(FORM, || client.queue_send_fenced("jobs", json!("b"), None, &current_fence)).await;
 
     // The leader dies; under the next one the old fence is still stale, the current one good.
     cluster.kill(leader);

@@ -440,6 +440,19 @@ impl Client {
         self.post(&format!("/v1/queues/{}/messages", encode(queue)), &req).await
     }
 
+    /// A fenced send: stored only while `fence`'s lock is held with it (and no send with a
+    /// newer fence of the lock reached the partition); else `stale_fence`.
+    pub async fn queue_send_fenced(
+        &self,
+        queue: &str,
+        body: serde_json::Value,
+        key: Option<&str>,
+        fence: &Fence,
+    ) -> Result<SentMessage, ClientError> {
+        let req = serde_json::json!({ "body": body, "key": key, "fence": fence });
+        self.post(&format!("/v1/queues/{}/messages", encode(queue)), &req).await
+    }
+
     /// Like [`Client::queue_send`] with a `request_id`: a retry with the same id is stored once.
     pub async fn queue_send_idempotent(
         &self,

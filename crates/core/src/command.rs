@@ -211,6 +211,10 @@ pub enum Command {
         key: Option<String>,
         /// Message body.
         body: serde_json::Value,
+        /// A fenced send: the node checked that the lock is held with this fence, and the
+        /// partition refuses a fence below the highest it has accepted for that lock.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        fence: Option<Fence>,
     },
     /// Delivers up to `max` ready messages, hidden for `visibility_ms` (partition groups).
     QueueReceive {
@@ -256,7 +260,7 @@ impl Command {
         OVERHEAD
             + match self {
                 Self::KvPut { key, value, .. } => key.len() + size(value),
-                Self::QueueSend { queue, key, body } => {
+                Self::QueueSend { queue, key, body, .. } => {
                     queue.len() + key.as_ref().map_or(0, String::len) + size(body)
                 }
                 Self::LockAcquire { name, client_id, .. } => name.len() + client_id.len(),

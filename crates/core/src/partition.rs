@@ -95,9 +95,15 @@ impl PartitionMachine {
             Err(refusal) => Response::QueueRefused { refusal },
         };
         match command {
-            Command::QueueSend { queue, key, body } => {
-                match self.state.send(queue, key.as_deref(), body.clone(), now) {
-                    Ok(id) => Response::QueueSent { id },
+            Command::QueueSend { queue, key, body, fence } => {
+                let checked = fence.as_ref().map_or(Ok(()), |f| self.state.check_fence(f));
+                match checked.and_then(|()| self.state.send(queue, key.as_deref(), body.clone(), now)) {
+                    Ok(id) => {
+                        if let Some(fence) = fence {
+                            self.state.accept_fence(fence);
+                        }
+                        Response::QueueSent { id }
+                    }
                     Err(refusal) => Response::QueueRefused { refusal },
                 }
             }
@@ -132,7 +138,7 @@ mod tests {
     }
 
     fn send(body: serde_json::Value) -> Command {
-        Command::QueueSend { queue: "q".into(), key: None, body }
+        Command::QueueSend { queue: "q".into(), key: None, body, fence: None }
     }
 
     #[test]
@@ -154,6 +160,27 @@ mod tests {
         let Response::QueueReceived { messages: left } = &after_ack[0] else { panic!("{after_ack:?}") };
         assert_eq!(left.len(), 1, "an acked delivery is over and not answered again");
         assert_eq!(left[0].body, json!(2));
+    }
+
+    #[test]
+    fn a_fenced_send_below_an_accepted_fence_is_refused() {
+        let mut m = PartitionMachine::new(0);
+        let fenced = |token: u64| Command::QueueSend {
+            queue: "q".into(),
+            key: None,
+            body: json!(token),
+            fence: Some(crate::command::Fence { lock: "l".into(), token }),
+        };
+        let got = m.apply_entry(1, &entry(1, vec![(None, fenced(5)), (None, fenced(7)), (None, fenced(6))]));
+        assert!(matches!(got[0], Response::QueueSent { .. }) && matches!(got[1], Response::QueueSent { .. }));
+        assert_eq!(
+            got[2],
+            Response::QueueRefused { refusal: QueueRefusal::StaleFence { lock: "l".into(), current: 7 } },
+            "the successor (7) already sent: the older holder (6) may not"
+        );
+        let again = m.apply_entry(2, &entry(2, vec![(None, fenced(7)), (None, send(json!("unfenced")))]));
+        assert!(again.iter().all(|r| matches!(r, Response::QueueSent { .. })), "{again:?}");
+        m.check_invariants().expect("invariants");
     }
 
     #[test]

@@ -120,6 +120,13 @@ pub enum QueueRefusal {
     Full,
     /// The receipt is unknown or no longer valid (acked, or redelivered after its deadline).
     StaleReceipt,
+    /// A fenced send's fence is below one this partition already accepted for the lock.
+    StaleFence {
+        /// The lock.
+        lock: String,
+        /// The highest fence accepted for it.
+        current: u64,
+    },
 }
 
 /// The state of one partition.
@@ -129,6 +136,10 @@ pub struct PartitionState {
     pub partition: u32,
     queues: BTreeMap<String, QueueState>,
     next_seq: u64,
+    /// The highest fence of each lock that a fenced send was accepted with: an older holder
+    /// can never send after its successor did.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    fences: BTreeMap<String, u64>,
 }
 
 impl PartitionState {
@@ -175,6 +186,22 @@ impl PartitionState {
             visible_at_ms: now_ms,
         });
         Ok(id)
+    }
+
+    /// Refuses a fenced send whose fence is below the highest accepted for its lock.
+    pub fn check_fence(&self, fence: &crate::command::Fence) -> Result<(), QueueRefusal> {
+        match self.fences.get(&fence.lock) {
+            Some(&current) if fence.token < current => {
+                Err(QueueRefusal::StaleFence { lock: fence.lock.clone(), current })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Records that a send with `fence` was accepted.
+    pub fn accept_fence(&mut self, fence: &crate::command::Fence) {
+        let highest = self.fences.entry(fence.lock.clone()).or_default();
+        *highest = (*highest).max(fence.token);
     }
 
     /// Delivers up to `max` visible messages, oldest first, hidden for `visibility_ms`.

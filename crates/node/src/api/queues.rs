@@ -31,6 +31,11 @@ pub struct SendBody {
     /// stored once and answered with the first reply.
     #[serde(default)]
     pub request_id: Option<String>,
+    /// A fenced send: accepted only while the lock is held with this fence, and never after
+    /// a send with a newer fence of the lock reached the same partition; otherwise
+    /// `409 stale_fence`.
+    #[serde(default)]
+    pub fence: Option<super::kv::FenceBody>,
 }
 
 /// Body of a receive.
@@ -233,7 +238,8 @@ pub async fn send(
     Path(queue): Path<String>,
     ApiJson(body): ApiJson<SendBody>,
 ) -> Result<(StatusCode, Json<Sent>), NodeError> {
-    let sent = node.queues.send(&queue, body.key, body.body, body.request_id).await?;
+    let fence = body.fence.map(super::kv::FenceBody::checked).transpose()?;
+    let sent = node.queues.send(&queue, body.key, body.body, body.request_id, fence).await?;
     Ok((StatusCode::CREATED, Json(sent)))
 }
 
@@ -293,6 +299,11 @@ pub async fn send_batch(
         )));
     }
     sinkron_core::limits::validate_queue_name(&queue)?;
+    if body.messages.iter().any(|m| m.fence.is_some()) {
+        return Err(NodeError::InvalidArgument(
+            "messages: a fence is taken by single sends only (POST /v1/queues/{queue}/messages)".into(),
+        ));
+    }
     let messages = body.messages.into_iter().map(|m| (m.key, m.body, m.request_id)).collect();
     let outcomes = node.queues.send_many(&queue, messages).await;
     let messages = outcomes

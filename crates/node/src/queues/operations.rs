@@ -29,6 +29,7 @@ impl Queues {
         key: Option<String>,
         body: serde_json::Value,
         request_id: Option<String>,
+        fence: Option<sinkron_core::Fence>,
     ) -> Result<Sent, NodeError> {
         validate_queue_name(queue)?;
         validate_message(key.as_deref(), &body)?;
@@ -37,10 +38,25 @@ impl Queues {
         }
         let settings = self.queue_settings()?;
         let partition = partition_of(queue, key.as_deref(), settings.partitions);
-        let command = Command::QueueSend { queue: queue.to_string(), key, body };
+        if let Some(fence) = &fence {
+            self.check_fence_now(fence).await?;
+        }
+        let command = Command::QueueSend { queue: queue.to_string(), key, body, fence };
         let request = Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), command };
         let response = self.partition_write(partition, request).await?;
         self.sent_or_refused(queue, partition, response)
+    }
+
+    /// A fenced send's first check, in group 0: the lock is held with this fence now (after
+    /// a read barrier). The partition then refuses the fence if a newer one of the lock
+    /// already sent there, so an older holder never sends after its successor did.
+    async fn check_fence_now(&self, fence: &sinkron_core::Fence) -> Result<(), NodeError> {
+        self.group0.read_barrier().await?;
+        let refusal = self.group0.group().sm.read().state.check_fence(fence).err();
+        match refusal {
+            Some(refusal) => Err(NodeError::refused("(queue send)", refusal)),
+            None => Ok(()),
+        }
     }
 
     /// The answer to a send from the partition's reply.
@@ -54,6 +70,14 @@ impl Queues {
                 "queue {queue:?} holds {} messages in partition {partition}; receive and ack some first",
                 sinkron_core::queue::QUEUE_DEPTH_MAX
             ))),
+            Response::QueueRefused { refusal: QueueRefusal::StaleFence { lock, current } } => {
+                Err(NodeError::StaleFence(
+                    format!(
+                        "a send with a newer fence ({current}) of lock {lock:?} was already accepted in partition {partition}: the given fence is stale"
+                    ),
+                    Some(current),
+                ))
+            }
             Response::Rejected { reason } => Err(NodeError::Conflict(reason)),
             other => Err(unexpected(other)),
         }
@@ -198,7 +222,7 @@ impl Queues {
                 continue;
             }
             let partition = partition_of(queue, key.as_deref(), settings.partitions);
-            let command = Command::QueueSend { queue: queue.to_string(), key, body };
+            let command = Command::QueueSend { queue: queue.to_string(), key, body, fence: None };
             let request = Request { request_id: Some(request_id.unwrap_or_else(new_request_id)), command };
             by_partition.entry(partition).or_default().push((i, request));
         }
