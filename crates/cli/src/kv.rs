@@ -97,7 +97,7 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
             say!("{} = version {}", put.key, put.version);
         }
         KvCommand::Del { key, conditions } => {
-            say!("{}", client.kv_delete_with(&key, &conditions.options()).await?)
+            say!("{}", serde_json::to_string(&client.kv_delete_with(&key, &conditions.options()).await?)?)
         }
         KvCommand::Watch { prefix, from_version } => watch(&args.endpoint, &prefix, from_version).await?,
     }

@@ -262,3 +262,27 @@ async fn fenced_writes_are_refused_after_a_lease_expiry_and_a_leader_failover() 
     assert_eq!(value.value, json!("b2"));
     let _: &Client = &survivor;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_client_fails_over_and_retries_writes_once() {
+    let mut cluster = TestCluster::start(3, &[]);
+    let leader = cluster.wait_leader(&cluster.all(), FORM).await;
+    let dead = format!("127.0.0.1:{}", support::free_port());
+    let first = (leader + 1) % 3;
+    let endpoints = [dead.clone(), cluster.nodes[first].addr(), cluster.nodes[(leader + 2) % 3].addr()];
+    let endpoints: Vec<&str> = endpoints.iter().map(String::as_str).collect();
+    let client =
+        Client::connect_many(&endpoints, Duration::from_secs(20), &Default::default()).expect("client");
+    // The first endpoint refuses connections: the call goes on to the next.
+    let put = client.kv_put("fo", json!(1)).await.expect("put past a dead endpoint");
+    // The node in use dies: the next call moves on again, and every write applies once.
+    cluster.kill(first);
+    let mut versions = vec![put.version];
+    for i in 2..=10 {
+        versions.push(client.kv_put("fo", json!(i)).await.expect("put after a kill").version);
+    }
+    assert!(versions.windows(2).all(|w| w[0] < w[1]), "{versions:?}");
+    let got = client.kv_get("fo").await.expect("read").expect("present");
+    assert_eq!((got.value, got.version), (json!(10), *versions.last().expect("some")));
+    assert!(client.kv_delete("fo").await.expect("delete").existed);
+}

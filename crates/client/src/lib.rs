@@ -71,17 +71,39 @@ pub struct Credentials {
     pub ca_pem: Option<Vec<u8>>,
 }
 
+/// Points `url` at the scheme, host and port of `base`.
+fn rebase(url: &mut reqwest::Url, base: &reqwest::Url) {
+    let _ = url.set_scheme(base.scheme());
+    let _ = url.set_host(base.host_str());
+    let _ = url.set_port(base.port_or_known_default());
+}
+
 fn base_url(endpoint: &str) -> String {
     let base = if endpoint.contains("://") { endpoint.to_string() } else { format!("http://{endpoint}") };
     base.trim_end_matches('/').to_string()
 }
 
-/// A client of one node. Any node serves every endpoint.
+/// A client of one node, or of several with failover ([`Client::connect_many`]). Any node
+/// serves every endpoint.
 #[derive(Debug, Clone)]
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// With more than one endpoint: the nodes to fail over between, and which one is
+    /// used now.
+    failover: Option<Arc<Failover>>,
 }
+
+/// The endpoints of a cluster client and how long it keeps retrying one call.
+#[derive(Debug)]
+struct Failover {
+    bases: Vec<reqwest::Url>,
+    current: std::sync::atomic::AtomicUsize,
+    within: Duration,
+}
+
+/// Longest pause a retry honours from `Retry-After`.
+const RETRY_PAUSE_MAX: Duration = Duration::from_secs(2);
 
 impl Client {
     /// A client of the node at `endpoint` (`http://host:port` or `host:port`), with a
@@ -92,8 +114,11 @@ impl Client {
 
     /// Like [`Client::new`] with another per-call timeout.
     pub fn with_timeout(endpoint: &str, timeout: Duration) -> Self {
-        Self::connect(endpoint, timeout, &Credentials::default())
-            .unwrap_or_else(|_| Self { base: base_url(endpoint), http: reqwest::Client::new() })
+        Self::connect(endpoint, timeout, &Credentials::default()).unwrap_or_else(|_| Self {
+            base: base_url(endpoint),
+            http: reqwest::Client::new(),
+            failover: None,
+        })
     }
 
     /// A client of the node at `endpoint` (`host:port`, `http://host:port` or
@@ -127,7 +152,34 @@ impl Client {
         }
         let http =
             builder.build().map_err(|e| ClientError::Config(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self { base: base_url(endpoint), http })
+        Ok(Self { base: base_url(endpoint), http, failover: None })
+    }
+
+    /// A client of a whole cluster: each call goes to the endpoint in use and moves on to
+    /// the next when a node cannot be reached; a `503` is retried after its `Retry-After`
+    /// (at most 2 s), on the next endpoint, until `timeout` has passed. A retry sends the
+    /// very same request, so a write with a `request_id` (the key-value and queue writes
+    /// of this client always carry one) applies once.
+    pub fn connect_many(
+        endpoints: &[&str],
+        timeout: Duration,
+        credentials: &Credentials,
+    ) -> Result<Self, ClientError> {
+        let first = endpoints.first().ok_or_else(|| ClientError::Config("no endpoints".into()))?;
+        let mut client = Self::connect(first, timeout, credentials)?;
+        let bases = endpoints
+            .iter()
+            .map(|e| {
+                reqwest::Url::parse(&base_url(e))
+                    .map_err(|err| ClientError::Config(format!("endpoint {e:?}: {err}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        client.failover = Some(Arc::new(Failover {
+            bases,
+            current: std::sync::atomic::AtomicUsize::new(0),
+            within: timeout,
+        }));
+        Ok(client)
     }
 
     /// The endpoint this client talks to.
@@ -147,7 +199,10 @@ impl Client {
     /// Sends `req` and returns the body of a success, or the server's error.
     async fn send_raw(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Vec<u8>, ClientError> {
         let transport = |source| ClientError::Transport { url: url.to_string(), source };
-        let resp = req.send().await.map_err(transport)?;
+        let resp = match &self.failover {
+            None => req.send().await.map_err(transport)?,
+            Some(failover) => self.send_with_failover(req, failover).await.map_err(transport)?,
+        };
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(transport)?;
         if !status.is_success() {
@@ -163,6 +218,53 @@ impl Client {
             });
         }
         Ok(bytes.to_vec())
+    }
+
+    /// Sends `req` to the endpoint in use, moving to the next one when a node cannot be
+    /// reached or answers `503`, until the failover window has passed.
+    async fn send_with_failover(
+        &self,
+        req: reqwest::RequestBuilder,
+        failover: &Failover,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        use std::sync::atomic::Ordering;
+        let request = req.build()?;
+        let deadline = std::time::Instant::now() + failover.within;
+        let count = failover.bases.len();
+        loop {
+            let index = failover.current.load(Ordering::Relaxed) % count;
+            let mut attempt = request
+                .try_clone()
+                .unwrap_or_else(|| reqwest::Request::new(request.method().clone(), request.url().clone()));
+            rebase(attempt.url_mut(), &failover.bases[index]);
+            let next = || {
+                let _ = failover.current.compare_exchange(
+                    index,
+                    (index + 1) % count,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                );
+            };
+            match self.http.execute(attempt).await {
+                // Never sent: safe to send elsewhere.
+                Err(e) if e.is_connect() && std::time::Instant::now() < deadline => next(),
+                Err(e) => return Err(e),
+                Ok(resp) if resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
+                    let pause = resp
+                        .headers()
+                        .get(reqwest::header::RETRY_AFTER)
+                        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+                        .map_or(Duration::from_millis(200), Duration::from_secs)
+                        .min(RETRY_PAUSE_MAX);
+                    if std::time::Instant::now() + pause >= deadline {
+                        return Ok(resp);
+                    }
+                    next();
+                    tokio::time::sleep(pause).await;
+                }
+                Ok(resp) => return Ok(resp),
+            }
+        }
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
@@ -201,9 +303,7 @@ impl Client {
 
     /// `PUT /v1/kv/{key}`.
     pub async fn kv_put(&self, key: &str, value: serde_json::Value) -> Result<PutResult, ClientError> {
-        let url = format!("{}/v1/kv/{}", self.base, encode(key));
-        let body = serde_json::json!({ "value": value });
-        self.send(self.http.put(&url).json(&body), url).await
+        self.kv_put_with(key, value, &WriteOptions::default()).await
     }
 
     /// `GET /v1/kv/{key}` (linearizable); `None` when the key does not exist.
@@ -221,9 +321,8 @@ impl Client {
     }
 
     /// `DELETE /v1/kv/{key}`.
-    pub async fn kv_delete(&self, key: &str) -> Result<serde_json::Value, ClientError> {
-        let url = format!("{}/v1/kv/{}", self.base, encode(key));
-        self.send(self.http.delete(&url), url).await
+    pub async fn kv_delete(&self, key: &str) -> Result<DeleteResult, ClientError> {
+        self.kv_delete_with(key, &WriteOptions::default()).await
     }
 
     /// `PUT /v1/kv/{key}` with a compare-and-set version, a fence or a request id. A
@@ -237,6 +336,9 @@ impl Client {
         let url = format!("{}/v1/kv/{}", self.base, encode(key));
         let mut body = serde_json::to_value(options).unwrap_or_default();
         body["value"] = value;
+        if options.request_id.is_none() {
+            body["request_id"] = serde_json::Value::String(new_request_id());
+        }
         self.send(self.http.put(&url).json(&body), url).await
     }
 
@@ -245,11 +347,9 @@ impl Client {
         &self,
         key: &str,
         options: &WriteOptions,
-    ) -> Result<serde_json::Value, ClientError> {
-        let mut url = format!("{}/v1/kv/{}", self.base, encode(key));
-        if let Some(id) = &options.request_id {
-            url.push_str(&format!("?request_id={}", encode(id)));
-        }
+    ) -> Result<DeleteResult, ClientError> {
+        let id = options.request_id.clone().unwrap_or_else(new_request_id);
+        let url = format!("{}/v1/kv/{}?request_id={}", self.base, encode(key), encode(&id));
         let body = serde_json::json!({ "if_version": options.if_version, "fence": options.fence });
         self.send(self.http.delete(&url).json(&body), url).await
     }
@@ -433,7 +533,7 @@ impl Client {
         body: serde_json::Value,
         key: Option<&str>,
     ) -> Result<SentMessage, ClientError> {
-        let mut req = serde_json::json!({ "body": body });
+        let mut req = serde_json::json!({ "body": body, "request_id": new_request_id() });
         if let Some(key) = key {
             req["key"] = serde_json::Value::String(key.to_string());
         }
@@ -449,7 +549,8 @@ impl Client {
         key: Option<&str>,
         fence: &Fence,
     ) -> Result<SentMessage, ClientError> {
-        let req = serde_json::json!({ "body": body, "key": key, "fence": fence });
+        let req =
+            serde_json::json!({ "body": body, "key": key, "fence": fence, "request_id": new_request_id() });
         self.post(&format!("/v1/queues/{}/messages", encode(queue)), &req).await
     }
 
@@ -576,6 +677,15 @@ impl Watch {
             }
         }
     }
+}
+
+/// A request id no other call of this process uses: retries of a call reuse it, so a
+/// write that a node may have applied before it failed applies once.
+fn new_request_id() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+    format!("rc-{:x}-{:x}-{n:x}", nanos, std::process::id())
 }
 
 fn now_ms() -> u64 {

@@ -70,6 +70,15 @@ pub struct PutResult {
     pub version: u64,
 }
 
+/// `DELETE /v1/kv/{key}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DeleteResult {
+    /// Key.
+    pub key: String,
+    /// Whether the key existed.
+    pub existed: bool,
+}
+
 /// Conditions and identity of a key-value write.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct WriteOptions {
