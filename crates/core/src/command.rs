@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheCommand, CacheReply};
+pub use crate::locks::Fence;
 use crate::locks::{AcquireOutcome, Hold, LockMode, LockRefusal};
 use crate::queue::{Delivery, QueueRefusal};
 use crate::topology::TopologyCommand;
@@ -58,17 +59,6 @@ impl Request {
         let _ = serde_json::to_writer(&mut hasher, &self.command);
         hasher.0
     }
-}
-
-/// A fenced write's condition: lock `lock` is held right now, by a hold whose fencing token
-/// is `token` and whose lease has not lapsed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Fence {
-    /// The lock's name.
-    pub lock: String,
-    /// The fencing token of the hold.
-    pub token: u64,
 }
 
 /// Why a conditional write of the key-value store was not applied.

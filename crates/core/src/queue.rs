@@ -189,7 +189,7 @@ impl PartitionState {
     }
 
     /// Refuses a fenced send whose fence is below the highest accepted for its lock.
-    pub fn check_fence(&self, fence: &crate::command::Fence) -> Result<(), QueueRefusal> {
+    pub fn check_fence(&self, fence: &crate::locks::Fence) -> Result<(), QueueRefusal> {
         match self.fences.get(&fence.lock) {
             Some(&current) if fence.token < current => {
                 Err(QueueRefusal::StaleFence { lock: fence.lock.clone(), current })
@@ -199,7 +199,7 @@ impl PartitionState {
     }
 
     /// Records that a send with `fence` was accepted.
-    pub fn accept_fence(&mut self, fence: &crate::command::Fence) {
+    pub fn accept_fence(&mut self, fence: &crate::locks::Fence) {
         let highest = self.fences.entry(fence.lock.clone()).or_default();
         *highest = (*highest).max(fence.token);
     }

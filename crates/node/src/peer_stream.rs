@@ -53,13 +53,13 @@ struct Queued {
 /// The streams of one node to its peers, by address. Cloning gives another handle.
 #[derive(Clone, Debug)]
 pub struct Streams {
-    http: crate::network::PeerHttp,
+    http: crate::peer_http::PeerHttp,
     by_addr: Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Queued>>>>,
 }
 
 impl Streams {
     /// No streams yet; each starts with the first call to its peer.
-    pub fn new(http: crate::network::PeerHttp) -> Self {
+    pub fn new(http: crate::peer_http::PeerHttp) -> Self {
         Self { http, by_addr: Arc::default() }
     }
 
@@ -98,7 +98,7 @@ impl Streams {
 }
 
 /// The stream of one peer: takes what is queued whenever a call slot is free.
-async fn run(addr: String, peer: crate::network::PeerHttp, mut rx: mpsc::UnboundedReceiver<Queued>) {
+async fn run(addr: String, peer: crate::peer_http::PeerHttp, mut rx: mpsc::UnboundedReceiver<Queued>) {
     let slots = Arc::new(Semaphore::new(STREAM_IN_FLIGHT));
     let url = peer.url(&addr, "/raft/batch");
     let http = peer.client;

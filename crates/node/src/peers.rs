@@ -8,7 +8,8 @@ use serde::Serialize;
 use sinkron_core::Request;
 
 use crate::error::NodeError;
-use crate::network::{HttpNetworkFactory, Isolation, PeerHttp, PeerRefusals};
+use crate::network::{HttpNetworkFactory, Isolation, PeerRefusals};
+use crate::peer_http::PeerHttp;
 use crate::security::{guard::forwarded_header, Principal, PRINCIPAL_HEADER};
 use crate::types::{GroupId, Member, GROUP0};
 use crate::wire::{AppliedQuery, ForwardedWrite, LeaseRenewal, PartitionCall, PartitionReply, ReadIndex};
@@ -58,7 +59,7 @@ impl Peers {
         pool_idle: Duration,
         security: &crate::security::Security,
     ) -> anyhow::Result<Self> {
-        let http = crate::network::http_client(source, pool_idle, security)?;
+        let http = crate::peer_http::http_client(source, pool_idle, security)?;
         let isolation = Isolation::default();
         Ok(Self {
             streams: crate::peer_stream::Streams::new(http.clone()),

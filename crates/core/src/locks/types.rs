@@ -174,3 +174,14 @@ pub enum LockEvent {
         client_id: String,
     },
 }
+
+/// A fenced write's condition: lock `lock` is held right now, by a hold whose fencing token
+/// is `token` and whose lease has not lapsed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fence {
+    /// The lock's name.
+    pub lock: String,
+    /// The fencing token of the hold.
+    pub token: u64,
+}

@@ -65,8 +65,13 @@ pub struct FenceBody {
 impl FenceBody {
     /// The fence as a command carries it, after checking the lock name.
     pub fn checked(self) -> Result<Fence, NodeError> {
-        super::locks::validate_name(&self.lock)
-            .map_err(|e| NodeError::InvalidArgument(format!("fence.lock: {e}")))?;
+        let max = sinkron_core::locks::LOCK_NAME_MAX_BYTES;
+        if self.lock.is_empty() || self.lock.len() > max {
+            return Err(NodeError::InvalidArgument(format!(
+                "fence.lock: a lock name has 1 to {max} bytes, got {}",
+                self.lock.len()
+            )));
+        }
         Ok(Fence { lock: self.lock, token: self.token })
     }
 }

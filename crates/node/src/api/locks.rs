@@ -175,7 +175,7 @@ pub struct WaitForGraph {
     pub deadlocks: Vec<sinkron_core::locks::DeadlockRecord>,
 }
 
-pub(crate) fn validate_name(name: &str) -> Result<(), NodeError> {
+fn validate_name(name: &str) -> Result<(), NodeError> {
     if name.is_empty() {
         return Err(NodeError::InvalidArgument("name: must not be empty".into()));
     }
