@@ -228,11 +228,9 @@ async fn wait_for_queues(env: &Env) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let ring = env.clients[0].ring().await;
-        let ready = ring.as_ref().is_ok_and(|r| {
-            r["partitions"]
-                .as_array()
-                .is_some_and(|p| !p.is_empty() && p.iter().all(|p| !p["leader"].is_null()))
-        });
+        let ready = ring
+            .as_ref()
+            .is_ok_and(|r| !r.partitions.is_empty() && r.partitions.iter().all(|p| p.leader.is_some()));
         if ready {
             return Ok(());
         }

@@ -297,9 +297,8 @@ pub async fn cache(env: Env, process: usize, durable: bool) {
         } else {
             let input = json!({ "key": key });
             let quick = &env.quick[node];
-            let read = async {
-                quick.cache_get(&key).await.map(|v| v.map(|v| Payload::unwrap(&v["value"]).clone()))
-            };
+            let read =
+                async { quick.cache_get(&key).await.map(|v| v.map(|v| Payload::unwrap(&v.value).clone())) };
             let _ = env.record(process, node, "read", input, read).await;
         }
         tokio::time::sleep(Duration::from_millis(rng.gen_range(2..15))).await;

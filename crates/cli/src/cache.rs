@@ -44,16 +44,16 @@ pub async fn run(args: CacheArgs) -> anyhow::Result<()> {
     let client = crate::conn::client(&args.endpoint)?;
     let shown = match args.command {
         CacheCommand::Get { key } => match client.cache_get(&key).await? {
-            Some(v) => v,
+            Some(v) => serde_json::to_value(v)?,
             None => anyhow::bail!("cache key {key:?} has no value"),
         },
         CacheCommand::Put { key, value, durable } => {
             let value = serde_json::from_str(&value).unwrap_or(serde_json::Value::String(value));
-            client.cache_put(&key, value, durable).await?
+            serde_json::to_value(client.cache_put(&key, value, durable).await?)?
         }
-        CacheCommand::Del { key } => client.cache_delete(&key).await?,
-        CacheCommand::Lines { key } => client.cache_lines(&key).await?,
-        CacheCommand::Stats => client.cache_stats().await?,
+        CacheCommand::Del { key } => serde_json::to_value(client.cache_delete(&key).await?)?,
+        CacheCommand::Lines { key } => serde_json::to_value(client.cache_lines(&key).await?)?,
+        CacheCommand::Stats => serde_json::to_value(client.cache_stats().await?)?,
     };
     say!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(())

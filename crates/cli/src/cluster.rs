@@ -37,7 +37,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         ClusterCommand::Status => status(&client).await,
         ClusterCommand::Ready => {
             let ready = client.ready().await?;
-            say!("{ready}");
+            say!("{}", serde_json::to_string(&ready)?);
             Ok(())
         }
         ClusterCommand::Add { id, addr } => {

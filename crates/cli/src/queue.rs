@@ -99,7 +99,9 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
             }
             serde_json::json!({ "messages": messages, "acked": ack })
         }
-        QueueCommand::Ack { queue, receipt } => client.queue_ack(&queue, &receipt).await?,
+        QueueCommand::Ack { queue, receipt } => {
+            serde_json::to_value(client.queue_ack(&queue, &receipt).await?)?
+        }
         QueueCommand::Nack { queue, receipt, delay_ms } => {
             serde_json::json!({ "dead_lettered": client.queue_nack(&queue, &receipt, delay_ms).await? })
         }
@@ -111,11 +113,11 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
 
 /// Prints the ring: nodes, settings and each partition's replicas and leader.
 pub async fn ring(args: RingArgs) -> anyhow::Result<()> {
-    let mut ring = crate::conn::client(&args.endpoint)?.ring().await?;
+    let ring = crate::conn::client(&args.endpoint)?.ring().await?;
+    let tokens = ring.tokens.len();
+    let mut ring = serde_json::to_value(ring)?;
     if !args.tokens {
-        if let Some(tokens) = ring.get("tokens").and_then(|t| t.as_array()).map(Vec::len) {
-            ring["tokens"] = serde_json::json!(format!("{tokens} tokens (show them with --tokens)"));
-        }
+        ring["tokens"] = serde_json::json!(format!("{tokens} tokens (show them with --tokens)"));
     }
     say!("{}", serde_json::to_string_pretty(&ring)?);
     Ok(())

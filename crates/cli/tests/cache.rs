@@ -12,10 +12,7 @@ const FORM: Duration = Duration::from_secs(20);
 
 async fn states(client: &Client, key: &str) -> Vec<String> {
     let lines = client.cache_lines(key).await.expect("lines");
-    lines["lines"]
-        .as_array()
-        .map(|l| l.iter().map(|x| x["state"].as_str().unwrap_or("?").to_string()).collect())
-        .unwrap_or_default()
+    lines.lines.into_iter().map(|l| l.state).collect()
 }
 
 /// Waits until every node's cache joined (its self-revocation applied). Contended keys
@@ -31,10 +28,10 @@ async fn ready_cluster(extra: &[(&str, &str)]) -> TestCluster {
         let client = cluster.client(i);
         eventually(FORM, || async {
             let stats = client.cache_stats().await.map_err(|e| e.to_string())?;
-            if stats["lease_valid"] == true {
+            if stats.lease_valid {
                 Ok(())
             } else {
-                Err(format!("{stats}"))
+                Err(format!("{stats:?}"))
             }
         })
         .await;
@@ -44,37 +41,33 @@ async fn ready_cluster(extra: &[(&str, &str)]) -> TestCluster {
     cluster
 }
 
-async fn read(client: &Client, key: &str) -> Value {
-    client.cache_get(key).await.expect("cache read").unwrap_or(Value::Null)
+async fn read(client: &Client, key: &str) -> sinkron_client::CacheValue {
+    client.cache_get(key).await.expect("cache read").expect("the key has a value")
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_write_is_read_everywhere_and_lines_follow_the_protocol() {
     let cluster = ready_cluster(&[]).await;
     let put = cluster.client(0).cache_put("k", json!("v1"), false).await.expect("put");
-    assert_eq!(put["state"], "M", "a write-back write leaves the line modified");
+    assert_eq!(put.state, "M", "a write-back write leaves the line modified");
     assert_eq!(states(&cluster.client(2), "k").await, vec!["M", "I", "I"]);
     let hit = cluster.client(0).cache_get("k").await.expect("read").expect("value");
-    assert_eq!(
-        (hit["value"].clone(), hit["hit"].clone()),
-        (json!("v1"), json!(true)),
-        "the writer reads from its line"
-    );
+    assert_eq!((hit.value.clone(), hit.hit), (json!("v1"), true), "the writer reads from its line");
 
     for i in [1, 2] {
         let got = cluster.client(i).cache_get("k").await.expect("read").expect("value");
-        assert_eq!(got["value"], "v1", "node{} reads the latest write", i + 1);
-        assert_eq!(got["state"], "S");
+        assert_eq!(got.value, "v1", "node{} reads the latest write", i + 1);
+        assert_eq!(got.state, "S");
     }
     assert_eq!(states(&cluster.client(0), "k").await, vec!["S", "S", "S"], "M -> S after the write-back");
     let again = cluster.client(2).cache_get("k").await.expect("read").expect("value");
-    assert_eq!(again["hit"], true, "a shared line serves hits");
+    assert!(again.hit, "a shared line serves hits");
 
     // A write on node 3 invalidates the others.
     cluster.client(2).cache_put("k", json!("v2"), false).await.expect("put");
     assert_eq!(states(&cluster.client(1), "k").await, vec!["I", "I", "M"]);
     for i in [0, 1] {
-        assert_eq!(read(&cluster.client(i), "k").await["value"], "v2");
+        assert_eq!(read(&cluster.client(i), "k").await.value, "v2");
     }
 }
 
@@ -84,17 +77,17 @@ async fn a_small_cache_evicts_in_lru_order_without_losing_a_modified_value() {
     let c = cluster.client(0);
     c.cache_put("a", json!(1), false).await.expect("put a");
     c.cache_put("b", json!(2), false).await.expect("put b");
-    assert_eq!(read(&c, "a").await["hit"], true, "a is now the most recent");
+    assert!(read(&c, "a").await.hit, "a is now the most recent");
     c.cache_put("c", json!(3), false).await.expect("put c");
     assert_eq!(states(&c, "b").await[0], "I", "b was the least recently used");
     assert_eq!(states(&c, "a").await[0], "M");
     let stats = c.cache_stats().await.expect("stats");
-    assert!(stats["evictions"].as_u64().is_some_and(|e| e >= 1), "{stats}");
+    assert!(stats.evictions >= 1, "{stats:?}");
     let metrics = c.metrics().await.expect("metrics");
     assert!(metrics.contains("sinkron_cache_events_total{event=\"evictions\"}"), "{metrics}");
     assert!(metrics.contains("sinkron_cache_transitions_total"), "{metrics}");
     // The evicted line was modified: its value was written back, not lost.
-    assert_eq!(read(&cluster.client(1), "b").await["value"], 2);
+    assert_eq!(read(&cluster.client(1), "b").await.value, 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -113,7 +106,7 @@ async fn write_through_values_survive_a_full_cluster_restart() {
     for i in 0..10 {
         let (client, key) = (cluster.client((i + 1) % 3), format!("durable-{i}"));
         let got = eventually(FORM, || client.cache_get(&key)).await;
-        assert_eq!(got.map(|v| v["value"].clone()), Some(json!(i)), "{key} survived");
+        assert_eq!(got.map(|v| v.value.clone()), Some(json!(i)), "{key} survived");
     }
 }
 
@@ -122,7 +115,7 @@ async fn an_isolated_node_stops_serving_hits_once_its_lease_is_over() {
     let mut cluster = ready_cluster(&[]).await;
     cluster.client(0).cache_put("lonely", json!("before"), true).await.expect("put");
     let got = cluster.client(0).cache_get("lonely").await.expect("read").expect("value");
-    assert_eq!(got["hit"], true);
+    assert!(got.hit);
     cluster.kill(1);
     cluster.kill(2);
     // The lease is RAFT_ELECTION_TIMEOUT_MIN (0.3 s in tests); renewals now fail.
@@ -136,7 +129,7 @@ async fn an_isolated_node_stops_serving_hits_once_its_lease_is_over() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let stats = cluster.client(0).cache_stats().await.expect("stats");
-    assert_eq!(stats["lease_valid"], false, "{stats}");
+    assert!(!stats.lease_valid, "{stats:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -171,7 +164,7 @@ async fn concurrent_writers_on_three_nodes_never_let_a_reader_go_back_in_time() 
                         .cache_get(&format!("reg-{w}"))
                         .await
                         .expect("read")
-                        .map(|v| v["value"].as_i64().unwrap_or(-1))
+                        .map(|v| v.value.as_i64().unwrap_or(-1))
                         .unwrap_or(0);
                     assert!(
                         got >= floor,
@@ -188,7 +181,7 @@ async fn concurrent_writers_on_three_nodes_never_let_a_reader_go_back_in_time() 
     }
     for r in 0..3 {
         for w in 0..3 {
-            assert_eq!(read(&cluster.client(r), &format!("reg-{w}")).await["value"], 12);
+            assert_eq!(read(&cluster.client(r), &format!("reg-{w}")).await.value, 12);
         }
     }
 }
@@ -214,7 +207,7 @@ async fn a_concurrent_history_with_writers_and_readers_on_all_nodes_is_lineariza
                     RegOp::Write(v)
                 } else {
                     let got = client.cache_get("lin").await.expect("read");
-                    RegOp::Read(got.and_then(|v| v["value"].as_i64()))
+                    RegOp::Read(got.and_then(|v| v.value.as_i64()))
                 };
                 let end = Instant::now();
                 history.lock().expect("history").push(Event {
@@ -252,8 +245,8 @@ async fn a_partitioned_node_stops_serving_hits_before_the_majority_write_complet
     let writer = (leader + 2) % 3;
     cluster.client(leader).cache_put("p", json!("old"), true).await.expect("put");
     let before = cluster.client(cut).cache_get("p").await.expect("read").expect("value");
-    assert_eq!(before["value"], "old");
-    assert_eq!(cluster.client(cut).cache_get("p").await.expect("read").expect("value")["hit"], true);
+    assert_eq!(before.value, "old");
+    assert!(cluster.client(cut).cache_get("p").await.expect("read").expect("value").hit);
 
     isolate(&cluster, cut, true).await;
     // The majority side writes; the write must wait until the cut-off node can no longer
@@ -270,26 +263,26 @@ async fn a_partitioned_node_stops_serving_hits_before_the_majority_write_complet
     // request timeout, so a few reads are enough.)
     for _ in 0..3 {
         match cluster.client(cut).cache_get("p").await {
-            Ok(Some(v)) => assert_ne!(v["value"], "old", "a stale hit after the write completed: {v}"),
+            Ok(Some(v)) => assert_ne!(v.value, "old", "a stale hit after the write completed: {v:?}"),
             Ok(None) => panic!("the key exists"),
             Err(e) => assert!(e.code().is_some(), "{e}"),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let stats = cluster.client(cut).cache_stats().await.expect("stats");
-    assert_eq!(stats["lease_valid"], false, "{stats}");
+    assert!(!stats.lease_valid, "{stats:?}");
 
     // Healed, the node rejoins the protocol and reads the new value.
     isolate(&cluster, cut, false).await;
     let client = cluster.client(cut);
     let got = eventually(FORM, || async {
         match client.cache_get("p").await {
-            Ok(Some(v)) if v["value"] == "new" => Ok(v),
+            Ok(Some(v)) if v.value == "new" => Ok(v),
             other => Err(format!("{other:?}")),
         }
     })
     .await;
-    assert_eq!(got["value"], "new");
+    assert_eq!(got.value, "new");
 }
 
 /// Regression (found by `sinkron chaos`, workload cache-write-back, seed 12): a write-back
@@ -323,7 +316,7 @@ async fn a_write_is_not_acknowledged_after_a_leader_pause_revoked_its_line() {
                 let reader = cluster.client(i);
                 let got = eventually(FORM, || reader.cache_get(&key)).await;
                 assert_eq!(
-                    got.map(|v| v["value"].clone()),
+                    got.map(|v| v.value.clone()),
                     Some(json!("after")),
                     "round {round}, node {}",
                     i + 1
@@ -353,12 +346,12 @@ async fn shared_on(cluster: &TestCluster, key: &str, by: usize, sharer: usize) {
     let client = cluster.client(sharer);
     let hit = eventually(FORM, || async {
         match client.cache_get(key).await {
-            Ok(Some(v)) if v["hit"] == true => Ok(v),
+            Ok(Some(v)) if v.hit => Ok(v),
             other => Err(format!("{other:?}")),
         }
     })
     .await;
-    assert_eq!(hit["value"], "old");
+    assert_eq!(hit.value, "old");
 }
 
 /// After `first` (a read that completed with `seen`), a read on the cut-off node must not
@@ -366,9 +359,9 @@ async fn shared_on(cluster: &TestCluster, key: &str, by: usize, sharer: usize) {
 async fn assert_no_older_read_on(cluster: &TestCluster, cut: usize, key: &str, seen: &Option<Value>) {
     match cluster.client(cut).cache_get(key).await {
         Ok(Some(v)) => assert_ne!(
-            v["value"],
+            v.value,
             "old",
-            "node{} returned the old value after another read returned {seen:?}: {v}",
+            "node{} returned the old value after another read returned {seen:?}: {v:?}",
             cut + 1
         ),
         Ok(None) => {}
@@ -394,7 +387,7 @@ async fn a_read_does_not_return_a_delete_before_a_cut_off_sharer_lost_its_lease(
     };
     // The delete commits within milliseconds but waits about 1.5 s for the cut-off node.
     tokio::time::sleep(Duration::from_millis(150)).await;
-    let seen = cluster.client(leader).cache_get("d").await.expect("read").map(|v| v["value"].clone());
+    let seen = cluster.client(leader).cache_get("d").await.expect("read").map(|v| v.value.clone());
     assert_no_older_read_on(&cluster, cut, "d", &seen).await;
     deleting.await.expect("deleter").expect("the delete completes");
     isolate(&cluster, cut, false).await;
@@ -419,7 +412,7 @@ async fn a_read_does_not_return_a_durable_write_before_a_cut_off_sharer_lost_its
     // The writer reads another key: its only line, the written one, is evicted.
     let _ = cluster.client(writer).cache_get("other").await.expect("read other");
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let seen = cluster.client(leader).cache_get("w").await.expect("read").map(|v| v["value"].clone());
+    let seen = cluster.client(leader).cache_get("w").await.expect("read").map(|v| v.value.clone());
     assert_no_older_read_on(&cluster, cut, "w", &seen).await;
     writing.await.expect("writer").expect("the write completes");
     isolate(&cluster, cut, false).await;

@@ -25,7 +25,7 @@ async fn exactly_one_leader_forms() {
             leaders += 1;
             assert_eq!(i, leader);
         }
-        assert_eq!(cluster.client(i).health().await.expect("health")["status"], "ok");
+        assert_eq!(cluster.client(i).health().await.expect("health").status, "ok");
     }
     assert_eq!(leaders, 1, "exactly one node is leader");
 }

@@ -85,7 +85,7 @@ async fn clients_behind_haproxy_keep_working_when_the_leader_dies() {
         assert_eq!(got.map(|v| v.value), Some(json!(i)));
     }
     let state = lb.lock_status("lb-lock").await.expect("lock status");
-    assert_eq!(state["holders"][0]["fence"], grant.fence, "the lock survived the failover: {state}");
+    assert_eq!(state.holders[0].fence, grant.fence, "the lock survived the failover: {state:?}");
     lb.release("lb-lock", "lb-client").await.expect("release through haproxy");
     drop(redis);
 }

@@ -22,10 +22,7 @@ fn opts(client_id: &str, shared: bool, ttl_ms: u64, wait_ms: u64) -> LockOptions
 
 async fn waiters(client: &Client, name: &str) -> Vec<String> {
     let state = client.lock_status(name).await.expect("lock status");
-    state["waiters"]
-        .as_array()
-        .map(|w| w.iter().filter_map(|x| x["client_id"].as_str().map(String::from)).collect())
-        .unwrap_or_default()
+    state.waiters.into_iter().map(|w| w.client_id).collect()
 }
 
 async fn wait_until_queued(client: &Client, name: &str, who: &str) {
@@ -148,9 +145,9 @@ async fn leader_sigkill_keeps_holders_and_serves_waiters() {
     cluster.kill(leader);
     cluster.wait_leader(&[a, b], FORM).await;
     let state = cluster.client(a).lock_status("precious").await.expect("status after failover");
-    assert_eq!(state["holders"][0]["client_id"], "holder", "{state}");
-    assert_eq!(state["holders"][0]["fence"], held.fence, "{state}");
-    let expires = state["holders"][0]["expires_at_ms"].as_u64().unwrap_or(0);
+    assert_eq!(state.holders[0].client_id, "holder", "{state:?}");
+    assert_eq!(state.holders[0].fence, held.fence, "{state:?}");
+    let expires = state.holders[0].expires_at_ms;
     assert!(
         expires >= held.expires_at_ms,
         "a new leader never shortens a lease: {expires} < {}",
@@ -198,9 +195,9 @@ async fn two_and_three_cycles_across_nodes_are_reported_at_once_to_the_requester
     expect_deadlock(cluster.client(1).acquire("r1", &opts("b", false, 30_000, 30_000)).await).await;
     assert!(started.elapsed() < Duration::from_secs(1), "reported within a second: {:?}", started.elapsed());
     let graph = cluster.client(2).wait_for_graph().await.expect("graph");
-    let last = &graph["deadlocks"].as_array().expect("deadlocks")[0];
-    assert_eq!(last["victim"], "b");
-    assert_eq!(last["cycle"].as_array().map(Vec::len), Some(2));
+    let last = &graph.deadlocks[0];
+    assert_eq!(last.victim, "b");
+    assert_eq!(last.cycle.len(), 2);
     cluster.client(1).release("r2", "b").await.expect("b gives up r2");
     a_waits.await.expect("task").expect("a gets r2 once b let go");
 
@@ -272,7 +269,7 @@ async fn lock_exec_passes_the_fence_and_returns_the_exit_code() {
         stdout.trim().strip_prefix("fence=").and_then(|f| f.parse().ok()).expect("fence printed");
     assert!(fence > 0);
     let state = cluster.client(0).lock_status("job").await.expect("status");
-    assert!(state["holders"].as_array().is_some_and(Vec::is_empty), "released after the command: {state}");
+    assert!(state.holders.is_empty(), "released after the command: {state:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

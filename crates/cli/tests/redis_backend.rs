@@ -76,7 +76,7 @@ async fn a_redis_backed_cluster_keeps_everything_acknowledged_through_kills_and_
     let client = cluster.client(0);
     let cached = eventually(FORM, || client.cache_get("cached")).await;
     assert_eq!(
-        cached.map(|v| v["value"].clone()),
+        cached.map(|v| v.value),
         Some(json!("write-through")),
         "the write-through cache value survived"
     );
@@ -88,8 +88,8 @@ async fn a_redis_backed_cluster_keeps_everything_acknowledged_through_kills_and_
         assert!(!consumed.deliveries.contains_key(&m.id), "acked message {} came back", m.id);
     }
     let state = cluster.client(2).lock_status("kept").await.expect("lock status");
-    assert_eq!(state["holders"][0]["client_id"], "owner", "{state}");
-    assert_eq!(state["holders"][0]["fence"], lock.fence, "{state}");
+    assert_eq!(state.holders[0].client_id, "owner", "{state:?}");
+    assert_eq!(state.holders[0].fence, lock.fence, "{state:?}");
 
     // Redis goes away: nothing is acknowledged; it comes back: the cluster carries on.
     let redis_port = redis.port;

@@ -209,9 +209,9 @@ async fn fenced_writes_are_refused_after_a_lease_expiry_and_a_leader_failover() 
     // the leader has expired it): the same fence is refused, and the value stays.
     eventually(FORM, || async {
         let state = client.lock_status("job").await?;
-        match state["holders"].as_array().map(Vec::len) {
-            Some(0) => Ok(()),
-            _ => Err(ClientError::Config(format!("still held: {state}"))),
+        match state.holders.len() {
+            0 => Ok(()),
+            _ => Err(ClientError::Config(format!("still held: {state:?}"))),
         }
     })
     .await;

@@ -273,12 +273,12 @@ impl Client {
     }
 
     /// `GET /health`.
-    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn health(&self) -> Result<Health, ClientError> {
         self.get("/health").await
     }
 
     /// `GET /ready`.
-    pub async fn ready(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn ready(&self) -> Result<Readiness, ClientError> {
         self.get("/ready").await
     }
 
@@ -289,14 +289,14 @@ impl Client {
 
     /// `POST /v1/cluster/members`. Waits up to [`MEMBERSHIP_TIMEOUT`]: the new node has to
     /// catch up before it becomes a voter.
-    pub async fn add_member(&self, id: &str, addr: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn add_member(&self, id: &str, addr: &str) -> Result<MembershipChanged, ClientError> {
         let url = format!("{}/v1/cluster/members", self.base);
         let body = serde_json::json!({ "id": id, "addr": addr });
         self.send(self.http.post(&url).json(&body).timeout(MEMBERSHIP_TIMEOUT), url).await
     }
 
     /// `DELETE /v1/cluster/members/{id}`.
-    pub async fn remove_member(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn remove_member(&self, id: &str) -> Result<MembershipChanged, ClientError> {
         let url = format!("{}/v1/cluster/members/{}", self.base, encode(id));
         self.send(self.http.delete(&url).timeout(MEMBERSHIP_TIMEOUT), url).await
     }
@@ -404,7 +404,7 @@ impl Client {
     }
 
     /// `POST /v1/locks/{name}/release`.
-    pub async fn release(&self, name: &str, client_id: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn release(&self, name: &str, client_id: &str) -> Result<Released, ClientError> {
         let url = format!("{}/v1/locks/{}/release", self.base, encode(name));
         self.send(self.http.post(&url).json(&serde_json::json!({ "client_id": client_id })), url).await
     }
@@ -426,30 +426,30 @@ impl Client {
         &self,
         client_id: &str,
         ttl_ms: Option<u64>,
-    ) -> Result<serde_json::Value, ClientError> {
+    ) -> Result<RefreshedAll, ClientError> {
         let url = format!("{}/v1/locks/refresh-all", self.base);
         let body = serde_json::json!({ "client_id": client_id, "ttl_ms": ttl_ms });
         self.send(self.http.post(&url).json(&body), url).await
     }
 
     /// `POST /v1/locks/{name}/force-release`.
-    pub async fn force_release(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn force_release(&self, name: &str) -> Result<Released, ClientError> {
         let url = format!("{}/v1/locks/{}/force-release", self.base, encode(name));
         self.send(self.http.post(&url), url).await
     }
 
     /// `GET /v1/locks/{name}`.
-    pub async fn lock_status(&self, name: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn lock_status(&self, name: &str) -> Result<LockState, ClientError> {
         self.get(&format!("/v1/locks/{}", encode(name))).await
     }
 
     /// `GET /v1/locks`.
-    pub async fn locks(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn locks(&self) -> Result<LockList, ClientError> {
         self.get("/v1/locks").await
     }
 
     /// `GET /v1/locks/wait-for-graph`.
-    pub async fn wait_for_graph(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn wait_for_graph(&self) -> Result<WaitForGraph, ClientError> {
         self.get("/v1/locks/wait-for-graph").await
     }
 
@@ -480,7 +480,7 @@ impl Client {
     }
 
     /// `GET /v1/cache/{key}`; `None` when the key has no value.
-    pub async fn cache_get(&self, key: &str) -> Result<Option<serde_json::Value>, ClientError> {
+    pub async fn cache_get(&self, key: &str) -> Result<Option<CacheValue>, ClientError> {
         match self.get(&format!("/v1/cache/{}", encode(key))).await {
             Ok(v) => Ok(Some(v)),
             Err(ClientError::Api { status: 404, .. }) => Ok(None),
@@ -494,25 +494,25 @@ impl Client {
         key: &str,
         value: serde_json::Value,
         durable: bool,
-    ) -> Result<serde_json::Value, ClientError> {
+    ) -> Result<CacheWritten, ClientError> {
         let url = format!("{}/v1/cache/{}", self.base, encode(key));
         let body = serde_json::json!({ "value": value, "durable": durable });
         self.send(self.http.put(&url).json(&body), url).await
     }
 
     /// `DELETE /v1/cache/{key}`.
-    pub async fn cache_delete(&self, key: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn cache_delete(&self, key: &str) -> Result<CacheDeleted, ClientError> {
         let url = format!("{}/v1/cache/{}", self.base, encode(key));
         self.send(self.http.delete(&url), url).await
     }
 
     /// `GET /v1/cache/{key}/lines`: every node's MESI state of the key.
-    pub async fn cache_lines(&self, key: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn cache_lines(&self, key: &str) -> Result<KeyLines, ClientError> {
         self.get(&format!("/v1/cache/{}/lines", encode(key))).await
     }
 
     /// `GET /v1/cache`: this node's cache counters.
-    pub async fn cache_stats(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn cache_stats(&self) -> Result<CacheStats, ClientError> {
         self.get("/v1/cache").await
     }
 
@@ -614,7 +614,7 @@ impl Client {
     }
 
     /// `POST /v1/queues/{queue}/ack`.
-    pub async fn queue_ack(&self, queue: &str, receipt: &str) -> Result<serde_json::Value, ClientError> {
+    pub async fn queue_ack(&self, queue: &str, receipt: &str) -> Result<Acked, ClientError> {
         let req = serde_json::json!({ "receipt": receipt });
         self.post(&format!("/v1/queues/{}/ack", encode(queue)), &req).await
     }
@@ -633,7 +633,7 @@ impl Client {
     }
 
     /// `GET /v1/ring`: virtual nodes and partition placements.
-    pub async fn ring(&self) -> Result<serde_json::Value, ClientError> {
+    pub async fn ring(&self) -> Result<Ring, ClientError> {
         self.get("/v1/ring").await
     }
 

@@ -178,6 +178,15 @@ pub struct Refreshed {
     pub fence: u64,
 }
 
+/// `POST /v1/locks/refresh-all`: every lease the client holds, refreshed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RefreshedAll {
+    /// The client.
+    pub client_id: String,
+    /// Each lock with its new lease end.
+    pub locks: Vec<Refreshed>,
+}
+
 /// Longest wait for a membership change.
 pub const MEMBERSHIP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -235,4 +244,263 @@ pub struct QueueStats {
     pub dead_letters: usize,
     /// Per partition (with `partition`, `leader`, `ready`, `in_flight`, `dead_letters`).
     pub partitions: Vec<serde_json::Value>,
+}
+
+/// `GET /health`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Health {
+    /// `ok` while the process runs.
+    pub status: String,
+    /// The node's name.
+    pub node_id: String,
+}
+
+/// `GET /ready` (a `200`; a node that is not ready answers `503`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Readiness {
+    /// Always true in a `200`.
+    pub ready: bool,
+    /// The known leader.
+    pub leader: String,
+    /// Last applied index of group 0.
+    pub applied_index: u64,
+    /// Queue partitions or peers that are degraded, if any.
+    #[serde(default)]
+    pub degraded: Vec<String>,
+}
+
+/// The members after a membership change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MembershipChanged {
+    /// Every member.
+    pub members: Vec<MemberStatus>,
+}
+
+/// The holders a release or force-release took away.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Released {
+    /// The lock.
+    pub name: String,
+    /// The former holders.
+    pub released: Vec<String>,
+}
+
+/// A queued acquire.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Waiter {
+    /// The waiting client.
+    pub client_id: String,
+    /// The mode asked for.
+    pub mode: String,
+    /// When it was queued (ms since the Unix epoch).
+    pub enqueued_at_ms: u64,
+    /// When it gives up.
+    pub deadline_ms: u64,
+}
+
+/// One lock's holders and queue.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockState {
+    /// The lock.
+    pub name: String,
+    /// `shared` or `exclusive` while held.
+    pub mode: Option<String>,
+    /// Current holders.
+    pub holders: Vec<Holder>,
+    /// Queued acquires, first come first.
+    pub waiters: Vec<Waiter>,
+}
+
+/// Every held or awaited lock.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockList {
+    /// The locks.
+    pub locks: Vec<LockState>,
+    /// The last fencing token handed out.
+    pub last_fence: u64,
+}
+
+/// One edge of the wait-for graph: `client_id` waits for `lock`, held or awaited by
+/// `waits_for`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WaitEdge {
+    /// The waiting client.
+    pub client_id: String,
+    /// The lock.
+    pub lock: String,
+    /// The client it waits for.
+    pub waits_for: String,
+}
+
+/// A deadlock that was broken by refusing the victim.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Deadlock {
+    /// The cycle, from the victim round to it.
+    pub cycle: Vec<WaitEdge>,
+    /// The refused client.
+    pub victim: String,
+    /// The lock it asked for.
+    pub lock: String,
+    /// When (state-machine time, ms).
+    pub at_ms: u64,
+}
+
+/// The wait-for graph and the recent deadlocks.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WaitForGraph {
+    /// Every edge.
+    pub edges: Vec<WaitEdge>,
+    /// Recent deadlocks, oldest first.
+    pub deadlocks: Vec<Deadlock>,
+}
+
+/// A receipt an ack could not use.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AckFailure {
+    /// The receipt.
+    pub receipt: String,
+    /// Stable error code.
+    pub error: String,
+    /// Explanation.
+    pub message: String,
+}
+
+/// The outcome of an ack.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Acked {
+    /// Deliveries deleted.
+    pub acked: usize,
+    /// Receipts that failed, with why.
+    pub failed: Vec<AckFailure>,
+}
+
+/// One node's MESI state of a key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct NodeLine {
+    /// Node name.
+    pub node: String,
+    /// `M`, `E`, `S` or `I`; `unreachable` when the node did not answer.
+    pub state: String,
+}
+
+/// Every node's state of a key.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyLines {
+    /// Key.
+    pub key: String,
+    /// Each member's line.
+    pub lines: Vec<NodeLine>,
+}
+
+/// Counters of one node's cache.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CacheStats {
+    /// Node name.
+    pub node: String,
+    /// Lines held.
+    pub size: usize,
+    /// CACHE_MAX_SIZE.
+    pub capacity: usize,
+    /// Reads served from a local line.
+    pub hits: u64,
+    /// Reads that went through the log.
+    pub misses: u64,
+    /// hits / (hits + misses).
+    pub hit_rate: f64,
+    /// Lines evicted.
+    pub evictions: u64,
+    /// Lines invalidated by other nodes' writes.
+    pub invalidations: u64,
+    /// Modified lines written back.
+    pub write_backs: u64,
+    /// Lines per MESI state.
+    pub lines_per_state: std::collections::BTreeMap<String, usize>,
+    /// Transitions by `from->to`.
+    pub transitions: std::collections::BTreeMap<String, u64>,
+    /// Whether the node's coherence lease is valid.
+    pub lease_valid: bool,
+}
+
+/// Result of a cache delete.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheDeleted {
+    /// Key.
+    pub key: String,
+    /// The key is gone everywhere.
+    pub deleted: bool,
+}
+
+/// `GET /v1/cache/{key}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CacheValue {
+    /// Key.
+    pub key: String,
+    /// The value.
+    pub value: serde_json::Value,
+    /// This node's line afterwards: `M`, `E` or `S`.
+    pub state: String,
+    /// Served from this node's line without the log.
+    pub hit: bool,
+}
+
+/// `PUT /v1/cache/{key}`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CacheWritten {
+    /// Key.
+    pub key: String,
+    /// This node's line afterwards: `M` (write-back) or `E` (stored).
+    pub state: String,
+    /// Version of the stored value the line is based on.
+    pub version: u64,
+}
+
+/// A virtual node on the ring.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RingToken {
+    /// Position on `0..2^32-1`.
+    pub token: u32,
+    /// Virtual node name, such as `node1-vn0`.
+    pub name: String,
+    /// Node.
+    pub node: String,
+}
+
+/// One queue partition on the ring.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RingPartition {
+    /// Partition number.
+    pub partition: u32,
+    /// First hash of its range.
+    pub start: u32,
+    /// Last hash of its range.
+    pub end: u32,
+    /// The nodes that host its group now.
+    pub replicas: Vec<String>,
+    /// Where the ring wants it.
+    pub target: Vec<String>,
+    /// Whether a move is under way.
+    pub moving: bool,
+    /// Generation of its replica set.
+    pub generation: u64,
+    /// Its group's leader, if known.
+    pub leader: Option<String>,
+}
+
+/// `GET /v1/ring`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Ring {
+    /// Virtual nodes per node.
+    pub virtual_nodes: u32,
+    /// Number of partitions.
+    pub partition_count: u32,
+    /// Replicas per partition.
+    pub replication: u32,
+    /// Deliveries before the dead-letter queue.
+    pub max_receives: u32,
+    /// Nodes on the ring.
+    pub nodes: Vec<String>,
+    /// Every virtual node.
+    pub tokens: Vec<RingToken>,
+    /// Every partition.
+    pub partitions: Vec<RingPartition>,
 }

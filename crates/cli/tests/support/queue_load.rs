@@ -10,8 +10,8 @@ use sinkron_client::{Client, ReceiveOptions};
 pub async fn wait_queues_ready(client: &Client, within: Duration) {
     super::eventually(within, || async {
         let ring = client.ring().await.map_err(|e| e.to_string())?;
-        let partitions = ring["partitions"].as_array().cloned().unwrap_or_default();
-        let leaderless = partitions.iter().filter(|p| p["leader"].is_null()).count();
+        let partitions = ring.partitions;
+        let leaderless = partitions.iter().filter(|p| p.leader.is_none()).count();
         if partitions.is_empty() || leaderless > 0 {
             return Err(format!("{leaderless} of {} partitions without a leader", partitions.len()));
         }
@@ -24,9 +24,9 @@ pub async fn wait_queues_ready(client: &Client, within: Duration) {
 pub async fn partition_leader(client: &Client, partition: u32) -> String {
     super::eventually(Duration::from_secs(20), || async {
         let ring = client.ring().await.map_err(|e| e.to_string())?;
-        ring["partitions"][partition as usize]["leader"]
-            .as_str()
-            .map(String::from)
+        ring.partitions
+            .get(partition as usize)
+            .and_then(|p| p.leader.clone())
             .ok_or_else(|| format!("partition {partition} has no leader"))
     })
     .await

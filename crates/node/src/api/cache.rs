@@ -152,14 +152,23 @@ pub async fn put(
 /// Removes a key from the backing store and every node's cache.
 #[utoipa::path(delete, path = "/v1/cache/{key}", tag = "cache",
     params(("key" = String, Path, description = "Key")),
-    responses((status = 200, body = Object), (status = 503, body = ErrorBody)))]
+    responses((status = 200, body = CacheDeleted), (status = 503, body = ErrorBody)))]
 pub async fn delete(
     State(node): State<AppState>,
     Path(key): Path<String>,
-) -> Result<Json<serde_json::Value>, NodeError> {
+) -> Result<Json<CacheDeleted>, NodeError> {
     validate_key(&key)?;
     node.cache.delete(&key).await?;
-    Ok(Json(serde_json::json!({ "key": key, "deleted": true })))
+    Ok(Json(CacheDeleted { key, deleted: true }))
+}
+
+/// Result of a cache delete.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CacheDeleted {
+    /// Key.
+    pub key: String,
+    /// Always true: the key is gone from the backing store and every cache.
+    pub deleted: bool,
 }
 
 /// This node's state of a key (used by `/lines`).
