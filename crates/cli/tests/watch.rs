@@ -31,10 +31,24 @@ async fn compare_and_set_races_from_three_nodes_have_one_winner_per_version() {
         let wins = wins.clone();
         tasks.push(tokio::spawn(async move {
             let mut won = 0;
-            for _ in 0..40 {
+            for round in 0..40 {
                 let seen = client.kv_get("counter").await.expect("read").map_or(0, |v| v.version);
-                let options = WriteOptions { if_version: Some(seen), ..Default::default() };
-                match client.kv_put_with("counter", json!(node), &options).await {
+                // One request id per attempt: a retry after an unknown outcome (a 503 on a
+                // busy machine) gets the first answer instead of applying twice.
+                let options = WriteOptions {
+                    if_version: Some(seen),
+                    request_id: Some(format!("cas-{node}-{round}")),
+                    ..Default::default()
+                };
+                let answer = loop {
+                    match client.kv_put_with("counter", json!(node), &options).await {
+                        Err(ClientError::Api { status: 503, .. }) | Err(ClientError::Transport { .. }) => {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        other => break other,
+                    }
+                };
+                match answer {
                     Ok(put) => {
                         won += 1;
                         let previous = wins.lock().expect("lock").insert(seen, (node, put.version));
