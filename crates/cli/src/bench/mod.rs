@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use sinkron_client::Client;
 
 mod cache;
+mod counters;
 mod locks;
 mod queue;
 mod ring;

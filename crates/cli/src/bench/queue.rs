@@ -36,6 +36,10 @@ pub(super) struct QueueBenchArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also print what the run moved on the nodes (fsyncs, entries, peer batches, HTTP
+    /// requests; from every node's /metrics, per acked message).
+    #[arg(long)]
+    counters: bool,
 }
 
 pub(super) async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
@@ -47,6 +51,7 @@ pub(super) async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
     let queue = Arc::new(format!("bench-{:x}", std::process::id()));
     let body = Arc::new(serde_json::Value::String("x".repeat(args.body_bytes)));
     let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let before = if args.counters { Some(super::counters::snapshot(&clients).await?) } else { None };
     let started = Instant::now();
     let per_producer = args.messages.div_ceil(args.producers);
     let mut producers = Vec::with_capacity(args.producers);
@@ -135,6 +140,7 @@ pub(super) async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
                 "keys": args.keys, "send_batch": args.send_batch,
                 "messages": args.messages, "acked": done, "seconds": elapsed.as_secs_f64(),
                 "messages_per_sec": rate, "send_p50_ms": ms(send.p50), "send_p99_ms": ms(send.p99),
+                "send_p999_ms": ms(send.p999),
                 "send_errors": send.errors, "consume_errors": consume_errors,
             })
         );
@@ -143,6 +149,10 @@ pub(super) async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
             "bench queue: {} producers (send batch {}), {} consumers, {} keys: {done} of {} messages sent, received and acked in {:.2} s = {rate:.0} messages/s; send p50 {:.3} ms, p99 {:.3} ms; {} send errors, {consume_errors} consume errors",
             args.producers, args.send_batch, args.consumers, args.keys, args.messages, elapsed.as_secs_f64(), ms(send.p50), ms(send.p99), send.errors
         );
+    }
+    if let Some(before) = before {
+        let after = super::counters::snapshot(&clients).await?;
+        super::counters::report(&before, &after, done, args.json);
     }
     anyhow::ensure!(done >= args.messages, "only {done} of {} messages were acked", args.messages);
     Ok(())

@@ -29,6 +29,10 @@ pub(super) struct WriteArgs {
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
+    /// Also print what the run moved on the nodes (fsyncs, entries, peer batches, HTTP
+    /// requests; from every node's /metrics, per operation).
+    #[arg(long)]
+    counters: bool,
 }
 
 pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
@@ -56,6 +60,7 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
             joined??;
         }
     }
+    let before = if args.counters { Some(super::counters::snapshot(&clients).await?) } else { None };
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     let value = Arc::new(value);
@@ -86,5 +91,9 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
     let (latencies, errors) = gather(tasks).await?;
     let summary = summarize(latencies, errors, started.elapsed());
     report(if args.reads { "read" } else { "write" }, args.clients, args.json, &summary);
+    if let Some(before) = before {
+        let after = super::counters::snapshot(&clients).await?;
+        super::counters::report(&before, &after, summary.ops, args.json);
+    }
     Ok(())
 }
