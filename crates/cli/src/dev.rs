@@ -43,28 +43,36 @@ pub struct DevArgs {
 /// What the nodes of a dev cluster are started with beyond their addresses.
 struct Secured {
     env: Vec<(String, String)>,
-    scheme: &'static str,
+    /// The CA of a TLS cluster (`--tls`).
     ca: Option<PathBuf>,
     admin_token: Option<String>,
+}
+
+impl Secured {
+    fn scheme(&self) -> &'static str {
+        if self.ca.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// `--tls` adds certificates, `--tokens` principals; tokens without TLS need a cluster
 /// secret: the exported `CLUSTER_SECRET`, or one made for this run.
 fn secure(args: &DevArgs, names: &[String]) -> anyhow::Result<Secured> {
     let random = || format!("{:032x}", rand::random::<u128>());
-    let mut env = Vec::new();
+    let mut secured = Secured { env: Vec::new(), ca: None, admin_token: None };
     let inherited = std::env::var("CLUSTER_SECRET").is_ok_and(|s| !s.is_empty());
     if args.tokens && !args.tls && !inherited {
         let secret = random();
         say!("  CLUSTER_SECRET={secret} (a node that joins needs it too)");
-        env.push(("CLUSTER_SECRET".to_string(), secret));
+        secured.env.push(("CLUSTER_SECRET".to_string(), secret));
     }
-    let mut secured = Secured { env: Vec::new(), scheme: "http", ca: None, admin_token: None };
     if args.tls {
         let dir = args.data_dir.join("certs");
         crate::certs::make(&dir, names, &[], 2, crate::certs::Usage::Node)?;
-        env.push(("TLS_CA_FILE".into(), dir.join("ca.pem").display().to_string()));
-        secured.scheme = "https";
+        secured.env.push(("TLS_CA_FILE".into(), dir.join("ca.pem").display().to_string()));
         secured.ca = Some(dir.join("ca.pem"));
     }
     if args.tokens {
@@ -79,13 +87,12 @@ fn secure(args: &DevArgs, names: &[String]) -> anyhow::Result<Secured> {
         std::fs::create_dir_all(&args.data_dir)
             .with_context(|| format!("create {}", args.data_dir.display()))?;
         std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))?;
-        env.push(("AUTH_TOKENS_FILE".into(), path.display().to_string()));
+        secured.env.push(("AUTH_TOKENS_FILE".into(), path.display().to_string()));
         for ((name, token), role) in tokens.iter().zip(roles) {
             say!("  token of {name} ({role}): {token}");
         }
         secured.admin_token = Some(tokens[0].1.clone());
     }
-    secured.env = env;
     Ok(secured)
 }
 
@@ -107,8 +114,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let names: Vec<String> = (1..=args.nodes).map(|i| format!("node{i}")).collect();
     let secured = secure(&args, &names)?;
     let mut children = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let name = format!("node{}", i + 1);
+    for (name, port) in names.iter().zip(&ports) {
         let mut command = Command::new(&exe);
         command.envs(secured.env.iter().map(|(k, v)| (k, v)));
         if args.tls {
@@ -119,20 +125,20 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
         let child = command
             .arg("serve")
-            .env("NODE_ID", &name)
+            .env("NODE_ID", name)
             .env("NODE_PORT", port.to_string())
             .env("NODE_BIND", "127.0.0.1")
             .env("CLUSTER_ADDRS", &cluster_addrs)
-            .env("DATA_DIR", args.data_dir.join(&name))
+            .env("DATA_DIR", args.data_dir.join(name))
             .stdin(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("start {name}"))?;
-        children.push((name, child));
+        children.push((name.clone(), child));
     }
     say!("Sinkron dev cluster: {} nodes, data in {}", args.nodes, args.data_dir.display());
     for (i, port) in ports.iter().enumerate() {
-        say!("  node{}  {}://127.0.0.1:{port}", i + 1, secured.scheme);
+        say!("  node{}  {}://127.0.0.1:{port}", i + 1, secured.scheme());
     }
     if let Some(ca) = &secured.ca {
         say!("  CA: --cacert {} (or SINKRON_CACERT)", ca.display());
@@ -144,7 +150,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let clients: Vec<Client> = ports
         .iter()
         .map(|p| {
-            let endpoint = format!("{}://127.0.0.1:{p}", secured.scheme);
+            let endpoint = format!("{}://127.0.0.1:{p}", secured.scheme());
             Client::connect(&endpoint, Duration::from_secs(2), &credentials)
         })
         .collect::<Result<_, _>>()?;

@@ -278,7 +278,7 @@ async fn fenced_writes_are_refused_after_a_lease_expiry_and_a_leader_failover() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_cluster_client_fails_over_and_retries_writes_once() {
+async fn a_cluster_client_fails_over_past_a_dead_endpoint_and_a_killed_node() {
     let mut cluster = TestCluster::start(3, &[]);
     let leader = cluster.wait_leader(&cluster.all(), FORM).await;
     let dead = format!("127.0.0.1:{}", support::free_port());

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 mod types;
 
 pub use types::*;
-use types::{ErrorBody, ReceiveAnswer};
+use types::{ErrorBody, ReceiveAnswer, SentBatch};
 
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +69,18 @@ pub struct Credentials {
     pub token: Option<String>,
     /// The CA (PEM) that `https://` endpoints' certificates must chain to.
     pub ca_pem: Option<Vec<u8>>,
+}
+
+/// The error a node answered with `status` and `body` (our JSON, or whatever came).
+fn api_error(status: u16, body: &[u8]) -> ClientError {
+    match serde_json::from_slice::<ErrorBody>(body) {
+        Ok(body) => ClientError::Api { status, code: body.error, message: body.message },
+        Err(_) => ClientError::Api {
+            status,
+            code: "unknown".into(),
+            message: String::from_utf8_lossy(body).into_owned(),
+        },
+    }
 }
 
 /// Points `url` at the scheme, host and port of `base`.
@@ -158,8 +170,9 @@ impl Client {
     /// A client of a whole cluster: each call goes to the endpoint in use and moves on to
     /// the next when a node cannot be reached; a `503` is retried after its `Retry-After`
     /// (at most 2 s), on the next endpoint, until `timeout` has passed. A retry sends the
-    /// very same request, so a write with a `request_id` (the key-value and queue writes
-    /// of this client always carry one) applies once.
+    /// very same request, so a write with a `request_id` (this client's key-value writes
+    /// and single queue sends always carry one) applies once. Batch sends, acks and nacks
+    /// carry none: a batch retried after a `503` may be stored twice.
     pub fn connect_many(
         endpoints: &[&str],
         timeout: Duration,
@@ -206,16 +219,7 @@ impl Client {
         let status = resp.status();
         let bytes = resp.bytes().await.map_err(transport)?;
         if !status.is_success() {
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => {
-                    ClientError::Api { status: status.as_u16(), code: body.error, message: body.message }
-                }
-                Err(_) => ClientError::Api {
-                    status: status.as_u16(),
-                    code: "unknown".into(),
-                    message: String::from_utf8_lossy(&bytes).into_owned(),
-                },
-            });
+            return Err(api_error(status.as_u16(), &bytes));
         }
         Ok(bytes.to_vec())
     }
@@ -384,14 +388,7 @@ impl Client {
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let bytes = resp.bytes().await.unwrap_or_default();
-            return Err(match serde_json::from_slice::<ErrorBody>(&bytes) {
-                Ok(body) => ClientError::Api { status, code: body.error, message: body.message },
-                Err(_) => ClientError::Api {
-                    status,
-                    code: "unknown".into(),
-                    message: String::from_utf8_lossy(&bytes).into(),
-                },
-            });
+            return Err(api_error(status, &bytes));
         }
         Ok(Watch { resp, buffer: Vec::new(), url })
     }
@@ -533,11 +530,7 @@ impl Client {
         body: serde_json::Value,
         key: Option<&str>,
     ) -> Result<SentMessage, ClientError> {
-        let mut req = serde_json::json!({ "body": body, "request_id": new_request_id() });
-        if let Some(key) = key {
-            req["key"] = serde_json::Value::String(key.to_string());
-        }
-        self.post(&format!("/v1/queues/{}/messages", encode(queue)), &req).await
+        self.queue_send_idempotent(queue, body, key, &new_request_id()).await
     }
 
     /// A fenced send: stored only while `fence`'s lock is held with it (and no send with a
@@ -575,7 +568,7 @@ impl Client {
         &self,
         queue: &str,
         messages: &[(serde_json::Value, Option<String>)],
-    ) -> Result<Vec<serde_json::Value>, ClientError> {
+    ) -> Result<Vec<SendOutcome>, ClientError> {
         let messages: Vec<serde_json::Value> = messages
             .iter()
             .map(|(body, key)| match key {
@@ -584,22 +577,15 @@ impl Client {
             })
             .collect();
         let req = serde_json::json!({ "messages": messages });
-        let got: serde_json::Value =
-            self.post(&format!("/v1/queues/{}/messages/batch", encode(queue)), &req).await?;
-        Ok(got["messages"].as_array().cloned().unwrap_or_default())
+        let got: SentBatch = self.post(&format!("/v1/queues/{}/messages/batch", encode(queue)), &req).await?;
+        Ok(got.messages)
     }
 
     /// `POST /v1/queues/{queue}/ack` with up to 100 receipts; answers how many were acked
     /// and the failures (`receipt`, `error`, `message`).
-    pub async fn queue_ack_many(
-        &self,
-        queue: &str,
-        receipts: &[String],
-    ) -> Result<(usize, Vec<serde_json::Value>), ClientError> {
+    pub async fn queue_ack_many(&self, queue: &str, receipts: &[String]) -> Result<Acked, ClientError> {
         let req = serde_json::json!({ "receipts": receipts });
-        let got: serde_json::Value = self.post(&format!("/v1/queues/{}/ack", encode(queue)), &req).await?;
-        let acked = got["acked"].as_u64().unwrap_or(0) as usize;
-        Ok((acked, got["failed"].as_array().cloned().unwrap_or_default()))
+        self.post(&format!("/v1/queues/{}/ack", encode(queue)), &req).await
     }
 
     /// `POST /v1/queues/{queue}/receive`.

@@ -504,3 +504,26 @@ pub struct Ring {
     /// Every partition.
     pub partitions: Vec<RingPartition>,
 }
+
+/// The outcome of one message of a batch send: `id` and `partition`, or `error` and
+/// `message`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// Message id, when stored.
+    #[serde(default)]
+    pub id: Option<String>,
+    /// Its partition, when stored.
+    #[serde(default)]
+    pub partition: Option<u32>,
+    /// Stable error code, when refused.
+    #[serde(default)]
+    pub error: Option<String>,
+    /// Why, when refused.
+    #[serde(default)]
+    pub message: Option<String>,
+}
+
+#[derive(Deserialize)]
+pub(crate) struct SentBatch {
+    pub(crate) messages: Vec<SendOutcome>,
+}

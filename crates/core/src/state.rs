@@ -141,15 +141,17 @@ impl Group0State {
     /// hold counts as gone even before the leader's expiry removes it).
     pub fn check_fence(&self, fence: &Fence) -> Result<(), KvRefusal> {
         let now = self.clock_ms;
-        let holds: Vec<&crate::locks::Hold> = self
-            .locks
-            .get(&fence.lock)
-            .map(|l| l.holders.values().filter(|h| h.expires_at_ms > now).collect())
-            .unwrap_or_default();
-        if holds.iter().any(|h| h.fence == fence.token) {
+        let current_holds = || {
+            self.locks
+                .get(&fence.lock)
+                .into_iter()
+                .flat_map(|l| l.holders.values())
+                .filter(|h| h.expires_at_ms > now)
+        };
+        if current_holds().any(|h| h.fence == fence.token) {
             return Ok(());
         }
-        let current = holds.iter().map(|h| h.fence).max();
+        let current = current_holds().map(|h| h.fence).max();
         Err(KvRefusal::StaleFence { lock: fence.lock.clone(), current })
     }
 

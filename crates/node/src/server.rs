@@ -120,7 +120,11 @@ fn serve_connection(
     let _ = tcp.set_nodelay(true);
     let Ok(permit) = connections.clone().try_acquire_owned() else {
         crate::metrics::record_refused_connection();
-        tokio::spawn(refuse_connection(tcp, limits.max_connections));
+        let error = NodeError::Unavailable(format!(
+            "this node already serves {} connections (HTTP_MAX_CONNECTIONS); retry later or on another node",
+            limits.max_connections
+        ));
+        tokio::spawn(refuse(tcp, error));
         return;
     };
     let app = app.clone();
@@ -152,7 +156,10 @@ async fn handshake(
     let mut first = [0u8; 1];
     match tokio::time::timeout(limit, tcp.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] != 0x16 => {
-            refuse_plain_http(tcp).await;
+            let error = NodeError::InvalidArgument(
+                "this node serves HTTPS only (TLS_CERT_FILE is set): use an https:// endpoint".into(),
+            );
+            refuse(tcp, error).await;
             return None;
         }
         Ok(Ok(1)) => {}
@@ -257,25 +264,10 @@ impl HttpBody for CountedBody {
     }
 }
 
-/// Answers a connection over the limit with a JSON `503` and closes it.
-async fn refuse_connection(mut tcp: TcpStream, max_connections: usize) {
-    let answer = NodeError::Unavailable(format!(
-        "this node already serves {max_connections} connections (HTTP_MAX_CONNECTIONS); retry later or on another node"
-    ))
-    .to_http1();
-    let _ = tokio::time::timeout(Duration::from_secs(1), async {
-        let _ = tcp.write_all(&answer).await;
-        let _ = tcp.shutdown().await;
-    })
-    .await;
-}
-
-/// Answers a plain-HTTP request on an HTTPS-only node and closes the connection.
-async fn refuse_plain_http(mut tcp: TcpStream) {
-    let answer = NodeError::InvalidArgument(
-        "this node serves HTTPS only (TLS_CERT_FILE is set): use an https:// endpoint".into(),
-    )
-    .to_http1();
+/// Answers a connection it will not serve (over the connection limit, or plain HTTP to an
+/// HTTPS node) with `error` in our JSON, and closes it.
+async fn refuse(mut tcp: TcpStream, error: NodeError) {
+    let answer = error.to_http1();
     let _ = tokio::time::timeout(Duration::from_secs(1), async {
         let _ = tcp.write_all(&answer).await;
         let _ = tcp.shutdown().await;

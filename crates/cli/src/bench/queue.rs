@@ -79,7 +79,7 @@ pub(super) async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
                         (i..i + n).map(|j| ((*body).clone(), key_of(j))).collect();
                     match client.queue_send_batch(&queue, &batch).await {
                         Ok(outcomes) => {
-                            let failed = outcomes.iter().filter(|o| o.get("error").is_some()).count();
+                            let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
                             errors += failed;
                             let elapsed = t.elapsed();
                             latencies.extend(std::iter::repeat_n(elapsed, n - failed));
@@ -114,9 +114,9 @@ pub(super) async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
                 }
                 let receipts: Vec<String> = messages.into_iter().map(|m| m.receipt).collect();
                 match client.queue_ack_many(&queue, &receipts).await {
-                    Ok((done, failed)) => {
-                        acked.fetch_add(done, std::sync::atomic::Ordering::Relaxed);
-                        errors += failed.len();
+                    Ok(done) => {
+                        acked.fetch_add(done.acked, std::sync::atomic::Ordering::Relaxed);
+                        errors += done.failed.len();
                     }
                     Err(_) => errors += receipts.len(),
                 }

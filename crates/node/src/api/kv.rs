@@ -161,27 +161,23 @@ fn current(node: &AppState, key: &str) -> Result<KvValue, NodeError> {
 /// or at `deadline`.
 async fn wait_for_change(node: &AppState, key: &str, after: u64, deadline: Instant) {
     let sm = &node.group0.group().sm;
-    let subscription = {
+    let mut subscription = {
         let applied = sm.read();
-        if applied.state.kv.get(key).is_some_and(|e| e.version > after) {
+        let entry = applied.state.kv.get(key);
+        if entry.is_some_and(|e| e.version > after) {
             return;
         }
-        sm.kv_feed().subscribe(after)
-    };
-    let mut subscription = match subscription {
-        Ok(subscription) if subscription.backlog.iter().any(|e| e.key == key) => return,
-        Ok(subscription) => subscription,
-        // The window no longer reaches back to `after`: a delete since cannot be ruled
-        // out, so an absent key is answered at once; a present one waits for its next change.
-        Err(_) => {
-            let applied = sm.read();
-            if applied.state.kv.get(key).is_none() {
-                return;
-            }
-            match sm.kv_feed().subscribe(applied.state.revision) {
+        match sm.kv_feed().subscribe(after) {
+            Ok(subscription) if subscription.backlog.iter().any(|e| e.key == key) => return,
+            Ok(subscription) => subscription,
+            // The window no longer reaches back to `after`: a delete since cannot be ruled
+            // out, so an absent key is answered at once; a present one waits for its next
+            // change.
+            Err(_) if entry.is_none() => return,
+            Err(_) => match sm.kv_feed().subscribe(applied.state.revision) {
                 Ok(subscription) => subscription,
                 Err(_) => return,
-            }
+            },
         }
     };
     wait_live(&mut subscription.live, key, after, deadline).await

@@ -37,13 +37,14 @@ pub async fn authorize(mut req: Request, next: Next) -> Response {
     }
     let connection = req.extensions().get::<Connection>().copied().unwrap_or_default();
     let peer = security.is_peer(connection.verified_certificate, req.headers());
-    let remote = connection.remote.map(|a| a.to_string()).unwrap_or_else(|| "unknown".into());
-    let what = format!("{} {}", req.method(), req.uri().path());
+    // Named only in refusals and audit lines, so a request let in formats nothing.
+    let remote = || connection.remote.map_or_else(|| "unknown".into(), |a| a.to_string());
+    let what = |req: &Request| format!("{} {}", req.method(), req.uri().path());
     match access(req.method(), req.uri().path()) {
         Access::Open => next.run(req).await,
         Access::Peers if peer || !security.peers_authenticate() => next.run(req).await,
         Access::Peers => {
-            audit(&remote, "node-to-node call", &what, "refused: not a cluster member");
+            audit(&remote(), "node-to-node call", &what(&req), "refused: not a cluster member");
             let how = if security.tls.is_some() {
                 "a client certificate signed by the cluster's CA (TLS_CA_FILE)"
             } else {
@@ -63,13 +64,14 @@ pub async fn authorize(mut req: Request, next: Next) -> Response {
             };
             let Some(principal) = principal else {
                 let reason = if bearer(&req).is_some() { "unknown token" } else { "no token" };
-                audit(&remote, "authenticate", &what, &format!("refused: {reason}"));
+                audit(&remote(), "authenticate", &what(&req), &format!("refused: {reason}"));
                 return NodeError::Unauthenticated(format!(
                     "{reason}: send Authorization: Bearer <token> with a token from AUTH_TOKENS_FILE"
                 ))
                 .into_response();
             };
             if principal.role < role {
+                let what = what(&req);
                 audit(&principal.name, "authorize", &what, "refused: role too small");
                 return NodeError::PermissionDenied(format!(
                     "{principal} may not {what}: it needs the {} role",

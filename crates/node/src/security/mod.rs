@@ -163,11 +163,6 @@ impl Security {
         })
     }
 
-    /// Nothing configured: every caller is trusted (a node on loopback, as in tests).
-    pub fn open(node_name: &str) -> Self {
-        Self { tls: None, cluster_secret: None, tokens: None, node_name: node_name.to_string() }
-    }
-
     /// Whether peers must prove who they are (TLS or a secret is configured).
     pub fn peers_authenticate(&self) -> bool {
         self.tls.is_some() || self.cluster_secret.is_some()
@@ -259,7 +254,7 @@ mod tests {
     #[test]
     fn peers_are_told_by_certificate_and_secret() {
         let mut headers = axum::http::HeaderMap::new();
-        let open = Security::open("n1");
+        let open = Security { tls: None, cluster_secret: None, tokens: None, node_name: "n1".into() };
         assert!(!open.is_peer(true, &headers), "nothing to check: nobody is a proven peer");
         let secret = Security { cluster_secret: Some(Arc::from(&b"s3cret-s3cret"[..])), ..open.clone() };
         assert!(!secret.is_peer(false, &headers));
