@@ -51,6 +51,22 @@ def test_round_trip_over_partitions_loses_nothing(cluster):
     assert sorted(got) == sorted(sent)
     stats = senders[0].stats()
     assert (stats["ready"], stats["in_flight"]) == (0, 0)
+    listed = node_client(cluster, 2).queues()
+    assert q not in [x["queue"] for x in listed["queues"]]  # an empty queue is not listed
+
+
+def test_queue_list_counts_every_partition(cluster):
+    q = qname("py-listed")
+    c = node_client(cluster, 1)
+    for i in range(9):
+        c.queue(q).send(i, key=f"k{i}")
+    c.queue(q).receive(max=3, visibility_ms=60_000)
+    (entry,) = [x for x in c.queues()["queues"] if x["queue"] == q]
+    assert (entry["ready"], entry["in_flight"], entry["dead_letters"]) == (6, 3, 0)
+    assert sum(p["ready"] + p["in_flight"] for p in entry["partitions"]) == 9
+    nodes = c.cluster_nodes()["nodes"]
+    assert [n["id"] for n in nodes] == ["node1", "node2", "node3"]
+    assert all(n["cluster"]["node_id"] == n["id"] for n in nodes)
 
 
 def test_one_key_keeps_its_order_and_consume_yields_one_by_one(client):

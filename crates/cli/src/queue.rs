@@ -60,6 +60,8 @@ enum QueueCommand {
         #[arg(long, default_value_t = 0)]
         delay_ms: u64,
     },
+    /// Every queue that holds messages, with its counts in all and per partition.
+    List,
     /// Ready, in-flight and dead-lettered messages, per partition.
     Stats {
         /// Queue name.
@@ -105,6 +107,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
         QueueCommand::Nack { queue, receipt, delay_ms } => {
             serde_json::json!({ "dead_lettered": client.queue_nack(&queue, &receipt, delay_ms).await? })
         }
+        QueueCommand::List => serde_json::to_value(client.queues().await?)?,
         QueueCommand::Stats { queue } => serde_json::to_value(client.queue_stats(&queue).await?)?,
     };
     say!("{}", serde_json::to_string_pretty(&shown)?);

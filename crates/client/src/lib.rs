@@ -618,6 +618,16 @@ impl Client {
         self.get(&format!("/v1/queues/{}", encode(queue))).await
     }
 
+    /// `GET /v1/queues`: every queue that holds messages, with its counts.
+    pub async fn queues(&self) -> Result<QueueList, ClientError> {
+        self.get("/v1/queues").await
+    }
+
+    /// `GET /v1/cluster/nodes`: every member's own status, readiness and cache counters.
+    pub async fn cluster_nodes(&self) -> Result<NodesOverview, ClientError> {
+        self.get("/v1/cluster/nodes").await
+    }
+
     /// `GET /v1/ring`: virtual nodes and partition placements.
     pub async fn ring(&self) -> Result<Ring, ClientError> {
         self.get("/v1/ring").await

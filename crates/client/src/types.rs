@@ -246,6 +246,73 @@ pub struct QueueStats {
     pub partitions: Vec<serde_json::Value>,
 }
 
+/// One queue of `GET /v1/queues`, over all partitions.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueSummary {
+    /// Queue name.
+    pub queue: String,
+    /// Ready messages.
+    pub ready: usize,
+    /// Delivered, unacknowledged messages.
+    pub in_flight: usize,
+    /// Messages in `<queue>.dlq`.
+    pub dead_letters: usize,
+    /// The partitions that hold its messages.
+    pub partitions: Vec<QueuePartitionCounts>,
+}
+
+/// A queue's messages in one partition.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueuePartitionCounts {
+    /// Partition number.
+    pub partition: u32,
+    /// Ready messages.
+    pub ready: usize,
+    /// Messages in flight.
+    pub in_flight: usize,
+    /// Messages of its dead-letter queue in this partition.
+    pub dead_letters: usize,
+}
+
+/// `GET /v1/queues`: every queue that holds messages.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct QueueList {
+    /// By name.
+    pub queues: Vec<QueueSummary>,
+    /// Whether a partition held more queues than it lists.
+    pub truncated: bool,
+    /// Partitions whose leader did not answer: their queues are missing.
+    pub unanswered_partitions: Vec<u32>,
+}
+
+/// One member of `GET /v1/cluster/nodes`, as it answered for itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeOverview {
+    /// Node name.
+    pub id: String,
+    /// `host:port`.
+    pub addr: String,
+    /// Its own `GET /v1/cluster`, when it answered.
+    pub cluster: Option<ClusterStatus>,
+    /// Whether its `/ready` answered `200`.
+    pub ready: bool,
+    /// Why not.
+    #[serde(default)]
+    pub ready_problem: Option<String>,
+    /// Its cache counters, when it answered.
+    pub cache: Option<CacheStats>,
+    /// Why it could not be asked.
+    #[serde(default)]
+    pub error: Option<String>,
+}
+
+/// `GET /v1/cluster/nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodesOverview {
+    /// By name.
+    pub nodes: Vec<NodeOverview>,
+}
+
 /// `GET /health`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Health {

@@ -16,19 +16,161 @@ const LATENCY_BUCKETS_SECONDS: &[f64] =
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
 
+/// What kind of series a metric is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only grows.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// A distribution, with buckets.
+    Histogram,
+}
+
+/// Every metric a node exports, with its HELP text (docs/operations.md explains each).
+pub const METRICS: &[(&str, Kind, &str)] = &[
+    ("sinkron_build_info", Kind::Gauge, "Always 1; the labels name this binary's version and build profile"),
+    ("sinkron_raft_role", Kind::Gauge, "1 for this node's current role in group 0, 0 for the others"),
+    ("sinkron_raft_term", Kind::Gauge, "Current Raft term of group 0"),
+    ("sinkron_raft_commit_index", Kind::Gauge, "Highest group-0 log index known committed"),
+    ("sinkron_raft_applied_index", Kind::Gauge, "Highest group-0 log index applied to the state machine"),
+    ("sinkron_raft_last_log_index", Kind::Gauge, "Last index in this node's group-0 log"),
+    ("sinkron_raft_has_leader", Kind::Gauge, "1 when this node knows a group-0 leader"),
+    ("sinkron_raft_leader_changes_total", Kind::Counter, "Times this node saw a new group-0 leader"),
+    (
+        "sinkron_raft_refused_calls_total",
+        Kind::Counter,
+        "Raft calls refused with a client error, by who refused them",
+    ),
+    (
+        "sinkron_http_requests_total",
+        Kind::Counter,
+        "HTTP requests served, by route template, method and status",
+    ),
+    ("sinkron_http_request_duration_seconds", Kind::Histogram, "Time to serve an HTTP request"),
+    (
+        "sinkron_http_connections_refused_total",
+        Kind::Counter,
+        "Connections refused because HTTP_MAX_CONNECTIONS were open",
+    ),
+    ("sinkron_rpc_requests_total", Kind::Counter, "Raft calls this node sent to peers, by call and outcome"),
+    ("sinkron_rpc_request_duration_seconds", Kind::Histogram, "Time per Raft call sent to a peer"),
+    ("sinkron_peer_batch_calls", Kind::Histogram, "Raft calls carried by one batch of a peer stream"),
+    (
+        "sinkron_read_round_waiters",
+        Kind::Histogram,
+        "Linearizable reads or lease renewals served by one ReadIndex round",
+    ),
+    (
+        "sinkron_proposal_batch_requests",
+        Kind::Histogram,
+        "Client requests per Raft entry proposed by this node as leader",
+    ),
+    ("sinkron_log_fsync_duration_seconds", Kind::Histogram, "Time of each fdatasync of the node's log"),
+    (
+        "sinkron_log_compaction_copies_total",
+        Kind::Counter,
+        "Live log records copied forward to reclaim an old segment",
+    ),
+    (
+        "sinkron_lock_requests_total",
+        Kind::Counter,
+        "Lock requests answered by this node, by operation and outcome",
+    ),
+    (
+        "sinkron_lock_request_duration_seconds",
+        Kind::Histogram,
+        "Time to answer a lock request, waiting in the queue included",
+    ),
+    (
+        "sinkron_locks_held",
+        Kind::Gauge,
+        "Locks held by at least one client, in this node's copy of the lock table",
+    ),
+    ("sinkron_lock_holders", Kind::Gauge, "Holds over all locks, in this node's copy of the lock table"),
+    (
+        "sinkron_lock_waiters",
+        Kind::Gauge,
+        "Queued lock requests over all locks, in this node's copy of the lock table",
+    ),
+    (
+        "sinkron_lock_events_total",
+        Kind::Counter,
+        "Side effects of applied lock commands: grants from a queue, lease and wait expiries",
+    ),
+    ("sinkron_cache_lines", Kind::Gauge, "Lines in this node's cache"),
+    ("sinkron_cache_capacity", Kind::Gauge, "Lines this node's cache may hold (CACHE_MAX_SIZE)"),
+    ("sinkron_cache_lease_valid", Kind::Gauge, "1 while this node's cache coherence lease is valid"),
+    (
+        "sinkron_cache_events_total",
+        Kind::Counter,
+        "Cache hits, misses, evictions, invalidations and write-backs of this node",
+    ),
+    (
+        "sinkron_cache_transitions_total",
+        Kind::Counter,
+        "Changes of this node's cache lines, by MESI transition",
+    ),
+    (
+        "sinkron_queue_messages_total",
+        Kind::Counter,
+        "Queue messages sent, received, acked and nacked for clients of this node",
+    ),
+    (
+        "sinkron_queue_redelivered_total",
+        Kind::Counter,
+        "Messages made ready again after their visibility deadline passed",
+    ),
+    ("sinkron_queue_dead_lettered_total", Kind::Counter, "Messages moved to a dead-letter queue"),
+    ("sinkron_queue_depth", Kind::Gauge, "Ready messages of a queue over the partitions this node leads"),
+    (
+        "sinkron_queue_in_flight",
+        Kind::Gauge,
+        "Delivered, unacknowledged messages of a queue over the partitions this node leads",
+    ),
+    ("sinkron_queue_partitions_led", Kind::Gauge, "Queue partition groups this node leads"),
+    ("sinkron_queue_partitions_hosted", Kind::Gauge, "Queue partition groups this node has open"),
+    (
+        "sinkron_queue_partition_moves_total",
+        Kind::Counter,
+        "Partition moves this node recorded as group-0 leader",
+    ),
+    ("sinkron_state_bytes", Kind::Gauge, "Estimated state size of a Raft group on this node"),
+    ("sinkron_state_quota_bytes", Kind::Gauge, "The state quota of a Raft group (QUOTA_BYTES)"),
+    ("sinkron_quota_refusals_total", Kind::Counter, "Writes refused for a quota, by quota"),
+];
+
 /// Installs the process-wide recorder once; later calls return the same handle. `None` when
 /// another recorder was installed first (metrics are then not exported).
 pub fn install() -> Option<PrometheusHandle> {
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .set_buckets(LATENCY_BUCKETS_SECONDS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_requests".into()), COUNT_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_ops".into()), COUNT_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_calls".into()), COUNT_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_waiters".into()), COUNT_BUCKETS))
                 .ok()
-                .and_then(|b| b.install_recorder().ok())
+                .and_then(|b| b.install_recorder().ok())?;
+            describe();
+            Some(handle)
         })
         .clone()
+}
+
+/// Gives every metric its HELP text, and sets `sinkron_build_info`.
+fn describe() {
+    for (name, kind, help) in METRICS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(*name, *help),
+            Kind::Gauge => metrics::describe_gauge!(*name, *help),
+            Kind::Histogram => metrics::describe_histogram!(*name, *help),
+        }
+    }
+    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    metrics::gauge!("sinkron_build_info", "version" => env!("CARGO_PKG_VERSION"), "profile" => profile)
+        .set(1.0);
 }
 
 /// Records a ReadIndex round shared by `waiters` reads (or lease renewals).

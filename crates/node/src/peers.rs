@@ -139,13 +139,28 @@ impl Peers {
 
     /// The MESI state the member at `addr` reports for `key`.
     pub async fn cache_line(&self, addr: &str, key: &str) -> Option<String> {
-        if self.isolation.is_set() {
-            return None;
-        }
-        let url = self.http.url(addr, &format!("/v1/cache/{}/local", urlencode(key)));
-        let resp = self.http.client.get(url).timeout(Duration::from_secs(2)).send().await.ok()?;
-        let body: serde_json::Value = resp.json().await.ok()?;
+        let (_, body) = self.get_json(addr, &format!("/v1/cache/{}/local", urlencode(key))).await.ok()?;
         body.get("state").and_then(|s| s.as_str()).map(String::from)
+    }
+
+    /// `GET path` (a public endpoint) of the member at `addr`, allowing it 2 s: the status
+    /// and the JSON body of its answer, or why there was none.
+    pub async fn get_json(&self, addr: &str, path: &str) -> Result<(u16, serde_json::Value), String> {
+        if self.isolation.is_set() {
+            return Err("this node is cut off by fault injection".into());
+        }
+        let url = self.http.url(addr, path);
+        let resp = self.http.client.get(url).timeout(Duration::from_secs(2)).send().await.map_err(|e| {
+            if e.is_timeout() {
+                "no answer within 2 s".to_string()
+            } else {
+                format!("unreachable: {e}")
+            }
+        })?;
+        let status = resp.status().as_u16();
+        let body =
+            resp.json().await.map_err(|e| format!("HTTP {status} with a body that is not JSON: {e}"))?;
+        Ok((status, body))
     }
 
     /// Sends a public API request to `leader` on behalf of `principal` and returns its

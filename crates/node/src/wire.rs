@@ -78,6 +78,8 @@ pub enum LeaderCall {
         /// Queue to count.
         queue: Option<String>,
     },
+    /// Every queue with messages in the partition (at most [`QUEUES_LISTED_MAX`]).
+    Queues,
     /// Give the group exactly these voters (a move after a membership change).
     Reconfigure {
         /// The new replica set.
@@ -96,6 +98,8 @@ pub enum PartitionReply {
     Received(Vec<Delivery>),
     /// Counts.
     Stats(PartitionStats),
+    /// The queues of a partition.
+    Queues(PartitionQueues),
     /// A reconfiguration finished.
     Reconfigured,
 }
@@ -113,6 +117,31 @@ pub struct PartitionStats {
     pub in_flight: usize,
     /// Messages in the queue's dead-letter queue.
     pub dead_letters: usize,
+}
+
+/// Most queues one partition lists for `GET /v1/queues`, in name order.
+pub const QUEUES_LISTED_MAX: usize = 1_000;
+
+/// The queues of one partition, read at its leader.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PartitionQueues {
+    /// Partition number.
+    pub partition: u32,
+    /// The queues with messages, by name, with their counts in this partition.
+    pub queues: Vec<QueueCounts>,
+    /// Whether the partition holds more queues than listed.
+    pub truncated: bool,
+}
+
+/// One queue's messages in one partition.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QueueCounts {
+    /// Queue name (a dead-letter queue ends in `.dlq`).
+    pub queue: String,
+    /// Ready messages, delayed ones included.
+    pub ready: usize,
+    /// Delivered, unacknowledged messages.
+    pub in_flight: usize,
 }
 
 /// Body of `POST /raft/{group}/queue`.

@@ -91,6 +91,14 @@ class AsyncClient:
     async def cluster(self) -> Dict[str, Any]:
         return await self.call(_core.get_json("/v1/cluster"))
 
+    async def cluster_nodes(self) -> Dict[str, Any]:
+        """``GET /v1/cluster/nodes``: every member's own status, readiness and cache counters."""
+        return await self.call(_core.get_json("/v1/cluster/nodes"))
+
+    async def queues(self) -> Dict[str, Any]:
+        """``GET /v1/queues``: every queue that holds messages, with its counts."""
+        return await self.call(_core.get_json("/v1/queues"))
+
     async def ring(self) -> Dict[str, Any]:
         return await self.call(_core.get_json("/v1/ring"))
 

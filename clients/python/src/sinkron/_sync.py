@@ -103,6 +103,14 @@ class Client:
         """``GET /v1/cluster``: group 0 as the node in use sees it."""
         return self.call(_core.get_json("/v1/cluster"))
 
+    def cluster_nodes(self) -> Dict[str, Any]:
+        """``GET /v1/cluster/nodes``: every member's own status, readiness and cache counters."""
+        return self.call(_core.get_json("/v1/cluster/nodes"))
+
+    def queues(self) -> Dict[str, Any]:
+        """``GET /v1/queues``: every queue that holds messages, with its counts."""
+        return self.call(_core.get_json("/v1/queues"))
+
     def ring(self) -> Dict[str, Any]:
         """``GET /v1/ring``: the queue partitions, their replicas and leaders."""
         return self.call(_core.get_json("/v1/ring"))

@@ -9,9 +9,11 @@ pub mod cluster;
 pub mod error;
 pub mod kv;
 pub mod locks;
+pub mod overview;
 pub mod queues;
 pub mod quota;
 pub mod raft;
+pub mod ui;
 pub mod watch;
 
 use std::sync::{Arc, OnceLock};
@@ -111,6 +113,8 @@ fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(cluster::metrics_text))
         .routes(routes!(openapi_json))
         .routes(routes!(cluster::cluster_status))
+        .routes(routes!(overview::nodes))
+        .routes(routes!(overview::queues))
         .routes(routes!(cluster::add_member))
         .routes(routes!(cluster::remove_member))
         .routes(routes!(kv::kv_get, kv::kv_put, kv::kv_delete))
@@ -164,6 +168,7 @@ pub fn router(node: AppState) -> Router {
     let (routes, doc) = documented_routes();
     let _ = OPENAPI_JSON.set(serde_json::to_value(&doc).unwrap_or_default());
     routes
+        .merge(ui::routes())
         .fallback(|| async { NodeError::NotFound("no such endpoint".into()) })
         .method_not_allowed_fallback(|| async {
             NodeError::MethodNotAllowed("this endpoint does not accept that method".into())

@@ -13,7 +13,7 @@ use tokio::time::timeout;
 use super::{new_request_id, unexpected, Queues};
 use crate::clock::now_ms;
 use crate::error::NodeError;
-use crate::wire::{LeaderCall, PartitionCall, PartitionReply, PartitionStats, Sent};
+use crate::wire::{LeaderCall, PartitionCall, PartitionQueues, PartitionReply, PartitionStats, Sent};
 
 /// Longest a receive waits for one partition before moving on to the next.
 const RECEIVE_PARTITION_WAIT: Duration = Duration::from_secs(2);
@@ -350,26 +350,10 @@ impl Queues {
         partitions: u32,
         queue: Option<String>,
     ) -> Result<Vec<PartitionStats>, NodeError> {
-        let mut tasks = tokio::task::JoinSet::new();
-        for partition in 0..partitions {
-            let this = self.clone();
-            let queue = queue.clone();
-            tasks.spawn(async move {
-                let deadline = Instant::now() + this.request_timeout();
-                let reply = this
-                    .partition_call(
-                        partition,
-                        PartitionCall::AtLeader(LeaderCall::Stats { queue }),
-                        deadline,
-                        2,
-                    )
-                    .await;
-                (partition, reply)
-            });
-        }
         let mut out = Vec::new();
-        while let Some(joined) = tasks.join_next().await {
-            let (partition, reply) = joined.map_err(|e| NodeError::Unavailable(e.to_string()))?;
+        for (partition, reply) in
+            self.ask_every_partition(partitions, || LeaderCall::Stats { queue: queue.clone() }).await?
+        {
             match reply {
                 Ok(PartitionReply::Stats(stats)) => out.push(stats),
                 Ok(other) => return Err(unexpected(other)),
@@ -380,7 +364,46 @@ impl Queues {
                 Err(e) => return Err(e),
             }
         }
-        out.sort_by_key(|s| s.partition);
+        Ok(out)
+    }
+
+    /// The queues of every partition with their counts, asked of each partition's leader in
+    /// parallel; partitions that did not answer are listed apart.
+    pub async fn list(&self) -> Result<(Vec<PartitionQueues>, Vec<u32>), NodeError> {
+        let partitions = self.queue_settings()?.partitions;
+        let mut listed = Vec::new();
+        let mut unanswered = Vec::new();
+        for (partition, reply) in self.ask_every_partition(partitions, || LeaderCall::Queues).await? {
+            match reply {
+                Ok(PartitionReply::Queues(queues)) => listed.push(queues),
+                Ok(other) => return Err(unexpected(other)),
+                Err(_) => unanswered.push(partition),
+            }
+        }
+        Ok((listed, unanswered))
+    }
+
+    /// Asks every partition's leader `call()`, in parallel; the replies in partition order.
+    async fn ask_every_partition(
+        &self,
+        partitions: u32,
+        call: impl Fn() -> LeaderCall,
+    ) -> Result<Vec<(u32, Result<PartitionReply, NodeError>)>, NodeError> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for partition in 0..partitions {
+            let this = self.clone();
+            let call = call();
+            tasks.spawn(async move {
+                let deadline = Instant::now() + this.request_timeout();
+                let reply = this.partition_call(partition, PartitionCall::AtLeader(call), deadline, 2).await;
+                (partition, reply)
+            });
+        }
+        let mut out = Vec::with_capacity(partitions as usize);
+        while let Some(joined) = tasks.join_next().await {
+            out.push(joined.map_err(|e| NodeError::Unavailable(e.to_string()))?);
+        }
+        out.sort_by_key(|(partition, _)| *partition);
         Ok(out)
     }
 }

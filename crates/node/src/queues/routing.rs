@@ -14,7 +14,10 @@ use crate::clock::now_ms;
 use crate::error::NodeError;
 use crate::group::{membership_outcome, Leader};
 use crate::types::{partition_group, Member, NodeId};
-use crate::wire::{ForwardedWrite, LeaderCall, PartitionCall, PartitionReply, PartitionStats};
+use crate::wire::{
+    ForwardedWrite, LeaderCall, PartitionCall, PartitionQueues, PartitionReply, PartitionStats, QueueCounts,
+    QUEUES_LISTED_MAX,
+};
 
 impl Queues {
     /// Refuses sends to a partition whose state is at its quota, or that would add a queue
@@ -192,6 +195,7 @@ impl Queues {
             LeaderCall::Stats { queue } => {
                 Ok(PartitionReply::Stats(self.local_stats(partition, group, queue)))
             }
+            LeaderCall::Queues => Ok(PartitionReply::Queues(local_queues(partition, group))),
             LeaderCall::Reconfigure { replicas } => {
                 reconfigure(&group.raft, replicas, self.request_timeout() * 2).await?;
                 Ok(PartitionReply::Reconfigured)
@@ -218,6 +222,22 @@ impl Queues {
         }
         stats
     }
+}
+
+/// The queues of `group` with their counts, from its applied state.
+fn local_queues(partition: u32, group: &PartitionGroup) -> PartitionQueues {
+    let applied = group.sm.read();
+    let all = applied.state.state.queues();
+    let queues = all
+        .iter()
+        .take(QUEUES_LISTED_MAX)
+        .map(|(name, q)| QueueCounts {
+            queue: name.clone(),
+            ready: q.ready.len(),
+            in_flight: q.in_flight.len(),
+        })
+        .collect();
+    PartitionQueues { partition, queues, truncated: all.len() > QUEUES_LISTED_MAX }
 }
 
 /// Gives `raft`'s group exactly `replicas` as voters: new nodes join as learners and catch

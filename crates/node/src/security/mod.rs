@@ -94,7 +94,8 @@ pub fn access(method: &Method, path: &str) -> Access {
     let segments: Vec<&str> = path.split('/').skip(1).collect();
     let reading = method == Method::GET || method == Method::HEAD;
     match segments.as_slice() {
-        ["health"] | ["ready"] | ["openapi.json"] => Access::Open,
+        // The dashboard's page, script and style hold no data; its calls need tokens.
+        ["health"] | ["ready"] | ["openapi.json"] | ["ui", ..] => Access::Open,
         ["raft", ..] => Access::Peers,
         ["metrics"] => Access::Needs(Role::Read),
         ["v1", "debug", ..] => Access::Needs(Role::Admin),
