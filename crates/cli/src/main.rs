@@ -22,6 +22,7 @@ mod kv;
 mod lock;
 mod queue;
 mod serve;
+mod snapshot;
 
 use clap::{Parser, Subcommand};
 
@@ -60,6 +61,8 @@ enum Commands {
     Bench(bench::BenchArgs),
     /// Make a CA and a certificate per node for a TLS cluster.
     Certs(certs::CertsArgs),
+    /// Back up a running cluster to a file, or seed a new node's data directory from one.
+    Snapshot(snapshot::SnapshotArgs),
 }
 
 fn main() {
@@ -88,6 +91,7 @@ fn main() {
             Commands::Bench(args) => bench::run(args).await,
             Commands::Chaos(args) => chaos::run(args).await,
             Commands::Certs(args) => certs::run(args),
+            Commands::Snapshot(args) => snapshot::run(args).await,
         }
     });
     if let Err(e) = result {

@@ -628,6 +628,17 @@ impl Client {
         self.get("/v1/cluster/nodes").await
     }
 
+    /// `GET /v1/snapshot/group0`: group 0's whole state at one log id (admin; a backup's
+    /// first part).
+    pub async fn snapshot_group0(&self) -> Result<serde_json::Value, ClientError> {
+        self.get("/v1/snapshot/group0").await
+    }
+
+    /// `GET /v1/snapshot/partitions/{partition}`: a queue partition's whole state (admin).
+    pub async fn snapshot_partition(&self, partition: u32) -> Result<serde_json::Value, ClientError> {
+        self.get(&format!("/v1/snapshot/partitions/{partition}")).await
+    }
+
     /// `GET /v1/ring`: virtual nodes and partition placements.
     pub async fn ring(&self) -> Result<Ring, ClientError> {
         self.get("/v1/ring").await

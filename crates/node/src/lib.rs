@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod api;
+pub mod backup;
 pub mod cache;
 pub mod clock;
 pub mod coalesce;

@@ -80,6 +80,8 @@ pub enum LeaderCall {
     },
     /// Every queue with messages in the partition (at most [`QUEUES_LISTED_MAX`]).
     Queues,
+    /// The partition's whole state, for a backup.
+    Snapshot,
     /// Give the group exactly these voters (a move after a membership change).
     Reconfigure {
         /// The new replica set.
@@ -100,6 +102,8 @@ pub enum PartitionReply {
     Stats(PartitionStats),
     /// The queues of a partition.
     Queues(PartitionQueues),
+    /// A partition's state for a backup.
+    Snapshot(crate::backup::GroupBackup),
     /// A reconfiguration finished.
     Reconfigured,
 }

@@ -92,6 +92,13 @@ impl LockTable {
         self.last_fence
     }
 
+    /// Moves the fence counter `gap` ahead, so that no fence handed out from now on can be
+    /// one handed out before (a restore from a backup does this: the old cluster may have
+    /// gone on granting after the backup was taken).
+    pub fn skip_fences(&mut self, gap: u64) {
+        self.last_fence = self.last_fence.saturating_add(gap);
+    }
+
     /// Takes the events produced since the last call.
     pub fn drain_events(&mut self) -> Vec<LockEvent> {
         std::mem::take(&mut self.events)

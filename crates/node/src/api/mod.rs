@@ -13,6 +13,7 @@ pub mod overview;
 pub mod queues;
 pub mod quota;
 pub mod raft;
+pub mod snapshot;
 pub mod ui;
 pub mod watch;
 
@@ -115,6 +116,8 @@ fn documented_routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(cluster::cluster_status))
         .routes(routes!(overview::nodes))
         .routes(routes!(overview::queues))
+        .routes(routes!(snapshot::group0))
+        .routes(routes!(snapshot::partition))
         .routes(routes!(cluster::add_member))
         .routes(routes!(cluster::remove_member))
         .routes(routes!(kv::kv_get, kv::kv_put, kv::kv_delete))

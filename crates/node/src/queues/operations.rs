@@ -383,6 +383,22 @@ impl Queues {
         Ok((listed, unanswered))
     }
 
+    /// Partition `partition`'s whole state, read at its leader, for a backup.
+    pub async fn snapshot(&self, partition: u32) -> Result<crate::backup::GroupBackup, NodeError> {
+        let partitions = self.queue_settings()?.partitions;
+        if partition >= partitions {
+            return Err(NodeError::NotFound(format!("partition {partition}: the cluster has {partitions}")));
+        }
+        let deadline = Instant::now() + self.request_timeout();
+        match self
+            .partition_call(partition, PartitionCall::AtLeader(LeaderCall::Snapshot), deadline, 2)
+            .await?
+        {
+            PartitionReply::Snapshot(backup) => Ok(backup),
+            other => Err(unexpected(other)),
+        }
+    }
+
     /// Asks every partition's leader `call()`, in parallel; the replies in partition order.
     async fn ask_every_partition(
         &self,

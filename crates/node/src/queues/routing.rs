@@ -196,6 +196,17 @@ impl Queues {
                 Ok(PartitionReply::Stats(self.local_stats(partition, group, queue)))
             }
             LeaderCall::Queues => Ok(PartitionReply::Queues(local_queues(partition, group))),
+            LeaderCall::Snapshot => {
+                let applied = group.sm.read();
+                let state = serde_json::to_value(&applied.state).map_err(|e| {
+                    NodeError::Unavailable(format!("cannot encode partition {partition}: {e}"))
+                })?;
+                Ok(PartitionReply::Snapshot(crate::backup::GroupBackup {
+                    group: crate::types::partition_group(partition),
+                    last_log_id: applied.last_applied,
+                    state,
+                }))
+            }
             LeaderCall::Reconfigure { replicas } => {
                 reconfigure(&group.raft, replicas, self.request_timeout() * 2).await?;
                 Ok(PartitionReply::Reconfigured)

@@ -99,6 +99,8 @@ pub fn access(method: &Method, path: &str) -> Access {
         ["raft", ..] => Access::Peers,
         ["metrics"] => Access::Needs(Role::Read),
         ["v1", "debug", ..] => Access::Needs(Role::Admin),
+        // A backup holds every value, lock owner and message receipt.
+        ["v1", "snapshot", ..] => Access::Needs(Role::Admin),
         ["v1", "cluster", "members", ..] if !reading => Access::Needs(Role::Admin),
         ["v1", "locks", _, "force-release"] => Access::Needs(Role::Admin),
         _ if reading => Access::Needs(Role::Read),

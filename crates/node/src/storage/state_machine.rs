@@ -232,7 +232,7 @@ impl<S: Machine> StateMachineStore<S> {
 }
 
 /// Encodes a snapshot file: magic, meta length, meta JSON, data, CRC of all before it.
-fn encode_snapshot_file(meta: &SnapshotMeta, data: &[u8]) -> io::Result<Vec<u8>> {
+pub fn encode_snapshot_file(meta: &SnapshotMeta, data: &[u8]) -> io::Result<Vec<u8>> {
     let meta_json = serde_json::to_vec(meta).map_err(io::Error::other)?;
     let mut buf = Vec::with_capacity(meta_json.len() + data.len() + 24);
     buf.extend_from_slice(SNAPSHOT_MAGIC);
@@ -281,6 +281,15 @@ impl SnapshotStore {
 
 fn decode_snapshot(bytes: &[u8]) -> io::Result<(SnapshotMeta, Vec<u8>)> {
     let corrupt = || io::Error::other("the stored snapshot is corrupt");
+    // The magic ends in the format version: another version is named, not called corrupt.
+    if bytes.len() >= 8 && bytes[..6] == SNAPSHOT_MAGIC[..6] && bytes[..8] != SNAPSHOT_MAGIC[..] {
+        return Err(io::Error::other(format!(
+            "the stored snapshot has format version {}; this binary reads version {} (run the \
+             sinkron version that wrote it)",
+            String::from_utf8_lossy(&bytes[6..8]),
+            String::from_utf8_lossy(&SNAPSHOT_MAGIC[6..8]),
+        )));
+    }
     if bytes.len() < 20 || &bytes[..8] != SNAPSHOT_MAGIC {
         return Err(corrupt());
     }
