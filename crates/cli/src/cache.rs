@@ -55,6 +55,6 @@ pub async fn run(args: CacheArgs) -> anyhow::Result<()> {
         CacheCommand::Lines { key } => serde_json::to_value(client.cache_lines(&key).await?)?,
         CacheCommand::Stats => serde_json::to_value(client.cache_stats().await?)?,
     };
-    say!("{}", serde_json::to_string_pretty(&shown)?);
+    crate::output::show(&shown)?;
     Ok(())
 }

@@ -77,7 +77,10 @@ pub async fn run(args: ChaosArgs) -> anyhow::Result<()> {
             tls: args.tls,
         };
         say!("chaos {}: seed {seed}; replay with: {}", workload.name(), config.replay_command());
-        let summary = run_once(&config).await?;
+        let progress = crate::progress::Progress::timed(config.duration, workload.name());
+        let summary = run_once(&config).await;
+        progress.finish();
+        let summary = summary?;
         say!("{}", summary.line());
         for violation in &summary.violations {
             say!("  violation: {violation}");

@@ -37,7 +37,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
         ClusterCommand::Status => status(&client).await,
         ClusterCommand::Ready => {
             let ready = client.ready().await?;
-            say!("{}", serde_json::to_string(&ready)?);
+            crate::output::show(&ready)?;
             Ok(())
         }
         ClusterCommand::Add { id, addr } => {
@@ -54,39 +54,31 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<()> {
 }
 
 async fn status(client: &Client) -> anyhow::Result<()> {
-    let seen = client.cluster().await?;
-    let leader = seen.leader.as_ref().map(|l| l.id.clone()).unwrap_or_else(|| "(none)".into());
-    say!("leader: {leader}   term: {}", seen.term);
-    say!(
-        "{:<10} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10}",
-        "NODE",
-        "ADDRESS",
-        "MEMBER",
-        "ROLE",
-        "TERM",
-        "LAST_LOG",
-        "COMMIT",
-        "APPLIED"
-    );
-    for member in &seen.members {
-        let peer = crate::conn::member_client(client, &member.addr, std::time::Duration::from_secs(1))?;
-        let line = match peer.cluster().await {
-            Ok(s) => format!(
-                "{:<10} {:<22} {:<8} {:<10} {:>6} {:>10} {:>10} {:>10}",
-                member.id,
-                member.addr,
-                member.role,
-                s.role,
-                s.term,
-                s.last_log_index,
-                s.commit_index,
-                s.applied_index
-            ),
-            Err(_) => {
-                format!("{:<10} {:<22} {:<8} {:<10}", member.id, member.addr, member.role, "unreachable")
-            }
-        };
-        say!("{line}");
+    let overview = client.cluster_nodes().await?;
+    if crate::output::format() == Some(crate::output::Output::Json) {
+        return crate::output::show(&overview);
     }
+    let seen = overview.nodes.iter().find_map(|n| n.cluster.as_ref());
+    let leader = seen.and_then(|s| s.leader.as_ref()).map_or("(none)", |l| l.id.as_str());
+    say!("leader: {leader}   term: {}", seen.map_or(0, |s| s.term));
+    let member_role = |id: &str| {
+        seen.and_then(|s| s.members.iter().find(|m| m.id == id)).map_or("?", |m| m.role.as_str()).to_string()
+    };
+    let rows: Vec<serde_json::Value> = overview
+        .nodes
+        .iter()
+        .map(|n| match &n.cluster {
+            Some(s) => serde_json::json!({
+                "node": n.id, "address": n.addr, "member": member_role(&n.id), "role": s.role, "term": s.term,
+                "last_log": s.last_log_index, "commit": s.commit_index, "applied": s.applied_index,
+                "ready": if n.ready { "yes".to_string() } else { n.ready_problem.clone().unwrap_or_default() },
+            }),
+            None => serde_json::json!({
+                "node": n.id, "address": n.addr, "member": member_role(&n.id), "role": "unreachable",
+                "ready": n.error.clone().unwrap_or_default(),
+            }),
+        })
+        .collect();
+    say!("{}", crate::output::render(&serde_json::Value::Array(rows)));
     Ok(())
 }

@@ -46,10 +46,3 @@ pub fn client(endpoint: &str) -> anyhow::Result<Client> {
 pub fn client_with_timeout(endpoint: &str, timeout: Duration) -> anyhow::Result<Client> {
     Ok(Client::connect(endpoint, timeout, &credentials())?)
 }
-
-/// A client of a member at `addr` (`host:port`, as the cluster lists it), over the same
-/// scheme as `via`, the client it was learnt from.
-pub fn member_client(via: &Client, addr: &str, timeout: Duration) -> anyhow::Result<Client> {
-    let scheme = via.endpoint().split_once("://").map_or("http", |(scheme, _)| scheme);
-    client_with_timeout(&format!("{scheme}://{addr}"), timeout)
-}

@@ -82,12 +82,12 @@ pub async fn run(args: KvArgs) -> anyhow::Result<()> {
     let client = crate::conn::client(&args.endpoint)?;
     match args.command {
         KvCommand::Get { key, wait_version: None, .. } => match client.kv_get(&key).await? {
-            Some(v) => say!("{}", serde_json::to_string_pretty(&v)?),
+            Some(v) => crate::output::show(&v)?,
             None => anyhow::bail!("key {key:?} does not exist"),
         },
         KvCommand::Get { key, wait_version: Some(after), wait_ms } => {
             match client.kv_get_after(&key, after, wait_ms).await? {
-                Some(v) => say!("{}", serde_json::to_string_pretty(&v)?),
+                Some(v) => crate::output::show(&v)?,
                 None => anyhow::bail!("key {key:?} does not exist"),
             }
         }

@@ -95,7 +95,7 @@ pub async fn run(args: LockArgs) -> anyhow::Result<()> {
     match args.command {
         LockCommand::Acquire(a) => {
             let granted = client.acquire(&a.name, &options(&a)).await?;
-            say!("{}", serde_json::to_string_pretty(&granted)?);
+            crate::output::show(&granted)?;
         }
         LockCommand::Release { name, client_id } => {
             client.release(&name, &client_id).await?;
@@ -105,13 +105,9 @@ pub async fn run(args: LockArgs) -> anyhow::Result<()> {
             let r = client.refresh(&name, &client_id, ttl_ms).await?;
             say!("{} fence {} expires at {} ms", r.name, r.fence, r.expires_at_ms);
         }
-        LockCommand::Status { name: Some(name) } => {
-            say!("{}", serde_json::to_string_pretty(&client.lock_status(&name).await?)?)
-        }
-        LockCommand::Status { name: None } => {
-            say!("{}", serde_json::to_string_pretty(&client.locks().await?)?)
-        }
-        LockCommand::Graph => say!("{}", serde_json::to_string_pretty(&client.wait_for_graph().await?)?),
+        LockCommand::Status { name: Some(name) } => crate::output::show(&client.lock_status(&name).await?)?,
+        LockCommand::Status { name: None } => crate::output::show(&client.locks().await?)?,
+        LockCommand::Graph => crate::output::show(&client.wait_for_graph().await?)?,
         LockCommand::Exec { lock, command } => {
             let code = exec(&client, &lock, &command).await?;
             std::process::exit(code);

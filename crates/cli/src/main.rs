@@ -20,6 +20,8 @@ mod conn;
 mod dev;
 mod kv;
 mod lock;
+mod output;
+mod progress;
 mod queue;
 mod serve;
 mod snapshot;
@@ -32,6 +34,10 @@ use clap::{Parser, Subcommand};
 struct Cli {
     #[command(flatten)]
     conn: conn::ConnArgs,
+    /// How commands that print state print it: JSON (the default, for scripts) or tables
+    /// (`cluster status` prints a table unless asked for JSON).
+    #[arg(long, short = 'o', env = "SINKRON_OUTPUT", global = true, value_enum)]
+    output: Option<output::Output>,
     #[command(subcommand)]
     command: Commands,
 }
@@ -63,10 +69,21 @@ enum Commands {
     Certs(certs::CertsArgs),
     /// Back up a running cluster to a file, or seed a new node's data directory from one.
     Snapshot(snapshot::SnapshotArgs),
+    /// Print a shell completion script: `sinkron completions bash > /etc/bash_completion.d/sinkron`.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
 }
 
 fn main() {
     let cli = Cli::parse();
+    output::init(cli.output);
+    if let Commands::Completions { shell } = cli.command {
+        use clap::CommandFactory as _;
+        clap_complete::generate(shell, &mut Cli::command(), "sinkron", &mut std::io::stdout());
+        return;
+    }
     if let Err(e) = conn::init(&cli.conn) {
         eprintln!("sinkron: {e:#}");
         std::process::exit(2);
@@ -92,6 +109,7 @@ fn main() {
             Commands::Chaos(args) => chaos::run(args).await,
             Commands::Certs(args) => certs::run(args),
             Commands::Snapshot(args) => snapshot::run(args).await,
+            Commands::Completions { .. } => Ok(()),
         }
     });
     if let Err(e) = result {

@@ -110,7 +110,7 @@ pub async fn run(args: QueueArgs) -> anyhow::Result<()> {
         QueueCommand::List => serde_json::to_value(client.queues().await?)?,
         QueueCommand::Stats { queue } => serde_json::to_value(client.queue_stats(&queue).await?)?,
     };
-    say!("{}", serde_json::to_string_pretty(&shown)?);
+    crate::output::show(&shown)?;
     Ok(())
 }
 
@@ -122,6 +122,6 @@ pub async fn ring(args: RingArgs) -> anyhow::Result<()> {
     if !args.tokens {
         ring["tokens"] = serde_json::json!(format!("{tokens} tokens (show them with --tokens)"));
     }
-    say!("{}", serde_json::to_string_pretty(&ring)?);
+    crate::output::show(&ring)?;
     Ok(())
 }

@@ -57,7 +57,7 @@ pub async fn run(args: SnapshotArgs) -> anyhow::Result<()> {
                 .seed(&data_dir, &node_id, &members)
                 .await
                 .with_context(|| format!("seed {} as {node_id}", data_dir.display()))?;
-            say!("{}", serde_json::to_string(&restored)?);
+            crate::output::show(&restored)?;
             Ok(())
         }
     }
@@ -87,7 +87,7 @@ async fn save(file: &Path, endpoint: &str, timeout_s: u64) -> anyhow::Result<()>
     };
     let bytes = serde_json::to_vec(&backup)?;
     write_atomically(file, &bytes)?;
-    say!("{}", serde_json::to_string(&summary(&backup, bytes.len()))?);
+    crate::output::show(&summary(&backup, bytes.len()))?;
     Ok(())
 }
 

@@ -127,9 +127,27 @@ async fn cluster_status_and_bench_write_commands_work() {
     .await;
     assert!(out.contains("leader: node"), "{out}");
     for node in ["node1", "node2", "node3"] {
-        assert!(out.lines().any(|l| l.starts_with(node) && l.contains("voter")), "{node} listed: {out}");
+        let listed = out.lines().any(|l| l.contains(&format!(" {node} ")) && l.contains(" voter "));
+        assert!(listed, "{node} listed: {out}");
     }
     assert_eq!(out.lines().filter(|l| l.contains(" leader ")).count(), 1, "{out}");
+    // The same as JSON, for scripts.
+    let json = Command::new(sinkron_bin())
+        .args(["cluster", "status", "--endpoint", &endpoint, "--output", "json"])
+        .output()
+        .expect("cluster status --output json");
+    let overview: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON");
+    assert_eq!(overview["nodes"].as_array().map(Vec::len), Some(3), "{overview}");
+    // Tables for state answers, and completion scripts.
+    let table = Command::new(sinkron_bin())
+        .args(["lock", "status", "--endpoint", &endpoint, "-o", "table"])
+        .output()
+        .expect("lock status -o table");
+    assert!(String::from_utf8_lossy(&table.stdout).contains("last_fence"), "{table:?}");
+    for shell in ["bash", "zsh", "fish"] {
+        let script = Command::new(sinkron_bin()).args(["completions", shell]).output().expect("completions");
+        assert!(script.status.success() && String::from_utf8_lossy(&script.stdout).contains("snapshot"));
+    }
 
     let endpoints = cluster.nodes.iter().map(|n| n.addr()).collect::<Vec<_>>().join(",");
     let out = Command::new(sinkron_bin())

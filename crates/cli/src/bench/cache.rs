@@ -51,6 +51,7 @@ pub(super) async fn cache(args: CacheBenchArgs) -> anyhow::Result<()> {
         client.cache_put(&format!("bench-{run}-{worker}"), serde_json::json!(0), false).await?;
         client.cache_get(&format!("bench-{run}-{worker}")).await?;
     }
+    let progress = crate::progress::Progress::ops(args.ops as u64, "cache");
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     for worker in 0..args.clients {
@@ -88,6 +89,7 @@ pub(super) async fn cache(args: CacheBenchArgs) -> anyhow::Result<()> {
                         }
                     }
                 };
+                crate::progress::tick(1);
                 match outcome {
                     Ok(()) => latencies.push(t.elapsed()),
                     Err(_) => errors += 1,
@@ -97,6 +99,7 @@ pub(super) async fn cache(args: CacheBenchArgs) -> anyhow::Result<()> {
         }));
     }
     let (latencies, errors) = gather(tasks).await?;
+    progress.finish();
     let summary = summarize(latencies, errors, started.elapsed());
     let name = match args.mode {
         CacheMode::Hit => "cache-hit",

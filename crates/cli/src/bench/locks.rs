@@ -39,6 +39,7 @@ pub(super) async fn locks(args: LockArgs) -> anyhow::Result<()> {
     let run = format!("{:x}", std::process::id());
     // Hand-off: when the current holder started releasing; the next grant measures from it.
     let released_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let progress = crate::progress::Progress::ops(args.ops as u64, "lock+unlock");
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     for worker in 0..args.clients {
@@ -60,6 +61,7 @@ pub(super) async fn locks(args: LockArgs) -> anyhow::Result<()> {
             let mut latencies = Vec::with_capacity(count);
             let mut errors = 0usize;
             for _ in 0..count {
+                crate::progress::tick(1);
                 let t = Instant::now();
                 if client.acquire(&name, &options).await.is_err() {
                     errors += 1;
@@ -88,6 +90,7 @@ pub(super) async fn locks(args: LockArgs) -> anyhow::Result<()> {
         }));
     }
     let (latencies, errors) = gather(tasks).await?;
+    progress.finish();
     let elapsed = started.elapsed();
     let pairs = args.ops.saturating_sub(errors);
     let summary = summarize(latencies, errors, elapsed);

@@ -52,6 +52,7 @@ pub(super) async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
     let body = Arc::new(serde_json::Value::String("x".repeat(args.body_bytes)));
     let acked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let before = if args.counters { Some(super::counters::snapshot(&clients).await?) } else { None };
+    let progress = crate::progress::Progress::ops(args.messages as u64, "queue (acked)");
     let started = Instant::now();
     let per_producer = args.messages.div_ceil(args.producers);
     let mut producers = Vec::with_capacity(args.producers);
@@ -116,6 +117,7 @@ pub(super) async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
                 match client.queue_ack_many(&queue, &receipts).await {
                     Ok(done) => {
                         acked.fetch_add(done.acked, std::sync::atomic::Ordering::Relaxed);
+                        crate::progress::tick(done.acked as u64);
                         errors += done.failed.len();
                     }
                     Err(_) => errors += receipts.len(),
@@ -127,6 +129,7 @@ pub(super) async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
     let (send_latencies, send_errors) = gather(producers).await?;
     let sent_in = started.elapsed();
     let (_, consume_errors) = gather(consumers).await?;
+    progress.finish();
     let elapsed = started.elapsed();
     let done = acked.load(std::sync::atomic::Ordering::Relaxed);
     let rate = done as f64 / elapsed.as_secs_f64().max(1e-9);

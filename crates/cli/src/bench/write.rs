@@ -61,6 +61,7 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
         }
     }
     let before = if args.counters { Some(super::counters::snapshot(&clients).await?) } else { None };
+    let progress = crate::progress::Progress::ops(args.ops as u64, if args.reads { "read" } else { "write" });
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     let value = Arc::new(value);
@@ -80,6 +81,7 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
                 } else {
                     client.kv_put(&key, (*value).clone()).await.map(|_| ())
                 };
+                crate::progress::tick(1);
                 match outcome {
                     Ok(()) => latencies.push(t.elapsed()),
                     Err(_) => errors += 1,
@@ -89,6 +91,7 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
         }));
     }
     let (latencies, errors) = gather(tasks).await?;
+    progress.finish();
     let summary = summarize(latencies, errors, started.elapsed());
     report(if args.reads { "read" } else { "write" }, args.clients, args.json, &summary);
     if let Some(before) = before {
