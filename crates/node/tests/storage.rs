@@ -97,8 +97,9 @@ async fn torn_tail_is_cut_and_appends_continue() {
     // Simulate a crash in the middle of writing entry 10: keep only its first bytes, then
     // leave garbage where the rest would have been.
     let decoded = decode_records(&bytes);
-    assert_eq!(decoded.records.len(), 10);
-    let tenth = decoded.records[9].offset;
+    // The segment opens with its format record, then the ten entries.
+    assert_eq!(decoded.records.len(), 11);
+    let tenth = decoded.records[10].offset;
     let f = std::fs::OpenOptions::new().write(true).open(segment.path()).expect("open segment");
     f.set_len(tenth + 5).expect("chop");
     f.set_len(tenth + 4096).expect("re-extend");
@@ -117,7 +118,7 @@ async fn torn_tail_is_cut_and_appends_continue() {
 async fn a_bad_record_with_valid_records_after_it_is_corruption_not_a_torn_tail() {
     let (dir, segment, bytes) = ten_entries_in_one_segment().await;
     let decoded = decode_records(&bytes);
-    let fifth = decoded.records[4].offset;
+    let fifth = decoded.records[5].offset;
     // One flipped byte in entry 5's payload: entries 6 to 10, acknowledged, follow it.
     let f = std::fs::OpenOptions::new().write(true).open(segment.path()).expect("open segment");
     let flipped = bytes[fifth as usize + 12] ^ 0x20;
@@ -139,6 +140,53 @@ async fn a_bad_record_with_valid_records_after_it_is_corruption_not_a_torn_tail(
             .collect::<Vec<_>>(),
         "nothing was cut"
     );
+}
+
+#[tokio::test]
+async fn a_segment_of_another_format_version_is_refused_by_name() {
+    let (dir, segment, bytes) = ten_entries_in_one_segment().await;
+    let decoded = decode_records(&bytes);
+    let first = decoded.records[0].payload;
+    assert_eq!(first[0], b'F', "every segment opens with its format record");
+    assert_eq!(u32::from_le_bytes(first[9..13].try_into().expect("4 bytes")), 1);
+    // The same segment, declaring version 2 (with a valid checksum: not damage).
+    let mut payload = first.to_vec();
+    payload[9..13].copy_from_slice(&2u32.to_le_bytes());
+    let mut rewritten = Vec::new();
+    sinkron_node::storage::segment::encode_record(&payload, &mut rewritten);
+    rewritten.extend_from_slice(&bytes[decoded.records[1].offset as usize..]);
+    std::fs::write(segment.path(), &rewritten).expect("rewrite");
+    let error = open_log(dir.path()).err().expect("another version must not open").to_string();
+    assert!(error.contains("format version 2; this binary reads version 1"), "{error}");
+    assert!(error.contains(&segment.path().display().to_string()), "names the file: {error}");
+    assert!(!error.contains("corrupt"), "a version is not damage: {error}");
+}
+
+#[test]
+fn a_snapshot_of_another_format_version_is_refused_by_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut file = b"SKSNAP02".to_vec();
+    file.extend_from_slice(&[0u8; 40]);
+    std::fs::write(dir.path().join("snapshot.bin"), &file).expect("write");
+    let error = match StateMachineStore::<sinkron_core::Group0State>::open(dir.path()) {
+        Ok(_) => panic!("a snapshot of another version must not load"),
+        Err(e) => e.to_string(),
+    };
+    assert!(error.contains("format version 02; this binary reads version 01"), "{error}");
+    std::fs::write(dir.path().join("snapshot.bin"), b"garbage that is long enough to be read")
+        .expect("write");
+    let error = StateMachineStore::<sinkron_core::Group0State>::open(dir.path()).err().map(|e| e.to_string());
+    assert!(error.is_some_and(|e| e.contains("corrupt")), "anything else is damage");
+}
+
+#[tokio::test]
+async fn a_segment_without_a_format_record_is_read_as_version_1() {
+    // Segments of earlier versions open with a vote, a purge or an entry.
+    let (dir, segment, bytes) = ten_entries_in_one_segment().await;
+    let decoded = decode_records(&bytes);
+    std::fs::write(segment.path(), &bytes[decoded.records[1].offset as usize..]).expect("rewrite");
+    let mut log = open_log(dir.path()).expect("a segment of before the format record opens");
+    assert_eq!(indexes(&mut log).await, (1..=10).collect::<Vec<_>>());
 }
 
 #[tokio::test]

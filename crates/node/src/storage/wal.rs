@@ -320,6 +320,7 @@ impl WalWriter {
         self.segments.insert(next, path);
 
         let mut buf = Vec::new();
+        super::record::frame_format(&mut buf);
         for (group, meta) in &self.meta {
             if let Some(vote) = &meta.vote {
                 frame(VOTE, *group, vote, &mut buf);

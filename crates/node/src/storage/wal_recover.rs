@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 
 use super::files;
 use super::mem::{check_contiguous, clamp_committed, MemLog};
-use super::record::{frame, COMMITTED, ENTRY, KINDS, PAYLOAD_HEAD_BYTES, PURGE, TRUNCATE, VOTE};
+use super::record::{
+    declared_version, frame, COMMITTED, ENTRY, FORMAT, KINDS, LOG_FORMAT_VERSION, PAYLOAD_HEAD_BYTES, PURGE,
+    TRUNCATE, VOTE,
+};
 use super::segment::{decode_records, is_zero, list_segments, valid_record_after};
 use super::writer::Tail;
 use crate::types::{Entry, GroupId, LogId};
@@ -58,6 +61,7 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
         let is_last = i + 1 == segments.len();
         let bytes = fs::read(path)?;
         let decoded = decode_records(&bytes);
+        check_format(path, decoded.records.first().map(|r| r.payload))?;
         let rest = &bytes[decoded.valid_len as usize..];
         if !rest.is_empty() {
             let zero_fill = is_zero(rest);
@@ -100,6 +104,22 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
     Ok(Recovered { logs, segments: seg_map, current, live: state.live, meta: state.meta })
 }
 
+/// Refuses a segment written in another format version, naming both versions.
+fn check_format(path: &Path, first: Option<&[u8]>) -> io::Result<()> {
+    match first.and_then(declared_version) {
+        None | Some(Ok(LOG_FORMAT_VERSION)) => Ok(()),
+        Some(Ok(version)) => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "log segment {} has format version {version}; this binary reads version \
+                 {LOG_FORMAT_VERSION}: run the sinkron version that wrote it",
+                path.display()
+            ),
+        )),
+        Some(Err(e)) => Err(corruption(path, 0, &e)),
+    }
+}
+
 #[derive(Default)]
 struct Replay {
     logs: BTreeMap<GroupId, MemLog>,
@@ -115,6 +135,10 @@ impl Replay {
             return Err("a record shorter than its head".into());
         }
         let kind = payload[0];
+        if kind == FORMAT {
+            // Checked where the segment is opened; it belongs to no group.
+            return Ok(());
+        }
         let mut id = [0u8; 8];
         id.copy_from_slice(&payload[1..PAYLOAD_HEAD_BYTES]);
         let group = GroupId::from_le_bytes(id);
@@ -185,6 +209,7 @@ pub fn import_group_dirs(groups_dir: &Path, wal_dir: &Path) -> io::Result<()> {
     files::create_dir_durably(wal_dir)?;
     let next = list_segments(wal_dir)?.last().map_or(0, |(seq, _)| seq + 1);
     let mut buf = Vec::new();
+    super::record::frame_format(&mut buf);
     for (group, dir) in &found {
         let read = |name: &str| files::read_optional(&dir.join(name));
         if let Some(vote) = read("vote.json")? {
