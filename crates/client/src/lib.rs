@@ -172,7 +172,8 @@ impl Client {
     /// (at most 2 s), on the next endpoint, until `timeout` has passed. A retry sends the
     /// very same request, so a write with a `request_id` (this client's key-value writes
     /// and single queue sends always carry one) applies once. Batch sends, acks and nacks
-    /// carry none: a batch retried after a `503` may be stored twice.
+    /// carry none: a batch retried after a `503` may be stored twice. A connection that
+    /// breaks before its answer is retried for reads, puts and deletes only.
     pub fn connect_many(
         endpoints: &[&str],
         timeout: Duration,
@@ -233,6 +234,10 @@ impl Client {
     ) -> Result<reqwest::Response, reqwest::Error> {
         use std::sync::atomic::Ordering;
         let request = req.build()?;
+        let resendable = matches!(
+            *request.method(),
+            reqwest::Method::GET | reqwest::Method::HEAD | reqwest::Method::PUT | reqwest::Method::DELETE
+        );
         let deadline = std::time::Instant::now() + failover.within;
         let count = failover.bases.len();
         loop {
@@ -252,6 +257,10 @@ impl Client {
             match self.http.execute(attempt).await {
                 // Never sent: safe to send elsewhere.
                 Err(e) if e.is_connect() && std::time::Instant::now() < deadline => next(),
+                // The connection broke before an answer (a pooled connection to a node that
+                // just died): a read, or a put or delete (whose request id makes a second
+                // copy apply once), may go again; a POST (a lock or queue operation) may not.
+                Err(e) if resendable && !e.is_timeout() && std::time::Instant::now() < deadline => next(),
                 Err(e) => return Err(e),
                 Ok(resp) if resp.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE => {
                     let pause = resp
