@@ -9,6 +9,7 @@ use sinkron_client::Client;
 
 mod cache;
 mod counters;
+mod etcd;
 mod locks;
 mod queue;
 mod ring;

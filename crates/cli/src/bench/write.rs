@@ -33,6 +33,42 @@ pub(super) struct WriteArgs {
     /// requests; from every node's /metrics, per operation).
     #[arg(long)]
     counters: bool,
+    /// What to load: Sinkron, or etcd through its HTTP/JSON gateway (an anchor, measured
+    /// by the same loop; see scripts/bench-compare).
+    #[arg(long, value_enum, default_value_t = Target::Sinkron)]
+    target: Target,
+}
+
+/// The store a write bench loads.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// Sinkron's key-value store.
+    Sinkron,
+    /// etcd v3 (`/v3/kv/put`, `/v3/kv/range`).
+    Etcd,
+}
+
+/// One node of either store.
+#[derive(Clone)]
+enum Store {
+    Sinkron(sinkron_client::Client),
+    Etcd(super::etcd::EtcdNode),
+}
+
+impl Store {
+    async fn put(&self, key: &str, value: &serde_json::Value) -> Result<(), String> {
+        match self {
+            Self::Sinkron(c) => c.kv_put(key, value.clone()).await.map(|_| ()).map_err(|e| e.to_string()),
+            Self::Etcd(e) => e.put(key, value.as_str().unwrap_or_default().as_bytes()).await,
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<(), String> {
+        match self {
+            Self::Sinkron(c) => c.kv_get(key).await.map(|_| ()).map_err(|e| e.to_string()),
+            Self::Etcd(e) => e.get(key).await,
+        }
+    }
 }
 
 pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
@@ -40,24 +76,37 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
         args.clients > 0 && args.ops > 0 && args.keys > 0,
         "--clients, --ops and --keys must be positive"
     );
-    let clients = connect(&args.endpoints).await?;
+    let (clients, stores): (Vec<sinkron_client::Client>, Vec<Store>) = match args.target {
+        Target::Sinkron => {
+            let clients = connect(&args.endpoints).await?;
+            let stores = clients.iter().cloned().map(Store::Sinkron).collect();
+            (clients, stores)
+        }
+        Target::Etcd => {
+            anyhow::ensure!(!args.counters, "--counters reads Sinkron's /metrics; not with --target etcd");
+            (
+                Vec::new(),
+                super::etcd::EtcdNode::connect(&args.endpoints)?.into_iter().map(Store::Etcd).collect(),
+            )
+        }
+    };
     let value = serde_json::Value::String("x".repeat(args.value_bytes));
     let per_client = args.ops.div_ceil(args.clients);
     if args.reads {
         // The keys exist before the clock starts.
         let mut first = tokio::task::JoinSet::new();
         for worker in 0..args.clients {
-            let (client, value) = (clients[worker % clients.len()].clone(), value.clone());
+            let (store, value) = (stores[worker % stores.len()].clone(), value.clone());
             let keys = args.keys.min(per_client);
             first.spawn(async move {
                 for i in 0..keys {
-                    client.kv_put(&format!("bench-{worker}-{i}"), value.clone()).await?;
+                    store.put(&format!("bench-{worker}-{i}"), &value).await?;
                 }
-                Ok::<_, sinkron_client::ClientError>(())
+                Ok::<_, String>(())
             });
         }
         while let Some(joined) = first.join_next().await {
-            joined??;
+            joined?.map_err(|e| anyhow::anyhow!("write the keys to read: {e}"))?;
         }
     }
     let before = if args.counters { Some(super::counters::snapshot(&clients).await?) } else { None };
@@ -66,7 +115,7 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::with_capacity(args.clients);
     let value = Arc::new(value);
     for worker in 0..args.clients {
-        let client = clients[worker % clients.len()].clone();
+        let store = stores[worker % stores.len()].clone();
         let value = value.clone();
         let count = per_client.min(args.ops.saturating_sub(worker * per_client));
         let (keys, reads) = (args.keys, args.reads);
@@ -76,11 +125,7 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
             for i in 0..count {
                 let key = format!("bench-{worker}-{}", i % keys);
                 let t = Instant::now();
-                let outcome = if reads {
-                    client.kv_get(&key).await.map(|_| ())
-                } else {
-                    client.kv_put(&key, (*value).clone()).await.map(|_| ())
-                };
+                let outcome = if reads { store.get(&key).await } else { store.put(&key, &value).await };
                 crate::progress::tick(1);
                 match outcome {
                     Ok(()) => latencies.push(t.elapsed()),
@@ -93,7 +138,13 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
     let (latencies, errors) = gather(tasks).await?;
     progress.finish();
     let summary = summarize(latencies, errors, started.elapsed());
-    report(if args.reads { "read" } else { "write" }, args.clients, args.json, &summary);
+    let name = match (args.target, args.reads) {
+        (Target::Sinkron, false) => "write",
+        (Target::Sinkron, true) => "read",
+        (Target::Etcd, false) => "etcd write",
+        (Target::Etcd, true) => "etcd read",
+    };
+    report(name, args.clients, args.json, &summary);
     if let Some(before) = before {
         let after = super::counters::snapshot(&clients).await?;
         super::counters::report(&before, &after, summary.ops, args.json);
