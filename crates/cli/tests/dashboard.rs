@@ -144,7 +144,7 @@ async fn the_dashboard_shows_locks_queues_and_cache_lines() {
     let shot = artifacts.join("dashboard.png");
     let _ = std::fs::remove_file(&shot);
     let arg = format!("--screenshot={}", shot.display());
-    render(&browser, profile.path(), &url, &["--window-size=1280,2300", &arg]);
+    render(&browser, profile.path(), &url, &["--window-size=1280,2900", &arg]);
     let png = std::fs::read(&shot).expect("chromium wrote the screenshot");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "not a screenshot: {} bytes", png.len());
     eprintln!("dashboard screenshot: {}", shot.display());

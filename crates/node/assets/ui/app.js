@@ -274,6 +274,15 @@ function renderRing(ring) {
   const leaderless = ring.partitions.filter((p) => !p.leader).length;
   if (leaderless) parts.push(svg("text", { x: 400, y: y + 30, fill: "#c8322b" }, `${leaderless} without a leader`));
   area.replaceChildren(...parts);
+
+  const rows = ring.partitions.map((p) => row([
+    p.partition,
+    `${p.start} – ${p.end}`,
+    p.leader ? pill(p.leader, "leader") : pill("none", "bad"),
+    group(p.replicas.map((r) => pill(r))),
+    p.moving ? pill("to " + p.target.join(", "), "warn") : "–",
+  ]));
+  fill(document.querySelector("#partitions-table tbody"), rows, "no partitions", 5);
 }
 
 // ---- Throughput: rates of the node's own counters ------------------------------------
