@@ -217,15 +217,11 @@ class AsyncWatch:
         if response.status_code != 200:
             await response.aread()
             call.finish(response.status_code, response.content)
-        buffer = ""
+        stream = _core.EventStream()
         async for chunk in response.aiter_text():
-            buffer += chunk.replace("\r\n", "\n")
-            while "\n\n" in buffer:
-                block, buffer = buffer.split("\n\n", 1)
-                event = _core.watch_events(block)
-                if event is not None:
-                    self.last_version = event.version
-                    yield event
+            for event in stream.feed(chunk):
+                self.last_version = event.version
+                yield event
 
     async def _drop(self) -> None:
         if self._response is not None:
@@ -310,11 +306,8 @@ class AsyncLock:
             try:
                 await self._c.call(_core.refresh(self.name, self.client_id, self.ttl_ms))
                 deadline = sent + lease_ms / 1000
-            except (NotFound, NotOwner):
-                self._lost = True
-                return
-            except SinkronError:
-                if time.monotonic() >= deadline:
+            except SinkronError as error:
+                if _core.lease_lost(error, deadline):
                     self._lost = True
                     return
 

@@ -309,13 +309,39 @@ def watch_params(prefix: str, from_version: Optional[int]) -> Dict[str, str]:
     return params
 
 
-def watch_events(block: str) -> Optional[WatchEvent]:
+def watch_event(block: str) -> Optional[WatchEvent]:
     """The change one Server-Sent Events block carries (``None`` for a heartbeat)."""
     for line in block.splitlines():
         if line.startswith("data:"):
             data = json.loads(line[5:].strip())
             return WatchEvent(data["key"], data["type"], int(data["version"]), data.get("value"))
     return None
+
+
+class EventStream:
+    """Splits a watch stream's text, as it arrives in chunks, into its changes."""
+
+    def __init__(self) -> None:
+        self._buffer = ""
+
+    def feed(self, chunk: str) -> List[WatchEvent]:
+        """The changes completed by ``chunk`` (an event ends at a blank line)."""
+        self._buffer += chunk.replace("\r\n", "\n")
+        events = []
+        while "\n\n" in self._buffer:
+            block, self._buffer = self._buffer.split("\n\n", 1)
+            event = watch_event(block)
+            if event is not None:
+                events.append(event)
+        return events
+
+
+def lease_lost(error: SinkronError, deadline: float) -> bool:
+    """Whether a failed refresh means the hold is gone: the node says so (not held, or
+    held by others), or no node answered until the lease's last possible end."""
+    from ._errors import NotFound, NotOwner
+
+    return isinstance(error, (NotFound, NotOwner)) or time.monotonic() >= deadline
 
 
 def cache_get(key: str) -> Call[Optional[Tuple[Any]]]:
