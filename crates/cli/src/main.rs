@@ -79,11 +79,6 @@ enum Commands {
 fn main() {
     let cli = Cli::parse();
     output::init(cli.output);
-    if let Commands::Completions { shell } = cli.command {
-        use clap::CommandFactory as _;
-        clap_complete::generate(shell, &mut Cli::command(), "sinkron", &mut std::io::stdout());
-        return;
-    }
     if let Err(e) = conn::init(&cli.conn) {
         eprintln!("sinkron: {e:#}");
         std::process::exit(2);
@@ -109,7 +104,11 @@ fn main() {
             Commands::Chaos(args) => chaos::run(args).await,
             Commands::Certs(args) => certs::run(args),
             Commands::Snapshot(args) => snapshot::run(args).await,
-            Commands::Completions { .. } => Ok(()),
+            Commands::Completions { shell } => {
+                use clap::CommandFactory as _;
+                clap_complete::generate(shell, &mut Cli::command(), "sinkron", &mut std::io::stdout());
+                Ok(())
+            }
         }
     });
     if let Err(e) = result {

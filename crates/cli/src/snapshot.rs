@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use serde::Deserialize as _;
 use sinkron_core::{Group0State, PartitionMachine};
 use sinkron_node::backup::{Backup, GroupBackup, BACKUP_FORMAT, BACKUP_VERSION};
 
@@ -93,11 +94,11 @@ async fn save(file: &Path, endpoint: &str, timeout_s: u64) -> anyhow::Result<()>
 
 /// What a backup holds, in counts.
 fn summary(backup: &Backup, bytes: usize) -> serde_json::Value {
-    let group0: Option<Group0State> = serde_json::from_value(backup.group0.state.clone()).ok();
+    let group0 = Group0State::deserialize(&backup.group0.state).ok();
     let messages: usize = backup
         .partitions
         .iter()
-        .filter_map(|p| serde_json::from_value::<PartitionMachine>(p.state.clone()).ok())
+        .filter_map(|p| PartitionMachine::deserialize(&p.state).ok())
         .map(|p| p.state.queues().values().map(|q| q.depth()).sum::<usize>())
         .sum();
     serde_json::json!({

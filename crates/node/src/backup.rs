@@ -101,6 +101,14 @@ impl Backup {
             format: Option<String>,
             format_version: Option<u32>,
         }
+        // The whole file is read once when it is what it should be; the header alone is read
+        // only to say why it is not.
+        let full = match serde_json::from_slice::<Self>(bytes) {
+            Ok(backup) if backup.format == BACKUP_FORMAT && backup.format_version == BACKUP_VERSION => {
+                return Ok(backup)
+            }
+            other => other,
+        };
         let header: Header = serde_json::from_slice(bytes)
             .map_err(|e| RestoreError::Format(format!("not a Sinkron backup (not JSON: {e})")))?;
         if header.format.as_deref() != Some(BACKUP_FORMAT) {
@@ -117,7 +125,7 @@ impl Backup {
             }
             None => return Err(RestoreError::Format("the backup has no format_version".into())),
         }
-        serde_json::from_slice(bytes).map_err(|e| RestoreError::Format(format!("the backup is damaged: {e}")))
+        full.map_err(|e| RestoreError::Format(format!("the backup is damaged: {e}")))
     }
 
     /// Seeds `data_dir` as node `me` of a new cluster of `members` (which must carry the
@@ -141,7 +149,7 @@ impl Backup {
         members: &[Member],
     ) -> Result<(Restored, Vec<(GroupId, LogId)>), RestoreError> {
         check_empty(data_dir)?;
-        let mut group0: Group0State = serde_json::from_value(self.group0.state.clone())
+        let mut group0 = Group0State::deserialize(&self.group0.state)
             .map_err(|e| RestoreError::Format(format!("group 0's state does not load: {e}")))?;
         let names: BTreeSet<&str> = members.iter().map(|m| m.name.as_str()).collect();
         if let Some(topology) = &group0.topology {
@@ -164,10 +172,10 @@ impl Backup {
             fences_above: group0.locks.last_fence(),
             versions_above: group0.revision,
         };
-        let state = serde_json::to_value(&group0).map_err(|e| RestoreError::Format(e.to_string()))?;
+        let encoded = |e: serde_json::Error| RestoreError::Format(e.to_string());
         let mut votes = Vec::new();
         if let Some(log_id) = self.group0.last_log_id {
-            write_group(data_dir, GROUP0, log_id, members, &state)?;
+            write_group(data_dir, GROUP0, log_id, members, &serde_json::to_vec(&group0).map_err(encoded)?)?;
             votes.push((GROUP0, log_id));
         }
         restored.groups.push(GROUP0);
@@ -175,7 +183,7 @@ impl Backup {
         for part in &self.partitions {
             let partition = crate::types::group_partition(part.group)
                 .ok_or_else(|| RestoreError::Format(format!("group {} is not a partition", part.group)))?;
-            let _: PartitionMachine = serde_json::from_value(part.state.clone()).map_err(|e| {
+            PartitionMachine::deserialize(&part.state).map_err(|e| {
                 RestoreError::Format(format!("partition {partition}'s state does not load: {e}"))
             })?;
             let replicas: Vec<String> = topology
@@ -189,7 +197,8 @@ impl Backup {
                 members.iter().filter(|m| replicas.contains(&m.name)).cloned().collect();
             // A group that never applied an entry has nothing to restore; it starts empty.
             if let Some(log_id) = part.last_log_id {
-                write_group(data_dir, partition_group(partition), log_id, &voters, &part.state)?;
+                let data = serde_json::to_vec(&part.state).map_err(encoded)?;
+                write_group(data_dir, partition_group(partition), log_id, &voters, &data)?;
                 votes.push((partition_group(partition), log_id));
                 restored.groups.push(part.group);
             }
@@ -227,13 +236,14 @@ async fn write_votes(data_dir: &Path, votes: Vec<(GroupId, LogId)>) -> Result<()
     Ok(())
 }
 
-/// Writes group `group`'s snapshot file: `state` at `log_id`, with `voters` as members.
+/// Writes group `group`'s snapshot file: the state encoded in `data`, at `log_id`, with
+/// `voters` as members.
 fn write_group(
     data_dir: &Path,
     group: GroupId,
     log_id: LogId,
     voters: &[Member],
-    state: &serde_json::Value,
+    data: &[u8],
 ) -> Result<(), RestoreError> {
     let nodes: BTreeMap<NodeId, Member> = voters.iter().map(|m| (raft_id(&m.name), m.clone())).collect();
     let ids: BTreeSet<NodeId> = nodes.keys().copied().collect();
@@ -243,10 +253,9 @@ fn write_group(
         last_membership: StoredMembership::new(Some(log_id), membership),
         snapshot_id: format!("restored-{}-{}", log_id.leader_id, log_id.index),
     };
-    let data = serde_json::to_vec(state).map_err(|e| RestoreError::Format(e.to_string()))?;
     let dir = data_dir.join("groups").join(group.to_string());
     let io = |e: std::io::Error| RestoreError::DataDir(format!("write {}: {e}", dir.display()));
     files::create_dir_durably(&dir).map_err(io)?;
-    let file = crate::storage::state_machine::encode_snapshot_file(&meta, &data).map_err(io)?;
+    let file = crate::storage::state_machine::encode_snapshot_file(&meta, data).map_err(io)?;
     files::replace(&dir.join("snapshot.bin"), &file, true).map_err(io)
 }

@@ -54,7 +54,8 @@ class AsyncClient:
         return call.finish(response.status_code, response.content)
 
     async def _send(self, call: Call[Any], stream: bool) -> httpx.Response:
-        deadline, index = self._failover.begin()
+        deadline, start = self._failover.begin()
+        index = start
         while True:
             url = self._failover.url(index, call.path)
             request = self._http.build_request(
@@ -67,12 +68,12 @@ class AsyncClient:
             try:
                 response = await self._http.send(request, stream=stream)
             except httpx.HTTPError as error:
-                pause = self._failover.after_error(error, call, index, deadline)
+                pause = self._failover.after_error(error, call, index, start, deadline)
                 if pause is None:
                     raise _core.failure(error, url) from error
             else:
                 pause = self._failover.after_answer(
-                    response.status_code, response.headers.get("retry-after"), index, deadline
+                    response.status_code, response.headers.get("retry-after"), index, start, deadline
                 )
                 if pause is None:
                     return response

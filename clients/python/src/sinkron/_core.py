@@ -11,13 +11,22 @@ import json
 import ssl
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, Generic, List, Optional, Sequence, Tuple, TypeVar, Union
 from urllib.parse import quote
 
 import httpx
 
-from ._errors import SinkronError, error_from_answer, error_from_body
+from ._errors import (
+    NotFound,
+    NotOwner,
+    SinkronError,
+    Timeout,
+    Unavailable,
+    Unreachable,
+    error_from_answer,
+    error_from_body,
+)
 
 T = TypeVar("T")
 
@@ -194,7 +203,6 @@ class Failover:
     bases: List[str]
     timeout_s: float
     current: int = 0
-    _tried: int = field(default=0, repr=False)
 
     def url(self, index: int, path: str) -> str:
         return self.bases[index] + path
@@ -208,15 +216,19 @@ class Failover:
         left = max(deadline - time.monotonic(), 0.05)
         return httpx.Timeout(left + call.wait_s, connect=min(CONNECT_TIMEOUT_S, left))
 
-    def after_error(self, error: Exception, call: Call[Any], index: int, deadline: float) -> Optional[float]:
+    def after_error(
+        self, error: Exception, call: Call[Any], index: int, start: int, deadline: float
+    ) -> Optional[float]:
         """The pause before the next attempt, or ``None`` to give up with ``error``."""
         retry = isinstance(error, NEVER_SENT) or (call.idempotent and isinstance(error, OUTCOME_UNKNOWN))
         if not retry:
             return None
-        pause = self._move_on(index)
+        pause = self._move_on(index, start)
         return pause if time.monotonic() + pause < deadline else None
 
-    def after_answer(self, status: int, retry_after: Optional[str], index: int, deadline: float) -> Optional[float]:
+    def after_answer(
+        self, status: int, retry_after: Optional[str], index: int, start: int, deadline: float
+    ) -> Optional[float]:
         """The pause before trying again after ``status``, or ``None`` to keep the answer."""
         if status != 503:
             return None
@@ -225,21 +237,20 @@ class Failover:
             pause = min(float(retry_after.strip()), RETRY_PAUSE_MAX_S)
         if time.monotonic() + pause >= deadline:
             return None
-        self._move_on(index)
+        self._move_on(index, start)
         return pause
 
-    def _move_on(self, index: int) -> float:
-        """Moves to the endpoint after ``index``; a pause once every endpoint failed."""
+    def _move_on(self, index: int, start: int) -> float:
+        """Moves to the endpoint after ``index``; a pause once the call has tried every
+        endpoint since ``start``, the one it began at."""
+        following = (index + 1) % len(self.bases)
         if self.current % len(self.bases) == index:
-            self.current = (index + 1) % len(self.bases)
-        self._tried += 1
-        return RETRY_PAUSE_DEFAULT_S if self._tried % len(self.bases) == 0 else 0.0
+            self.current = following
+        return RETRY_PAUSE_DEFAULT_S if following == start else 0.0
 
 
 def failure(error: Exception, url: str) -> SinkronError:
     """The client error for a transport failure that ends a call."""
-    from ._errors import Timeout, Unreachable, Unavailable
-
     if isinstance(error, httpx.TimeoutException) and not isinstance(error, httpx.ConnectTimeout):
         return Timeout(f"{url}: no answer within the timeout ({error.__class__.__name__})", code="timeout")
     if isinstance(error, NEVER_SENT):
@@ -339,8 +350,6 @@ class EventStream:
 def lease_lost(error: SinkronError, deadline: float) -> bool:
     """Whether a failed refresh means the hold is gone: the node says so (not held, or
     held by others), or no node answered until the lease's last possible end."""
-    from ._errors import NotFound, NotOwner
-
     return isinstance(error, (NotFound, NotOwner)) or time.monotonic() >= deadline
 
 

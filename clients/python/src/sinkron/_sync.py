@@ -61,7 +61,8 @@ class Client:
         return call.finish(response.status_code, response.content)
 
     def _send(self, call: Call[Any], stream: bool) -> httpx.Response:
-        deadline, index = self._failover.begin()
+        deadline, start = self._failover.begin()
+        index = start
         while True:
             url = self._failover.url(index, call.path)
             request = self._http.build_request(
@@ -75,13 +76,13 @@ class Client:
                 response = self._http.send(request, stream=stream)
             except httpx.HTTPError as error:
                 with self._lock:
-                    pause = self._failover.after_error(error, call, index, deadline)
+                    pause = self._failover.after_error(error, call, index, start, deadline)
                 if pause is None:
                     raise _core.failure(error, url) from error
             else:
                 with self._lock:
                     pause = self._failover.after_answer(
-                        response.status_code, response.headers.get("retry-after"), index, deadline
+                        response.status_code, response.headers.get("retry-after"), index, start, deadline
                     )
                 if pause is None:
                     return response

@@ -126,7 +126,7 @@ pub struct QueueSummary {
 }
 
 /// A queue's messages in one partition.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema)]
 pub struct QueuePartitionCounts {
     /// Partition number.
     pub partition: u32,
@@ -168,25 +168,27 @@ pub async fn queues(State(node): State<AppState>) -> Result<Json<QueueList>, Nod
                 .or_insert_with(|| QueueSummary { queue: name.to_string(), ..QueueSummary::default() });
             // Partitions are listed in order, so this partition is the last one or new.
             if summary.partitions.last().is_none_or(|p| p.partition != partition.partition) {
-                summary.partitions.push(QueuePartitionCounts {
-                    partition: partition.partition,
-                    ready: 0,
-                    in_flight: 0,
-                    dead_letters: 0,
-                });
+                let counts = QueuePartitionCounts { partition: partition.partition, ..Default::default() };
+                summary.partitions.push(counts);
             }
-            let last = summary.partitions.len() - 1;
-            let slot = &mut summary.partitions[last];
-            if dead {
-                slot.dead_letters += counts.ready + counts.in_flight;
-                summary.dead_letters += counts.ready + counts.in_flight;
-            } else {
-                slot.ready += counts.ready;
-                slot.in_flight += counts.in_flight;
-                summary.ready += counts.ready;
-                summary.in_flight += counts.in_flight;
+            if let Some(slot) = summary.partitions.last_mut() {
+                if dead {
+                    slot.dead_letters += counts.ready + counts.in_flight;
+                } else {
+                    slot.ready += counts.ready;
+                    slot.in_flight += counts.in_flight;
+                }
             }
         }
     }
-    Ok(Json(QueueList { queues: summaries.into_values().collect(), truncated, unanswered_partitions }))
+    let queues = summaries
+        .into_values()
+        .map(|mut q| {
+            q.ready = q.partitions.iter().map(|p| p.ready).sum();
+            q.in_flight = q.partitions.iter().map(|p| p.in_flight).sum();
+            q.dead_letters = q.partitions.iter().map(|p| p.dead_letters).sum();
+            q
+        })
+        .collect();
+    Ok(Json(QueueList { queues, truncated, unanswered_partitions }))
 }
