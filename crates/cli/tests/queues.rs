@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -54,16 +54,16 @@ async fn producers_and_consumers_on_every_node_get_every_message() {
             sent
         }));
     }
-    let mut expected = BTreeSet::new();
+    let mut expected = BTreeMap::new();
     let mut bodies = BTreeSet::new();
     for producer in producers {
         for (id, body) in producer.await.expect("producer") {
-            expected.insert(id);
             bodies.insert(body.to_string());
+            expected.insert(id, body);
         }
     }
     assert_eq!(expected.len(), 450, "every send got its own id");
-    let partitions: BTreeSet<&str> = expected.iter().filter_map(|id| id.split('-').next()).collect();
+    let partitions: BTreeSet<&str> = expected.keys().filter_map(|id| id.split('-').next()).collect();
     assert!(partitions.len() > 3, "keys spread the queue over partitions: {partitions:?}");
     let consumed = drain(&all, "orders", &expected, Duration::from_secs(60)).await;
     check_at_least_once(&expected, &bodies, &consumed);
@@ -194,12 +194,12 @@ async fn a_full_restart_keeps_every_unacknowledged_message() {
     let mut cluster = TestCluster::start(3, &[]);
     ready(&cluster).await;
     let all = clients(&cluster, &cluster.all());
-    let mut kept = BTreeSet::new();
+    let mut kept = BTreeMap::new();
     let mut bodies = BTreeSet::new();
     for i in 0..60 {
         let key = format!("k{}", i % 5);
         let sent = all[i % 3].queue_send("durable", json!(i), Some(&key)).await.expect("send");
-        kept.insert(sent.id);
+        kept.insert(sent.id, json!(i));
         bodies.insert(json!(i).to_string());
     }
     // Some are acked (gone for good), some are in flight when the cluster dies.
@@ -307,4 +307,79 @@ async fn bad_queue_requests_get_clear_errors() {
     let ring = cluster.client(0).ring().await.expect("ring");
     assert_eq!(ring.tokens.len(), 150);
     assert_eq!(ring.partitions.len(), 16);
+}
+
+/// Every node is SIGKILLed at once while producers write to every partition and writers put
+/// to group 0, so each node dies with appends of many groups in its shared log's current
+/// flush. After a restart every acknowledged send of every partition is delivered and every
+/// acknowledged put is there.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_of_every_node_mid_flush_loses_nothing_acknowledged_in_any_group() {
+    let mut cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    let all = clients(&cluster, &cluster.all());
+    // 64 keys reach every one of the 16 partitions.
+    let producers = Producers::start(&all, "wal", 8, 64);
+    let stop_puts = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..4 {
+        let (client, stop) = (all[w % all.len()].clone(), stop_puts.clone());
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let key = format!("wal-{w}-{i}");
+                if client.kv_put(&key, json!(i)).await.is_ok() {
+                    acked.push((key, json!(i)));
+                }
+                i += 1;
+            }
+            acked
+        }));
+    }
+    producers.wait_for_more(0, 300, FORM).await;
+    // Right after an acknowledgement: the entries it covers were just reported flushed, so a
+    // log that reported them before they reached the file would still hold them in memory.
+    let seen = producers.acked();
+    let give_up = Instant::now() + Duration::from_secs(5);
+    while producers.acked() == seen && Instant::now() < give_up {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    // All three at once: no node outlives another and hands the entries on.
+    for i in cluster.all() {
+        cluster.signal(i, nix::sys::signal::Signal::SIGKILL);
+    }
+    let acked_at_kill = producers.acked();
+    stop_puts.store(true, std::sync::atomic::Ordering::SeqCst);
+    for i in cluster.all() {
+        cluster.kill(i);
+    }
+    let mut puts = Vec::new();
+    for w in writers {
+        puts.extend(w.await.expect("writer task"));
+    }
+    for i in cluster.all() {
+        cluster.spawn(i, &[]);
+    }
+    ready(&cluster).await;
+    // Sends that were cut off are retried with their request ids, so they are stored once.
+    let (expected, bodies) = producers.stop().await;
+    assert!(expected.len() >= acked_at_kill, "{} acknowledged, {acked_at_kill} at the kill", expected.len());
+    let stats = all[0].queue_stats("wal").await.expect("stats");
+    let holding = stats.partitions.iter().filter(|p| p["ready"].as_u64().unwrap_or(0) > 0).count();
+    assert!(holding >= 12, "the messages were in {holding} partitions only: {stats:?}");
+    let consumed = drain(&all, "wal", &expected, Duration::from_secs(90)).await;
+    check_at_least_once(&expected, &bodies, &consumed);
+    assert!(!puts.is_empty(), "group 0 acknowledged puts before the kill");
+    for (n, (key, value)) in puts.iter().enumerate() {
+        let client = &all[n % all.len()];
+        let got = eventually(FORM, || client.kv_get(key)).await;
+        assert_eq!(got.map(|v| v.value).as_ref(), Some(value), "{key} survived SIGKILL of every node");
+    }
+    eprintln!(
+        "{} messages acknowledged ({acked_at_kill} before the kill), {} puts; {} duplicates",
+        expected.len(),
+        puts.len(),
+        consumed.duplicates()
+    );
 }

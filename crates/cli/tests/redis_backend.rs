@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde_json::json;
@@ -30,12 +30,12 @@ async fn a_redis_backed_cluster_keeps_everything_acknowledged_through_kills_and_
     let client = cluster.client(2);
     eventually(FORM, || client.cache_put("cached", json!("write-through"), true)).await;
     wait_queues_ready(&cluster.client(0), FORM).await;
-    let mut unacked = BTreeSet::new();
+    let mut unacked = BTreeMap::new();
     let mut bodies = BTreeSet::new();
     for i in 0..40 {
         let key = format!("k{}", i % 8);
         let sent = cluster.client(i % 3).queue_send("kept", json!(i), Some(&key)).await.expect("send");
-        unacked.insert(sent.id);
+        unacked.insert(sent.id, json!(i));
         bodies.insert(json!(i).to_string());
     }
     let options = ReceiveOptions { max: Some(5), visibility_ms: Some(1_000), wait_ms: Some(1_000) };

@@ -10,9 +10,12 @@ use sinkron_client::Client;
 mod cache;
 mod counters;
 mod etcd;
+mod http;
 mod locks;
 mod queue;
+mod rabbitmq;
 mod ring;
+mod roundtrip;
 mod write;
 
 #[derive(clap::Args)]
@@ -31,6 +34,15 @@ enum BenchCommand {
     Cache(cache::CacheBenchArgs),
     /// Queue throughput: producers send, consumers receive and ack, across the nodes.
     Queue(queue::QueueBenchArgs),
+    /// `GET /health` through every node (the HTTP stack's own cost), or with `--ceiling`
+    /// against bare HTTP servers (the loopback ceiling of this client).
+    Http(http::HttpBenchArgs),
+    /// A bare HTTP server for `bench http --ceiling` (started by it; prints its port).
+    #[command(hide = true)]
+    CeilingServer(http::CeilingServerArgs),
+    /// Queue round trips (send, receive, ack) with a fixed number in flight; also against
+    /// RabbitMQ's quorum queue.
+    Roundtrip(roundtrip::RoundTripArgs),
     /// The ring's balance and the partitions a joining node moves (computed, no cluster).
     Ring(ring::RingBenchArgs),
 }
@@ -41,6 +53,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchCommand::Locks(args) => locks::locks(args).await,
         BenchCommand::Cache(args) => cache::cache(args).await,
         BenchCommand::Queue(args) => queue::queue(args).await,
+        BenchCommand::Http(args) => http::http(args).await,
+        BenchCommand::CeilingServer(args) => http::ceiling_server(args).await,
+        BenchCommand::Roundtrip(args) => roundtrip::roundtrip(args).await,
         BenchCommand::Ring(args) => {
             ring::ring(&args);
             Ok(())

@@ -46,6 +46,9 @@ enum Target {
     Sinkron,
     /// etcd v3 (`/v3/kv/put`, `/v3/kv/range`).
     Etcd,
+    /// Redis (`SET`, `GET`), one connection per client; start it with
+    /// `--appendonly yes --appendfsync always` for a write that is on disk when answered.
+    Redis,
 }
 
 /// One node of either store.
@@ -53,6 +56,7 @@ enum Target {
 enum Store {
     Sinkron(sinkron_client::Client),
     Etcd(super::etcd::EtcdNode),
+    Redis(redis::aio::MultiplexedConnection),
 }
 
 impl Store {
@@ -60,6 +64,12 @@ impl Store {
         match self {
             Self::Sinkron(c) => c.kv_put(key, value.clone()).await.map(|_| ()).map_err(|e| e.to_string()),
             Self::Etcd(e) => e.put(key, value.as_str().unwrap_or_default().as_bytes()).await,
+            Self::Redis(r) => redis::cmd("SET")
+                .arg(key)
+                .arg(value.as_str().unwrap_or_default())
+                .query_async::<()>(&mut r.clone())
+                .await
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -67,6 +77,12 @@ impl Store {
         match self {
             Self::Sinkron(c) => c.kv_get(key).await.map(|_| ()).map_err(|e| e.to_string()),
             Self::Etcd(e) => e.get(key).await,
+            Self::Redis(r) => redis::cmd("GET")
+                .arg(key)
+                .query_async::<Option<String>>(&mut r.clone())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
         }
     }
 }
@@ -88,6 +104,10 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
                 Vec::new(),
                 super::etcd::EtcdNode::connect(&args.endpoints)?.into_iter().map(Store::Etcd).collect(),
             )
+        }
+        Target::Redis => {
+            anyhow::ensure!(!args.counters, "--counters reads Sinkron's /metrics; not with --target redis");
+            (Vec::new(), redis_connections(&args.endpoints, args.clients).await?)
         }
     };
     let value = serde_json::Value::String("x".repeat(args.value_bytes));
@@ -143,6 +163,8 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
         (Target::Sinkron, true) => "read",
         (Target::Etcd, false) => "etcd write",
         (Target::Etcd, true) => "etcd read",
+        (Target::Redis, false) => "redis write",
+        (Target::Redis, true) => "redis read",
     };
     report(name, args.clients, args.json, &summary);
     if let Some(before) = before {
@@ -150,4 +172,23 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
         super::counters::report(&before, &after, summary.ops, args.json);
     }
     Ok(())
+}
+
+/// One Redis connection per client (as each HTTP client has its own pooled connection),
+/// spread over the given endpoints.
+async fn redis_connections(endpoints: &str, clients: usize) -> anyhow::Result<Vec<Store>> {
+    let endpoints: Vec<&str> = endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).collect();
+    anyhow::ensure!(!endpoints.is_empty(), "--endpoints is empty");
+    let mut stores = Vec::with_capacity(clients);
+    for worker in 0..clients {
+        let endpoint = endpoints[worker % endpoints.len()];
+        let client = redis::Client::open(format!("redis://{endpoint}/"))
+            .map_err(|e| anyhow::anyhow!("Redis at {endpoint}: {e}"))?;
+        let connection = client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(|e| anyhow::anyhow!("connect to Redis at {endpoint}: {e}"))?;
+        stores.push(Store::Redis(connection));
+    }
+    Ok(stores)
 }

@@ -77,14 +77,14 @@ impl Consumed {
 pub async fn drain(
     clients: &[Client],
     queue: &str,
-    expected: &BTreeSet<String>,
+    expected: &BTreeMap<String, serde_json::Value>,
     within: Duration,
 ) -> Consumed {
     let mut consumed = Consumed::default();
     let deadline = Instant::now() + within;
     let options = ReceiveOptions { max: Some(20), visibility_ms: Some(5_000), wait_ms: Some(200) };
     let mut turn = 0usize;
-    while Instant::now() < deadline && !expected.iter().all(|id| consumed.deliveries.contains_key(id)) {
+    while Instant::now() < deadline && !expected.keys().all(|id| consumed.deliveries.contains_key(id)) {
         let client = &clients[turn % clients.len()];
         turn += 1;
         let Ok(messages) = client.queue_receive(queue, &options).await else {
@@ -102,14 +102,32 @@ pub async fn drain(
     consumed
 }
 
-/// Every id in `expected` was delivered, and nothing outside `sent_bodies` was.
-pub fn check_at_least_once(expected: &BTreeSet<String>, sent_bodies: &BTreeSet<String>, consumed: &Consumed) {
-    let missing: Vec<&String> = expected.iter().filter(|id| !consumed.deliveries.contains_key(*id)).collect();
+/// Every id in `expected` (acknowledged id → the body acknowledged under it) was delivered
+/// with that body, and nothing outside `sent_bodies` was. The body matters: a log that lost
+/// an acknowledged entry hands its id (partition and index) to the next message stored, so
+/// an id that comes back proves nothing by itself.
+pub fn check_at_least_once(
+    expected: &BTreeMap<String, serde_json::Value>,
+    sent_bodies: &BTreeSet<String>,
+    consumed: &Consumed,
+) {
+    let missing: Vec<&String> = expected.keys().filter(|id| !consumed.deliveries.contains_key(*id)).collect();
     assert!(
         missing.is_empty(),
         "{} acknowledged messages never delivered: {:?}",
         missing.len(),
         &missing[..missing.len().min(10)]
+    );
+    let replaced: Vec<String> = expected
+        .iter()
+        .filter(|(id, body)| consumed.bodies.get(*id) != Some(body))
+        .map(|(id, body)| format!("{id}: acknowledged {body}, delivered {:?}", consumed.bodies.get(id)))
+        .collect();
+    assert!(
+        replaced.is_empty(),
+        "{} acknowledged messages came back with another body (lost, their id reused): {:?}",
+        replaced.len(),
+        &replaced[..replaced.len().min(10)]
     );
     for (id, body) in &consumed.bodies {
         assert!(sent_bodies.contains(&body.to_string()), "message {id} with body {body} was never sent");
@@ -174,13 +192,15 @@ impl Producers {
         .await;
     }
 
-    /// Stops them; answers the acknowledged ids and every acknowledged body as JSON text.
-    pub async fn stop(self) -> (BTreeSet<String>, BTreeSet<String>) {
+    /// Stops them; answers each acknowledged id with its body, and every acknowledged body as
+    /// JSON text.
+    pub async fn stop(self) -> (BTreeMap<String, serde_json::Value>, BTreeSet<String>) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         for task in self.tasks {
             task.await.expect("producer");
         }
         let acked = self.acked.lock().expect("lock").clone();
-        (acked.iter().map(|(id, _)| id.clone()).collect(), acked.iter().map(|(_, b)| b.to_string()).collect())
+        let bodies = acked.iter().map(|(_, b)| b.to_string()).collect();
+        (acked.into_iter().collect(), bodies)
     }
 }

@@ -50,24 +50,11 @@ pub async fn batch(
     if calls.len() > STREAM_MAX_CALLS {
         return Err(NodeError::PayloadTooLarge(format!("at most {STREAM_MAX_CALLS} calls per batch")));
     }
-    let count = calls.len();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, call) in calls.into_iter().enumerate() {
-        let node = node.clone();
-        tasks.spawn(async move { (i, stream_call(&node, call).await) });
-    }
-    let mut replies: Vec<Option<StreamReply>> = (0..count).map(|_| None).collect();
-    while let Some(joined) = tasks.join_next().await {
-        if let Ok((i, reply)) = joined {
-            replies[i] = Some(reply);
-        }
-    }
-    Ok(Json(
-        replies
-            .into_iter()
-            .map(|r| r.unwrap_or_else(|| StreamReply::refused(500, "the call did not finish")))
-            .collect(),
-    ))
+    // Polled together in this task (no task per call, no hop to another worker thread):
+    // each call still waits on its own group, so their appends share one flush.
+    let replies =
+        futures_util::future::join_all(calls.into_iter().map(|call| stream_call(&node, call))).await;
+    Ok(Json(replies))
 }
 
 /// Runs one call of a batch at its group.

@@ -15,7 +15,7 @@ use crate::error::NodeError;
 use crate::group::{membership_outcome, Leader};
 use crate::types::{partition_group, Member, NodeId};
 use crate::wire::{
-    ForwardedWrite, LeaderCall, PartitionCall, PartitionQueues, PartitionReply, PartitionStats, QueueCounts,
+    LeaderCall, PartitionCall, PartitionQueues, PartitionReply, PartitionStats, QueueCounts,
     QUEUES_LISTED_MAX,
 };
 
@@ -91,10 +91,14 @@ impl Queues {
         };
         // A replica's own copy tells whether there is anything to receive; a lagging copy
         // only delays a message to the next receive.
-        if let LeaderCall::Receive { queue, .. } = &call {
+        if let LeaderCall::Receive { request_id, queue, max, visibility_ms } = &call {
             if !group.sm.read().state.state.has_visible(queue, now_ms()) {
                 return Ok(PartitionReply::Received(Vec::new()));
             }
+            // Proposed here, or forwarded to the leader in a batch with the group's other
+            // forwarded requests (one call for all of them, not one per receive).
+            let request = receive_request(request_id, queue, *max, *visibility_ms);
+            return received(group.submit(request, deadline).await?.0);
         }
         let passed_on = PartitionCall::AtLeader(call.clone());
         loop {
@@ -175,22 +179,8 @@ impl Queues {
     ) -> Result<PartitionReply, NodeError> {
         match call {
             LeaderCall::Receive { request_id, queue, max, visibility_ms } => {
-                let command =
-                    Command::QueueReceive { queue: queue.clone(), max: *max, visibility_ms: *visibility_ms };
-                let request = Request { request_id: Some(request_id.clone()), command };
-                match group.proposer.submit(request, deadline).await {
-                    ForwardedWrite::Applied(Response::QueueReceived { messages }, _) => {
-                        Ok(PartitionReply::Received(messages))
-                    }
-                    ForwardedWrite::Applied(other, _) => Err(unexpected(other)),
-                    ForwardedWrite::NotLeader => {
-                        Err(NodeError::Unavailable("leadership moved; retry".into()))
-                    }
-                    ForwardedWrite::Timeout => Err(NodeError::NoQuorum(format!(
-                        "partition {partition} did not commit the receive in time"
-                    ))),
-                    ForwardedWrite::Failed(reason) => Err(NodeError::Unavailable(reason)),
-                }
+                let request = receive_request(request_id, queue, *max, *visibility_ms);
+                received(group.submit(request, deadline).await?.0)
             }
             LeaderCall::Stats { queue } => {
                 Ok(PartitionReply::Stats(self.local_stats(partition, group, queue)))
@@ -232,6 +222,22 @@ impl Queues {
                 applied.state.state.queue(&format!("{queue}{DLQ_SUFFIX}")).map(|q| q.depth()).unwrap_or(0);
         }
         stats
+    }
+}
+
+/// The request that takes up to `max` visible messages of `queue` into flight.
+fn receive_request(request_id: &str, queue: &str, max: u32, visibility_ms: u64) -> Request {
+    Request {
+        request_id: Some(request_id.to_string()),
+        command: Command::QueueReceive { queue: queue.to_string(), max, visibility_ms },
+    }
+}
+
+/// The messages a receive's entry handed out.
+fn received(response: Response) -> Result<PartitionReply, NodeError> {
+    match response {
+        Response::QueueReceived { messages } => Ok(PartitionReply::Received(messages)),
+        other => Err(unexpected(other)),
     }
 }
 

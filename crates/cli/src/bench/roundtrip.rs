@@ -1,0 +1,190 @@
+//! `sinkron bench roundtrip`: queue round trips with a fixed number of messages in flight.
+//!
+//! Each of `--in-flight` workers repeats one round trip: send a message and wait until it
+//! is acknowledged as stored, receive one message, ack it. So exactly that many messages
+//! are in flight at any moment, and the latency of a round trip is what one producer and
+//! one consumer in lock step would see. The same loop runs against RabbitMQ
+//! (`--target rabbitmq`: a durable quorum queue, persistent messages, publisher confirms,
+//! a consumer with prefetch 1 and manual acks), so the two are measured alike.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{connect, gather, report, summarize};
+
+#[derive(clap::Args)]
+pub(super) struct RoundTripArgs {
+    /// Comma-separated nodes (workers are spread over them round-robin); for RabbitMQ one
+    /// `host:port` of its AMQP listener.
+    #[arg(long, env = "SINKRON_ENDPOINTS", default_value = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003")]
+    endpoints: String,
+    /// What to load.
+    #[arg(long, value_enum, default_value_t = Target::Sinkron)]
+    target: Target,
+    /// Workers, each with one message in flight.
+    #[arg(long, default_value_t = 1)]
+    in_flight: usize,
+    /// Total round trips.
+    #[arg(long, default_value_t = 2_000)]
+    messages: usize,
+    /// Distinct ordering keys, worker `w` using key `w mod keys` (spreads the queue over
+    /// partitions); 0 sends without a key, which keeps the queue in one partition. Sinkron
+    /// only.
+    #[arg(long, default_value_t = 0)]
+    keys: usize,
+    /// Bytes of each body.
+    #[arg(long, default_value_t = 100)]
+    body_bytes: usize,
+    /// Print the result as one JSON object.
+    #[arg(long)]
+    json: bool,
+    /// Also print what the run moved on the nodes (Sinkron's /metrics, per round trip).
+    #[arg(long)]
+    counters: bool,
+}
+
+/// The queue a round-trip bench loads.
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// A Sinkron queue.
+    Sinkron,
+    /// A RabbitMQ quorum queue over AMQP 0-9-1 (user guest, from loopback).
+    Rabbitmq,
+}
+
+/// How long one worker may go without finishing a round trip before the run gives up.
+const STALL_MAX: Duration = Duration::from_secs(60);
+
+pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.in_flight > 0 && args.messages > 0, "--in-flight and --messages must be positive");
+    let queue = format!("bench-rt-{:x}", std::process::id());
+    let body = "x".repeat(args.body_bytes);
+    let per_worker = args.messages.div_ceil(args.in_flight);
+    let counts: Vec<usize> =
+        (0..args.in_flight).map(|w| per_worker.min(args.messages.saturating_sub(w * per_worker))).collect();
+    let progress = crate::progress::Progress::ops(args.messages as u64, "round trips");
+    let (summary, counters) = match args.target {
+        Target::Sinkron => {
+            let clients = connect(&args.endpoints).await?;
+            let before = if args.counters { Some(super::counters::snapshot(&clients).await?) } else { None };
+            let phases = Arc::new(Phases::default());
+            let started = Instant::now();
+            let mut tasks = Vec::with_capacity(args.in_flight);
+            for (worker, count) in counts.into_iter().enumerate() {
+                let client = clients[worker % clients.len()].clone();
+                let key = (args.keys > 0).then(|| format!("k{}", worker % args.keys));
+                let (queue, body) = (queue.clone(), serde_json::Value::String(body.clone()));
+                tasks.push(tokio::spawn(sinkron_worker(client, queue, body, key, count, phases.clone())));
+            }
+            let (latencies, errors) = gather(tasks).await?;
+            report_phases(&phases, args.json);
+            let summary = summarize(latencies, errors, started.elapsed());
+            let counters = match before {
+                Some(before) => Some((before, super::counters::snapshot(&clients).await?)),
+                None => None,
+            };
+            (summary, counters)
+        }
+        Target::Rabbitmq => {
+            anyhow::ensure!(
+                !args.counters,
+                "--counters reads Sinkron's /metrics; not with --target rabbitmq"
+            );
+            anyhow::ensure!(args.keys == 0, "--keys spreads a Sinkron queue; not with --target rabbitmq");
+            let rabbit = super::rabbitmq::Rabbit::connect(args.endpoints.trim(), &queue).await?;
+            let started = Instant::now();
+            let mut tasks = Vec::with_capacity(args.in_flight);
+            for count in counts {
+                let worker = rabbit.worker().await?;
+                let body = Arc::new(body.clone().into_bytes());
+                tasks.push(tokio::spawn(async move { worker.run(&body, count, STALL_MAX).await }));
+            }
+            let (latencies, errors) = gather(tasks).await?;
+            let summary = summarize(latencies, errors, started.elapsed());
+            rabbit.delete_queue().await;
+            (summary, None)
+        }
+    };
+    progress.finish();
+    let name = match args.target {
+        Target::Sinkron if args.keys > 0 => "roundtrip keyed",
+        Target::Sinkron => "roundtrip",
+        Target::Rabbitmq => "rabbitmq roundtrip",
+    };
+    report(name, args.in_flight, args.json, &summary);
+    if let Some((before, after)) = counters {
+        super::counters::report(&before, &after, summary.ops, args.json);
+    }
+    Ok(())
+}
+
+/// `count` round trips through one Sinkron node: send, receive one (any worker's), ack.
+async fn sinkron_worker(
+    client: sinkron_client::Client,
+    queue: String,
+    body: serde_json::Value,
+    key: Option<String>,
+    count: usize,
+    phases: Arc<Phases>,
+) -> (Vec<Duration>, usize) {
+    let options =
+        sinkron_client::ReceiveOptions { max: Some(1), visibility_ms: Some(30_000), wait_ms: Some(1_000) };
+    let mut latencies = Vec::with_capacity(count);
+    let mut errors = 0usize;
+    for _ in 0..count {
+        let t = Instant::now();
+        if client.queue_send(&queue, body.clone(), key.as_deref()).await.is_err() {
+            errors += 1;
+            continue;
+        }
+        let sent = Instant::now();
+        let stalled = sent + STALL_MAX;
+        let message = loop {
+            match client.queue_receive(&queue, &options).await {
+                Ok(mut got) if !got.is_empty() => break Some(got.swap_remove(0)),
+                Ok(_) if Instant::now() < stalled => continue,
+                Err(_) if Instant::now() < stalled => errors += 1,
+                _ => break None,
+            }
+        };
+        let Some(message) = message else {
+            return (latencies, errors + 1);
+        };
+        let received = Instant::now();
+        match client.queue_ack(&queue, &message.receipt).await {
+            Ok(_) => {
+                latencies.push(t.elapsed());
+                phases.record([sent - t, received - sent, received.elapsed()]);
+                crate::progress::tick(1);
+            }
+            Err(_) => errors += 1,
+        }
+    }
+    (latencies, errors)
+}
+
+/// The three parts of Sinkron's round trips (send, receive, ack), for the p50 of each.
+#[derive(Default)]
+struct Phases(std::sync::Mutex<Vec<[Duration; 3]>>);
+
+impl Phases {
+    fn record(&self, phases: [Duration; 3]) {
+        if let Ok(mut all) = self.0.lock() {
+            all.push(phases);
+        }
+    }
+}
+
+/// Prints the median of each part (not with `--json`, whose line is the run's summary).
+fn report_phases(phases: &Phases, json: bool) {
+    let Ok(all) = phases.0.lock() else { return };
+    if json || all.is_empty() {
+        return;
+    }
+    let p50 = |i: usize| {
+        let mut part: Vec<Duration> = all.iter().map(|p| p[i]).collect();
+        part.sort_unstable();
+        part[part.len() / 2].as_secs_f64() * 1000.0
+    };
+    say!("p50 of each part: send {:.3} ms, receive {:.3} ms, ack {:.3} ms", p50(0), p50(1), p50(2));
+}
