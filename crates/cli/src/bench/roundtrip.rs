@@ -41,6 +41,11 @@ pub(super) struct RoundTripArgs {
     /// Also print what the run moved on the nodes (Sinkron's /metrics, per round trip).
     #[arg(long)]
     counters: bool,
+    /// Send each ack without waiting for its answer before the next send, as AMQP's
+    /// `basic.ack` is never answered (an ack that fails only leaves its message to come back
+    /// after the visibility timeout). Sinkron only; failed acks are still counted as errors.
+    #[arg(long)]
+    ack_without_wait: bool,
 }
 
 /// The queue a round-trip bench loads.
@@ -74,7 +79,9 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
                 let client = clients[worker % clients.len()].clone();
                 let key = (args.keys > 0).then(|| format!("k{}", worker % args.keys));
                 let (queue, body) = (queue.clone(), serde_json::Value::String(body.clone()));
-                tasks.push(tokio::spawn(sinkron_worker(client, queue, body, key, count, phases.clone())));
+                let worker =
+                    SinkronWorker { client, queue, body, key, ack_without_wait: args.ack_without_wait };
+                tasks.push(tokio::spawn(worker.run(count, phases.clone())));
             }
             let (latencies, errors) = gather(tasks).await?;
             report_phases(&phases, args.json);
@@ -91,6 +98,10 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
                 "--counters reads Sinkron's /metrics; not with --target rabbitmq"
             );
             anyhow::ensure!(args.keys == 0, "--keys spreads a Sinkron queue; not with --target rabbitmq");
+            anyhow::ensure!(
+                !args.ack_without_wait,
+                "RabbitMQ's acks are never answered; the flag is for Sinkron"
+            );
             let rabbit = super::rabbitmq::Rabbit::connect(args.endpoints.trim(), &queue).await?;
             let started = Instant::now();
             let mut tasks = Vec::with_capacity(args.in_flight);
@@ -108,6 +119,7 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
     progress.finish();
     let name = match args.target {
         Target::Sinkron if args.keys > 0 => "roundtrip keyed",
+        Target::Sinkron if args.ack_without_wait => "roundtrip, acks not awaited",
         Target::Sinkron => "roundtrip",
         Target::Rabbitmq => "rabbitmq roundtrip",
     };
@@ -118,49 +130,78 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `count` round trips through one Sinkron node: send, receive one (any worker's), ack.
-async fn sinkron_worker(
+/// One worker's settings: the node it talks to, the queue and its message, and how it acks.
+struct SinkronWorker {
     client: sinkron_client::Client,
     queue: String,
     body: serde_json::Value,
     key: Option<String>,
-    count: usize,
-    phases: Arc<Phases>,
-) -> (Vec<Duration>, usize) {
-    let options =
-        sinkron_client::ReceiveOptions { max: Some(1), visibility_ms: Some(30_000), wait_ms: Some(1_000) };
-    let mut latencies = Vec::with_capacity(count);
-    let mut errors = 0usize;
-    for _ in 0..count {
-        let t = Instant::now();
-        if client.queue_send(&queue, body.clone(), key.as_deref()).await.is_err() {
-            errors += 1;
-            continue;
-        }
-        let sent = Instant::now();
-        let stalled = sent + STALL_MAX;
-        let message = loop {
-            match client.queue_receive(&queue, &options).await {
-                Ok(mut got) if !got.is_empty() => break Some(got.swap_remove(0)),
-                Ok(_) if Instant::now() < stalled => continue,
-                Err(_) if Instant::now() < stalled => errors += 1,
-                _ => break None,
+    ack_without_wait: bool,
+}
+
+impl SinkronWorker {
+    /// `count` round trips through one Sinkron node: send, receive one (any worker's), ack.
+    async fn run(self, count: usize, phases: Arc<Phases>) -> (Vec<Duration>, usize) {
+        let options = sinkron_client::ReceiveOptions {
+            max: Some(1),
+            visibility_ms: Some(30_000),
+            wait_ms: Some(1_000),
+        };
+        let mut latencies = Vec::with_capacity(count);
+        let mut errors = 0usize;
+        let mut acks = tokio::task::JoinSet::new();
+        for _ in 0..count {
+            let t = Instant::now();
+            if self.client.queue_send(&self.queue, self.body.clone(), self.key.as_deref()).await.is_err() {
+                errors += 1;
+                continue;
             }
-        };
-        let Some(message) = message else {
-            return (latencies, errors + 1);
-        };
-        let received = Instant::now();
-        match client.queue_ack(&queue, &message.receipt).await {
-            Ok(_) => {
+            let sent = Instant::now();
+            let Some(receipt) = self.receive_one(&options, sent + STALL_MAX, &mut errors).await else {
+                errors += 1;
+                break;
+            };
+            let received = Instant::now();
+            if self.ack_without_wait {
+                let (client, queue) = (self.client.clone(), self.queue.clone());
+                acks.spawn(async move { client.queue_ack(&queue, &receipt).await.is_ok() });
                 latencies.push(t.elapsed());
-                phases.record([sent - t, received - sent, received.elapsed()]);
+                phases.record([sent - t, received - sent, Duration::ZERO]);
                 crate::progress::tick(1);
+                continue;
             }
-            Err(_) => errors += 1,
+            match self.client.queue_ack(&self.queue, &receipt).await {
+                Ok(_) => {
+                    latencies.push(t.elapsed());
+                    phases.record([sent - t, received - sent, received.elapsed()]);
+                    crate::progress::tick(1);
+                }
+                Err(_) => errors += 1,
+            }
         }
+        while let Some(acked) = acks.join_next().await {
+            errors += usize::from(!matches!(acked, Ok(true)));
+        }
+        (latencies, errors)
     }
-    (latencies, errors)
+
+    /// Long-polls until one message (any worker's) arrives; its receipt, or `None` once
+    /// `stalled` passed.
+    async fn receive_one(
+        &self,
+        options: &sinkron_client::ReceiveOptions,
+        stalled: Instant,
+        errors: &mut usize,
+    ) -> Option<String> {
+        while Instant::now() < stalled {
+            match self.client.queue_receive(&self.queue, options).await {
+                Ok(mut got) if !got.is_empty() => return Some(got.swap_remove(0).receipt),
+                Ok(_) => {}
+                Err(_) => *errors += 1,
+            }
+        }
+        None
+    }
 }
 
 /// The three parts of Sinkron's round trips (send, receive, ack), for the p50 of each.
