@@ -113,7 +113,7 @@ fn dev_starts_three_nodes_and_ctrl_c_stops_them_all() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn cluster_status_and_bench_write_commands_work() {
+async fn cluster_status_and_bench_commands_work() {
     let cluster = TestCluster::start(3, &[]);
     cluster.wait_leader(&cluster.all(), FORM).await;
     let endpoint = cluster.nodes[1].addr();
@@ -159,6 +159,33 @@ async fn cluster_status_and_bench_write_commands_work() {
     assert_eq!(report["ops"], 200);
     assert_eq!(report["errors"], 0);
     assert!(report["p50_ms"].as_f64().is_some_and(|p| p > 0.0), "{report}");
+    // The other loops of the side-by-side comparison: queue round trips (acks awaited and
+    // not), the nodes' HTTP floor, and the bare servers of the ceiling, which the bench
+    // starts and stops itself.
+    let runs: [&[&str]; 4] = [
+        &["roundtrip", "--in-flight", "4", "--messages", "40", "--keys", "4", "--endpoints", &endpoints],
+        &[
+            "roundtrip",
+            "--in-flight",
+            "2",
+            "--messages",
+            "20",
+            "--ack-without-wait",
+            "--endpoints",
+            &endpoints,
+        ],
+        &["http", "--clients", "4", "--ops", "200", "--endpoints", &endpoints],
+        &["http", "--ceiling", "2", "--clients", "4", "--ops", "200"],
+    ];
+    for args in runs {
+        let out =
+            Command::new(sinkron_bin()).arg("bench").args(args).arg("--json").output().expect("run bench");
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bench prints JSON");
+        let want = args[args.iter().position(|a| *a == "--messages" || *a == "--ops").expect("a count") + 1];
+        assert_eq!(report["ops"].to_string(), want, "{args:?}: {report}");
+        assert_eq!(report["errors"], 0, "{args:?}: {report}");
+    }
 }
 
 #[test]
