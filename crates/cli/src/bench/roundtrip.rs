@@ -103,11 +103,17 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
                 "RabbitMQ's acks are never answered; the flag is for Sinkron"
             );
             let rabbit = super::rabbitmq::Rabbit::connect(args.endpoints.trim(), &queue).await?;
+            // Each worker's connection, channel and consumer are set up before the clock
+            // starts: setup, not the round trips being measured.
+            let mut workers = Vec::with_capacity(args.in_flight);
+            for _ in 0..args.in_flight {
+                workers.push(rabbit.worker().await?);
+            }
+            let body = Arc::new(body.into_bytes());
             let started = Instant::now();
             let mut tasks = Vec::with_capacity(args.in_flight);
-            for count in counts {
-                let worker = rabbit.worker().await?;
-                let body = Arc::new(body.clone().into_bytes());
+            for (worker, count) in workers.into_iter().zip(counts) {
+                let body = body.clone();
                 tasks.push(tokio::spawn(async move { worker.run(&body, count, STALL_MAX).await }));
             }
             let (latencies, errors) = gather(tasks).await?;

@@ -91,14 +91,13 @@ impl Queues {
         };
         // A replica's own copy tells whether there is anything to receive; a lagging copy
         // only delays a message to the next receive.
-        if let LeaderCall::Receive { request_id, queue, max, visibility_ms } = &call {
+        if let LeaderCall::Receive { queue, .. } = &call {
             if !group.sm.read().state.state.has_visible(queue, now_ms()) {
                 return Ok(PartitionReply::Received(Vec::new()));
             }
-            // Proposed here, or forwarded to the leader in a batch with the group's other
-            // forwarded requests (one call for all of them, not one per receive).
-            let request = receive_request(request_id, queue, *max, *visibility_ms);
-            return received(group.submit(request, deadline).await?.0);
+            // Not passed on as a call of its own: `call_here` proposes it through the group,
+            // which forwards it to a remote leader in a batch with the group's other writes.
+            return self.call_here(partition, &group, &call, deadline).await;
         }
         let passed_on = PartitionCall::AtLeader(call.clone());
         loop {
@@ -169,7 +168,8 @@ impl Queues {
         }
     }
 
-    /// Runs `call` on this node, which leads `partition`'s group.
+    /// Runs `call` on this node, which leads `partition`'s group (a receive also when it does
+    /// not: it is proposed through the group, forwarded to the leader if need be).
     async fn call_here(
         &self,
         partition: u32,
