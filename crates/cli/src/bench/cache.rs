@@ -41,7 +41,6 @@ pub(super) async fn cache(args: CacheBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.clients > 0 && args.ops > 0, "--clients and --ops must be positive");
     let clients = connect(&args.endpoints).await?;
     let run = format!("{:x}", std::process::id());
-    let per_client = args.ops.div_ceil(args.clients);
     // Warm up: the mix keys get values, every client's own key gets a line on its node.
     for k in 0..4 {
         clients[0].cache_put(&format!("bench-{run}-mix-{k}"), serde_json::json!(k), true).await?;
@@ -58,7 +57,7 @@ pub(super) async fn cache(args: CacheBenchArgs) -> anyhow::Result<()> {
         let (mode, run) = (args.mode, run.clone());
         let own = clients[worker % clients.len()].clone();
         let other = clients[(worker + 1) % clients.len()].clone();
-        let count = per_client.min(args.ops.saturating_sub(worker * per_client));
+        let count = super::share(args.ops, args.clients, worker);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(count);
             let mut errors = 0usize;

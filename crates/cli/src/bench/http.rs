@@ -55,12 +55,11 @@ pub(super) async fn http(args: HttpBenchArgs) -> anyhow::Result<()> {
         None => connect(&args.endpoints).await?,
     };
     let progress = crate::progress::Progress::ops(args.ops as u64, "http");
-    let per_client = args.ops.div_ceil(args.clients);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(args.clients);
     for worker in 0..args.clients {
         let client = clients[worker % clients.len()].clone();
-        let count = per_client.min(args.ops.saturating_sub(worker * per_client));
+        let count = super::share(args.ops, args.clients, worker);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(count);
             let mut errors = 0usize;

@@ -35,7 +35,6 @@ pub(super) struct LockArgs {
 pub(super) async fn locks(args: LockArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.clients > 0 && args.ops > 0, "--clients and --ops must be positive");
     let clients = connect(&args.endpoints).await?;
-    let per_client = args.ops.div_ceil(args.clients);
     let run = format!("{:x}", std::process::id());
     // Hand-off: when the current holder started releasing; the next grant measures from it.
     let released_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
@@ -44,7 +43,7 @@ pub(super) async fn locks(args: LockArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::with_capacity(args.clients);
     for worker in 0..args.clients {
         let client = clients[worker % clients.len()].clone();
-        let count = per_client.min(args.ops.saturating_sub(worker * per_client));
+        let count = super::share(args.ops, args.clients, worker);
         let (mode, run, released_at) = (args.mode, run.clone(), released_at.clone());
         tasks.push(tokio::spawn(async move {
             let client_id = format!("bench-{run}-{worker}");

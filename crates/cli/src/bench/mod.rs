@@ -103,6 +103,13 @@ pub(super) async fn wait_ready(client: &Client) -> anyhow::Result<()> {
     }
 }
 
+/// The operations that worker `worker` of `workers` runs out of `total`: equal shares, the
+/// last ones smaller (or empty) when `total` does not divide evenly.
+pub(super) fn share(total: usize, workers: usize, worker: usize) -> usize {
+    let each = total.div_ceil(workers);
+    each.min(total.saturating_sub(worker * each))
+}
+
 /// Waits for every load task and merges their latencies and error counts.
 pub(super) async fn gather(
     tasks: Vec<tokio::task::JoinHandle<(Vec<Duration>, usize)>>,
@@ -161,6 +168,15 @@ pub(super) fn report(name: &str, clients: usize, json: bool, s: &Summary) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shares_add_up_to_the_total() {
+        for (total, workers) in [(20_000, 64), (10, 3), (2, 5), (7, 7), (1, 1)] {
+            let shares: Vec<usize> = (0..workers).map(|w| share(total, workers, w)).collect();
+            assert_eq!(shares.iter().sum::<usize>(), total, "{total} over {workers}: {shares:?}");
+            assert!(shares.windows(2).all(|w| w[0] >= w[1]), "{shares:?}");
+        }
+    }
 
     #[test]
     fn the_summary_reads_quantiles_off_the_histogram() {

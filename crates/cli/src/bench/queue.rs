@@ -58,7 +58,7 @@ pub(super) async fn queue(args: QueueBenchArgs) -> anyhow::Result<()> {
     let mut producers = Vec::with_capacity(args.producers);
     for worker in 0..args.producers {
         let client = clients[worker % clients.len()].clone();
-        let count = per_producer.min(args.messages.saturating_sub(worker * per_producer));
+        let count = super::share(args.messages, args.producers, worker);
         let (queue, body, keys) = (queue.clone(), body.clone(), args.keys);
         let send_batch = args.send_batch;
         producers.push(tokio::spawn(async move {

@@ -64,9 +64,8 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.in_flight > 0 && args.messages > 0, "--in-flight and --messages must be positive");
     let queue = format!("bench-rt-{:x}", std::process::id());
     let body = "x".repeat(args.body_bytes);
-    let per_worker = args.messages.div_ceil(args.in_flight);
     let counts: Vec<usize> =
-        (0..args.in_flight).map(|w| per_worker.min(args.messages.saturating_sub(w * per_worker))).collect();
+        (0..args.in_flight).map(|w| super::share(args.messages, args.in_flight, w)).collect();
     let progress = crate::progress::Progress::ops(args.messages as u64, "round trips");
     let (summary, counters) = match args.target {
         Target::Sinkron => {
@@ -123,11 +122,12 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
         }
     };
     progress.finish();
-    let name = match args.target {
-        Target::Sinkron if args.keys > 0 => "roundtrip keyed",
-        Target::Sinkron if args.ack_without_wait => "roundtrip, acks not awaited",
-        Target::Sinkron => "roundtrip",
-        Target::Rabbitmq => "rabbitmq roundtrip",
+    let name = match (args.target, args.keys > 0, args.ack_without_wait) {
+        (Target::Rabbitmq, _, _) => "rabbitmq roundtrip",
+        (Target::Sinkron, false, false) => "roundtrip",
+        (Target::Sinkron, true, false) => "roundtrip keyed",
+        (Target::Sinkron, false, true) => "roundtrip, acks not awaited",
+        (Target::Sinkron, true, true) => "roundtrip keyed, acks not awaited",
     };
     report(name, args.in_flight, args.json, &summary);
     if let Some((before, after)) = counters {

@@ -137,7 +137,7 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
     for worker in 0..args.clients {
         let store = stores[worker % stores.len()].clone();
         let value = value.clone();
-        let count = per_client.min(args.ops.saturating_sub(worker * per_client));
+        let count = super::share(args.ops, args.clients, worker);
         let (keys, reads) = (args.keys, args.reads);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::with_capacity(count);
