@@ -9,6 +9,7 @@
 //! these state machines from the Raft log.
 
 pub mod cache;
+pub mod claims;
 pub mod command;
 pub mod dedup;
 pub mod entropy;

@@ -36,6 +36,12 @@ impl PartitionMachine {
         self.state.check_invariants()
     }
 
+    /// Whether a request with id `id` was applied recently (its reply is in the
+    /// de-duplication window).
+    pub fn was_applied(&self, id: &str) -> bool {
+        self.dedup.get(id).is_some()
+    }
+
     /// Records that the entry at `index` carried no application command.
     pub fn apply_blank(&mut self, index: u64) {
         self.applied_index = self.applied_index.max(index);

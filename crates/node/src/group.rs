@@ -1,18 +1,19 @@
 //! One Raft group on this node (group 0 or a queue partition): its Raft instance, storage
 //! and batchers, how it is opened, and how a request reaches its leader.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ServerState, SnapshotPolicy};
+use sinkron_core::claims::ReceiveClaims;
 use sinkron_core::{Group0State, Request, Response};
 
 use crate::config::{NodeConfig, StorageBackend};
 use crate::error::NodeError;
 use crate::peers::Peers;
-use crate::proposer::Batcher;
+use crate::proposer::{Batcher, Gate};
 use crate::storage::redis as redis_store;
 use crate::storage::{LogStore, Machine, SharedLog, StateMachineStore};
 use crate::types::{GroupId, Member, NodeId, Raft, GROUP0};
@@ -264,9 +265,45 @@ impl GroupFactory {
             .await
             .with_context(|| format!("start Raft group {id}"))?;
         let request_timeout = Duration::from_millis(self.config.request_timeout_ms);
-        let proposer = Batcher::proposer(raft.clone(), request_timeout);
+        let gate = S::GATED.then(|| {
+            Arc::new(MachineGate { sm: sm.clone(), claims: Mutex::new(ReceiveClaims::default()) })
+                as Arc<dyn Gate>
+        });
+        let proposer = Batcher::proposer(raft.clone(), request_timeout, gate);
         let forwarder = Batcher::forwarder(raft.clone(), id, self.peers.clone(), request_timeout);
         Ok(Group { raft, log, sm, proposer, forwarder, me, request_timeout })
+    }
+}
+
+/// The leader's gate of a group whose machine is [`Machine::GATED`]: requests are admitted
+/// against the applied state and the claims of what was proposed and not yet applied.
+struct MachineGate<S: Machine> {
+    sm: StateMachineStore<S>,
+    claims: Mutex<ReceiveClaims>,
+}
+
+impl<S: Machine> Gate for MachineGate<S> {
+    fn admit(&self, requests: &[Request]) -> Vec<Option<ForwardedWrite>> {
+        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        // Read under the claims' lock: an apply seen here has settled the claims it covers.
+        let applied = self.sm.read();
+        let index = applied.last_applied.map_or(0, |id| id.index);
+        let now = crate::clock::now_ms();
+        let answers: Vec<Option<ForwardedWrite>> = requests
+            .iter()
+            .map(|r| {
+                applied.state.admit(&mut claims, r, now).map(|reply| ForwardedWrite::Applied(reply, index))
+            })
+            .collect();
+        crate::metrics::record_receives_gated(answers.iter().filter(|a| a.is_some()).count());
+        answers
+    }
+
+    fn settled(&self, requests: &[Request]) {
+        let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
+        for request in requests {
+            claims.release(request);
+        }
     }
 }
 

@@ -122,6 +122,21 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Messages made ready again after their visibility deadline passed",
     ),
     ("sinkron_queue_dead_lettered_total", Kind::Counter, "Messages moved to a dead-letter queue"),
+    (
+        "sinkron_queue_receives_gated_total",
+        Kind::Counter,
+        "Receives this leader answered empty without an entry (every visible message was claimed)",
+    ),
+    (
+        "sinkron_queue_receives_wasted_total",
+        Kind::Counter,
+        "Receives this leader proposed that came back empty (an entry spent for no message)",
+    ),
+    (
+        "sinkron_process_cpu_seconds",
+        Kind::Gauge,
+        "CPU time this process has used, user and system, in seconds",
+    ),
     ("sinkron_queue_depth", Kind::Gauge, "Ready messages of a queue over the partitions this node leads"),
     (
         "sinkron_queue_in_flight",
@@ -350,7 +365,18 @@ pub fn render(gauges: &RaftGauges) -> String {
     metrics::gauge!("sinkron_raft_applied_index").set(gauges.applied_index as f64);
     metrics::gauge!("sinkron_raft_last_log_index").set(gauges.last_log_index as f64);
     metrics::gauge!("sinkron_raft_has_leader").set(if gauges.has_leader { 1.0 } else { 0.0 });
+    if let Some(seconds) = process_cpu_seconds() {
+        metrics::gauge!("sinkron_process_cpu_seconds").set(seconds);
+    }
     install().map(|h| h.render()).unwrap_or_default()
+}
+
+/// CPU time this process has used so far, user and system, in seconds.
+fn process_cpu_seconds() -> Option<f64> {
+    use nix::sys::resource::{getrusage, UsageWho};
+    let usage = getrusage(UsageWho::RUSAGE_SELF).ok()?;
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    Some(seconds(usage.user_time()) + seconds(usage.system_time()))
 }
 
 /// Counts `count` queue operations `op` (sent, received, acked, nacked) on
@@ -358,6 +384,22 @@ pub fn render(gauges: &RaftGauges) -> String {
 pub fn record_queue_op(op: &'static str, queue: &str, count: u64) {
     metrics::counter!("sinkron_queue_messages_total", "op" => op, "queue" => queue_label(queue))
         .increment(count);
+}
+
+/// Counts receives this leader answered empty without an entry: every visible message was
+/// claimed by a receive already proposed.
+pub fn record_receives_gated(count: usize) {
+    if count > 0 {
+        metrics::counter!("sinkron_queue_receives_gated_total").increment(count as u64);
+    }
+}
+
+/// Counts receives this leader proposed that came back with nothing (an entry spent for
+/// no message).
+pub fn record_receives_wasted(count: usize) {
+    if count > 0 {
+        metrics::counter!("sinkron_queue_receives_wasted_total").increment(count as u64);
+    }
 }
 
 /// Counts messages made ready again by an expiry pass of a partition this node leads, and

@@ -7,7 +7,8 @@
 //! once (no added latency); a busy one amortises each fsync, replication round trip and
 //! forwarding HTTP call over up to [`BATCH_MAX`] requests.
 //!
-//! - [`Batcher::proposer`] turns a batch into one Raft entry on the leader.
+//! - [`Batcher::proposer`] turns a batch into one Raft entry on the leader; its [`Gate`]
+//!   first answers the requests that need no entry (a receive that could only find nothing).
 //! - [`Batcher::forwarder`] sends a batch to the leader's `/raft/{group}/write` in one call.
 
 use std::future::Future;
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use sinkron_core::{Batch, Request};
+use sinkron_core::{Batch, Request, Response};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::clock::now_ms;
@@ -38,6 +39,14 @@ struct Pending {
     reply: oneshot::Sender<ForwardedWrite>,
 }
 
+/// Answers, on the leader, requests that need no entry, before a batch is proposed.
+pub trait Gate: Send + Sync + 'static {
+    /// For each request, the outcome it gets without an entry, or `None` to propose it.
+    fn admit(&self, requests: &[Request]) -> Vec<Option<ForwardedWrite>>;
+    /// The proposed `requests` are over (applied, or failed).
+    fn settled(&self, requests: &[Request]);
+}
+
 /// Handle to a batching task. Cloning gives another handle to the same task.
 #[derive(Clone)]
 pub struct Batcher {
@@ -45,12 +54,17 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Proposes batches as single entries of `raft`; an entry not applied within `timeout`
-    /// is answered [`ForwardedWrite::Timeout`].
-    pub fn proposer(raft: Raft, timeout: Duration) -> Self {
+    /// Proposes batches as single entries of `raft`, past `gate` if there is one; an entry
+    /// not applied within `timeout` is answered [`ForwardedWrite::Timeout`].
+    pub fn proposer(raft: Raft, timeout: Duration, gate: Option<Arc<dyn Gate>>) -> Self {
         Self::spawn(move |requests| {
-            let raft = raft.clone();
-            async move { propose(&raft, requests, timeout).await }
+            let (raft, gate) = (raft.clone(), gate.clone());
+            async move {
+                match gate {
+                    Some(gate) => propose_gated(&raft, requests, timeout, gate.as_ref()).await,
+                    None => propose(&raft, requests, timeout).await,
+                }
+            }
         })
     }
 
@@ -163,6 +177,34 @@ where
     }
 }
 
+/// Answers what `gate` answers, proposes the rest as one entry (if any is left), and
+/// returns one outcome per request, in order.
+async fn propose_gated(
+    raft: &Raft,
+    requests: Vec<Request>,
+    timeout: Duration,
+    gate: &dyn Gate,
+) -> Vec<ForwardedWrite> {
+    let mut answers = gate.admit(&requests);
+    let proposed: Vec<Request> =
+        requests.into_iter().zip(&answers).filter(|(_, a)| a.is_none()).map(|(r, _)| r).collect();
+    if proposed.is_empty() {
+        return answers.into_iter().flatten().collect();
+    }
+    let outcomes = propose(raft, proposed.clone(), timeout).await;
+    gate.settled(&proposed);
+    let mut outcomes = outcomes.into_iter();
+    answers
+        .iter_mut()
+        .map(|answer| {
+            answer
+                .take()
+                .or_else(|| outcomes.next())
+                .unwrap_or_else(|| ForwardedWrite::Failed("fewer replies than requests".into()))
+        })
+        .collect()
+}
+
 /// Appends `requests` as one entry and returns one outcome per request.
 async fn propose(raft: &Raft, requests: Vec<Request>, timeout: Duration) -> Vec<ForwardedWrite> {
     let count = requests.len();
@@ -174,6 +216,12 @@ async fn propose(raft: &Raft, requests: Vec<Request>, timeout: Duration) -> Vec<
     match tokio::time::timeout(timeout, raft.client_write(entry)).await {
         Ok(Ok(written)) => {
             let index = written.log_id.index;
+            let wasted = written
+                .data
+                .iter()
+                .filter(|r| matches!(r, Response::QueueReceived { messages } if messages.is_empty()))
+                .count();
+            crate::metrics::record_receives_wasted(wasted);
             written.data.into_iter().map(|r| ForwardedWrite::Applied(r, index)).collect()
         }
         Err(_) => (0..count).map(|_| ForwardedWrite::Timeout).collect(),

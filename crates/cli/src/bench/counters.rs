@@ -6,13 +6,16 @@ use std::collections::BTreeMap;
 use sinkron_client::Client;
 
 /// The series a run reports, with what each counts.
-const SERIES: [(&str, &str); 6] = [
+const SERIES: [(&str, &str); 9] = [
     ("sinkron_log_fsync_duration_seconds_count", "fsyncs of the shared log"),
     ("sinkron_proposal_batch_requests_count", "Raft entries proposed"),
     ("sinkron_proposal_batch_requests_sum", "requests in those entries"),
+    ("sinkron_queue_receives_wasted_total", "receives proposed that came back empty"),
+    ("sinkron_queue_receives_gated_total", "receives answered empty without an entry"),
     ("sinkron_peer_batch_calls_count", "peer stream batches sent"),
     ("sinkron_peer_batch_calls_sum", "Raft calls in those batches"),
     ("sinkron_http_request_duration_seconds_count", "HTTP requests served (clients and peers)"),
+    ("sinkron_process_cpu_seconds", "CPU seconds of the node processes"),
 ];
 
 /// The reported series, summed over the nodes of `clients` (label sets added up).
@@ -55,7 +58,7 @@ pub(super) fn report(
         say!("{}", serde_json::json!({ "counters": map }));
     } else {
         for (name, what, delta) in grown {
-            say!("  {delta:>12.0} {:>10.3}/op  {what} ({name})", per_op(delta));
+            say!("  {delta:>12.1} {:>10.4}/op  {what} ({name})", per_op(delta));
         }
     }
 }

@@ -11,7 +11,6 @@ use sinkron_core::{Command, Request, Response};
 use tokio::time::timeout;
 
 use super::{new_request_id, unexpected, Queues};
-use crate::clock::now_ms;
 use crate::error::NodeError;
 use crate::wire::{LeaderCall, PartitionCall, PartitionQueues, PartitionReply, PartitionStats, Sent};
 
@@ -116,10 +115,10 @@ impl Queues {
     }
 
     /// One look at every partition. `max` is filled from as few partitions as possible,
-    /// by what this node's copies show as visible: partitions this node leads first (no hop),
-    /// then the fullest; those are asked in parallel, each for what its copy shows (`max` in
-    /// all, so nothing is taken that cannot be returned). Partitions hosted elsewhere are
-    /// asked one by one for what is still missing.
+    /// by what this node's copies show as visible and unclaimed by its other receives (see
+    /// [`super::registry::Partitions::claim_for_receive`]); those are asked in parallel,
+    /// each for what it was chosen for (`max` in all, so nothing is taken that cannot be
+    /// returned). Partitions hosted elsewhere are asked one by one for what is still missing.
     async fn receive_round(
         &self,
         queue: &str,
@@ -128,34 +127,16 @@ impl Queues {
         partitions: u32,
     ) -> (Vec<Delivery>, Option<NodeError>) {
         let start = self.partitions.rotation.fetch_add(1, Ordering::Relaxed);
-        let now = now_ms();
-        let mut candidates = Vec::new();
-        let mut remote = Vec::new();
-        for i in 0..partitions {
-            let partition = start.wrapping_add(i) % partitions;
-            let Some(group) = self.partitions.get(partition) else {
-                remote.push(partition);
-                continue;
-            };
-            let visible = group.sm.read().state.state.visible(queue, now, max as usize);
-            if visible > 0 {
-                candidates.push((group.is_leader(), visible, partition));
-            }
-        }
-        // Stable, so partitions that tie keep the rotation's order and share the load.
-        candidates
-            .sort_by_key(|(leads, visible, _)| (std::cmp::Reverse(*leads), std::cmp::Reverse(*visible)));
-        let mut left = max as usize;
+        let (chosen, remote) = self.partitions.claim_for_receive(queue, max, partitions, start);
         let mut local = tokio::task::JoinSet::new();
-        for (_, visible, partition) in candidates {
-            if left == 0 {
-                break;
-            }
-            let take = visible.min(left);
-            left -= take;
+        for (claim, take) in chosen {
             let (this, queue) = (self.clone(), queue.to_string());
-            local
-                .spawn(async move { this.receive_from(partition, &queue, take as u32, visibility_ms).await });
+            local.spawn(async move {
+                let request_id = claim.request_id.clone();
+                let got = this.receive_from(claim.partition(), &queue, take, visibility_ms, request_id).await;
+                drop(claim);
+                got
+            });
         }
         let mut out = Vec::new();
         let mut failure = None;
@@ -170,7 +151,7 @@ impl Queues {
             if want == 0 {
                 break;
             }
-            match self.receive_from(partition, queue, want, visibility_ms).await {
+            match self.receive_from(partition, queue, want, visibility_ms, new_request_id()).await {
                 Ok(messages) => out.extend(messages),
                 Err(e) => failure = Some(e),
             }
@@ -184,13 +165,9 @@ impl Queues {
         queue: &str,
         max: u32,
         visibility_ms: u64,
+        request_id: String,
     ) -> Result<Vec<Delivery>, NodeError> {
-        let call = LeaderCall::Receive {
-            request_id: new_request_id(),
-            queue: queue.to_string(),
-            max,
-            visibility_ms,
-        };
+        let call = LeaderCall::Receive { request_id, queue: queue.to_string(), max, visibility_ms };
         let deadline = Instant::now() + RECEIVE_PARTITION_WAIT.min(self.request_timeout());
         match self.partition_call(partition, PartitionCall::AtLeader(call), deadline, 2).await? {
             PartitionReply::Received(messages) => Ok(messages),

@@ -7,6 +7,8 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 
+use sinkron_core::claims::ReceiveClaims;
+
 use super::PartitionGroup;
 use crate::clock::now_ms;
 use crate::types::GroupId;
@@ -21,6 +23,35 @@ pub struct Partitions {
     waiting: Mutex<HashMap<String, watch::Sender<u64>>>,
     /// Spreads receives over partitions.
     pub(super) rotation: AtomicU32,
+    /// Per hosted partition, the receives of this node's clients in flight, so that two of
+    /// them do not both go for the one message this node's copy shows (see
+    /// `sinkron_core::claims`).
+    receive_claims: Mutex<HashMap<u32, ReceiveClaims>>,
+}
+
+/// A receive's claim on messages of one partition, given up when dropped (answered, failed
+/// or cancelled).
+pub struct LocalClaim {
+    partitions: Arc<Partitions>,
+    partition: u32,
+    /// The receive's request id.
+    pub request_id: String,
+}
+
+impl LocalClaim {
+    /// The partition claimed from.
+    pub fn partition(&self) -> u32 {
+        self.partition
+    }
+}
+
+impl Drop for LocalClaim {
+    fn drop(&mut self) {
+        let mut claims = self.partitions.receive_claims.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = claims.get_mut(&self.partition) {
+            c.release_id(&self.request_id);
+        }
+    }
 }
 
 impl Partitions {
@@ -50,6 +81,51 @@ impl Partitions {
 
     pub(super) fn remove(&self, partition: u32) -> Option<Arc<PartitionGroup>> {
         self.hosted.write().unwrap_or_else(|p| p.into_inner()).remove(&partition)
+    }
+
+    /// Picks the hosted partitions a receive of up to `max` messages of `queue` asks, and
+    /// claims what it expects from each: by this node's copies, leaving out messages other
+    /// receives of this node already claimed; partitions this node leads first (no hop),
+    /// then the fullest. `start` rotates the order among ties. Also answers the partitions
+    /// hosted elsewhere, to be asked for what is still missing.
+    pub(super) fn claim_for_receive(
+        self: &Arc<Self>,
+        queue: &str,
+        max: u32,
+        partitions: u32,
+        start: u32,
+    ) -> (Vec<(LocalClaim, u32)>, Vec<u32>) {
+        let now = now_ms();
+        let mut claims = self.receive_claims.lock().unwrap_or_else(|p| p.into_inner());
+        let mut candidates = Vec::new();
+        let mut remote = Vec::new();
+        for i in 0..partitions {
+            let partition = start.wrapping_add(i) % partitions;
+            let Some(group) = self.get(partition) else {
+                remote.push(partition);
+                continue;
+            };
+            let applied = group.sm.read();
+            let free = claims.entry(partition).or_default().free(&applied.state, queue, now, max as usize);
+            if free > 0 {
+                candidates.push((group.is_leader(), free, partition));
+            }
+        }
+        // Stable, so partitions that tie keep the rotation's order and share the load.
+        candidates.sort_by_key(|(leads, free, _)| (std::cmp::Reverse(*leads), std::cmp::Reverse(*free)));
+        let mut left = max as usize;
+        let mut chosen = Vec::new();
+        for (_, free, partition) in candidates {
+            if left == 0 {
+                break;
+            }
+            let take = free.min(left);
+            left -= take;
+            let request_id = super::new_request_id();
+            claims.entry(partition).or_default().claim(&request_id, queue, take);
+            chosen.push((LocalClaim { partitions: self.clone(), partition, request_id }, take as u32));
+        }
+        (chosen, remote)
     }
 
     /// Notified when a hosted partition applied an entry and shows visible messages of

@@ -15,8 +15,9 @@ use openraft::{AnyError, EntryPayload, OptionalSend, RaftSnapshotBuilder, Storag
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sinkron_core::cache::{CacheCommand, CacheEvent, CacheReply};
+use sinkron_core::claims::ReceiveClaims;
 use sinkron_core::locks::LockEvent;
-use sinkron_core::{Batch, Command, Group0State, PartitionMachine, Response};
+use sinkron_core::{Batch, Command, Group0State, PartitionMachine, Request, Response};
 use tokio::sync::watch;
 
 use super::files;
@@ -40,6 +41,13 @@ pub trait Machine: Default + Serialize + DeserializeOwned + Send + Sync + 'stati
     /// The revision of the key-value store (group 0); where a watch's history starts.
     fn kv_revision(&self) -> u64 {
         0
+    }
+    /// Whether the leader runs requests past [`Machine::admit`] before proposing them.
+    const GATED: bool = false;
+    /// The reply `request` gets on the leader without an entry, given the requests already
+    /// proposed and not applied (their `claims`), or `None` to propose it.
+    fn admit(&self, _claims: &mut ReceiveClaims, _request: &Request, _now_ms: u64) -> Option<Response> {
+        None
     }
 }
 
@@ -95,6 +103,12 @@ impl Machine for PartitionMachine {
 
     fn check_invariants(&self) -> Result<(), String> {
         PartitionMachine::check_invariants(self)
+    }
+
+    const GATED: bool = true;
+
+    fn admit(&self, claims: &mut ReceiveClaims, request: &Request, now_ms: u64) -> Option<Response> {
+        claims.admit(self, request, now_ms)
     }
 }
 

@@ -1,0 +1,286 @@
+//! The leader's gate for receives: a receive that could only come back empty is answered
+//! at once instead of taking a Raft entry.
+//!
+//! Many consumers polling one partition see the same visible message in their copies and
+//! all propose a receive for it; one entry delivers it, the others are committed, replicated
+//! and applied to hand out nothing. The leader sees every proposal of its group, so it keeps
+//! a claim for each receive it proposed and has not yet seen applied: how many messages that
+//! receive is expected to take. A new receive finding every visible message claimed is
+//! answered empty without an entry; its caller long-polls as before and is woken when the
+//! queue gains visible messages.
+//!
+//! A claim stops counting the moment its receive is applied (its request id is then in the
+//! de-duplication window, read under the same state guard), not when the proposer hears
+//! back; so an applied receive is never counted twice, once in the state and once as a
+//! claim. Answering empty is always allowed (a receive may return nothing), so the gate
+//! can only cost latency, never a message.
+//!
+//! Each node keeps the same kind of claims for its own clients' receives against its copy
+//! of each partition, so that its receivers spread over the messages it sees instead of
+//! all forwarding a receive for the first one.
+
+use std::collections::HashMap;
+
+use crate::command::{Command, Request, Response};
+use crate::partition::PartitionMachine;
+
+/// Receives proposed by this leader and not yet known applied, by request id: the queue and
+/// how many messages each is expected to take.
+#[derive(Debug, Default)]
+pub struct ReceiveClaims {
+    claims: HashMap<String, (String, usize)>,
+}
+
+impl ReceiveClaims {
+    /// The answer `request` gets without an entry, given the applied `machine` at `now_ms`:
+    /// an empty delivery for a receive that finds every visible message of its queue claimed.
+    /// `None` means propose it; a receive proposed is claimed until [`Self::release`].
+    pub fn admit(&mut self, machine: &PartitionMachine, request: &Request, now_ms: u64) -> Option<Response> {
+        let Command::QueueReceive { queue, max, .. } = &request.command else { return None };
+        // A receive without an id, or a retry (its first reply is replayed), is proposed.
+        let id = request.request_id.as_deref()?;
+        if machine.was_applied(id) {
+            return None;
+        }
+        let free = self.free(machine, queue, now_ms, *max as usize);
+        if free == 0 {
+            return Some(Response::QueueReceived { messages: Vec::new() });
+        }
+        self.claim(id, queue, free);
+        None
+    }
+
+    /// Visible messages of `queue` in `machine` at `now_ms` that no receive proposed and not
+    /// yet applied expects to take, counted up to `max`.
+    pub fn free(&self, machine: &PartitionMachine, queue: &str, now_ms: u64, max: usize) -> usize {
+        let claimed = self.claimed(machine, queue);
+        machine.state.visible(queue, now_ms, claimed.saturating_add(max)).saturating_sub(claimed)
+    }
+
+    /// Records that the receive with request id `id` expects to take `count` messages of
+    /// `queue`.
+    pub fn claim(&mut self, id: &str, queue: &str, count: usize) {
+        self.claims.insert(id.to_string(), (queue.to_string(), count));
+    }
+
+    /// Forgets the claim of `request`, applied or failed.
+    pub fn release(&mut self, request: &Request) {
+        if let Some(id) = &request.request_id {
+            self.release_id(id);
+        }
+    }
+
+    /// Forgets the claim of the receive with request id `id`.
+    pub fn release_id(&mut self, id: &str) {
+        self.claims.remove(id);
+    }
+
+    /// Messages of `queue` that receives proposed and not yet applied to `machine` expect
+    /// to take.
+    pub fn claimed(&self, machine: &PartitionMachine, queue: &str) -> usize {
+        self.claims
+            .iter()
+            .filter(|(id, (q, _))| q == queue && !machine.was_applied(id))
+            .map(|(_, (_, count))| count)
+            .sum()
+    }
+
+    /// Number of claims held (applied ones not yet released included).
+    pub fn len(&self) -> usize {
+        self.claims.len()
+    }
+
+    /// Whether no claim is held.
+    pub fn is_empty(&self) -> bool {
+        self.claims.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::command::Batch;
+
+    fn receive(id: &str, max: u32) -> Request {
+        Request {
+            request_id: Some(id.into()),
+            command: Command::QueueReceive { queue: "q".into(), max, visibility_ms: 60_000 },
+        }
+    }
+
+    fn send() -> Request {
+        Request {
+            request_id: None,
+            command: Command::QueueSend { queue: "q".into(), key: None, body: json!(1), fence: None },
+        }
+    }
+
+    /// One step of a leader's life: what it is asked, and what its log does.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A send is proposed (it takes an entry).
+        Send,
+        /// A receive asking for up to this many messages reaches the gate.
+        Receive(u32),
+        /// The oldest entry not yet applied is applied.
+        Apply,
+        /// The proposer hears back about the oldest applied receive.
+        Release,
+    }
+
+    fn step(max_receive: u32) -> impl Strategy<Value = Step> {
+        prop_oneof![
+            2 => Just(Step::Send),
+            3 => (1..=max_receive).prop_map(Step::Receive),
+            3 => Just(Step::Apply),
+            2 => Just(Step::Release),
+        ]
+    }
+
+    /// The leader's log, applied in order, with the gate in front of it.
+    #[derive(Default)]
+    struct Model {
+        machine: PartitionMachine,
+        claims: ReceiveClaims,
+        log: VecDeque<Request>,
+        applied_receives: VecDeque<Request>,
+        index: u64,
+        next_id: u64,
+        /// Receives admitted, applied, and handed nothing.
+        wasted: usize,
+    }
+
+    impl Model {
+        fn run(&mut self, step: &Step) -> Result<(), TestCaseError> {
+            match step {
+                Step::Send => self.log.push_back(send()),
+                Step::Receive(max) => {
+                    self.next_id += 1;
+                    let request = receive(&format!("r{}", self.next_id), *max);
+                    let pending = self.pending_claims();
+                    let visible = self.machine.state.visible("q", 0, usize::MAX);
+                    match self.claims.admit(&self.machine, &request, 0) {
+                        Some(answer) => {
+                            prop_assert_eq!(answer, Response::QueueReceived { messages: Vec::new() });
+                            // An empty answer is justified: receives still to be applied
+                            // expect to take every message visible now.
+                            prop_assert!(
+                                visible <= pending,
+                                "answered empty with {} visible and {} claimed by pending receives",
+                                visible,
+                                pending
+                            );
+                        }
+                        None => self.log.push_back(request),
+                    }
+                }
+                Step::Apply => {
+                    let Some(request) = self.log.pop_front() else { return Ok(()) };
+                    self.index += 1;
+                    let batch = Batch { at_ms: 0, requests: vec![request.clone()], seed: None };
+                    let reply = self.machine.apply_entry(self.index, &batch);
+                    if let Response::QueueReceived { messages } = &reply[0] {
+                        self.wasted += usize::from(messages.is_empty());
+                        self.applied_receives.push_back(request);
+                    }
+                }
+                Step::Release => {
+                    if let Some(request) = self.applied_receives.pop_front() {
+                        self.claims.release(&request);
+                    }
+                }
+            }
+            Ok(())
+        }
+
+        /// The claims of the receives in the log that are not applied yet, from the model's
+        /// own bookkeeping (not the gate's).
+        fn pending_claims(&self) -> usize {
+            let pending: Vec<&str> = self
+                .log
+                .iter()
+                .filter_map(|r| match r.command {
+                    Command::QueueReceive { .. } => r.request_id.as_deref(),
+                    _ => None,
+                })
+                .collect();
+            pending.iter().map(|id| self.claims.claims.get(*id).map_or(0, |(_, n)| *n)).sum()
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+        /// Every schedule of sends, receives, applies and releases: the gate answers empty
+        /// only when pending receives claim every visible message, even between a receive's
+        /// apply and its release (where a claim must not count twice).
+        #[test]
+        fn an_empty_answer_always_has_pending_receives_claiming_every_visible_message(
+            steps in proptest::collection::vec(step(4), 1..80)
+        ) {
+            let mut model = Model::default();
+            for s in &steps {
+                model.run(s)?;
+            }
+        }
+
+        /// With one message per receive, a receive the gate lets through always finds its
+        /// message: no entry is spent on a receive that hands out nothing.
+        #[test]
+        fn single_message_receives_let_through_are_never_wasted(
+            steps in proptest::collection::vec(step(1), 1..80)
+        ) {
+            let mut model = Model::default();
+            for s in &steps {
+                model.run(s)?;
+            }
+            while !model.log.is_empty() {
+                model.run(&Step::Apply)?;
+            }
+            prop_assert_eq!(model.wasted, 0);
+        }
+    }
+
+    #[test]
+    fn a_retry_and_other_commands_are_always_proposed() {
+        let mut machine = PartitionMachine::new(0);
+        let mut claims = ReceiveClaims::default();
+        assert_eq!(claims.admit(&machine, &send(), 0), None, "a send is not gated");
+        let first = receive("r", 1);
+        assert_eq!(
+            claims.admit(&machine, &first, 0),
+            Some(Response::QueueReceived { messages: Vec::new() }),
+            "nothing is visible"
+        );
+        let batch = Batch { at_ms: 0, requests: vec![first.clone()], seed: None };
+        machine.apply_entry(1, &batch);
+        assert_eq!(claims.admit(&machine, &first, 0), None, "a retry is replayed by its entry");
+        let anonymous = Request { request_id: None, ..first };
+        assert_eq!(claims.admit(&machine, &anonymous, 0), None, "no id: proposed");
+        assert!(claims.is_empty());
+    }
+
+    #[test]
+    fn claims_count_per_queue_and_stop_counting_once_applied() {
+        let mut machine = PartitionMachine::new(0);
+        let sends = Batch { at_ms: 0, requests: vec![send(), send()], seed: None };
+        machine.apply_entry(1, &sends);
+        let mut claims = ReceiveClaims::default();
+        let r1 = receive("r1", 5);
+        assert_eq!(claims.admit(&machine, &r1, 0), None);
+        assert_eq!(claims.claimed(&machine, "q"), 2, "r1 expects both messages");
+        assert_eq!(claims.claimed(&machine, "other"), 0);
+        assert!(claims.admit(&machine, &receive("r2", 1), 0).is_some(), "both are claimed");
+        let batch = Batch { at_ms: 0, requests: vec![r1.clone()], seed: None };
+        machine.apply_entry(2, &batch);
+        assert_eq!(claims.claimed(&machine, "q"), 0, "applied: the state holds what it took");
+        assert_eq!(claims.len(), 1, "held until released");
+        claims.release(&r1);
+        assert!(claims.is_empty());
+    }
+}
