@@ -91,6 +91,9 @@ pub struct Tail {
     pub len: u64,
     /// Its size on disk, zero-filled past `len`.
     pub allocated: u64,
+    /// How far its records are covered by an fsync (all of them when opened: recovery
+    /// read them from disk).
+    synced: u64,
 }
 
 impl Tail {
@@ -98,7 +101,7 @@ impl Tail {
     pub fn open(first: u64, path: &Path, len: u64) -> io::Result<Self> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
         let allocated = file.metadata()?.len().max(len);
-        Ok(Self { first, file, len, allocated })
+        Ok(Self { first, file, len, allocated, synced: len })
     }
 
     /// Writes `buf` at the end of the records, zero-filling ahead first when needed.
@@ -115,6 +118,18 @@ impl Tail {
         Ok(())
     }
 
+    /// Makes every record written so far durable (`fdatasync`).
+    pub fn sync(&mut self) -> io::Result<()> {
+        self.file.sync_data()?;
+        self.synced = self.len;
+        Ok(())
+    }
+
+    /// Whether an fsync covers the records up to `end`.
+    pub fn durable_through(&self, end: u64) -> bool {
+        self.synced >= end
+    }
+
     /// Cuts the records at `len`; later zero-filling recreates the space.
     pub fn cut(&mut self, len: u64) -> io::Result<()> {
         // Shrinking the file (not just moving `len`) guarantees no stale record survives
@@ -122,6 +137,7 @@ impl Tail {
         self.file.set_len(len)?;
         self.len = len;
         self.allocated = len;
+        self.synced = self.synced.min(len);
         Ok(())
     }
 }
