@@ -55,11 +55,16 @@ async def test_kv_cache_and_queue_round_trip(cluster):
     q = b.queue("py-async-" + uuid.uuid4().hex[:8])
     sent = {await q.send(i, key=f"k{i % 4}") for i in range(20)}
     got = set()
-    async for message in c.queue(q.name).consume(max=5, wait_ms=1_000):
-        got.add(message.id)
-        await message.ack()
-        if len(got) == len(sent):
-            break
+    consumer = c.queue(q.name)
+    pending = []
+    while len(got) < len(sent):
+        # Each receive acknowledges what the previous one delivered.
+        messages, failed = await consumer.receive_acking(pending, max=5, wait_ms=1_000)
+        assert failed == []
+        got.update(m.id for m in messages)
+        pending = messages
+    _, failed = await consumer.receive_acking(pending)
+    assert failed == [] and (await consumer.stats())["in_flight"] == 0
     assert got == sent
     for client in (a, b, c):
         await client.aclose()

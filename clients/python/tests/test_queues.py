@@ -108,6 +108,21 @@ def test_a_stale_receipt_is_not_found(client):
     assert [e.code for e in failed] == ["not_found"]
 
 
+def test_a_receive_carries_the_acks_of_earlier_deliveries(client):
+    q = client.queue(qname("py-acking"))
+    for i in range(3):
+        q.send(i)
+    first = q.receive(max=2, wait_ms=2_000)
+    assert [m.body for m in first] == [0, 1]
+    rest, failed = q.receive_acking(first, max=2, wait_ms=2_000)
+    assert [m.body for m in rest] == [2] and failed == []
+    stats = q.stats()
+    assert (stats["ready"], stats["in_flight"]) == (0, 1)
+    none, failed = q.receive_acking([first[0].receipt, rest[0]])
+    assert none == [] and [e.code for e in failed] == ["not_found"]
+    assert q.stats()["in_flight"] == 0
+
+
 def test_fenced_send_refuses_a_stale_fence(client):
     q = client.queue(qname("py-fenced"))
     lock = qname("py-producer")

@@ -159,10 +159,10 @@ async fn cluster_status_and_bench_commands_work() {
     assert_eq!(report["ops"], 200);
     assert_eq!(report["errors"], 0);
     assert!(report["p50_ms"].as_f64().is_some_and(|p| p > 0.0), "{report}");
-    // The other loops of the side-by-side comparison: queue round trips (acks awaited and
-    // not), the nodes' HTTP floor, and the bare servers of the ceiling, which the bench
-    // starts and stops itself.
-    let runs: [&[&str]; 4] = [
+    // The other loops of the side-by-side comparison: queue round trips (acks awaited, not
+    // awaited, and carried by the next receive), the nodes' HTTP floor, and the bare servers
+    // of the ceiling, which the bench starts and stops itself.
+    let runs: [&[&str]; 5] = [
         &["roundtrip", "--in-flight", "4", "--messages", "40", "--keys", "4", "--endpoints", &endpoints],
         &[
             "roundtrip",
@@ -171,6 +171,16 @@ async fn cluster_status_and_bench_commands_work() {
             "--messages",
             "20",
             "--ack-without-wait",
+            "--endpoints",
+            &endpoints,
+        ],
+        &[
+            "roundtrip",
+            "--in-flight",
+            "3",
+            "--messages",
+            "30",
+            "--ack-with-receive",
             "--endpoints",
             &endpoints,
         ],

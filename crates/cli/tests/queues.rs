@@ -295,6 +295,9 @@ async fn bad_queue_requests_get_clear_errors() {
         ("/v1/queues/q/ack", json!({"receipt": "999-1.1"}), 400, "invalid_argument"),
         ("/v1/queues/q/ack", json!({"receipt": "0-77.1"}), 404, "not_found"),
         ("/v1/queues/q/nack", json!({"receipt": "0-77.1", "delay_ms": 10_000_000}), 400, "invalid_argument"),
+        ("/v1/queues/q/receive", json!({"ack": [""]}), 400, "invalid_argument"),
+        ("/v1/queues/q/receive", json!({"ack": vec!["0-1.1"; 101]}), 400, "invalid_argument"),
+        ("/v1/queues/q/receive", json!({"ack": "0-1.1"}), 400, "invalid_argument"),
     ];
     for (path, body, status, code) in cases {
         let resp = post(path, body.clone()).await.expect("request");
@@ -460,4 +463,42 @@ async fn receivers_racing_for_few_messages_spend_no_entry_in_vain() {
     } else {
         eprintln!("a partition changed leader during the run: waste is possible, not checked");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_receive_carries_the_acks_of_earlier_deliveries() {
+    let cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    let (a, b) = (cluster.client(0), cluster.client(2));
+    for i in 0..3 {
+        a.queue_send("jobs", json!(i), None).await.expect("send");
+    }
+    let two = ReceiveOptions { max: Some(2), visibility_ms: Some(30_000), wait_ms: Some(2_000) };
+    let first = a.queue_receive("jobs", &two).await.expect("receive");
+    assert_eq!(first.iter().map(|d| d.body.clone()).collect::<Vec<_>>(), vec![json!(0), json!(1)]);
+    // Through another node: two live receipts and one of a delivery that never was.
+    let mut receipts: Vec<String> = first.iter().map(|d| d.receipt.clone()).collect();
+    let partition = first[0].id.split('-').next().expect("partition");
+    receipts.push(format!("{partition}-77.1"));
+    let (next, acked) = b.queue_receive_acking("jobs", &two, &receipts).await.expect("receive with acks");
+    assert_eq!(next.iter().map(|d| d.body.clone()).collect::<Vec<_>>(), vec![json!(2)]);
+    assert_eq!(acked.acked, 2, "{acked:?}");
+    assert_eq!(acked.failed.len(), 1, "{acked:?}");
+    assert_eq!(
+        (acked.failed[0].receipt.as_str(), acked.failed[0].error.as_str()),
+        (receipts[2].as_str(), "not_found")
+    );
+    let stats = a.queue_stats("jobs").await.expect("stats");
+    assert_eq!((stats.ready, stats.in_flight), (0, 1), "the acked two are gone, the third is in flight");
+    // A stale receipt (acked already) fails again; the receive still answers.
+    let (none, again) = a
+        .queue_receive_acking("jobs", &ReceiveOptions::default(), &receipts[..1])
+        .await
+        .expect("receive with a stale ack");
+    assert!(none.is_empty());
+    assert_eq!((again.acked, again.failed[0].error.as_str()), (0, "not_found"));
+    // No acks asked, none reported.
+    let (_, nothing) =
+        a.queue_receive_acking("jobs", &ReceiveOptions::default(), &[]).await.expect("receive");
+    assert_eq!((nothing.acked, nothing.failed.len()), (0, 0));
 }

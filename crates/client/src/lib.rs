@@ -608,6 +608,24 @@ impl Client {
         Ok(got.messages)
     }
 
+    /// `POST /v1/queues/{queue}/receive` with `ack`: acknowledges `receipts` (earlier
+    /// deliveries of `queue`) and receives, in one call whose acks and receive are proposed
+    /// at the same time. Answers the deliveries and the outcome of the acks.
+    pub async fn queue_receive_acking(
+        &self,
+        queue: &str,
+        options: &ReceiveOptions,
+        receipts: &[String],
+    ) -> Result<(Vec<Delivered>, Acked), ClientError> {
+        let mut req = serde_json::to_value(options).unwrap_or_default();
+        if let Some(body) = req.as_object_mut() {
+            body.insert("ack".into(), serde_json::json!(receipts));
+        }
+        let got: ReceiveAnswer = self.post(&format!("/v1/queues/{}/receive", encode(queue)), &req).await?;
+        let acked = Acked { acked: got.acked.unwrap_or(0), failed: got.failed.unwrap_or_default() };
+        Ok((got.messages, acked))
+    }
+
     /// `POST /v1/queues/{queue}/ack`.
     pub async fn queue_ack(&self, queue: &str, receipt: &str) -> Result<Acked, ClientError> {
         let req = serde_json::json!({ "receipt": receipt });

@@ -229,6 +229,10 @@ pub struct Delivered {
 #[derive(Deserialize)]
 pub(crate) struct ReceiveAnswer {
     pub(crate) messages: Vec<Delivered>,
+    #[serde(default)]
+    pub(crate) acked: Option<usize>,
+    #[serde(default)]
+    pub(crate) failed: Option<Vec<AckFailure>>,
 }
 
 /// A queue's counts.

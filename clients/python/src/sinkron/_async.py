@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Union
+from typing import Any, AsyncIterator, Dict, List, Optional, Sequence, Tuple, Union
 
 import httpx
 
@@ -374,6 +374,19 @@ class AsyncQueue:
     async def receive(self, max: int = 1, visibility_ms: Optional[int] = None, wait_ms: int = 0) -> List[AsyncMessage]:
         raw = await self._c.call(_core.queue_receive(self.name, max, visibility_ms, wait_ms))
         return [AsyncMessage(self, m) for m in raw]
+
+    async def receive_acking(
+        self,
+        ack: Sequence[Union[AsyncMessage, str]],
+        max: int = 1,
+        visibility_ms: Optional[int] = None,
+        wait_ms: int = 0,
+    ) -> Tuple[List[AsyncMessage], List[SinkronError]]:
+        receipts = [m.receipt if isinstance(m, AsyncMessage) else m for m in ack]
+        raw, failed = await self._c.call(
+            _core.queue_receive_acking(self.name, receipts, max, visibility_ms, wait_ms)
+        )
+        return [AsyncMessage(self, m) for m in raw], failed
 
     async def consume(
         self, *, max: int = 1, visibility_ms: Optional[int] = None, wait_ms: int = 20_000

@@ -453,6 +453,24 @@ def queue_receive(
     )
 
 
+def queue_receive_acking(
+    queue: str, ack: Sequence[str], max: int, visibility_ms: Optional[int], wait_ms: int
+) -> Call[Tuple[List[Dict[str, Any]], List[SinkronError]]]:
+    """A receive that also acknowledges ``ack`` (0 to 100 receipts), proposed together."""
+    body: Dict[str, Any] = {"max": max, "wait_ms": wait_ms, "ack": list(ack)}
+    if visibility_ms is not None:
+        body["visibility_ms"] = visibility_ms
+    # Not resent: a retry after a lost answer would report acks already made as not found.
+    return Call(
+        "POST",
+        f"/v1/queues/{segment(queue)}/receive",
+        lambda b: (list(b["messages"]), [error_from_body(f) for f in b.get("failed", [])]),
+        body=body,
+        wait_s=wait_ms / 1000,
+        idempotent=False,
+    )
+
+
 def queue_ack(queue: str, receipts: Sequence[str], batch: bool) -> Call[Tuple[int, List[SinkronError]]]:
     """One receipt (a failure is raised) or a batch (failures are listed)."""
     body: Dict[str, Any] = {"receipts": list(receipts)} if batch else {"receipt": receipts[0]}

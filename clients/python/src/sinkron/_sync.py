@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Dict, Iterator, List, Optional, Sequence, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import httpx
 
@@ -437,6 +437,20 @@ class Queue:
         """Up to ``max`` visible messages, waiting up to ``wait_ms`` for a first one."""
         raw = self._c.call(_core.queue_receive(self.name, max, visibility_ms, wait_ms))
         return [Message(self, m) for m in raw]
+
+    def receive_acking(
+        self,
+        ack: Sequence[Union[Message, str]],
+        max: int = 1,
+        visibility_ms: Optional[int] = None,
+        wait_ms: int = 0,
+    ) -> Tuple[List[Message], List[SinkronError]]:
+        """Acknowledges ``ack`` (0 to 100 earlier deliveries) and receives, in one call whose
+        acks and receive are proposed together; returns the messages and the errors of the
+        acks that failed."""
+        receipts = [m.receipt if isinstance(m, Message) else m for m in ack]
+        raw, failed = self._c.call(_core.queue_receive_acking(self.name, receipts, max, visibility_ms, wait_ms))
+        return [Message(self, m) for m in raw], failed
 
     def consume(
         self, *, max: int = 1, visibility_ms: Optional[int] = None, wait_ms: int = 20_000

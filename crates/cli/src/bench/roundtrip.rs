@@ -44,8 +44,24 @@ pub(super) struct RoundTripArgs {
     /// Send each ack without waiting for its answer before the next send, as AMQP's
     /// `basic.ack` is never answered (an ack that fails only leaves its message to come back
     /// after the visibility timeout). Sinkron only; failed acks are still counted as errors.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "ack_with_receive")]
     ack_without_wait: bool,
+    /// Carry each ack in the next receive of the same worker (`ack` of a receive), so an ack
+    /// costs no call of its own; the last one goes alone. Sinkron only; failed acks are
+    /// counted as errors.
+    #[arg(long)]
+    ack_with_receive: bool,
+}
+
+/// How a Sinkron worker acknowledges what it received.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AckMode {
+    /// An ack call, answered before the next send.
+    Wait,
+    /// An ack call whose answer the next send does not wait for.
+    Background,
+    /// Carried in the next receive.
+    WithReceive,
 }
 
 /// The queue a round-trip bench loads.
@@ -70,6 +86,11 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
     let (summary, counters) = match args.target {
         Target::Sinkron => {
             let clients = connect(&args.endpoints).await?;
+            let ack_mode = match (args.ack_without_wait, args.ack_with_receive) {
+                (true, _) => AckMode::Background,
+                (false, true) => AckMode::WithReceive,
+                (false, false) => AckMode::Wait,
+            };
             let before = if args.counters { Some(super::counters::snapshot(&clients).await?) } else { None };
             let phases = Arc::new(Phases::default());
             let started = Instant::now();
@@ -78,8 +99,7 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
                 let client = clients[worker % clients.len()].clone();
                 let key = (args.keys > 0).then(|| format!("k{}", worker % args.keys));
                 let (queue, body) = (queue.clone(), serde_json::Value::String(body.clone()));
-                let worker =
-                    SinkronWorker { client, queue, body, key, ack_without_wait: args.ack_without_wait };
+                let worker = SinkronWorker { client, queue, body, key, ack: ack_mode };
                 tasks.push(tokio::spawn(worker.run(count, phases.clone())));
             }
             let (latencies, errors) = gather(tasks).await?;
@@ -98,8 +118,8 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
             );
             anyhow::ensure!(args.keys == 0, "--keys spreads a Sinkron queue; not with --target rabbitmq");
             anyhow::ensure!(
-                !args.ack_without_wait,
-                "RabbitMQ's acks are never answered; the flag is for Sinkron"
+                !args.ack_without_wait && !args.ack_with_receive,
+                "RabbitMQ's acks are never answered; the ack flags are for Sinkron"
             );
             let rabbit = super::rabbitmq::Rabbit::connect(args.endpoints.trim(), &queue).await?;
             // Each worker's connection, channel and consumer are set up before the clock
@@ -122,14 +142,19 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
         }
     };
     progress.finish();
-    let name = match (args.target, args.keys > 0, args.ack_without_wait) {
-        (Target::Rabbitmq, _, _) => "rabbitmq roundtrip",
-        (Target::Sinkron, false, false) => "roundtrip",
-        (Target::Sinkron, true, false) => "roundtrip keyed",
-        (Target::Sinkron, false, true) => "roundtrip, acks not awaited",
-        (Target::Sinkron, true, true) => "roundtrip keyed, acks not awaited",
+    let name = match args.target {
+        Target::Rabbitmq => "rabbitmq roundtrip".to_string(),
+        Target::Sinkron => {
+            let keyed = if args.keys > 0 { " keyed" } else { "" };
+            let acks = match (args.ack_without_wait, args.ack_with_receive) {
+                (true, _) => ", acks not awaited",
+                (false, true) => ", acks with the next receive",
+                (false, false) => "",
+            };
+            format!("roundtrip{keyed}{acks}")
+        }
     };
-    report(name, args.in_flight, args.json, &summary);
+    report(&name, args.in_flight, args.json, &summary);
     if let Some((before, after)) = counters {
         super::counters::report(&before, &after, summary.ops, args.json);
     }
@@ -142,7 +167,7 @@ struct SinkronWorker {
     queue: String,
     body: serde_json::Value,
     key: Option<String>,
-    ack_without_wait: bool,
+    ack: AckMode,
 }
 
 impl SinkronWorker {
@@ -156,6 +181,8 @@ impl SinkronWorker {
         let mut latencies = Vec::with_capacity(count);
         let mut errors = 0usize;
         let mut acks = tokio::task::JoinSet::new();
+        // Receipts to carry in the next receive (`AckMode::WithReceive`).
+        let mut carried = Vec::new();
         for _ in 0..count {
             let t = Instant::now();
             if self.client.queue_send(&self.queue, self.body.clone(), self.key.as_deref()).await.is_err() {
@@ -163,14 +190,19 @@ impl SinkronWorker {
                 continue;
             }
             let sent = Instant::now();
-            let Some(receipt) = self.receive_one(&options, sent + STALL_MAX, &mut errors).await else {
+            let Some(receipt) = self.receive_one(&options, &mut carried, sent + STALL_MAX, &mut errors).await
+            else {
                 errors += 1;
                 break;
             };
             let received = Instant::now();
-            if self.ack_without_wait {
-                let (client, queue) = (self.client.clone(), self.queue.clone());
-                acks.spawn(async move { client.queue_ack(&queue, &receipt).await.is_ok() });
+            if self.ack != AckMode::Wait {
+                if self.ack == AckMode::Background {
+                    let (client, queue) = (self.client.clone(), self.queue.clone());
+                    acks.spawn(async move { client.queue_ack(&queue, &receipt).await.is_ok() });
+                } else {
+                    carried.push(receipt);
+                }
                 latencies.push(t.elapsed());
                 phases.record([sent - t, received - sent, Duration::ZERO]);
                 crate::progress::tick(1);
@@ -188,19 +220,33 @@ impl SinkronWorker {
         while let Some(acked) = acks.join_next().await {
             errors += usize::from(!matches!(acked, Ok(true)));
         }
+        for receipt in carried {
+            errors += usize::from(self.client.queue_ack(&self.queue, &receipt).await.is_err());
+        }
         (latencies, errors)
     }
 
     /// Long-polls until one message (any worker's) arrives; its receipt, or `None` once
     /// `stalled` passed.
+    /// `carried` receipts are acknowledged by the first receive that is answered.
     async fn receive_one(
         &self,
         options: &sinkron_client::ReceiveOptions,
+        carried: &mut Vec<String>,
         stalled: Instant,
         errors: &mut usize,
     ) -> Option<String> {
         while Instant::now() < stalled {
-            match self.client.queue_receive(&self.queue, options).await {
+            let got = if carried.is_empty() {
+                self.client.queue_receive(&self.queue, options).await
+            } else {
+                self.client.queue_receive_acking(&self.queue, options, carried).await.map(|(got, acked)| {
+                    *errors += acked.failed.len();
+                    carried.clear();
+                    got
+                })
+            };
+            match got {
                 Ok(mut got) if !got.is_empty() => return Some(got.swap_remove(0).receipt),
                 Ok(_) => {}
                 Err(_) => *errors += 1,

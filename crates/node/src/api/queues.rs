@@ -52,6 +52,11 @@ pub struct ReceiveBody {
     /// Long poll: wait up to this long for a first message (default 0; at most 60,000).
     #[serde(default)]
     pub wait_ms: Option<u64>,
+    /// Receipts of earlier deliveries of this queue to acknowledge with this receive (up to
+    /// 100). The acks are proposed at the same time as the receive, so a consumer's ack
+    /// costs no round trip of its own; the answer says which failed.
+    #[serde(default)]
+    pub ack: Option<Vec<String>>,
 }
 
 /// One delivered message.
@@ -72,6 +77,12 @@ pub struct MessageView {
 pub struct Received {
     /// Delivered messages (empty when none was ready).
     pub messages: Vec<MessageView>,
+    /// With `ack`: how many of its receipts were acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acked: Option<usize>,
+    /// With `ack`: the receipts that failed, such as stale ones (`not_found`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<Vec<AckFailure>>,
 }
 
 /// Most messages or receipts in one batch call.
@@ -267,13 +278,58 @@ pub async fn receive(
         QUEUE_VISIBILITY_MAX_MS,
     )?;
     let wait_ms = bounded("wait_ms", body.wait_ms.unwrap_or(0), 0, QUEUE_WAIT_MAX_MS)?;
+    let receipts = match body.ack {
+        Some(receipts) => Some(checked_receipts(&queue, receipts, 0)?),
+        None => None,
+    };
     let _permit = if wait_ms > 0 { Some(node.waiting.long_poll()?) } else { None };
-    let delivered = node.queues.receive(&queue, max, visibility_ms, wait_ms).await?;
-    let messages = delivered
+    let acks = async {
+        match receipts {
+            Some(receipts) => Some(ack_receipts(&node, &queue, receipts).await),
+            None => None,
+        }
+    };
+    // Together, so the acks and the receive reach the partitions' proposers at once.
+    let (acks, delivered) = tokio::join!(acks, node.queues.receive(&queue, max, visibility_ms, wait_ms));
+    let messages = delivered?
         .into_iter()
         .map(|d| MessageView { id: d.id, body: d.body, receipt: d.receipt, receive_count: d.receive_count })
         .collect();
-    Ok(Json(Received { messages }))
+    let (acked, failed) = acks.map(|(acked, failed)| (Some(acked), Some(failed))).unwrap_or_default();
+    Ok(Json(Received { messages, acked, failed }))
+}
+
+/// `receipts`, each checked, between `min` and [`BATCH_MAX`] of them, for `queue`.
+fn checked_receipts(queue: &str, receipts: Vec<String>, min: usize) -> Result<Vec<String>, NodeError> {
+    if receipts.len() < min || receipts.len() > BATCH_MAX {
+        return Err(NodeError::InvalidArgument(format!(
+            "receipts: {min} to {BATCH_MAX} per call, got {}",
+            receipts.len()
+        )));
+    }
+    for receipt in &receipts {
+        check_receipt(receipt)?;
+    }
+    sinkron_core::limits::validate_queue_name(queue)?;
+    Ok(receipts)
+}
+
+/// Acknowledges `receipts` of `queue` together; answers how many were acknowledged and
+/// which failed.
+async fn ack_receipts(node: &AppState, queue: &str, receipts: Vec<String>) -> (usize, Vec<AckFailure>) {
+    let total = receipts.len();
+    let outcomes = node.queues.ack_many(queue, receipts.clone()).await;
+    let mut failed = Vec::new();
+    for (receipt, outcome) in receipts.into_iter().zip(outcomes) {
+        if let Err(e) = outcome {
+            failed.push(AckFailure {
+                receipt,
+                error: e.status_and_code().1.to_string(),
+                message: e.to_string(),
+            });
+        }
+    }
+    (total - failed.len(), failed)
 }
 
 fn check_receipt(receipt: &str) -> Result<(), NodeError> {
@@ -340,29 +396,9 @@ pub async fn ack(
             Ok(Json(Acked { acked: 1, failed: Vec::new() }))
         }
         (None, Some(receipts)) => {
-            if receipts.is_empty() || receipts.len() > BATCH_MAX {
-                return Err(NodeError::InvalidArgument(format!(
-                    "receipts: 1 to {BATCH_MAX} per call, got {}",
-                    receipts.len()
-                )));
-            }
-            for receipt in &receipts {
-                check_receipt(receipt)?;
-            }
-            sinkron_core::limits::validate_queue_name(&queue)?;
-            let total = receipts.len();
-            let outcomes = node.queues.ack_many(&queue, receipts.clone()).await;
-            let mut failed = Vec::new();
-            for (receipt, outcome) in receipts.into_iter().zip(outcomes) {
-                if let Err(e) = outcome {
-                    failed.push(AckFailure {
-                        receipt,
-                        error: e.status_and_code().1.to_string(),
-                        message: e.to_string(),
-                    });
-                }
-            }
-            Ok(Json(Acked { acked: total - failed.len(), failed }))
+            let receipts = checked_receipts(&queue, receipts, 1)?;
+            let (acked, failed) = ack_receipts(&node, &queue, receipts).await;
+            Ok(Json(Acked { acked, failed }))
         }
         _ => Err(NodeError::InvalidArgument("give either receipt or receipts".into())),
     }
