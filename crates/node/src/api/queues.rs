@@ -283,14 +283,14 @@ pub async fn receive(
         None => None,
     };
     let _permit = if wait_ms > 0 { Some(node.waiting.long_poll()?) } else { None };
-    let acks = async {
-        match receipts {
-            Some(receipts) => Some(ack_receipts(&node, &queue, receipts).await),
-            None => None,
+    let (delivered, acks) = match receipts {
+        None => (node.queues.receive(&queue, max, visibility_ms, wait_ms).await, None),
+        Some(receipts) => {
+            let (delivered, outcomes) =
+                node.queues.receive_acking(&queue, max, visibility_ms, wait_ms, &receipts).await;
+            (delivered, Some(ack_failures(receipts, outcomes)))
         }
     };
-    // Together, so the acks and the receive reach the partitions' proposers at once.
-    let (acks, delivered) = tokio::join!(acks, node.queues.receive(&queue, max, visibility_ms, wait_ms));
     let messages = delivered?
         .into_iter()
         .map(|d| MessageView { id: d.id, body: d.body, receipt: d.receipt, receive_count: d.receive_count })
@@ -317,8 +317,13 @@ fn checked_receipts(queue: &str, receipts: Vec<String>, min: usize) -> Result<Ve
 /// Acknowledges `receipts` of `queue` together; answers how many were acknowledged and
 /// which failed.
 async fn ack_receipts(node: &AppState, queue: &str, receipts: Vec<String>) -> (usize, Vec<AckFailure>) {
-    let total = receipts.len();
     let outcomes = node.queues.ack_many(queue, receipts.clone()).await;
+    ack_failures(receipts, outcomes)
+}
+
+/// How many of `receipts` were acknowledged, by their `outcomes`, and which failed.
+fn ack_failures(receipts: Vec<String>, outcomes: Vec<Result<(), NodeError>>) -> (usize, Vec<AckFailure>) {
+    let total = receipts.len();
     let mut failed = Vec::new();
     for (receipt, outcome) in receipts.into_iter().zip(outcomes) {
         if let Err(e) = outcome {

@@ -14,6 +14,12 @@ use super::{new_request_id, unexpected, Queues};
 use crate::error::NodeError;
 use crate::wire::{LeaderCall, PartitionCall, PartitionQueues, PartitionReply, PartitionStats, Sent};
 
+/// Requests that ride along with a receive (acks), per partition, each with its position
+/// among the caller's requests.
+type Riders = BTreeMap<u32, Vec<(usize, Request)>>;
+/// Their outcomes, by position.
+type RiderOutcomes = Vec<(usize, Result<Response, NodeError>)>;
+
 /// Longest a receive waits for one partition before moving on to the next.
 const RECEIVE_PARTITION_WAIT: Duration = Duration::from_secs(2);
 /// Longest pause between two looks of a long-polling receive (partitions hosted elsewhere
@@ -91,22 +97,77 @@ impl Queues {
         visibility_ms: u64,
         wait_ms: u64,
     ) -> Result<Vec<Delivery>, NodeError> {
-        validate_queue_name(queue)?;
-        let partitions = self.queue_settings()?.partitions;
+        self.receive_with(queue, max, visibility_ms, wait_ms, Riders::new()).await.0
+    }
+
+    /// Acknowledges `receipts` of `queue` and receives, as [`Queues::receive`]. An ack of a
+    /// partition the receive asks rides in the same proposal as that receive (one entry
+    /// where the leader batches them together); the others are proposed meanwhile. Answers
+    /// the receive's outcome and one outcome per receipt, in order.
+    pub async fn receive_acking(
+        &self,
+        queue: &str,
+        max: u32,
+        visibility_ms: u64,
+        wait_ms: u64,
+        receipts: &[String],
+    ) -> (Result<Vec<Delivery>, NodeError>, Vec<Result<(), NodeError>>) {
+        let mut outcomes: Vec<Option<Result<(), NodeError>>> = (0..receipts.len()).map(|_| None).collect();
+        let mut riders = Riders::new();
+        for (i, receipt) in receipts.iter().enumerate() {
+            let command = Command::QueueAck { queue: queue.to_string(), receipt: receipt.clone() };
+            match self.settle_request(queue, receipt, command) {
+                Ok((partition, request)) => riders.entry(partition).or_default().push((i, request)),
+                Err(e) => outcomes[i] = Some(Err(e)),
+            }
+        }
+        let (received, ridden) = self.receive_with(queue, max, visibility_ms, wait_ms, riders).await;
+        for (i, answer) in ridden {
+            outcomes[i] = Some(answer.and_then(|r| settled(queue, &receipts[i], r, "acked")).map(|_| ()));
+        }
+        let acks = outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(NodeError::Unavailable("the request was cancelled".into()))))
+            .collect();
+        (received, acks)
+    }
+
+    /// [`Queues::receive`], with `riders` proposed along with the first round.
+    async fn receive_with(
+        &self,
+        queue: &str,
+        max: u32,
+        visibility_ms: u64,
+        wait_ms: u64,
+        mut riders: Riders,
+    ) -> (Result<Vec<Delivery>, NodeError>, RiderOutcomes) {
+        let settings =
+            validate_queue_name(queue).map_err(NodeError::from).and_then(|()| self.queue_settings());
+        let partitions = match settings {
+            Ok(settings) => settings.partitions,
+            Err(e) => {
+                let refused = riders.into_values().flatten().map(|(i, _)| (i, Err(e.clone()))).collect();
+                return (Err(e), refused);
+            }
+        };
         let until = Instant::now() + Duration::from_millis(wait_ms);
         let mut changes = self.partitions.queue_changes(queue);
+        let mut ridden = Vec::new();
         loop {
             changes.borrow_and_update();
-            let (out, failure) = self.receive_round(queue, max, visibility_ms, partitions).await;
+            let round =
+                self.receive_round(queue, max, visibility_ms, partitions, std::mem::take(&mut riders));
+            let (out, failure, outcomes) = round.await;
+            ridden.extend(outcomes);
             if !out.is_empty() {
                 crate::metrics::record_queue_op("received", queue, out.len() as u64);
-                return Ok(out);
+                return (Ok(out), ridden);
             }
             let now = Instant::now();
             if now >= until {
                 return match failure {
-                    Some(e) => Err(e),
-                    None => Ok(Vec::new()),
+                    Some(e) => (Err(e), ridden),
+                    None => (Ok(Vec::new()), ridden),
                 };
             }
             let pause = until.saturating_duration_since(now).min(RECEIVE_POLL);
@@ -118,30 +179,47 @@ impl Queues {
     /// by what this node's copies show as visible and unclaimed by its other receives (see
     /// [`super::registry::Partitions::claim_for_receive`]); those are asked in parallel,
     /// each for what it was chosen for (`max` in all, so nothing is taken that cannot be
-    /// returned). Partitions hosted elsewhere are asked one by one for what is still missing.
+    /// returned), each with the `riders` of its partition. Partitions hosted elsewhere are
+    /// asked one by one for what is still missing. The other riders are proposed meanwhile.
     async fn receive_round(
         &self,
         queue: &str,
         max: u32,
         visibility_ms: u64,
         partitions: u32,
-    ) -> (Vec<Delivery>, Option<NodeError>) {
+        mut riders: Riders,
+    ) -> (Vec<Delivery>, Option<NodeError>, RiderOutcomes) {
         let start = self.partitions.rotation.fetch_add(1, Ordering::Relaxed);
         let (chosen, remote) = self.partitions.claim_for_receive(queue, max, partitions, start);
         let mut local = tokio::task::JoinSet::new();
         for (claim, take) in chosen {
             let (this, queue) = (self.clone(), queue.to_string());
+            let ride = riders.remove(&claim.partition()).unwrap_or_default();
             local.spawn(async move {
                 let request_id = claim.request_id.clone();
-                let got = this.receive_from(claim.partition(), &queue, take, visibility_ms, request_id).await;
+                let got = if ride.is_empty() {
+                    let got = this.receive_from(claim.partition(), &queue, take, visibility_ms, request_id);
+                    (got.await, Vec::new())
+                } else {
+                    this.receive_riding(claim.partition(), &queue, take, visibility_ms, request_id, ride)
+                        .await
+                };
                 drop(claim);
                 got
             });
         }
+        let alone = (!riders.is_empty()).then(|| {
+            let this = self.clone();
+            tokio::spawn(async move { this.write_by_partition(riders).await })
+        });
         let mut out = Vec::new();
         let mut failure = None;
+        let mut ridden = Vec::new();
         while let Some(joined) = local.join_next().await {
-            match joined.map_err(|e| NodeError::Unavailable(e.to_string())).and_then(|r| r) {
+            let (got, outcomes) =
+                joined.unwrap_or_else(|e| (Err(NodeError::Unavailable(e.to_string())), Vec::new()));
+            ridden.extend(outcomes);
+            match got {
                 Ok(messages) => out.extend(messages),
                 Err(e) => failure = Some(e),
             }
@@ -156,7 +234,40 @@ impl Queues {
                 Err(e) => failure = Some(e),
             }
         }
-        (out, failure)
+        if let Some(alone) = alone {
+            let outcomes = alone.await.unwrap_or_default();
+            ridden.extend(outcomes.into_iter().map(|(i, _, answer)| (i, answer)));
+        }
+        (out, failure, ridden)
+    }
+
+    /// A receive of up to `max` messages from hosted `partition`, proposed in one call after
+    /// `ride` (whose requests may then share its entry); the receive's outcome, and each
+    /// rider's by position.
+    async fn receive_riding(
+        &self,
+        partition: u32,
+        queue: &str,
+        max: u32,
+        visibility_ms: u64,
+        request_id: String,
+        ride: Vec<(usize, Request)>,
+    ) -> (Result<Vec<Delivery>, NodeError>, RiderOutcomes) {
+        let (positions, mut requests): (Vec<usize>, Vec<Request>) = ride.into_iter().unzip();
+        let Some(group) = self.partitions.get(partition) else {
+            let gone = NodeError::Unavailable(format!("partition {partition} closed on this node; retry"));
+            return (Err(gone.clone()), positions.into_iter().map(|i| (i, Err(gone.clone()))).collect());
+        };
+        requests.push(super::routing::receive_request(&request_id, queue, max, visibility_ms));
+        let deadline = Instant::now() + RECEIVE_PARTITION_WAIT.min(self.request_timeout());
+        let mut answers = group.submit_all(requests, deadline).await;
+        let received = match answers.pop() {
+            Some(Ok(Response::QueueReceived { messages })) => Ok(messages),
+            Some(Ok(other)) => Err(unexpected(other)),
+            Some(Err(e)) => Err(e),
+            None => Err(NodeError::Unavailable("the receive got no answer".into())),
+        };
+        (received, positions.into_iter().zip(answers).collect())
     }
 
     async fn receive_from(

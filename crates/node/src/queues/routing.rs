@@ -226,7 +226,7 @@ impl Queues {
 }
 
 /// The request that takes up to `max` visible messages of `queue` into flight.
-fn receive_request(request_id: &str, queue: &str, max: u32, visibility_ms: u64) -> Request {
+pub(super) fn receive_request(request_id: &str, queue: &str, max: u32, visibility_ms: u64) -> Request {
     Request {
         request_id: Some(request_id.to_string()),
         command: Command::QueueReceive { queue: queue.to_string(), max, visibility_ms },
