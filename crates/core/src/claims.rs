@@ -37,12 +37,15 @@ impl ReceiveClaims {
     /// `None` means propose it; a receive proposed is claimed until [`Self::release`].
     pub fn admit(&mut self, machine: &PartitionMachine, request: &Request, now_ms: u64) -> Option<Response> {
         let Command::QueueReceive { queue, max, .. } = &request.command else { return None };
-        // A receive without an id, or a retry (its first reply is replayed), is proposed.
+        // A receive without an id, or a retry (its first copy applied, or still on its way:
+        // the log answers both with the first reply), is proposed.
         let id = request.request_id.as_deref()?;
-        if machine.was_applied(id) {
+        if machine.was_applied(id) || self.claims.contains_key(id) {
             return None;
         }
-        let free = self.free(machine, queue, now_ms, *max as usize);
+        // Visibility as the entry will judge it: by the partition's clock when this node's
+        // clock is behind it.
+        let free = self.free(machine, queue, now_ms.max(machine.clock_ms), *max as usize);
         if free == 0 {
             return Some(Response::QueueReceived { messages: Vec::new() });
         }
@@ -61,6 +64,11 @@ impl ReceiveClaims {
     /// `queue`.
     pub fn claim(&mut self, id: &str, queue: &str, count: usize) {
         self.claims.insert(id.to_string(), (queue.to_string(), count));
+    }
+
+    /// Forgets the claims whose receives `machine` has applied: they never count again.
+    pub fn forget_applied(&mut self, machine: &PartitionMachine) {
+        self.claims.retain(|id, _| !machine.was_applied(id));
     }
 
     /// Forgets the claim of `request`, applied or failed.
@@ -131,6 +139,9 @@ mod tests {
         Apply,
         /// The proposer hears back about the oldest applied receive.
         Release,
+        /// The newest receive still in the log reaches the gate again with its id (a
+        /// forwarder resending after a lost answer).
+        Retry,
     }
 
     fn step(max_receive: u32) -> impl Strategy<Value = Step> {
@@ -139,6 +150,7 @@ mod tests {
             3 => (1..=max_receive).prop_map(Step::Receive),
             3 => Just(Step::Apply),
             2 => Just(Step::Release),
+            1 => Just(Step::Retry),
         ]
     }
 
@@ -194,6 +206,15 @@ mod tests {
                         self.claims.release(&request);
                     }
                 }
+                Step::Retry => {
+                    let newest =
+                        self.log.iter().rev().find(|r| matches!(r.command, Command::QueueReceive { .. }));
+                    if let Some(request) = newest.cloned() {
+                        // Answered by the log (the first copy's reply), never empty here.
+                        prop_assert_eq!(self.claims.admit(&self.machine, &request, 0), None);
+                        self.log.push_back(request);
+                    }
+                }
             }
             Ok(())
         }
@@ -201,7 +222,7 @@ mod tests {
         /// The claims of the receives in the log that are not applied yet, from the model's
         /// own bookkeeping (not the gate's).
         fn pending_claims(&self) -> usize {
-            let pending: Vec<&str> = self
+            let pending: std::collections::BTreeSet<&str> = self
                 .log
                 .iter()
                 .filter_map(|r| match r.command {
@@ -262,6 +283,40 @@ mod tests {
         assert_eq!(claims.admit(&machine, &first, 0), None, "a retry is replayed by its entry");
         let anonymous = Request { request_id: None, ..first };
         assert_eq!(claims.admit(&machine, &anonymous, 0), None, "no id: proposed");
+        assert!(claims.is_empty());
+    }
+
+    #[test]
+    fn a_retry_of_a_receive_still_in_the_log_is_proposed_not_answered_empty() {
+        let mut machine = PartitionMachine::new(0);
+        let sends = Batch { at_ms: 0, requests: vec![send()], seed: None };
+        machine.apply_entry(1, &sends);
+        let mut claims = ReceiveClaims::default();
+        let first = receive("r", 1);
+        assert_eq!(claims.admit(&machine, &first, 0), None, "claims the message");
+        // The same id again (a forwarder resending after a lost answer): the log replays
+        // the first copy's reply to it, which holds the message.
+        assert_eq!(claims.admit(&machine, &first, 0), None);
+        assert!(claims.admit(&machine, &receive("other", 1), 0).is_some(), "a new receive is gated");
+    }
+
+    #[test]
+    fn visibility_follows_the_partition_clock_when_this_node_is_behind() {
+        let mut machine = PartitionMachine::new(0);
+        machine.apply_entry(1, &Batch { at_ms: 5_000, requests: vec![send()], seed: None });
+        let mut claims = ReceiveClaims::default();
+        assert_eq!(claims.admit(&machine, &receive("r", 1), 10), None, "visible at the partition's 5,000");
+    }
+
+    #[test]
+    fn applied_claims_are_forgotten() {
+        let mut machine = PartitionMachine::new(0);
+        machine.apply_entry(1, &Batch { at_ms: 0, requests: vec![send()], seed: None });
+        let mut claims = ReceiveClaims::default();
+        let r = receive("r", 1);
+        assert_eq!(claims.admit(&machine, &r, 0), None);
+        machine.apply_entry(2, &Batch { at_ms: 0, requests: vec![r], seed: None });
+        claims.forget_applied(&machine);
         assert!(claims.is_empty());
     }
 

@@ -284,9 +284,14 @@ struct MachineGate<S: Machine> {
 
 impl<S: Machine> Gate for MachineGate<S> {
     fn admit(&self, requests: &[Request]) -> Vec<Option<ForwardedWrite>> {
+        if !requests.iter().any(|r| matches!(r.command, sinkron_core::Command::QueueReceive { .. })) {
+            // Only receives are ever answered here: a batch without one takes no lock.
+            return requests.iter().map(|_| None).collect();
+        }
         let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
         // Read under the claims' lock: an apply seen here has settled the claims it covers.
         let applied = self.sm.read();
+        applied.state.forget_applied(&mut claims);
         let index = applied.last_applied.map_or(0, |id| id.index);
         let now = crate::clock::now_ms();
         let answers: Vec<Option<ForwardedWrite>> = requests

@@ -191,8 +191,11 @@ async fn propose_gated(
     if proposed.is_empty() {
         return answers.into_iter().flatten().collect();
     }
-    let outcomes = propose(raft, proposed.clone(), timeout).await;
-    gate.settled(&proposed);
+    // Settled however this ends, a panic or a dropped future included: a claim left behind
+    // would keep counting until its id reached the log, which it never would.
+    let settle = Settle { gate, requests: proposed };
+    let outcomes = propose(raft, settle.requests.clone(), timeout).await;
+    drop(settle);
     let mut outcomes = outcomes.into_iter();
     answers
         .iter_mut()
@@ -203,6 +206,18 @@ async fn propose_gated(
                 .unwrap_or_else(|| ForwardedWrite::Failed("fewer replies than requests".into()))
         })
         .collect()
+}
+
+/// Tells a gate that requests it admitted are over, when dropped.
+struct Settle<'a> {
+    gate: &'a dyn Gate,
+    requests: Vec<Request>,
+}
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        self.gate.settled(&self.requests);
+    }
 }
 
 /// Appends `requests` as one entry and returns one outcome per request.

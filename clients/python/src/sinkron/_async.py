@@ -382,6 +382,8 @@ class AsyncQueue:
         visibility_ms: Optional[int] = None,
         wait_ms: int = 0,
     ) -> Tuple[List[AsyncMessage], List[SinkronError]]:
+        """Acknowledges ``ack`` (0 to 100 earlier deliveries) and receives in one call;
+        returns the messages and the errors of the acks that failed."""
         receipts = [m.receipt if isinstance(m, AsyncMessage) else m for m in ack]
         raw, failed = await self._c.call(
             _core.queue_receive_acking(self.name, receipts, max, visibility_ms, wait_ms)

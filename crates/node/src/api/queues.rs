@@ -279,19 +279,22 @@ pub async fn receive(
     )?;
     let wait_ms = bounded("wait_ms", body.wait_ms.unwrap_or(0), 0, QUEUE_WAIT_MAX_MS)?;
     let receipts = match body.ack {
-        Some(receipts) => Some(checked_receipts(&queue, receipts, 0)?),
+        Some(receipts) => Some(checked_receipts("ack", &queue, receipts, 0)?),
         None => None,
     };
     let _permit = if wait_ms > 0 { Some(node.waiting.long_poll()?) } else { None };
     let (delivered, acks) = match receipts {
-        None => (node.queues.receive(&queue, max, visibility_ms, wait_ms).await, None),
+        None => (node.queues.receive(&queue, max, visibility_ms, wait_ms).await?, None),
         Some(receipts) => {
             let (delivered, outcomes) =
                 node.queues.receive_acking(&queue, max, visibility_ms, wait_ms, &receipts).await;
-            (delivered, Some(ack_failures(receipts, outcomes)))
+            // The acks' outcomes must reach the caller: a receive that failed answers empty
+            // (a receive may always find nothing) rather than an error that would hide acks
+            // already made.
+            (delivered.unwrap_or_default(), Some(ack_failures(receipts, outcomes)))
         }
     };
-    let messages = delivered?
+    let messages = delivered
         .into_iter()
         .map(|d| MessageView { id: d.id, body: d.body, receipt: d.receipt, receive_count: d.receive_count })
         .collect();
@@ -299,11 +302,17 @@ pub async fn receive(
     Ok(Json(Received { messages, acked, failed }))
 }
 
-/// `receipts`, each checked, between `min` and [`BATCH_MAX`] of them, for `queue`.
-fn checked_receipts(queue: &str, receipts: Vec<String>, min: usize) -> Result<Vec<String>, NodeError> {
+/// `receipts` (the body's `field`), each checked, between `min` and [`BATCH_MAX`] of them,
+/// for `queue`.
+fn checked_receipts(
+    field: &str,
+    queue: &str,
+    receipts: Vec<String>,
+    min: usize,
+) -> Result<Vec<String>, NodeError> {
     if receipts.len() < min || receipts.len() > BATCH_MAX {
         return Err(NodeError::InvalidArgument(format!(
-            "receipts: {min} to {BATCH_MAX} per call, got {}",
+            "{field}: {min} to {BATCH_MAX} receipts per call, got {}",
             receipts.len()
         )));
     }
@@ -401,7 +410,7 @@ pub async fn ack(
             Ok(Json(Acked { acked: 1, failed: Vec::new() }))
         }
         (None, Some(receipts)) => {
-            let receipts = checked_receipts(&queue, receipts, 1)?;
+            let receipts = checked_receipts("receipts", &queue, receipts, 1)?;
             let (acked, failed) = ack_receipts(&node, &queue, receipts).await;
             Ok(Json(Acked { acked, failed }))
         }

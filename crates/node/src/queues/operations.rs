@@ -14,8 +14,8 @@ use super::{new_request_id, unexpected, Queues};
 use crate::error::NodeError;
 use crate::wire::{LeaderCall, PartitionCall, PartitionQueues, PartitionReply, PartitionStats, Sent};
 
-/// Requests that ride along with a receive (acks), per partition, each with its position
-/// among the caller's requests.
+/// Requests per partition, each with its position among the caller's requests: the acks
+/// that ride along with a receive, or any batch proposed partition by partition.
 type Riders = BTreeMap<u32, Vec<(usize, Request)>>;
 /// Their outcomes, by position.
 type RiderOutcomes = Vec<(usize, Result<Response, NodeError>)>;
@@ -112,24 +112,9 @@ impl Queues {
         wait_ms: u64,
         receipts: &[String],
     ) -> (Result<Vec<Delivery>, NodeError>, Vec<Result<(), NodeError>>) {
-        let mut outcomes: Vec<Option<Result<(), NodeError>>> = (0..receipts.len()).map(|_| None).collect();
-        let mut riders = Riders::new();
-        for (i, receipt) in receipts.iter().enumerate() {
-            let command = Command::QueueAck { queue: queue.to_string(), receipt: receipt.clone() };
-            match self.settle_request(queue, receipt, command) {
-                Ok((partition, request)) => riders.entry(partition).or_default().push((i, request)),
-                Err(e) => outcomes[i] = Some(Err(e)),
-            }
-        }
+        let (riders, outcomes) = self.ack_requests(queue, receipts);
         let (received, ridden) = self.receive_with(queue, max, visibility_ms, wait_ms, riders).await;
-        for (i, answer) in ridden {
-            outcomes[i] = Some(answer.and_then(|r| settled(queue, &receipts[i], r, "acked")).map(|_| ()));
-        }
-        let acks = outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(NodeError::Unavailable("the request was cancelled".into()))))
-            .collect();
-        (received, acks)
+        (received, ack_outcomes(queue, receipts, outcomes, ridden))
     }
 
     /// [`Queues::receive`], with `riders` proposed along with the first round.
@@ -259,14 +244,13 @@ impl Queues {
             return (Err(gone.clone()), positions.into_iter().map(|i| (i, Err(gone.clone()))).collect());
         };
         requests.push(super::routing::receive_request(&request_id, queue, max, visibility_ms));
-        let deadline = Instant::now() + RECEIVE_PARTITION_WAIT.min(self.request_timeout());
+        // The acks' deadline, as when they are proposed alone.
+        let deadline = Instant::now() + self.request_timeout();
         let mut answers = group.submit_all(requests, deadline).await;
-        let received = match answers.pop() {
-            Some(Ok(Response::QueueReceived { messages })) => Ok(messages),
-            Some(Ok(other)) => Err(unexpected(other)),
-            Some(Err(e)) => Err(e),
-            None => Err(NodeError::Unavailable("the receive got no answer".into())),
-        };
+        let received = answers
+            .pop()
+            .unwrap_or_else(|| Err(NodeError::Unavailable("the receive got no answer".into())))
+            .and_then(super::routing::deliveries);
         (received, positions.into_iter().zip(answers).collect())
     }
 
@@ -301,7 +285,7 @@ impl Queues {
                 Ok(settings) => settings,
                 Err(e) => return (0..count).map(|_| Err(e.clone())).collect(),
             };
-        let mut by_partition: BTreeMap<u32, Vec<(usize, Request)>> = BTreeMap::new();
+        let mut by_partition = Riders::new();
         for (i, (key, body, request_id)) in messages.into_iter().enumerate() {
             let checked = validate_message(key.as_deref(), &body)
                 .and_then(|()| request_id.as_deref().map_or(Ok(()), validate_request_id));
@@ -326,8 +310,16 @@ impl Queues {
     /// Acknowledges several deliveries at once; one outcome per receipt, in order. The
     /// acks of one partition travel as one call and are proposed together.
     pub async fn ack_many(&self, queue: &str, receipts: Vec<String>) -> Vec<Result<(), NodeError>> {
+        let (riders, outcomes) = self.ack_requests(queue, &receipts);
+        let answers = self.write_by_partition(riders).await.into_iter().map(|(i, _, answer)| (i, answer));
+        ack_outcomes(queue, &receipts, outcomes, answers)
+    }
+
+    /// The ack of each of `receipts`, per partition with its position, and the outcomes
+    /// known without asking (a receipt that is not one of this cluster's partitions).
+    fn ack_requests(&self, queue: &str, receipts: &[String]) -> (Riders, Vec<Option<Result<(), NodeError>>>) {
         let mut outcomes: Vec<Option<Result<(), NodeError>>> = (0..receipts.len()).map(|_| None).collect();
-        let mut by_partition: BTreeMap<u32, Vec<(usize, Request)>> = BTreeMap::new();
+        let mut by_partition = Riders::new();
         for (i, receipt) in receipts.iter().enumerate() {
             let command = Command::QueueAck { queue: queue.to_string(), receipt: receipt.clone() };
             match self.settle_request(queue, receipt, command) {
@@ -335,21 +327,14 @@ impl Queues {
                 Err(e) => outcomes[i] = Some(Err(e)),
             }
         }
-        for (i, _, answer) in self.write_by_partition(by_partition).await {
-            let acked = answer.and_then(|r| settled(queue, &receipts[i], r, "acked"));
-            outcomes[i] = Some(acked.map(|_| ()));
-        }
-        outcomes
-            .into_iter()
-            .map(|o| o.unwrap_or_else(|| Err(NodeError::Unavailable("the request was cancelled".into()))))
-            .collect()
+        (by_partition, outcomes)
     }
 
     /// Proposes each partition's requests together, the partitions in parallel; answers
     /// `(position, partition, outcome)` for every request.
     async fn write_by_partition(
         &self,
-        by_partition: BTreeMap<u32, Vec<(usize, Request)>>,
+        by_partition: Riders,
     ) -> Vec<(usize, u32, Result<Response, NodeError>)> {
         let mut tasks = tokio::task::JoinSet::new();
         for (partition, items) in by_partition {
@@ -510,6 +495,23 @@ impl Queues {
         out.sort_by_key(|(partition, _)| *partition);
         Ok(out)
     }
+}
+
+/// Every ack's outcome, in order: `known` ones, then those of the partitions' `answers`;
+/// any left without either was cancelled.
+fn ack_outcomes(
+    queue: &str,
+    receipts: &[String],
+    mut known: Vec<Option<Result<(), NodeError>>>,
+    answers: impl IntoIterator<Item = (usize, Result<Response, NodeError>)>,
+) -> Vec<Result<(), NodeError>> {
+    for (i, answer) in answers {
+        known[i] = Some(answer.and_then(|r| settled(queue, &receipts[i], r, "acked")).map(|_| ()));
+    }
+    known
+        .into_iter()
+        .map(|o| o.unwrap_or_else(|| Err(NodeError::Unavailable("the request was cancelled".into()))))
+        .collect()
 }
 
 /// The outcome of an ack or nack from its partition's answer: whether the message went to

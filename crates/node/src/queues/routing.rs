@@ -235,8 +235,13 @@ pub(super) fn receive_request(request_id: &str, queue: &str, max: u32, visibilit
 
 /// The messages a receive's entry handed out.
 fn received(response: Response) -> Result<PartitionReply, NodeError> {
+    deliveries(response).map(PartitionReply::Received)
+}
+
+/// The deliveries of a receive's reply.
+pub(super) fn deliveries(response: Response) -> Result<Vec<sinkron_core::queue::Delivery>, NodeError> {
     match response {
-        Response::QueueReceived { messages } => Ok(PartitionReply::Received(messages)),
+        Response::QueueReceived { messages } => Ok(messages),
         other => Err(unexpected(other)),
     }
 }

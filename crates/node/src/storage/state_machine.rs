@@ -49,6 +49,8 @@ pub trait Machine: Default + Serialize + DeserializeOwned + Send + Sync + 'stati
     fn admit(&self, _claims: &mut ReceiveClaims, _request: &Request, _now_ms: u64) -> Option<Response> {
         None
     }
+    /// Drops the `claims` of requests this state has applied.
+    fn forget_applied(&self, _claims: &mut ReceiveClaims) {}
 }
 
 /// Side effects of applied entries that the node acts on.
@@ -109,6 +111,10 @@ impl Machine for PartitionMachine {
 
     fn admit(&self, claims: &mut ReceiveClaims, request: &Request, now_ms: u64) -> Option<Response> {
         claims.admit(self, request, now_ms)
+    }
+
+    fn forget_applied(&self, claims: &mut ReceiveClaims) {
+        claims.forget_applied(self);
     }
 }
 

@@ -91,8 +91,7 @@ pub struct Tail {
     pub len: u64,
     /// Its size on disk, zero-filled past `len`.
     pub allocated: u64,
-    /// How far its records are covered by an fsync (all of them when opened: recovery
-    /// read them from disk).
+    /// How far its records are covered by an fsync.
     synced: u64,
 }
 
@@ -100,6 +99,9 @@ impl Tail {
     /// Opens the segment at `path` whose records end at `len`.
     pub fn open(first: u64, path: &Path, len: u64) -> io::Result<Self> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
+        // Records a crashed process wrote but never fsynced are readable, not durable: make
+        // them durable before this node answers for them (a vote, an append's match).
+        file.sync_data()?;
         let allocated = file.metadata()?.len().max(len);
         Ok(Self { first, file, len, allocated, synced: len })
     }
