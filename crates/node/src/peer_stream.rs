@@ -14,8 +14,8 @@
 //! When the last batch carried calls of several groups, the stream yields once to the
 //! scheduler before it takes the queue: the other groups woken by the same event (one
 //! flush, one peer reply) then get their calls into the same batch. With 40 messages in
-//! flight over 16 partitions this cut the batches per message by a third; with one busy group it
-//! does not yield, so a lone call waits for nothing.
+//! flight over 16 partitions this cut the batches per message by a third. With one busy
+//! group it does not yield, so a lone call waits for nothing.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
