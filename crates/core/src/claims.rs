@@ -85,22 +85,12 @@ impl ReceiveClaims {
 
     /// Messages of `queue` that receives proposed and not yet applied to `machine` expect
     /// to take.
-    pub fn claimed(&self, machine: &PartitionMachine, queue: &str) -> usize {
+    fn claimed(&self, machine: &PartitionMachine, queue: &str) -> usize {
         self.claims
             .iter()
             .filter(|(id, (q, _))| q == queue && !machine.was_applied(id))
             .map(|(_, (_, count))| count)
             .sum()
-    }
-
-    /// Number of claims held (applied ones not yet released included).
-    pub fn len(&self) -> usize {
-        self.claims.len()
-    }
-
-    /// Whether no claim is held.
-    pub fn is_empty(&self) -> bool {
-        self.claims.is_empty()
     }
 }
 
@@ -283,7 +273,7 @@ mod tests {
         assert_eq!(claims.admit(&machine, &first, 0), None, "a retry is replayed by its entry");
         let anonymous = Request { request_id: None, ..first };
         assert_eq!(claims.admit(&machine, &anonymous, 0), None, "no id: proposed");
-        assert!(claims.is_empty());
+        assert!(claims.claims.is_empty());
     }
 
     #[test]
@@ -317,7 +307,7 @@ mod tests {
         assert_eq!(claims.admit(&machine, &r, 0), None);
         machine.apply_entry(2, &Batch { at_ms: 0, requests: vec![r], seed: None });
         claims.forget_applied(&machine);
-        assert!(claims.is_empty());
+        assert!(claims.claims.is_empty());
     }
 
     #[test]
@@ -334,8 +324,8 @@ mod tests {
         let batch = Batch { at_ms: 0, requests: vec![r1.clone()], seed: None };
         machine.apply_entry(2, &batch);
         assert_eq!(claims.claimed(&machine, "q"), 0, "applied: the state holds what it took");
-        assert_eq!(claims.len(), 1, "held until released");
+        assert_eq!(claims.claims.len(), 1, "held until released");
         claims.release(&r1);
-        assert!(claims.is_empty());
+        assert!(claims.claims.is_empty());
     }
 }
