@@ -92,7 +92,13 @@ pub(super) fn recover(dir: &Path) -> io::Result<Recovered> {
         tail_len = decoded.valid_len;
     }
     let current = match seg_map.iter().next_back() {
-        Some((seq, path)) => Some(Tail::open(*seq, path, tail_len)?),
+        Some((seq, path)) => {
+            let mut tail = Tail::open(*seq, path, tail_len)?;
+            // Records a crashed process wrote but never fsynced are readable, not durable:
+            // make them durable before this node answers for them (a vote, an append's match).
+            tail.sync()?;
+            Some(tail)
+        }
         None => None,
     };
     let mut logs = BTreeMap::new();

@@ -99,11 +99,9 @@ impl Tail {
     /// Opens the segment at `path` whose records end at `len`.
     pub fn open(first: u64, path: &Path, len: u64) -> io::Result<Self> {
         let file = OpenOptions::new().read(true).write(true).open(path)?;
-        // Records a crashed process wrote but never fsynced are readable, not durable: make
-        // them durable before this node answers for them (a vote, an append's match).
-        file.sync_data()?;
         let allocated = file.metadata()?.len().max(len);
-        Ok(Self { first, file, len, allocated, synced: len })
+        // Nothing is known durable until this writer syncs (recovery does so at once).
+        Ok(Self { first, file, len, allocated, synced: 0 })
     }
 
     /// Writes `buf` at the end of the records, zero-filling ahead first when needed.
