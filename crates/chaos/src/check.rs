@@ -82,6 +82,7 @@ pub fn locks(ops: &[Op], writes: &[FencedWrite], started_unix_ms: u64) -> Report
             })
             .or_insert(hold);
     }
+    learn_from_holder_lists(ops, &mut merged);
     let mut by_lock: BTreeMap<&str, Vec<&Hold>> = BTreeMap::new();
     for hold in merged.values() {
         by_lock.entry(hold.lock.as_str()).or_default().push(hold);
@@ -132,6 +133,41 @@ pub fn locks(ops: &[Op], writes: &[FencedWrite], started_unix_ms: u64) -> Report
         writes.iter().filter(|w| !w.accepted).count()
     ));
     report
+}
+
+/// An answer lists every holder of its lock: a hold seen there was granted by the time of
+/// that answer, even when its own client learned of it only later (its first acquire timed
+/// out undecided, and an acquire asked again got the same grant back). Such a hold's grant
+/// time comes down to the first answer that lists it, and its request may be the earliest
+/// undecided acquire of that client and lock asked before then.
+fn learn_from_holder_lists(ops: &[Op], merged: &mut BTreeMap<(String, usize, u64), Hold>) {
+    for op in ops.iter().filter(|o| o.f == "acquire") {
+        let Outcome::Ok { value } = &op.outcome else { continue };
+        let lock = op.input["name"].as_str().unwrap_or_default();
+        for holder in value["holders"].as_array().into_iter().flatten() {
+            let client = holder["client_id"].as_str().unwrap_or_default();
+            let (Some(process), Some(fence)) =
+                (client.strip_prefix('c').and_then(|n| n.parse::<usize>().ok()), holder["fence"].as_u64())
+            else {
+                continue;
+            };
+            let Some(hold) = merged.get_mut(&(lock.to_string(), process, fence)) else { continue };
+            if op.completed_us >= hold.granted_us {
+                continue;
+            }
+            hold.granted_us = op.completed_us;
+            let undecided = ops.iter().find(|o| {
+                o.process == process
+                    && o.f == "acquire"
+                    && o.input["name"] == op.input["name"]
+                    && matches!(o.outcome, Outcome::Info { .. })
+                    && o.invoked_us < op.completed_us
+            });
+            if let Some(asked) = undecided {
+                hold.invoked_us = hold.invoked_us.min(asked.invoked_us);
+            }
+        }
+    }
 }
 
 /// Sinkron's own fence check: of the puts that carried a fence, none that was applied may
@@ -399,6 +435,32 @@ mod tests {
             "{:?}",
             locks(&refresh, &[], 1_000).violations
         );
+        // c1's first acquire timed out undecided, yet was granted (fence 1): c2's answer lists
+        // it. c1 asks again after c2's grant (fence 2) and gets its hold back. Not a grant
+        // with a smaller fence after a larger one was answered.
+        let undecided = vec![
+            op(1, "acquire", shared.clone(), (0, 100_000), Outcome::Info { error: "timed out".into() }),
+            op(
+                2,
+                "acquire",
+                shared.clone(),
+                (150_000, 200_000),
+                Outcome::Ok {
+                    value: json!({ "fence": 2, "expires_at_ms": 3_000,
+                        "holders": [{ "client_id": "c1", "fence": 1 }, { "client_id": "c2", "fence": 2 }] }),
+                },
+            ),
+            op(1, "acquire", shared.clone(), (400_000, 500_000), grant(1, 3_500)),
+        ];
+        let found = locks(&undecided, &[], 1_000).violations;
+        assert!(found.is_empty(), "{found:?}");
+        // Without that evidence, a smaller fence after a larger one is still caught.
+        let unexplained = vec![
+            undecided[0].clone(),
+            op(2, "acquire", shared.clone(), (150_000, 200_000), grant(2, 3_000)),
+            undecided[2].clone(),
+        ];
+        assert!(!locks(&unexplained, &[], 1_000).violations.is_empty());
         let stale_refused = FencedWrite {
             lock: "l".into(),
             process: 0,
