@@ -258,10 +258,13 @@ impl GroupFactory {
         let shift = rank.min(4) * (raft_config.election_timeout_max - raft_config.election_timeout_min) / 2;
         raft_config.election_timeout_min += shift;
         raft_config.election_timeout_max += shift;
-        let (log, sm) = open_storage(&self.config, self.wal.as_deref(), id, initial).await?;
-        prepare(&sm);
         let me = self.config.raft_id;
-        let raft = Raft::new(me, Arc::new(raft_config), self.peers.raft_network(id), log.clone(), sm.clone())
+        let (log, sm) = open_storage(&self.config, self.wal.as_deref(), id, initial).await?;
+        let log = log.on_node(me);
+        sm.apply_after(log.durability().clone());
+        prepare(&sm);
+        let network = self.peers.raft_network(id, log.durability().clone());
+        let raft = Raft::new(me, Arc::new(raft_config), network, log.clone(), sm.clone())
             .await
             .with_context(|| format!("start Raft group {id}"))?;
         let request_timeout = Duration::from_millis(self.config.request_timeout_ms);

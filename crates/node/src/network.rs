@@ -147,6 +147,8 @@ impl PeerRefusals {
 pub struct HttpNetworkFactory {
     /// The group whose RPCs this factory carries.
     pub group: GroupId,
+    /// The group log's leader appends not yet durable.
+    pub durability: crate::storage::Durability,
     /// Shared pooled HTTP client (snapshots).
     pub client: crate::peer_http::PeerHttp,
     /// The node's batched streams to its peers (appends, heartbeats, votes).
@@ -163,6 +165,7 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
     async fn new_client(&mut self, target: NodeId, node: &Member) -> PeerClient {
         PeerClient {
             group: self.group,
+            durability: self.durability.clone(),
             target,
             addr: node.addr.clone(),
             client: self.client.clone(),
@@ -176,6 +179,9 @@ impl RaftNetworkFactory<TypeConfig> for HttpNetworkFactory {
 /// The RPC connection of one group to one peer.
 pub struct PeerClient {
     group: GroupId,
+    /// The group log's leader appends not yet durable: a commit index is announced only
+    /// once this node holds the entries it covers durably (see `storage::durability`).
+    durability: crate::storage::Durability,
     target: NodeId,
     addr: String,
     client: crate::peer_http::PeerHttp,
@@ -267,6 +273,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
         let entries = rpc.entries.len() as u64;
+        if let Some(commit) = rpc.leader_commit {
+            if let Err(e) = self.durability.wait_through(commit.index).await {
+                return Err(RPCError::Unreachable(Unreachable::new(&e)));
+            }
+        }
         let r: Result<RaftResult<AppendEntriesResponse<NodeId>>, _> =
             self.call("append", self.streamed("append", &rpc, option.hard_ttl())).await;
         // A batch the peer found too large is sent again at once in halves; a single entry

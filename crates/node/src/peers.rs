@@ -70,9 +70,10 @@ impl Peers {
     }
 
     /// openraft's network for group `group`, sharing this node's pool, cut and refusals.
-    pub fn raft_network(&self, group: GroupId) -> HttpNetworkFactory {
+    pub fn raft_network(&self, group: GroupId, durability: crate::storage::Durability) -> HttpNetworkFactory {
         HttpNetworkFactory {
             group,
+            durability,
             client: self.http.clone(),
             streams: self.streams.clone(),
             isolation: self.isolation.clone(),

@@ -4,8 +4,10 @@ use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{Entry, EntryPayload, RaftLogReader};
 use sinkron_core::{Batch, Command, Request};
+use sinkron_node::storage::mem::MemLog;
 use sinkron_node::storage::segment::decode_records;
-use sinkron_node::storage::{LogStore, SharedLog, StateMachineStore};
+use sinkron_node::storage::writer::WriteOp;
+use sinkron_node::storage::{LogStore, SharedLog, StateMachineStore, StorageHealth};
 use sinkron_node::types::{StorageError, TypeConfig};
 use tempfile::TempDir;
 
@@ -357,4 +359,88 @@ async fn logs_of_the_per_group_layout_move_into_the_shared_log() {
     assert_eq!(four.read_vote().await.expect("vote"), Some(openraft::Vote::new(5, 6)));
     // A second import finds nothing to move.
     sinkron_node::storage::import_group_dirs(&data.path().join("groups"), &wal_dir).expect("again");
+}
+
+/// A log writer that completes each change only when the test releases it: the window
+/// between an append and its fsync, held open for as long as the test likes.
+fn held_writer() -> (std::sync::mpsc::Sender<()>, impl FnOnce(std::sync::mpsc::Receiver<WriteOp>) + Send) {
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let writer = move |ops: std::sync::mpsc::Receiver<WriteOp>| {
+        for op in ops {
+            let answer = match op {
+                WriteOp::CommittedHint(_) => continue,
+                op => op,
+            };
+            if released.recv().is_err() {
+                return;
+            }
+            match answer {
+                WriteOp::Append { done, .. } => done.complete(Ok(())),
+                WriteOp::Truncate { done, .. } | WriteOp::Purge { done, .. } | WriteOp::Meta { done, .. } => {
+                    let _ = done.send(Ok(()));
+                }
+                WriteOp::CommittedHint(_) => {}
+            }
+        }
+    };
+    (release, writer)
+}
+
+/// Whether `task` is still waiting after the scheduler had every chance to finish it.
+async fn still_waiting<T>(task: &tokio::task::JoinHandle<T>) -> bool {
+    for _ in 0..20 {
+        tokio::task::yield_now().await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    !task.is_finished()
+}
+
+#[tokio::test]
+async fn a_leaders_append_is_replicable_at_once_but_seen_only_once_durable() {
+    use openraft::storage::RaftLogStorageExt;
+    let (release, writer) = held_writer();
+    let log = LogStore::start(MemLog::default(), StorageHealth::default(), writer).expect("start").on_node(1);
+    let (mut voter, mut leader) = (log.clone(), log.clone());
+    let vote = tokio::spawn(async move { voter.save_vote(&openraft::Vote::new_committed(3, 1)).await });
+    release.send(()).expect("release the vote");
+    vote.await.expect("join").expect("vote");
+
+    // Node 1 leads term 3: its append is reported flushed with the writer still holding it,
+    // so openraft may replicate it right away.
+    let reported = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        leader.blocking_append(vec![put_entry(3, 1), put_entry(3, 2)]),
+    )
+    .await;
+    assert!(matches!(reported, Ok(Ok(()))), "a leader's append waited for its fsync: {reported:?}");
+
+    // Until the fsync, nothing applies it and no commit index covering it goes out.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sm: StateMachineStore = StateMachineStore::open(dir.path()).expect("state machine");
+    sm.apply_after(log.durability().clone());
+    let mut applier = sm.clone();
+    let apply = tokio::spawn(async move { applier.apply(vec![put_entry(3, 1), put_entry(3, 2)]).await });
+    let durability = log.durability().clone();
+    let announce = tokio::spawn(async move { durability.wait_through(2).await });
+    assert!(still_waiting(&apply).await, "applied before the leader's fsync");
+    assert!(still_waiting(&announce).await, "commit announced before the leader's fsync");
+    assert_eq!(sm.read().last_applied, None);
+    assert!(!log.durability().settled());
+
+    release.send(()).expect("release the append");
+    apply.await.expect("join").expect("apply");
+    announce.await.expect("join").expect("announce");
+    assert_eq!(sm.read().last_applied.map(|id| id.index), Some(2));
+    assert!(log.durability().settled());
+
+    // As a follower of node 2 in term 4, an append is reported only after its fsync.
+    let mut voter = log.clone();
+    let vote = tokio::spawn(async move { voter.save_vote(&openraft::Vote::new_committed(4, 2)).await });
+    release.send(()).expect("release the vote");
+    vote.await.expect("join").expect("vote");
+    let mut follower = log.clone();
+    let append = tokio::spawn(async move { follower.blocking_append(vec![put_entry(4, 3)]).await });
+    assert!(still_waiting(&append).await, "a follower's append was reported before its fsync");
+    release.send(()).expect("release the follower's append");
+    append.await.expect("join").expect("append");
 }

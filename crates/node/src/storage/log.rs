@@ -2,10 +2,11 @@
 //! shared log (`super::wal`) or the group's own Redis writer (`super::redis`).
 //!
 //! Unpurged entries are also kept in memory, so reads never touch the disk; snapshots and
-//! purging keep that bounded. Appends become visible to readers at once but are reported
-//! flushed only after the writer's fsync (openraft 0.9 waits for that report before it
-//! replicates or commits them). An entry is encoded once, here, into the record its writer
-//! stores.
+//! purging keep that bounded. Appends become visible to readers at once. A follower's
+//! appends are reported flushed only after the writer's fsync; a leader's own appends are
+//! reported at once, so openraft replicates them while the fsync runs, and
+//! [`Durability`] holds back everything that would let them be seen until it lands. An
+//! entry is encoded once, here, into the record its writer stores.
 
 use std::fmt::Debug;
 use std::io;
@@ -17,11 +18,12 @@ use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader, Vote};
 use tokio::sync::oneshot;
 
+use super::durability::Durability;
 use super::log_write_error;
 pub use super::mem::MemLog;
 use super::record::Tagged;
 use super::segment::encode_record;
-use super::writer::WriteOp;
+use super::writer::{Flushed, WriteOp};
 use crate::types::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig};
 
 /// The durable Raft log of one group. Cloning gives another handle to the same log.
@@ -34,6 +36,9 @@ struct Shared {
     mem: Arc<Mutex<MemLog>>,
     sink: Sink,
     health: super::StorageHealth,
+    /// This node, when it may report its own leader appends flushed before the fsync.
+    me: Option<NodeId>,
+    durability: Durability,
 }
 
 /// Where the group's changes go.
@@ -62,7 +67,7 @@ impl LogStore {
             .spawn(move || writer(rx))
             .map_err(log_write_error)?;
         let mem = Arc::new(Mutex::new(mem));
-        Ok(Self { shared: Arc::new(Shared { mem, sink: Sink::Own(tx), health }) })
+        Ok(Self::with(mem, Sink::Own(tx), health))
     }
 
     /// The view of `group` in the node's shared log.
@@ -72,7 +77,42 @@ impl LogStore {
         tx: Sender<Tagged>,
         health: super::StorageHealth,
     ) -> Self {
-        Self { shared: Arc::new(Shared { mem, sink: Sink::Shared(group, tx), health }) }
+        Self::with(mem, Sink::Shared(group, tx), health)
+    }
+
+    fn with(mem: Arc<Mutex<MemLog>>, sink: Sink, health: super::StorageHealth) -> Self {
+        let durability = Durability::default();
+        Self { shared: Arc::new(Shared { mem, sink, health, me: None, durability }) }
+    }
+
+    /// This log as node `me`'s: while `me` leads the group, its own appends are reported
+    /// flushed before their fsync (see [`Durability`]). Call before cloning the log.
+    pub fn on_node(self, me: NodeId) -> Self {
+        match Arc::try_unwrap(self.shared) {
+            Ok(shared) => Self { shared: Arc::new(Shared { me: Some(me), ..shared }) },
+            Err(shared) => {
+                tracing::warn!("log already shared: its leader appends wait for their fsync");
+                Self { shared }
+            }
+        }
+    }
+
+    /// What applies and commit announcements of this group wait on.
+    pub fn durability(&self) -> &Durability {
+        &self.shared.durability
+    }
+
+    /// Whether `entries` are this node's own appends as the group's established leader:
+    /// the vote is this node's, committed, and of the entries' term. (One leader per term:
+    /// no other node makes entries of that term, and a leader that sees a newer term saves
+    /// the newer vote before it appends anything else.)
+    fn leads(&self, entries: &[Entry]) -> bool {
+        let (Some(me), Some(first)) = (self.shared.me, entries.first()) else { return false };
+        self.mem().vote.is_some_and(|vote| {
+            vote.is_committed()
+                && vote.leader_id().voted_for() == Some(me)
+                && vote.leader_id().get_term() == first.log_id.leader_id.term
+        })
     }
 
     fn mem(&self) -> MutexGuard<'_, MemLog> {
@@ -180,13 +220,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let payload = encode_json(entry)?;
             records.push((entry.log_id.index, self.record(&payload)));
         }
+        let early = self.leads(&entries).then(|| entries[0].log_id.index);
         {
             let mut mem = self.mem();
             for entry in entries {
                 mem.entries.insert(entry.log_id.index, entry);
             }
         }
-        self.send(WriteOp::Append { records, done: callback })
+        match early {
+            Some(first) => {
+                let mark = self.shared.durability.mark(first);
+                self.send(WriteOp::Append { records, done: Flushed::Mark(mark) })?;
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            None => self.send(WriteOp::Append { records, done: Flushed::Raft(callback) }),
+        }
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {

@@ -15,6 +15,7 @@
 //! groups covers every group's appends with a single fsync, which is what bounds Raft's
 //! write throughput. See `docs/storage.md`.
 
+pub mod durability;
 pub mod files;
 pub mod log;
 pub mod mem;
@@ -29,6 +30,7 @@ pub mod writer;
 
 use openraft::{AnyError, StorageIOError};
 
+pub use self::durability::Durability;
 pub use self::log::LogStore;
 pub use self::state_machine::{Machine, SnapshotStore, StateMachineStore};
 pub use self::wal::SharedLog;

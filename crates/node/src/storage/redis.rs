@@ -195,7 +195,7 @@ pub struct RedisWriter {
 }
 
 enum Waiter {
-    Flushed(openraft::storage::LogFlushed<crate::types::TypeConfig>),
+    Flushed(super::writer::Flushed),
     Done(tokio::sync::oneshot::Sender<io::Result<()>>),
 }
 
@@ -264,7 +264,7 @@ impl RedisWriter {
         }
         for waiter in waiters {
             match waiter {
-                Waiter::Flushed(cb) => cb.log_io_completed(Ok(())),
+                Waiter::Flushed(done) => done.complete(Ok(())),
                 Waiter::Done(tx) => {
                     let _ = tx.send(Ok(()));
                 }

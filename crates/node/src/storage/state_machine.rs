@@ -143,6 +143,9 @@ pub type CacheHook = Arc<dyn Fn(CacheSignal) + Send + Sync>;
 struct Shared<S> {
     data: RwLock<Applied<S>>,
     cache_hook: std::sync::OnceLock<CacheHook>,
+    /// The group log's leader appends not yet durable: an entry is applied only once its
+    /// own log holds it durably (see [`super::durability`]).
+    durability: std::sync::OnceLock<super::Durability>,
     /// Bumped after every apply that waiting requests should look at: in group 0 one that
     /// changed a lock's holders or waiters, in a partition any.
     changes: watch::Sender<u64>,
@@ -213,6 +216,7 @@ impl<S: Machine> StateMachineStore<S> {
             kv_feed,
             data: RwLock::new(applied),
             cache_hook: std::sync::OnceLock::new(),
+            durability: std::sync::OnceLock::new(),
             changes: watch::Sender::new(0),
             snapshots,
             snapshot_seq: AtomicU64::new(0),
@@ -239,6 +243,12 @@ impl<S: Machine> StateMachineStore<S> {
     /// Installs the receiver of cache events (once, before Raft starts applying).
     pub fn set_cache_hook(&self, hook: CacheHook) {
         let _ = self.shared.cache_hook.set(hook);
+    }
+
+    /// Makes every apply wait until the group's log holds the entries durably (once, before
+    /// Raft starts applying). Without it, entries are applied as openraft hands them over.
+    pub fn apply_after(&self, durability: super::Durability) {
+        let _ = self.shared.durability.set(durability);
     }
 
     /// Notifies after every apply waiting requests should look at (see [`Machine`]).
@@ -360,6 +370,13 @@ impl<S: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(durability), Some(last)) = (self.shared.durability.get(), entries.last()) {
+            durability
+                .wait_through(last.log_id.index)
+                .await
+                .map_err(|e| StorageError::from(StorageIOError::apply(last.log_id, AnyError::new(&e))))?;
+        }
         let mut applied = self.write();
         let mut replies = Vec::new();
         let mut wake = false;

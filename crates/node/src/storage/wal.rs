@@ -33,16 +33,15 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use openraft::storage::LogFlushed;
 use tokio::sync::oneshot;
 
 use super::log::LogStore;
 use super::mem::MemLog;
 use super::record::{frame, Tagged, COMMITTED, ENTRY, PURGE, TRUNCATE, VOTE};
 use super::wal_recover::GroupMeta;
-use super::writer::{drain_batch, Tail, WriteOp, HINT_INTERVAL, SEGMENT_MAX_BYTES};
+use super::writer::{drain_batch, Flushed, Tail, WriteOp, HINT_INTERVAL, SEGMENT_MAX_BYTES};
 use super::{files, StorageHealth};
-use crate::types::{GroupId, TypeConfig};
+use crate::types::GroupId;
 
 /// Sealed segments kept before groups holding them back get their live entries copied.
 pub const SEALED_KEPT: usize = 2;
@@ -160,7 +159,7 @@ fn lock_dir(dir: &Path) -> io::Result<fs::File> {
 }
 
 enum Pending {
-    Flushed(LogFlushed<TypeConfig>),
+    Flushed(Flushed),
     Done(oneshot::Sender<io::Result<()>>),
 }
 
@@ -261,7 +260,7 @@ impl WalWriter {
         for waiter in pending {
             let reply = result.as_ref().map(|_| ()).map_err(|e| io::Error::new(e.kind(), e.to_string()));
             match waiter {
-                Pending::Flushed(cb) => cb.log_io_completed(reply),
+                Pending::Flushed(done) => done.complete(reply),
                 Pending::Done(tx) => {
                     let _ = tx.send(reply);
                 }

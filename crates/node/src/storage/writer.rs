@@ -33,7 +33,7 @@ pub enum WriteOp {
         /// `(log index, encoded record)` pairs with consecutive indexes.
         records: Vec<(u64, Vec<u8>)>,
         /// Told once the records are durable.
-        done: LogFlushed<TypeConfig>,
+        done: Flushed,
     },
     /// Remove every record with index `>= from_index`.
     Truncate {
@@ -62,6 +62,26 @@ pub enum WriteOp {
     },
     /// A new commit index hint; written at most every [`HINT_INTERVAL`], never fsynced.
     CommittedHint(Vec<u8>),
+}
+
+/// Who learns that an append is durable.
+pub enum Flushed {
+    /// openraft, which waits for it (a follower's append, or any append of a node that
+    /// does not lead).
+    Raft(LogFlushed<TypeConfig>),
+    /// The waits of [`super::durability::Durability`]: openraft was told at once (a
+    /// leader's own append).
+    Mark(super::durability::Mark),
+}
+
+impl Flushed {
+    /// Reports the outcome of the write that covers the append.
+    pub fn complete(self, result: io::Result<()>) {
+        match self {
+            Flushed::Raft(callback) => callback.log_io_completed(result),
+            Flushed::Mark(mark) => mark.complete(&result),
+        }
+    }
 }
 
 /// Commit-index hints are written at most this often: the hint only saves re-applying
