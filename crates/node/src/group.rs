@@ -260,7 +260,7 @@ impl GroupFactory {
         raft_config.election_timeout_max += shift;
         let me = self.config.raft_id;
         let (log, sm) = open_storage(&self.config, self.wal.as_deref(), id, initial).await?;
-        let log = log.on_node(me);
+        let log = log.on_node(me).await.map_err(|e| anyhow::anyhow!("store the vote of group {id}: {e}"))?;
         sm.apply_after(log.durability().clone());
         prepare(&sm);
         let network = self.peers.raft_network(id, log.durability().clone());

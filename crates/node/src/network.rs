@@ -313,3 +313,74 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         self.lift(r)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+    use openraft::raft::AppendEntriesRequest;
+    use openraft::{CommittedLeaderId, LogId, Vote};
+
+    use crate::storage::Durability;
+    use crate::types::Member;
+
+    /// Whether `task` is still waiting after the scheduler had every chance to finish it.
+    async fn still_waiting<T>(task: &tokio::task::JoinHandle<T>) -> bool {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        !task.is_finished()
+    }
+
+    #[tokio::test]
+    async fn a_commit_index_goes_out_only_once_the_leader_holds_it_durably() {
+        let security = crate::security::Security {
+            tls: None,
+            cluster_secret: None,
+            tokens: None,
+            node_name: "node1".into(),
+        };
+        let peers = super::super::peers::Peers::new(None, Duration::from_secs(1), &security).expect("peers");
+        let durability = Durability::default();
+        let mut factory = peers.raft_network(1, durability.clone());
+        // Nobody listens there: once the call leaves, it fails at once.
+        let peer = Member { name: "node2".into(), addr: "127.0.0.1:1".into() };
+        let mut client = factory.new_client(2, &peer).await;
+        let mark = durability.mark(5);
+        let commit = |index| Some(LogId::new(CommittedLeaderId::new(3, 1), index));
+
+        // A commit index below the pending append goes out at once.
+        let below = AppendEntriesRequest {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: None,
+            leader_commit: commit(4),
+            entries: vec![],
+        };
+        let sent = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.append_entries(below, RPCOption::new(Duration::from_secs(1))),
+        )
+        .await;
+        assert!(sent.is_ok(), "a commit index the leader holds durably was held back");
+
+        // One that covers it waits for the leader's fsync.
+        let covering = AppendEntriesRequest {
+            vote: Vote::new_committed(3, 1),
+            prev_log_id: None,
+            leader_commit: commit(5),
+            entries: vec![],
+        };
+        let call = tokio::spawn(async move {
+            client.append_entries(covering, RPCOption::new(Duration::from_secs(1))).await.is_ok()
+        });
+        assert!(still_waiting(&call).await, "a commit index went out before the leader's fsync");
+        mark.complete(&Ok(()));
+        let answered = tokio::time::timeout(Duration::from_secs(10), call).await;
+        assert!(
+            matches!(answered, Ok(Ok(false))),
+            "the call should go out, and fail with nobody there: {answered:?}"
+        );
+    }
+}

@@ -399,7 +399,11 @@ async fn still_waiting<T>(task: &tokio::task::JoinHandle<T>) -> bool {
 async fn a_leaders_append_is_replicable_at_once_but_seen_only_once_durable() {
     use openraft::storage::RaftLogStorageExt;
     let (release, writer) = held_writer();
-    let log = LogStore::start(MemLog::default(), StorageHealth::default(), writer).expect("start").on_node(1);
+    let log = LogStore::start(MemLog::default(), StorageHealth::default(), writer)
+        .expect("start")
+        .on_node(1)
+        .await
+        .expect("on node 1");
     let (mut voter, mut leader) = (log.clone(), log.clone());
     let vote = tokio::spawn(async move { voter.save_vote(&openraft::Vote::new_committed(3, 1)).await });
     release.send(()).expect("release the vote");
@@ -443,4 +447,38 @@ async fn a_leaders_append_is_replicable_at_once_but_seen_only_once_durable() {
     assert!(still_waiting(&append).await, "a follower's append was reported before its fsync");
     release.send(()).expect("release the follower's append");
     append.await.expect("join").expect("append");
+}
+
+#[tokio::test]
+async fn a_restarted_leader_stores_its_vote_uncommitted_and_keeps_its_pending_appends() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let wal = SharedLog::open(dir.path()).expect("open");
+        wal.group(1).save_vote(&openraft::Vote::new_committed(5, 1)).await.expect("vote");
+        wal.group(2).save_vote(&openraft::Vote::new_committed(7, 2)).await.expect("vote");
+    }
+    let wal = SharedLog::open(dir.path()).expect("reopen");
+    // Node 1 led group 1 in term 5: it may have sent entries its disk lost, so it must not
+    // lead term 5 again; it keeps its vote for itself in term 5, uncommitted.
+    let mut led = wal.group(1).on_node(1).await.expect("on node 1");
+    assert_eq!(led.read_vote().await.expect("vote"), Some(openraft::Vote::new(5, 1)));
+    // Group 2's leader was node 2: node 1's vote for it stays as it was.
+    let mut followed = wal.group(2).on_node(1).await.expect("on node 1");
+    assert_eq!(followed.read_vote().await.expect("vote"), Some(openraft::Vote::new_committed(7, 2)));
+    drop((led, followed));
+    let wal_again = {
+        drop(wal);
+        SharedLog::open(dir.path()).expect("reopen again")
+    };
+    assert_eq!(
+        wal_again.group(1).read_vote().await.expect("vote"),
+        Some(openraft::Vote::new(5, 1)),
+        "not durable"
+    );
+
+    // A group opened again in the same process still waits for its earlier open's marks.
+    let mark = wal_again.group(3).durability().mark(1);
+    assert!(!wal_again.group(3).durability().settled(), "a reopened group forgot a pending append");
+    mark.complete(&Ok(()));
+    assert!(wal_again.group(3).durability().settled());
 }

@@ -67,34 +67,51 @@ impl LogStore {
             .spawn(move || writer(rx))
             .map_err(log_write_error)?;
         let mem = Arc::new(Mutex::new(mem));
-        Ok(Self::with(mem, Sink::Own(tx), health))
+        Ok(Self::with(mem, Durability::default(), Sink::Own(tx), health))
     }
 
     /// The view of `group` in the node's shared log.
     pub(super) fn shared(
         group: GroupId,
         mem: Arc<Mutex<MemLog>>,
+        durability: Durability,
         tx: Sender<Tagged>,
         health: super::StorageHealth,
     ) -> Self {
-        Self::with(mem, Sink::Shared(group, tx), health)
+        Self::with(mem, durability, Sink::Shared(group, tx), health)
     }
 
-    fn with(mem: Arc<Mutex<MemLog>>, sink: Sink, health: super::StorageHealth) -> Self {
-        let durability = Durability::default();
+    fn with(
+        mem: Arc<Mutex<MemLog>>,
+        durability: Durability,
+        sink: Sink,
+        health: super::StorageHealth,
+    ) -> Self {
         Self { shared: Arc::new(Shared { mem, sink, health, me: None, durability }) }
     }
 
-    /// This log as node `me`'s: while `me` leads the group, its own appends are reported
-    /// flushed before their fsync (see [`Durability`]). Call before cloning the log.
-    pub fn on_node(self, me: NodeId) -> Self {
-        match Arc::try_unwrap(self.shared) {
+    /// This log as node `me`'s, before its Raft instance starts: while `me` leads the group,
+    /// its own appends are reported flushed before their fsync (see [`Durability`]).
+    ///
+    /// A leader that stopped may have sent entries its own disk never got. openraft 0.9
+    /// would resume leading in the same term after a restart, and could then write other
+    /// entries at the same positions, which followers would take for the ones they hold.
+    /// So a committed vote of this node's own is stored again as a plain vote for itself:
+    /// the node starts as a follower and only leads again after an election in a newer
+    /// term, whose first entry makes every follower drop what the old leader's disk lost.
+    pub async fn on_node(self, me: NodeId) -> Result<Self, StorageError> {
+        let mut log = match Arc::try_unwrap(self.shared) {
             Ok(shared) => Self { shared: Arc::new(Shared { me: Some(me), ..shared }) },
             Err(shared) => {
                 tracing::warn!("log already shared: its leader appends wait for their fsync");
-                Self { shared }
+                return Ok(Self { shared });
             }
+        };
+        let vote = log.mem().vote;
+        if let Some(vote) = vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(me)) {
+            log.save_vote(&Vote::new(vote.leader_id().get_term(), me)).await?;
         }
+        Ok(log)
     }
 
     /// What applies and commit announcements of this group wait on.

@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::durability::Durability;
 use super::log::LogStore;
 use super::mem::MemLog;
 use super::record::{frame, Tagged, COMMITTED, ENTRY, PURGE, TRUNCATE, VOTE};
@@ -56,6 +57,9 @@ pub type Registry = Arc<Mutex<BTreeMap<GroupId, Arc<Mutex<MemLog>>>>>;
 pub struct SharedLog {
     tx: Sender<Tagged>,
     groups: Registry,
+    /// Per group, its leader appends not yet durable: kept here, not in a [`LogStore`], so a
+    /// group closed and opened again in this process still waits for them.
+    durability: Mutex<BTreeMap<GroupId, Durability>>,
     health: StorageHealth,
 }
 
@@ -90,13 +94,14 @@ impl SharedLog {
         };
         let (tx, rx) = mpsc::channel();
         std::thread::Builder::new().name("sinkron-log-writer".into()).spawn(move || writer.run(rx))?;
-        Ok(Arc::new(Self { tx, groups, health }))
+        Ok(Arc::new(Self { tx, groups, durability: Mutex::default(), health }))
     }
 
     /// The log of `group` (empty if it never wrote anything).
     pub fn group(&self, group: GroupId) -> LogStore {
         let mem = lock(&self.groups).entry(group).or_default().clone();
-        LogStore::shared(group, mem, self.tx.clone(), self.health.clone())
+        let durability = lock(&self.durability).entry(group).or_default().clone();
+        LogStore::shared(group, mem, durability, self.tx.clone(), self.health.clone())
     }
 
     /// Whether the shared log accepts writes.
