@@ -1,7 +1,8 @@
 //! Batching of client requests: the proposer (on the leader) and the forwarder (elsewhere).
 //!
-//! openraft 0.9's core waits for each appended entry to be flushed before it handles the next
-//! message, so one entry per request would cap a group at one request per fsync. Both
+//! openraft 0.9's core handles one append at a time and replicates one call at a time per
+//! follower, so one entry per request would cap a group at one request per replication
+//! round trip (a follower's fsync included). Both
 //! batchers keep at most [`IN_FLIGHT_MAX`] batches in flight; requests that arrive meanwhile
 //! queue up and go out together as the next batch. An idle system sends a single request at
 //! once (no added latency); a busy one amortises each fsync, replication round trip and

@@ -26,6 +26,10 @@ use super::segment::encode_record;
 use super::writer::{Flushed, WriteOp};
 use crate::types::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig};
 
+/// How long opening a group waits to store a former leader's vote (a Redis backend that
+/// is down would otherwise hold the node's start-up without a word).
+const VOTE_STORE_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The durable Raft log of one group. Cloning gives another handle to the same log.
 #[derive(Clone)]
 pub struct LogStore {
@@ -104,12 +108,24 @@ impl LogStore {
             Ok(shared) => Self { shared: Arc::new(Shared { me: Some(me), ..shared }) },
             Err(shared) => {
                 tracing::warn!("log already shared: its leader appends wait for their fsync");
-                return Ok(Self { shared });
+                Self { shared }
             }
         };
+        // Whether or not this handle reports early, an earlier process may have.
         let vote = log.mem().vote;
         if let Some(vote) = vote.filter(|v| v.is_committed() && v.leader_id().voted_for() == Some(me)) {
-            log.save_vote(&Vote::new(vote.leader_id().get_term(), me)).await?;
+            let plain = Vote::new(vote.leader_id().get_term(), me);
+            let stored = log.save_vote(&plain);
+            match tokio::time::timeout(VOTE_STORE_LIMIT, stored).await {
+                Ok(stored) => stored?,
+                Err(_) => {
+                    let waited = VOTE_STORE_LIMIT.as_secs();
+                    return Err(log_write_error(io::Error::other(format!(
+                        "the log's backend did not store this node's vote within {waited} s at start-up; \
+                         is it reachable?"
+                    ))));
+                }
+            }
         }
         Ok(log)
     }
