@@ -23,6 +23,9 @@ use crate::storage::state_machine::CacheSignal;
 use crate::types::{Member, NodeId, Raft, GROUP0};
 use crate::wire::ForwardedWrite;
 
+/// How long a stopping node waits for leader appends still on their way to disk.
+const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(5);
+
 /// A running node.
 pub struct Node {
     /// Validated configuration.
@@ -154,16 +157,28 @@ impl Node {
         self.cache_outbox.lock().unwrap_or_else(|p| p.into_inner()).take()
     }
 
-    /// Stops the Raft groups. Everything acknowledged is already on disk; the log writer
-    /// thread ends once the last handle to its log is dropped.
+    /// Stops the Raft groups. Everything acknowledged to a client is already on disk. A
+    /// leader's appends may still be on their way to it (reported to openraft before their
+    /// fsync, see `storage::durability`): the stop waits a little for those too, so a clean
+    /// restart loses none of them. The log writer thread ends once the last handle to its
+    /// log is dropped.
     pub async fn shutdown(&self) {
+        let mut logs = Vec::new();
         for group in self.queues.partitions().take_all() {
             if let Err(e) = group.raft.shutdown().await {
                 tracing::warn!(error = %e, "raft shutdown of a partition failed");
             }
+            logs.push(group.log.clone());
         }
         if let Err(e) = self.group0.raft().shutdown().await {
             tracing::warn!(error = %e, "raft shutdown of group 0 failed");
+        }
+        logs.push(self.group0.group().log.clone());
+        let settled =
+            futures_util::future::join_all(logs.iter().map(|log| log.durability().wait_through(u64::MAX)));
+        match tokio::time::timeout(SHUTDOWN_FLUSH_LIMIT, settled).await {
+            Ok(outcomes) if outcomes.iter().all(Result::is_ok) => {}
+            _ => tracing::warn!("stopped before every leader append was on disk; none was acknowledged"),
         }
     }
 }
