@@ -49,6 +49,20 @@ pub enum Leader {
 }
 
 impl<S: Machine> Group<S> {
+    /// Stops the group's Raft instance, then waits (at most `limit`) until its log holds
+    /// every append this node reported as leader before the fsync (see
+    /// `storage::durability`), so that closing or stopping loses none of them and a group
+    /// opened again later starts from all of them. None was acknowledged to a client.
+    pub async fn stop(&self, limit: Duration) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown failed");
+        }
+        let settled = tokio::time::timeout(limit, self.log.durability().wait_through(u64::MAX)).await;
+        if !matches!(settled, Ok(Ok(()))) {
+            tracing::warn!("stopped before every leader append was on disk; none was acknowledged");
+        }
+    }
+
     /// Where this group's leader is, waiting for one until `deadline`.
     pub async fn leader(&self, deadline: Instant) -> Result<Leader, NodeError> {
         leader_of(&self.raft, self.me, deadline).await

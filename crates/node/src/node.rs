@@ -163,22 +163,8 @@ impl Node {
     /// restart loses none of them. The log writer thread ends once the last handle to its
     /// log is dropped.
     pub async fn shutdown(&self) {
-        let mut logs = Vec::new();
-        for group in self.queues.partitions().take_all() {
-            if let Err(e) = group.raft.shutdown().await {
-                tracing::warn!(error = %e, "raft shutdown of a partition failed");
-            }
-            logs.push(group.log.clone());
-        }
-        if let Err(e) = self.group0.raft().shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown of group 0 failed");
-        }
-        logs.push(self.group0.group().log.clone());
-        let settled =
-            futures_util::future::join_all(logs.iter().map(|log| log.durability().wait_through(u64::MAX)));
-        match tokio::time::timeout(SHUTDOWN_FLUSH_LIMIT, settled).await {
-            Ok(outcomes) if outcomes.iter().all(Result::is_ok) => {}
-            _ => tracing::warn!("stopped before every leader append was on disk; none was acknowledged"),
-        }
+        let partitions = self.queues.partitions().take_all();
+        futures_util::future::join_all(partitions.iter().map(|group| group.stop(SHUTDOWN_FLUSH_LIMIT))).await;
+        self.group0.group().stop(SHUTDOWN_FLUSH_LIMIT).await;
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use openraft::error::RaftError;
 use sinkron_core::ids::raft_id;
@@ -13,6 +13,10 @@ use sinkron_core::PartitionMachine;
 
 use super::{PartitionGroup, Queues, PLACEMENT_INTERVAL};
 use crate::types::{partition_group, Member, NodeId};
+
+/// How long closing a partition that moved away waits for its leader appends still on
+/// their way to disk (see [`PartitionGroup::stop`]).
+const CLOSE_FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 impl Queues {
     /// Opens `partition`'s group on this node and starts telling waiting receives what its
@@ -66,9 +70,7 @@ async fn host_once(queues: &Queues, topology: &Topology, hosting: &mut Hosting, 
             HostStep::Close { partition } => {
                 if let Some(group) = queues.partitions.remove(partition) {
                     tracing::info!(partition, "partition moved away; closing its group");
-                    if let Err(e) = group.raft.shutdown().await {
-                        tracing::warn!(partition, error = %e, "raft shutdown failed");
-                    }
+                    group.stop(CLOSE_FLUSH_LIMIT).await;
                 }
             }
             HostStep::Initialise { .. } => {}
