@@ -41,6 +41,7 @@ async fn the_deepest_and_largest_accepted_values_commit_on_every_node() {
         ],
     );
     cluster.wait_leader(&cluster.all(), FORM).await;
+    cluster.wait_ready(&cluster.all(), FORM).await;
     wait_queues_ready(&cluster.client(0), FORM).await;
     let client = cluster.client(1);
 

@@ -34,6 +34,8 @@ pub struct Group<S: Machine = Group0State> {
     pub proposer: Batcher,
     /// Batches client requests to the leader (used while another node leads).
     pub forwarder: Batcher,
+    /// The group's id.
+    id: GroupId,
     /// This node's Raft id.
     me: NodeId,
     /// How long a proposal may wait for its quorum.
@@ -53,13 +55,21 @@ impl<S: Machine> Group<S> {
     /// every append this node reported as leader before the fsync (see
     /// `storage::durability`), so that closing or stopping loses none of them and a group
     /// opened again later starts from all of them. None was acknowledged to a client.
-    pub async fn stop(&self, limit: Duration) {
+    pub async fn stop(&self, deadline: Instant) {
+        let group = self.id;
         if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(error = %e, "raft shutdown failed");
+            tracing::warn!(group, error = %e, "raft shutdown failed");
         }
-        let settled = tokio::time::timeout(limit, self.log.durability().wait_through(u64::MAX)).await;
-        if !matches!(settled, Ok(Ok(()))) {
-            tracing::warn!("stopped before every leader append was on disk; none was acknowledged");
+        let settled = self.log.durability().wait_through(u64::MAX);
+        match tokio::time::timeout_at(deadline.into(), settled).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(group, error = %e, "stopped with leader appends not on disk; none was acknowledged")
+            }
+            Err(_) => tracing::warn!(
+                group,
+                "stopped before every leader append was on disk (out of time); none was acknowledged"
+            ),
         }
     }
 
@@ -274,6 +284,9 @@ impl GroupFactory {
         raft_config.election_timeout_max += shift;
         let me = self.config.raft_id;
         let (log, sm) = open_storage(&self.config, self.wal.as_deref(), id, initial).await?;
+        // These three go together: `on_node` lets the leader report its appends before their
+        // fsync, and the state machine and the network then wait for that fsync before an
+        // entry is applied or announced as committed (see `storage::durability`).
         let log = log.on_node(me).await.map_err(|e| anyhow::anyhow!("store the vote of group {id}: {e}"))?;
         sm.apply_after(log.durability().clone());
         prepare(&sm);
@@ -288,7 +301,7 @@ impl GroupFactory {
         });
         let proposer = Batcher::proposer(raft.clone(), request_timeout, gate);
         let forwarder = Batcher::forwarder(raft.clone(), id, self.peers.clone(), request_timeout);
-        Ok(Group { raft, log, sm, proposer, forwarder, me, request_timeout })
+        Ok(Group { raft, log, sm, proposer, forwarder, id, me, request_timeout })
     }
 }
 

@@ -342,7 +342,7 @@ mod tests {
             tokens: None,
             node_name: "node1".into(),
         };
-        let peers = super::super::peers::Peers::new(None, Duration::from_secs(1), &security).expect("peers");
+        let peers = crate::peers::Peers::new(None, Duration::from_secs(1), &security).expect("peers");
         let durability = Durability::default();
         let mut factory = peers.raft_network(1, durability.clone());
         // Nobody listens there: once the call leaves, it fails at once.
@@ -376,7 +376,7 @@ mod tests {
             client.append_entries(covering, RPCOption::new(Duration::from_secs(1))).await.is_ok()
         });
         assert!(still_waiting(&call).await, "a commit index went out before the leader's fsync");
-        mark.complete(&Ok(()));
+        mark.complete(Ok(()));
         let answered = tokio::time::timeout(Duration::from_secs(10), call).await;
         assert!(
             matches!(answered, Ok(Ok(false))),

@@ -24,7 +24,7 @@ use crate::types::{Member, NodeId, Raft, GROUP0};
 use crate::wire::ForwardedWrite;
 
 /// How long a stopping node waits for leader appends still on their way to disk.
-const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(5);
+const SHUTDOWN_FLUSH_LIMIT: Duration = Duration::from_secs(4);
 
 /// A running node.
 pub struct Node {
@@ -163,8 +163,12 @@ impl Node {
     /// restart loses none of them. The log writer thread ends once the last handle to its
     /// log is dropped.
     pub async fn shutdown(&self) {
+        // One deadline for all: with the request grace before it, the whole stop stays
+        // within the 10 s that `sinkron dev` and service managers give before they kill.
+        let deadline = Instant::now() + SHUTDOWN_FLUSH_LIMIT;
         let partitions = self.queues.partitions().take_all();
-        futures_util::future::join_all(partitions.iter().map(|group| group.stop(SHUTDOWN_FLUSH_LIMIT))).await;
-        self.group0.group().stop(SHUTDOWN_FLUSH_LIMIT).await;
+        let stops = partitions.iter().map(|group| group.stop(deadline));
+        futures_util::future::join(futures_util::future::join_all(stops), self.group0.group().stop(deadline))
+            .await;
     }
 }

@@ -305,6 +305,15 @@ impl TestCluster {
         (status.role == "leader").then_some(index)
     }
 
+    /// Waits until every node in `among` answers `/ready` with `200`: it knows a leader, has
+    /// applied what it knows is committed, and its cache joined.
+    pub async fn wait_ready(&self, among: &[usize], within: Duration) {
+        for &i in among {
+            let client = self.client(i);
+            eventually(within, || client.ready()).await;
+        }
+    }
+
     pub async fn status(&self, i: usize) -> ClusterStatus {
         self.client(i).cluster().await.expect("cluster status")
     }

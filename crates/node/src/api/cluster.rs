@@ -48,8 +48,8 @@ pub struct Readiness {
     pub degraded: Vec<String>,
 }
 
-/// `200` once the node knows a leader and has applied its commit index, else `503`; also
-/// `503` while group 0 cannot replicate because a peer refused its Raft calls (or this node
+/// `200` once the node knows a leader, has applied its commit index and its cache joined,
+/// else `503`; also `503` while group 0 cannot replicate because a peer refused its Raft calls (or this node
 /// refused a peer's) in the last 10 s.
 #[utoipa::path(get, path = "/ready", tag = "probes", responses(
     (status = 200, body = Readiness),
@@ -72,6 +72,10 @@ pub async fn ready(State(node): State<AppState>) -> Result<Json<Readiness>, Node
             "applying: applied index {} is behind commit index {}",
             status.applied_index, status.commit_index
         )));
+    }
+    // Until its cache joined, this node refuses cache requests with `503`: keep traffic away.
+    if !node.cache.service.is_live() {
+        return Err(NodeError::Unavailable("the cache of this node is still joining".into()));
     }
     let refused = node.peers.refusals.recent();
     if let Some((_, problem)) = refused.iter().find(|(group, _)| *group == crate::types::GROUP0) {

@@ -70,7 +70,7 @@ async fn host_once(queues: &Queues, topology: &Topology, hosting: &mut Hosting, 
             HostStep::Close { partition } => {
                 if let Some(group) = queues.partitions.remove(partition) {
                     tracing::info!(partition, "partition moved away; closing its group");
-                    group.stop(CLOSE_FLUSH_LIMIT).await;
+                    group.stop(Instant::now() + CLOSE_FLUSH_LIMIT).await;
                 }
             }
             HostStep::Initialise { .. } => {}

@@ -47,8 +47,8 @@ pub struct Mark(watch::Sender<Outcome>);
 
 impl Mark {
     /// Reports the outcome of the fsync that covers the append.
-    pub fn complete(self, result: &io::Result<()>) {
-        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+    pub fn complete(self, result: io::Result<()>) {
+        let outcome = result.map_err(|e| e.to_string());
         // Nobody left to tell when every handle to the log is gone.
         let _ = self.0.send(Some(outcome));
     }
@@ -87,13 +87,6 @@ impl Durability {
             }
             _ => Ok(()),
         }
-    }
-
-    /// Whether every marked append is durable (tests use it to see the window close).
-    pub fn settled(&self) -> bool {
-        let mut marks = self.lock();
-        forget_durable(&mut marks);
-        marks.is_empty()
     }
 
     fn lock(&self) -> MutexGuard<'_, VecDeque<Pending>> {

@@ -121,8 +121,8 @@ impl LogStore {
                 Err(_) => {
                     let waited = VOTE_STORE_LIMIT.as_secs();
                     return Err(log_write_error(io::Error::other(format!(
-                        "the log's backend did not store this node's vote within {waited} s at start-up; \
-                         is it reachable?"
+                        "the log's backend did not store this node's vote within {waited} s while the \
+                         group opened; is it reachable?"
                     ))));
                 }
             }

@@ -4,7 +4,8 @@
 //! moment into seventeen small flushes. Here one writer thread drains the changes of every
 //! group, writes them to the same segment and covers them all with one `fdatasync`; each
 //! group still sees its own [`LogStore`] (openraft's `RaftLogStorage`), whose appends are
-//! reported flushed after that shared fsync.
+//! reported flushed after that shared fsync (a leader's own appends before it, with a mark
+//! the fsync completes; see [`super::durability`]).
 //!
 //! A record is the segment format's `len | crc | payload`, and a payload is
 //! `kind: u8 | group: u64 LE | body`:

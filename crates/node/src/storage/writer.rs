@@ -79,7 +79,7 @@ impl Flushed {
     pub fn complete(self, result: io::Result<()>) {
         match self {
             Flushed::Raft(callback) => callback.log_io_completed(result),
-            Flushed::Mark(mark) => mark.complete(&result),
+            Flushed::Mark(mark) => mark.complete(result),
         }
     }
 }
