@@ -502,3 +502,39 @@ async fn a_receive_carries_the_acks_of_earlier_deliveries() {
         a.queue_receive_acking("jobs", &ReceiveOptions::default(), &[]).await.expect("receive");
     assert_eq!((nothing.acked, nothing.failed.len()), (0, 0));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_receive_is_handed_its_message_by_the_entry_that_stores_it() {
+    let cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    let all = clients(&cluster, &cluster.all());
+    let options = ReceiveOptions { max: Some(1), visibility_ms: Some(30_000), wait_ms: Some(10_000) };
+    // Through every node, so through the partition's leader (its proposer) and through
+    // followers (their forwarders, whose batch the leader keeps in one entry).
+    for (round, node) in [0, 1, 2, 0, 1, 2].into_iter().enumerate() {
+        let client = all[node].clone();
+        let waiting = {
+            let (client, options) = (client.clone(), options.clone());
+            tokio::spawn(async move { client.queue_receive("ride", &options).await })
+        };
+        eventually(FORM, || async {
+            match counter_sum(std::slice::from_ref(&client), "sinkron_queue_receives_parked").await {
+                parked if parked > 0.0 => Ok(()),
+                _ => Err("the receive is not parked yet"),
+            }
+        })
+        .await;
+        let sent = client.queue_send("ride", json!(round), None).await.expect("send");
+        let got = waiting.await.expect("receiver").expect("receive");
+        assert_eq!(got.len(), 1, "round {round}: the waiting receive gets the message");
+        assert_eq!((got[0].id.as_str(), &got[0].body), (sent.id.as_str(), &json!(round)));
+        client.queue_ack("ride", &got[0].receipt).await.expect("ack");
+    }
+    // A receive re-parks every 200 ms; a send landing in that gap is delivered the usual way
+    // (by the next receive's entry), so not every round must ride.
+    let rode = counter_sum(&all, "sinkron_queue_receives_rode_total").await;
+    eprintln!("rounds whose receive rode in its send's batch: {rode} of 6");
+    assert!(rode >= 1.0, "no waiting receive rode in its send's entry");
+    let stats = all[0].queue_stats("ride").await.expect("stats");
+    assert_eq!((stats.ready, stats.in_flight), (0, 0), "every message delivered once and acked");
+}

@@ -53,6 +53,45 @@ impl ReceiveClaims {
         None
     }
 
+    /// [`Self::admit`] for the requests of one entry, in order. A receive that the applied
+    /// state and the claims would answer empty is still proposed when the entry sends to its
+    /// queue before it: applied in order, it finds those messages. Each such receive counts
+    /// the messages it asks for against the entry's sends, and claims none of the visible
+    /// messages (what it takes is not in the applied state that claims are counted against).
+    pub fn admit_all(
+        &mut self,
+        machine: &PartitionMachine,
+        requests: &[Request],
+        now_ms: u64,
+    ) -> Vec<Option<Response>> {
+        let mut sent: HashMap<&str, usize> = HashMap::new();
+        requests
+            .iter()
+            .map(|request| match &request.command {
+                Command::QueueSend { queue, .. } => {
+                    *sent.entry(queue.as_str()).or_default() += 1;
+                    None
+                }
+                Command::QueueReceive { queue, max, .. } => {
+                    let answer = self.admit(machine, request, now_ms);
+                    match sent.get_mut(queue.as_str()) {
+                        Some(fresh) if *fresh > 0 && answer.is_some() => {
+                            *fresh = fresh.saturating_sub(*max as usize);
+                            // A claim of nothing: a retry of it is still proposed (and
+                            // answered by the log), never answered empty.
+                            if let Some(id) = &request.request_id {
+                                self.claim(id, queue, 0);
+                            }
+                            None
+                        }
+                        _ => answer,
+                    }
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Visible messages of `queue` in `machine` at `now_ms` that no receive proposed and not
     /// yet applied expects to take, counted up to `max`.
     pub fn free(&self, machine: &PartitionMachine, queue: &str, now_ms: u64, max: usize) -> usize {
@@ -132,6 +171,9 @@ mod tests {
         /// The newest receive still in the log reaches the gate again with its id (a
         /// forwarder resending after a lost answer).
         Retry,
+        /// One entry: a send, then a receive asking for up to this many messages (a parked
+        /// receive the batch took along).
+        Ride(u32),
     }
 
     fn step(max_receive: u32) -> impl Strategy<Value = Step> {
@@ -141,6 +183,7 @@ mod tests {
             3 => Just(Step::Apply),
             2 => Just(Step::Release),
             1 => Just(Step::Retry),
+            2 => (1..=max_receive).prop_map(Step::Ride),
         ]
     }
 
@@ -149,7 +192,8 @@ mod tests {
     struct Model {
         machine: PartitionMachine,
         claims: ReceiveClaims,
-        log: VecDeque<Request>,
+        /// Entries proposed and not applied, each applied whole.
+        log: VecDeque<Vec<Request>>,
         applied_receives: VecDeque<Request>,
         index: u64,
         next_id: u64,
@@ -160,35 +204,30 @@ mod tests {
     impl Model {
         fn run(&mut self, step: &Step) -> Result<(), TestCaseError> {
             match step {
-                Step::Send => self.log.push_back(send()),
+                Step::Send => self.log.push_back(vec![send()]),
                 Step::Receive(max) => {
-                    self.next_id += 1;
-                    let request = receive(&format!("r{}", self.next_id), *max);
-                    let pending = self.pending_claims();
-                    let visible = self.machine.state.visible("q", 0, usize::MAX);
-                    match self.claims.admit(&self.machine, &request, 0) {
-                        Some(answer) => {
-                            prop_assert_eq!(answer, Response::QueueReceived { messages: Vec::new() });
-                            // An empty answer is justified: receives still to be applied
-                            // expect to take every message visible now.
-                            prop_assert!(
-                                visible <= pending,
-                                "answered empty with {} visible and {} claimed by pending receives",
-                                visible,
-                                pending
-                            );
-                        }
-                        None => self.log.push_back(request),
+                    let request = self.new_receive(*max);
+                    let entry = self.admit(vec![request])?;
+                    if !entry.is_empty() {
+                        self.log.push_back(entry);
                     }
                 }
+                Step::Ride(max) => {
+                    let rider = self.new_receive(*max);
+                    let entry = self.admit(vec![send(), rider])?;
+                    prop_assert_eq!(entry.len(), 2, "a receive after a send in its entry is proposed");
+                    self.log.push_back(entry);
+                }
                 Step::Apply => {
-                    let Some(request) = self.log.pop_front() else { return Ok(()) };
+                    let Some(requests) = self.log.pop_front() else { return Ok(()) };
                     self.index += 1;
-                    let batch = Batch { at_ms: 0, requests: vec![request.clone()], seed: None };
-                    let reply = self.machine.apply_entry(self.index, &batch);
-                    if let Response::QueueReceived { messages } = &reply[0] {
-                        self.wasted += usize::from(messages.is_empty());
-                        self.applied_receives.push_back(request);
+                    let batch = Batch { at_ms: 0, requests: requests.clone(), seed: None };
+                    let replies = self.machine.apply_entry(self.index, &batch);
+                    for (request, reply) in requests.into_iter().zip(replies) {
+                        if let Response::QueueReceived { messages } = &reply {
+                            self.wasted += usize::from(messages.is_empty());
+                            self.applied_receives.push_back(request);
+                        }
                     }
                 }
                 Step::Release => {
@@ -197,16 +236,53 @@ mod tests {
                     }
                 }
                 Step::Retry => {
-                    let newest =
-                        self.log.iter().rev().find(|r| matches!(r.command, Command::QueueReceive { .. }));
+                    let newest = self
+                        .log
+                        .iter()
+                        .flatten()
+                        .rev()
+                        .find(|r| matches!(r.command, Command::QueueReceive { .. }));
                     if let Some(request) = newest.cloned() {
                         // Answered by the log (the first copy's reply), never empty here.
                         prop_assert_eq!(self.claims.admit(&self.machine, &request, 0), None);
-                        self.log.push_back(request);
+                        self.log.push_back(vec![request]);
                     }
                 }
             }
             Ok(())
+        }
+
+        fn new_receive(&mut self, max: u32) -> Request {
+            self.next_id += 1;
+            receive(&format!("r{}", self.next_id), max)
+        }
+
+        /// What of `requests` (one entry's) the gate lets through. Each receive answered
+        /// empty must be justified: no send before it in the entry, and receives still to be
+        /// applied expect to take every message visible now.
+        fn admit(&mut self, requests: Vec<Request>) -> Result<Vec<Request>, TestCaseError> {
+            let pending = self.pending_claims();
+            let visible = self.machine.state.visible("q", 0, usize::MAX);
+            let answers = self.claims.admit_all(&self.machine, &requests, 0);
+            let mut proposed = Vec::new();
+            let mut sent = false;
+            for (request, answer) in requests.into_iter().zip(answers) {
+                sent |= matches!(request.command, Command::QueueSend { .. });
+                match answer {
+                    Some(answer) => {
+                        prop_assert_eq!(answer, Response::QueueReceived { messages: Vec::new() });
+                        prop_assert!(!sent, "answered empty after a send in its own entry");
+                        prop_assert!(
+                            visible <= pending,
+                            "answered empty with {} visible and {} claimed by pending receives",
+                            visible,
+                            pending
+                        );
+                    }
+                    None => proposed.push(request),
+                }
+            }
+            Ok(proposed)
         }
 
         /// The claims of the receives in the log that are not applied yet, from the model's
@@ -215,6 +291,7 @@ mod tests {
             let pending: std::collections::BTreeSet<&str> = self
                 .log
                 .iter()
+                .flatten()
                 .filter_map(|r| match r.command {
                     Command::QueueReceive { .. } => r.request_id.as_deref(),
                     _ => None,
@@ -227,9 +304,10 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
-        /// Every schedule of sends, receives, applies and releases: the gate answers empty
-        /// only when pending receives claim every visible message, even between a receive's
-        /// apply and its release (where a claim must not count twice).
+        /// Every schedule of sends, receives, entries with a send and a receive, applies and
+        /// releases: the gate answers empty only when pending receives claim every visible
+        /// message, even between a receive's apply and its release (where a claim must not
+        /// count twice), and never a receive after a send in its own entry.
         #[test]
         fn an_empty_answer_always_has_pending_receives_claiming_every_visible_message(
             steps in proptest::collection::vec(step(4), 1..80)

@@ -324,11 +324,11 @@ impl<S: Machine> Gate for MachineGate<S> {
         applied.state.forget_applied(&mut claims);
         let index = applied.last_applied.map_or(0, |id| id.index);
         let now = crate::clock::now_ms();
-        let answers: Vec<Option<ForwardedWrite>> = requests
-            .iter()
-            .map(|r| {
-                applied.state.admit(&mut claims, r, now).map(|reply| ForwardedWrite::Applied(reply, index))
-            })
+        let answers: Vec<Option<ForwardedWrite>> = applied
+            .state
+            .admit(&mut claims, requests, now)
+            .into_iter()
+            .map(|reply| reply.map(|reply| ForwardedWrite::Applied(reply, index)))
             .collect();
         crate::metrics::record_receives_gated(answers.iter().filter(|a| a.is_some()).count());
         answers

@@ -123,6 +123,16 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     ),
     ("sinkron_queue_dead_lettered_total", Kind::Counter, "Messages moved to a dead-letter queue"),
     (
+        "sinkron_queue_receives_parked",
+        Kind::Gauge,
+        "Long-polling receives parked at this node's batchers, waiting for a send to their queue",
+    ),
+    (
+        "sinkron_queue_receives_rode_total",
+        Kind::Counter,
+        "Parked receives a batch of this node took along after a send to their queue",
+    ),
+    (
         "sinkron_queue_receives_gated_total",
         Kind::Counter,
         "Receives this leader answered empty without an entry (every visible message was claimed)",
@@ -384,6 +394,20 @@ fn process_cpu_seconds() -> Option<f64> {
 pub fn record_queue_op(op: &'static str, queue: &str, count: u64) {
     metrics::counter!("sinkron_queue_messages_total", "op" => op, "queue" => queue_label(queue))
         .increment(count);
+}
+
+/// Moves the count of receives parked at this node's batchers by `by`.
+pub fn record_receives_parked(by: i64) {
+    if by != 0 {
+        metrics::gauge!("sinkron_queue_receives_parked").increment(by as f64);
+    }
+}
+
+/// Counts parked receives that a batch of this node took along after a send to their queue.
+pub fn record_receives_rode(count: usize) {
+    if count > 0 {
+        metrics::counter!("sinkron_queue_receives_rode_total").increment(count as u64);
+    }
 }
 
 /// Counts receives this leader answered empty without an entry: every visible message was

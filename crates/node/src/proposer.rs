@@ -11,13 +11,19 @@
 //! - [`Batcher::proposer`] turns a batch into one Raft entry on the leader; its [`Gate`]
 //!   first answers the requests that need no entry (a receive that could only find nothing).
 //! - [`Batcher::forwarder`] sends a batch to the leader's `/raft/{group}/write` in one call.
+//!
+//! A receive that found nothing may [`Batcher::park`] at either batcher: the next batch that
+//! carries a send to its queue takes it along, after the send, so one entry stores the
+//! message and hands it out (see [`Park`]).
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use openraft::error::{ClientWriteError, RaftError};
-use sinkron_core::{Batch, Request, Response};
+use sinkron_core::{Batch, Command, Request, Response};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::clock::now_ms;
@@ -52,6 +58,101 @@ pub trait Gate: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct Batcher {
     tx: mpsc::Sender<Pending>,
+    park: Arc<Park>,
+}
+
+/// Receives waiting at a batcher for a send to their queue.
+///
+/// A long-polling receive that found nothing parks here instead of only waiting for an
+/// apply to wake it. When the batcher forms a batch holding sends to a queue, it appends
+/// parked receives of that queue after them (oldest first, while the messages they ask
+/// for add up to fewer than the sends), so the entry that stores the messages also hands
+/// them out: one commit for a round trip instead of two. A receive after a send in one
+/// entry always finds that message (the leader's gate counts it, see
+/// `sinkron_core::claims`), unless the send is refused as it is applied; the receive then
+/// answers empty and its caller parks again.
+#[derive(Default)]
+pub struct Park {
+    next: AtomicU64,
+    waiting: Mutex<HashMap<String, Vec<Parked>>>,
+}
+
+struct Parked {
+    ticket: u64,
+    max: usize,
+    pending: Pending,
+}
+
+/// A parked receive: wait on `reply`; take it back with [`Ticket::unpark`]. Dropping the
+/// ticket takes it back too, so a caller that went away never has messages handed out to
+/// nobody (unless a batch took the receive already).
+pub struct Ticket {
+    park: Arc<Park>,
+    queue: String,
+    id: u64,
+    /// The receive's outcome, once a batch took it along and was answered.
+    pub reply: oneshot::Receiver<ForwardedWrite>,
+}
+
+impl Ticket {
+    /// Takes the receive back. True if it was still waiting; false if a batch took it,
+    /// whose outcome then arrives on `reply`.
+    pub fn unpark(&self) -> bool {
+        let mut waiting = self.park.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(parked) = waiting.get_mut(&self.queue) else { return false };
+        let Some(at) = parked.iter().position(|p| p.ticket == self.id) else { return false };
+        parked.remove(at);
+        if parked.is_empty() {
+            waiting.remove(&self.queue);
+        }
+        crate::metrics::record_receives_parked(-1);
+        true
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.unpark();
+    }
+}
+
+impl Park {
+    /// The parked receives to append to a batch of `requests`: for each queue the batch
+    /// sends to, the oldest, while the messages they ask for add up to fewer than the sends
+    /// (so each finds at least one).
+    fn riders<'a>(&self, requests: impl Iterator<Item = &'a Request>) -> Vec<Pending> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if waiting.is_empty() {
+            return Vec::new();
+        }
+        let mut sends: HashMap<&str, usize> = HashMap::new();
+        for request in requests {
+            if let Command::QueueSend { queue, .. } = &request.command {
+                *sends.entry(queue.as_str()).or_default() += 1;
+            }
+        }
+        let mut riders = Vec::new();
+        for (queue, count) in sends {
+            let Some(parked) = waiting.get_mut(queue) else { continue };
+            // A caller gone without its ticket's drop (a panic) gets nothing handed out.
+            let before = parked.len();
+            parked.retain(|p| !p.pending.reply.is_closed());
+            crate::metrics::record_receives_parked(parked.len() as i64 - before as i64);
+            let mut asked = 0;
+            let mut taken = 0;
+            while taken < parked.len() && asked < count {
+                asked += parked[taken].max;
+                taken += 1;
+            }
+            riders.extend(parked.drain(..taken).map(|p| p.pending));
+            if parked.is_empty() {
+                waiting.remove(queue);
+            }
+        }
+        crate::metrics::record_receives_rode(riders.len());
+        crate::metrics::record_receives_parked(-(riders.len() as i64));
+        riders
+    }
 }
 
 impl Batcher {
@@ -89,8 +190,27 @@ impl Batcher {
         Fut: Future<Output = Vec<ForwardedWrite>> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
-        tokio::spawn(run(rx, send));
-        Self { tx }
+        let park = Arc::new(Park::default());
+        tokio::spawn(run(rx, park.clone(), send));
+        Self { tx, park }
+    }
+
+    /// Parks `receive` (a `QueueReceive` with a request id) until a batch with a send to
+    /// its queue takes it along; its outcome arrives on the ticket's `reply`. The ticket
+    /// takes it back when dropped.
+    pub fn park(&self, receive: Request) -> Ticket {
+        let (queue, max) = match &receive.command {
+            Command::QueueReceive { queue, max, .. } => (queue.clone(), (*max).max(1) as usize),
+            _ => (String::new(), 1),
+        };
+        let (reply, rx) = oneshot::channel();
+        let id = self.park.next.fetch_add(1, Ordering::Relaxed);
+        let bytes = receive.approx_bytes();
+        let parked = Parked { ticket: id, max, pending: Pending { request: receive, bytes, reply } };
+        let mut waiting = self.park.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.entry(queue.clone()).or_default().push(parked);
+        crate::metrics::record_receives_parked(1);
+        Ticket { park: self.park.clone(), queue, id, reply: rx }
     }
 
     /// Queues `request` and waits for its outcome until `deadline`.
@@ -101,9 +221,34 @@ impl Batcher {
         }
     }
 
-    /// Queues every request at once (so they can share a batch) and waits for all outcomes,
-    /// in order.
+    /// Queues every request at once (so they share a batch unless it fills up: room for all
+    /// is reserved first, then they are queued back to back) and waits for all outcomes, in
+    /// order.
     pub async fn submit_all(&self, requests: Vec<Request>, deadline: Instant) -> Vec<ForwardedWrite> {
+        let count = requests.len();
+        if count > QUEUE_MAX {
+            return self.submit_each(requests, deadline).await;
+        }
+        let sized: Vec<(usize, Request)> = requests.into_iter().map(|r| (r.approx_bytes(), r)).collect();
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let Ok(Ok(permits)) = tokio::time::timeout(remaining, self.tx.reserve_many(count)).await else {
+            return (0..count).map(|_| ForwardedWrite::Timeout).collect();
+        };
+        let mut receivers = Vec::with_capacity(count);
+        for (permit, (bytes, request)) in permits.zip(sized) {
+            let (reply, rx) = oneshot::channel();
+            permit.send(Pending { request, bytes, reply });
+            receivers.push(rx);
+        }
+        let mut outcomes = Vec::with_capacity(count);
+        for rx in receivers {
+            outcomes.push(await_reply(rx, deadline).await);
+        }
+        outcomes
+    }
+
+    /// [`Batcher::submit_all`] one request at a time, for more than the queue holds.
+    async fn submit_each(&self, requests: Vec<Request>, deadline: Instant) -> Vec<ForwardedWrite> {
         let mut receivers = Vec::with_capacity(requests.len());
         for request in requests {
             receivers.push(self.enqueue(request, deadline).await);
@@ -140,7 +285,7 @@ async fn await_reply(rx: oneshot::Receiver<ForwardedWrite>, deadline: Instant) -
     }
 }
 
-async fn run<F, Fut>(mut rx: mpsc::Receiver<Pending>, send: F)
+async fn run<F, Fut>(mut rx: mpsc::Receiver<Pending>, park: Arc<Park>, send: F)
 where
     F: Fn(Vec<Request>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Vec<ForwardedWrite>> + Send + 'static,
@@ -161,6 +306,8 @@ where
                 Err(_) => break,
             }
         }
+        let riders = park.riders(batch.iter().map(|p| &p.request));
+        batch.extend(riders);
         let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<ForwardedWrite>>) =
             batch.into_iter().map(|p| (p.request, p.reply)).unzip();
         let sent = send(requests);
@@ -178,9 +325,37 @@ where
     }
 }
 
-/// Answers what `gate` answers, proposes the rest as one entry (if any is left), and
-/// returns one outcome per request, in order.
+/// Answers what `gate` answers, proposes the rest as one entry (if any is left, receives
+/// after the other requests), and returns one outcome per request, in the callers' order.
 async fn propose_gated(
+    raft: &Raft,
+    requests: Vec<Request>,
+    timeout: Duration,
+    gate: &dyn Gate,
+) -> Vec<ForwardedWrite> {
+    // Receives go last in the entry, each group in its own order: the requests of a batch
+    // are all pending at once, so this is an order their clients could have seen, and a
+    // receive then finds the messages the same batch sends (the gate counts them).
+    let order: Vec<usize> = {
+        let receive = |i: &usize| matches!(requests[*i].command, Command::QueueReceive { .. });
+        let (receives, others): (Vec<usize>, Vec<usize>) = (0..requests.len()).partition(receive);
+        others.into_iter().chain(receives).collect()
+    };
+    let mut slots: Vec<Option<Request>> = requests.into_iter().map(Some).collect();
+    let requests: Vec<Request> = order.iter().filter_map(|i| slots[*i].take()).collect();
+    let outcomes = propose_ordered(raft, requests, timeout, gate).await;
+    let mut answers: Vec<Option<ForwardedWrite>> = order.iter().map(|_| None).collect();
+    for (i, outcome) in order.into_iter().zip(outcomes) {
+        answers[i] = Some(outcome);
+    }
+    answers
+        .into_iter()
+        .map(|a| a.unwrap_or_else(|| ForwardedWrite::Failed("fewer replies than requests".into())))
+        .collect()
+}
+
+/// [`propose_gated`] for requests already in their entry's order.
+async fn propose_ordered(
     raft: &Raft,
     requests: Vec<Request>,
     timeout: Duration,
@@ -269,5 +444,103 @@ async fn forward(
     match peers.forward_writes(&leader, group, &requests, timeout).await {
         Some(outcomes) => outcomes,
         None => (0..count).map(|_| ForwardedWrite::NotLeader).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn send(queue: &str) -> Request {
+        let command = Command::QueueSend { queue: queue.into(), key: None, body: json!(1), fence: None };
+        Request { request_id: None, command }
+    }
+
+    fn receive(id: &str, queue: &str, max: u32) -> Request {
+        let command = Command::QueueReceive { queue: queue.into(), max, visibility_ms: 30_000 };
+        Request { request_id: Some(id.into()), command }
+    }
+
+    /// A batcher whose batches are recorded and each request answered with its position.
+    fn recording() -> (Batcher, Arc<Mutex<Vec<Vec<Request>>>>) {
+        let batches = Arc::new(Mutex::new(Vec::new()));
+        let log = batches.clone();
+        let batcher = Batcher::spawn(move |requests: Vec<Request>| {
+            let log = log.clone();
+            async move {
+                let answers = (0..requests.len())
+                    .map(|i| ForwardedWrite::Applied(Response::QueueSent { id: i.to_string() }, i as u64))
+                    .collect();
+                log.lock().expect("batches").push(requests);
+                answers
+            }
+        });
+        (batcher, batches)
+    }
+
+    fn soon() -> Instant {
+        Instant::now() + Duration::from_secs(5)
+    }
+
+    fn ids(batch: &[Request]) -> Vec<String> {
+        batch
+            .iter()
+            .map(|r| match &r.command {
+                Command::QueueSend { queue, .. } => format!("send {queue}"),
+                _ => r.request_id.clone().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_parked_receive_rides_after_the_next_send_to_its_queue_only() {
+        let (batcher, batches) = recording();
+        let mut ticket = batcher.park(receive("r1", "q", 1));
+        let elsewhere = batcher.park(receive("r2", "other", 1));
+        batcher.submit(send("x"), soon()).await;
+        batcher.submit(receive("r3", "q", 1), soon()).await;
+        assert!(matches!(ticket.reply.try_recv(), Err(oneshot::error::TryRecvError::Empty)), "still parked");
+        batcher.submit(send("q"), soon()).await;
+        let reply = tokio::time::timeout(Duration::from_secs(5), &mut ticket.reply).await;
+        assert!(
+            matches!(reply, Ok(Ok(ForwardedWrite::Applied(_, 1)))),
+            "answered as the batch's second request"
+        );
+        assert!(!ticket.unpark(), "taken, not parked any more");
+        assert!(elsewhere.unpark(), "a receive of another queue stays parked");
+        let batches = batches.lock().expect("batches");
+        let seen: Vec<Vec<String>> = batches.iter().map(|b| ids(b)).collect();
+        assert_eq!(seen, [vec!["send x"], vec!["r3"], vec!["send q", "r1"]]);
+    }
+
+    #[tokio::test]
+    async fn riders_ask_for_fewer_messages_than_the_batch_sends_oldest_first() {
+        let (batcher, batches) = recording();
+        let tickets = [
+            batcher.park(receive("r1", "q", 2)),
+            batcher.park(receive("r2", "q", 1)),
+            batcher.park(receive("r3", "q", 1)),
+        ];
+        batcher.submit_all(vec![send("q"), send("q")], soon()).await;
+        batcher.submit(send("q"), soon()).await;
+        assert!(!tickets[0].unpark() && !tickets[1].unpark(), "both taken");
+        assert!(tickets[2].unpark(), "one send took one receive");
+        // On the test's single thread both sends are queued before the batcher looks.
+        let seen: Vec<Vec<String>> = batches.lock().expect("batches").iter().map(|b| ids(b)).collect();
+        assert_eq!(seen, [vec!["send q", "send q", "r1"], vec!["send q", "r2"]]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_or_unparked_ticket_is_never_taken_along() {
+        let (batcher, batches) = recording();
+        drop(batcher.park(receive("gone", "q", 1)));
+        let ticket = batcher.park(receive("back", "q", 1));
+        assert!(ticket.unpark());
+        assert!(!ticket.unpark(), "only once");
+        batcher.submit(send("q"), soon()).await;
+        let seen: Vec<Vec<String>> = batches.lock().expect("batches").iter().map(|b| ids(b)).collect();
+        assert_eq!(seen, [vec!["send q"]]);
     }
 }

@@ -51,6 +51,11 @@ pub(super) struct RoundTripArgs {
     /// counted as errors.
     #[arg(long)]
     ack_with_receive: bool,
+    /// Start each round trip's receive (a long poll) before its send, as a consumer that
+    /// is already waiting when the message arrives (RabbitMQ's consumers are subscribed
+    /// before the clock starts). Sinkron only.
+    #[arg(long)]
+    consumer_waits: bool,
 }
 
 /// How a Sinkron worker acknowledges what it received.
@@ -99,7 +104,14 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
                 let client = clients[worker % clients.len()].clone();
                 let key = (args.keys > 0).then(|| format!("k{}", worker % args.keys));
                 let (queue, body) = (queue.clone(), serde_json::Value::String(body.clone()));
-                let worker = SinkronWorker { client, queue, body, key, ack: ack_mode };
+                let worker = SinkronWorker {
+                    client,
+                    queue,
+                    body,
+                    key,
+                    ack: ack_mode,
+                    consumer_waits: args.consumer_waits,
+                };
                 tasks.push(tokio::spawn(worker.run(count, phases.clone())));
             }
             let (latencies, errors) = gather(tasks).await?;
@@ -120,6 +132,10 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
             anyhow::ensure!(
                 !args.ack_without_wait && !args.ack_with_receive,
                 "RabbitMQ's acks are never answered; the ack flags are for Sinkron"
+            );
+            anyhow::ensure!(
+                !args.consumer_waits,
+                "RabbitMQ's consumers always wait (they are subscribed); --consumer-waits is for Sinkron"
             );
             let rabbit = super::rabbitmq::Rabbit::connect(args.endpoints.trim(), &queue).await?;
             // Each worker's connection, channel and consumer are set up before the clock
@@ -151,7 +167,8 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
                 (false, true) => ", acks with the next receive",
                 (false, false) => "",
             };
-            format!("roundtrip{keyed}{acks}")
+            let waits = if args.consumer_waits { ", consumer waiting" } else { "" };
+            format!("roundtrip{keyed}{acks}{waits}")
         }
     };
     report(&name, args.in_flight, args.json, &summary);
@@ -168,6 +185,8 @@ struct SinkronWorker {
     body: serde_json::Value,
     key: Option<String>,
     ack: AckMode,
+    /// Whether each receive starts before its send.
+    consumer_waits: bool,
 }
 
 impl SinkronWorker {
@@ -185,13 +204,28 @@ impl SinkronWorker {
         let mut carried = Vec::new();
         for _ in 0..count {
             let t = Instant::now();
-            if self.client.queue_send(&self.queue, self.body.clone(), self.key.as_deref()).await.is_err() {
-                errors += 1;
-                continue;
-            }
-            let sent = Instant::now();
-            let Some(receipt) = self.receive_one(&options, &mut carried, sent + STALL_MAX, &mut errors).await
-            else {
+            let send = async {
+                let outcome =
+                    self.client.queue_send(&self.queue, self.body.clone(), self.key.as_deref()).await;
+                (outcome.is_ok(), Instant::now())
+            };
+            let (receipt, sent) = if self.consumer_waits {
+                // The receive is polled first, so its long poll is on its way before the send.
+                let receive = self.receive_one(&options, &mut carried, t + STALL_MAX, &mut errors);
+                let (receipt, (ok, sent)) = tokio::join!(receive, send);
+                if !ok {
+                    errors += 1;
+                }
+                (receipt, sent)
+            } else {
+                let (ok, sent) = send.await;
+                if !ok {
+                    errors += 1;
+                    continue;
+                }
+                (self.receive_one(&options, &mut carried, sent + STALL_MAX, &mut errors).await, sent)
+            };
+            let Some(receipt) = receipt else {
                 errors += 1;
                 break;
             };

@@ -156,7 +156,50 @@ impl Queues {
                 };
             }
             let pause = until.saturating_duration_since(now).min(RECEIVE_POLL);
+            let parked = self.park_at_home(queue, partitions, max, visibility_ms, pause, &mut changes).await;
+            if !parked.is_empty() {
+                crate::metrics::record_queue_op("received", queue, parked.len() as u64);
+                return (Ok(parked), ridden);
+            }
+        }
+    }
+
+    /// Waits up to `pause`, or until `changes` fires, with a receive parked at the batcher
+    /// that takes this node's sends to the partition of `queue`'s messages without a key:
+    /// a send to it passing through this node then carries the receive in its entry (see
+    /// [`crate::proposer::Park`]). What that receive got, or nothing.
+    async fn park_at_home(
+        &self,
+        queue: &str,
+        partitions: u32,
+        max: u32,
+        visibility_ms: u64,
+        pause: Duration,
+        changes: &mut tokio::sync::watch::Receiver<u64>,
+    ) -> Vec<Delivery> {
+        let home = partition_of(queue, None, partitions);
+        let Some(group) = self.partitions.get(home) else {
             let _ = timeout(pause, changes.changed()).await;
+            return Vec::new();
+        };
+        let batcher = if group.is_leader() { &group.proposer } else { &group.forwarder };
+        let mut ticket =
+            batcher.park(super::routing::receive_request(&new_request_id(), queue, max, visibility_ms));
+        let reply = tokio::select! {
+            reply = &mut ticket.reply => reply.ok(),
+            _ = timeout(pause, changes.changed()) => {
+                if ticket.unpark() {
+                    return Vec::new();
+                }
+                // A batch took it meanwhile: its answer is on the way.
+                timeout(self.request_timeout(), &mut ticket.reply).await.ok().and_then(Result::ok)
+            }
+        };
+        match reply {
+            Some(crate::wire::ForwardedWrite::Applied(response, _)) => {
+                super::routing::deliveries(response).unwrap_or_default()
+            }
+            _ => Vec::new(),
         }
     }
 

@@ -44,10 +44,16 @@ pub trait Machine: Default + Serialize + DeserializeOwned + Send + Sync + 'stati
     }
     /// Whether the leader runs requests past [`Machine::admit`] before proposing them.
     const GATED: bool = false;
-    /// The reply `request` gets on the leader without an entry, given the requests already
-    /// proposed and not applied (their `claims`), or `None` to propose it.
-    fn admit(&self, _claims: &mut ReceiveClaims, _request: &Request, _now_ms: u64) -> Option<Response> {
-        None
+    /// The reply each of `requests` (one entry's, in order) gets on the leader without an
+    /// entry, given the requests already proposed and not applied (their `claims`), or
+    /// `None` to propose it.
+    fn admit(
+        &self,
+        _claims: &mut ReceiveClaims,
+        requests: &[Request],
+        _now_ms: u64,
+    ) -> Vec<Option<Response>> {
+        requests.iter().map(|_| None).collect()
     }
     /// Drops the `claims` of requests this state has applied.
     fn forget_applied(&self, _claims: &mut ReceiveClaims) {}
@@ -109,8 +115,8 @@ impl Machine for PartitionMachine {
 
     const GATED: bool = true;
 
-    fn admit(&self, claims: &mut ReceiveClaims, request: &Request, now_ms: u64) -> Option<Response> {
-        claims.admit(self, request, now_ms)
+    fn admit(&self, claims: &mut ReceiveClaims, requests: &[Request], now_ms: u64) -> Vec<Option<Response>> {
+        claims.admit_all(self, requests, now_ms)
     }
 
     fn forget_applied(&self, claims: &mut ReceiveClaims) {
