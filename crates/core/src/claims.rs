@@ -29,6 +29,9 @@ use crate::partition::PartitionMachine;
 #[derive(Debug, Default)]
 pub struct ReceiveClaims {
     claims: HashMap<String, (String, usize)>,
+    /// Sends proposed by this leader and not yet known applied, by request id: their
+    /// queue. Each brings a message that a receive in a later entry will find.
+    sends: HashMap<String, String>,
 }
 
 impl ReceiveClaims {
@@ -53,11 +56,12 @@ impl ReceiveClaims {
         None
     }
 
-    /// [`Self::admit`] for the requests of one entry, in order. A receive that the applied
-    /// state and the claims would answer empty is still proposed when the entry sends to its
-    /// queue before it: applied in order, it finds those messages. Each such receive counts
-    /// the messages it asks for against the entry's sends, and claims none of the visible
-    /// messages (what it takes is not in the applied state that claims are counted against).
+    /// [`Self::admit`] for the requests of one entry, in order. The entry's sends with a
+    /// request id count, until applied, as messages to come for the receives of this and
+    /// later entries. A receive that would still be answered empty is proposed when the entry
+    /// sends to its queue before it: applied in order, it finds those messages. Each such
+    /// receive counts the messages it asks for against the entry's sends, and claims none
+    /// (a retry of it is still proposed).
     pub fn admit_all(
         &mut self,
         machine: &PartitionMachine,
@@ -70,6 +74,11 @@ impl ReceiveClaims {
             .map(|request| match &request.command {
                 Command::QueueSend { queue, .. } => {
                     *sent.entry(queue.as_str()).or_default() += 1;
+                    if let Some(id) = &request.request_id {
+                        if !machine.was_applied(id) {
+                            self.sends.insert(id.clone(), queue.clone());
+                        }
+                    }
                     None
                 }
                 Command::QueueReceive { queue, max, .. } => {
@@ -92,11 +101,14 @@ impl ReceiveClaims {
             .collect()
     }
 
-    /// Visible messages of `queue` in `machine` at `now_ms` that no receive proposed and not
-    /// yet applied expects to take, counted up to `max`.
+    /// Messages of `queue` that no receive proposed and not yet applied expects to take,
+    /// counted up to `max`: those visible in `machine` at `now_ms`, and those of sends
+    /// proposed and not yet applied.
     pub fn free(&self, machine: &PartitionMachine, queue: &str, now_ms: u64, max: usize) -> usize {
         let claimed = self.claimed(machine, queue);
-        machine.state.visible(queue, now_ms, claimed.saturating_add(max)).saturating_sub(claimed)
+        let coming = self.sends.iter().filter(|(id, q)| *q == queue && !machine.was_applied(id)).count();
+        let visible = machine.state.visible(queue, now_ms, claimed.saturating_add(max));
+        (visible + coming).saturating_sub(claimed).min(max)
     }
 
     /// Records that the receive with request id `id` expects to take `count` messages of
@@ -108,6 +120,7 @@ impl ReceiveClaims {
     /// Forgets the claims whose receives `machine` has applied: they never count again.
     pub fn forget_applied(&mut self, machine: &PartitionMachine) {
         self.claims.retain(|id, _| !machine.was_applied(id));
+        self.sends.retain(|id, _| !machine.was_applied(id));
     }
 
     /// Forgets the claim of `request`, applied or failed.
@@ -117,9 +130,16 @@ impl ReceiveClaims {
         }
     }
 
-    /// Forgets the claim of the receive with request id `id`.
+    /// Forgets the claim of the receive, or the send, with request id `id`.
     pub fn release_id(&mut self, id: &str) {
         self.claims.remove(id);
+        self.sends.remove(id);
+    }
+
+    /// Whether a send to `queue` proposed here is not yet applied to `machine`: a receive
+    /// proposed now would find its message.
+    pub fn sending_to(&self, machine: &PartitionMachine, queue: &str) -> bool {
+        self.sends.iter().any(|(id, q)| q == queue && !machine.was_applied(id))
     }
 
     /// Messages of `queue` that receives proposed and not yet applied to `machine` expect
@@ -155,6 +175,10 @@ mod tests {
             request_id: None,
             command: Command::QueueSend { queue: "q".into(), key: None, body: json!(1), fence: None },
         }
+    }
+
+    fn send_with_id(id: &str) -> Request {
+        Request { request_id: Some(id.into()), ..send() }
     }
 
     /// One step of a leader's life: what it is asked, and what its log does.
@@ -204,7 +228,11 @@ mod tests {
     impl Model {
         fn run(&mut self, step: &Step) -> Result<(), TestCaseError> {
             match step {
-                Step::Send => self.log.push_back(vec![send()]),
+                Step::Send => {
+                    let send = self.new_send();
+                    let entry = self.admit(vec![send])?;
+                    self.log.push_back(entry);
+                }
                 Step::Receive(max) => {
                     let request = self.new_receive(*max);
                     let entry = self.admit(vec![request])?;
@@ -213,8 +241,8 @@ mod tests {
                     }
                 }
                 Step::Ride(max) => {
-                    let rider = self.new_receive(*max);
-                    let entry = self.admit(vec![send(), rider])?;
+                    let (send, rider) = (self.new_send(), self.new_receive(*max));
+                    let entry = self.admit(vec![send, rider])?;
                     prop_assert_eq!(entry.len(), 2, "a receive after a send in its entry is proposed");
                     self.log.push_back(entry);
                 }
@@ -252,6 +280,11 @@ mod tests {
             Ok(())
         }
 
+        fn new_send(&mut self) -> Request {
+            self.next_id += 1;
+            send_with_id(&format!("s{}", self.next_id))
+        }
+
         fn new_receive(&mut self, max: u32) -> Request {
             self.next_id += 1;
             receive(&format!("r{}", self.next_id), max)
@@ -262,7 +295,10 @@ mod tests {
         /// applied expect to take every message visible now.
         fn admit(&mut self, requests: Vec<Request>) -> Result<Vec<Request>, TestCaseError> {
             let pending = self.pending_claims();
-            let visible = self.machine.state.visible("q", 0, usize::MAX);
+            // Messages visible now, and those of sends proposed and not applied yet.
+            let coming =
+                self.log.iter().flatten().filter(|r| matches!(r.command, Command::QueueSend { .. })).count();
+            let visible = self.machine.state.visible("q", 0, usize::MAX) + coming;
             let answers = self.claims.admit_all(&self.machine, &requests, 0);
             let mut proposed = Vec::new();
             let mut sent = false;
@@ -274,7 +310,7 @@ mod tests {
                         prop_assert!(!sent, "answered empty after a send in its own entry");
                         prop_assert!(
                             visible <= pending,
-                            "answered empty with {} visible and {} claimed by pending receives",
+                            "answered empty with {} visible or coming and {} claimed by pending receives",
                             visible,
                             pending
                         );
@@ -306,8 +342,9 @@ mod tests {
 
         /// Every schedule of sends, receives, entries with a send and a receive, applies and
         /// releases: the gate answers empty only when pending receives claim every visible
-        /// message, even between a receive's apply and its release (where a claim must not
-        /// count twice), and never a receive after a send in its own entry.
+        /// message and every message of a send not applied yet, even between an apply and
+        /// its release (where nothing may count twice), and never a receive after a send in
+        /// its own entry.
         #[test]
         fn an_empty_answer_always_has_pending_receives_claiming_every_visible_message(
             steps in proptest::collection::vec(step(4), 1..80)

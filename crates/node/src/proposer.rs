@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::ClientWriteError;
 use sinkron_core::{Batch, Command, Request, Response};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
@@ -71,10 +71,16 @@ pub struct Batcher {
 /// entry always finds that message (the leader's gate counts it, see
 /// `sinkron_core::claims`), unless the send is refused as it is applied; the receive then
 /// answers empty and its caller parks again.
+///
+/// A receive that arrives while a batch with a send to its queue is on its way does not
+/// park: proposed right behind that batch, it finds the message (the leader's gate counts
+/// sends proposed and not yet applied), so the batcher also keeps count of those sends.
 #[derive(Default)]
 pub struct Park {
     next: AtomicU64,
     waiting: Mutex<HashMap<String, Vec<Parked>>>,
+    /// Sends in batches sent and not yet answered, by queue.
+    sending: Mutex<HashMap<String, usize>>,
 }
 
 struct Parked {
@@ -117,6 +123,24 @@ impl Drop for Ticket {
 }
 
 impl Park {
+    /// Counts a batch's sends, `by_queue`, as on their way (`going`) or answered.
+    fn track_sends(&self, by_queue: &HashMap<String, usize>, going: bool) {
+        if by_queue.is_empty() {
+            return;
+        }
+        let mut sending = self.sending.lock().unwrap_or_else(|p| p.into_inner());
+        for (queue, n) in by_queue {
+            if going {
+                *sending.entry(queue.clone()).or_default() += n;
+            } else if let Some(count) = sending.get_mut(queue) {
+                *count = count.saturating_sub(*n);
+                if *count == 0 {
+                    sending.remove(queue);
+                }
+            }
+        }
+    }
+
     /// The parked receives to append to a batch of `requests`: for each queue the batch
     /// sends to, the oldest, while the messages they ask for add up to fewer than the sends
     /// (so each finds at least one).
@@ -158,12 +182,14 @@ impl Park {
 impl Batcher {
     /// Proposes batches as single entries of `raft`, past `gate` if there is one; an entry
     /// not applied within `timeout` is answered [`ForwardedWrite::Timeout`].
+    // Handing a batch to Raft yields the future of its answers, on purpose (see `spawn`).
+    #[allow(clippy::async_yields_async)]
     pub fn proposer(raft: Raft, timeout: Duration, gate: Option<Arc<dyn Gate>>) -> Self {
         Self::spawn(move |requests| {
             let (raft, gate) = (raft.clone(), gate.clone());
             async move {
                 match gate {
-                    Some(gate) => propose_gated(&raft, requests, timeout, gate.as_ref()).await,
+                    Some(gate) => propose_gated(&raft, requests, timeout, gate).await,
                     None => propose(&raft, requests, timeout).await,
                 }
             }
@@ -174,20 +200,23 @@ impl Batcher {
     pub fn forwarder(raft: Raft, group: GroupId, peers: Peers, timeout: Duration) -> Self {
         Self::spawn(move |requests| {
             let (raft, peers) = (raft.clone(), peers.clone());
-            async move {
+            let answers: Answers = Box::pin(async move {
                 if peers.isolation.is_set() {
                     tokio::time::sleep(Duration::from_millis(25)).await;
                     return requests.iter().map(|_| ForwardedWrite::NotLeader).collect();
                 }
                 forward(&raft, group, &peers, requests, timeout).await
-            }
+            });
+            std::future::ready(answers)
         })
     }
 
+    /// Runs a batching task over `send`, which hands a batch on (awaited in the batches'
+    /// order) and gives back the future of its answers (awaited on a task of its own).
     fn spawn<F, Fut>(send: F) -> Self
     where
         F: Fn(Vec<Request>) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Vec<ForwardedWrite>> + Send + 'static,
+        Fut: Future<Output = Answers> + Send + 'static,
     {
         let (tx, rx) = mpsc::channel(QUEUE_MAX);
         let park = Arc::new(Park::default());
@@ -211,6 +240,11 @@ impl Batcher {
         waiting.entry(queue.clone()).or_default().push(parked);
         crate::metrics::record_receives_parked(1);
         Ticket { park: self.park.clone(), queue, id, reply: rx }
+    }
+
+    /// Whether a batch holding a send to `queue` is on its way and not yet answered.
+    pub fn sending_to(&self, queue: &str) -> bool {
+        self.park.sending.lock().unwrap_or_else(|p| p.into_inner()).contains_key(queue)
     }
 
     /// Queues `request` and waits for its outcome until `deadline`.
@@ -285,10 +319,13 @@ async fn await_reply(rx: oneshot::Receiver<ForwardedWrite>, deadline: Instant) -
     }
 }
 
+/// The answers to a batch, one per request, once they come.
+type Answers = std::pin::Pin<Box<dyn Future<Output = Vec<ForwardedWrite>> + Send>>;
+
 async fn run<F, Fut>(mut rx: mpsc::Receiver<Pending>, park: Arc<Park>, send: F)
 where
     F: Fn(Vec<Request>) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Vec<ForwardedWrite>> + Send + 'static,
+    Fut: Future<Output = Answers> + Send + 'static,
 {
     let slots = Arc::new(Semaphore::new(IN_FLIGHT_MAX));
     loop {
@@ -310,9 +347,20 @@ where
         batch.extend(riders);
         let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<ForwardedWrite>>) =
             batch.into_iter().map(|p| (p.request, p.reply)).unzip();
-        let sent = send(requests);
+        let mut sends: HashMap<String, usize> = HashMap::new();
+        for request in &requests {
+            if let Command::QueueSend { queue, .. } = &request.command {
+                *sends.entry(queue.clone()).or_default() += 1;
+            }
+        }
+        park.track_sends(&sends, true);
+        // Handed on here, one batch after the other, so the leader's log holds the batches
+        // in the order their requests passed the gate.
+        let sent = send(requests).await;
+        let park = park.clone();
         tokio::spawn(async move {
             let outcomes = sent.await;
+            park.track_sends(&sends, false);
             drop(slot);
             let mut outcomes = outcomes.into_iter();
             for reply in replies {
@@ -325,14 +373,15 @@ where
     }
 }
 
-/// Answers what `gate` answers, proposes the rest as one entry (if any is left, receives
-/// after the other requests), and returns one outcome per request, in the callers' order.
+/// Answers what `gate` answers, hands the rest to Raft as one entry (if any is left,
+/// receives after the other requests), and gives back the future of one outcome per
+/// request, in the callers' order.
 async fn propose_gated(
     raft: &Raft,
     requests: Vec<Request>,
     timeout: Duration,
-    gate: &dyn Gate,
-) -> Vec<ForwardedWrite> {
+    gate: Arc<dyn Gate>,
+) -> Answers {
     // Receives go last in the entry, each group in its own order: the requests of a batch
     // are all pending at once, so this is an order their clients could have seen, and a
     // receive then finds the messages the same batch sends (the gate counts them).
@@ -343,84 +392,90 @@ async fn propose_gated(
     };
     let mut slots: Vec<Option<Request>> = requests.into_iter().map(Some).collect();
     let requests: Vec<Request> = order.iter().filter_map(|i| slots[*i].take()).collect();
-    let outcomes = propose_ordered(raft, requests, timeout, gate).await;
-    let mut answers: Vec<Option<ForwardedWrite>> = order.iter().map(|_| None).collect();
-    for (i, outcome) in order.into_iter().zip(outcomes) {
-        answers[i] = Some(outcome);
-    }
-    answers
-        .into_iter()
-        .map(|a| a.unwrap_or_else(|| ForwardedWrite::Failed("fewer replies than requests".into())))
-        .collect()
-}
-
-/// [`propose_gated`] for requests already in their entry's order.
-async fn propose_ordered(
-    raft: &Raft,
-    requests: Vec<Request>,
-    timeout: Duration,
-    gate: &dyn Gate,
-) -> Vec<ForwardedWrite> {
-    let mut answers = gate.admit(&requests);
+    let mut gated = gate.admit(&requests);
     let proposed: Vec<Request> =
-        requests.into_iter().zip(&answers).filter(|(_, a)| a.is_none()).map(|(r, _)| r).collect();
-    if proposed.is_empty() {
-        return answers.into_iter().flatten().collect();
-    }
+        requests.into_iter().zip(&gated).filter(|(_, a)| a.is_none()).map(|(r, _)| r).collect();
     // Settled however this ends, a panic or a dropped future included: a claim left behind
     // would keep counting until its id reached the log, which it never would.
     let settle = Settle { gate, requests: proposed };
-    let outcomes = propose(raft, settle.requests.clone(), timeout).await;
-    drop(settle);
-    let mut outcomes = outcomes.into_iter();
-    answers
-        .iter_mut()
-        .map(|answer| {
-            answer
-                .take()
-                .or_else(|| outcomes.next())
-                .unwrap_or_else(|| ForwardedWrite::Failed("fewer replies than requests".into()))
-        })
-        .collect()
+    let outcomes = if settle.requests.is_empty() {
+        None
+    } else {
+        Some(propose(raft, settle.requests.clone(), timeout).await)
+    };
+    Box::pin(async move {
+        let outcomes = match outcomes {
+            Some(outcomes) => outcomes.await,
+            None => Vec::new(),
+        };
+        drop(settle);
+        let mut outcomes = outcomes.into_iter();
+        let in_entry_order: Vec<ForwardedWrite> = gated
+            .iter_mut()
+            .map(|answer| {
+                answer
+                    .take()
+                    .or_else(|| outcomes.next())
+                    .unwrap_or_else(|| ForwardedWrite::Failed("fewer replies than requests".into()))
+            })
+            .collect();
+        let mut answers: Vec<Option<ForwardedWrite>> = order.iter().map(|_| None).collect();
+        for (i, outcome) in order.into_iter().zip(in_entry_order) {
+            answers[i] = Some(outcome);
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| ForwardedWrite::Failed("fewer replies than requests".into())))
+            .collect()
+    })
 }
 
 /// Tells a gate that requests it admitted are over, when dropped.
-struct Settle<'a> {
-    gate: &'a dyn Gate,
+struct Settle {
+    gate: Arc<dyn Gate>,
     requests: Vec<Request>,
 }
 
-impl Drop for Settle<'_> {
+impl Drop for Settle {
     fn drop(&mut self) {
         self.gate.settled(&self.requests);
     }
 }
 
-/// Appends `requests` as one entry and returns one outcome per request.
-async fn propose(raft: &Raft, requests: Vec<Request>, timeout: Duration) -> Vec<ForwardedWrite> {
+/// Hands `requests` to Raft as one entry; the future of one outcome per request.
+async fn propose(raft: &Raft, requests: Vec<Request>, timeout: Duration) -> Answers {
     let count = requests.len();
     metrics::histogram!("sinkron_proposal_batch_requests").record(count as f64);
     // Randomness enters the log like time: drawn here, by the proposing leader, and carried
     // in the entry, so every replica applies the same values.
     let seed = requests.iter().any(Request::needs_seed).then(|| sinkron_core::entropy::Seed(rand::random()));
     let entry = Batch { at_ms: now_ms(), requests, seed };
-    match tokio::time::timeout(timeout, raft.client_write(entry)).await {
-        Ok(Ok(written)) => {
-            let index = written.log_id.index;
-            let wasted = written
-                .data
-                .iter()
-                .filter(|r| matches!(r, Response::QueueReceived { messages } if messages.is_empty()))
-                .count();
-            crate::metrics::record_receives_wasted(wasted);
-            written.data.into_iter().map(|r| ForwardedWrite::Applied(r, index)).collect()
+    let all = move |outcome: &dyn Fn() -> ForwardedWrite| (0..count).map(|_| outcome()).collect::<Vec<_>>();
+    let reply = match raft.client_write_ff(entry).await {
+        Ok(reply) => reply,
+        Err(e) => {
+            let failed = all(&|| ForwardedWrite::Failed(e.to_string()));
+            return Box::pin(std::future::ready(failed));
         }
-        Err(_) => (0..count).map(|_| ForwardedWrite::Timeout).collect(),
-        Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => {
-            (0..count).map(|_| ForwardedWrite::NotLeader).collect()
+    };
+    Box::pin(async move {
+        match tokio::time::timeout(timeout, reply).await {
+            Ok(Ok(Ok(written))) => {
+                let index = written.log_id.index;
+                let wasted = written
+                    .data
+                    .iter()
+                    .filter(|r| matches!(r, Response::QueueReceived { messages } if messages.is_empty()))
+                    .count();
+                crate::metrics::record_receives_wasted(wasted);
+                written.data.into_iter().map(|r| ForwardedWrite::Applied(r, index)).collect()
+            }
+            Err(_) => all(&|| ForwardedWrite::Timeout),
+            Ok(Ok(Err(ClientWriteError::ForwardToLeader(_)))) => all(&|| ForwardedWrite::NotLeader),
+            Ok(Ok(Err(e))) => all(&|| ForwardedWrite::Failed(e.to_string())),
+            Ok(Err(_)) => all(&|| ForwardedWrite::Failed("the Raft group stopped".into())),
         }
-        Ok(Err(e)) => (0..count).map(|_| ForwardedWrite::Failed(e.to_string())).collect(),
-    }
+    })
 }
 
 /// Sends `requests` to the leader in one call; any failure to reach it is `NotLeader`, which
@@ -468,14 +523,11 @@ mod tests {
         let batches = Arc::new(Mutex::new(Vec::new()));
         let log = batches.clone();
         let batcher = Batcher::spawn(move |requests: Vec<Request>| {
-            let log = log.clone();
-            async move {
-                let answers = (0..requests.len())
-                    .map(|i| ForwardedWrite::Applied(Response::QueueSent { id: i.to_string() }, i as u64))
-                    .collect();
-                log.lock().expect("batches").push(requests);
-                answers
-            }
+            let answers = (0..requests.len())
+                .map(|i| ForwardedWrite::Applied(Response::QueueSent { id: i.to_string() }, i as u64))
+                .collect();
+            log.lock().expect("batches").push(requests);
+            std::future::ready(Box::pin(std::future::ready(answers)) as Answers)
         });
         (batcher, batches)
     }
@@ -530,6 +582,35 @@ mod tests {
         // On the test's single thread both sends are queued before the batcher looks.
         let seen: Vec<Vec<String>> = batches.lock().expect("batches").iter().map(|b| ids(b)).collect();
         assert_eq!(seen, [vec!["send q", "send q", "r1"], vec!["send q", "r2"]]);
+    }
+
+    #[tokio::test]
+    async fn sends_count_as_on_their_way_until_their_batch_is_answered() {
+        let (release, held) = tokio::sync::watch::channel(false);
+        let batcher = Batcher::spawn(move |requests: Vec<Request>| {
+            let mut held = held.clone();
+            let answers: Answers = Box::pin(async move {
+                let _ = held.wait_for(|go| *go).await;
+                requests.iter().map(|_| ForwardedWrite::NotLeader).collect()
+            });
+            std::future::ready(answers)
+        });
+        assert!(!batcher.sending_to("q"));
+        let sending = {
+            let batcher = batcher.clone();
+            tokio::spawn(async move { batcher.submit_all(vec![send("q"), send("q")], soon()).await })
+        };
+        let on_its_way = tokio::time::timeout(Duration::from_secs(5), async {
+            while !batcher.sending_to("q") {
+                tokio::task::yield_now().await;
+            }
+        });
+        assert!(on_its_way.await.is_ok(), "the batch's sends are on their way");
+        assert!(!batcher.sending_to("other"));
+        let _ = release.send(true);
+        let answers = sending.await.expect("submit");
+        assert!(answers.iter().all(|a| matches!(a, ForwardedWrite::NotLeader)));
+        assert!(!batcher.sending_to("q"), "answered, even without success");
     }
 
     #[tokio::test]

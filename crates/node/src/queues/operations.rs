@@ -138,30 +138,45 @@ impl Queues {
         let until = Instant::now() + Duration::from_millis(wait_ms);
         let mut changes = self.partitions.queue_changes(queue);
         let mut ridden = Vec::new();
-        loop {
+        // A waiting receive that would find nothing in this node's copies parks before its
+        // first look, so that a send reaching this node right behind it carries it; its acks
+        // go on alone meanwhile. Every later look asks the partitions first (those hosted
+        // elsewhere too), then parks.
+        let mut acks = None;
+        let mut park_first = wait_ms > 0 && !self.partitions.visible_here(queue, partitions);
+        let received = loop {
             changes.borrow_and_update();
-            let round =
-                self.receive_round(queue, max, visibility_ms, partitions, std::mem::take(&mut riders));
-            let (out, failure, outcomes) = round.await;
-            ridden.extend(outcomes);
-            if !out.is_empty() {
-                crate::metrics::record_queue_op("received", queue, out.len() as u64);
-                return (Ok(out), ridden);
+            if !std::mem::take(&mut park_first) {
+                let round =
+                    self.receive_round(queue, max, visibility_ms, partitions, std::mem::take(&mut riders));
+                let (out, failure, outcomes) = round.await;
+                ridden.extend(outcomes);
+                if !out.is_empty() {
+                    break Ok(out);
+                }
+                if Instant::now() >= until {
+                    break failure.map_or(Ok(Vec::new()), Err);
+                }
+            } else if !riders.is_empty() {
+                let (this, alone) = (self.clone(), std::mem::take(&mut riders));
+                acks = Some(tokio::spawn(async move { this.write_by_partition(alone).await }));
             }
-            let now = Instant::now();
-            if now >= until {
-                return match failure {
-                    Some(e) => (Err(e), ridden),
-                    None => (Ok(Vec::new()), ridden),
-                };
-            }
-            let pause = until.saturating_duration_since(now).min(RECEIVE_POLL);
+            let pause = until.saturating_duration_since(Instant::now()).min(RECEIVE_POLL);
             let parked = self.park_at_home(queue, partitions, max, visibility_ms, pause, &mut changes).await;
             if !parked.is_empty() {
-                crate::metrics::record_queue_op("received", queue, parked.len() as u64);
-                return (Ok(parked), ridden);
+                break Ok(parked);
+            }
+        };
+        if let Some(acks) = acks {
+            let outcomes = acks.await.unwrap_or_default();
+            ridden.extend(outcomes.into_iter().map(|(i, _, answer)| (i, answer)));
+        }
+        if let Ok(out) = &received {
+            if !out.is_empty() {
+                crate::metrics::record_queue_op("received", queue, out.len() as u64);
             }
         }
+        (received, ridden)
     }
 
     /// Waits up to `pause`, or until `changes` fires, with a receive parked at the batcher
@@ -183,6 +198,19 @@ impl Queues {
             return Vec::new();
         };
         let batcher = if group.is_leader() { &group.proposer } else { &group.forwarder };
+        if batcher.sending_to(queue) {
+            // A send to the queue is on its way through this batcher: a receive proposed
+            // right behind it finds its message.
+            let request = super::routing::receive_request(&new_request_id(), queue, max, visibility_ms);
+            let deadline = Instant::now() + self.request_timeout();
+            if let crate::wire::ForwardedWrite::Applied(response, _) = batcher.submit(request, deadline).await
+            {
+                let got = super::routing::deliveries(response).unwrap_or_default();
+                if !got.is_empty() {
+                    return got;
+                }
+            }
+        }
         let mut ticket =
             batcher.park(super::routing::receive_request(&new_request_id(), queue, max, visibility_ms));
         let reply = tokio::select! {

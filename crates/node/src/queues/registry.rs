@@ -128,6 +128,14 @@ impl Partitions {
         (chosen, remote)
     }
 
+    /// Whether a partition of `queue` hosted here shows a visible message in this node's
+    /// copy.
+    pub(super) fn visible_here(&self, queue: &str, partitions: u32) -> bool {
+        let now = now_ms();
+        (0..partitions)
+            .any(|p| self.get(p).is_some_and(|group| group.sm.read().state.state.has_visible(queue, now)))
+    }
+
     /// Notified when a hosted partition applied an entry and shows visible messages of
     /// `queue` (a receive waits on this, and looks again at least every 200 ms for what
     /// no apply announces: partitions hosted elsewhere, delays running out).
