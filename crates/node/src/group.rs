@@ -314,8 +314,15 @@ struct MachineGate<S: Machine> {
 
 impl<S: Machine> Gate for MachineGate<S> {
     fn admit(&self, requests: &[Request]) -> Vec<Option<ForwardedWrite>> {
-        if !requests.iter().any(|r| matches!(r.command, sinkron_core::Command::QueueReceive { .. })) {
-            // Only receives are ever answered here: a batch without one takes no lock.
+        let counted = |r: &Request| {
+            matches!(
+                r.command,
+                sinkron_core::Command::QueueReceive { .. } | sinkron_core::Command::QueueSend { .. }
+            )
+        };
+        if !requests.iter().any(counted) {
+            // Only receives are ever answered here, and sends counted for them: a batch
+            // with neither takes no lock.
             return requests.iter().map(|_| None).collect();
         }
         let mut claims = self.claims.lock().unwrap_or_else(|p| p.into_inner());
@@ -409,4 +416,35 @@ pub fn spawn_leader_watch(raft: &Raft) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+    use sinkron_core::{Command, PartitionMachine};
+
+    use super::*;
+
+    fn request(id: &str, command: Command) -> Request {
+        Request { request_id: Some(id.into()), command }
+    }
+
+    #[test]
+    fn the_gate_lets_a_receive_follow_a_send_still_on_its_way_in_an_earlier_batch() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let sm = StateMachineStore::open_from(dir.path(), PartitionMachine::new(0)).expect("state machine");
+        let gate = MachineGate { sm, claims: Mutex::new(ReceiveClaims::default()) };
+        let receive = |id: &str| {
+            request(id, Command::QueueReceive { queue: "q".into(), max: 1, visibility_ms: 30_000 })
+        };
+        let empty = |answers: Vec<Option<ForwardedWrite>>| {
+            answers.into_iter().map(|a| matches!(a, Some(ForwardedWrite::Applied(..)))).collect::<Vec<_>>()
+        };
+        assert_eq!(empty(gate.admit(&[receive("r1")])), [true], "nothing to find: answered empty");
+        let send =
+            request("s1", Command::QueueSend { queue: "q".into(), key: None, body: json!(1), fence: None });
+        assert_eq!(empty(gate.admit(&[send])), [false], "a batch of sends alone is proposed");
+        assert_eq!(empty(gate.admit(&[receive("r2")])), [false], "the send's message is coming: proposed");
+        assert_eq!(empty(gate.admit(&[receive("r3")])), [true], "r2 claimed it");
+    }
 }
