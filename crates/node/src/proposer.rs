@@ -15,6 +15,11 @@
 //! A receive that found nothing may [`Batcher::park`] at either batcher: the next batch that
 //! carries a send to its queue takes it along, after the send, so one entry stores the
 //! message and hands it out (see [`Park`]).
+//!
+//! The batching task hands each batch on itself (to Raft, or into the forwarding call) and
+//! waits for the answers on a task of its own: the leader's log then holds the batches in
+//! the order their requests passed the gate, which the gate relies on when it counts the
+//! messages of sends still on their way.
 
 use std::collections::HashMap;
 use std::future::Future;
