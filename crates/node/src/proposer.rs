@@ -16,10 +16,11 @@
 //! carries a send to its queue takes it along, after the send, so one entry stores the
 //! message and hands it out (see [`Park`]).
 //!
-//! The batching task hands each batch on itself (to Raft, or into the forwarding call) and
-//! waits for the answers on a task of its own: the leader's log then holds the batches in
-//! the order their requests passed the gate, which the gate relies on when it counts the
-//! messages of sends still on their way.
+//! The proposer's batching task hands each batch to Raft itself and waits for the answers
+//! on a task of its own: the leader's log then holds the batches in the order their
+//! requests passed the gate, which the gate relies on when it counts the messages of sends
+//! still on their way. The forwarder's calls, two at a time, may reach the leader in either
+//! order; a receive that overtakes the send it follows is answered empty and waits again.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -146,30 +147,34 @@ impl Park {
         }
     }
 
-    /// The parked receives to append to a batch of `requests`: for each queue the batch
-    /// sends to, the oldest, while the messages they ask for add up to fewer than the sends
-    /// (so each finds at least one).
-    fn riders<'a>(&self, requests: impl Iterator<Item = &'a Request>) -> Vec<Pending> {
+    /// The parked receives to append to a batch of `requests`, at most `room`: for each
+    /// queue the batch sends to, the oldest, while the messages they and the batch's own
+    /// receives of the queue ask for add up to fewer than the sends (so each finds one).
+    fn riders<'a>(&self, requests: impl Iterator<Item = &'a Request>, room: usize) -> Vec<Pending> {
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if waiting.is_empty() {
+        if waiting.is_empty() || room == 0 {
             return Vec::new();
         }
-        let mut sends: HashMap<&str, usize> = HashMap::new();
+        // Per queue: the batch's sends, and what its own receives ask for.
+        let mut sends: HashMap<&str, (usize, usize)> = HashMap::new();
         for request in requests {
-            if let Command::QueueSend { queue, .. } = &request.command {
-                *sends.entry(queue.as_str()).or_default() += 1;
+            match &request.command {
+                Command::QueueSend { queue, .. } => sends.entry(queue.as_str()).or_default().0 += 1,
+                Command::QueueReceive { queue, max, .. } => {
+                    sends.entry(queue.as_str()).or_default().1 += (*max).max(1) as usize
+                }
+                _ => {}
             }
         }
         let mut riders = Vec::new();
-        for (queue, count) in sends {
+        for (queue, (count, mut asked)) in sends {
             let Some(parked) = waiting.get_mut(queue) else { continue };
             // A caller gone without its ticket's drop (a panic) gets nothing handed out.
             let before = parked.len();
             parked.retain(|p| !p.pending.reply.is_closed());
             crate::metrics::record_receives_parked(parked.len() as i64 - before as i64);
-            let mut asked = 0;
             let mut taken = 0;
-            while taken < parked.len() && asked < count {
+            while taken < parked.len() && asked < count && riders.len() + taken < room {
                 asked += parked[taken].max;
                 taken += 1;
             }
@@ -348,7 +353,7 @@ where
                 Err(_) => break,
             }
         }
-        let riders = park.riders(batch.iter().map(|p| &p.request));
+        let riders = park.riders(batch.iter().map(|p| &p.request), BATCH_MAX.saturating_sub(batch.len()));
         batch.extend(riders);
         let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<ForwardedWrite>>) =
             batch.into_iter().map(|p| (p.request, p.reply)).unzip();
@@ -616,6 +621,16 @@ mod tests {
         let answers = sending.await.expect("submit");
         assert!(answers.iter().all(|a| matches!(a, ForwardedWrite::NotLeader)));
         assert!(!batcher.sending_to("q"), "answered, even without success");
+    }
+
+    #[tokio::test]
+    async fn a_batchs_own_receives_count_against_its_sends() {
+        let (batcher, batches) = recording();
+        let ticket = batcher.park(receive("parked", "q", 1));
+        batcher.submit_all(vec![send("q"), receive("own", "q", 1)], soon()).await;
+        assert!(ticket.unpark(), "the batch's one message is asked for already");
+        let seen: Vec<Vec<String>> = batches.lock().expect("batches").iter().map(|b| ids(b)).collect();
+        assert_eq!(seen, [vec!["send q", "own"]]);
     }
 
     #[tokio::test]

@@ -138,12 +138,12 @@ impl Queues {
         let until = Instant::now() + Duration::from_millis(wait_ms);
         let mut changes = self.partitions.queue_changes(queue);
         let mut ridden = Vec::new();
-        // A waiting receive that would find nothing in this node's copies parks before its
-        // first look, so that a send reaching this node right behind it carries it; its acks
-        // go on alone meanwhile. Every later look asks the partitions first (those hosted
-        // elsewhere too), then parks.
+        // A waiting receive that would find nothing in this node's copies (of every
+        // partition) parks before its first look, so that a send reaching this node right
+        // behind it carries it; its acks go on alone meanwhile. Every later look asks the
+        // partitions first (those hosted elsewhere too), then parks.
         let mut acks = None;
-        let mut park_first = wait_ms > 0 && !self.partitions.visible_here(queue, partitions);
+        let mut park_first = wait_ms > 0 && self.partitions.nothing_visible_here(queue, partitions);
         let received = loop {
             changes.borrow_and_update();
             if !std::mem::take(&mut park_first) {
@@ -161,8 +161,7 @@ impl Queues {
                 let (this, alone) = (self.clone(), std::mem::take(&mut riders));
                 acks = Some(tokio::spawn(async move { this.write_by_partition(alone).await }));
             }
-            let pause = until.saturating_duration_since(Instant::now()).min(RECEIVE_POLL);
-            let parked = self.park_at_home(queue, partitions, max, visibility_ms, pause, &mut changes).await;
+            let parked = self.park_at_home(queue, partitions, max, visibility_ms, until, &mut changes).await;
             if !parked.is_empty() {
                 break Ok(parked);
             }
@@ -179,56 +178,53 @@ impl Queues {
         (received, ridden)
     }
 
-    /// Waits up to `pause`, or until `changes` fires, with a receive parked at the batcher
-    /// that takes this node's sends to the partition of `queue`'s messages without a key:
-    /// a send to it passing through this node then carries the receive in its entry (see
-    /// [`crate::proposer::Park`]). What that receive got, or nothing.
+    /// Waits until `until` (at most 200 ms), or until `changes` fires, with a receive parked
+    /// at the batcher that takes this node's sends to the partition of `queue`'s messages
+    /// without a key: a send to it passing through this node then carries the receive in its
+    /// entry (see [`crate::proposer::Park`]). While a send to the queue is on its way through
+    /// that batcher, the receive is proposed right behind it instead. What it got, or nothing.
     async fn park_at_home(
         &self,
         queue: &str,
         partitions: u32,
         max: u32,
         visibility_ms: u64,
-        pause: Duration,
+        until: Instant,
         changes: &mut tokio::sync::watch::Receiver<u64>,
     ) -> Vec<Delivery> {
+        let pause = || until.saturating_duration_since(Instant::now()).min(RECEIVE_POLL);
         let home = partition_of(queue, None, partitions);
         let Some(group) = self.partitions.get(home) else {
-            let _ = timeout(pause, changes.changed()).await;
+            let _ = timeout(pause(), changes.changed()).await;
             return Vec::new();
         };
         let batcher = if group.is_leader() { &group.proposer } else { &group.forwarder };
-        if batcher.sending_to(queue) {
-            // A send to the queue is on its way through this batcher: a receive proposed
-            // right behind it finds its message.
-            let request = super::routing::receive_request(&new_request_id(), queue, max, visibility_ms);
-            let deadline = Instant::now() + self.request_timeout();
-            if let crate::wire::ForwardedWrite::Applied(response, _) = batcher.submit(request, deadline).await
-            {
-                let got = super::routing::deliveries(response).unwrap_or_default();
-                if !got.is_empty() {
-                    return got;
+        let request = super::routing::receive_request(&new_request_id(), queue, max, visibility_ms);
+        let reply = if batcher.sending_to(queue) {
+            Some(batcher.submit(request.clone(), Instant::now() + self.request_timeout()).await)
+        } else {
+            let mut ticket = batcher.park(request.clone());
+            tokio::select! {
+                reply = &mut ticket.reply => reply.ok(),
+                _ = timeout(pause(), changes.changed()) => {
+                    if ticket.unpark() {
+                        return Vec::new();
+                    }
+                    // A batch took it meanwhile: its answer is on the way.
+                    timeout(self.request_timeout(), &mut ticket.reply).await.ok().and_then(Result::ok)
                 }
-            }
-        }
-        let mut ticket =
-            batcher.park(super::routing::receive_request(&new_request_id(), queue, max, visibility_ms));
-        let reply = tokio::select! {
-            reply = &mut ticket.reply => reply.ok(),
-            _ = timeout(pause, changes.changed()) => {
-                if ticket.unpark() {
-                    return Vec::new();
-                }
-                // A batch took it meanwhile: its answer is on the way.
-                timeout(self.request_timeout(), &mut ticket.reply).await.ok().and_then(Result::ok)
             }
         };
-        match reply {
-            Some(crate::wire::ForwardedWrite::Applied(response, _)) => {
-                super::routing::deliveries(response).unwrap_or_default()
-            }
-            _ => Vec::new(),
-        }
+        let response = match reply {
+            Some(crate::wire::ForwardedWrite::Applied(response, _)) => response,
+            // It may have been applied with its answer lost on the way: asked again under its
+            // request id, the log answers with what it handed out (or it is proposed now).
+            _ => match group.submit(request, Instant::now() + self.request_timeout()).await {
+                Ok((response, _)) => response,
+                Err(_) => return Vec::new(),
+            },
+        };
+        super::routing::deliveries(response).unwrap_or_default()
     }
 
     /// One look at every partition. `max` is filled from as few partitions as possible,

@@ -128,12 +128,12 @@ impl Partitions {
         (chosen, remote)
     }
 
-    /// Whether a partition of `queue` hosted here shows a visible message in this node's
-    /// copy.
-    pub(super) fn visible_here(&self, queue: &str, partitions: u32) -> bool {
+    /// Whether this node hosts every partition and none shows a visible message of `queue`
+    /// in its copy: a look at the partitions now would find nothing.
+    pub(super) fn nothing_visible_here(&self, queue: &str, partitions: u32) -> bool {
         let now = now_ms();
         (0..partitions)
-            .any(|p| self.get(p).is_some_and(|group| group.sm.read().state.state.has_visible(queue, now)))
+            .all(|p| self.get(p).is_some_and(|group| !group.sm.read().state.state.has_visible(queue, now)))
     }
 
     /// Notified when a hosted partition applied an entry and shows visible messages of
