@@ -21,6 +21,7 @@ pub mod locks;
 pub mod metrics;
 pub mod network;
 pub mod node;
+pub mod park;
 pub mod peer_http;
 pub mod peer_stream;
 pub mod peers;

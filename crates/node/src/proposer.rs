@@ -14,7 +14,7 @@
 //!
 //! A receive that found nothing may [`Batcher::park`] at either batcher: the next batch that
 //! carries a send to its queue takes it along, after the send, so one entry stores the
-//! message and hands it out (see [`Park`]).
+//! message and hands it out (see `crate::park`).
 //!
 //! The proposer's batching task hands each batch to Raft itself and waits for the answers
 //! on a task of its own: the leader's log then holds the batches in the order their
@@ -24,8 +24,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use openraft::error::ClientWriteError;
@@ -33,6 +32,8 @@ use sinkron_core::{Batch, Command, Request, Response};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::clock::now_ms;
+use crate::park::Rider;
+pub use crate::park::{Park, Ticket};
 use crate::peers::Peers;
 use crate::types::{GroupId, Raft};
 use crate::wire::ForwardedWrite;
@@ -65,128 +66,6 @@ pub trait Gate: Send + Sync + 'static {
 pub struct Batcher {
     tx: mpsc::Sender<Pending>,
     park: Arc<Park>,
-}
-
-/// Receives waiting at a batcher for a send to their queue.
-///
-/// A long-polling receive that found nothing parks here instead of only waiting for an
-/// apply to wake it. When the batcher forms a batch holding sends to a queue, it appends
-/// parked receives of that queue after them (oldest first, while the messages they ask
-/// for add up to fewer than the sends), so the entry that stores the messages also hands
-/// them out: one commit for a round trip instead of two. A receive after a send in one
-/// entry always finds that message (the leader's gate counts it, see
-/// `sinkron_core::claims`), unless the send is refused as it is applied; the receive then
-/// answers empty and its caller parks again.
-///
-/// A receive that arrives while a batch with a send to its queue is on its way does not
-/// park: proposed right behind that batch, it finds the message (the leader's gate counts
-/// sends proposed and not yet applied), so the batcher also keeps count of those sends.
-#[derive(Default)]
-pub struct Park {
-    next: AtomicU64,
-    waiting: Mutex<HashMap<String, Vec<Parked>>>,
-    /// Sends in batches sent and not yet answered, by queue.
-    sending: Mutex<HashMap<String, usize>>,
-}
-
-struct Parked {
-    ticket: u64,
-    max: usize,
-    pending: Pending,
-}
-
-/// A parked receive: wait on `reply`; take it back with [`Ticket::unpark`]. Dropping the
-/// ticket takes it back too, so a caller that went away never has messages handed out to
-/// nobody (unless a batch took the receive already).
-pub struct Ticket {
-    park: Arc<Park>,
-    queue: String,
-    id: u64,
-    /// The receive's outcome, once a batch took it along and was answered.
-    pub reply: oneshot::Receiver<ForwardedWrite>,
-}
-
-impl Ticket {
-    /// Takes the receive back. True if it was still waiting; false if a batch took it,
-    /// whose outcome then arrives on `reply`.
-    pub fn unpark(&self) -> bool {
-        let mut waiting = self.park.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(parked) = waiting.get_mut(&self.queue) else { return false };
-        let Some(at) = parked.iter().position(|p| p.ticket == self.id) else { return false };
-        parked.remove(at);
-        if parked.is_empty() {
-            waiting.remove(&self.queue);
-        }
-        crate::metrics::record_receives_parked(-1);
-        true
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.unpark();
-    }
-}
-
-impl Park {
-    /// Counts a batch's sends, `by_queue`, as on their way (`going`) or answered.
-    fn track_sends(&self, by_queue: &HashMap<String, usize>, going: bool) {
-        if by_queue.is_empty() {
-            return;
-        }
-        let mut sending = self.sending.lock().unwrap_or_else(|p| p.into_inner());
-        for (queue, n) in by_queue {
-            if going {
-                *sending.entry(queue.clone()).or_default() += n;
-            } else if let Some(count) = sending.get_mut(queue) {
-                *count = count.saturating_sub(*n);
-                if *count == 0 {
-                    sending.remove(queue);
-                }
-            }
-        }
-    }
-
-    /// The parked receives to append to a batch of `requests`, at most `room`: for each
-    /// queue the batch sends to, the oldest, while the messages they and the batch's own
-    /// receives of the queue ask for add up to fewer than the sends (so each finds one).
-    fn riders<'a>(&self, requests: impl Iterator<Item = &'a Request>, room: usize) -> Vec<Pending> {
-        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        if waiting.is_empty() || room == 0 {
-            return Vec::new();
-        }
-        // Per queue: the batch's sends, and what its own receives ask for.
-        let mut sends: HashMap<&str, (usize, usize)> = HashMap::new();
-        for request in requests {
-            match &request.command {
-                Command::QueueSend { queue, .. } => sends.entry(queue.as_str()).or_default().0 += 1,
-                Command::QueueReceive { queue, max, .. } => {
-                    sends.entry(queue.as_str()).or_default().1 += (*max).max(1) as usize
-                }
-                _ => {}
-            }
-        }
-        let mut riders = Vec::new();
-        for (queue, (count, mut asked)) in sends {
-            let Some(parked) = waiting.get_mut(queue) else { continue };
-            // A caller gone without its ticket's drop (a panic) gets nothing handed out.
-            let before = parked.len();
-            parked.retain(|p| !p.pending.reply.is_closed());
-            crate::metrics::record_receives_parked(parked.len() as i64 - before as i64);
-            let mut taken = 0;
-            while taken < parked.len() && asked < count && riders.len() + taken < room {
-                asked += parked[taken].max;
-                taken += 1;
-            }
-            riders.extend(parked.drain(..taken).map(|p| p.pending));
-            if parked.is_empty() {
-                waiting.remove(queue);
-            }
-        }
-        crate::metrics::record_receives_rode(riders.len());
-        crate::metrics::record_receives_parked(-(riders.len() as i64));
-        riders
-    }
 }
 
 impl Batcher {
@@ -238,23 +117,14 @@ impl Batcher {
     /// its queue takes it along; its outcome arrives on the ticket's `reply`. The ticket
     /// takes it back when dropped.
     pub fn park(&self, receive: Request) -> Ticket {
-        let (queue, max) = match &receive.command {
-            Command::QueueReceive { queue, max, .. } => (queue.clone(), (*max).max(1) as usize),
-            _ => (String::new(), 1),
-        };
-        let (reply, rx) = oneshot::channel();
-        let id = self.park.next.fetch_add(1, Ordering::Relaxed);
         let bytes = receive.approx_bytes();
-        let parked = Parked { ticket: id, max, pending: Pending { request: receive, bytes, reply } };
-        let mut waiting = self.park.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        waiting.entry(queue.clone()).or_default().push(parked);
-        crate::metrics::record_receives_parked(1);
-        Ticket { park: self.park.clone(), queue, id, reply: rx }
+        let (reply, rx) = oneshot::channel();
+        Park::add(&self.park, Rider { request: receive, bytes, reply }, rx)
     }
 
     /// Whether a batch holding a send to `queue` is on its way and not yet answered.
     pub fn sending_to(&self, queue: &str) -> bool {
-        self.park.sending.lock().unwrap_or_else(|p| p.into_inner()).contains_key(queue)
+        self.park.sending_to(queue)
     }
 
     /// Queues `request` and waits for its outcome until `deadline`.
@@ -354,7 +224,11 @@ where
             }
         }
         let riders = park.riders(batch.iter().map(|p| &p.request), BATCH_MAX.saturating_sub(batch.len()));
-        batch.extend(riders);
+        batch.extend(riders.into_iter().map(|r| Pending {
+            request: r.request,
+            bytes: r.bytes,
+            reply: r.reply,
+        }));
         let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<ForwardedWrite>>) =
             batch.into_iter().map(|p| (p.request, p.reply)).unzip();
         let mut sends: HashMap<String, usize> = HashMap::new();
@@ -514,6 +388,8 @@ async fn forward(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use serde_json::json;
 
     use super::*;

@@ -1,0 +1,159 @@
+//! Receives waiting at a batcher (`proposer.rs`) for a send to their queue.
+//!
+//! This module holds the waiting receives and the count of sends on their way; the batcher
+//! decides when a batch takes them along. It does not propose anything itself.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use sinkron_core::{Command, Request};
+use tokio::sync::oneshot;
+
+use crate::wire::ForwardedWrite;
+
+/// Receives waiting at a batcher for a send to their queue.
+///
+/// A long-polling receive that found nothing parks here instead of only waiting for an
+/// apply to wake it. When the batcher forms a batch holding sends to a queue, it appends
+/// parked receives of that queue after them (oldest first, while the messages they ask
+/// for add up to fewer than the sends), so the entry that stores the messages also hands
+/// them out: one commit for a round trip instead of two. A receive taken along finds a
+/// message (the leader's gate counts the batch's sends, see `sinkron_core::claims`) unless
+/// a send is refused as it is applied; it then answers empty and its caller parks again.
+///
+/// A receive that arrives while a batch with a send to its queue is on its way does not
+/// park: proposed right behind that batch, it finds the message (the leader's gate counts
+/// sends proposed and not yet applied), so the batcher also keeps count of those sends.
+#[derive(Default)]
+pub struct Park {
+    next: AtomicU64,
+    waiting: Mutex<HashMap<String, Vec<Parked>>>,
+    /// Sends in batches sent and not yet answered, by queue.
+    sending: Mutex<HashMap<String, usize>>,
+}
+
+struct Parked {
+    ticket: u64,
+    max: usize,
+    pending: Rider,
+}
+
+/// A receive a batch takes along: the request, its estimated size, where its outcome goes.
+pub(crate) struct Rider {
+    pub(crate) request: Request,
+    pub(crate) bytes: usize,
+    pub(crate) reply: oneshot::Sender<ForwardedWrite>,
+}
+
+/// A parked receive: wait on `reply`; take it back with [`Ticket::unpark`]. Dropping the
+/// ticket takes it back too, so a caller that went away never has messages handed out to
+/// nobody (unless a batch took the receive already).
+pub struct Ticket {
+    park: Arc<Park>,
+    queue: String,
+    id: u64,
+    /// The receive's outcome, once a batch took it along and was answered.
+    pub reply: oneshot::Receiver<ForwardedWrite>,
+}
+
+impl Ticket {
+    /// Takes the receive back. True if it was still waiting; false if a batch took it,
+    /// whose outcome then arrives on `reply`.
+    pub fn unpark(&self) -> bool {
+        let mut waiting = self.park.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(parked) = waiting.get_mut(&self.queue) else { return false };
+        let Some(at) = parked.iter().position(|p| p.ticket == self.id) else { return false };
+        parked.remove(at);
+        if parked.is_empty() {
+            waiting.remove(&self.queue);
+        }
+        crate::metrics::record_receives_parked(-1);
+        true
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.unpark();
+    }
+}
+
+impl Park {
+    /// Parks `pending` (a `QueueReceive`); `reply` is where its outcome arrives.
+    pub(crate) fn add(park: &Arc<Park>, pending: Rider, reply: oneshot::Receiver<ForwardedWrite>) -> Ticket {
+        let (queue, max) = match &pending.request.command {
+            Command::QueueReceive { queue, max, .. } => (queue.clone(), (*max).max(1) as usize),
+            _ => (String::new(), 1),
+        };
+        let id = park.next.fetch_add(1, Ordering::Relaxed);
+        let mut waiting = park.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.entry(queue.clone()).or_default().push(Parked { ticket: id, max, pending });
+        crate::metrics::record_receives_parked(1);
+        Ticket { park: park.clone(), queue, id, reply }
+    }
+
+    /// Whether a batch holding a send to `queue` is on its way and not yet answered.
+    pub(crate) fn sending_to(&self, queue: &str) -> bool {
+        self.sending.lock().unwrap_or_else(|p| p.into_inner()).contains_key(queue)
+    }
+
+    /// Counts a batch's sends, `by_queue`, as on their way (`going`) or answered.
+    pub(crate) fn track_sends(&self, by_queue: &HashMap<String, usize>, going: bool) {
+        if by_queue.is_empty() {
+            return;
+        }
+        let mut sending = self.sending.lock().unwrap_or_else(|p| p.into_inner());
+        for (queue, n) in by_queue {
+            if going {
+                *sending.entry(queue.clone()).or_default() += n;
+            } else if let Some(count) = sending.get_mut(queue) {
+                *count = count.saturating_sub(*n);
+                if *count == 0 {
+                    sending.remove(queue);
+                }
+            }
+        }
+    }
+
+    /// The parked receives to append to a batch of `requests`, at most `room`: for each
+    /// queue the batch sends to, the oldest, while the messages they and the batch's own
+    /// receives of the queue ask for add up to fewer than the sends (so each finds one).
+    pub(crate) fn riders<'a>(&self, requests: impl Iterator<Item = &'a Request>, room: usize) -> Vec<Rider> {
+        let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if waiting.is_empty() || room == 0 {
+            return Vec::new();
+        }
+        // Per queue: the batch's sends, and what its own receives ask for.
+        let mut sends: HashMap<&str, (usize, usize)> = HashMap::new();
+        for request in requests {
+            match &request.command {
+                Command::QueueSend { queue, .. } => sends.entry(queue.as_str()).or_default().0 += 1,
+                Command::QueueReceive { queue, max, .. } => {
+                    sends.entry(queue.as_str()).or_default().1 += (*max).max(1) as usize
+                }
+                _ => {}
+            }
+        }
+        let mut riders = Vec::new();
+        for (queue, (count, mut asked)) in sends {
+            let Some(parked) = waiting.get_mut(queue) else { continue };
+            // A caller gone without its ticket's drop (a panic) gets nothing handed out.
+            let before = parked.len();
+            parked.retain(|p| !p.pending.reply.is_closed());
+            crate::metrics::record_receives_parked(parked.len() as i64 - before as i64);
+            let mut taken = 0;
+            while taken < parked.len() && asked < count && riders.len() + taken < room {
+                asked += parked[taken].max;
+                taken += 1;
+            }
+            riders.extend(parked.drain(..taken).map(|p| p.pending));
+            if parked.is_empty() {
+                waiting.remove(queue);
+            }
+        }
+        crate::metrics::record_receives_rode(riders.len());
+        crate::metrics::record_receives_parked(-(riders.len() as i64));
+        riders
+    }
+}
