@@ -56,49 +56,25 @@ impl ReceiveClaims {
         None
     }
 
-    /// [`Self::admit`] for the requests of one entry, in order. The entry's sends with a
-    /// request id count, until applied, as messages to come for the receives of this and
-    /// later entries, which claim them like visible ones. A receive that would still be
-    /// answered empty is proposed when the entry sends to its queue before it without such
-    /// an id: applied in order, it finds that message. Each such receive counts the
-    /// messages it asks for against those sends, and claims none (a retry of it is still
-    /// proposed).
+    /// [`Self::admit`] for the requests of one entry, in order. The entry's sends count,
+    /// until applied, as messages to come for the receives of this and later entries, which
+    /// claim them like visible ones. A send is followed by its request id, so a retry of one
+    /// applied already (which brings no message) counts for nothing, and one without an id
+    /// is not counted (answering empty is always allowed).
     pub fn admit_all(
         &mut self,
         machine: &PartitionMachine,
         requests: &[Request],
         now_ms: u64,
     ) -> Vec<Option<Response>> {
-        let mut sent: HashMap<&str, usize> = HashMap::new();
         requests
             .iter()
-            .map(|request| match &request.command {
-                Command::QueueSend { queue, .. } => {
-                    // A send followed by its id is counted by `free` until applied; the others
-                    // (no id, or a retry of one applied already) only for this entry.
-                    match &request.request_id {
-                        Some(id) if !machine.was_applied(id) => {
-                            self.sends.insert(id.clone(), queue.clone());
-                        }
-                        _ => *sent.entry(queue.as_str()).or_default() += 1,
-                    }
+            .map(|request| match (&request.command, &request.request_id) {
+                (Command::QueueSend { queue, .. }, Some(id)) if !machine.was_applied(id) => {
+                    self.sends.insert(id.clone(), queue.clone());
                     None
                 }
-                Command::QueueReceive { queue, max, .. } => {
-                    let answer = self.admit(machine, request, now_ms);
-                    match sent.get_mut(queue.as_str()) {
-                        Some(fresh) if *fresh > 0 && answer.is_some() => {
-                            *fresh = fresh.saturating_sub(*max as usize);
-                            // A claim of nothing: a retry of it is still proposed (and
-                            // answered by the log), never answered empty.
-                            if let Some(id) = &request.request_id {
-                                self.claim(id, queue, 0);
-                            }
-                            None
-                        }
-                        _ => answer,
-                    }
-                }
+                (Command::QueueReceive { .. }, _) => self.admit(machine, request, now_ms),
                 _ => None,
             })
             .collect()

@@ -36,14 +36,37 @@ pub struct Park {
 struct Parked {
     ticket: u64,
     max: usize,
-    pending: Rider,
+    pending: Pending,
 }
 
-/// A receive a batch takes along: the request, its estimated size, where its outcome goes.
-pub(crate) struct Rider {
+/// A request waiting for a batch: the request, its estimated size, where its outcome goes
+/// (a parked receive waits as one too).
+pub(crate) struct Pending {
     pub(crate) request: Request,
     pub(crate) bytes: usize,
     pub(crate) reply: oneshot::Sender<ForwardedWrite>,
+}
+
+/// What a batch holds of one queue: its sends, and the messages its receives ask for.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct QueueCounts {
+    pub(crate) sends: usize,
+    pub(crate) asked: usize,
+}
+
+/// What a batch of `requests` holds, per queue it sends to or receives from.
+pub(crate) fn queue_counts<'a>(requests: impl Iterator<Item = &'a Request>) -> HashMap<String, QueueCounts> {
+    let mut by_queue: HashMap<String, QueueCounts> = HashMap::new();
+    for request in requests {
+        match &request.command {
+            Command::QueueSend { queue, .. } => by_queue.entry(queue.clone()).or_default().sends += 1,
+            Command::QueueReceive { queue, max, .. } => {
+                by_queue.entry(queue.clone()).or_default().asked += (*max).max(1) as usize
+            }
+            _ => {}
+        }
+    }
+    by_queue
 }
 
 /// A parked receive: wait on `reply`; take it back with [`Ticket::unpark`]. Dropping the
@@ -81,7 +104,11 @@ impl Drop for Ticket {
 
 impl Park {
     /// Parks `pending` (a `QueueReceive`); `reply` is where its outcome arrives.
-    pub(crate) fn add(park: &Arc<Park>, pending: Rider, reply: oneshot::Receiver<ForwardedWrite>) -> Ticket {
+    pub(crate) fn add(
+        park: &Arc<Park>,
+        pending: Pending,
+        reply: oneshot::Receiver<ForwardedWrite>,
+    ) -> Ticket {
         let (queue, max) = match &pending.request.command {
             Command::QueueReceive { queue, max, .. } => (queue.clone(), (*max).max(1) as usize),
             _ => (String::new(), 1),
@@ -98,17 +125,17 @@ impl Park {
         self.sending.lock().unwrap_or_else(|p| p.into_inner()).contains_key(queue)
     }
 
-    /// Counts a batch's sends, `by_queue`, as on their way (`going`) or answered.
-    pub(crate) fn track_sends(&self, by_queue: &HashMap<String, usize>, going: bool) {
-        if by_queue.is_empty() {
+    /// Counts a batch's sends (`by_queue`) as on their way (`going`) or answered.
+    pub(crate) fn track_sends(&self, by_queue: &HashMap<String, QueueCounts>, going: bool) {
+        if by_queue.values().all(|c| c.sends == 0) {
             return;
         }
         let mut sending = self.sending.lock().unwrap_or_else(|p| p.into_inner());
-        for (queue, n) in by_queue {
+        for (queue, n) in by_queue.iter().map(|(q, c)| (q, c.sends)).filter(|(_, n)| *n > 0) {
             if going {
                 *sending.entry(queue.clone()).or_default() += n;
             } else if let Some(count) = sending.get_mut(queue) {
-                *count = count.saturating_sub(*n);
+                *count = count.saturating_sub(n);
                 if *count == 0 {
                     sending.remove(queue);
                 }
@@ -116,34 +143,25 @@ impl Park {
         }
     }
 
-    /// The parked receives to append to a batch of `requests`, at most `room`: for each
-    /// queue the batch sends to, the oldest, while the messages they and the batch's own
-    /// receives of the queue ask for add up to fewer than the sends (so each finds one).
-    pub(crate) fn riders<'a>(&self, requests: impl Iterator<Item = &'a Request>, room: usize) -> Vec<Rider> {
+    /// The parked receives to append to a batch, at most `room`, given what the batch holds
+    /// per queue (`by_queue`): for each queue it sends to, the oldest, while the messages
+    /// they and the batch's own receives of the queue ask for add up to fewer than the sends
+    /// (so each finds one).
+    pub(crate) fn riders(&self, by_queue: &HashMap<String, QueueCounts>, room: usize) -> Vec<Pending> {
         let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
         if waiting.is_empty() || room == 0 {
             return Vec::new();
         }
-        // Per queue: the batch's sends, and what its own receives ask for.
-        let mut sends: HashMap<&str, (usize, usize)> = HashMap::new();
-        for request in requests {
-            match &request.command {
-                Command::QueueSend { queue, .. } => sends.entry(queue.as_str()).or_default().0 += 1,
-                Command::QueueReceive { queue, max, .. } => {
-                    sends.entry(queue.as_str()).or_default().1 += (*max).max(1) as usize
-                }
-                _ => {}
-            }
-        }
         let mut riders = Vec::new();
-        for (queue, (count, mut asked)) in sends {
+        for (queue, counts) in by_queue.iter().filter(|(_, c)| c.sends > 0) {
             let Some(parked) = waiting.get_mut(queue) else { continue };
+            let mut asked = counts.asked;
             // A caller gone without its ticket's drop (a panic) gets nothing handed out.
             let before = parked.len();
             parked.retain(|p| !p.pending.reply.is_closed());
             crate::metrics::record_receives_parked(parked.len() as i64 - before as i64);
             let mut taken = 0;
-            while taken < parked.len() && asked < count && riders.len() + taken < room {
+            while taken < parked.len() && asked < counts.sends && riders.len() + taken < room {
                 asked += parked[taken].max;
                 taken += 1;
             }

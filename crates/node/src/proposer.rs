@@ -22,7 +22,6 @@
 //! still on their way. The forwarder's calls, two at a time, may reach the leader in either
 //! order; a receive that overtakes the send it follows is answered empty and waits again.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -32,7 +31,7 @@ use sinkron_core::{Batch, Command, Request, Response};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::clock::now_ms;
-use crate::park::Rider;
+use crate::park::{queue_counts, Pending};
 pub use crate::park::{Park, Ticket};
 use crate::peers::Peers;
 use crate::types::{GroupId, Raft};
@@ -46,12 +45,6 @@ pub const BATCH_MAX_BYTES: usize = 2 * 1024 * 1024;
 pub const IN_FLIGHT_MAX: usize = 2;
 /// Most requests waiting for a batch; beyond it callers wait for room (backpressure).
 const QUEUE_MAX: usize = 16 * 1024;
-
-struct Pending {
-    request: Request,
-    bytes: usize,
-    reply: oneshot::Sender<ForwardedWrite>,
-}
 
 /// Answers, on the leader, requests that need no entry, before a batch is proposed.
 pub trait Gate: Send + Sync + 'static {
@@ -119,7 +112,7 @@ impl Batcher {
     pub fn park(&self, receive: Request) -> Ticket {
         let bytes = receive.approx_bytes();
         let (reply, rx) = oneshot::channel();
-        Park::add(&self.park, Rider { request: receive, bytes, reply }, rx)
+        Park::add(&self.park, Pending { request: receive, bytes, reply }, rx)
     }
 
     /// Whether a batch holding a send to `queue` is on its way and not yet answered.
@@ -223,20 +216,12 @@ where
                 Err(_) => break,
             }
         }
-        let riders = park.riders(batch.iter().map(|p| &p.request), BATCH_MAX.saturating_sub(batch.len()));
-        batch.extend(riders.into_iter().map(|r| Pending {
-            request: r.request,
-            bytes: r.bytes,
-            reply: r.reply,
-        }));
+        // Riders are receives: they leave the batch's sends as counted.
+        let sends = queue_counts(batch.iter().map(|p| &p.request));
+        let riders = park.riders(&sends, BATCH_MAX.saturating_sub(batch.len()));
+        batch.extend(riders);
         let (requests, replies): (Vec<Request>, Vec<oneshot::Sender<ForwardedWrite>>) =
             batch.into_iter().map(|p| (p.request, p.reply)).unzip();
-        let mut sends: HashMap<String, usize> = HashMap::new();
-        for request in &requests {
-            if let Command::QueueSend { queue, .. } = &request.command {
-                *sends.entry(queue.clone()).or_default() += 1;
-            }
-        }
         park.track_sends(&sends, true);
         // Handed on here, one batch after the other, so the leader's log holds the batches
         // in the order their requests passed the gate.
