@@ -331,11 +331,10 @@ mod tests {
     proptest! {
         #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
-        /// Every schedule of sends, receives, entries with a send and a receive, applies and
-        /// releases: the gate answers empty only when pending receives claim every visible
-        /// message and every message of a send not applied yet, even between an apply and
-        /// its release (where nothing may count twice), and never a receive after a send in
-        /// its own entry.
+        /// Every schedule of sends, receives, entries with a send and receives, applies and
+        /// releases: the gate answers empty only when pending receives (of this entry too)
+        /// claim every visible message and every message of a send not applied yet (of this
+        /// entry too), even between an apply and its release (where nothing may count twice).
         #[test]
         fn an_empty_answer_always_has_pending_receives_claiming_every_visible_message(
             steps in proptest::collection::vec(step(4), 1..80)
