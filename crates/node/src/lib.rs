@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod park;
+pub mod payload;
 pub mod peer_http;
 pub mod peer_stream;
 pub mod peers;

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use crate::clock::now_ms;
 use crate::park::{queue_counts, Pending};
 pub use crate::park::{Park, Ticket};
+use crate::payload::Payload;
 use crate::peers::Peers;
 use crate::types::{GroupId, Raft};
 use crate::wire::ForwardedWrite;
@@ -318,8 +319,12 @@ async fn propose(raft: &Raft, requests: Vec<Request>, timeout: Duration) -> Answ
     // Randomness enters the log like time: drawn here, by the proposing leader, and carried
     // in the entry, so every replica applies the same values.
     let seed = requests.iter().any(Request::needs_seed).then(|| sinkron_core::entropy::Seed(rand::random()));
-    let entry = Batch { at_ms: now_ms(), requests, seed };
     let all = move |outcome: &dyn Fn() -> ForwardedWrite| (0..count).map(|_| outcome()).collect::<Vec<_>>();
+    // Encoded here, once: the log and every follower reuse these bytes.
+    let entry = match Payload::new(Batch { at_ms: now_ms(), requests, seed }) {
+        Ok(entry) => entry,
+        Err(e) => return Box::pin(std::future::ready(all(&|| ForwardedWrite::Failed(e.to_string())))),
+    };
     let reply = match raft.client_write_ff(entry).await {
         Ok(reply) => reply,
         Err(e) => {

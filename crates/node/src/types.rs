@@ -4,7 +4,9 @@ use std::fmt;
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
-use sinkron_core::{Batch, Response};
+use sinkron_core::Response;
+
+use crate::payload::Payload;
 
 /// Numeric id of a Raft group. Group 0 spans every voter; queue partitions get their own.
 pub type GroupId = u64;
@@ -43,7 +45,7 @@ impl fmt::Display for Member {
 openraft::declare_raft_types!(
     /// Type configuration of every Sinkron Raft group.
     pub TypeConfig:
-        D = Batch,
+        D = Payload,
         R = Vec<Response>,
         NodeId = NodeId,
         Node = Member,

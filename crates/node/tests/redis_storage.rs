@@ -11,6 +11,7 @@ use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{Entry, EntryPayload, RaftLogReader};
 use redis_server::RedisServer;
 use sinkron_core::{Batch, Command, Request};
+use sinkron_node::payload::Payload;
 use sinkron_node::storage::redis::{connect, open_group, Keys};
 use sinkron_node::storage::{LogStore, StateMachineStore};
 use sinkron_node::types::{StorageError, TypeConfig};
@@ -64,7 +65,9 @@ fn put_entry(term: u64, index: u64) -> Entry<TypeConfig> {
     };
     Entry {
         log_id: log_id(term, 1, index),
-        payload: EntryPayload::Normal(Batch { at_ms: index, requests: vec![request], seed: None }),
+        payload: EntryPayload::Normal(
+            Payload::new(Batch { at_ms: index, requests: vec![request], seed: None }).expect("encodes"),
+        ),
     }
 }
 

@@ -4,6 +4,7 @@ use openraft::storage::{RaftLogStorage, RaftStateMachine};
 use openraft::testing::{log_id, StoreBuilder, Suite};
 use openraft::{Entry, EntryPayload, RaftLogReader};
 use sinkron_core::{Batch, Command, Request};
+use sinkron_node::payload::Payload;
 use sinkron_node::storage::mem::MemLog;
 use sinkron_node::storage::segment::decode_records;
 use sinkron_node::storage::writer::WriteOp;
@@ -45,7 +46,10 @@ fn put_entry(term: u64, index: u64) -> Entry<TypeConfig> {
         },
     };
     let batch = Batch { at_ms: index, requests: vec![request], seed: None };
-    Entry { log_id: log_id(term, 1, index), payload: EntryPayload::Normal(batch) }
+    Entry {
+        log_id: log_id(term, 1, index),
+        payload: EntryPayload::Normal(Payload::new(batch).expect("encodes")),
+    }
 }
 
 async fn append_durably(log: &mut LogStore, entries: Vec<Entry<TypeConfig>>) {

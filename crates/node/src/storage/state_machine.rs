@@ -394,11 +394,12 @@ impl<S: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                     applied.state.apply_blank(index);
                     Vec::new()
                 }
-                EntryPayload::Normal(batch) => {
+                EntryPayload::Normal(payload) => {
+                    let batch = payload.batch();
                     self.shared.usage.grew(batch.requests.iter().map(|r| r.command.payload_bytes()).sum());
-                    let (reply, look) = applied.state.apply_entry(index, entry.log_id.leader_id.term, &batch);
+                    let (reply, look) = applied.state.apply_entry(index, entry.log_id.leader_id.term, batch);
                     wake |= look;
-                    log_revocations(index, &batch, &reply);
+                    log_revocations(index, batch, &reply);
                     reply
                 }
                 EntryPayload::Membership(membership) => {

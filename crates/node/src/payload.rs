@@ -1,0 +1,136 @@
+//! A log entry's batch with its JSON, encoded once.
+//!
+//! An entry travels from the proposing leader to its own log and to every follower, and from
+//! a follower's network handler to its log. Each of those used to encode the batch again
+//! (the leader three times, each follower once more after decoding it), and every read of
+//! the log for replication cloned the whole batch. A [`Payload`] holds the batch and its
+//! JSON side by side behind one shared pointer: the leader encodes the batch once when it
+//! proposes it, a follower keeps the bytes it received, and serialising a payload (into a
+//! log record, an `AppendEntries` body) copies those bytes verbatim. Cloning is a pointer
+//! copy.
+//!
+//! The bytes are the batch's own JSON, so what is stored and sent is exactly what it was
+//! before; a payload reads back from any serde_json input (log records, peer bodies).
+
+use std::fmt;
+use std::sync::Arc;
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::value::RawValue;
+use sinkron_core::Batch;
+
+/// The data of a normal log entry: a [`Batch`] and its JSON encoding.
+#[derive(Clone)]
+pub struct Payload(Arc<Encoded>);
+
+struct Encoded {
+    batch: Batch,
+    json: Box<RawValue>,
+}
+
+impl Payload {
+    /// Encodes `batch`, once.
+    pub fn new(batch: Batch) -> Result<Self, serde_json::Error> {
+        let json = serde_json::value::to_raw_value(&batch)?;
+        Ok(Self(Arc::new(Encoded { batch, json })))
+    }
+
+    /// Decodes a payload from its JSON, keeping the bytes.
+    pub fn from_json(json: Box<RawValue>) -> Result<Self, serde_json::Error> {
+        let batch = serde_json::from_str(json.get())?;
+        Ok(Self(Arc::new(Encoded { batch, json })))
+    }
+
+    /// The batch.
+    pub fn batch(&self) -> &Batch {
+        &self.0.batch
+    }
+
+    /// The batch's JSON.
+    pub fn json(&self) -> &str {
+        self.0.json.get()
+    }
+}
+
+impl fmt::Debug for Payload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.batch.fmt(f)
+    }
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.batch == other.0.batch
+    }
+}
+
+impl Serialize for Payload {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.json.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Payload {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let json = Box::<RawValue>::deserialize(deserializer)?;
+        Self::from_json(json).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use sinkron_core::{Command, Request};
+
+    use super::*;
+
+    fn batch() -> Batch {
+        let command = Command::KvPut {
+            key: "k\u{1}\"".into(),
+            value: serde_json::json!({"nested": [1, "two", {"three": null}]}),
+            if_version: None,
+            fence: None,
+        };
+        Batch { at_ms: 7, requests: vec![Request { request_id: Some("r1".into()), command }], seed: None }
+    }
+
+    fn json(value: &impl Serialize) -> String {
+        serde_json::to_string(value).expect("encodes")
+    }
+
+    #[test]
+    fn a_payload_serialises_to_its_batchs_own_json() {
+        let payload = Payload::new(batch()).expect("encodes");
+        assert_eq!(json(&payload), json(&batch()));
+        assert_eq!(payload.json(), json(&batch()));
+    }
+
+    #[test]
+    fn a_payload_read_back_keeps_the_bytes_it_was_given_and_decodes_the_batch() {
+        #[derive(Deserialize, Serialize)]
+        struct Wrapped {
+            wrapped: Payload,
+        }
+        // Spacing that a re-encoding would drop: the bytes are kept as received.
+        let pretty = serde_json::to_string_pretty(&batch()).expect("encodes");
+        let sent = format!("{{\"wrapped\": {pretty} }}");
+        let read: Wrapped = serde_json::from_str(&sent).expect("decodes");
+        assert_eq!(read.wrapped.batch(), &batch());
+        assert_eq!(read.wrapped.json(), pretty);
+        let again: Wrapped = serde_json::from_slice(json(&read).as_bytes()).expect("decodes");
+        assert_eq!(again.wrapped, read.wrapped);
+    }
+
+    #[test]
+    fn a_payload_that_is_not_a_batch_is_refused() {
+        assert!(serde_json::from_str::<Payload>("{\"at_ms\": \"soon\"}").is_err());
+        assert!(serde_json::from_str::<Payload>("[1, 2").is_err());
+    }
+
+    #[test]
+    fn clones_share_the_encoding() {
+        let payload = Payload::new(batch()).expect("encodes");
+        let copy = payload.clone();
+        assert!(std::ptr::eq(payload.json(), copy.json()));
+    }
+}
