@@ -10,11 +10,21 @@
 //! p:n:g:purged     the last purged log id (JSON)
 //! p:n:g:committed  the commit index hint (JSON)
 //! p:n:g:snapshot   the latest snapshot (the embedded snapshot file's bytes)
+//! p:n:g:writer     hash: the epoch of the group's current writer, and its last batch
 //! ```
 //!
-//! Every batch of log changes goes to Redis as one `MULTI`/`EXEC` transaction, and openraft
-//! hears "flushed" only after Redis answered it. If Redis cannot be reached, the writer
-//! retries the same transaction until it can: nothing is acknowledged that Redis did not
+//! Every batch of log changes goes to Redis as one script run (atomic, like a transaction),
+//! and openraft hears "flushed" only after Redis answered it.
+//!
+//! **Fencing.** Opening a group increments its writer epoch, and every batch (and snapshot)
+//! is stored only if the epoch is still the writer's own and the batch's sequence number is
+//! past the last one stored. A writer of an earlier opening (a group closed and opened again
+//! in the same process while Redis was unreachable, or another process under the same node
+//! name) therefore cannot land a batch after the new opening read the log back, even if its
+//! batch reaches Redis late: the batch is refused, its appends are never reported flushed,
+//! and that group instance stops. A retry of a batch that did land (its answer was lost) is
+//! recognised by its sequence number and counts as stored. If Redis cannot be reached, the writer
+//! retries the same batch until it can: nothing is acknowledged that Redis did not
 //! take, the group stops making progress (its node answers `503`), and it resumes by itself
 //! when Redis is back. How durable an acknowledged entry is then depends on Redis' own
 //! persistence (`appendonly yes` with `appendfsync always` matches the embedded backend);
@@ -36,8 +46,124 @@ use super::segment::decode_records;
 use super::writer::{drain_batch, WriteOp};
 use crate::types::{Entry, LogId};
 
-/// Most operations written in one transaction.
+/// Most operations written in one batch.
 const BATCH_MAX_OPS: usize = 4096;
+
+/// Stores a batch if the fence allows it. `KEYS`: the writer hash, the log hash. `ARGV`:
+/// the writer's epoch, the batch's sequence number, then the operations: `h index record`
+/// (set a log record), `d index` (delete one), `s key bytes` (set a key). Answers 1 when
+/// stored now, 2 when this sequence number was stored already, 0 when another opening owns
+/// the group, -1 for a batch older than the last one stored.
+const STORE_FENCED: &str = r"
+local fence = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+if fence[1] ~= ARGV[1] then return 0 end
+local last = tonumber(fence[2] or '0')
+local seq = tonumber(ARGV[2])
+if seq == last then return 2 end
+if seq < last then return -1 end
+redis.call('HSET', KEYS[1], 'seq', ARGV[2])
+local i = 3
+while i <= #ARGV do
+  local op = ARGV[i]
+  if op == 'h' then
+    redis.call('HSET', KEYS[2], ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  elseif op == 'd' then
+    redis.call('HDEL', KEYS[2], ARGV[i + 1])
+    i = i + 2
+  else
+    redis.call('SET', ARGV[i + 1], ARGV[i + 2])
+    i = i + 3
+  end
+end
+return 1
+";
+
+/// Starts a new opening of a group: increments its writer epoch (so writers of earlier
+/// openings are refused from now on) and answers it.
+const OPEN_FENCE: &str = r"
+local epoch = redis.call('HINCRBY', KEYS[1], 'epoch', 1)
+redis.call('HSET', KEYS[1], 'seq', 0)
+return epoch
+";
+
+/// One change of a stored batch.
+#[derive(Debug, Clone)]
+pub enum StoreOp {
+    /// Set log record `index`.
+    Record(u64, Vec<u8>),
+    /// Delete log record `index`.
+    Delete(u64),
+    /// Set a key of the group's namespace (see [`Keys`]) to these bytes.
+    Set(String, Vec<u8>),
+}
+
+/// What Redis did with a fenced batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// Stored now.
+    Now,
+    /// A retry of a batch stored already (its first answer was lost).
+    Already,
+    /// Refused: another opening of the group owns it.
+    Fenced,
+    /// Refused: older than the last batch stored (a late copy of an earlier attempt).
+    Stale,
+}
+
+/// The writer fence of one opening of a group: its epoch and the next batch's number.
+#[derive(Debug, Clone, Copy)]
+pub struct Fence {
+    epoch: i64,
+    next: u64,
+}
+
+impl Fence {
+    /// Begins a new opening of the group of `keys`: writers of earlier openings are
+    /// refused from now on.
+    pub async fn open(conn: &mut ConnectionManager, keys: &Keys) -> io::Result<Self> {
+        let epoch: i64 = redis::Script::new(OPEN_FENCE)
+            .key(keys.key("writer"))
+            .invoke_async(conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(Self { epoch, next: 1 })
+    }
+
+    /// Stores `ops` as batch `seq` of this opening, if the fence allows it.
+    pub async fn store(
+        &self,
+        conn: &mut ConnectionManager,
+        keys: &Keys,
+        seq: u64,
+        ops: &[StoreOp],
+    ) -> redis::RedisResult<Stored> {
+        let script = redis::Script::new(STORE_FENCED);
+        let mut call = script.key(keys.key("writer"));
+        call.key(keys.key("log")).arg(self.epoch).arg(seq);
+        for op in ops {
+            match op {
+                StoreOp::Record(index, record) => call.arg("h").arg(*index).arg(record.as_slice()),
+                StoreOp::Delete(index) => call.arg("d").arg(*index),
+                StoreOp::Set(key, bytes) => call.arg("s").arg(key).arg(bytes.as_slice()),
+            };
+        }
+        let answer: i64 = call.invoke_async(conn).await?;
+        Ok(match answer {
+            1 => Stored::Now,
+            2 => Stored::Already,
+            0 => Stored::Fenced,
+            _ => Stored::Stale,
+        })
+    }
+
+    /// Takes the next batch's sequence number.
+    fn take(&mut self) -> u64 {
+        let seq = self.next;
+        self.next += 1;
+        seq
+    }
+}
 
 /// Connects to the Redis server of `settings` (password and TLS as given), failing after a
 /// bounded wait.
@@ -112,9 +238,9 @@ impl Keys {
         self.key(file_name.trim_end_matches(".json"))
     }
 
-    /// The snapshot slot.
-    pub fn snapshot(&self, conn: ConnectionManager) -> RedisSlot {
-        RedisSlot::new(conn, self.key("snapshot"))
+    /// The snapshot slot, written only while `fence` is the group's current opening.
+    pub fn snapshot(&self, conn: ConnectionManager, fence: Fence) -> RedisSlot {
+        RedisSlot::new(conn, self.key("snapshot")).fenced(self.key("writer"), fence.epoch)
     }
 }
 
@@ -158,6 +284,9 @@ pub async fn open_group<S: super::state_machine::Machine>(
     keys: Keys,
     initial: S,
 ) -> io::Result<(super::LogStore, super::StateMachineStore<S>)> {
+    // Fenced first: whatever an earlier opening's writer still lands from here on is refused,
+    // so the log read back below is the one this opening continues.
+    let fence = Fence::open(conn, &keys).await?;
     let (mem, stored) = recover(conn, &keys).await?;
     let health = super::StorageHealth::default();
     let writer = RedisWriter {
@@ -167,10 +296,12 @@ pub async fn open_group<S: super::state_machine::Machine>(
         runtime: Handle::current(),
         health: health.clone(),
         hint_written_at: None,
+        fence,
+        fenced: false,
     };
     let log = super::LogStore::start(mem, health, move |rx| writer.run(rx)).map_err(io::Error::other)?;
     let sm = super::StateMachineStore::open_with(
-        super::SnapshotStore::Redis(keys.snapshot(conn.clone())),
+        super::SnapshotStore::Redis(keys.snapshot(conn.clone(), fence)),
         initial,
     )
     .await
@@ -192,6 +323,10 @@ pub struct RedisWriter {
     pub health: super::StorageHealth,
     /// When a commit hint was last written; hints are written at most every 200 ms.
     pub hint_written_at: Option<std::time::Instant>,
+    /// This opening's fence.
+    pub fence: Fence,
+    /// Whether another opening took the group over: nothing more is stored.
+    pub fenced: bool,
 }
 
 enum Waiter {
@@ -214,37 +349,31 @@ impl RedisWriter {
     }
 
     fn write_batch(&mut self, batch: Vec<WriteOp>) {
-        let mut pipe = redis::pipe();
-        pipe.atomic();
+        let mut ops = Vec::new();
         let mut waiters = Vec::with_capacity(batch.len());
-        let log = self.keys.key("log");
         for op in batch {
             match op {
                 WriteOp::Append { records, done } => {
                     for (index, record) in records {
-                        pipe.hset(&log, index, record).ignore();
+                        ops.push(StoreOp::Record(index, record));
                         self.stored.insert(index);
                     }
                     waiters.push(Waiter::Flushed(done));
                 }
                 WriteOp::Truncate { from_index, done } => {
-                    let gone: Vec<u64> = self.stored.split_off(&from_index).into_iter().collect();
-                    if !gone.is_empty() {
-                        pipe.hdel(&log, gone).ignore();
-                    }
+                    let gone = self.stored.split_off(&from_index);
+                    ops.extend(gone.into_iter().map(StoreOp::Delete));
                     waiters.push(Waiter::Done(done));
                 }
                 WriteOp::Purge { upto, purged, done } => {
-                    pipe.set(self.keys.meta("purged.json"), purged).ignore();
+                    ops.push(StoreOp::Set(self.keys.meta("purged.json"), purged));
                     let keep = self.stored.split_off(&(upto + 1));
-                    let gone: Vec<u64> = std::mem::replace(&mut self.stored, keep).into_iter().collect();
-                    if !gone.is_empty() {
-                        pipe.hdel(&log, gone).ignore();
-                    }
+                    let gone = std::mem::replace(&mut self.stored, keep);
+                    ops.extend(gone.into_iter().map(StoreOp::Delete));
                     waiters.push(Waiter::Done(done));
                 }
                 WriteOp::Meta { name, bytes, done } => {
-                    pipe.set(self.keys.meta(name), bytes).ignore();
+                    ops.push(StoreOp::Set(self.keys.meta(name), bytes));
                     waiters.push(Waiter::Done(done));
                 }
                 WriteOp::CommittedHint(bytes) => {
@@ -253,41 +382,56 @@ impl RedisWriter {
                     let due =
                         self.hint_written_at.is_none_or(|t| t.elapsed() >= super::writer::HINT_INTERVAL);
                     if due {
-                        pipe.set(self.keys.meta("committed.json"), bytes).ignore();
+                        ops.push(StoreOp::Set(self.keys.meta("committed.json"), bytes));
                         self.hint_written_at = Some(std::time::Instant::now());
                     }
                 }
             }
         }
-        if pipe.cmd_iter().next().is_some() {
-            self.execute_until_stored(&pipe);
-        }
+        let outcome = if ops.is_empty() { Ok(()) } else { self.store_until_answered(&ops) };
         for waiter in waiters {
+            let result = outcome.as_ref().copied().map_err(|e| io::Error::new(e.kind(), e.to_string()));
             match waiter {
-                Waiter::Flushed(done) => done.complete(Ok(())),
+                Waiter::Flushed(done) => done.complete(result),
                 Waiter::Done(tx) => {
-                    let _ = tx.send(Ok(()));
+                    let _ = tx.send(result);
                 }
             }
         }
     }
 
-    /// Runs the transaction, retrying with backoff until Redis confirms it.
-    fn execute_until_stored(&mut self, pipe: &redis::Pipeline) {
+    /// Stores `ops` as this opening's next batch, retrying with backoff until Redis answers;
+    /// an error once another opening owns the group (then and ever after).
+    fn store_until_answered(&mut self, ops: &[StoreOp]) -> io::Result<()> {
+        let fenced =
+            || io::Error::other("another opening of this group owns its log in Redis; this one stopped");
+        if self.fenced {
+            return Err(fenced());
+        }
+        let seq = self.fence.take();
         let mut pause = Duration::from_millis(50);
         let mut failures = 0u32;
         loop {
             let mut conn = self.conn.clone();
+            let (fence, keys) = (self.fence, &self.keys);
             let outcome = self.runtime.block_on(async {
-                tokio::time::timeout(CALL_TIMEOUT, pipe.query_async::<()>(&mut conn)).await
+                tokio::time::timeout(CALL_TIMEOUT, fence.store(&mut conn, keys, seq, ops)).await
             });
             match outcome {
-                Ok(Ok(())) => {
+                Ok(Ok(Stored::Now | Stored::Already)) => {
                     if failures > 0 {
                         tracing::info!(failures, "Redis is reachable again; the Raft log is being written");
                         self.health.ok();
                     }
-                    return;
+                    return Ok(());
+                }
+                Ok(Ok(Stored::Fenced | Stored::Stale)) => {
+                    self.fenced = true;
+                    tracing::error!(
+                        keys = %self.keys.prefix,
+                        "another opening of this group took over its Redis log; this instance stops writing"
+                    );
+                    return Err(fenced());
                 }
                 Ok(Err(e)) => self.unavailable(failures, &e.to_string()),
                 Err(_) => self.unavailable(failures, "no answer in time"),

@@ -19,24 +19,58 @@ pub(crate) fn redis_error(e: impl std::fmt::Display) -> io::Error {
 pub struct RedisSlot {
     conn: ConnectionManager,
     key: String,
+    /// Written only while this hash's `epoch` is this value (see `redis.rs`, fencing).
+    fence: Option<(String, i64)>,
 }
+
+/// Sets `KEYS[2]` to `ARGV[2]` if `KEYS[1]`'s `epoch` is `ARGV[1]`; 1 if set, 0 if not.
+const SET_FENCED: &str = r"
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+";
 
 impl RedisSlot {
     /// The slot at `key`.
     pub fn new(conn: ConnectionManager, key: String) -> Self {
-        Self { conn, key }
+        Self { conn, key, fence: None }
+    }
+
+    /// The same slot, written only while hash `writer` holds `epoch`.
+    pub fn fenced(self, writer: String, epoch: i64) -> Self {
+        Self { fence: Some((writer, epoch)), ..self }
     }
 }
 
 impl RedisSlot {
     /// Stores `bytes`, retrying until Redis takes them: openraft stops a group for good on
     /// a snapshot error, while waiting lets it carry on once Redis is back.
+    /// A fenced slot whose opening was taken over refuses the write with an error.
     pub async fn set(&self, bytes: Vec<u8>) -> io::Result<()> {
-        retry_until_answered(&self.key, || {
-            let (mut conn, key, bytes) = (self.conn.clone(), self.key.clone(), bytes.clone());
-            async move { conn.set::<_, _, ()>(key, bytes).await }
+        let stored = retry_until_answered(&self.key, || {
+            let (mut conn, key, bytes, fence) =
+                (self.conn.clone(), self.key.clone(), bytes.clone(), self.fence.clone());
+            async move {
+                match fence {
+                    None => conn.set::<_, _, ()>(key, bytes).await.map(|()| true),
+                    Some((writer, epoch)) => {
+                        let script = redis::Script::new(SET_FENCED);
+                        let set: i64 =
+                            script.key(writer).key(key).arg(epoch).arg(bytes).invoke_async(&mut conn).await?;
+                        Ok(set == 1)
+                    }
+                }
+            }
         })
-        .await
+        .await?;
+        if stored {
+            Ok(())
+        } else {
+            Err(redis_error(format!(
+                "another opening of this group owns {}; this snapshot was not stored",
+                self.key
+            )))
+        }
     }
 
     /// The stored bytes, if any (retrying like [`RedisSlot::set`]).
