@@ -65,7 +65,7 @@ pub fn validate_message(key: Option<&str>, body: &serde_json::Value) -> Result<(
             return Err(CoreError::TooLarge { field: "key", size: key.len(), limit: QUEUE_KEY_MAX_BYTES });
         }
     }
-    let size = serde_json::to_vec(body).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = json_size(body);
     if size > QUEUE_BODY_MAX_BYTES {
         return Err(CoreError::TooLarge { field: "body", size, limit: QUEUE_BODY_MAX_BYTES });
     }
@@ -102,7 +102,7 @@ pub fn validate_kv_key(key: &str) -> Result<(), CoreError> {
 
 /// Checks the encoded size of a value of the replicated key-value store.
 pub fn validate_kv_value(value: &serde_json::Value) -> Result<(), CoreError> {
-    let size = serde_json::to_vec(value).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = json_size(value);
     if size > KV_VALUE_MAX_BYTES {
         return Err(CoreError::TooLarge { field: "value", size, limit: KV_VALUE_MAX_BYTES });
     }
@@ -118,6 +118,13 @@ pub fn validate_request_id(id: &str) -> Result<(), CoreError> {
         });
     }
     Ok(())
+}
+
+/// Exactly how many bytes `value` takes as compact JSON, counted as it is encoded (nothing
+/// is kept).
+pub fn json_size(value: &serde_json::Value) -> usize {
+    let mut count = crate::ids::ByteCount::default();
+    serde_json::to_writer(&mut count, value).map_or(usize::MAX, |()| count.0)
 }
 
 /// About how many bytes `value` takes as JSON, without encoding it: exact for strings
@@ -251,6 +258,17 @@ mod tests {
             serde_json::Value::Array(items) => 1 + items.iter().map(depth_of).max().unwrap_or(0),
             serde_json::Value::Object(map) => 1 + map.values().map(depth_of).max().unwrap_or(0),
             _ => 0,
+        }
+    }
+
+    #[test]
+    fn json_size_is_the_encoded_length() {
+        for value in [
+            serde_json::json!("\u{1}é\"\\"),
+            serde_json::json!({"a": [1, 2.5, {"b": "cc"}], "d": null, "e": true}),
+            serde_json::json!(1e300),
+        ] {
+            assert_eq!(json_size(&value), serde_json::to_vec(&value).expect("encode").len(), "{value}");
         }
     }
 

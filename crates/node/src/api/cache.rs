@@ -137,7 +137,7 @@ pub async fn put(
     ApiJson(body): ApiJson<CachePut>,
 ) -> Result<Json<CacheWritten>, NodeError> {
     validate_key(&key)?;
-    let size = serde_json::to_vec(&body.value).map(|v| v.len()).unwrap_or(usize::MAX);
+    let size = sinkron_core::limits::json_size(&body.value);
     if size > CACHE_VALUE_MAX_BYTES {
         return Err(NodeError::PayloadTooLarge(format!(
             "value is {size} bytes, the limit is {CACHE_VALUE_MAX_BYTES}"
