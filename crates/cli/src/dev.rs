@@ -137,8 +137,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         children.push((name.clone(), child));
     }
     say!("Sinkron dev cluster: {} nodes, data in {}", args.nodes, args.data_dir.display());
-    for (i, port) in ports.iter().enumerate() {
-        say!("  node{}  {}://127.0.0.1:{port}", i + 1, secured.scheme());
+    for ((name, child), port) in children.iter().zip(&ports) {
+        let pid = child.id().map_or_else(String::new, |pid| format!("  (pid {pid})"));
+        say!("  {name}  {}://127.0.0.1:{port}{pid}", secured.scheme());
     }
     if let Some(ca) = &secured.ca {
         say!("  CA: --cacert {} (or SINKRON_CACERT)", ca.display());
@@ -160,11 +161,32 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         _ = term.recv() => return stop(children).await,
     }
     say!("Press Ctrl-C to stop all nodes.");
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+    let mut check = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            _ = int.recv() => break,
+            _ = term.recv() => break,
+            _ = check.tick() => {
+                report_exits(&mut children);
+                if children.is_empty() {
+                    anyhow::bail!("every node of the dev cluster exited");
+                }
+            }
+        }
     }
     stop(children).await
+}
+
+/// Reports and forgets the nodes that exited on their own (a crash, or a kill to try a
+/// failure): the others keep running.
+fn report_exits(children: &mut Vec<(String, Child)>) {
+    children.retain_mut(|(name, child)| match child.try_wait() {
+        Ok(Some(status)) => {
+            say!("{name} exited on its own ({status}); the other nodes keep running");
+            false
+        }
+        _ => true,
+    });
 }
 
 /// Waits until every node answers and a leader is known, then prints it.
