@@ -510,31 +510,46 @@ async fn a_waiting_receive_is_handed_its_message_by_the_entry_that_stores_it() {
     let all = clients(&cluster, &cluster.all());
     let options = ReceiveOptions { max: Some(1), visibility_ms: Some(30_000), wait_ms: Some(10_000) };
     // Through every node, so through the partition's leader (its proposer) and through
-    // followers (their forwarders, whose batch the leader keeps in one entry).
-    for (round, node) in [0, 1, 2, 0, 1, 2].into_iter().enumerate() {
-        let client = all[node].clone();
-        let waiting = {
-            let (client, options) = (client.clone(), options.clone());
-            tokio::spawn(async move { client.queue_receive("ride", &options).await })
-        };
-        eventually(FORM, || async {
-            match counter_sum(std::slice::from_ref(&client), "sinkron_queue_receives_parked").await {
-                parked if parked > 0.0 => Ok(()),
-                _ => Err("the receive is not parked yet"),
-            }
-        })
-        .await;
-        let sent = client.queue_send("ride", json!(round), None).await.expect("send");
-        let got = waiting.await.expect("receiver").expect("receive");
-        assert_eq!(got.len(), 1, "round {round}: the waiting receive gets the message");
-        assert_eq!((got[0].id.as_str(), &got[0].body), (sent.id.as_str(), &json!(round)));
-        client.queue_ack("ride", &got[0].receipt).await.expect("ack");
+    // followers (their forwarders, whose batch the leader keeps in one entry); first sends
+    // without a key (one partition), then with a key each (the receive waits at every
+    // partition's batcher, and the send's partition takes it).
+    let partitions = all[0].queue_stats("ride").await.expect("stats").partitions.len() as u32;
+    let home = sinkron_core::ring::partition_of("ride", None, partitions);
+    // Keys whose partitions are not the one of sends without a key.
+    let mut keys = (0..).map(|i| format!("key-{i}"));
+    let mut away = || keys.find(|k| sinkron_core::ring::partition_of("ride", Some(k), partitions) != home);
+    let mut rode_before = 0.0;
+    for (keyed, rounds) in [(false, 0..6), (true, 6..12)] {
+        for round in rounds {
+            let client = all[round % 3].clone();
+            let waiting = {
+                let (client, options) = (client.clone(), options.clone());
+                tokio::spawn(async move { client.queue_receive("ride", &options).await })
+            };
+            eventually(FORM, || async {
+                match counter_sum(std::slice::from_ref(&client), "sinkron_queue_receives_parked").await {
+                    parked if parked > 0.0 => Ok(()),
+                    _ => Err("the receive is not parked yet"),
+                }
+            })
+            .await;
+            let key = if keyed { away() } else { None };
+            let sent = client.queue_send("ride", json!(round), key.as_deref()).await.expect("send");
+            let got = waiting.await.expect("receiver").expect("receive");
+            assert_eq!(got.len(), 1, "round {round}: the waiting receive gets the message");
+            assert_eq!((got[0].id.as_str(), &got[0].body), (sent.id.as_str(), &json!(round)));
+            client.queue_ack("ride", &got[0].receipt).await.expect("ack");
+        }
+        // A receive re-parks every 200 ms; a send landing in that gap is delivered the usual
+        // way (by the next receive's entry), so not every round must ride.
+        let rode = counter_sum(&all, "sinkron_queue_receives_rode_total").await;
+        eprintln!(
+            "rounds whose receive rode in its send's batch (keyed: {keyed}): {} of 6",
+            rode - rode_before
+        );
+        assert!(rode - rode_before >= 1.0, "no waiting receive rode in its send's entry (keyed: {keyed})");
+        rode_before = rode;
     }
-    // A receive re-parks every 200 ms; a send landing in that gap is delivered the usual way
-    // (by the next receive's entry), so not every round must ride.
-    let rode = counter_sum(&all, "sinkron_queue_receives_rode_total").await;
-    eprintln!("rounds whose receive rode in its send's batch: {rode} of 6");
-    assert!(rode >= 1.0, "no waiting receive rode in its send's entry");
     let stats = all[0].queue_stats("ride").await.expect("stats");
     assert_eq!((stats.ready, stats.in_flight), (0, 0), "every message delivered once and acked");
 }

@@ -22,12 +22,15 @@ use crate::wire::ForwardedWrite;
 /// message (the leader's gate counts the batch's sends, see `sinkron_core::claims`) unless
 /// a send is refused as it is applied; it then answers empty and its caller parks again.
 ///
+/// A receive may wait at several batchers at once (those of every partition of its queue
+/// this node carries sends for, so that a send with any key takes it along); the first
+/// batch that takes it gets it, and the others drop it when they come across it.
+///
 /// A receive that arrives while a batch with a send to its queue is on its way does not
 /// park: proposed right behind that batch, it finds the message (the leader's gate counts
 /// sends proposed and not yet applied), so the batcher also keeps count of those sends.
 #[derive(Default)]
 pub struct Park {
-    next: AtomicU64,
     waiting: Mutex<HashMap<String, Vec<Parked>>>,
     /// Sends in batches sent and not yet answered, by queue.
     sending: Mutex<HashMap<String, usize>>,
@@ -36,7 +39,39 @@ pub struct Park {
 struct Parked {
     ticket: u64,
     max: usize,
-    pending: Pending,
+    receive: Arc<Waiting>,
+    /// Which of the receive's places this park is.
+    place: usize,
+}
+
+/// One parked receive, shared by the parks it waits at: taken once, by one of them.
+struct Waiting {
+    pending: Mutex<Option<Pending>>,
+    /// The place whose batch took it, once one did.
+    taken_at: Mutex<Option<usize>>,
+}
+
+impl Waiting {
+    /// The receive, for the batch of `place`, unless another place took it, its ticket took
+    /// it back, or its caller is gone.
+    fn take(&self, place: usize) -> Option<Pending> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        if pending.as_ref().is_some_and(|p| p.reply.is_closed()) {
+            // A caller gone without its ticket's drop (a panic) gets nothing handed out.
+            pending.take();
+            crate::metrics::record_receives_parked(-1);
+            return None;
+        }
+        let taken = pending.take()?;
+        *self.taken_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(place);
+        crate::metrics::record_receives_parked(-1);
+        Some(taken)
+    }
+
+    /// Whether no batch can take it any more.
+    fn gone(&self) -> bool {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+    }
 }
 
 /// A request waiting for a batch: the request, its estimated size, where its outcome goes
@@ -73,26 +108,59 @@ pub(crate) fn queue_counts<'a>(requests: impl Iterator<Item = &'a Request>) -> H
 /// ticket takes it back too, so a caller that went away never has messages handed out to
 /// nobody (unless a batch took the receive already).
 pub struct Ticket {
-    park: Arc<Park>,
+    places: Vec<Arc<Park>>,
     queue: String,
     id: u64,
+    receive: Arc<Waiting>,
     /// The receive's outcome, once a batch took it along and was answered.
     pub reply: oneshot::Receiver<ForwardedWrite>,
 }
 
 impl Ticket {
+    /// Parks `pending` (a `QueueReceive`) at every park of `places` at once; `reply` is
+    /// where its outcome arrives.
+    pub(crate) fn park(
+        places: Vec<Arc<Park>>,
+        pending: Pending,
+        reply: oneshot::Receiver<ForwardedWrite>,
+    ) -> Ticket {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let (queue, max) = match &pending.request.command {
+            Command::QueueReceive { queue, max, .. } => (queue.clone(), (*max).max(1) as usize),
+            _ => (String::new(), 1),
+        };
+        let id = NEXT.fetch_add(1, Ordering::Relaxed);
+        let receive = Arc::new(Waiting { pending: Mutex::new(Some(pending)), taken_at: Mutex::new(None) });
+        for (place, park) in places.iter().enumerate() {
+            let mut waiting = park.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let parked = Parked { ticket: id, max, receive: receive.clone(), place };
+            waiting.entry(queue.clone()).or_default().push(parked);
+        }
+        crate::metrics::record_receives_parked(1);
+        Ticket { places, queue, id, receive, reply }
+    }
+
     /// Takes the receive back. True if it was still waiting; false if a batch took it,
     /// whose outcome then arrives on `reply`.
     pub fn unpark(&self) -> bool {
-        let mut waiting = self.park.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(parked) = waiting.get_mut(&self.queue) else { return false };
-        let Some(at) = parked.iter().position(|p| p.ticket == self.id) else { return false };
-        parked.remove(at);
-        if parked.is_empty() {
-            waiting.remove(&self.queue);
+        for park in &self.places {
+            let mut waiting = park.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(parked) = waiting.get_mut(&self.queue) else { continue };
+            parked.retain(|p| p.ticket != self.id);
+            if parked.is_empty() {
+                waiting.remove(&self.queue);
+            }
         }
-        crate::metrics::record_receives_parked(-1);
-        true
+        let back = self.receive.pending.lock().unwrap_or_else(|p| p.into_inner()).take().is_some();
+        if back {
+            crate::metrics::record_receives_parked(-1);
+        }
+        back
+    }
+
+    /// The place (an index into the parks it was parked at) whose batch took the receive.
+    pub fn taken_at(&self) -> Option<usize> {
+        *self.receive.taken_at.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
@@ -103,23 +171,6 @@ impl Drop for Ticket {
 }
 
 impl Park {
-    /// Parks `pending` (a `QueueReceive`); `reply` is where its outcome arrives.
-    pub(crate) fn add(
-        park: &Arc<Park>,
-        pending: Pending,
-        reply: oneshot::Receiver<ForwardedWrite>,
-    ) -> Ticket {
-        let (queue, max) = match &pending.request.command {
-            Command::QueueReceive { queue, max, .. } => (queue.clone(), (*max).max(1) as usize),
-            _ => (String::new(), 1),
-        };
-        let id = park.next.fetch_add(1, Ordering::Relaxed);
-        let mut waiting = park.waiting.lock().unwrap_or_else(|p| p.into_inner());
-        waiting.entry(queue.clone()).or_default().push(Parked { ticket: id, max, pending });
-        crate::metrics::record_receives_parked(1);
-        Ticket { park: park.clone(), queue, id, reply }
-    }
-
     /// Whether a batch holding a send to `queue` is on its way and not yet answered.
     pub(crate) fn sending_to(&self, queue: &str) -> bool {
         self.sending.lock().unwrap_or_else(|p| p.into_inner()).contains_key(queue)
@@ -155,23 +206,22 @@ impl Park {
         let mut riders = Vec::new();
         for (queue, counts) in by_queue.iter().filter(|(_, c)| c.sends > 0) {
             let Some(parked) = waiting.get_mut(queue) else { continue };
+            // Receives another park's batch took, or whose caller went away, leave.
+            parked.retain(|p| !p.receive.gone());
             let mut asked = counts.asked;
-            // A caller gone without its ticket's drop (a panic) gets nothing handed out.
-            let before = parked.len();
-            parked.retain(|p| !p.pending.reply.is_closed());
-            crate::metrics::record_receives_parked(parked.len() as i64 - before as i64);
-            let mut taken = 0;
-            while taken < parked.len() && asked < counts.sends && riders.len() + taken < room {
-                asked += parked[taken].max;
-                taken += 1;
+            // Oldest first; one taken meanwhile by another park's batch is passed over.
+            while asked < counts.sends && riders.len() < room && !parked.is_empty() {
+                let oldest = parked.remove(0);
+                if let Some(pending) = oldest.receive.take(oldest.place) {
+                    asked += oldest.max;
+                    riders.push(pending);
+                }
             }
-            riders.extend(parked.drain(..taken).map(|p| p.pending));
             if parked.is_empty() {
                 waiting.remove(queue);
             }
         }
         crate::metrics::record_receives_rode(riders.len());
-        crate::metrics::record_receives_parked(-(riders.len() as i64));
         riders
     }
 }

@@ -111,9 +111,16 @@ impl Batcher {
     /// its queue takes it along; its outcome arrives on the ticket's `reply`. The ticket
     /// takes it back when dropped.
     pub fn park(&self, receive: Request) -> Ticket {
+        Self::park_at(&[self], receive)
+    }
+
+    /// Parks `receive` at every one of `batchers` at once: the first batch of any of them
+    /// with a send to its queue takes it along ([`Ticket::taken_at`] tells which).
+    pub fn park_at(batchers: &[&Batcher], receive: Request) -> Ticket {
         let bytes = receive.approx_bytes();
         let (reply, rx) = oneshot::channel();
-        Park::add(&self.park, Pending { request: receive, bytes, reply }, rx)
+        let places = batchers.iter().map(|b| b.park.clone()).collect();
+        Ticket::park(places, Pending { request: receive, bytes, reply }, rx)
     }
 
     /// Whether a batch holding a send to `queue` is on its way and not yet answered.
@@ -509,5 +516,34 @@ mod tests {
         batcher.submit(send("q"), soon()).await;
         let seen: Vec<Vec<String>> = batches.lock().expect("batches").iter().map(|b| ids(b)).collect();
         assert_eq!(seen, [vec!["send q"]]);
+    }
+
+    #[tokio::test]
+    async fn a_receive_parked_at_several_batchers_rides_once_with_whichever_sends_first() {
+        let (first, first_batches) = recording();
+        let (second, second_batches) = recording();
+        let mut ticket = Batcher::park_at(&[&first, &second], receive("r1", "q", 1));
+        let other = Batcher::park_at(&[&first, &second], receive("r2", "q", 1));
+        second.submit(send("q"), soon()).await;
+        let reply = tokio::time::timeout(Duration::from_secs(5), &mut ticket.reply).await;
+        assert!(matches!(reply, Ok(Ok(ForwardedWrite::Applied(_, 1)))), "taken by the second batcher");
+        assert_eq!(ticket.taken_at(), Some(1));
+        // The first batcher's next send passes over the receive the second one took (still
+        // listed in its park), and takes the one still waiting.
+        first.submit(send("q"), soon()).await;
+        assert_eq!(other.taken_at(), Some(0));
+        assert!(!ticket.unpark() && !other.unpark(), "both taken, not parked any more");
+        let seen = |b: &Arc<Mutex<Vec<Vec<Request>>>>| -> Vec<Vec<String>> {
+            b.lock().expect("batches").iter().map(|b| ids(b)).collect()
+        };
+        assert_eq!(seen(&second_batches), [vec!["send q", "r1"]]);
+        assert_eq!(seen(&first_batches), [vec!["send q", "r2"]]);
+        // A receive taken back is taken by neither.
+        let back = Batcher::park_at(&[&first, &second], receive("r3", "q", 1));
+        assert!(back.unpark());
+        first.submit(send("q"), soon()).await;
+        second.submit(send("q"), soon()).await;
+        assert_eq!(seen(&first_batches).last(), Some(&vec!["send q".to_string()]));
+        assert_eq!(seen(&second_batches).last(), Some(&vec!["send q".to_string()]));
     }
 }

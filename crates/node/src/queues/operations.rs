@@ -12,6 +12,7 @@ use tokio::time::timeout;
 
 use super::{new_request_id, unexpected, Queues};
 use crate::error::NodeError;
+use crate::proposer::Batcher;
 use crate::wire::{LeaderCall, PartitionCall, PartitionQueues, PartitionReply, PartitionStats, Sent};
 
 /// Requests per partition, each with its position among the caller's requests: the acks
@@ -161,7 +162,8 @@ impl Queues {
                 let (this, alone) = (self.clone(), std::mem::take(&mut riders));
                 acks = Some(tokio::spawn(async move { this.write_by_partition(alone).await }));
             }
-            let parked = self.park_at_home(queue, partitions, max, visibility_ms, until, &mut changes).await;
+            let parked =
+                self.park_at_partitions(queue, partitions, max, visibility_ms, until, &mut changes).await;
             if !parked.is_empty() {
                 break Ok(parked);
             }
@@ -179,11 +181,12 @@ impl Queues {
     }
 
     /// Waits until `until` (at most 200 ms), or until `changes` fires, with a receive parked
-    /// at the batcher that takes this node's sends to the partition of `queue`'s messages
-    /// without a key: a send to it passing through this node then carries the receive in its
-    /// entry (see [`crate::proposer::Park`]). While a send to the queue is on its way through
-    /// that batcher, the receive is proposed right behind it instead. What it got, or nothing.
-    async fn park_at_home(
+    /// at the batchers that take this node's sends to every partition of `queue` it hosts:
+    /// the first send to the queue passing through this node, whatever its key, then carries
+    /// the receive in its entry (see [`crate::proposer::Park`]). While a send to the queue is
+    /// on its way through one of those batchers, the receive is proposed right behind it
+    /// there instead. What it got, or nothing.
+    async fn park_at_partitions(
         &self,
         queue: &str,
         partitions: u32,
@@ -193,36 +196,44 @@ impl Queues {
         changes: &mut tokio::sync::watch::Receiver<u64>,
     ) -> Vec<Delivery> {
         let pause = || until.saturating_duration_since(Instant::now()).min(RECEIVE_POLL);
-        let home = partition_of(queue, None, partitions);
-        let Some(group) = self.partitions.get(home) else {
+        let hosted: Vec<_> = (0..partitions).filter_map(|p| self.partitions.get(p)).collect();
+        if hosted.is_empty() {
             let _ = timeout(pause(), changes.changed()).await;
             return Vec::new();
-        };
-        let batcher = if group.is_leader() { &group.proposer } else { &group.forwarder };
+        }
+        let batchers: Vec<&Batcher> =
+            hosted.iter().map(|g| if g.is_leader() { &g.proposer } else { &g.forwarder }).collect();
         let request = super::routing::receive_request(&new_request_id(), queue, max, visibility_ms);
-        let reply = if batcher.sending_to(queue) {
-            Some(batcher.submit(request.clone(), Instant::now() + self.request_timeout()).await)
-        } else {
-            let mut ticket = batcher.park(request.clone());
-            tokio::select! {
-                reply = &mut ticket.reply => reply.ok(),
-                _ = timeout(pause(), changes.changed()) => {
-                    if ticket.unpark() {
-                        return Vec::new();
+        let (reply, taker) = match batchers.iter().position(|b| b.sending_to(queue)) {
+            Some(at) => {
+                let deadline = Instant::now() + self.request_timeout();
+                (Some(batchers[at].submit(request.clone(), deadline).await), Some(at))
+            }
+            None => {
+                let mut ticket = Batcher::park_at(&batchers, request.clone());
+                let reply = tokio::select! {
+                    reply = &mut ticket.reply => reply.ok(),
+                    _ = timeout(pause(), changes.changed()) => {
+                        if ticket.unpark() {
+                            return Vec::new();
+                        }
+                        // A batch took it meanwhile: its answer is on the way.
+                        timeout(self.request_timeout(), &mut ticket.reply).await.ok().and_then(Result::ok)
                     }
-                    // A batch took it meanwhile: its answer is on the way.
-                    timeout(self.request_timeout(), &mut ticket.reply).await.ok().and_then(Result::ok)
-                }
+                };
+                (reply, ticket.taken_at())
             }
         };
-        let response = match reply {
-            Some(crate::wire::ForwardedWrite::Applied(response, _)) => response,
+        let response = match (reply, taker.and_then(|at| hosted.get(at))) {
+            (Some(crate::wire::ForwardedWrite::Applied(response, _)), _) => response,
             // It may have been applied with its answer lost on the way: asked again under its
-            // request id, the log answers with what it handed out (or it is proposed now).
-            _ => match group.submit(request, Instant::now() + self.request_timeout()).await {
+            // request id where it was proposed, the log answers with what it handed out (or
+            // it is proposed now).
+            (_, Some(group)) => match group.submit(request, Instant::now() + self.request_timeout()).await {
                 Ok((response, _)) => response,
                 Err(_) => return Vec::new(),
             },
+            (_, None) => return Vec::new(),
         };
         super::routing::deliveries(response).unwrap_or_default()
     }
