@@ -157,28 +157,30 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .collect::<Result<_, _>>()?;
     tokio::select! {
         _ = announce_leader(&clients) => {}
+        _ = until_all_exit(&mut children) => anyhow::bail!("every node of the dev cluster exited"),
         _ = int.recv() => return stop(children).await,
         _ = term.recv() => return stop(children).await,
     }
     say!("Press Ctrl-C to stop all nodes.");
-    let mut check = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tokio::select! {
-            _ = int.recv() => break,
-            _ = term.recv() => break,
-            _ = check.tick() => {
-                report_exits(&mut children);
-                if children.is_empty() {
-                    anyhow::bail!("every node of the dev cluster exited");
-                }
-            }
-        }
+    tokio::select! {
+        _ = until_all_exit(&mut children) => anyhow::bail!("every node of the dev cluster exited"),
+        _ = int.recv() => {}
+        _ = term.recv() => {}
     }
     stop(children).await
 }
 
-/// Reports and forgets the nodes that exited on their own (a crash, or a kill to try a
-/// failure): the others keep running.
+/// Reports each node that exits on its own (a crash, a port taken, or a kill to try a
+/// failure) while the others keep running; returns once none is left.
+async fn until_all_exit(children: &mut Vec<(String, Child)>) {
+    let mut check = tokio::time::interval(Duration::from_millis(250));
+    while !children.is_empty() {
+        check.tick().await;
+        report_exits(children);
+    }
+}
+
+/// Reports and forgets the nodes that exited on their own.
 fn report_exits(children: &mut Vec<(String, Child)>) {
     children.retain_mut(|(name, child)| match child.try_wait() {
         Ok(Some(status)) => {

@@ -131,12 +131,13 @@ impl Ticket {
         };
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
         let receive = Arc::new(Waiting { pending: Mutex::new(Some(pending)), taken_at: Mutex::new(None) });
+        // Counted before any batch can take it (and count it out).
+        crate::metrics::record_receives_parked(1);
         for (place, park) in places.iter().enumerate() {
             let mut waiting = park.waiting.lock().unwrap_or_else(|p| p.into_inner());
             let parked = Parked { ticket: id, max, receive: receive.clone(), place };
             waiting.entry(queue.clone()).or_default().push(parked);
         }
-        crate::metrics::record_receives_parked(1);
         Ticket { places, queue, id, receive, reply }
     }
 

@@ -117,8 +117,25 @@ mod tests {
         let read: Wrapped = serde_json::from_str(&sent).expect("decodes");
         assert_eq!(read.wrapped.batch(), &batch());
         assert_eq!(read.wrapped.json(), pretty);
+        // Written out again, the payload is the bytes it was given, not a new encoding.
+        assert!(json(&read).contains(&pretty), "the kept bytes are what a payload writes");
         let again: Wrapped = serde_json::from_slice(json(&read).as_bytes()).expect("decodes");
         assert_eq!(again.wrapped, read.wrapped);
+    }
+
+    proptest::proptest! {
+        /// A follower decodes the very batch the leader applies, floats to the last bit:
+        /// replicas must not differ by a rounding.
+        #[test]
+        fn a_batch_reads_back_equal_to_the_one_encoded(x in proptest::num::f64::NORMAL | proptest::num::f64::SUBNORMAL) {
+            let mut encoded = batch();
+            if let Command::KvPut { value, .. } = &mut encoded.requests[0].command {
+                *value = serde_json::json!([x, -x, x / 3.0]);
+            }
+            let payload = Payload::new(encoded.clone()).expect("encodes");
+            let read = Payload::from_json(payload.0.json.clone()).expect("decodes");
+            proptest::prop_assert_eq!(read.batch(), &encoded);
+        }
     }
 
     #[test]

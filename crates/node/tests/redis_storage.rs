@@ -140,6 +140,17 @@ async fn a_fenced_batch_is_stored_once_and_never_after_a_later_one() {
     assert_eq!(store(1, record(1, b'a')).await, Stored::Now);
     // A retry of a batch whose answer was lost: counted as stored, not applied twice.
     assert_eq!(store(1, record(1, b'x')).await, Stored::Already);
+    let hash = || {
+        let mut conn = shared.clone();
+        async move {
+            let log: std::collections::BTreeMap<u64, Vec<u8>> =
+                redis::AsyncCommands::hgetall(&mut conn, "fence:node1:3:log")
+                    .await
+                    .expect("read the log hash");
+            log.into_iter().collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(hash().await, vec![(1, b"aaa".to_vec())], "the retry was not applied again");
     assert_eq!(store(2, vec![StoreOp::Record(2, b"bbb".to_vec()), StoreOp::Delete(1)]).await, Stored::Now);
     // A late copy of batch 1 would bring record 1 back: refused.
     assert_eq!(store(1, record(1, b'a')).await, Stored::Stale);
@@ -156,4 +167,10 @@ async fn a_fenced_batch_is_stored_once_and_never_after_a_later_one() {
     assert_eq!(store(3, record(3, b'c')).await, Stored::Fenced);
     assert!(snapshot.set(b"stale".to_vec()).await.is_err(), "a fenced snapshot was stored");
     assert_eq!(snapshot.get().await.expect("read the snapshot"), Some(b"old".to_vec()));
+
+    // Redis lost the group's data (a restart without persistence): the fence is gone, and
+    // the writer is told so instead of writing on top of what was lost.
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut shared.clone()).await.expect("flush");
+    assert_eq!(store(4, record(4, b'd')).await, Stored::Lost);
+    assert_eq!(hash().await, vec![]);
 }

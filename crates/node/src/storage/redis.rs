@@ -53,15 +53,18 @@ const BATCH_MAX_OPS: usize = 4096;
 /// the writer's epoch, the batch's sequence number, then the operations: `h index record`
 /// (set a log record), `d index` (delete one), `s key bytes` (set a key). Answers 1 when
 /// stored now, 2 when this sequence number was stored already, 0 when another opening owns
-/// the group, -1 for a batch older than the last one stored.
+/// the group, -1 for a batch older than the last one stored, -2 when the fence itself is
+/// gone (Redis lost the group's data). The sequence number is recorded after the
+/// operations: Redis does not roll a script back, so a batch cut short by an error is
+/// sent again whole (every operation sets or deletes a value) instead of counting as stored.
 const STORE_FENCED: &str = r"
 local fence = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+if not fence[1] then return -2 end
 if fence[1] ~= ARGV[1] then return 0 end
 local last = tonumber(fence[2] or '0')
 local seq = tonumber(ARGV[2])
 if seq == last then return 2 end
 if seq < last then return -1 end
-redis.call('HSET', KEYS[1], 'seq', ARGV[2])
 local i = 3
 while i <= #ARGV do
   local op = ARGV[i]
@@ -76,6 +79,7 @@ while i <= #ARGV do
     i = i + 3
   end
 end
+redis.call('HSET', KEYS[1], 'seq', ARGV[2])
 return 1
 ";
 
@@ -109,6 +113,9 @@ pub enum Stored {
     Fenced,
     /// Refused: older than the last batch stored (a late copy of an earlier attempt).
     Stale,
+    /// Refused: the fence is gone, so Redis lost this group's data (a restart without
+    /// persistence, a `FLUSHALL`).
+    Lost,
 }
 
 /// The writer fence of one opening of a group: its epoch and the next batch's number.
@@ -153,6 +160,7 @@ impl Fence {
             1 => Stored::Now,
             2 => Stored::Already,
             0 => Stored::Fenced,
+            -2 => Stored::Lost,
             _ => Stored::Stale,
         })
     }
@@ -430,6 +438,18 @@ impl RedisWriter {
                     tracing::error!(
                         keys = %self.keys.prefix,
                         "another opening of this group took over its Redis log; this instance stops writing"
+                    );
+                    return Err(fenced());
+                }
+                Ok(Ok(Stored::Lost)) => {
+                    self.fenced = true;
+                    self.health.failing(format!(
+                        "Redis lost the data of group {} (its writer fence is gone: a restart without persistence, or a FLUSHALL); restart this node",
+                        self.keys.prefix
+                    ));
+                    tracing::error!(
+                        keys = %self.keys.prefix,
+                        "Redis no longer holds this group's writer fence, so it lost the group's data; the group stops writing, restart the node"
                     );
                     return Err(fenced());
                 }

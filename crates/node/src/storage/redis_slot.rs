@@ -67,7 +67,7 @@ impl RedisSlot {
             Ok(())
         } else {
             Err(redis_error(format!(
-                "another opening of this group owns {}; this snapshot was not stored",
+                "{} belongs to another opening of its group (or Redis lost the group's data); this snapshot was not stored",
                 self.key
             )))
         }
