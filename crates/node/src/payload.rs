@@ -10,10 +10,14 @@
 //! copy.
 //!
 //! The bytes are the batch's own JSON, so what is stored and sent is exactly what it was
-//! before; a payload reads back from any serde_json input (log records, peer bodies).
+//! before; a payload reads back from any serde_json input (log records, peer bodies), and
+//! is decoded as it is read, so a malformed one is refused there.
+//!
+//! The decoded batch is needed once, to apply the entry: applying takes it, and the entry
+//! then stays in the in-memory log (until a snapshot lets it go) as its JSON alone.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -25,7 +29,8 @@ use sinkron_core::Batch;
 pub struct Payload(Arc<Encoded>);
 
 struct Encoded {
-    batch: Batch,
+    /// The decoded batch, until the entry is applied.
+    batch: Mutex<Option<Batch>>,
     json: Box<RawValue>,
 }
 
@@ -33,18 +38,23 @@ impl Payload {
     /// Encodes `batch`, once.
     pub fn new(batch: Batch) -> Result<Self, serde_json::Error> {
         let json = serde_json::value::to_raw_value(&batch)?;
-        Ok(Self(Arc::new(Encoded { batch, json })))
+        Ok(Self(Arc::new(Encoded { batch: Mutex::new(Some(batch)), json })))
     }
 
     /// Decodes a payload from its JSON, keeping the bytes.
     pub fn from_json(json: Box<RawValue>) -> Result<Self, serde_json::Error> {
         let batch = serde_json::from_str(json.get())?;
-        Ok(Self(Arc::new(Encoded { batch, json })))
+        Ok(Self(Arc::new(Encoded { batch: Mutex::new(Some(batch)), json })))
     }
 
-    /// The batch.
-    pub fn batch(&self) -> &Batch {
-        &self.0.batch
+    /// The batch, to apply it: taken from this payload (and every clone of it), which keeps
+    /// its JSON only from then on. Decoded again if it was taken already.
+    pub fn take_batch(&self) -> Result<Batch, serde_json::Error> {
+        let taken = self.0.batch.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match taken {
+            Some(batch) => Ok(batch),
+            None => serde_json::from_str(self.0.json.get()),
+        }
     }
 
     /// The batch's JSON.
@@ -55,13 +65,14 @@ impl Payload {
 
 impl fmt::Debug for Payload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.batch.fmt(f)
+        f.write_str(self.json())
     }
 }
 
+/// Payloads are equal when their JSON is: equal batches encode alike.
 impl PartialEq for Payload {
     fn eq(&self, other: &Self) -> bool {
-        self.0.batch == other.0.batch
+        self.json() == other.json()
     }
 }
 
@@ -115,7 +126,7 @@ mod tests {
         let pretty = serde_json::to_string_pretty(&batch()).expect("encodes");
         let sent = format!("{{\"wrapped\": {pretty} }}");
         let read: Wrapped = serde_json::from_str(&sent).expect("decodes");
-        assert_eq!(read.wrapped.batch(), &batch());
+        assert_eq!(read.wrapped.take_batch().expect("decoded"), batch());
         assert_eq!(read.wrapped.json(), pretty);
         // Written out again, the payload is the bytes it was given, not a new encoding.
         assert!(json(&read).contains(&pretty), "the kept bytes are what a payload writes");
@@ -134,7 +145,7 @@ mod tests {
             }
             let payload = Payload::new(encoded.clone()).expect("encodes");
             let read = Payload::from_json(payload.0.json.clone()).expect("decodes");
-            proptest::prop_assert_eq!(read.batch(), &encoded);
+            proptest::prop_assert_eq!(read.take_batch().expect("decoded"), encoded);
         }
     }
 
@@ -145,9 +156,14 @@ mod tests {
     }
 
     #[test]
-    fn clones_share_the_encoding() {
+    fn clones_share_the_encoding_and_applying_leaves_the_json_alone() {
         let payload = Payload::new(batch()).expect("encodes");
         let copy = payload.clone();
         assert!(std::ptr::eq(payload.json(), copy.json()));
+        assert_eq!(copy.take_batch().expect("held"), batch());
+        assert!(payload.0.batch.lock().expect("lock").is_none(), "the decoded batch is let go once taken");
+        // Taken again (never in practice), it is decoded from the JSON.
+        assert_eq!(payload.take_batch().expect("decoded"), batch());
+        assert_eq!(payload.json(), json(&batch()));
     }
 }

@@ -395,11 +395,13 @@ impl<S: Machine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                     Vec::new()
                 }
                 EntryPayload::Normal(payload) => {
-                    let batch = payload.batch();
+                    let batch = payload.take_batch().map_err(|e| {
+                        StorageError::from(StorageIOError::apply(entry.log_id, AnyError::new(&e)))
+                    })?;
                     self.shared.usage.grew(batch.requests.iter().map(|r| r.command.payload_bytes()).sum());
-                    let (reply, look) = applied.state.apply_entry(index, entry.log_id.leader_id.term, batch);
+                    let (reply, look) = applied.state.apply_entry(index, entry.log_id.leader_id.term, &batch);
                     wake |= look;
-                    log_revocations(index, batch, &reply);
+                    log_revocations(index, &batch, &reply);
                     reply
                 }
                 EntryPayload::Membership(membership) => {
