@@ -45,32 +45,55 @@ struct Parked {
 }
 
 /// One parked receive, shared by the parks it waits at: taken once, by one of them.
-struct Waiting {
-    pending: Mutex<Option<Pending>>,
-    /// The place whose batch took it, once one did.
-    taken_at: Mutex<Option<usize>>,
+struct Waiting(Mutex<Slot>);
+
+enum Slot {
+    /// No batch took it yet.
+    Parked(Pending),
+    /// The batch of this place took it.
+    TakenAt(usize),
+    /// Taken back by its ticket, or its caller went away.
+    Gone,
 }
 
 impl Waiting {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The receive, for the batch of `place`, unless another place took it, its ticket took
     /// it back, or its caller is gone.
     fn take(&self, place: usize) -> Option<Pending> {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        if pending.as_ref().is_some_and(|p| p.reply.is_closed()) {
-            // A caller gone without its ticket's drop (a panic) gets nothing handed out.
-            pending.take();
-            crate::metrics::record_receives_parked(-1);
+        let mut slot = self.slot();
+        if !matches!(&*slot, Slot::Parked(_)) {
             return None;
         }
-        let taken = pending.take()?;
-        *self.taken_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(place);
         crate::metrics::record_receives_parked(-1);
-        Some(taken)
+        match std::mem::replace(&mut *slot, Slot::TakenAt(place)) {
+            // A caller gone without its ticket's drop (a panic) gets nothing handed out.
+            Slot::Parked(pending) if pending.reply.is_closed() => {
+                *slot = Slot::Gone;
+                None
+            }
+            Slot::Parked(pending) => Some(pending),
+            _ => None,
+        }
+    }
+
+    /// Takes it back unless a batch took it: true if it was still parked.
+    fn take_back(&self) -> bool {
+        let mut slot = self.slot();
+        if !matches!(&*slot, Slot::Parked(_)) {
+            return false;
+        }
+        *slot = Slot::Gone;
+        crate::metrics::record_receives_parked(-1);
+        true
     }
 
     /// Whether no batch can take it any more.
     fn gone(&self) -> bool {
-        self.pending.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+        !matches!(&*self.slot(), Slot::Parked(_))
     }
 }
 
@@ -130,7 +153,7 @@ impl Ticket {
             _ => (String::new(), 1),
         };
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        let receive = Arc::new(Waiting { pending: Mutex::new(Some(pending)), taken_at: Mutex::new(None) });
+        let receive = Arc::new(Waiting(Mutex::new(Slot::Parked(pending))));
         // Counted before any batch can take it (and count it out).
         crate::metrics::record_receives_parked(1);
         for (place, park) in places.iter().enumerate() {
@@ -152,16 +175,15 @@ impl Ticket {
                 waiting.remove(&self.queue);
             }
         }
-        let back = self.receive.pending.lock().unwrap_or_else(|p| p.into_inner()).take().is_some();
-        if back {
-            crate::metrics::record_receives_parked(-1);
-        }
-        back
+        self.receive.take_back()
     }
 
     /// The place (an index into the parks it was parked at) whose batch took the receive.
     pub fn taken_at(&self) -> Option<usize> {
-        *self.receive.taken_at.lock().unwrap_or_else(|p| p.into_inner())
+        match &*self.receive.slot() {
+            Slot::TakenAt(place) => Some(*place),
+            _ => None,
+        }
     }
 }
 

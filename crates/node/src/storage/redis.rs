@@ -33,6 +33,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
@@ -91,6 +92,10 @@ redis.call('HSET', KEYS[1], 'seq', 0)
 return epoch
 ";
 
+/// The scripts, hashed once (their SHA1 is what `EVALSHA` sends).
+static STORE_FENCED_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(STORE_FENCED));
+static OPEN_FENCE_SCRIPT: LazyLock<redis::Script> = LazyLock::new(|| redis::Script::new(OPEN_FENCE));
+
 /// One change of a stored batch.
 #[derive(Debug, Clone)]
 pub enum StoreOp {
@@ -129,11 +134,8 @@ impl Fence {
     /// Begins a new opening of the group of `keys`: writers of earlier openings are
     /// refused from now on.
     pub async fn open(conn: &mut ConnectionManager, keys: &Keys) -> io::Result<Self> {
-        let epoch: i64 = redis::Script::new(OPEN_FENCE)
-            .key(keys.key("writer"))
-            .invoke_async(conn)
-            .await
-            .map_err(redis_error)?;
+        let epoch: i64 =
+            OPEN_FENCE_SCRIPT.key(keys.key("writer")).invoke_async(conn).await.map_err(redis_error)?;
         Ok(Self { epoch, next: 1 })
     }
 
@@ -145,8 +147,7 @@ impl Fence {
         seq: u64,
         ops: &[StoreOp],
     ) -> redis::RedisResult<Stored> {
-        let script = redis::Script::new(STORE_FENCED);
-        let mut call = script.key(keys.key("writer"));
+        let mut call = STORE_FENCED_SCRIPT.key(keys.key("writer"));
         call.key(keys.key("log")).arg(self.epoch).arg(seq);
         for op in ops {
             match op {

@@ -30,6 +30,10 @@ redis.call('SET', KEYS[2], ARGV[2])
 return 1
 ";
 
+/// [`SET_FENCED`], hashed once.
+static SET_FENCED_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(SET_FENCED));
+
 impl RedisSlot {
     /// The slot at `key`.
     pub fn new(conn: ConnectionManager, key: String) -> Self {
@@ -54,9 +58,13 @@ impl RedisSlot {
                 match fence {
                     None => conn.set::<_, _, ()>(key, bytes).await.map(|()| true),
                     Some((writer, epoch)) => {
-                        let script = redis::Script::new(SET_FENCED);
-                        let set: i64 =
-                            script.key(writer).key(key).arg(epoch).arg(bytes).invoke_async(&mut conn).await?;
+                        let set: i64 = SET_FENCED_SCRIPT
+                            .key(writer)
+                            .key(key)
+                            .arg(epoch)
+                            .arg(bytes)
+                            .invoke_async(&mut conn)
+                            .await?;
                         Ok(set == 1)
                     }
                 }
