@@ -387,6 +387,44 @@ async fn sigkill_of_every_node_mid_flush_loses_nothing_acknowledged_in_any_group
 }
 
 /// The sum of counter `name` over the `/metrics` of `clients`.
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_carried_by_a_waiting_receive_ride_in_the_entry_of_the_send_that_takes_it() {
+    let cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    let all = clients(&cluster, &cluster.all());
+    let options = ReceiveOptions { max: Some(1), visibility_ms: Some(30_000), wait_ms: Some(10_000) };
+    all[0].queue_send("carry", json!(-1), None).await.expect("first send");
+    let mut receipt =
+        all[0].queue_receive("carry", &options).await.expect("first receive")[0].receipt.clone();
+    // Through every node: the partition's leader parks at its proposer, the others at their
+    // forwarders. A parked receive holds its acks for 50 ms only, so the send follows as
+    // soon as the receive is seen parked (and a round that misses is not an error).
+    for round in 0..9 {
+        let client = all[round % 3].clone();
+        let waiting = {
+            let (client, options, receipt) = (client.clone(), options.clone(), receipt.clone());
+            tokio::spawn(async move { client.queue_receive_acking("carry", &options, &[receipt]).await })
+        };
+        let until = Instant::now() + FORM;
+        while counter_sum(std::slice::from_ref(&client), "sinkron_queue_receives_parked").await < 1.0 {
+            assert!(Instant::now() < until, "round {round}: the receive never parked");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        let sent = client.queue_send("carry", json!(round), None).await.expect("send");
+        let (got, acked) = waiting.await.expect("receiver").expect("receive");
+        assert_eq!((acked.acked, acked.failed.len()), (1, 0), "round {round}: the carried ack is applied");
+        assert_eq!(got.len(), 1, "round {round}: the waiting receive gets the message");
+        assert_eq!((got[0].id.as_str(), &got[0].body), (sent.id.as_str(), &json!(round)));
+        receipt = got[0].receipt.clone();
+    }
+    let rode = counter_sum(&all, "sinkron_queue_acks_rode_total").await;
+    eprintln!("rounds whose carried ack rode in the send's entry: {rode} of 9");
+    assert!(rode >= 1.0, "no carried ack rode with its receive in the send's entry");
+    all[0].queue_ack("carry", &receipt).await.expect("last ack");
+    let stats = all[0].queue_stats("carry").await.expect("stats");
+    assert_eq!((stats.ready, stats.in_flight), (0, 0), "every message delivered once and acked");
+}
+
 async fn counter_sum(clients: &[Client], name: &str) -> f64 {
     let mut total = 0.0;
     for client in clients {

@@ -133,6 +133,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Parked receives a batch of this node took along after a send to their queue",
     ),
     (
+        "sinkron_queue_acks_rode_total",
+        Kind::Counter,
+        "Acks carried by a parked receive that rode in the batch of the send that took it",
+    ),
+    (
         "sinkron_queue_receives_gated_total",
         Kind::Counter,
         "Receives this leader answered empty without an entry (every visible message was claimed)",
@@ -407,6 +412,13 @@ pub fn record_receives_parked(by: i64) {
 pub fn record_receives_rode(count: usize) {
     if count > 0 {
         metrics::counter!("sinkron_queue_receives_rode_total").increment(count as u64);
+    }
+}
+
+/// Counts acks carried by parked receives that rode in the batch of the send that took them.
+pub fn record_acks_rode(count: usize) {
+    if count > 0 {
+        metrics::counter!("sinkron_queue_acks_rode_total").increment(count as u64);
     }
 }
 

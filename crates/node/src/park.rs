@@ -26,6 +26,12 @@ use crate::wire::ForwardedWrite;
 /// this node carries sends for, so that a send with any key takes it along); the first
 /// batch that takes it gets it, and the others drop it when they come across it.
 ///
+/// A receive may park with requests that ride before it (the acks a consumer carries in
+/// its next receive), bound to one of its places: taken there, they join the batch ahead of
+/// the receive, so one entry settles the last message, stores the next and hands it out.
+/// Taken elsewhere, or taken back, they are dropped unanswered and the caller proposes
+/// them itself.
+///
 /// A receive that arrives while a batch with a send to its queue is on its way does not
 /// park: proposed right behind that batch, it finds the message (the leader's gate counts
 /// sends proposed and not yet applied), so the batcher also keeps count of those sends.
@@ -39,6 +45,8 @@ pub struct Park {
 struct Parked {
     ticket: u64,
     max: usize,
+    /// Requests it adds to a batch at most: the receive and what may ride before it.
+    size: usize,
     receive: Arc<Waiting>,
     /// Which of the receive's places this park is.
     place: usize,
@@ -49,11 +57,18 @@ struct Waiting(Mutex<Slot>);
 
 enum Slot {
     /// No batch took it yet.
-    Parked(Pending),
+    Parked(Parcel),
     /// The batch of this place took it.
     TakenAt(usize),
     /// Taken back by its ticket, or its caller went away.
     Gone,
+}
+
+/// A parked receive and the requests that ride before it if the batch of place `at` takes it.
+pub(crate) struct Parcel {
+    pub(crate) receive: Pending,
+    pub(crate) before: Vec<Pending>,
+    pub(crate) at: usize,
 }
 
 impl Waiting {
@@ -61,9 +76,9 @@ impl Waiting {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The receive, for the batch of `place`, unless another place took it, its ticket took
-    /// it back, or its caller is gone.
-    fn take(&self, place: usize) -> Option<Pending> {
+    /// The receive for the batch of `place` (after the requests bound to ride before it
+    /// there), unless another place took it, its ticket took it back, or its caller is gone.
+    fn take(&self, place: usize) -> Option<Vec<Pending>> {
         let mut slot = self.slot();
         if !matches!(&*slot, Slot::Parked(_)) {
             return None;
@@ -71,11 +86,18 @@ impl Waiting {
         crate::metrics::record_receives_parked(-1);
         match std::mem::replace(&mut *slot, Slot::TakenAt(place)) {
             // A caller gone without its ticket's drop (a panic) gets nothing handed out.
-            Slot::Parked(pending) if pending.reply.is_closed() => {
+            Slot::Parked(parcel) if parcel.receive.reply.is_closed() => {
                 *slot = Slot::Gone;
                 None
             }
-            Slot::Parked(pending) => Some(pending),
+            Slot::Parked(Parcel { receive, mut before, at }) => {
+                if at != place {
+                    // Dropped unanswered: the caller proposes them itself.
+                    before.clear();
+                }
+                before.push(receive);
+                Some(before)
+            }
             _ => None,
         }
     }
@@ -137,31 +159,36 @@ pub struct Ticket {
     receive: Arc<Waiting>,
     /// The receive's outcome, once a batch took it along and was answered.
     pub reply: oneshot::Receiver<ForwardedWrite>,
+    /// The outcomes of the requests that rode before it, in order; each closes unanswered
+    /// if they did not ride.
+    pub before: Vec<oneshot::Receiver<ForwardedWrite>>,
 }
 
 impl Ticket {
-    /// Parks `pending` (a `QueueReceive`) at every park of `places` at once; `reply` is
-    /// where its outcome arrives.
+    /// Parks `parcel` (a `QueueReceive` and what rides before it) at every park of `places`
+    /// at once; `reply` is where the receive's outcome arrives.
     pub(crate) fn park(
         places: Vec<Arc<Park>>,
-        pending: Pending,
+        parcel: Parcel,
         reply: oneshot::Receiver<ForwardedWrite>,
+        before: Vec<oneshot::Receiver<ForwardedWrite>>,
     ) -> Ticket {
         static NEXT: AtomicU64 = AtomicU64::new(0);
-        let (queue, max) = match &pending.request.command {
+        let (queue, max) = match &parcel.receive.request.command {
             Command::QueueReceive { queue, max, .. } => (queue.clone(), (*max).max(1) as usize),
             _ => (String::new(), 1),
         };
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        let receive = Arc::new(Waiting(Mutex::new(Slot::Parked(pending))));
+        let size = 1 + parcel.before.len();
+        let receive = Arc::new(Waiting(Mutex::new(Slot::Parked(parcel))));
         // Counted before any batch can take it (and count it out).
         crate::metrics::record_receives_parked(1);
         for (place, park) in places.iter().enumerate() {
             let mut waiting = park.waiting.lock().unwrap_or_else(|p| p.into_inner());
-            let parked = Parked { ticket: id, max, receive: receive.clone(), place };
+            let parked = Parked { ticket: id, max, size, receive: receive.clone(), place };
             waiting.entry(queue.clone()).or_default().push(parked);
         }
-        Ticket { places, queue, id, receive, reply }
+        Ticket { places, queue, id, receive, reply, before }
     }
 
     /// Takes the receive back. True if it was still waiting; false if a batch took it,
@@ -227,24 +254,27 @@ impl Park {
             return Vec::new();
         }
         let mut riders = Vec::new();
+        let mut receives = 0;
         for (queue, counts) in by_queue.iter().filter(|(_, c)| c.sends > 0) {
             let Some(parked) = waiting.get_mut(queue) else { continue };
             // Receives another park's batch took, or whose caller went away, leave.
             parked.retain(|p| !p.receive.gone());
             let mut asked = counts.asked;
             // Oldest first; one taken meanwhile by another park's batch is passed over.
-            while asked < counts.sends && riders.len() < room && !parked.is_empty() {
+            while asked < counts.sends && parked.first().is_some_and(|p| riders.len() + p.size <= room) {
                 let oldest = parked.remove(0);
-                if let Some(pending) = oldest.receive.take(oldest.place) {
+                if let Some(taken) = oldest.receive.take(oldest.place) {
                     asked += oldest.max;
-                    riders.push(pending);
+                    receives += 1;
+                    crate::metrics::record_acks_rode(taken.len() - 1);
+                    riders.extend(taken);
                 }
             }
             if parked.is_empty() {
                 waiting.remove(queue);
             }
         }
-        crate::metrics::record_receives_rode(riders.len());
+        crate::metrics::record_receives_rode(receives);
         riders
     }
 }

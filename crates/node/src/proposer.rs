@@ -31,7 +31,7 @@ use sinkron_core::{Batch, Command, Request, Response};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::clock::now_ms;
-use crate::park::{queue_counts, Pending};
+use crate::park::{queue_counts, Parcel, Pending};
 pub use crate::park::{Park, Ticket};
 use crate::payload::Payload;
 use crate::peers::Peers;
@@ -111,16 +111,26 @@ impl Batcher {
     /// its queue takes it along; its outcome arrives on the ticket's `reply`. The ticket
     /// takes it back when dropped.
     pub fn park(&self, receive: Request) -> Ticket {
-        Self::park_at(&[self], receive)
+        Self::park_at(&[self], receive, None)
     }
 
     /// Parks `receive` at every one of `batchers` at once: the first batch of any of them
     /// with a send to its queue takes it along ([`Ticket::taken_at`] tells which).
-    pub fn park_at(batchers: &[&Batcher], receive: Request) -> Ticket {
-        let bytes = receive.approx_bytes();
-        let (reply, rx) = oneshot::channel();
+    ///
+    /// `before` holds requests for one of the batchers (by index) that ride ahead of the
+    /// receive if that batcher's batch takes it; their outcomes arrive on
+    /// [`Ticket::before`], whose receivers close unanswered if another batcher took the
+    /// receive or it was taken back.
+    pub fn park_at(batchers: &[&Batcher], receive: Request, before: Option<(usize, Vec<Request>)>) -> Ticket {
+        let pending = |request: Request| {
+            let (reply, rx) = oneshot::channel();
+            (Pending { bytes: request.approx_bytes(), request, reply }, rx)
+        };
+        let (receive, rx) = pending(receive);
+        let (at, before) = before.unwrap_or_default();
+        let (before, before_rx): (Vec<Pending>, Vec<_>) = before.into_iter().map(pending).unzip();
         let places = batchers.iter().map(|b| b.park.clone()).collect();
-        Ticket::park(places, Pending { request: receive, bytes, reply }, rx)
+        Ticket::park(places, Parcel { receive, before, at }, rx, before_rx)
     }
 
     /// Whether a batch holding a send to `queue` is on its way and not yet answered.
@@ -518,12 +528,69 @@ mod tests {
         assert_eq!(seen, [vec!["send q"]]);
     }
 
+    fn ack(id: &str) -> Request {
+        let command = Command::QueueAck { queue: "q".into(), receipt: format!("{id}-receipt") };
+        Request { request_id: Some(id.into()), command }
+    }
+
+    #[tokio::test]
+    async fn acks_parked_with_a_receive_ride_ahead_of_it_only_in_their_own_batchers_batch() {
+        let (first, first_batches) = recording();
+        let (second, second_batches) = recording();
+        let seen = |b: &Arc<Mutex<Vec<Vec<Request>>>>| -> Vec<Vec<String>> {
+            b.lock().expect("batches").iter().map(|b| ids(b)).collect()
+        };
+        // Bound to the first batcher, which takes the receive: both acks ride ahead of it.
+        let before = Some((0, vec![ack("a1"), ack("a2")]));
+        let mut ticket = Batcher::park_at(&[&first, &second], receive("r1", "q", 1), before);
+        first.submit(send("q"), soon()).await;
+        let reply = tokio::time::timeout(Duration::from_secs(5), &mut ticket.reply).await;
+        assert!(matches!(reply, Ok(Ok(ForwardedWrite::Applied(_, 3)))), "the receive is the batch's last");
+        for (rx, at) in std::mem::take(&mut ticket.before).into_iter().zip([1, 2]) {
+            assert!(
+                matches!(rx.await, Ok(ForwardedWrite::Applied(_, i)) if i == at),
+                "ack answered in order"
+            );
+        }
+        assert_eq!(seen(&first_batches), [vec!["send q", "a1", "a2", "r1"]]);
+        // Bound to the first, taken by the second: the acks stay out of its batch, their
+        // receivers close unanswered, and the caller proposes them itself.
+        let mut ticket =
+            Batcher::park_at(&[&first, &second], receive("r2", "q", 1), Some((0, vec![ack("a3")])));
+        second.submit(send("q"), soon()).await;
+        let reply = tokio::time::timeout(Duration::from_secs(5), &mut ticket.reply).await;
+        assert!(matches!(reply, Ok(Ok(ForwardedWrite::Applied(_, 1)))));
+        let unanswered = std::mem::take(&mut ticket.before).pop().expect("one ack");
+        assert!(unanswered.await.is_err(), "an ack that did not ride is never answered");
+        assert_eq!(seen(&second_batches), [vec!["send q", "r2"]]);
+        // Taken back: its acks are dropped with it.
+        let mut ticket = Batcher::park_at(&[&first], receive("r3", "q", 1), Some((0, vec![ack("a4")])));
+        assert!(ticket.unpark());
+        assert!(std::mem::take(&mut ticket.before).pop().expect("one ack").await.is_err());
+        first.submit(send("q"), soon()).await;
+        assert_eq!(seen(&first_batches).last(), Some(&vec!["send q".to_string()]));
+    }
+
+    #[tokio::test]
+    async fn a_receive_and_its_acks_ride_only_where_they_all_fit_in_the_batch() {
+        let (batcher, batches) = recording();
+        // The batch's own requests leave room for the receive but not for its acks too.
+        let acks: Vec<Request> = (0..3).map(|i| ack(&format!("a{i}"))).collect();
+        let ticket = Batcher::park_at(&[&batcher], receive("r1", "q", 1), Some((0, acks)));
+        let mut requests = vec![send("q"), send("q")];
+        requests.extend((0..BATCH_MAX - 4).map(|i| ack(&format!("own{i}"))));
+        batcher.submit_all(requests, soon()).await;
+        assert!(ticket.unpark(), "left parked: 3 acks and the receive do not fit");
+        let sizes: Vec<usize> = batches.lock().expect("batches").iter().map(Vec::len).collect();
+        assert_eq!(sizes, [BATCH_MAX - 2]);
+    }
+
     #[tokio::test]
     async fn a_receive_parked_at_several_batchers_rides_once_with_whichever_sends_first() {
         let (first, first_batches) = recording();
         let (second, second_batches) = recording();
-        let mut ticket = Batcher::park_at(&[&first, &second], receive("r1", "q", 1));
-        let other = Batcher::park_at(&[&first, &second], receive("r2", "q", 1));
+        let mut ticket = Batcher::park_at(&[&first, &second], receive("r1", "q", 1), None);
+        let other = Batcher::park_at(&[&first, &second], receive("r2", "q", 1), None);
         second.submit(send("q"), soon()).await;
         let reply = tokio::time::timeout(Duration::from_secs(5), &mut ticket.reply).await;
         assert!(matches!(reply, Ok(Ok(ForwardedWrite::Applied(_, 1)))), "taken by the second batcher");
@@ -539,7 +606,7 @@ mod tests {
         assert_eq!(seen(&second_batches), [vec!["send q", "r1"]]);
         assert_eq!(seen(&first_batches), [vec!["send q", "r2"]]);
         // A receive taken back is taken by neither.
-        let back = Batcher::park_at(&[&first, &second], receive("r3", "q", 1));
+        let back = Batcher::park_at(&[&first, &second], receive("r3", "q", 1), None);
         assert!(back.unpark());
         first.submit(send("q"), soon()).await;
         second.submit(send("q"), soon()).await;

@@ -78,6 +78,9 @@ enum Target {
     Rabbitmq,
 }
 
+/// Scheduler turns a waiting consumer's receive gets before its round trip's send starts.
+const HEAD_START_TURNS: usize = 4;
+
 /// How long one worker may go without finishing a round trip before the run gives up.
 const STALL_MAX: Duration = Duration::from_secs(60);
 
@@ -210,8 +213,15 @@ impl SinkronWorker {
                 (outcome.is_ok(), Instant::now())
             };
             let (receipt, sent) = if self.consumer_waits {
-                // The receive is polled first, so its long poll is on its way before the send.
+                // The receive is polled first, and the send starts a few scheduler turns
+                // later, so that the receive's long poll is usually on its way first.
                 let receive = self.receive_one(&options, &mut carried, t + STALL_MAX, &mut errors);
+                let send = async {
+                    for _ in 0..HEAD_START_TURNS {
+                        tokio::task::yield_now().await;
+                    }
+                    send.await
+                };
                 let (receipt, (ok, sent)) = tokio::join!(receive, send);
                 if !ok {
                     errors += 1;

@@ -26,6 +26,9 @@ const RECEIVE_PARTITION_WAIT: Duration = Duration::from_secs(2);
 /// Longest pause between two looks of a long-polling receive (partitions hosted elsewhere
 /// do not wake it).
 const RECEIVE_POLL: Duration = Duration::from_millis(200);
+/// Longest a parked receive holds the acks it carries, waiting for a send to ride with;
+/// they are then proposed alone (an ack's caller waits for the receive's answer anyway).
+const ACKS_PARKED_MAX: Duration = Duration::from_millis(50);
 
 impl Queues {
     /// Sends a message; answers its id and partition once its partition committed it.
@@ -141,9 +144,9 @@ impl Queues {
         let mut ridden = Vec::new();
         // A waiting receive that would find nothing in this node's copies (of every
         // partition) parks before its first look, so that a send reaching this node right
-        // behind it carries it; its acks go on alone meanwhile. Every later look asks the
-        // partitions first (those hosted elsewhere too), then parks.
-        let mut acks = None;
+        // behind it carries it; its acks park with it (see `park_at_partitions`). Every
+        // later look asks the partitions first (those hosted elsewhere too), then parks.
+        let mut alone = Vec::new();
         let mut park_first = wait_ms > 0 && self.partitions.nothing_visible_here(queue, partitions);
         let received = loop {
             changes.borrow_and_update();
@@ -158,17 +161,19 @@ impl Queues {
                 if Instant::now() >= until {
                     break failure.map_or(Ok(Vec::new()), Err);
                 }
-            } else if !riders.is_empty() {
-                let (this, alone) = (self.clone(), std::mem::take(&mut riders));
-                acks = Some(tokio::spawn(async move { this.write_by_partition(alone).await }));
             }
-            let parked =
-                self.park_at_partitions(queue, partitions, max, visibility_ms, until, &mut changes).await;
+            let park = ParkedReceive { queue, partitions, max, visibility_ms, until };
+            let (parked, left) =
+                park.wait(self, &mut changes, std::mem::take(&mut riders), &mut ridden).await;
+            if !left.is_empty() {
+                let this = self.clone();
+                alone.push(tokio::spawn(async move { this.write_by_partition(left).await }));
+            }
             if !parked.is_empty() {
                 break Ok(parked);
             }
         };
-        if let Some(acks) = acks {
+        for acks in alone {
             let outcomes = acks.await.unwrap_or_default();
             ridden.extend(outcomes.into_iter().map(|(i, _, answer)| (i, answer)));
         }
@@ -178,64 +183,6 @@ impl Queues {
             }
         }
         (received, ridden)
-    }
-
-    /// Waits until `until` (at most 200 ms), or until `changes` fires, with a receive parked
-    /// at the batchers that take this node's sends to every partition of `queue` it hosts:
-    /// the first send to the queue passing through this node, whatever its key, then carries
-    /// the receive in its entry (see [`crate::proposer::Park`]). While a send to the queue is
-    /// on its way through one of those batchers, the receive is proposed right behind it
-    /// there instead. What it got, or nothing.
-    async fn park_at_partitions(
-        &self,
-        queue: &str,
-        partitions: u32,
-        max: u32,
-        visibility_ms: u64,
-        until: Instant,
-        changes: &mut tokio::sync::watch::Receiver<u64>,
-    ) -> Vec<Delivery> {
-        let pause = || until.saturating_duration_since(Instant::now()).min(RECEIVE_POLL);
-        let hosted: Vec<_> = (0..partitions).filter_map(|p| self.partitions.get(p)).collect();
-        if hosted.is_empty() {
-            let _ = timeout(pause(), changes.changed()).await;
-            return Vec::new();
-        }
-        let batchers: Vec<&Batcher> =
-            hosted.iter().map(|g| if g.is_leader() { &g.proposer } else { &g.forwarder }).collect();
-        let request = super::routing::receive_request(&new_request_id(), queue, max, visibility_ms);
-        let (reply, taker) = match batchers.iter().position(|b| b.sending_to(queue)) {
-            Some(at) => {
-                let deadline = Instant::now() + self.request_timeout();
-                (Some(batchers[at].submit(request.clone(), deadline).await), Some(at))
-            }
-            None => {
-                let mut ticket = Batcher::park_at(&batchers, request.clone());
-                let reply = tokio::select! {
-                    reply = &mut ticket.reply => reply.ok(),
-                    _ = timeout(pause(), changes.changed()) => {
-                        if ticket.unpark() {
-                            return Vec::new();
-                        }
-                        // A batch took it meanwhile: its answer is on the way.
-                        timeout(self.request_timeout(), &mut ticket.reply).await.ok().and_then(Result::ok)
-                    }
-                };
-                (reply, ticket.taken_at())
-            }
-        };
-        let response = match (reply, taker.and_then(|at| hosted.get(at))) {
-            (Some(crate::wire::ForwardedWrite::Applied(response, _)), _) => response,
-            // It may have been applied with its answer lost on the way: asked again under its
-            // request id where it was proposed, the log answers with what it handed out (or
-            // it is proposed now).
-            (_, Some(group)) => match group.submit(request, Instant::now() + self.request_timeout()).await {
-                Ok((response, _)) => response,
-                Err(_) => return Vec::new(),
-            },
-            (_, None) => return Vec::new(),
-        };
-        super::routing::deliveries(response).unwrap_or_default()
     }
 
     /// One look at every partition. `max` is filled from as few partitions as possible,
@@ -605,5 +552,149 @@ fn settled(queue: &str, receipt: &str, response: Response, op: &'static str) -> 
              redelivered after its visibility timeout"
         ))),
         other => Err(unexpected(other)),
+    }
+}
+
+/// One long-polling receive's wait at the batchers of its queue's partitions this node
+/// hosts (see [`ParkedReceive::wait`]).
+struct ParkedReceive<'a> {
+    queue: &'a str,
+    partitions: u32,
+    max: u32,
+    visibility_ms: u64,
+    until: Instant,
+}
+
+impl ParkedReceive<'_> {
+    /// Waits until `until` (at most 200 ms), or until `changes` fires, with the receive
+    /// parked at the batchers that take this node's sends to every partition of the queue
+    /// it hosts: the first send to the queue passing through this node, whatever its key,
+    /// then carries the receive in its entry (see [`crate::proposer::Park`]). While a send to
+    /// the queue is on its way through one of those batchers, the receive is proposed right
+    /// behind it there instead.
+    ///
+    /// `riders` (acks) of a single hosted partition wait with the receive, at most
+    /// [`ACKS_PARKED_MAX`], and share its entry if that partition's batch takes it; their
+    /// outcomes go to `ridden`. What the receive got, and the riders left to propose alone
+    /// (all of them when they span partitions, and any that did not ride or got no answer:
+    /// asked again under their request ids, the log answers those that were applied).
+    async fn wait(
+        &self,
+        queues: &Queues,
+        changes: &mut tokio::sync::watch::Receiver<u64>,
+        mut riders: Riders,
+        ridden: &mut RiderOutcomes,
+    ) -> (Vec<Delivery>, Riders) {
+        let hosted: Vec<_> =
+            (0..self.partitions).filter_map(|p| queues.partitions.get(p).map(|g| (p, g))).collect();
+        let bound = match riders.keys().collect::<Vec<_>>()[..] {
+            [partition] => hosted.iter().position(|(p, _)| p == partition),
+            _ => None,
+        };
+        let pause = self.until.saturating_duration_since(Instant::now()).min(RECEIVE_POLL);
+        if hosted.is_empty() {
+            let _ = timeout(pause, changes.changed()).await;
+            return (Vec::new(), riders);
+        }
+        if riders.is_empty() {
+            return (self.park(queues, &hosted, changes, pause, None).await.0, riders);
+        }
+        let Some(at) = bound else {
+            // Proposed alone at once, meanwhile.
+            let this = queues.clone();
+            let alone = tokio::spawn(async move { this.write_by_partition(riders).await });
+            let got = self.park(queues, &hosted, changes, pause, None).await.0;
+            let outcomes = alone.await.unwrap_or_default();
+            ridden.extend(outcomes.into_iter().map(|(i, _, answer)| (i, answer)));
+            return (got, Riders::new());
+        };
+        let (partition, ride) = riders.pop_first().unwrap_or_default();
+        let (positions, requests): (Vec<usize>, Vec<Request>) = ride.into_iter().unzip();
+        let pause = pause.min(ACKS_PARKED_MAX);
+        let (got, answers) = self.park(queues, &hosted, changes, pause, Some((at, requests.clone()))).await;
+        let mut left = Vec::new();
+        for ((i, request), answer) in positions.into_iter().zip(requests).zip(answers) {
+            match answer {
+                Some(crate::wire::ForwardedWrite::Applied(response, _)) => ridden.push((i, Ok(response))),
+                _ => left.push((i, request)),
+            }
+        }
+        if !left.is_empty() {
+            riders.insert(partition, left);
+        }
+        (got, riders)
+    }
+
+    /// Parks the receive (with `before` riding ahead of it at one of `hosted`) for at most
+    /// `pause`; what it got, and an answer for each request of `before` (`None` for those
+    /// that did not ride or got no answer).
+    async fn park(
+        &self,
+        queues: &Queues,
+        hosted: &[(u32, std::sync::Arc<super::PartitionGroup>)],
+        changes: &mut tokio::sync::watch::Receiver<u64>,
+        pause: Duration,
+        before: Option<(usize, Vec<Request>)>,
+    ) -> (Vec<Delivery>, Vec<Option<crate::wire::ForwardedWrite>>) {
+        use crate::wire::ForwardedWrite;
+        let riding = before.as_ref().map_or(0, |(_, r)| r.len());
+        let unanswered = || (0..riding).map(|_| None).collect::<Vec<_>>();
+        let batchers: Vec<&Batcher> =
+            hosted.iter().map(|(_, g)| if g.is_leader() { &g.proposer } else { &g.forwarder }).collect();
+        let (queue, max, visibility_ms) = (self.queue, self.max, self.visibility_ms);
+        let request = super::routing::receive_request(&new_request_id(), queue, max, visibility_ms);
+        let deadline = Instant::now() + queues.request_timeout();
+        let (reply, taker, answers) = match batchers.iter().position(|b| b.sending_to(queue)) {
+            Some(at) => match before {
+                Some((bound, mut requests)) if bound == at => {
+                    requests.push(request.clone());
+                    let mut answers: Vec<_> =
+                        batchers[at].submit_all(requests, deadline).await.into_iter().map(Some).collect();
+                    let reply = answers.pop().flatten();
+                    (reply, Some(at), answers)
+                }
+                _ => (Some(batchers[at].submit(request.clone(), deadline).await), Some(at), unanswered()),
+            },
+            None => {
+                let mut ticket = Batcher::park_at(&batchers, request.clone(), before);
+                let reply = tokio::select! {
+                    reply = &mut ticket.reply => reply.ok(),
+                    _ = timeout(pause, changes.changed()) => {
+                        if ticket.unpark() {
+                            return (Vec::new(), unanswered());
+                        }
+                        // A batch took it meanwhile: its answer is on the way.
+                        timeout(queues.request_timeout(), &mut ticket.reply).await.ok().and_then(Result::ok)
+                    }
+                };
+                let mut answers = Vec::with_capacity(riding);
+                for rx in std::mem::take(&mut ticket.before) {
+                    // Answered with the receive's batch, or closed at once if they did not ride.
+                    answers.push(timeout(queues.request_timeout(), rx).await.ok().and_then(Result::ok));
+                }
+                (reply, ticket.taken_at(), answers)
+            }
+        };
+        let response = match (reply, taker.and_then(|at| hosted.get(at))) {
+            (Some(ForwardedWrite::Applied(response, index)), Some((partition, _))) => {
+                queues.partitions.handed_out(*partition, index);
+                response
+            }
+            (Some(ForwardedWrite::Applied(response, _)), None) => response,
+            // It may have been applied with its answer lost on the way: asked again under its
+            // request id where it was proposed, the log answers with what it handed out (or
+            // it is proposed now).
+            (_, Some((partition, group))) => {
+                match group.submit(request, Instant::now() + queues.request_timeout()).await {
+                    Ok((response, index)) => {
+                        queues.partitions.handed_out(*partition, index);
+                        response
+                    }
+                    Err(_) => return (Vec::new(), answers),
+                }
+            }
+            (_, None) => return (Vec::new(), answers),
+        };
+        (super::routing::deliveries(response).unwrap_or_default(), answers)
     }
 }

@@ -27,6 +27,9 @@ pub struct Partitions {
     /// them do not both go for the one message this node's copy shows (see
     /// `sinkron_core::claims`).
     receive_claims: Mutex<HashMap<u32, ReceiveClaims>>,
+    /// Per hosted partition, the highest log index at which a parked receive through this
+    /// node was answered: a copy that has not applied it yet may still show what it took.
+    handed_out: Mutex<HashMap<u32, u64>>,
 }
 
 /// A receive's claim on messages of one partition, given up when dropped (answered, failed
@@ -129,11 +132,29 @@ impl Partitions {
     }
 
     /// Whether this node hosts every partition and none shows a visible message of `queue`
-    /// in its copy: a look at the partitions now would find nothing.
+    /// in its copy: a look at the partitions now would find nothing. A copy behind a
+    /// receive this node answered ([`Partitions::handed_out`]) counts as showing nothing: what
+    /// it shows may be what that receive took (and if not, its next apply wakes the
+    /// receive, see [`Partitions::queue_changes`]).
     pub(super) fn nothing_visible_here(&self, queue: &str, partitions: u32) -> bool {
         let now = now_ms();
-        (0..partitions)
-            .all(|p| self.get(p).is_some_and(|group| !group.sm.read().state.state.has_visible(queue, now)))
+        let handed_out = self.handed_out.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        (0..partitions).all(|p| {
+            self.get(p).is_some_and(|group| {
+                let applied = group.sm.read();
+                let behind =
+                    applied.last_applied.map_or(0, |id| id.index) < handed_out.get(&p).copied().unwrap_or(0);
+                behind || !applied.state.state.has_visible(queue, now)
+            })
+        })
+    }
+
+    /// Notes that a receive through this node was answered from `partition` at log index
+    /// `index`.
+    pub(super) fn handed_out(&self, partition: u32, index: u64) {
+        let mut handed_out = self.handed_out.lock().unwrap_or_else(|p| p.into_inner());
+        let at = handed_out.entry(partition).or_default();
+        *at = (*at).max(index);
     }
 
     /// Notified when a hosted partition applied an entry and shows visible messages of
