@@ -25,6 +25,27 @@ async fn ready(cluster: &TestCluster) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn every_partition_elects_its_first_leader_well_within_an_election_timeout() {
+    // Election timeouts longer than the wait: the node that initialises a partition
+    // campaigns at once, often before its other replicas host the group; a partition whose
+    // first campaign failed would stay without a leader for 20 s or more unless that node
+    // campaigns again. Whether a first campaign fails depends on when each node's hosting
+    // pass runs, so three clusters are formed, one after the other.
+    let slow = [("RAFT_ELECTION_TIMEOUT_MIN", "20"), ("RAFT_ELECTION_TIMEOUT_MAX", "25")];
+    for round in 0..3 {
+        let started = Instant::now();
+        let cluster = TestCluster::start(3, &slow);
+        cluster.wait_leader(&cluster.all(), FORM).await;
+        let formed = started.elapsed();
+        wait_queues_ready(&cluster.client(0), Duration::from_secs(10)).await;
+        eprintln!(
+            "cluster {round}: formed after {formed:?}, every partition led after {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn producers_and_consumers_on_every_node_get_every_message() {
     let cluster = TestCluster::start(3, &[]);
     ready(&cluster).await;

@@ -45,20 +45,61 @@ impl Queues {
 /// node campaign at once, so the preferred replica does it first and the others only if
 /// the group is still empty after a few election timeouts (the preferred replica may be
 /// down).
+///
+/// That first campaign often finds the other replicas not hosting the group yet (each node
+/// opens its partitions on its own pass), and a failed campaign would leave the partition
+/// without a leader for a whole election timeout (3 to 5 s by default). So a node that
+/// initialised a group campaigns again on every pass while the group knows no leader, for
+/// one smallest election timeout; after that, Raft's own timer is as quick. Only this node
+/// can campaign in a group it just initialised (the others hold no membership until they
+/// hear from a leader), so a campaign that nobody knows a leader for disturbs nobody.
 pub async fn host_duties(queues: Queues) {
     let patience_ms = queues.config.election_timeout_max_ms * 2;
     let mut hosting = Hosting::new(&queues.config.name, queues.config.join, patience_ms);
+    let mut fresh = BTreeMap::new();
     let started = Instant::now();
     loop {
         if let Some(topology) = queues.group0.topology() {
-            host_once(&queues, &topology, &mut hosting, started).await;
+            host_once(&queues, &topology, &mut hosting, &mut fresh, started).await;
         }
+        campaign_while_leaderless(&queues, &mut fresh).await;
         tokio::time::sleep(PLACEMENT_INTERVAL).await;
     }
 }
 
-/// One pass of [`host_duties`]; the planner's clock is the time since `started`.
-async fn host_once(queues: &Queues, topology: &Topology, hosting: &mut Hosting, started: Instant) {
+/// Campaigns again in each group this node initialised (`fresh`, with when) that still
+/// knows no leader, for one smallest election timeout after initialising it.
+async fn campaign_while_leaderless(queues: &Queues, fresh: &mut BTreeMap<u32, Instant>) {
+    let window = Duration::from_millis(queues.config.election_timeout_min_ms);
+    let mut done = Vec::new();
+    for (&partition, since) in fresh.iter() {
+        let Some(group) = queues.partitions.get(partition) else {
+            done.push(partition);
+            continue;
+        };
+        if since.elapsed() >= window || group.raft.metrics().borrow().current_leader.is_some() {
+            done.push(partition);
+            continue;
+        }
+        tracing::debug!(partition, "no leader yet after initialising; campaigning again");
+        if group.raft.trigger().elect().await.is_err() {
+            done.push(partition);
+        }
+    }
+    for partition in done {
+        fresh.remove(&partition);
+    }
+}
+
+/// One pass of [`host_duties`]; the planner's clock is the time since `started`. Groups
+/// this pass initialises go into `fresh`.
+async fn host_once(
+    queues: &Queues,
+    topology: &Topology,
+    hosting: &mut Hosting,
+    fresh: &mut BTreeMap<u32, Instant>,
+    started: Instant,
+) {
     let hosted = |queues: &Queues| queues.partitions.hosted().into_iter().collect::<BTreeSet<u32>>();
     let now_ms = || started.elapsed().as_millis() as u64;
     for step in hosting.plan(topology, &hosted(queues)) {
@@ -79,30 +120,44 @@ async fn host_once(queues: &Queues, topology: &Topology, hosting: &mut Hosting, 
     for step in hosting.due(topology, &hosted(queues), now_ms()) {
         let HostStep::Initialise { partition, replicas } = step else { continue };
         let Some(group) = queues.partitions.get(partition) else { continue };
-        if initialize(queues, &group, &replicas).await {
-            hosting.initialised(partition);
+        match initialize(queues, &group, &replicas).await {
+            Initialised::Now => {
+                hosting.initialised(partition);
+                fresh.insert(partition, Instant::now());
+            }
+            Initialised::Already => hosting.initialised(partition),
+            Initialised::NotYet => {}
         }
     }
 }
 
+/// What [`initialize`] did.
+enum Initialised {
+    /// Initialised by this call: this node is campaigning.
+    Now,
+    /// The group held state already.
+    Already,
+    /// Not possible yet; try again on a later pass.
+    NotYet,
+}
+
 /// Initialises a partition group created with `replicas`, unless it already holds state.
-/// True once nothing is left to do.
-async fn initialize(queues: &Queues, group: &PartitionGroup, replicas: &[String]) -> bool {
+async fn initialize(queues: &Queues, group: &PartitionGroup, replicas: &[String]) -> Initialised {
     match group.raft.is_initialized().await {
-        Ok(true) => return true,
+        Ok(true) => return Initialised::Already,
         Ok(false) => {}
-        Err(_) => return false,
+        Err(_) => return Initialised::NotYet,
     }
     let members = queues.group0.members_by_name();
     let chosen: Option<BTreeMap<NodeId, Member>> =
         replicas.iter().map(|n| members.get(n).map(|m| (raft_id(n), m.clone()))).collect();
-    let Some(chosen) = chosen else { return false };
+    let Some(chosen) = chosen else { return Initialised::NotYet };
     match group.raft.initialize(chosen).await {
-        Ok(()) => true,
-        Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => true,
+        Ok(()) => Initialised::Now,
+        Err(RaftError::APIError(openraft::error::InitializeError::NotAllowed(_))) => Initialised::Already,
         Err(e) => {
             tracing::warn!(error = %e, "cannot initialise a partition yet");
-            false
+            Initialised::NotYet
         }
     }
 }
