@@ -40,7 +40,13 @@ impl Draws {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    out
 }
 
 impl Serialize for Seed {
@@ -78,6 +84,15 @@ mod tests {
         assert_ne!(first, a.hex128(), "successive draws differ");
         assert_ne!(first, other.hex128(), "another request draws from another stream");
         assert_ne!(first, Seed([8; 32]).stream(0).hex128());
+    }
+
+    #[test]
+    fn hex_is_two_lowercase_digits_per_byte_as_replicas_always_wrote_it() {
+        // Receipts hold these digits: a replica on another build must write the same.
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff, 0x10]), "000fa5ff10");
+        let all: Vec<u8> = (0..=255).collect();
+        let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&all), expected);
     }
 
     #[test]
