@@ -446,6 +446,40 @@ async fn acks_carried_by_a_waiting_receive_ride_in_the_entry_of_the_send_that_ta
     assert_eq!((stats.ready, stats.in_flight), (0, 0), "every message delivered once and acked");
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_carried_by_a_waiting_receive_are_applied_when_its_client_hangs_up() {
+    let cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    let all = clients(&cluster, &cluster.all());
+    let options = ReceiveOptions { max: Some(1), visibility_ms: Some(60_000), wait_ms: Some(10_000) };
+    // Through every node: parked at the partition leader's proposer and at forwarders.
+    for (round, client) in all.iter().enumerate() {
+        let queue = format!("hang-up-{round}");
+        client.queue_send(&queue, json!(round), None).await.expect("send");
+        let receipt = client.queue_receive(&queue, &options).await.expect("receive")[0].receipt.clone();
+        let waiting = {
+            let (client, options, queue) = (client.clone(), options.clone(), queue.clone());
+            tokio::spawn(async move { client.queue_receive_acking(&queue, &options, &[receipt]).await })
+        };
+        // Hung up as soon as the receive is parked, while its ack waits with it (50 ms).
+        let until = Instant::now() + FORM;
+        while counter_sum(std::slice::from_ref(client), "sinkron_queue_receives_parked").await < 1.0 {
+            assert!(Instant::now() < until, "round {round}: the receive never parked");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        waiting.abort();
+        // The message was in flight for 60 s: only the carried ack can empty the queue now.
+        eventually(Duration::from_secs(10), || async {
+            let stats = client.queue_stats(&queue).await.map_err(|e| e.to_string())?;
+            match (stats.ready, stats.in_flight) {
+                (0, 0) => Ok(()),
+                other => Err(format!("round {round}: (ready, in flight) {other:?}")),
+            }
+        })
+        .await;
+    }
+}
+
 async fn counter_sum(clients: &[Client], name: &str) -> f64 {
     let mut total = 0.0;
     for client in clients {

@@ -609,9 +609,12 @@ impl ParkedReceive<'_> {
             return (got, Riders::new());
         };
         let (partition, ride) = riders.pop_first().unwrap_or_default();
+        // A caller that goes away meanwhile (its client hung up) leaves the acks to this guard.
+        let mut unsettled = Unsettled { queues: queues.clone(), partition, ride: Some(ride.clone()) };
         let (positions, requests): (Vec<usize>, Vec<Request>) = ride.into_iter().unzip();
         let pause = pause.min(ACKS_PARKED_MAX);
         let (got, answers) = self.park(queues, &hosted, changes, pause, Some((at, requests.clone()))).await;
+        unsettled.ride = None;
         let mut left = Vec::new();
         for ((i, request), answer) in positions.into_iter().zip(requests).zip(answers) {
             match answer {
@@ -696,5 +699,24 @@ impl ParkedReceive<'_> {
             (_, None) => return (Vec::new(), answers),
         };
         (super::routing::deliveries(response).unwrap_or_default(), answers)
+    }
+}
+
+/// The acks a parked receive carries, while their outcome is not known: proposed on a task
+/// of their own if the receive is dropped (its client went away) before that, as they
+/// would have been had they not waited with it. Proposed again under their request ids, an
+/// ack that did ride is answered from the log, not applied twice.
+struct Unsettled {
+    queues: Queues,
+    partition: u32,
+    ride: Option<Vec<(usize, Request)>>,
+}
+
+impl Drop for Unsettled {
+    fn drop(&mut self) {
+        let Some(ride) = self.ride.take() else { return };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let (queues, riders) = (self.queues.clone(), Riders::from([(self.partition, ride)]));
+        runtime.spawn(async move { queues.write_by_partition(riders).await });
     }
 }
