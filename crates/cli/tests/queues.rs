@@ -407,7 +407,6 @@ async fn sigkill_of_every_node_mid_flush_loses_nothing_acknowledged_in_any_group
     );
 }
 
-/// The sum of counter `name` over the `/metrics` of `clients`.
 #[tokio::test(flavor = "multi_thread")]
 async fn acks_carried_by_a_waiting_receive_ride_in_the_entry_of_the_send_that_takes_it() {
     let cluster = TestCluster::start(3, &[]);
@@ -426,11 +425,7 @@ async fn acks_carried_by_a_waiting_receive_ride_in_the_entry_of_the_send_that_ta
             let (client, options, receipt) = (client.clone(), options.clone(), receipt.clone());
             tokio::spawn(async move { client.queue_receive_acking("carry", &options, &[receipt]).await })
         };
-        let until = Instant::now() + FORM;
-        while counter_sum(std::slice::from_ref(&client), "sinkron_queue_receives_parked").await < 1.0 {
-            assert!(Instant::now() < until, "round {round}: the receive never parked");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_parked(&client).await;
         let sent = client.queue_send("carry", json!(round), None).await.expect("send");
         let (got, acked) = waiting.await.expect("receiver").expect("receive");
         assert_eq!((acked.acked, acked.failed.len()), (1, 0), "round {round}: the carried ack is applied");
@@ -462,11 +457,7 @@ async fn acks_carried_by_a_waiting_receive_are_applied_when_its_client_hangs_up(
             tokio::spawn(async move { client.queue_receive_acking(&queue, &options, &[receipt]).await })
         };
         // Hung up as soon as the receive is parked, while its ack waits with it (50 ms).
-        let until = Instant::now() + FORM;
-        while counter_sum(std::slice::from_ref(client), "sinkron_queue_receives_parked").await < 1.0 {
-            assert!(Instant::now() < until, "round {round}: the receive never parked");
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        wait_parked(client).await;
         waiting.abort();
         // The message was in flight for 60 s: only the carried ack can empty the queue now.
         eventually(Duration::from_secs(10), || async {
@@ -480,6 +471,17 @@ async fn acks_carried_by_a_waiting_receive_are_applied_when_its_client_hangs_up(
     }
 }
 
+/// Returns as soon as `client`'s node shows a parked receive (looking every millisecond: a
+/// parked receive holds the acks it carries for 50 ms only).
+async fn wait_parked(client: &Client) {
+    let until = Instant::now() + FORM;
+    while counter_sum(std::slice::from_ref(client), "sinkron_queue_receives_parked").await < 1.0 {
+        assert!(Instant::now() < until, "the receive never parked");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// The sum of counter `name` over the `/metrics` of `clients`.
 async fn counter_sum(clients: &[Client], name: &str) -> f64 {
     let mut total = 0.0;
     for client in clients {
