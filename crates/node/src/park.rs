@@ -179,12 +179,13 @@ impl Ticket {
             _ => (String::new(), 1),
         };
         let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        let size = 1 + parcel.before.len();
+        let (riding, bound_to) = (parcel.before.len(), parcel.at);
         let receive = Arc::new(Waiting(Mutex::new(Slot::Parked(parcel))));
         // Counted before any batch can take it (and count it out).
         crate::metrics::record_receives_parked(1);
         for (place, park) in places.iter().enumerate() {
             let mut waiting = park.waiting.lock().unwrap_or_else(|p| p.into_inner());
+            let size = 1 + if place == bound_to { riding } else { 0 };
             let parked = Parked { ticket: id, max, size, receive: receive.clone(), place };
             waiting.entry(queue.clone()).or_default().push(parked);
         }
@@ -260,9 +261,15 @@ impl Park {
             // Receives another park's batch took, or whose caller went away, leave.
             parked.retain(|p| !p.receive.gone());
             let mut asked = counts.asked;
-            // Oldest first; one taken meanwhile by another park's batch is passed over.
-            while asked < counts.sends && parked.first().is_some_and(|p| riders.len() + p.size <= room) {
-                let oldest = parked.remove(0);
+            // Oldest first among those that fit in the batch's room with what rides before
+            // them; one taken meanwhile by another park's batch is passed over.
+            let mut at = 0;
+            while asked < counts.sends && at < parked.len() {
+                if riders.len() + parked[at].size > room {
+                    at += 1;
+                    continue;
+                }
+                let oldest = parked.remove(at);
                 if let Some(taken) = oldest.receive.take(oldest.place) {
                     asked += oldest.max;
                     receives += 1;

@@ -574,15 +574,20 @@ mod tests {
     #[tokio::test]
     async fn a_receive_and_its_acks_ride_only_where_they_all_fit_in_the_batch() {
         let (batcher, batches) = recording();
-        // The batch's own requests leave room for the receive but not for its acks too.
+        // The batch's own requests leave room for a receive but not for the older one's acks
+        // too: the younger receive, alone, is taken instead.
         let acks: Vec<Request> = (0..3).map(|i| ack(&format!("a{i}"))).collect();
-        let ticket = Batcher::park_at(&[&batcher], receive("r1", "q", 1), Some((0, acks)));
+        let older = Batcher::park_at(&[&batcher], receive("r1", "q", 1), Some((0, acks)));
+        let younger = batcher.park(receive("r2", "q", 1));
         let mut requests = vec![send("q"), send("q")];
         requests.extend((0..BATCH_MAX - 4).map(|i| ack(&format!("own{i}"))));
         batcher.submit_all(requests, soon()).await;
-        assert!(ticket.unpark(), "left parked: 3 acks and the receive do not fit");
-        let sizes: Vec<usize> = batches.lock().expect("batches").iter().map(Vec::len).collect();
-        assert_eq!(sizes, [BATCH_MAX - 2]);
+        assert!(older.unpark(), "left parked: 3 acks and the receive do not fit");
+        assert!(!younger.unpark(), "the younger one fits, and is taken");
+        let batches = batches.lock().expect("batches");
+        let sizes: Vec<usize> = batches.iter().map(Vec::len).collect();
+        assert_eq!(sizes, [BATCH_MAX - 1]);
+        assert_eq!(ids(&batches[0]).last().map(String::as_str), Some("r2"));
     }
 
     #[tokio::test]

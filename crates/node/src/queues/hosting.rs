@@ -50,9 +50,9 @@ impl Queues {
 /// opens its partitions on its own pass), and a failed campaign would leave the partition
 /// without a leader for a whole election timeout (3 to 5 s by default). So a node that
 /// initialised a group campaigns again on every pass while the group knows no leader, for
-/// one smallest election timeout; after that, Raft's own timer is as quick. Only this node
-/// can campaign in a group it just initialised (the others hold no membership until they
-/// hear from a leader), so a campaign that nobody knows a leader for disturbs nobody.
+/// one smallest election timeout; after that, Raft's own timer is as quick. It stops as
+/// soon as the group has a leader or this node holds another node's vote (another replica
+/// may have initialised the group while this one was away), so it never deposes a leader.
 pub async fn host_duties(queues: Queues) {
     let patience_ms = queues.config.election_timeout_max_ms * 2;
     let mut hosting = Hosting::new(&queues.config.name, queues.config.join, patience_ms);
@@ -77,7 +77,15 @@ async fn campaign_while_leaderless(queues: &Queues, fresh: &mut BTreeMap<u32, In
             done.push(partition);
             continue;
         };
-        if since.elapsed() >= window || group.raft.metrics().borrow().current_leader.is_some() {
+        // Only while the last vote this node holds is its own campaign's: once it stored
+        // another node's (it heard from a candidate or a leader, say one that initialised
+        // the group while this node was away), campaigning again could depose a leader.
+        let own_campaign = {
+            let metrics = group.raft.metrics();
+            let m = metrics.borrow();
+            m.current_leader.is_none() && m.vote.leader_id().voted_for() == Some(m.id)
+        };
+        if since.elapsed() >= window || !own_campaign {
             done.push(partition);
             continue;
         }

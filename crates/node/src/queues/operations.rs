@@ -144,13 +144,15 @@ impl Queues {
         let mut ridden = Vec::new();
         // A waiting receive that would find nothing in this node's copies (of every
         // partition) parks before its first look, so that a send reaching this node right
-        // behind it carries it; its acks park with it (see `park_at_partitions`). Every
+        // behind it carries it; its acks park with it (see [`ParkedReceive::wait`]). Every
         // later look asks the partitions first (those hosted elsewhere too), then parks.
         let mut alone = Vec::new();
         let mut park_first = wait_ms > 0 && self.partitions.nothing_visible_here(queue, partitions);
         let received = loop {
-            changes.borrow_and_update();
+            // The first park relies on `changes` as subscribed, before the look at this
+            // node's copies: an apply since then wakes it.
             if !std::mem::take(&mut park_first) {
+                changes.borrow_and_update();
                 let round =
                     self.receive_round(queue, max, visibility_ms, partitions, std::mem::take(&mut riders));
                 let (out, failure, outcomes) = round.await;
@@ -592,20 +594,22 @@ impl ParkedReceive<'_> {
             _ => None,
         };
         let pause = self.until.saturating_duration_since(Instant::now()).min(RECEIVE_POLL);
-        if hosted.is_empty() {
-            let _ = timeout(pause, changes.changed()).await;
-            return (Vec::new(), riders);
-        }
-        if riders.is_empty() {
-            return (self.park(queues, &hosted, changes, pause, None).await.0, riders);
-        }
         let Some(at) = bound else {
-            // Proposed alone at once, meanwhile.
-            let this = queues.clone();
-            let alone = tokio::spawn(async move { this.write_by_partition(riders).await });
-            let got = self.park(queues, &hosted, changes, pause, None).await.0;
-            let outcomes = alone.await.unwrap_or_default();
-            ridden.extend(outcomes.into_iter().map(|(i, _, answer)| (i, answer)));
+            // Proposed alone at once (if any), meanwhile.
+            let alone = (!riders.is_empty()).then(|| {
+                let this = queues.clone();
+                tokio::spawn(async move { this.write_by_partition(riders).await })
+            });
+            let got = if hosted.is_empty() {
+                let _ = timeout(pause, changes.changed()).await;
+                Vec::new()
+            } else {
+                self.park(queues, &hosted, changes, pause, None).await.0
+            };
+            if let Some(alone) = alone {
+                let outcomes = alone.await.unwrap_or_default();
+                ridden.extend(outcomes.into_iter().map(|(i, _, answer)| (i, answer)));
+            }
             return (got, Riders::new());
         };
         let (partition, ride) = riders.pop_first().unwrap_or_default();
@@ -671,16 +675,17 @@ impl ParkedReceive<'_> {
                     }
                 };
                 let mut answers = Vec::with_capacity(riding);
+                let deadline = tokio::time::Instant::now() + queues.request_timeout();
                 for rx in std::mem::take(&mut ticket.before) {
                     // Answered with the receive's batch, or closed at once if they did not ride.
-                    answers.push(timeout(queues.request_timeout(), rx).await.ok().and_then(Result::ok));
+                    answers.push(tokio::time::timeout_at(deadline, rx).await.ok().and_then(Result::ok));
                 }
                 (reply, ticket.taken_at(), answers)
             }
         };
         let response = match (reply, taker.and_then(|at| hosted.get(at))) {
             (Some(ForwardedWrite::Applied(response, index)), Some((partition, _))) => {
-                queues.partitions.handed_out(*partition, index);
+                note_handed_out(queues, *partition, index, &response);
                 response
             }
             (Some(ForwardedWrite::Applied(response, _)), None) => response,
@@ -690,7 +695,7 @@ impl ParkedReceive<'_> {
             (_, Some((partition, group))) => {
                 match group.submit(request, Instant::now() + queues.request_timeout()).await {
                     Ok((response, index)) => {
-                        queues.partitions.handed_out(*partition, index);
+                        note_handed_out(queues, *partition, index, &response);
                         response
                     }
                     Err(_) => return (Vec::new(), answers),
@@ -699,6 +704,14 @@ impl ParkedReceive<'_> {
             (_, None) => return (Vec::new(), answers),
         };
         (super::routing::deliveries(response).unwrap_or_default(), answers)
+    }
+}
+
+/// Notes, for the behind-copy rule of [`Queues::receive`], that a parked receive through
+/// this node took messages of `partition` at log index `index`.
+fn note_handed_out(queues: &Queues, partition: u32, index: u64, response: &Response) {
+    if matches!(response, Response::QueueReceived { messages } if !messages.is_empty()) {
+        queues.partitions.handed_out(partition, index);
     }
 }
 
