@@ -472,6 +472,38 @@ async fn acks_carried_by_a_waiting_receive_are_applied_when_its_client_hangs_up(
     }
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_going_with_a_receive_are_applied_when_its_client_hangs_up_during_a_failover() {
+    let mut cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    let queue = "failover-ack";
+    let options = ReceiveOptions { max: Some(1), visibility_ms: Some(60_000), wait_ms: Some(0) };
+    let partition = cluster.client(0).queue_send(queue, json!(0), None).await.expect("send").partition;
+    cluster.client(0).queue_send(queue, json!(1), None).await.expect("send");
+    let leader_name = partition_leader(&cluster.client(0), partition).await;
+    let leader = cluster.nodes.iter().position(|n| n.name == leader_name).expect("leader index");
+    let survivor = cluster.client((leader + 1) % 3);
+    let receipt = survivor.queue_receive(queue, &options).await.expect("receive")[0].receipt.clone();
+    cluster.kill(leader);
+    // The receive finds message 1 visible and goes to its partition with the ack, where both
+    // wait for a new leader; the client hangs up meanwhile (an election takes 0.3 s or more).
+    let receiving = {
+        let (survivor, options) = (survivor.clone(), options.clone());
+        tokio::spawn(async move { survivor.queue_receive_acking(queue, &options, &[receipt]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    receiving.abort();
+    // Message 0 was in flight for 60 s: only the ack can take it out; message 1 stays ready.
+    eventually(FORM, || async {
+        let stats = survivor.queue_stats(queue).await.map_err(|e| e.to_string())?;
+        match (stats.ready, stats.in_flight) {
+            (1, 0) => Ok(()),
+            other => Err(format!("(ready, in flight) {other:?}")),
+        }
+    })
+    .await;
+}
+
 /// Returns as soon as `client`'s node shows a parked receive (looking every millisecond: a
 /// parked receive holds the acks it carries for 50 ms only).
 async fn wait_parked(client: &Client) {

@@ -265,8 +265,12 @@ impl Queues {
         request_id: String,
         ride: Vec<(usize, Request)>,
     ) -> (Result<Vec<Delivery>, NodeError>, RiderOutcomes) {
+        // Cancelled (its client hung up) before the acks reached the log, the receive leaves
+        // them to this guard.
+        let mut unsettled = Unsettled { queues: self.clone(), partition, ride: Some(ride.clone()) };
         let (positions, mut requests): (Vec<usize>, Vec<Request>) = ride.into_iter().unzip();
         let Some(group) = self.partitions.get(partition) else {
+            unsettled.ride = None;
             let gone = NodeError::Unavailable(format!("partition {partition} closed on this node; retry"));
             return (Err(gone.clone()), positions.into_iter().map(|i| (i, Err(gone.clone()))).collect());
         };
@@ -274,6 +278,7 @@ impl Queues {
         // The acks' deadline, as when they are proposed alone.
         let deadline = Instant::now() + self.request_timeout();
         let mut answers = group.submit_all(requests, deadline).await;
+        unsettled.ride = None;
         let received = answers
             .pop()
             .unwrap_or_else(|| Err(NodeError::Unavailable("the receive got no answer".into())))
@@ -715,9 +720,9 @@ fn note_handed_out(queues: &Queues, partition: u32, index: u64, response: &Respo
     }
 }
 
-/// The acks a parked receive carries, while their outcome is not known: proposed on a task
-/// of their own if the receive is dropped (its client went away) before that, as they
-/// would have been had they not waited with it. Proposed again under their request ids, an
+/// The acks a receive carries, while their outcome is not known: proposed on a task of
+/// their own if the receive is dropped (its client went away) before that, as they would
+/// have been had they not gone with it. Proposed again under their request ids, an
 /// ack that did ride is answered from the log, not applied twice.
 struct Unsettled {
     queues: Queues,
