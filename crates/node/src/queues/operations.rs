@@ -618,14 +618,14 @@ impl ParkedReceive<'_> {
             return (got, Riders::new());
         };
         let (partition, ride) = riders.pop_first().unwrap_or_default();
+        let requests = ride.iter().map(|(_, request)| request.clone()).collect();
         // A caller that goes away meanwhile (its client hung up) leaves the acks to this guard.
-        let mut unsettled = Unsettled { queues: queues.clone(), partition, ride: Some(ride.clone()) };
-        let (positions, requests): (Vec<usize>, Vec<Request>) = ride.into_iter().unzip();
+        let mut unsettled = Unsettled { queues: queues.clone(), partition, ride: Some(ride) };
         let pause = pause.min(ACKS_PARKED_MAX);
-        let (got, answers) = self.park(queues, &hosted, changes, pause, Some((at, requests.clone()))).await;
-        unsettled.ride = None;
+        let (got, answers) = self.park(queues, &hosted, changes, pause, Some((at, requests))).await;
+        let ride = unsettled.ride.take().unwrap_or_default();
         let mut left = Vec::new();
-        for ((i, request), answer) in positions.into_iter().zip(requests).zip(answers) {
+        for ((i, request), answer) in ride.into_iter().zip(answers) {
             match answer {
                 Some(crate::wire::ForwardedWrite::Applied(response, _)) => ridden.push((i, Ok(response))),
                 _ => left.push((i, request)),
