@@ -453,6 +453,7 @@ async fn acks_carried_by_a_waiting_receive_are_applied_when_its_client_hangs_up(
         let queue = format!("hang-up-{round}");
         client.queue_send(&queue, json!(round), None).await.expect("send");
         let receipt = client.queue_receive(&queue, &options).await.expect("receive")[0].receipt.clone();
+        let acked_before = acked_here(client).await;
         let waiting = {
             let (client, options, queue) = (client.clone(), options.clone(), queue.clone());
             tokio::spawn(async move { client.queue_receive_acking(&queue, &options, &[receipt]).await })
@@ -469,7 +470,26 @@ async fn acks_carried_by_a_waiting_receive_are_applied_when_its_client_hangs_up(
             }
         })
         .await;
+        // The node that proposed the ack for the receive counts it, as it counts any ack.
+        eventually(Duration::from_secs(10), || async {
+            let acked = acked_here(client).await - acked_before;
+            if acked == 1.0 {
+                Ok(())
+            } else {
+                Err(format!("round {round}: {acked} acks counted"))
+            }
+        })
+        .await;
     }
+}
+
+/// The acks counted by the node of `client` (`sinkron_queue_messages_total{op="acked"}`).
+async fn acked_here(client: &Client) -> f64 {
+    let text = client.metrics().await.expect("metrics");
+    text.lines()
+        .filter(|l| l.starts_with("sinkron_queue_messages_total{") && l.contains("op=\"acked\""))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -135,7 +135,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "sinkron_queue_acks_rode_total",
         Kind::Counter,
-        "Acks carried by a parked receive that rode in the batch of the send that took it",
+        "Acks carried by a parked receive that rode in the batch of the send that took it and were applied there",
     ),
     (
         "sinkron_queue_receives_gated_total",

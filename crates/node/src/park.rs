@@ -273,7 +273,6 @@ impl Park {
                 if let Some(taken) = oldest.receive.take(oldest.place) {
                     asked += oldest.max;
                     receives += 1;
-                    crate::metrics::record_acks_rode(taken.len() - 1);
                     riders.extend(taken);
                 }
             }

@@ -56,6 +56,11 @@ pub(super) struct RoundTripArgs {
     /// before the clock starts). Sinkron only.
     #[arg(long)]
     consumer_waits: bool,
+    /// Receive and ack through the next node of `--endpoints` after the one each worker
+    /// sends through, as a producer and a consumer behind a load balancer would mostly be.
+    /// Sinkron only.
+    #[arg(long)]
+    consumer_elsewhere: bool,
 }
 
 /// How a Sinkron worker acknowledges what it received.
@@ -105,10 +110,13 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
             let mut tasks = Vec::with_capacity(args.in_flight);
             for (worker, count) in counts.into_iter().enumerate() {
                 let client = clients[worker % clients.len()].clone();
+                let shift = usize::from(args.consumer_elsewhere);
+                let consumer = clients[(worker + shift) % clients.len()].clone();
                 let key = (args.keys > 0).then(|| format!("k{}", worker % args.keys));
                 let (queue, body) = (queue.clone(), serde_json::Value::String(body.clone()));
                 let worker = SinkronWorker {
                     client,
+                    consumer,
                     queue,
                     body,
                     key,
@@ -135,6 +143,10 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
             anyhow::ensure!(
                 !args.ack_without_wait && !args.ack_with_receive,
                 "RabbitMQ's acks are never answered; the ack flags are for Sinkron"
+            );
+            anyhow::ensure!(
+                !args.consumer_elsewhere,
+                "RabbitMQ is one node here; --consumer-elsewhere is for Sinkron"
             );
             anyhow::ensure!(
                 !args.consumer_waits,
@@ -171,7 +183,8 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
                 (false, false) => "",
             };
             let waits = if args.consumer_waits { ", consumer waiting" } else { "" };
-            format!("roundtrip{keyed}{acks}{waits}")
+            let elsewhere = if args.consumer_elsewhere { ", consumer on the next node" } else { "" };
+            format!("roundtrip{keyed}{acks}{waits}{elsewhere}")
         }
     };
     report(&name, args.in_flight, args.json, &summary);
@@ -183,7 +196,10 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
 
 /// One worker's settings: the node it talks to, the queue and its message, and how it acks.
 struct SinkronWorker {
+    /// The node the worker sends through.
     client: sinkron_client::Client,
+    /// The node it receives and acks through.
+    consumer: sinkron_client::Client,
     queue: String,
     body: serde_json::Value,
     key: Option<String>,
@@ -193,7 +209,8 @@ struct SinkronWorker {
 }
 
 impl SinkronWorker {
-    /// `count` round trips through one Sinkron node: send, receive one (any worker's), ack.
+    /// `count` round trips: send through `client`, receive one (any worker's) and ack it through
+    /// `consumer`.
     async fn run(self, count: usize, phases: Arc<Phases>) -> (Vec<Duration>, usize) {
         let options = sinkron_client::ReceiveOptions {
             max: Some(1),
@@ -242,7 +259,7 @@ impl SinkronWorker {
             let received = Instant::now();
             if self.ack != AckMode::Wait {
                 if self.ack == AckMode::Background {
-                    let (client, queue) = (self.client.clone(), self.queue.clone());
+                    let (client, queue) = (self.consumer.clone(), self.queue.clone());
                     acks.spawn(async move { client.queue_ack(&queue, &receipt).await.is_ok() });
                 } else {
                     carried.push(receipt);
@@ -252,7 +269,7 @@ impl SinkronWorker {
                 crate::progress::tick(1);
                 continue;
             }
-            match self.client.queue_ack(&self.queue, &receipt).await {
+            match self.consumer.queue_ack(&self.queue, &receipt).await {
                 Ok(_) => {
                     latencies.push(t.elapsed());
                     phases.record([sent - t, received - sent, received.elapsed()]);
@@ -265,7 +282,7 @@ impl SinkronWorker {
             errors += usize::from(!matches!(acked, Ok(true)));
         }
         for receipt in carried {
-            errors += usize::from(self.client.queue_ack(&self.queue, &receipt).await.is_err());
+            errors += usize::from(self.consumer.queue_ack(&self.queue, &receipt).await.is_err());
         }
         (latencies, errors)
     }
@@ -282,9 +299,9 @@ impl SinkronWorker {
     ) -> Option<String> {
         while Instant::now() < stalled {
             let got = if carried.is_empty() {
-                self.client.queue_receive(&self.queue, options).await
+                self.consumer.queue_receive(&self.queue, options).await
             } else {
-                self.client.queue_receive_acking(&self.queue, options, carried).await.map(|(got, acked)| {
+                self.consumer.queue_receive_acking(&self.queue, options, carried).await.map(|(got, acked)| {
                     *errors += acked.failed.len();
                     carried.clear();
                     got

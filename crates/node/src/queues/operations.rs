@@ -625,12 +625,19 @@ impl ParkedReceive<'_> {
         let (got, answers) = self.park(queues, &hosted, changes, pause, Some((at, requests))).await;
         let ride = unsettled.ride.take().unwrap_or_default();
         let mut left = Vec::new();
+        let mut rode = 0;
         for ((i, request), answer) in ride.into_iter().zip(answers) {
             match answer {
-                Some(crate::wire::ForwardedWrite::Applied(response, _)) => ridden.push((i, Ok(response))),
+                Some(crate::wire::ForwardedWrite::Applied(response, _)) => {
+                    rode += 1;
+                    ridden.push((i, Ok(response)));
+                }
                 _ => left.push((i, request)),
             }
         }
+        // Counted once applied: a batch that took them and then failed leaves them to be
+        // proposed alone, below.
+        crate::metrics::record_acks_rode(rode);
         if !left.is_empty() {
             riders.insert(partition, left);
         }
@@ -734,7 +741,19 @@ impl Drop for Unsettled {
     fn drop(&mut self) {
         let Some(ride) = self.ride.take() else { return };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
+        let queue = ride.iter().find_map(|(_, request)| match &request.command {
+            Command::QueueAck { queue, .. } => Some(queue.clone()),
+            _ => None,
+        });
         let (queues, riders) = (self.queues.clone(), Riders::from([(self.partition, ride)]));
-        runtime.spawn(async move { queues.write_by_partition(riders).await });
+        runtime.spawn(async move {
+            let outcomes = queues.write_by_partition(riders).await;
+            // Counted as the receive would have counted them (`ack_outcomes`).
+            let acked =
+                outcomes.iter().filter(|(_, _, o)| matches!(o, Ok(Response::QueueDone { .. }))).count();
+            if let Some(queue) = queue {
+                crate::metrics::record_queue_op("acked", &queue, acked as u64);
+            }
+        });
     }
 }
