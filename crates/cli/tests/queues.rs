@@ -426,7 +426,7 @@ async fn acks_carried_by_a_waiting_receive_ride_in_the_entry_of_the_send_that_ta
             let (client, options, receipt) = (client.clone(), options.clone(), receipt.clone());
             tokio::spawn(async move { client.queue_receive_acking("carry", &options, &[receipt]).await })
         };
-        wait_parked(&client).await;
+        wait_parked(&all).await;
         let sent = client.queue_send("carry", json!(round), None).await.expect("send");
         let (got, acked) = waiting.await.expect("receiver").expect("receive");
         assert_eq!((acked.acked, acked.failed.len()), (1, 0), "round {round}: the carried ack is applied");
@@ -440,6 +440,97 @@ async fn acks_carried_by_a_waiting_receive_ride_in_the_entry_of_the_send_that_ta
     all[0].queue_ack("carry", &receipt).await.expect("last ack");
     let stats = all[0].queue_stats("carry").await.expect("stats");
     assert_eq!((stats.ready, stats.in_flight), (0, 0), "every message delivered once and acked");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_receive_through_a_follower_rides_with_a_send_through_another_node() {
+    let cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    let all = clients(&cluster, &cluster.all());
+    let queue = "apart";
+    let options = ReceiveOptions { max: Some(1), visibility_ms: Some(30_000), wait_ms: Some(10_000) };
+    let partition = all[0].queue_send(queue, json!(-1), None).await.expect("first send").partition;
+    let mut receipt = all[0].queue_receive(queue, &options).await.expect("first receive")[0].receipt.clone();
+    let leader_name = partition_leader(&all[0], partition).await;
+    let leader = cluster.nodes.iter().position(|n| n.name == leader_name).expect("leader index");
+    // The consumer waits at a follower of the queue's partition; the producer sends through
+    // the partition's leader, then through the other follower (forwarded to the leader).
+    let consumer = all[(leader + 1) % 3].clone();
+    let producers = [all[leader].clone(), all[(leader + 2) % 3].clone()];
+    let relayed_before =
+        counter_sum(std::slice::from_ref(&consumer), "sinkron_queue_receives_relayed_total").await;
+    let rode_before = counter_sum(&all, "sinkron_queue_receives_rode_total").await;
+    let acks_before = counter_sum(&all, "sinkron_queue_acks_rode_total").await;
+    let rounds = 6;
+    for round in 0..rounds {
+        let waiting = {
+            let (consumer, options, receipt) = (consumer.clone(), options.clone(), receipt.clone());
+            tokio::spawn(async move { consumer.queue_receive_acking(queue, &options, &[receipt]).await })
+        };
+        wait_parked(&all).await;
+        let sent = producers[round % 2].queue_send(queue, json!(round), None).await.expect("send");
+        let (got, acked) = waiting.await.expect("receiver").expect("receive");
+        assert_eq!((acked.acked, acked.failed.len()), (1, 0), "round {round}: the carried ack is applied");
+        assert_eq!(got.len(), 1, "round {round}: the waiting receive gets the message");
+        assert_eq!((got[0].id.as_str(), &got[0].body), (sent.id.as_str(), &json!(round)));
+        receipt = got[0].receipt.clone();
+    }
+    // Parked at the leader, where every send to the queue is proposed, each receive rode in
+    // its send's entry; parked at the follower, none could (the sends never pass there).
+    let relayed = counter_sum(std::slice::from_ref(&consumer), "sinkron_queue_receives_relayed_total").await;
+    let rode = counter_sum(&all, "sinkron_queue_receives_rode_total").await - rode_before;
+    let acks = counter_sum(&all, "sinkron_queue_acks_rode_total").await - acks_before;
+    eprintln!(
+        "relayed {} receives; {rode} rode in their send's entry, {acks} with their ack",
+        relayed - relayed_before
+    );
+    assert_eq!(relayed - relayed_before, rounds as f64, "every waiting receive was relayed to the leader");
+    assert_eq!(rode, rounds as f64, "every relayed receive rode in the entry of the send that took it");
+    all[0].queue_ack(queue, &receipt).await.expect("last ack");
+    let stats = all[0].queue_stats(queue).await.expect("stats");
+    assert_eq!((stats.ready, stats.in_flight), (0, 0), "every message delivered once and acked");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_waiting_receive_the_leader_cannot_take_runs_where_it_arrived() {
+    // One long poll per node: the leader's is taken by a receive of another queue, so it
+    // refuses the relayed one, and the follower that got it runs it itself.
+    let cluster = TestCluster::start(3, &[("QUEUE_LONG_POLLS_MAX", "1")]);
+    ready(&cluster).await;
+    let all = clients(&cluster, &cluster.all());
+    let queue = "fallback";
+    let options = ReceiveOptions { max: Some(1), visibility_ms: Some(30_000), wait_ms: Some(10_000) };
+    let partition = all[0].queue_send(queue, json!(-1), None).await.expect("first send").partition;
+    let receipt = all[0].queue_receive(queue, &options).await.expect("first receive")[0].receipt.clone();
+    let leader_name = partition_leader(&all[0], partition).await;
+    let leader = cluster.nodes.iter().position(|n| n.name == leader_name).expect("leader index");
+    let consumer = all[(leader + 1) % 3].clone();
+    let holder = {
+        let (client, options) = (all[leader].clone(), options.clone());
+        tokio::spawn(async move { client.queue_receive("fallback-hold", &options).await })
+    };
+    wait_parked(std::slice::from_ref(&all[leader])).await;
+    let fell_back = || async {
+        let text = consumer.metrics().await.expect("metrics");
+        text.lines().any(|l| {
+            l.starts_with("sinkron_queue_receives_relayed_total{")
+                && l.contains("ran_here")
+                && l.ends_with(" 1")
+        })
+    };
+    assert!(!fell_back().await, "nothing relayed yet");
+    let waiting = {
+        let (consumer, options) = (consumer.clone(), options.clone());
+        tokio::spawn(async move { consumer.queue_receive_acking(queue, &options, &[receipt]).await })
+    };
+    wait_parked(std::slice::from_ref(&consumer)).await;
+    assert!(fell_back().await, "the relay was refused and the receive ran at the follower");
+    let sent = consumer.queue_send(queue, json!(0), None).await.expect("send");
+    let (got, acked) = waiting.await.expect("receiver").expect("the receive ran, not refused");
+    assert_eq!((acked.acked, acked.failed.len()), (1, 0), "the carried ack is applied");
+    assert_eq!(got.len(), 1, "the waiting receive gets the message");
+    assert_eq!(got[0].id, sent.id);
+    holder.abort();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -458,8 +549,9 @@ async fn acks_carried_by_a_waiting_receive_are_applied_when_its_client_hangs_up(
             let (client, options, queue) = (client.clone(), options.clone(), queue.clone());
             tokio::spawn(async move { client.queue_receive_acking(&queue, &options, &[receipt]).await })
         };
-        // Hung up as soon as the receive is parked, while its ack waits with it (50 ms).
-        wait_parked(client).await;
+        // Hung up as soon as the receive is parked (here, or at the partition's leader it
+        // was relayed to), while its ack waits with it (50 ms).
+        wait_parked(&all).await;
         waiting.abort();
         // The message was in flight for 60 s: only the carried ack can empty the queue now.
         eventually(Duration::from_secs(10), || async {
@@ -524,11 +616,11 @@ async fn acks_going_with_a_receive_are_applied_when_its_client_hangs_up_during_a
     .await;
 }
 
-/// Returns as soon as `client`'s node shows a parked receive (looking every millisecond: a
-/// parked receive holds the acks it carries for 50 ms only).
-async fn wait_parked(client: &Client) {
+/// Returns as soon as one of the nodes of `clients` shows a parked receive (looking every
+/// millisecond: a parked receive holds the acks it carries for 50 ms only).
+async fn wait_parked(clients: &[Client]) {
     let until = Instant::now() + FORM;
-    while counter_sum(std::slice::from_ref(client), "sinkron_queue_receives_parked").await < 1.0 {
+    while counter_sum(clients, "sinkron_queue_receives_parked").await < 1.0 {
         assert!(Instant::now() < until, "the receive never parked");
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -674,13 +766,9 @@ async fn a_waiting_receive_is_handed_its_message_by_the_entry_that_stores_it() {
                 let (client, options) = (client.clone(), options.clone());
                 tokio::spawn(async move { client.queue_receive("ride", &options).await })
             };
-            eventually(FORM, || async {
-                match counter_sum(std::slice::from_ref(&client), "sinkron_queue_receives_parked").await {
-                    parked if parked > 0.0 => Ok(()),
-                    _ => Err("the receive is not parked yet"),
-                }
-            })
-            .await;
+            // Parked here, or at the leader of the queue's home partition (a receive through a
+            // follower is relayed there while the queue has no keyed messages).
+            wait_parked(&all).await;
             let key = if keyed { away() } else { None };
             let sent = client.queue_send("ride", json!(round), key.as_deref()).await.expect("send");
             let got = waiting.await.expect("receiver").expect("receive");

@@ -133,6 +133,11 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
         "Parked receives a batch of this node took along after a send to their queue",
     ),
     (
+        "sinkron_queue_receives_relayed_total",
+        Kind::Counter,
+        "Waiting receives this node relayed to their queue's home partition leader, by outcome (answered there, or ran here after all)",
+    ),
+    (
         "sinkron_queue_acks_rode_total",
         Kind::Counter,
         "Acks carried by a parked receive that rode in the batch of the send that took it and were applied there",
@@ -415,7 +420,13 @@ pub fn record_receives_rode(count: usize) {
     }
 }
 
-/// Counts acks carried by parked receives that rode in the batch of the send that took them.
+/// Counts a waiting receive relayed to its queue's home partition leader, by `outcome`.
+pub fn record_receive_relayed(outcome: &'static str) {
+    metrics::counter!("sinkron_queue_receives_relayed_total", "outcome" => outcome).increment(1);
+}
+
+/// Counts acks carried by parked receives that rode in the batch of the send that took them
+/// and were applied.
 pub fn record_acks_rode(count: usize) {
     if count > 0 {
         metrics::counter!("sinkron_queue_acks_rode_total").increment(count as u64);

@@ -73,6 +73,22 @@ pub enum LeaderCall {
         /// Visibility timeout.
         visibility_ms: u64,
     },
+    /// A waiting receive of another node, relayed whole to the leader of its queue's home
+    /// partition (see `Queues::receive`): run here as if its client had called this node,
+    /// never relayed again.
+    WaitingReceive {
+        /// Queue name.
+        queue: String,
+        /// Most messages.
+        max: u32,
+        /// Visibility timeout.
+        visibility_ms: u64,
+        /// Longest wait.
+        wait_ms: u64,
+        /// Acks the receive carries: partition, position among the client's receipts, and
+        /// the request (its id made by the relaying node, which may propose it again).
+        acks: Vec<(u32, usize, Request)>,
+    },
     /// Counts of `queue` (if given) and the leader.
     Stats {
         /// Queue to count.
@@ -98,6 +114,13 @@ pub enum PartitionReply {
     AppliedAll(Vec<Result<Response, NodeError>>),
     /// Deliveries of a receive.
     Received(Vec<Delivery>),
+    /// The outcome of a [`LeaderCall::WaitingReceive`], and each ack's by position.
+    Waited {
+        /// What the receive got.
+        received: Result<Vec<Delivery>, NodeError>,
+        /// The acks' outcomes.
+        acks: Vec<(usize, Result<Response, NodeError>)>,
+    },
     /// Counts.
     Stats(PartitionStats),
     /// The queues of a partition.

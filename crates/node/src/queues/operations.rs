@@ -1,6 +1,8 @@
 //! The queue operations: send (one or many), receive with long polling, ack, nack, stats.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -13,6 +15,7 @@ use tokio::time::timeout;
 use super::{new_request_id, unexpected, Queues};
 use crate::error::NodeError;
 use crate::proposer::Batcher;
+use crate::types::{partition_group, Member};
 use crate::wire::{LeaderCall, PartitionCall, PartitionQueues, PartitionReply, PartitionStats, Sent};
 
 /// Requests per partition, each with its position among the caller's requests: the acks
@@ -20,6 +23,17 @@ use crate::wire::{LeaderCall, PartitionCall, PartitionQueues, PartitionReply, Pa
 type Riders = BTreeMap<u32, Vec<(usize, Request)>>;
 /// Their outcomes, by position.
 type RiderOutcomes = Vec<(usize, Result<Response, NodeError>)>;
+/// What a receive got, and the outcomes of the acks it carried.
+type ReceiveOutcome = (Result<Vec<Delivery>, NodeError>, RiderOutcomes);
+
+/// Whether a waiting receive may be relayed to its home partition's leader.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Relay {
+    /// A client's receive.
+    Allowed,
+    /// A receive relayed here already.
+    Not,
+}
 
 /// Longest a receive waits for one partition before moving on to the next.
 const RECEIVE_PARTITION_WAIT: Duration = Duration::from_secs(2);
@@ -101,7 +115,7 @@ impl Queues {
         visibility_ms: u64,
         wait_ms: u64,
     ) -> Result<Vec<Delivery>, NodeError> {
-        self.receive_with(queue, max, visibility_ms, wait_ms, Riders::new()).await.0
+        self.receive_with(queue, max, visibility_ms, wait_ms, Riders::new(), Relay::Allowed).await.0
     }
 
     /// Acknowledges `receipts` of `queue` and receives, as [`Queues::receive`]. An ack of a
@@ -117,11 +131,43 @@ impl Queues {
         receipts: &[String],
     ) -> (Result<Vec<Delivery>, NodeError>, Vec<Result<(), NodeError>>) {
         let (riders, outcomes) = self.ack_requests(queue, receipts);
-        let (received, ridden) = self.receive_with(queue, max, visibility_ms, wait_ms, riders).await;
+        let (received, ridden) =
+            self.receive_with(queue, max, visibility_ms, wait_ms, riders, Relay::Allowed).await;
         (received, ack_outcomes(queue, receipts, outcomes, ridden))
     }
 
+    /// Runs a waiting receive another node relayed here (see [`Queues::receive_with`]), with
+    /// the acks it carries (their request ids kept); never relayed again.
+    ///
+    /// Boxed, and with a named type: the relayed receive runs inside a partition call, which
+    /// a receive itself makes, so its future would otherwise contain itself.
+    pub(super) fn run_relayed_receive(
+        &self,
+        queue: String,
+        max: u32,
+        visibility_ms: u64,
+        wait_ms: u64,
+        acks: Vec<(u32, usize, Request)>,
+    ) -> Pin<Box<dyn Future<Output = ReceiveOutcome> + Send + '_>> {
+        let mut riders = Riders::new();
+        for (partition, position, request) in acks {
+            riders.entry(partition).or_default().push((position, request));
+        }
+        Box::pin(
+            async move { self.receive_with(&queue, max, visibility_ms, wait_ms, riders, Relay::Not).await },
+        )
+    }
+
     /// [`Queues::receive`], with `riders` proposed along with the first round.
+    ///
+    /// A waiting receive that would find nothing here, of a queue whose messages all went to
+    /// its home partition (the one of sends without a key), is relayed whole to that
+    /// partition's leader if another node leads it, and runs there as if its client had
+    /// called that node. It then waits where the queue's sends are proposed, whichever node
+    /// they came through, and the first send's entry hands the message out; waiting here, it
+    /// could only ride with sends passing through this node. If the leader cannot run it
+    /// (unreachable, or no longer leading), it runs here, its acks under the same request
+    /// ids.
     async fn receive_with(
         &self,
         queue: &str,
@@ -129,6 +175,7 @@ impl Queues {
         visibility_ms: u64,
         wait_ms: u64,
         mut riders: Riders,
+        relay: Relay,
     ) -> (Result<Vec<Delivery>, NodeError>, RiderOutcomes) {
         let settings =
             validate_queue_name(queue).map_err(NodeError::from).and_then(|()| self.queue_settings());
@@ -148,6 +195,15 @@ impl Queues {
         // later look asks the partitions first (those hosted elsewhere too), then parks.
         let mut alone = Vec::new();
         let mut park_first = wait_ms > 0 && self.partitions.nothing_visible_here(queue, partitions);
+        if park_first && relay == Relay::Allowed {
+            if let Some((home, leader)) = self.relay_target(queue, partitions) {
+                let relayed = self.relay_receive(home, &leader, queue, max, visibility_ms, until, &riders);
+                if let Some(outcome) = relayed.await {
+                    count_received(queue, &outcome.0);
+                    return outcome;
+                }
+            }
+        }
         let received = loop {
             // The first park relies on `changes` as subscribed, before the look at this
             // node's copies: an apply since then wakes it.
@@ -179,12 +235,77 @@ impl Queues {
             let outcomes = acks.await.unwrap_or_default();
             ridden.extend(outcomes.into_iter().map(|(i, _, answer)| (i, answer)));
         }
-        if let Ok(out) = &received {
-            if !out.is_empty() {
-                crate::metrics::record_queue_op("received", queue, out.len() as u64);
-            }
+        // Counted where the client's request was served: a relayed receive by the node that
+        // relayed it.
+        if relay == Relay::Allowed {
+            count_received(queue, &received);
         }
         (received, ridden)
+    }
+
+    /// The home partition of `queue` and its leader, if the receive is to be relayed there:
+    /// this node hosts it and another node leads it, and no other partition this node
+    /// hosts holds the queue (its messages were sent without a key).
+    fn relay_target(&self, queue: &str, partitions: u32) -> Option<(u32, Member)> {
+        let home = partition_of(queue, None, partitions);
+        let group = self.partitions.get(home)?;
+        let keyed = (0..partitions)
+            .filter(|p| *p != home)
+            .any(|p| self.partitions.get(p).is_some_and(|g| g.sm.read().state.state.queue(queue).is_some()));
+        if keyed {
+            return None;
+        }
+        let metrics = group.raft.metrics();
+        let metrics = metrics.borrow();
+        if metrics.state == openraft::ServerState::Leader {
+            return None;
+        }
+        let leader = metrics.current_leader?;
+        metrics.membership_config.membership().get_node(&leader).map(|member| (home, member.clone()))
+    }
+
+    /// Runs the waiting receive at `leader` of `home` until `until`, with `riders`; `None`
+    /// when it did not (the caller then runs it here, the riders under their request ids).
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_receive(
+        &self,
+        home: u32,
+        leader: &Member,
+        queue: &str,
+        max: u32,
+        visibility_ms: u64,
+        until: Instant,
+        riders: &Riders,
+    ) -> Option<(Result<Vec<Delivery>, NodeError>, RiderOutcomes)> {
+        let wait_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
+        let acks = riders
+            .iter()
+            .flat_map(|(partition, ride)| ride.iter().map(|(i, request)| (*partition, *i, request.clone())))
+            .collect();
+        // Cancelled (its client hung up) before the answer came, the receive leaves its acks
+        // to this guard; the leader's own guard may propose them too, under the same ids.
+        let mut unsettled = Unsettled::new(self.clone(), riders.clone());
+        let call = PartitionCall::AtLeader(LeaderCall::WaitingReceive {
+            queue: queue.to_string(),
+            max,
+            visibility_ms,
+            wait_ms,
+            acks,
+        });
+        let deadline = until + self.request_timeout();
+        let peers = self.group0.peers();
+        let reply = peers.partition_call(&leader.addr, partition_group(home), &call, deadline, 0).await;
+        unsettled.take();
+        match reply {
+            Ok(PartitionReply::Waited { received, acks }) => {
+                crate::metrics::record_receive_relayed("answered");
+                Some((received, acks))
+            }
+            _ => {
+                crate::metrics::record_receive_relayed("ran_here");
+                None
+            }
+        }
     }
 
     /// One look at every partition. `max` is filled from as few partitions as possible,
@@ -267,10 +388,10 @@ impl Queues {
     ) -> (Result<Vec<Delivery>, NodeError>, RiderOutcomes) {
         // Cancelled (its client hung up) before the acks reached the log, the receive leaves
         // them to this guard.
-        let mut unsettled = Unsettled { queues: self.clone(), partition, ride: Some(ride.clone()) };
+        let mut unsettled = Unsettled::new(self.clone(), Riders::from([(partition, ride.clone())]));
         let (positions, mut requests): (Vec<usize>, Vec<Request>) = ride.into_iter().unzip();
         let Some(group) = self.partitions.get(partition) else {
-            unsettled.ride = None;
+            unsettled.take();
             let gone = NodeError::Unavailable(format!("partition {partition} closed on this node; retry"));
             return (Err(gone.clone()), positions.into_iter().map(|i| (i, Err(gone.clone()))).collect());
         };
@@ -278,7 +399,7 @@ impl Queues {
         // The acks' deadline, as when they are proposed alone.
         let deadline = Instant::now() + self.request_timeout();
         let mut answers = group.submit_all(requests, deadline).await;
-        unsettled.ride = None;
+        unsettled.take();
         let received = answers
             .pop()
             .unwrap_or_else(|| Err(NodeError::Unavailable("the receive got no answer".into())))
@@ -529,6 +650,15 @@ impl Queues {
     }
 }
 
+/// Counts the messages a client's receive got.
+fn count_received(queue: &str, received: &Result<Vec<Delivery>, NodeError>) {
+    if let Ok(out) = received {
+        if !out.is_empty() {
+            crate::metrics::record_queue_op("received", queue, out.len() as u64);
+        }
+    }
+}
+
 /// Every ack's outcome, in order: `known` ones, then those of the partitions' `answers`;
 /// any left without either was cancelled.
 fn ack_outcomes(
@@ -620,10 +750,10 @@ impl ParkedReceive<'_> {
         let (partition, ride) = riders.pop_first().unwrap_or_default();
         let requests = ride.iter().map(|(_, request)| request.clone()).collect();
         // A caller that goes away meanwhile (its client hung up) leaves the acks to this guard.
-        let mut unsettled = Unsettled { queues: queues.clone(), partition, ride: Some(ride) };
+        let mut unsettled = Unsettled::new(queues.clone(), Riders::from([(partition, ride)]));
         let pause = pause.min(ACKS_PARKED_MAX);
         let (got, answers) = self.park(queues, &hosted, changes, pause, Some((at, requests))).await;
-        let ride = unsettled.ride.take().unwrap_or_default();
+        let ride = unsettled.take().remove(&partition).unwrap_or_default();
         let mut left = Vec::new();
         let mut rode = 0;
         for ((i, request), answer) in ride.into_iter().zip(answers) {
@@ -733,19 +863,31 @@ fn note_handed_out(queues: &Queues, partition: u32, index: u64, response: &Respo
 /// ack that did ride is answered from the log, not applied twice.
 struct Unsettled {
     queues: Queues,
-    partition: u32,
-    ride: Option<Vec<(usize, Request)>>,
+    riders: Option<Riders>,
+}
+
+impl Unsettled {
+    fn new(queues: Queues, riders: Riders) -> Self {
+        Self { queues, riders: Some(riders) }
+    }
+
+    /// Takes the acks back: their outcome is known, or the caller proposes them itself.
+    fn take(&mut self) -> Riders {
+        self.riders.take().unwrap_or_default()
+    }
 }
 
 impl Drop for Unsettled {
     fn drop(&mut self) {
-        let Some(ride) = self.ride.take() else { return };
+        let Some(riders) = self.riders.take().filter(|r| r.values().any(|ride| !ride.is_empty())) else {
+            return;
+        };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let queue = ride.iter().find_map(|(_, request)| match &request.command {
+        let queue = riders.values().flatten().find_map(|(_, request)| match &request.command {
             Command::QueueAck { queue, .. } => Some(queue.clone()),
             _ => None,
         });
-        let (queues, riders) = (self.queues.clone(), Riders::from([(self.partition, ride)]));
+        let queues = self.queues.clone();
         runtime.spawn(async move {
             let outcomes = queues.write_by_partition(riders).await;
             // Counted as the receive would have counted them (`ack_outcomes`).

@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use sinkron_core::ids::raft_id;
+use sinkron_core::limits::{QUEUE_RECEIVE_MAX, QUEUE_WAIT_MAX_MS};
 use sinkron_core::queue::DLQ_SUFFIX;
 use sinkron_core::{Command, Request, Response};
 use tokio::time::timeout;
@@ -99,6 +100,14 @@ impl Queues {
             // which forwards it to a remote leader in a batch with the group's other writes.
             return self.call_here(partition, &group, &call, deadline).await;
         }
+        // A relayed waiting receive runs at the leader it was relayed to, or nowhere: the
+        // relaying node then runs it itself.
+        if let LeaderCall::WaitingReceive { .. } = &call {
+            if !group.is_leader() {
+                return Err(NodeError::Unavailable(format!("this node does not lead partition {partition}")));
+            }
+            return self.call_here(partition, &group, &call, deadline).await;
+        }
         let passed_on = PartitionCall::AtLeader(call.clone());
         loop {
             let outcome = match group.leader(deadline).await? {
@@ -181,6 +190,13 @@ impl Queues {
             LeaderCall::Receive { request_id, queue, max, visibility_ms } => {
                 let request = receive_request(request_id, queue, *max, *visibility_ms);
                 received(group.submit(request, deadline).await?.0)
+            }
+            LeaderCall::WaitingReceive { queue, max, visibility_ms, wait_ms, acks } => {
+                let (max, wait_ms) = ((*max).clamp(1, QUEUE_RECEIVE_MAX), (*wait_ms).min(QUEUE_WAIT_MAX_MS));
+                let relayed =
+                    self.run_relayed_receive(queue.clone(), max, *visibility_ms, wait_ms, acks.clone());
+                let (received, acks) = relayed.await;
+                Ok(PartitionReply::Waited { received, acks })
             }
             LeaderCall::Stats { queue } => {
                 Ok(PartitionReply::Stats(self.local_stats(partition, group, queue)))
