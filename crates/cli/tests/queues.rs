@@ -486,6 +486,8 @@ async fn a_waiting_receive_through_a_follower_rides_with_a_send_through_another_
     );
     assert_eq!(relayed - relayed_before, rounds as f64, "every waiting receive was relayed to the leader");
     assert_eq!(rode, rounds as f64, "every relayed receive rode in the entry of the send that took it");
+    // The acks wait with the receive for 50 ms only, so a slow send can miss them.
+    assert!(acks >= 1.0, "no carried ack rode with its relayed receive");
     all[0].queue_ack(queue, &receipt).await.expect("last ack");
     let stats = all[0].queue_stats(queue).await.expect("stats");
     assert_eq!((stats.ready, stats.in_flight), (0, 0), "every message delivered once and acked");
@@ -505,9 +507,21 @@ async fn a_waiting_receive_the_leader_cannot_take_runs_where_it_arrived() {
     let leader_name = partition_leader(&all[0], partition).await;
     let leader = cluster.nodes.iter().position(|n| n.name == leader_name).expect("leader index");
     let consumer = all[(leader + 1) % 3].clone();
+    // The holding receive's queue has its home partition led by the same node, so that it
+    // waits there, whichever node it reaches.
+    let partitions = all[0].queue_stats(queue).await.expect("stats").partitions.len() as u32;
+    let mut hold = None;
+    for name in (0..64).map(|i| format!("fallback-hold-{i}")) {
+        let home = sinkron_core::ring::partition_of(&name, None, partitions);
+        if partition_leader(&all[0], home).await == leader_name {
+            hold = Some(name);
+            break;
+        }
+    }
+    let hold = hold.expect("a queue whose home partition the same node leads");
     let holder = {
         let (client, options) = (all[leader].clone(), options.clone());
-        tokio::spawn(async move { client.queue_receive("fallback-hold", &options).await })
+        tokio::spawn(async move { client.queue_receive(&hold, &options).await })
     };
     wait_parked(std::slice::from_ref(&all[leader])).await;
     let fell_back = || async {
@@ -531,6 +545,50 @@ async fn a_waiting_receive_the_leader_cannot_take_runs_where_it_arrived() {
     assert_eq!(got.len(), 1, "the waiting receive gets the message");
     assert_eq!(got[0].id, sent.id);
     holder.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relayed_receive_whose_leader_dies_answers_empty_and_still_applies_its_ack() {
+    let mut cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    let all = clients(&cluster, &cluster.all());
+    let queue = "relay-lost";
+    let options = ReceiveOptions { max: Some(1), visibility_ms: Some(60_000), wait_ms: Some(30_000) };
+    let partition = all[0].queue_send(queue, json!(0), None).await.expect("send").partition;
+    let receipt = all[0].queue_receive(queue, &options).await.expect("receive")[0].receipt.clone();
+    let leader_name = partition_leader(&all[0], partition).await;
+    let leader = cluster.nodes.iter().position(|n| n.name == leader_name).expect("leader index");
+    let consumer = all[(leader + 1) % 3].clone();
+    let waiting = {
+        let (consumer, options) = (consumer.clone(), options.clone());
+        tokio::spawn(async move { consumer.queue_receive_acking(queue, &options, &[receipt]).await })
+    };
+    wait_parked(std::slice::from_ref(&all[leader])).await;
+    // The relayed receive waits at the leader, which dies: the call went out and no answer
+    // will come. The receive may have run there, so the follower does not run it again: it
+    // answers with no message at once (long before the 30 s wait), and proposes the ack
+    // again under its request id, to the new leader.
+    cluster.kill(leader);
+    let (got, _) = tokio::time::timeout(Duration::from_secs(20), waiting)
+        .await
+        .expect("answered before the wait ran out")
+        .expect("receiver")
+        .expect("receive");
+    assert!(got.is_empty(), "no message: its fate at the dead leader is unknown");
+    let text = consumer.metrics().await.expect("metrics");
+    assert!(
+        text.lines().any(|l| l.starts_with("sinkron_queue_receives_relayed_total{") && l.contains("unknown")),
+        "the relay is counted as unknown"
+    );
+    // The message was in flight for 60 s: only the ack can take it out.
+    eventually(FORM, || async {
+        let stats = consumer.queue_stats(queue).await.map_err(|e| e.to_string())?;
+        match (stats.ready, stats.in_flight) {
+            (0, 0) => Ok(()),
+            other => Err(format!("(ready, in flight) {other:?}")),
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

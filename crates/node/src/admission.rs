@@ -61,6 +61,22 @@ impl Waiting {
         })
     }
 
+    /// A permit for one waiting receive another node relayed here, from the same pool as
+    /// [`Waiting::long_poll`] but only while more than half of it is free: relays never
+    /// take the last half of the long polls from this node's own clients.
+    pub fn relayed_long_poll(&self) -> Result<OwnedSemaphorePermit, NodeError> {
+        let refused = || {
+            NodeError::LimitExceeded(format!(
+                "this node keeps half of its {} long polls (QUEUE_LONG_POLLS_MAX) for its own clients",
+                self.long_polls_max
+            ))
+        };
+        if self.long_polls.available_permits() <= self.long_polls_max / 2 {
+            return Err(refused());
+        }
+        self.long_polls.clone().try_acquire_owned().map_err(|_| refused())
+    }
+
     /// A permit for one waiting lock acquire, held until it answers.
     pub fn lock_wait(&self) -> Result<OwnedSemaphorePermit, NodeError> {
         self.lock_waiters.clone().try_acquire_owned().map_err(|_| {
@@ -177,5 +193,29 @@ mod tests {
         assert!(waiting.watch().is_err(), "WATCHES_MAX");
         drop(watch);
         assert!(waiting.watch().is_ok());
+    }
+
+    #[test]
+    fn relayed_receives_leave_half_of_the_long_polls_to_this_nodes_clients() {
+        let limits = ConnectionLimits {
+            header_timeout_ms: 1_000,
+            idle_timeout_ms: 1_000,
+            body_timeout_ms: 1_000,
+            max_connections: 16,
+            long_polls_max: 4,
+            lock_waiters_max: 1,
+            watches_max: 1,
+        };
+        let waiting = Waiting::new(&limits);
+        let relayed =
+            [waiting.relayed_long_poll().expect("first"), waiting.relayed_long_poll().expect("second")];
+        assert!(waiting.relayed_long_poll().is_err(), "the last half is not for relays");
+        let own = [waiting.long_poll().expect("own"), waiting.long_poll().expect("own")];
+        assert!(waiting.long_poll().is_err(), "the cap holds for both together");
+        drop(relayed);
+        drop(own);
+        let _own = [waiting.long_poll().expect("own"), waiting.long_poll().expect("own")];
+        let _three = waiting.long_poll().expect("own");
+        assert!(waiting.relayed_long_poll().is_err(), "no relay once half is taken, by anyone");
     }
 }

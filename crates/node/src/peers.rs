@@ -48,6 +48,17 @@ fn urlencode(segment: &str) -> String {
         .collect()
 }
 
+/// How a waiting receive relayed to another node ended there.
+#[derive(Debug)]
+pub enum Relayed {
+    /// It ran there, with this answer.
+    Answered(PartitionReply),
+    /// It did not run there (refused, or never sent): the relaying node may run it.
+    NotRun(NodeError),
+    /// Sent, with no answer: it may have run, and taken messages.
+    Unknown(String),
+}
+
 fn cut_off() -> NodeError {
     NodeError::NoQuorum("this node is cut off from its peers".into())
 }
@@ -210,6 +221,43 @@ impl Peers {
             _ => return None,
         };
         (outcomes.len() == requests.len()).then_some(outcomes)
+    }
+
+    /// Runs a relayed waiting receive (`call`) at the node at `addr`, within `deadline`.
+    pub async fn relay_waiting_receive(
+        &self,
+        addr: &str,
+        group: GroupId,
+        call: &PartitionCall,
+        deadline: Instant,
+    ) -> Relayed {
+        if self.isolation.is_set() {
+            return Relayed::NotRun(cut_off());
+        }
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let envelope = Envelope { hops: 0, within_ms: remaining.as_millis() as u64, call };
+        let url = self.http.url(addr, &format!("/raft/{group}/queue"));
+        let sent = self.http.client.post(url).json(&envelope).timeout(remaining).send().await;
+        let resp = match sent {
+            Ok(resp) => resp,
+            // Refused before a byte of the call went out.
+            Err(e) if e.is_connect() => return Relayed::NotRun(NodeError::NoQuorum(format!("{addr}: {e}"))),
+            Err(e) => return Relayed::Unknown(format!("{addr}: {e}")),
+        };
+        let status = resp.status();
+        if status.is_server_error() && status != reqwest::StatusCode::SERVICE_UNAVAILABLE {
+            return Relayed::Unknown(format!("{addr} answered HTTP {status}"));
+        }
+        if !status.is_success() {
+            // Turned away before its handler (fault injection's isolation, a limit).
+            return Relayed::NotRun(NodeError::Unavailable(format!("{addr} answered HTTP {status}")));
+        }
+        match resp.json::<Result<PartitionReply, NodeError>>().await {
+            Ok(Ok(reply)) => Relayed::Answered(reply),
+            // The node answers an error only when it did not run the receive.
+            Ok(Err(e)) => Relayed::NotRun(e),
+            Err(e) => Relayed::Unknown(format!("bad answer from {addr}: {e}")),
+        }
     }
 
     /// Runs a queue partition `call` at the node at `addr`, which may pass it on `hops` more

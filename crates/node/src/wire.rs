@@ -120,6 +120,10 @@ pub enum PartitionReply {
         received: Result<Vec<Delivery>, NodeError>,
         /// The acks' outcomes.
         acks: Vec<(usize, Result<Response, NodeError>)>,
+        /// For each partition the receive got messages from, the log index up to which the
+        /// answering node knows receives took messages there (so the relaying node treats
+        /// its copy as behind until it applied that far).
+        handed_out: Vec<(u32, u64)>,
     },
     /// Counts.
     Stats(PartitionStats),

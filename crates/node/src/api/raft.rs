@@ -138,13 +138,15 @@ pub async fn queue(
     let within = Duration::from_millis(envelope.within_ms.min(node.config.request_timeout_ms * 4));
     let deadline = Instant::now() + within;
     let hops = envelope.hops.min(2);
-    // A waiting receive relayed here counts against this node's long polls like its own: at
-    // the limit, the relaying node runs it itself.
+    // A waiting receive relayed here counts against this node's long polls, up to half of
+    // them: beyond, the relaying node runs it itself.
     let _permit = match &envelope.call {
-        PartitionCall::AtLeader(LeaderCall::WaitingReceive { .. }) => match node.waiting.long_poll() {
-            Ok(permit) => Some(permit),
-            Err(e) => return Ok(Json(Err(e))),
-        },
+        PartitionCall::AtLeader(LeaderCall::WaitingReceive { .. }) => {
+            match node.waiting.relayed_long_poll() {
+                Ok(permit) => Some(permit),
+                Err(e) => return Ok(Json(Err(e))),
+            }
+        }
         _ => None,
     };
     Ok(Json(node.queues.partition_call(partition, envelope.call, deadline, hops).await))

@@ -14,6 +14,7 @@ use tokio::time::timeout;
 
 use super::{new_request_id, unexpected, Queues};
 use crate::error::NodeError;
+use crate::peers::Relayed;
 use crate::proposer::Batcher;
 use crate::types::{partition_group, Member};
 use crate::wire::{LeaderCall, PartitionCall, PartitionQueues, PartitionReply, PartitionStats, Sent};
@@ -195,7 +196,9 @@ impl Queues {
         // later look asks the partitions first (those hosted elsewhere too), then parks.
         let mut alone = Vec::new();
         let mut park_first = wait_ms > 0 && self.partitions.nothing_visible_here(queue, partitions);
-        if park_first && relay == Relay::Allowed {
+        // Acks proposed for a client that went away are counted by the node it called.
+        let counted = relay == Relay::Allowed;
+        if wait_ms > 0 && relay == Relay::Allowed {
             if let Some((home, leader)) = self.relay_target(queue, partitions) {
                 let relayed = self.relay_receive(home, &leader, queue, max, visibility_ms, until, &riders);
                 if let Some(outcome) = relayed.await {
@@ -209,8 +212,14 @@ impl Queues {
             // node's copies: an apply since then wakes it.
             if !std::mem::take(&mut park_first) {
                 changes.borrow_and_update();
-                let round =
-                    self.receive_round(queue, max, visibility_ms, partitions, std::mem::take(&mut riders));
+                let round = self.receive_round(
+                    queue,
+                    max,
+                    visibility_ms,
+                    partitions,
+                    std::mem::take(&mut riders),
+                    counted,
+                );
                 let (out, failure, outcomes) = round.await;
                 ridden.extend(outcomes);
                 if !out.is_empty() {
@@ -220,7 +229,7 @@ impl Queues {
                     break failure.map_or(Ok(Vec::new()), Err);
                 }
             }
-            let park = ParkedReceive { queue, partitions, max, visibility_ms, until };
+            let park = ParkedReceive { queue, partitions, max, visibility_ms, until, counted };
             let (parked, left) =
                 park.wait(self, &mut changes, std::mem::take(&mut riders), &mut ridden).await;
             if !left.is_empty() {
@@ -243,12 +252,16 @@ impl Queues {
         (received, ridden)
     }
 
-    /// The home partition of `queue` and its leader, if the receive is to be relayed there:
-    /// this node hosts it and another node leads it, and no other partition this node
-    /// hosts holds the queue (its messages were sent without a key).
+    /// The home partition of `queue` and its leader, if a waiting receive is to be relayed
+    /// there: this node hosts it, another node leads it, this node's copy shows nothing
+    /// visible there, and no other partition this node hosts holds the queue (its messages
+    /// were sent without a key).
     fn relay_target(&self, queue: &str, partitions: u32) -> Option<(u32, Member)> {
         let home = partition_of(queue, None, partitions);
         let group = self.partitions.get(home)?;
+        if !self.partitions.nothing_visible_in(queue, home) {
+            return None;
+        }
         let keyed = (0..partitions)
             .filter(|p| *p != home)
             .any(|p| self.partitions.get(p).is_some_and(|g| g.sm.read().state.state.queue(queue).is_some()));
@@ -265,7 +278,10 @@ impl Queues {
     }
 
     /// Runs the waiting receive at `leader` of `home` until `until`, with `riders`; `None`
-    /// when it did not (the caller then runs it here, the riders under their request ids).
+    /// when it did not run there (the caller then runs it here, the riders under their
+    /// request ids). When its fate is unknown (sent, no answer), it answers with no message
+    /// and the riders proposed again under their ids: what the leader's entry may have
+    /// taken comes back after its visibility timeout, as with any lost answer.
     #[allow(clippy::too_many_arguments)]
     async fn relay_receive(
         &self,
@@ -276,7 +292,7 @@ impl Queues {
         visibility_ms: u64,
         until: Instant,
         riders: &Riders,
-    ) -> Option<(Result<Vec<Delivery>, NodeError>, RiderOutcomes)> {
+    ) -> Option<ReceiveOutcome> {
         let wait_ms = until.saturating_duration_since(Instant::now()).as_millis() as u64;
         let acks = riders
             .iter()
@@ -284,7 +300,7 @@ impl Queues {
             .collect();
         // Cancelled (its client hung up) before the answer came, the receive leaves its acks
         // to this guard; the leader's own guard may propose them too, under the same ids.
-        let mut unsettled = Unsettled::new(self.clone(), riders.clone());
+        let mut unsettled = Unsettled::new(self.clone(), riders.clone(), true);
         let call = PartitionCall::AtLeader(LeaderCall::WaitingReceive {
             queue: queue.to_string(),
             max,
@@ -292,18 +308,28 @@ impl Queues {
             wait_ms,
             acks,
         });
-        let deadline = until + self.request_timeout();
+        // The leader may run past `until`: a receive a batch took at the last moment waits
+        // for its answer (asked twice at most), then one last look.
+        let deadline = until + self.request_timeout() * 4;
         let peers = self.group0.peers();
-        let reply = peers.partition_call(&leader.addr, partition_group(home), &call, deadline, 0).await;
-        unsettled.take();
-        match reply {
-            Ok(PartitionReply::Waited { received, acks }) => {
+        let relayed = peers.relay_waiting_receive(&leader.addr, partition_group(home), &call, deadline).await;
+        let riders = unsettled.take();
+        match relayed {
+            Relayed::Answered(PartitionReply::Waited { received, acks, handed_out }) => {
                 crate::metrics::record_receive_relayed("answered");
+                for (partition, index) in handed_out {
+                    self.partitions.handed_out(partition, index);
+                }
                 Some((received, acks))
             }
-            _ => {
+            Relayed::NotRun(_) => {
                 crate::metrics::record_receive_relayed("ran_here");
                 None
+            }
+            Relayed::Answered(_) | Relayed::Unknown(_) => {
+                crate::metrics::record_receive_relayed("unknown");
+                let outcomes = self.write_by_partition(riders).await;
+                Some((Ok(Vec::new()), outcomes.into_iter().map(|(i, _, answer)| (i, answer)).collect()))
             }
         }
     }
@@ -321,6 +347,7 @@ impl Queues {
         visibility_ms: u64,
         partitions: u32,
         mut riders: Riders,
+        counted: bool,
     ) -> (Vec<Delivery>, Option<NodeError>, RiderOutcomes) {
         let start = self.partitions.rotation.fetch_add(1, Ordering::Relaxed);
         let (chosen, remote) = self.partitions.claim_for_receive(queue, max, partitions, start);
@@ -334,8 +361,8 @@ impl Queues {
                     let got = this.receive_from(claim.partition(), &queue, take, visibility_ms, request_id);
                     (got.await, Vec::new())
                 } else {
-                    this.receive_riding(claim.partition(), &queue, take, visibility_ms, request_id, ride)
-                        .await
+                    let receive = super::routing::receive_request(&request_id, &queue, take, visibility_ms);
+                    this.receive_riding(claim.partition(), receive, ride, counted).await
                 };
                 drop(claim);
                 got
@@ -374,28 +401,26 @@ impl Queues {
         (out, failure, ridden)
     }
 
-    /// A receive of up to `max` messages from hosted `partition`, proposed in one call after
+    /// `receive` (a `QueueReceive`) from hosted `partition`, proposed in one call after
     /// `ride` (whose requests may then share its entry); the receive's outcome, and each
-    /// rider's by position.
+    /// rider's by position. `counted`: as [`Unsettled::counted`].
     async fn receive_riding(
         &self,
         partition: u32,
-        queue: &str,
-        max: u32,
-        visibility_ms: u64,
-        request_id: String,
+        receive: Request,
         ride: Vec<(usize, Request)>,
+        counted: bool,
     ) -> (Result<Vec<Delivery>, NodeError>, RiderOutcomes) {
         // Cancelled (its client hung up) before the acks reached the log, the receive leaves
         // them to this guard.
-        let mut unsettled = Unsettled::new(self.clone(), Riders::from([(partition, ride.clone())]));
+        let mut unsettled = Unsettled::new(self.clone(), Riders::from([(partition, ride.clone())]), counted);
         let (positions, mut requests): (Vec<usize>, Vec<Request>) = ride.into_iter().unzip();
         let Some(group) = self.partitions.get(partition) else {
             unsettled.take();
             let gone = NodeError::Unavailable(format!("partition {partition} closed on this node; retry"));
             return (Err(gone.clone()), positions.into_iter().map(|i| (i, Err(gone.clone()))).collect());
         };
-        requests.push(super::routing::receive_request(&request_id, queue, max, visibility_ms));
+        requests.push(receive);
         // The acks' deadline, as when they are proposed alone.
         let deadline = Instant::now() + self.request_timeout();
         let mut answers = group.submit_all(requests, deadline).await;
@@ -700,6 +725,8 @@ struct ParkedReceive<'a> {
     max: u32,
     visibility_ms: u64,
     until: Instant,
+    /// Whether acks proposed for a client that went away are counted here.
+    counted: bool,
 }
 
 impl ParkedReceive<'_> {
@@ -750,7 +777,7 @@ impl ParkedReceive<'_> {
         let (partition, ride) = riders.pop_first().unwrap_or_default();
         let requests = ride.iter().map(|(_, request)| request.clone()).collect();
         // A caller that goes away meanwhile (its client hung up) leaves the acks to this guard.
-        let mut unsettled = Unsettled::new(queues.clone(), Riders::from([(partition, ride)]));
+        let mut unsettled = Unsettled::new(queues.clone(), Riders::from([(partition, ride)]), self.counted);
         let pause = pause.min(ACKS_PARKED_MAX);
         let (got, answers) = self.park(queues, &hosted, changes, pause, Some((at, requests))).await;
         let ride = unsettled.take().remove(&partition).unwrap_or_default();
@@ -864,11 +891,14 @@ fn note_handed_out(queues: &Queues, partition: u32, index: u64, response: &Respo
 struct Unsettled {
     queues: Queues,
     riders: Option<Riders>,
+    /// Whether the acks proposed are counted here: not at the node a receive was relayed
+    /// to, as the relaying node counts them.
+    counted: bool,
 }
 
 impl Unsettled {
-    fn new(queues: Queues, riders: Riders) -> Self {
-        Self { queues, riders: Some(riders) }
+    fn new(queues: Queues, riders: Riders, counted: bool) -> Self {
+        Self { queues, riders: Some(riders), counted }
     }
 
     /// Takes the acks back: their outcome is known, or the caller proposes them itself.
@@ -887,6 +917,7 @@ impl Drop for Unsettled {
             Command::QueueAck { queue, .. } => Some(queue.clone()),
             _ => None,
         });
+        let queue = queue.filter(|_| self.counted);
         let queues = self.queues.clone();
         runtime.spawn(async move {
             let outcomes = queues.write_by_partition(riders).await;

@@ -139,14 +139,28 @@ impl Partitions {
     pub(super) fn nothing_visible_here(&self, queue: &str, partitions: u32) -> bool {
         let now = now_ms();
         let handed_out = self.handed_out.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        (0..partitions).all(|p| {
-            self.get(p).is_some_and(|group| {
-                let applied = group.sm.read();
-                let behind =
-                    applied.last_applied.map_or(0, |id| id.index) < handed_out.get(&p).copied().unwrap_or(0);
-                behind || !applied.state.state.has_visible(queue, now)
-            })
+        (0..partitions).all(|p| self.nothing_visible_at(queue, p, handed_out.get(&p).copied(), now))
+    }
+
+    /// [`Partitions::nothing_visible_here`] for one `partition`.
+    pub(super) fn nothing_visible_in(&self, queue: &str, partition: u32) -> bool {
+        self.nothing_visible_at(queue, partition, self.handed_out_at(partition), now_ms())
+    }
+
+    /// Whether this node hosts `partition` and its copy shows no visible message of `queue`
+    /// at `now`, or is behind `handed_out`.
+    fn nothing_visible_at(&self, queue: &str, partition: u32, handed_out: Option<u64>, now: u64) -> bool {
+        self.get(partition).is_some_and(|group| {
+            let applied = group.sm.read();
+            let behind = applied.last_applied.map_or(0, |id| id.index) < handed_out.unwrap_or(0);
+            behind || !applied.state.state.has_visible(queue, now)
         })
+    }
+
+    /// The highest log index of `partition` at which a receive through this node took
+    /// messages, as noted by [`Partitions::handed_out`].
+    pub(super) fn handed_out_at(&self, partition: u32) -> Option<u64> {
+        self.handed_out.lock().unwrap_or_else(|p| p.into_inner()).get(&partition).copied()
     }
 
     /// Notes that a receive through this node was answered from `partition` at log index

@@ -196,7 +196,18 @@ impl Queues {
                 let relayed =
                     self.run_relayed_receive(queue.clone(), max, *visibility_ms, wait_ms, acks.clone());
                 let (received, acks) = relayed.await;
-                Ok(PartitionReply::Waited { received, acks })
+                let mut from: Vec<u32> = received
+                    .iter()
+                    .flatten()
+                    .filter_map(|d| sinkron_core::queue::partition_of_receipt(&d.receipt))
+                    .collect();
+                from.sort_unstable();
+                from.dedup();
+                let handed_out = from
+                    .into_iter()
+                    .filter_map(|p| self.partitions.handed_out_at(p).map(|i| (p, i)))
+                    .collect();
+                Ok(PartitionReply::Waited { received, acks, handed_out })
             }
             LeaderCall::Stats { queue } => {
                 Ok(PartitionReply::Stats(self.local_stats(partition, group, queue)))
