@@ -51,14 +51,17 @@ pub enum Leader {
 }
 
 impl<S: Machine> Group<S> {
-    /// Stops the group's Raft instance, then waits (at most `limit`) until its log holds
-    /// every append this node reported as leader before the fsync (see
-    /// `storage::durability`), so that closing or stopping loses none of them and a group
-    /// opened again later starts from all of them. None was acknowledged to a client.
+    /// Stops the group's Raft instance, then waits until its log holds every append this
+    /// node reported as leader before the fsync (see `storage::durability`), so that
+    /// closing or stopping loses none of them and a group opened again later starts from
+    /// all of them. None was acknowledged to a client. Both steps end by `deadline`.
     pub async fn stop(&self, deadline: Instant) {
         let group = self.id;
-        if let Err(e) = self.raft.shutdown().await {
-            tracing::warn!(group, error = %e, "raft shutdown failed");
+        // A core stuck (on storage, say) must not hold the node's stop past its deadline.
+        match tokio::time::timeout_at(deadline.into(), self.raft.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(group, error = %e, "raft shutdown failed"),
+            Err(_) => tracing::warn!(group, "raft shutdown did not finish in time; stopping anyway"),
         }
         let settled = self.log.durability().wait_through(u64::MAX);
         match tokio::time::timeout_at(deadline.into(), settled).await {
