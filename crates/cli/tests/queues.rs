@@ -449,10 +449,12 @@ async fn a_waiting_receive_through_a_follower_rides_with_a_send_through_another_
     let all = clients(&cluster, &cluster.all());
     let queue = "apart";
     let options = ReceiveOptions { max: Some(1), visibility_ms: Some(30_000), wait_ms: Some(10_000) };
-    let partition = all[0].queue_send(queue, json!(-1), None).await.expect("first send").partition;
-    let mut receipt = all[0].queue_receive(queue, &options).await.expect("first receive")[0].receipt.clone();
-    let leader_name = partition_leader(&all[0], partition).await;
-    let leader = cluster.nodes.iter().position(|n| n.name == leader_name).expect("leader index");
+    // Set up through the leader: a send through the consumer's node would keep its receives
+    // there, to ride with the sends arriving there.
+    let (_, leader) = home_leader(&cluster, &all[0], queue).await;
+    all[leader].queue_send(queue, json!(-1), None).await.expect("first send");
+    let mut receipt =
+        all[leader].queue_receive(queue, &options).await.expect("first receive")[0].receipt.clone();
     // The consumer waits at a follower of the queue's partition; the producer sends through
     // the partition's leader, then through the other follower (forwarded to the leader).
     let consumer = all[(leader + 1) % 3].clone();
@@ -502,10 +504,9 @@ async fn a_waiting_receive_the_leader_cannot_take_runs_where_it_arrived() {
     let all = clients(&cluster, &cluster.all());
     let queue = "fallback";
     let options = ReceiveOptions { max: Some(1), visibility_ms: Some(30_000), wait_ms: Some(10_000) };
-    let partition = all[0].queue_send(queue, json!(-1), None).await.expect("first send").partition;
-    let receipt = all[0].queue_receive(queue, &options).await.expect("first receive")[0].receipt.clone();
-    let leader_name = partition_leader(&all[0], partition).await;
-    let leader = cluster.nodes.iter().position(|n| n.name == leader_name).expect("leader index");
+    let (leader_name, leader) = home_leader(&cluster, &all[0], queue).await;
+    all[leader].queue_send(queue, json!(-1), None).await.expect("first send");
+    let receipt = all[leader].queue_receive(queue, &options).await.expect("first receive")[0].receipt.clone();
     let consumer = all[(leader + 1) % 3].clone();
     // The holding receive's queue has its home partition led by the same node, so that it
     // waits there, whichever node it reaches.
@@ -554,10 +555,9 @@ async fn a_relayed_receive_whose_leader_dies_answers_empty_and_still_applies_its
     let all = clients(&cluster, &cluster.all());
     let queue = "relay-lost";
     let options = ReceiveOptions { max: Some(1), visibility_ms: Some(60_000), wait_ms: Some(30_000) };
-    let partition = all[0].queue_send(queue, json!(0), None).await.expect("send").partition;
-    let receipt = all[0].queue_receive(queue, &options).await.expect("receive")[0].receipt.clone();
-    let leader_name = partition_leader(&all[0], partition).await;
-    let leader = cluster.nodes.iter().position(|n| n.name == leader_name).expect("leader index");
+    let (_, leader) = home_leader(&cluster, &all[0], queue).await;
+    all[leader].queue_send(queue, json!(0), None).await.expect("send");
+    let receipt = all[leader].queue_receive(queue, &options).await.expect("receive")[0].receipt.clone();
     let consumer = all[(leader + 1) % 3].clone();
     let waiting = {
         let (consumer, options) = (consumer.clone(), options.clone());
@@ -672,6 +672,16 @@ async fn acks_going_with_a_receive_are_applied_when_its_client_hangs_up_during_a
         }
     })
     .await;
+}
+
+/// The leader of `queue`'s home partition (the one of sends without a key): its name and
+/// its index in `cluster`.
+async fn home_leader(cluster: &TestCluster, client: &Client, queue: &str) -> (String, usize) {
+    let partitions = client.queue_stats(queue).await.expect("stats").partitions.len() as u32;
+    let home = sinkron_core::ring::partition_of(queue, None, partitions);
+    let name = partition_leader(client, home).await;
+    let index = cluster.nodes.iter().position(|n| n.name == name).expect("leader index");
+    (name, index)
 }
 
 /// Returns as soon as one of the nodes of `clients` shows a parked receive (looking every

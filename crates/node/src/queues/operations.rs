@@ -62,6 +62,7 @@ impl Queues {
         }
         let settings = self.queue_settings()?;
         let partition = partition_of(queue, key.as_deref(), settings.partitions);
+        self.partitions.send_arrived(queue);
         if let Some(fence) = &fence {
             self.check_fence_now(fence).await?;
         }
@@ -161,10 +162,10 @@ impl Queues {
 
     /// [`Queues::receive`], with `riders` proposed along with the first round.
     ///
-    /// A waiting receive that would find nothing here, of a queue whose messages all went to
-    /// its home partition (the one of sends without a key), is relayed whole to that
-    /// partition's leader if another node leads it, and runs there as if its client had
-    /// called that node. It then waits where the queue's sends are proposed, whichever node
+    /// A waiting receive about to park here, of a queue whose messages all went to its home
+    /// partition (the one of sends without a key), is relayed whole to that partition's
+    /// leader if another node leads it and no sends to the queue arrive here (see
+    /// [`Queues::relay_target`]), and runs there as if its client had called that node. It then waits where the queue's sends are proposed, whichever node
     /// they came through, and the first send's entry hands the message out; waiting here, it
     /// could only ride with sends passing through this node. If the leader cannot run it
     /// (unreachable, or no longer leading), it runs here, its acks under the same request
@@ -198,15 +199,9 @@ impl Queues {
         let mut park_first = wait_ms > 0 && self.partitions.nothing_visible_here(queue, partitions);
         // Acks proposed for a client that went away are counted by the node it called.
         let counted = relay == Relay::Allowed;
-        if wait_ms > 0 && relay == Relay::Allowed {
-            if let Some((home, leader)) = self.relay_target(queue, partitions) {
-                let relayed = self.relay_receive(home, &leader, queue, max, visibility_ms, until, &riders);
-                if let Some(outcome) = relayed.await {
-                    count_received(queue, &outcome.0);
-                    return outcome;
-                }
-            }
-        }
+        // Before it would park, a receive is relayed to its home partition's leader if it
+        // qualifies (see [`Queues::relay_target`]); once, whatever came of it.
+        let mut may_relay = wait_ms > 0 && relay == Relay::Allowed;
         let received = loop {
             // The first park relies on `changes` as subscribed, before the look at this
             // node's copies: an apply since then wakes it.
@@ -227,6 +222,17 @@ impl Queues {
                 }
                 if Instant::now() >= until {
                     break failure.map_or(Ok(Vec::new()), Err);
+                }
+            }
+            if may_relay {
+                if let Some((home, leader)) = self.relay_target(queue, partitions) {
+                    may_relay = false;
+                    let relayed =
+                        self.relay_receive(home, &leader, queue, max, visibility_ms, until, &riders);
+                    if let Some((got, outcomes)) = relayed.await {
+                        ridden.extend(outcomes);
+                        break got;
+                    }
                 }
             }
             let park = ParkedReceive { queue, partitions, max, visibility_ms, until, counted };
@@ -254,9 +260,13 @@ impl Queues {
 
     /// The home partition of `queue` and its leader, if a waiting receive is to be relayed
     /// there: this node hosts it, another node leads it, this node's copy shows nothing
-    /// visible there, and no other partition this node hosts holds the queue (its messages
-    /// were sent without a key).
+    /// visible there, no other partition this node hosts holds the queue (its messages
+    /// were sent without a key), and no client's send to the queue arrived here lately
+    /// (parked here, the receive would ride with those sends at no extra call).
     fn relay_target(&self, queue: &str, partitions: u32) -> Option<(u32, Member)> {
+        if self.partitions.sends_arrive_here(queue) {
+            return None;
+        }
         let home = partition_of(queue, None, partitions);
         let group = self.partitions.get(home)?;
         if !self.partitions.nothing_visible_in(queue, home) {
@@ -463,6 +473,7 @@ impl Queues {
                 Ok(settings) => settings,
                 Err(e) => return (0..count).map(|_| Err(e.clone())).collect(),
             };
+        self.partitions.send_arrived(queue);
         let mut by_partition = Riders::new();
         for (i, (key, body, request_id)) in messages.into_iter().enumerate() {
             let checked = validate_message(key.as_deref(), &body)

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::AtomicU32;
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -30,7 +31,16 @@ pub struct Partitions {
     /// Per hosted partition, the highest log index at which a parked receive through this
     /// node was answered: a copy that has not applied it yet may still show what it took.
     handed_out: Mutex<HashMap<u32, u64>>,
+    /// When a client's send to each queue last arrived at this node (see
+    /// [`Partitions::sends_arrive_here`]).
+    sends_here: Mutex<HashMap<String, Instant>>,
 }
+
+/// How recent a send through this node must be for a waiting receive of its queue to stay
+/// here rather than be relayed to the leader.
+pub(super) const SENDS_HERE_RECENT: Duration = Duration::from_millis(250);
+/// Queues remembered in `sends_here` before the old entries are dropped.
+const SENDS_HERE_MAX: usize = 4096;
 
 /// A receive's claim on messages of one partition, given up when dropped (answered, failed
 /// or cancelled).
@@ -161,6 +171,29 @@ impl Partitions {
     /// messages, as noted by [`Partitions::handed_out`].
     pub(super) fn handed_out_at(&self, partition: u32) -> Option<u64> {
         self.handed_out.lock().unwrap_or_else(|p| p.into_inner()).get(&partition).copied()
+    }
+
+    /// Notes that a client's send to `queue` arrived at this node.
+    pub(super) fn send_arrived(&self, queue: &str) {
+        let now = Instant::now();
+        let mut sends = self.sends_here.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = sends.get_mut(queue) {
+            *at = now;
+            return;
+        }
+        if sends.len() >= SENDS_HERE_MAX {
+            sends.retain(|_, at| now.duration_since(*at) < SENDS_HERE_RECENT);
+        }
+        if sends.len() < SENDS_HERE_MAX {
+            sends.insert(queue.to_string(), now);
+        }
+    }
+
+    /// Whether clients' sends to `queue` arrive at this node: one came within
+    /// [`SENDS_HERE_RECENT`]. A waiting receive parked here then rides with them.
+    pub(super) fn sends_arrive_here(&self, queue: &str) -> bool {
+        let sends = self.sends_here.lock().unwrap_or_else(|p| p.into_inner());
+        sends.get(queue).is_some_and(|at| at.elapsed() < SENDS_HERE_RECENT)
     }
 
     /// Notes that a receive through this node was answered from `partition` at log index
