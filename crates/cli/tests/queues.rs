@@ -449,12 +449,7 @@ async fn a_waiting_receive_through_a_follower_rides_with_a_send_through_another_
     let all = clients(&cluster, &cluster.all());
     let queue = "apart";
     let options = ReceiveOptions { max: Some(1), visibility_ms: Some(30_000), wait_ms: Some(10_000) };
-    // Set up through the leader: a send through the consumer's node would keep its receives
-    // there, to ride with the sends arriving there.
-    let (_, leader) = home_leader(&cluster, &all[0], queue).await;
-    all[leader].queue_send(queue, json!(-1), None).await.expect("first send");
-    let mut receipt =
-        all[leader].queue_receive(queue, &options).await.expect("first receive")[0].receipt.clone();
+    let (_, leader, mut receipt) = one_in_flight_through_the_leader(&cluster, &all, queue, &options).await;
     // The consumer waits at a follower of the queue's partition; the producer sends through
     // the partition's leader, then through the other follower (forwarded to the leader).
     let consumer = all[(leader + 1) % 3].clone();
@@ -504,9 +499,8 @@ async fn a_waiting_receive_the_leader_cannot_take_runs_where_it_arrived() {
     let all = clients(&cluster, &cluster.all());
     let queue = "fallback";
     let options = ReceiveOptions { max: Some(1), visibility_ms: Some(30_000), wait_ms: Some(10_000) };
-    let (leader_name, leader) = home_leader(&cluster, &all[0], queue).await;
-    all[leader].queue_send(queue, json!(-1), None).await.expect("first send");
-    let receipt = all[leader].queue_receive(queue, &options).await.expect("first receive")[0].receipt.clone();
+    let (leader_name, leader, receipt) =
+        one_in_flight_through_the_leader(&cluster, &all, queue, &options).await;
     let consumer = all[(leader + 1) % 3].clone();
     // The holding receive's queue has its home partition led by the same node, so that it
     // waits there, whichever node it reaches.
@@ -555,9 +549,7 @@ async fn a_relayed_receive_whose_leader_dies_answers_empty_and_still_applies_its
     let all = clients(&cluster, &cluster.all());
     let queue = "relay-lost";
     let options = ReceiveOptions { max: Some(1), visibility_ms: Some(60_000), wait_ms: Some(30_000) };
-    let (_, leader) = home_leader(&cluster, &all[0], queue).await;
-    all[leader].queue_send(queue, json!(0), None).await.expect("send");
-    let receipt = all[leader].queue_receive(queue, &options).await.expect("receive")[0].receipt.clone();
+    let (_, leader, receipt) = one_in_flight_through_the_leader(&cluster, &all, queue, &options).await;
     let consumer = all[(leader + 1) % 3].clone();
     let waiting = {
         let (consumer, options) = (consumer.clone(), options.clone());
@@ -672,6 +664,22 @@ async fn acks_going_with_a_receive_are_applied_when_its_client_hangs_up_during_a
         }
     })
     .await;
+}
+
+/// Sends a message to `queue` and receives it (with `options`, so it stays in flight)
+/// through the leader of the queue's home partition: a send through another node would
+/// keep that node's waiting receives there, to ride with the sends arriving there. The
+/// leader's name and index, and the message's receipt.
+async fn one_in_flight_through_the_leader(
+    cluster: &TestCluster,
+    all: &[Client],
+    queue: &str,
+    options: &ReceiveOptions,
+) -> (String, usize, String) {
+    let (name, leader) = home_leader(cluster, &all[0], queue).await;
+    all[leader].queue_send(queue, json!(-1), None).await.expect("first send");
+    let receipt = all[leader].queue_receive(queue, options).await.expect("first receive")[0].receipt.clone();
+    (name, leader, receipt)
 }
 
 /// The leader of `queue`'s home partition (the one of sends without a key): its name and
