@@ -135,7 +135,7 @@ pub const METRICS: &[(&str, Kind, &str)] = &[
     (
         "sinkron_queue_receives_relayed_total",
         Kind::Counter,
-        "Waiting receives this node relayed to their queue's home partition leader, by outcome (answered there, or ran here after all)",
+        "Waiting receives this node relayed to their queue's home partition leader, by outcome (answered there, ran here after all, or unknown: sent and no answer)",
     ),
     (
         "sinkron_queue_acks_rode_total",
