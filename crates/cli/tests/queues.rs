@@ -573,14 +573,7 @@ async fn a_relayed_receive_whose_leader_dies_answers_empty_and_still_applies_its
         "the relay is counted as unknown"
     );
     // The message was in flight for 60 s: only the ack can take it out.
-    eventually(FORM, || async {
-        let stats = consumer.queue_stats(queue).await.map_err(|e| e.to_string())?;
-        match (stats.ready, stats.in_flight) {
-            (0, 0) => Ok(()),
-            other => Err(format!("(ready, in flight) {other:?}")),
-        }
-    })
-    .await;
+    wait_counts(&consumer, queue, (0, 0), FORM, "").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -604,14 +597,7 @@ async fn acks_carried_by_a_waiting_receive_are_applied_when_its_client_hangs_up(
         wait_parked(&all).await;
         waiting.abort();
         // The message was in flight for 60 s: only the carried ack can empty the queue now.
-        eventually(Duration::from_secs(10), || async {
-            let stats = client.queue_stats(&queue).await.map_err(|e| e.to_string())?;
-            match (stats.ready, stats.in_flight) {
-                (0, 0) => Ok(()),
-                other => Err(format!("round {round}: (ready, in flight) {other:?}")),
-            }
-        })
-        .await;
+        wait_counts(client, &queue, (0, 0), Duration::from_secs(10), &format!("round {round}: ")).await;
         // The node that proposed the ack for the receive counts it, as it counts any ack.
         eventually(Duration::from_secs(10), || async {
             let acked = acked_here(client).await - acked_before;
@@ -656,14 +642,7 @@ async fn acks_going_with_a_receive_are_applied_when_its_client_hangs_up_during_a
     tokio::time::sleep(Duration::from_millis(100)).await;
     receiving.abort();
     // Message 0 was in flight for 60 s: only the ack can take it out; message 1 stays ready.
-    eventually(FORM, || async {
-        let stats = survivor.queue_stats(queue).await.map_err(|e| e.to_string())?;
-        match (stats.ready, stats.in_flight) {
-            (1, 0) => Ok(()),
-            other => Err(format!("(ready, in flight) {other:?}")),
-        }
-    })
-    .await;
+    wait_counts(&survivor, queue, (1, 0), FORM, "").await;
 }
 
 /// Sends a message to `queue` and receives it (with `options`, so it stays in flight)
@@ -680,6 +659,19 @@ async fn one_in_flight_through_the_leader(
     all[leader].queue_send(queue, json!(-1), None).await.expect("first send");
     let receipt = all[leader].queue_receive(queue, options).await.expect("first receive")[0].receipt.clone();
     (name, leader, receipt)
+}
+
+/// Waits (at most `within`) until `queue` counts `want` messages (ready, in flight),
+/// failing with `what` in front of the counts it last saw.
+async fn wait_counts(client: &Client, queue: &str, want: (usize, usize), within: Duration, what: &str) {
+    eventually(within, || async {
+        let stats = client.queue_stats(queue).await.map_err(|e| e.to_string())?;
+        match (stats.ready, stats.in_flight) {
+            seen if seen == want => Ok(()),
+            other => Err(format!("{what}(ready, in flight) {other:?}")),
+        }
+    })
+    .await;
 }
 
 /// The leader of `queue`'s home partition (the one of sends without a key): its name and

@@ -191,14 +191,19 @@ pub async fn leader_of(raft: &Raft, me: NodeId, deadline: Instant) -> Result<Lea
         .metrics(|m| m.current_leader.is_some(), "a leader is known")
         .await
         .map_err(|_| NodeError::NoQuorum(format!("no leader is known after {} ms", remaining.as_millis())))?;
-    let leader = metrics.current_leader.unwrap_or_default();
-    if leader == me {
+    if metrics.current_leader == Some(me) {
         return Ok(Leader::Local);
     }
-    match metrics.membership_config.membership().get_node(&leader) {
-        Some(member) => Ok(Leader::Remote(member.clone())),
+    match leader_member(&metrics) {
+        Some(member) => Ok(Leader::Remote(member)),
         None => Err(NodeError::NoQuorum("the leader is not in the known membership".into())),
     }
+}
+
+/// The member `metrics` name as their group's leader, if one is known and in the membership.
+pub fn leader_member(metrics: &openraft::RaftMetrics<NodeId, Member>) -> Option<Member> {
+    let leader = metrics.current_leader?;
+    metrics.membership_config.membership().get_node(&leader).cloned()
 }
 
 /// The lowercase word for a Raft server state.

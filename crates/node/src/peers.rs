@@ -234,11 +234,7 @@ impl Peers {
         if self.isolation.is_set() {
             return Relayed::NotRun(cut_off());
         }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let envelope = Envelope { hops: 0, within_ms: remaining.as_millis() as u64, call };
-        let url = self.http.url(addr, &format!("/raft/{group}/queue"));
-        let sent = self.http.client.post(url).json(&envelope).timeout(remaining).send().await;
-        let resp = match sent {
+        let resp = match self.post_partition_call(addr, group, call, deadline, 0, Duration::ZERO).await {
             Ok(resp) => resp,
             // Refused before a byte of the call went out.
             Err(e) if e.is_connect() => return Relayed::NotRun(NodeError::NoQuorum(format!("{addr}: {e}"))),
@@ -273,16 +269,8 @@ impl Peers {
         if self.isolation.is_set() {
             return Err(cut_off());
         }
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let envelope = Envelope { hops, within_ms: remaining.as_millis() as u64, call };
-        let url = self.http.url(addr, &format!("/raft/{group}/queue"));
         let resp = self
-            .http
-            .client
-            .post(url)
-            .json(&envelope)
-            .timeout(remaining + Duration::from_millis(200))
-            .send()
+            .post_partition_call(addr, group, call, deadline, hops, Duration::from_millis(200))
             .await
             .map_err(|e| NodeError::NoQuorum(format!("{addr} unreachable: {e}")))?;
         if !resp.status().is_success() {
@@ -291,5 +279,22 @@ impl Peers {
         resp.json::<Result<PartitionReply, NodeError>>()
             .await
             .map_err(|e| NodeError::Unavailable(format!("bad answer from {addr}: {e}")))?
+    }
+
+    /// Posts `call` for `group` to the node at `addr`, which must finish it by `deadline`
+    /// and may pass it on `hops` more times; the HTTP call waits `slack` longer.
+    async fn post_partition_call(
+        &self,
+        addr: &str,
+        group: GroupId,
+        call: &PartitionCall,
+        deadline: Instant,
+        hops: u8,
+        slack: Duration,
+    ) -> reqwest::Result<reqwest::Response> {
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let envelope = Envelope { hops, within_ms: remaining.as_millis() as u64, call };
+        let url = self.http.url(addr, &format!("/raft/{group}/queue"));
+        self.http.client.post(url).json(&envelope).timeout(remaining + slack).send().await
     }
 }

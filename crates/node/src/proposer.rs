@@ -379,11 +379,7 @@ async fn forward(
     timeout: Duration,
 ) -> Vec<ForwardedWrite> {
     let count = requests.len();
-    let leader = {
-        let m = raft.metrics();
-        let m = m.borrow();
-        m.current_leader.and_then(|id| m.membership_config.membership().get_node(&id).cloned())
-    };
+    let leader = crate::group::leader_member(&raft.metrics().borrow());
     let Some(leader) = leader else { return (0..count).map(|_| ForwardedWrite::NotLeader).collect() };
     // Forwarded requests were queued with the caller's deadline; a call outliving the
     // longest of them would be answered to nobody.

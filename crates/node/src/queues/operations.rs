@@ -36,6 +36,16 @@ enum Relay {
     Not,
 }
 
+/// Where a waiting receive is to be relayed (see `Queues::relay_target`).
+enum RelayTarget {
+    /// To the leader of the queue's home partition, now.
+    To(u32, Member),
+    /// Not before its next park.
+    NotNow,
+    /// Not at all.
+    Never,
+}
+
 /// Longest a receive waits for one partition before moving on to the next.
 const RECEIVE_PARTITION_WAIT: Duration = Duration::from_secs(2);
 /// Longest pause between two looks of a long-polling receive (partitions hosted elsewhere
@@ -165,11 +175,11 @@ impl Queues {
     /// A waiting receive about to park here, of a queue whose messages all went to its home
     /// partition (the one of sends without a key), is relayed whole to that partition's
     /// leader if another node leads it and no sends to the queue arrive here (see
-    /// [`Queues::relay_target`]), and runs there as if its client had called that node. It then waits where the queue's sends are proposed, whichever node
-    /// they came through, and the first send's entry hands the message out; waiting here, it
-    /// could only ride with sends passing through this node. If the leader cannot run it
-    /// (unreachable, or no longer leading), it runs here, its acks under the same request
-    /// ids.
+    /// [`Queues::relay_target`]), and runs there as if its client had called that node. It
+    /// then waits where the queue's sends are proposed, whichever node they came through,
+    /// and the first send's entry hands the message out; waiting here, it could only ride
+    /// with sends passing through this node. If the leader does not run it (refused,
+    /// unreachable), it runs here, its acks under the same request ids.
     async fn receive_with(
         &self,
         queue: &str,
@@ -200,7 +210,7 @@ impl Queues {
         // Acks proposed for a client that went away are counted by the node it called.
         let counted = relay == Relay::Allowed;
         // Before it would park, a receive is relayed to its home partition's leader if it
-        // qualifies (see [`Queues::relay_target`]); once, whatever came of it.
+        // qualifies (see [`Queues::relay_target`]); once at most, whatever came of it.
         let mut may_relay = wait_ms > 0 && relay == Relay::Allowed;
         let received = loop {
             // The first park relies on `changes` as subscribed, before the look at this
@@ -225,14 +235,18 @@ impl Queues {
                 }
             }
             if may_relay {
-                if let Some((home, leader)) = self.relay_target(queue, partitions) {
-                    may_relay = false;
-                    let relayed =
-                        self.relay_receive(home, &leader, queue, max, visibility_ms, until, &riders);
-                    if let Some((got, outcomes)) = relayed.await {
-                        ridden.extend(outcomes);
-                        break got;
+                match self.relay_target(queue, partitions) {
+                    RelayTarget::To(home, leader) => {
+                        may_relay = false;
+                        let relayed =
+                            self.relay_receive(home, &leader, queue, max, visibility_ms, until, &riders);
+                        if let Some((got, outcomes)) = relayed.await {
+                            ridden.extend(outcomes);
+                            break got;
+                        }
                     }
+                    RelayTarget::NotNow => {}
+                    RelayTarget::Never => may_relay = false,
                 }
             }
             let park = ParkedReceive { queue, partitions, max, visibility_ms, until, counted };
@@ -258,33 +272,37 @@ impl Queues {
         (received, ridden)
     }
 
-    /// The home partition of `queue` and its leader, if a waiting receive is to be relayed
-    /// there: this node hosts it, another node leads it, this node's copy shows nothing
-    /// visible there, no other partition this node hosts holds the queue (its messages
-    /// were sent without a key), and no client's send to the queue arrived here lately
-    /// (parked here, the receive would ride with those sends at no extra call).
-    fn relay_target(&self, queue: &str, partitions: u32) -> Option<(u32, Member)> {
-        if self.partitions.sends_arrive_here(queue) {
-            return None;
-        }
+    /// Whether a waiting receive of `queue` is to be relayed to its home partition's leader
+    /// now: this node hosts that partition and another node leads it, this node's copy shows
+    /// nothing visible there, and no client's send to the queue arrived here lately (parked
+    /// here, the receive would ride with those sends at no extra call). Never, for this
+    /// receive, when this node does not host the home partition or another partition it
+    /// hosts holds the queue (its messages were sent with keys).
+    fn relay_target(&self, queue: &str, partitions: u32) -> RelayTarget {
         let home = partition_of(queue, None, partitions);
-        let group = self.partitions.get(home)?;
-        if !self.partitions.nothing_visible_in(queue, home) {
-            return None;
+        let Some(group) = self.partitions.get(home) else { return RelayTarget::Never };
+        // The cheapest check first: it keeps most receives here under load.
+        if self.partitions.sends_arrive_here(queue) {
+            return RelayTarget::NotNow;
         }
         let keyed = (0..partitions)
             .filter(|p| *p != home)
             .any(|p| self.partitions.get(p).is_some_and(|g| g.sm.read().state.state.queue(queue).is_some()));
         if keyed {
-            return None;
+            return RelayTarget::Never;
+        }
+        if !self.partitions.nothing_visible_in(queue, home) {
+            return RelayTarget::NotNow;
         }
         let metrics = group.raft.metrics();
         let metrics = metrics.borrow();
         if metrics.state == openraft::ServerState::Leader {
-            return None;
+            return RelayTarget::NotNow;
         }
-        let leader = metrics.current_leader?;
-        metrics.membership_config.membership().get_node(&leader).map(|member| (home, member.clone()))
+        match crate::group::leader_member(&metrics) {
+            Some(leader) => RelayTarget::To(home, leader),
+            None => RelayTarget::NotNow,
+        }
     }
 
     /// Runs the waiting receive at `leader` of `home` until `until`, with `riders`; `None`
