@@ -175,7 +175,11 @@ impl Partitions {
 
     /// Notes that a client's send to `queue` arrived at this node.
     pub(super) fn send_arrived(&self, queue: &str) {
-        let now = Instant::now();
+        self.send_arrived_at(queue, Instant::now());
+    }
+
+    /// [`Partitions::send_arrived`] at `now`.
+    fn send_arrived_at(&self, queue: &str, now: Instant) {
         let mut sends = self.sends_here.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(at) = sends.get_mut(queue) {
             *at = now;
@@ -192,8 +196,13 @@ impl Partitions {
     /// Whether clients' sends to `queue` arrive at this node: one came within
     /// [`SENDS_HERE_RECENT`]. A waiting receive parked here then rides with them.
     pub(super) fn sends_arrive_here(&self, queue: &str) -> bool {
+        self.sends_arrive_here_at(queue, Instant::now())
+    }
+
+    /// [`Partitions::sends_arrive_here`] at `now`.
+    fn sends_arrive_here_at(&self, queue: &str, now: Instant) -> bool {
         let sends = self.sends_here.lock().unwrap_or_else(|p| p.into_inner());
-        sends.get(queue).is_some_and(|at| at.elapsed() < SENDS_HERE_RECENT)
+        sends.get(queue).is_some_and(|at| now.saturating_duration_since(*at) < SENDS_HERE_RECENT)
     }
 
     /// Notes that a receive through this node was answered from `partition` at log index
@@ -227,5 +236,64 @@ impl Partitions {
                 tx.send_modify(|n| *n = n.wrapping_add(1));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    impl Partitions {
+        fn remembered(&self) -> usize {
+            self.sends_here.lock().unwrap_or_else(|p| p.into_inner()).len()
+        }
+    }
+
+    #[test]
+    fn a_send_keeps_its_queues_receives_here_for_the_window_only() {
+        let partitions = Partitions::default();
+        let t0 = Instant::now();
+        assert!(!partitions.sends_arrive_here_at("q", t0), "no send has arrived yet");
+        partitions.send_arrived_at("q", t0);
+        assert!(partitions.sends_arrive_here_at("q", t0));
+        assert!(partitions.sends_arrive_here_at("q", t0 + SENDS_HERE_RECENT - Duration::from_millis(1)));
+        assert!(!partitions.sends_arrive_here_at("q", t0 + SENDS_HERE_RECENT), "the window has passed");
+        assert!(!partitions.sends_arrive_here_at("other", t0), "only the queue sent to stays");
+        // A later send opens the window again from its own arrival.
+        let t1 = t0 + Duration::from_secs(1);
+        partitions.send_arrived_at("q", t1);
+        assert!(partitions.sends_arrive_here_at("q", t1 + SENDS_HERE_RECENT - Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_full_table_drops_queues_whose_window_passed_and_keeps_the_rest() {
+        let partitions = Partitions::default();
+        let t0 = Instant::now();
+        for i in 0..SENDS_HERE_MAX - 1 {
+            partitions.send_arrived_at(&format!("old-{i}"), t0);
+        }
+        let later = t0 + SENDS_HERE_RECENT;
+        partitions.send_arrived_at("recent", later);
+        // Full: the next new queue makes room by dropping the queues whose window passed.
+        partitions.send_arrived_at("new", later);
+        assert_eq!(partitions.remembered(), 2, "only the two recent queues are left");
+        assert!(partitions.sends_arrive_here_at("recent", later));
+        assert!(partitions.sends_arrive_here_at("new", later));
+    }
+
+    #[test]
+    fn a_table_full_of_recent_queues_does_not_grow() {
+        let partitions = Partitions::default();
+        let t0 = Instant::now();
+        for i in 0..SENDS_HERE_MAX {
+            partitions.send_arrived_at(&format!("q-{i}"), t0);
+        }
+        partitions.send_arrived_at("one-more", t0);
+        assert_eq!(partitions.remembered(), SENDS_HERE_MAX);
+        assert!(
+            !partitions.sends_arrive_here_at("one-more", t0),
+            "not remembered: its receives may be relayed"
+        );
+        assert!(partitions.sends_arrive_here_at("q-0", t0));
     }
 }
