@@ -9,7 +9,10 @@
 //!   was applied after a newer grant was answered.
 //! - Cache: every key is a linearizable register ([`crate::linearizability`]).
 //! - Queues: every acknowledged send is delivered at least once, nothing is delivered that
-//!   was never sent; duplicates are counted, not forbidden (at-least-once).
+//!   was never sent; duplicates are counted, not forbidden (at-least-once). But no message
+//!   is delivered by a receive that began after an ack of it was confirmed, and no message
+//!   is delivered twice so close together that the first delivery's invisibility must still
+//!   have held.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -335,21 +338,56 @@ fn around_violation(events: &[Event], entries: &[(Event, Option<&Op>)]) -> Strin
     lines.join("\n")
 }
 
+/// The messages a queue receive delivered: a plain `receive` answers them, a
+/// `receive-acking` answers them beside the outcome of the acks it carried.
+fn deliveries(op: &Op) -> &[serde_json::Value] {
+    let Outcome::Ok { value } = &op.outcome else { return &[] };
+    let messages = match op.f.as_str() {
+        "receive" => value,
+        "receive-acking" => &value[0],
+        _ => return &[],
+    };
+    messages.as_array().map(Vec::as_slice).unwrap_or_default()
+}
+
+/// The receipts whose ack `op` confirmed: a single `ack` that acked one, or the carried
+/// acks of a `receive-acking` that were not reported as failed.
+fn confirmed_acks(op: &Op) -> Vec<String> {
+    let Outcome::Ok { value } = &op.outcome else { return Vec::new() };
+    match op.f.as_str() {
+        "ack" if value["acked"].as_u64() == Some(1) => {
+            op.input["receipt"].as_str().map(str::to_string).into_iter().collect()
+        }
+        "receive-acking" => {
+            let failed: BTreeSet<&str> = value[1]["failed"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f["receipt"].as_str())
+                .collect();
+            op.input["ack"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str())
+                .filter(|r| !failed.contains(r))
+                .map(str::to_string)
+                .collect()
+        }
+        _ => Vec::new(),
+    }
+}
+
 /// Ids of acknowledged sends and ids delivered, from a queue history.
 pub fn queue_sets(ops: &[Op]) -> (BTreeSet<String>, BTreeMap<String, usize>) {
     let mut acked = BTreeSet::new();
     let mut delivered: BTreeMap<String, usize> = BTreeMap::new();
     for op in ops {
-        match (op.f.as_str(), &op.outcome) {
-            ("send", Outcome::Ok { value }) => {
-                acked.insert(value["id"].as_str().unwrap_or_default().to_string());
-            }
-            ("receive", Outcome::Ok { value }) => {
-                for m in value.as_array().into_iter().flatten() {
-                    *delivered.entry(m["id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
-                }
-            }
-            _ => {}
+        if let ("send", Outcome::Ok { value }) = (op.f.as_str(), &op.outcome) {
+            acked.insert(value["id"].as_str().unwrap_or_default().to_string());
+        }
+        for m in deliveries(op) {
+            *delivered.entry(m["id"].as_str().unwrap_or_default().to_string()).or_default() += 1;
         }
     }
     (acked, delivered)
@@ -369,15 +407,16 @@ pub fn queues(ops: &[Op]) -> Report {
             &lost[..lost.len().min(20)]
         ));
     }
-    for op in ops.iter().filter(|o| o.f == "receive") {
-        let Outcome::Ok { value } = &op.outcome else { continue };
-        for m in value.as_array().into_iter().flatten() {
+    for op in ops {
+        for m in deliveries(op) {
             let body = crate::workloads::Payload::unwrap(&m["body"]);
             if !attempted.contains(&body.to_string()) {
                 report.violations.push(format!("message {} with body {body} was never sent", m["id"]));
             }
         }
     }
+    check_acked_stay_gone(ops, &mut report);
+    check_invisibility(ops, &mut report);
     let duplicates = delivered.values().filter(|n| **n > 1).count();
     report.notes.push(format!(
         "{} sends acknowledged, {} messages delivered, {duplicates} delivered more than once",
@@ -385,6 +424,76 @@ pub fn queues(ops: &[Op]) -> Report {
         delivered.len()
     ));
     report
+}
+
+/// An ack that was confirmed deleted its message: a receive that began afterwards must not
+/// deliver it.
+fn check_acked_stay_gone(ops: &[Op], report: &mut Report) {
+    let id_of: BTreeMap<&str, &str> = ops
+        .iter()
+        .flat_map(deliveries)
+        .filter_map(|m| Some((m["receipt"].as_str()?, m["id"].as_str()?)))
+        .collect();
+    // Per id, the earliest confirmation of an ack of it.
+    let mut gone_at: BTreeMap<&str, u64> = BTreeMap::new();
+    for op in ops {
+        for receipt in confirmed_acks(op) {
+            if let Some(id) = id_of.get(receipt.as_str()) {
+                let at = gone_at.entry(id).or_insert(op.completed_us);
+                *at = (*at).min(op.completed_us);
+            }
+        }
+    }
+    for op in ops {
+        for m in deliveries(op) {
+            let id = m["id"].as_str().unwrap_or_default();
+            if let Some(at) = gone_at.get(id).filter(|at| op.invoked_us > **at) {
+                report.violations.push(format!(
+                    "message {id} was delivered by a receive (process {}, node {}) that began {} ms after an ack of it was confirmed",
+                    op.process,
+                    op.node + 1,
+                    (op.invoked_us - at) / 1_000
+                ));
+            }
+        }
+    }
+}
+
+/// A delivery hides its message for the receive's visibility timeout, counted from the
+/// entry that handed it out, which lies between the receive's invocation and its answer. Two
+/// deliveries of one message whose calls lie so close together that no such pair of
+/// entries is far enough apart broke that promise.
+fn check_invisibility(ops: &[Op], report: &mut Report) {
+    let mut by_id: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
+    for op in ops {
+        for m in deliveries(op) {
+            by_id.entry(m["id"].as_str().unwrap_or_default()).or_default().push(op);
+        }
+    }
+    for (id, receives) in by_id {
+        for (i, a) in receives.iter().enumerate() {
+            for b in &receives[i + 1..] {
+                let visibility_ms =
+                    [a, b].iter().map(|o| o.input["visibility_ms"].as_u64().unwrap_or(0)).min().unwrap_or(0);
+                // The latest the second entry can be after the first, either way round.
+                let widest_us = b
+                    .completed_us
+                    .saturating_sub(a.invoked_us)
+                    .max(a.completed_us.saturating_sub(b.invoked_us));
+                if widest_us + CLOCK_SLACK_MS * 1_000 < visibility_ms * 1_000 {
+                    report.violations.push(format!(
+                        "message {id} was delivered twice within its {visibility_ms} ms of invisibility: \
+                         to process {} (node {}) and process {} (node {}), at most {} ms apart",
+                        a.process,
+                        a.node + 1,
+                        b.process,
+                        b.node + 1,
+                        widest_us / 1_000
+                    ));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -535,5 +644,86 @@ mod tests {
             op(1, "receive", json!({}), (2, 3), received(&[("0-1", 1), ("0-9", 9)])),
         ];
         assert!(!queues(&invented).violations.is_empty());
+    }
+
+    fn delivered(id: &str, receipt: &str, n: u64) -> serde_json::Value {
+        json!({ "id": id, "receipt": receipt, "body": { "n": n } })
+    }
+
+    fn receive(process: usize, at: (u64, u64), messages: Vec<serde_json::Value>) -> Op {
+        op(process, "receive", json!({ "visibility_ms": 3_000 }), at, Outcome::Ok { value: json!(messages) })
+    }
+
+    fn receive_acking(
+        at: (u64, u64),
+        acks: &[&str],
+        failed: &[&str],
+        messages: Vec<serde_json::Value>,
+    ) -> Op {
+        let failed: Vec<_> = failed.iter().map(|r| json!({ "receipt": r, "error": "gone" })).collect();
+        let value = json!([messages, { "acked": acks.len() - failed.len(), "failed": failed }]);
+        op(2, "receive-acking", json!({ "visibility_ms": 3_000, "ack": acks }), at, Outcome::Ok { value })
+    }
+
+    const S: u64 = 1_000_000;
+
+    #[test]
+    fn a_message_delivered_after_its_confirmed_ack_is_caught() {
+        let send = op(
+            0,
+            "send",
+            json!({ "body": { "n": 1 } }),
+            (0, 1),
+            Outcome::Ok { value: json!({ "id": "0-1" }) },
+        );
+        let first = receive(1, (10, 20), vec![delivered("0-1", "r1", 1)]);
+        let ack =
+            op(1, "ack", json!({ "receipt": "r1" }), (30, 40), Outcome::Ok { value: json!({ "acked": 1 }) });
+        // Long after the invisibility ran out, so only the ack forbids it.
+        let again = receive(3, (10 * S, 10 * S + 5), vec![delivered("0-1", "r2", 1)]);
+        let fine = vec![send.clone(), first.clone(), ack.clone()];
+        assert!(queues(&fine).violations.is_empty());
+        let broken = vec![send.clone(), first.clone(), ack.clone(), again.clone()];
+        assert!(
+            queues(&broken).violations.iter().any(|v| v.contains("after an ack")),
+            "{:?}",
+            queues(&broken)
+        );
+        // An ack that failed confirms nothing.
+        let failed =
+            op(1, "ack", json!({ "receipt": "r1" }), (30, 40), Outcome::Ok { value: json!({ "acked": 0 }) });
+        assert!(queues(&[send.clone(), first.clone(), failed, again.clone()]).violations.is_empty());
+        // Acks carried by a receive count too, unless reported failed.
+        let carried = receive_acking((30, 40), &["r1"], &[], vec![]);
+        assert!(!queues(&[send.clone(), first.clone(), carried, again.clone()]).violations.is_empty());
+        let refused = receive_acking((30, 40), &["r1"], &["r1"], vec![]);
+        assert!(queues(&[send.clone(), first.clone(), refused, again.clone()]).violations.is_empty());
+        // A receive that began before the ack was confirmed may still see the message.
+        let overlapping = receive(3, (35, 10 * S), vec![delivered("0-1", "r2", 1)]);
+        assert!(queues(&[send, first, ack, overlapping]).violations.is_empty());
+    }
+
+    #[test]
+    fn a_message_delivered_twice_within_its_invisibility_is_caught() {
+        let send = op(
+            0,
+            "send",
+            json!({ "body": { "n": 1 } }),
+            (0, 1),
+            Outcome::Ok { value: json!({ "id": "0-1" }) },
+        );
+        let first = receive(1, (S, S + 10), vec![delivered("0-1", "r1", 1)]);
+        let soon = receive(3, (2 * S, 2 * S + 10), vec![delivered("0-1", "r2", 1)]);
+        let report = queues(&[send.clone(), first.clone(), soon]);
+        assert!(report.violations.iter().any(|v| v.contains("invisibility")), "{report:?}");
+        // Once the first delivery's invisibility may have run out, a second one is fine.
+        let later = receive(3, (4 * S, 4 * S + 10), vec![delivered("0-1", "r2", 1)]);
+        assert!(queues(&[send.clone(), first.clone(), later]).violations.is_empty());
+        // A slow second receive could have been handed the message late enough.
+        let slow = receive(3, (2 * S, 4 * S + 100), vec![delivered("0-1", "r2", 1)]);
+        assert!(queues(&[send.clone(), first.clone(), slow]).violations.is_empty());
+        // The same holds for deliveries through a receive that carried acks.
+        let carried = receive_acking((2 * S, 2 * S + 10), &[], &[], vec![delivered("0-1", "r2", 1)]);
+        assert!(!queues(&[send, first, carried]).violations.is_empty());
     }
 }

@@ -136,7 +136,9 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
         // Three per node at least: a process is stuck while its node is cut off (a write,
         // a miss), so a node needs others that keep reading its hits meanwhile.
         Workload::Cache | Workload::CacheWriteBack => config.clients.max(3 * config.nodes),
-        _ => config.clients,
+        // A producer and a consumer of each of the two queues.
+        Workload::Queues => config.clients.max(4),
+        Workload::Locks => config.clients,
     };
     for process in 0..processes {
         let env = env.clone();
@@ -144,8 +146,13 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
             Workload::Locks => tokio::spawn(workloads::locks(env, process, resource.clone())),
             Workload::Cache => tokio::spawn(workloads::cache(env, process, true)),
             Workload::CacheWriteBack => tokio::spawn(workloads::cache(env, process, false)),
-            Workload::Queues if process.is_multiple_of(2) => tokio::spawn(workloads::produce(env, process)),
-            Workload::Queues => tokio::spawn(workloads::consume(env, process)),
+            // One producer and one consumer of each queue in every four processes.
+            Workload::Queues => match process % 4 {
+                0 => tokio::spawn(workloads::produce(env, process, true)),
+                1 => tokio::spawn(workloads::consume(env, process)),
+                2 => tokio::spawn(workloads::produce(env, process, false)),
+                _ => tokio::spawn(workloads::consume_carrying(env, process)),
+            },
         });
     }
     let pace = match config.workload {
@@ -190,7 +197,9 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
             let (acked, delivered) = check::queue_sets(&history.ops());
             let missing = acked.into_iter().filter(|id| !delivered.contains_key(id)).collect();
             workloads::final_drain(&env, missing, Duration::from_secs(30)).await;
-            check::queues(&history.ops())
+            let mut report = check::queues(&history.ops());
+            report.notes.push(relayed_receives(&env).await);
+            report
         }
     };
     let Report { violations, mut notes } = report;
@@ -222,6 +231,27 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
         summary.saved = Some(out);
     }
     Ok(summary)
+}
+
+/// How many waiting receives the nodes relayed to a partition's leader, by outcome, since
+/// each last started: shows that the run went through the relay.
+async fn relayed_receives(env: &Env) -> String {
+    let mut by_outcome: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    for client in &env.clients {
+        let Ok(text) = client.metrics().await else { continue };
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("sinkron_queue_receives_relayed_total{outcome=\"") else {
+                continue;
+            };
+            let Some((outcome, value)) = rest.split_once("\"} ") else { continue };
+            *by_outcome.entry(outcome.to_string()).or_default() += value.trim().parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    let counts: Vec<String> = by_outcome.iter().map(|(outcome, n)| format!("{outcome} {n}")).collect();
+    format!(
+        "waiting receives relayed to a leader: {}",
+        if counts.is_empty() { "none".into() } else { counts.join(", ") }
+    )
 }
 
 async fn wait_for_queues(env: &Env) -> anyhow::Result<()> {

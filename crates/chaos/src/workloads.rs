@@ -305,24 +305,37 @@ pub async fn cache(env: Env, process: usize, durable: bool) {
     }
 }
 
+/// The queue whose sends are keyed, so its messages spread over the ring's partitions.
+pub const QUEUE: &str = "chaos";
+/// The queue whose sends carry no key, so every message goes to its home partition; its
+/// consumer waits and carries its acks, the path on which a waiting receive at a follower
+/// is relayed to the partition's leader.
+pub const PLAIN_QUEUE: &str = "chaos-plain";
+/// How long a delivery stays invisible to other receives.
+pub const VISIBILITY_MS: u64 = 3_000;
+
 /// Queue producer: sends unique bodies, retrying each with its request id until it is
-/// acknowledged or the run ends.
-pub async fn produce(env: Env, process: usize) {
+/// acknowledged or the run ends. `keyed` sends go to [`QUEUE`] under one of eight keys;
+/// the others go to [`PLAIN_QUEUE`], a few milliseconds apart so that its consumer often
+/// finds nothing and waits.
+pub async fn produce(env: Env, process: usize, keyed: bool) {
+    let mut rng = StdRng::seed_from_u64(env.seed.wrapping_add(2_000 + process as u64));
+    let queue = if keyed { QUEUE } else { PLAIN_QUEUE };
     let mut n = 0u64;
     while env.running() {
         n += 1;
         let body = json!({ "p": process, "n": n });
         let request_id = format!("p{process}-{n}");
-        let key = format!("k{}", n % 8);
+        let key = keyed.then(|| format!("k{}", n % 8));
         let mut attempt = 0usize;
         while env.running() {
             let node = (process + attempt) % env.clients.len();
             let client = env.clients[node].clone();
-            let input = json!({ "body": body, "key": key, "request_id": request_id });
+            let input = json!({ "queue": queue, "body": body, "key": key, "request_id": request_id });
             let sent = client.queue_send_idempotent(
-                "chaos",
+                queue,
                 env.payload.wrap(body.clone()),
-                Some(&key),
+                key.as_deref(),
                 &request_id,
             );
             if env.record(process, node, "send", input, sent).await.is_ok() {
@@ -331,44 +344,74 @@ pub async fn produce(env: Env, process: usize) {
             attempt += 1;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        if !keyed {
+            tokio::time::sleep(Duration::from_millis(rng.gen_range(0..20))).await;
+        }
     }
 }
 
-/// Queue consumer: receives batches and acks them.
+/// Consumer of [`QUEUE`]: receives batches and acks them, each ack a call of its own.
 pub async fn consume(env: Env, process: usize) {
     let mut attempt = 0usize;
     while env.running() {
-        let _ = drain_once(&env, process, (process + attempt) % env.clients.len())
+        let _ = drain_once(&env, process, (process + attempt) % env.clients.len(), QUEUE)
             .await
             .map_err(|_| attempt += 1);
     }
 }
 
-/// One receive and the acks of what it returned; answers the ids received.
-async fn drain_once(env: &Env, process: usize, node: usize) -> Result<Vec<String>, ClientError> {
+/// Consumer of [`PLAIN_QUEUE`]: each receive waits up to a second and carries the acks of
+/// the batch before it, and each goes to the next node in turn, so it often waits at a
+/// follower of the queue's partition while the producer sends through another node.
+/// Receipts whose acks' outcome is unknown are carried again by the next receive.
+pub async fn consume_carrying(env: Env, process: usize) {
+    let options = ReceiveOptions { max: Some(10), visibility_ms: Some(VISIBILITY_MS), wait_ms: Some(1_000) };
+    let mut receipts: Vec<String> = Vec::new();
+    let mut turn = 0usize;
+    while env.running() {
+        let node = (process + turn) % env.clients.len();
+        turn += 1;
+        let client = env.clients[node].clone();
+        let input = json!({ "queue": PLAIN_QUEUE, "visibility_ms": VISIBILITY_MS, "ack": receipts });
+        let received = client.queue_receive_acking(PLAIN_QUEUE, &options, &receipts);
+        match env.record(process, node, "receive-acking", input, received).await {
+            Ok((messages, _)) => receipts = messages.into_iter().map(|m| m.receipt).collect(),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// One receive from `queue` and the acks of what it returned, one call each; answers the
+/// ids received.
+async fn drain_once(env: &Env, process: usize, node: usize, queue: &str) -> Result<Vec<String>, ClientError> {
     let client = env.clients[node].clone();
-    let options = ReceiveOptions { max: Some(10), visibility_ms: Some(3_000), wait_ms: Some(300) };
-    let messages =
-        env.record(process, node, "receive", json!({}), client.queue_receive("chaos", &options)).await?;
+    let options = ReceiveOptions { max: Some(10), visibility_ms: Some(VISIBILITY_MS), wait_ms: Some(300) };
+    let input = json!({ "queue": queue, "visibility_ms": VISIBILITY_MS });
+    let messages = env.record(process, node, "receive", input, client.queue_receive(queue, &options)).await?;
     for m in &messages {
-        let input = json!({ "id": m.id, "receipt": m.receipt });
-        let _ = env.record(process, node, "ack", input, client.queue_ack("chaos", &m.receipt)).await;
+        let input = json!({ "queue": queue, "id": m.id, "receipt": m.receipt });
+        let _ = env.record(process, node, "ack", input, client.queue_ack(queue, &m.receipt)).await;
     }
     Ok(messages.into_iter().map(|m| m.id).collect())
 }
 
-/// After the faults, with the producers stopped: consumes until every id of `missing` (the
-/// acknowledged sends not delivered yet) was delivered, or `within` passed.
+/// After the faults, with the producers stopped: consumes both queues until every id of
+/// `missing` (the acknowledged sends not delivered yet) was delivered, or `within` passed.
 pub async fn final_drain(env: &Env, mut missing: BTreeSet<String>, within: Duration) {
     let deadline = Instant::now() + within;
+    // A queue is drained through one node while it answers messages; an empty answer (after
+    // its wait) or a failure moves on to the other queue and the next node.
     let mut turn = 0usize;
     while Instant::now() < deadline && !missing.is_empty() {
-        if let Ok(ids) = drain_once(env, 10_000, turn % env.clients.len()).await {
-            for id in ids {
-                missing.remove(&id);
+        let queue = if turn.is_multiple_of(2) { QUEUE } else { PLAIN_QUEUE };
+        match drain_once(env, 10_000, (turn / 2) % env.clients.len(), queue).await {
+            Ok(ids) if !ids.is_empty() => {
+                for id in ids {
+                    missing.remove(&id);
+                }
             }
+            _ => turn += 1,
         }
-        turn += 1;
     }
 }
 
