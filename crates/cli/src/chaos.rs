@@ -24,7 +24,8 @@ pub struct ChaosArgs {
     /// Nodes in the cluster.
     #[arg(long, default_value_t = 3)]
     nodes: usize,
-    /// Concurrent clients per workload.
+    /// Concurrent clients per workload (the cache workloads run at least three per node,
+    /// the queue workload at least four).
     #[arg(long, default_value_t = 4)]
     clients: usize,
     /// Where a failing run saves its history and node logs.
