@@ -667,15 +667,14 @@ mod tests {
 
     const S: u64 = 1_000_000;
 
+    /// The send of message `0-1`, acknowledged.
+    fn sent_one() -> Op {
+        op(0, "send", json!({ "body": { "n": 1 } }), (0, 1), Outcome::Ok { value: json!({ "id": "0-1" }) })
+    }
+
     #[test]
     fn a_message_delivered_after_its_confirmed_ack_is_caught() {
-        let send = op(
-            0,
-            "send",
-            json!({ "body": { "n": 1 } }),
-            (0, 1),
-            Outcome::Ok { value: json!({ "id": "0-1" }) },
-        );
+        let send = sent_one();
         let first = receive(1, (10, 20), vec![delivered("0-1", "r1", 1)]);
         let ack =
             op(1, "ack", json!({ "receipt": "r1" }), (30, 40), Outcome::Ok { value: json!({ "acked": 1 }) });
@@ -705,13 +704,7 @@ mod tests {
 
     #[test]
     fn a_message_delivered_twice_within_its_invisibility_is_caught() {
-        let send = op(
-            0,
-            "send",
-            json!({ "body": { "n": 1 } }),
-            (0, 1),
-            Outcome::Ok { value: json!({ "id": "0-1" }) },
-        );
+        let send = sent_one();
         let first = receive(1, (S, S + 10), vec![delivered("0-1", "r1", 1)]);
         let soon = receive(3, (2 * S, 2 * S + 10), vec![delivered("0-1", "r2", 1)]);
         let report = queues(&[send.clone(), first.clone(), soon]);

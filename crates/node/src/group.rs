@@ -16,7 +16,7 @@ use crate::peers::Peers;
 use crate::proposer::{Batcher, Gate};
 use crate::storage::redis as redis_store;
 use crate::storage::{LogStore, Machine, SharedLog, StateMachineStore};
-use crate::types::{GroupId, Member, NodeId, Raft, GROUP0};
+use crate::types::{leader_member, GroupId, Member, NodeId, Raft, GROUP0};
 use crate::wire::ForwardedWrite;
 
 /// Pause before retrying after a leader change or an unreachable leader.
@@ -198,12 +198,6 @@ pub async fn leader_of(raft: &Raft, me: NodeId, deadline: Instant) -> Result<Lea
         Some(member) => Ok(Leader::Remote(member)),
         None => Err(NodeError::NoQuorum("the leader is not in the known membership".into())),
     }
-}
-
-/// The member `metrics` name as their group's leader, if one is known and in the membership.
-pub fn leader_member(metrics: &openraft::RaftMetrics<NodeId, Member>) -> Option<Member> {
-    let leader = metrics.current_leader?;
-    metrics.membership_config.membership().get_node(&leader).cloned()
 }
 
 /// The lowercase word for a Raft server state.

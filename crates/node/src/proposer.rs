@@ -379,7 +379,7 @@ async fn forward(
     timeout: Duration,
 ) -> Vec<ForwardedWrite> {
     let count = requests.len();
-    let leader = crate::group::leader_member(&raft.metrics().borrow());
+    let leader = crate::types::leader_member(&raft.metrics().borrow());
     let Some(leader) = leader else { return (0..count).map(|_| ForwardedWrite::NotLeader).collect() };
     // Forwarded requests were queued with the caller's deadline; a call outliving the
     // longest of them would be answered to nobody.

@@ -54,6 +54,12 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft::TokioRuntime,
 );
 
+/// The member `metrics` name as their group's leader, if one is known and in the membership.
+pub fn leader_member(metrics: &openraft::RaftMetrics<NodeId, Member>) -> Option<Member> {
+    let leader = metrics.current_leader?;
+    metrics.membership_config.membership().get_node(&leader).cloned()
+}
+
 /// A Raft instance of Sinkron.
 pub type Raft = openraft::Raft<TypeConfig>;
 /// A log entry.

@@ -299,7 +299,7 @@ impl Queues {
         if metrics.state == openraft::ServerState::Leader {
             return RelayTarget::NotNow;
         }
-        match crate::group::leader_member(&metrics) {
+        match crate::types::leader_member(&metrics) {
             Some(leader) => RelayTarget::To(home, leader),
             None => RelayTarget::NotNow,
         }
