@@ -415,8 +415,10 @@ pub fn queues(ops: &[Op]) -> Report {
             }
         }
     }
+    check_ack_accounting(ops, &mut report);
     check_acked_stay_gone(ops, &mut report);
     check_invisibility(ops, &mut report);
+    check_delivery_counts(ops, &mut report);
     let duplicates = delivered.values().filter(|n| **n > 1).count();
     report.notes.push(format!(
         "{} sends acknowledged, {} messages delivered, {duplicates} delivered more than once",
@@ -424,6 +426,23 @@ pub fn queues(ops: &[Op]) -> Report {
         delivered.len()
     ));
     report
+}
+
+/// A receive that carried acks answers, for every receipt, that it was acked or why not.
+fn check_ack_accounting(ops: &[Op], report: &mut Report) {
+    for op in ops.iter().filter(|o| o.f == "receive-acking") {
+        let Outcome::Ok { value } = &op.outcome else { continue };
+        let carried = op.input["ack"].as_array().map_or(0, Vec::len) as u64;
+        let acked = value[1]["acked"].as_u64().unwrap_or(0);
+        let failed = value[1]["failed"].as_array().map_or(0, Vec::len) as u64;
+        if acked + failed != carried {
+            report.violations.push(format!(
+                "a receive (process {}, node {}) carried {carried} acks and answered {acked} acked and {failed} failed",
+                op.process,
+                op.node + 1
+            ));
+        }
+    }
 }
 
 /// An ack that was confirmed deleted its message: a receive that began afterwards must not
@@ -454,6 +473,52 @@ fn check_acked_stay_gone(ops: &[Op], report: &mut Report) {
                     op.node + 1,
                     (op.invoked_us - at) / 1_000
                 ));
+            }
+        }
+    }
+}
+
+/// Every delivery of a message counts it once more (the workload never reads a dead-letter
+/// queue, where the count starts again): two deliveries with different receipts never share
+/// a count, and one that began after another was answered has the higher count. A message
+/// handed out again by an entry that a crash lost breaks this, however late it comes.
+fn check_delivery_counts(ops: &[Op], report: &mut Report) {
+    let mut by_id: BTreeMap<&str, Vec<(&Op, &str, u64)>> = BTreeMap::new();
+    for op in ops {
+        for m in deliveries(op) {
+            let (Some(id), Some(receipt), Some(count)) =
+                (m["id"].as_str(), m["receipt"].as_str(), m["receive_count"].as_u64())
+            else {
+                continue;
+            };
+            by_id.entry(id).or_default().push((op, receipt, count));
+        }
+    }
+    for (id, seen) in by_id {
+        for (i, (a, receipt_a, count_a)) in seen.iter().enumerate() {
+            for (b, receipt_b, count_b) in &seen[i + 1..] {
+                if receipt_a == receipt_b {
+                    continue;
+                }
+                let (first, later) = if a.completed_us < b.invoked_us {
+                    ((a, count_a), (b, count_b))
+                } else if b.completed_us < a.invoked_us {
+                    ((b, count_b), (a, count_a))
+                } else if count_a == count_b {
+                    report.violations.push(format!(
+                        "message {id} was delivered twice as delivery {count_a}, to process {} and process {}",
+                        a.process, b.process
+                    ));
+                    continue;
+                } else {
+                    continue;
+                };
+                if later.1 <= first.1 {
+                    report.violations.push(format!(
+                        "message {id} was delivered as delivery {} to process {} after delivery {} to process {} was answered",
+                        later.1, later.0.process, first.1, first.0.process
+                    ));
+                }
             }
         }
     }
@@ -650,6 +715,10 @@ mod tests {
         json!({ "id": id, "receipt": receipt, "body": { "n": n } })
     }
 
+    fn delivered_as(id: &str, receipt: &str, count: u64) -> serde_json::Value {
+        json!({ "id": id, "receipt": receipt, "body": { "n": 1 }, "receive_count": count })
+    }
+
     fn receive(process: usize, at: (u64, u64), messages: Vec<serde_json::Value>) -> Op {
         op(process, "receive", json!({ "visibility_ms": 3_000 }), at, Outcome::Ok { value: json!(messages) })
     }
@@ -717,6 +786,41 @@ mod tests {
         assert!(queues(&[send.clone(), first.clone(), slow]).violations.is_empty());
         // The same holds for deliveries through a receive that carried acks.
         let carried = receive_acking((2 * S, 2 * S + 10), &[], &[], vec![delivered("0-1", "r2", 1)]);
-        assert!(!queues(&[send, first, carried]).violations.is_empty());
+        assert!(queues(&[send.clone(), first.clone(), carried])
+            .violations
+            .iter()
+            .any(|v| v.contains("invisibility")));
+        // The clock's slack: calls 3 s less 5 ms apart pass, a microsecond closer does not.
+        let edge = |end_us| receive(3, (2 * S, end_us), vec![delivered("0-1", "r2", 1)]);
+        assert!(queues(&[send.clone(), first.clone(), edge(4 * S - 5_000)]).violations.is_empty());
+        assert!(!queues(&[send, first, edge(4 * S - 5_001)]).violations.is_empty());
+    }
+
+    #[test]
+    fn delivery_counts_that_do_not_grow_are_caught() {
+        let send = sent_one();
+        let first = receive(1, (S, S + 10), vec![delivered_as("0-1", "r1", 1)]);
+        // Long after the invisibility, so only the count tells.
+        let again = |count| receive(3, (10 * S, 10 * S + 10), vec![delivered_as("0-1", "r2", count)]);
+        assert!(queues(&[send.clone(), first.clone(), again(2)]).violations.is_empty());
+        let report = queues(&[send.clone(), first.clone(), again(1)]);
+        assert!(report.violations.iter().any(|v| v.contains("after delivery 1")), "{report:?}");
+        // Overlapping calls may come in either order, but never with the same count.
+        let overlapping = |count| receive(3, (S + 5, 10 * S), vec![delivered_as("0-1", "r2", count)]);
+        assert!(queues(&[send.clone(), first.clone(), overlapping(2)]).violations.is_empty());
+        let report = queues(&[send.clone(), first.clone(), overlapping(1)]);
+        assert!(report.violations.iter().any(|v| v.contains("twice as delivery 1")), "{report:?}");
+        // One delivery seen twice (the same receipt) is not two deliveries.
+        let replayed = receive(3, (10 * S, 10 * S + 10), vec![delivered_as("0-1", "r1", 1)]);
+        assert!(queues(&[send, first, replayed]).violations.is_empty());
+    }
+
+    #[test]
+    fn a_receive_that_leaves_carried_acks_unaccounted_is_caught() {
+        let fine = receive_acking((0, 10), &["r1", "r2"], &["r2"], vec![]);
+        assert!(queues(&[fine]).violations.is_empty());
+        let value = json!([[], { "acked": 0, "failed": [] }]);
+        let silent = op(2, "receive-acking", json!({ "ack": ["r1"] }), (0, 10), Outcome::Ok { value });
+        assert!(queues(&[silent]).violations.iter().any(|v| v.contains("carried 1 acks")));
     }
 }

@@ -136,8 +136,8 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
         // Three per node at least: a process is stuck while its node is cut off (a write,
         // a miss), so a node needs others that keep reading its hits meanwhile.
         Workload::Cache | Workload::CacheWriteBack => config.clients.max(3 * config.nodes),
-        // A producer and a consumer of each of the two queues.
-        Workload::Queues => config.clients.max(4),
+        // A producer and two consumers of each of the two queues.
+        Workload::Queues => config.clients.max(6),
         Workload::Locks => config.clients,
     };
     for process in 0..processes {
@@ -146,10 +146,11 @@ pub async fn run(config: &RunConfig) -> anyhow::Result<Summary> {
             Workload::Locks => tokio::spawn(workloads::locks(env, process, resource.clone())),
             Workload::Cache => tokio::spawn(workloads::cache(env, process, true)),
             Workload::CacheWriteBack => tokio::spawn(workloads::cache(env, process, false)),
-            // One producer and one consumer of each queue in every four processes.
-            Workload::Queues => match process % 4 {
+            // Of every six processes, one producer and two consumers of each queue; the two
+            // consumers of a queue start at different nodes, so their receives race.
+            Workload::Queues => match process % 6 {
                 0 => tokio::spawn(workloads::produce(env, process, true)),
-                1 => tokio::spawn(workloads::consume(env, process)),
+                1 | 5 => tokio::spawn(workloads::consume(env, process)),
                 2 => tokio::spawn(workloads::produce(env, process, false)),
                 _ => tokio::spawn(workloads::consume_carrying(env, process)),
             },

@@ -363,7 +363,8 @@ pub async fn consume(env: Env, process: usize) {
 /// Consumer of [`PLAIN_QUEUE`]: each receive waits up to a second and carries the acks of
 /// the batch before it, and each goes to the next node in turn, so it often waits at a
 /// follower of the queue's partition while the producer sends through another node.
-/// Receipts whose acks' outcome is unknown are carried again by the next receive.
+/// Receipts whose acks' outcome is unknown (the call failed, or the answer lists them as
+/// failed for any reason but a stale receipt) are carried again by the next receive.
 pub async fn consume_carrying(env: Env, process: usize) {
     let options = ReceiveOptions { max: Some(10), visibility_ms: Some(VISIBILITY_MS), wait_ms: Some(1_000) };
     let mut receipts: Vec<String> = Vec::new();
@@ -375,7 +376,15 @@ pub async fn consume_carrying(env: Env, process: usize) {
         let input = json!({ "queue": PLAIN_QUEUE, "visibility_ms": VISIBILITY_MS, "ack": receipts });
         let received = client.queue_receive_acking(PLAIN_QUEUE, &options, &receipts);
         match env.record(process, node, "receive-acking", input, received).await {
-            Ok((messages, _)) => receipts = messages.into_iter().map(|m| m.receipt).collect(),
+            Ok((messages, acked)) => {
+                receipts = acked
+                    .failed
+                    .into_iter()
+                    .filter(|f| f.error != "not_found")
+                    .map(|f| f.receipt)
+                    .chain(messages.into_iter().map(|m| m.receipt))
+                    .collect();
+            }
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }

@@ -25,7 +25,7 @@ pub struct ChaosArgs {
     #[arg(long, default_value_t = 3)]
     nodes: usize,
     /// Concurrent clients per workload (the cache workloads run at least three per node,
-    /// the queue workload at least four).
+    /// the queue workload at least six).
     #[arg(long, default_value_t = 4)]
     clients: usize,
     /// Where a failing run saves its history and node logs.
