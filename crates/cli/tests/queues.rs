@@ -611,6 +611,41 @@ async fn acks_carried_by_a_waiting_receive_are_applied_when_its_client_hangs_up(
     }
 }
 
+/// The acks of a waiting receive that found nothing to ride with were proposed alone after
+/// 50 ms and applied; its client hangs up later, while the receive still waits. They are
+/// counted all the same by the node it called. (Before, their outcome went down with the
+/// receive, uncounted; the test above then failed whenever its hang-up came after the
+/// 50 ms, as it did under load.)
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_applied_alone_are_counted_when_the_client_hangs_up_afterwards() {
+    let cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    let queue = "hang-up-later";
+    let any = cluster.client(0);
+    any.queue_send(queue, json!(0), None).await.expect("send");
+    // At the home partition's leader the receive is never relayed: it waits there.
+    let (_, leader) = home_leader(&cluster, &any, queue).await;
+    let client = cluster.client(leader);
+    let options = ReceiveOptions { max: Some(1), visibility_ms: Some(60_000), wait_ms: Some(10_000) };
+    let receipt = client.queue_receive(queue, &options).await.expect("receive")[0].receipt.clone();
+    let acked_before = acked_here(&client).await;
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move { client.queue_receive_acking(queue, &options, &[receipt]).await })
+    };
+    // The ack is applied (the message in flight for 60 s is gone) while the receive waits on.
+    wait_counts(&client, queue, (0, 0), Duration::from_secs(10), "").await;
+    assert!(!waiting.is_finished(), "the receive still waits: nothing was sent");
+    waiting.abort();
+    eventually(Duration::from_secs(10), || async {
+        match acked_here(&client).await - acked_before {
+            1.0 => Ok(()),
+            acked => Err(format!("{acked} acks counted")),
+        }
+    })
+    .await;
+}
+
 /// The acks counted by the node of `client` (`sinkron_queue_messages_total{op="acked"}`).
 async fn acked_here(client: &Client) -> f64 {
     let text = client.metrics().await.expect("metrics");

@@ -10,6 +10,7 @@ use sinkron_core::limits::{validate_message, validate_queue_name, validate_reque
 use sinkron_core::queue::{partition_of_receipt, Delivery, QueueRefusal};
 use sinkron_core::ring::partition_of;
 use sinkron_core::{Command, Request, Response};
+use tokio::sync::oneshot;
 use tokio::time::timeout;
 
 use super::{new_request_id, unexpected, Queues};
@@ -200,7 +201,8 @@ impl Queues {
         };
         let until = Instant::now() + Duration::from_millis(wait_ms);
         let mut changes = self.partitions.queue_changes(queue);
-        let mut ridden = Vec::new();
+        // Outcomes of the acks known so far, counted even if the client hangs up now.
+        let mut ridden = KnownAcks { outcomes: Vec::new(), queue: None };
         // A waiting receive that would find nothing in this node's copies (of every
         // partition) parks before its first look, so that a send reaching this node right
         // behind it carries it; its acks park with it (see [`ParkedReceive::wait`]). Every
@@ -209,6 +211,7 @@ impl Queues {
         let mut park_first = wait_ms > 0 && self.partitions.nothing_visible_here(queue, partitions);
         // Acks proposed for a client that went away are counted by the node it called.
         let counted = relay == Relay::Allowed;
+        ridden.queue = counted.then(|| queue.to_string());
         // Before it would park, a receive is relayed to its home partition's leader if it
         // qualifies (see [`Queues::relay_target`]); once at most, whatever came of it.
         let mut may_relay = wait_ms > 0 && relay == Relay::Allowed;
@@ -226,7 +229,7 @@ impl Queues {
                     counted,
                 );
                 let (out, failure, outcomes) = round.await;
-                ridden.extend(outcomes);
+                ridden.outcomes.extend(outcomes);
                 if !out.is_empty() {
                     break Ok(out);
                 }
@@ -241,7 +244,7 @@ impl Queues {
                         let relayed =
                             self.relay_receive(home, &leader, queue, max, visibility_ms, until, &riders);
                         if let Some((got, outcomes)) = relayed.await {
-                            ridden.extend(outcomes);
+                            ridden.outcomes.extend(outcomes);
                             break got;
                         }
                     }
@@ -251,38 +254,37 @@ impl Queues {
             }
             let park = ParkedReceive { queue, partitions, max, visibility_ms, until, counted };
             let (parked, left) =
-                park.wait(self, &mut changes, std::mem::take(&mut riders), &mut ridden).await;
+                park.wait(self, &mut changes, std::mem::take(&mut riders), &mut ridden.outcomes).await;
             if !left.is_empty() {
-                let this = self.clone();
-                alone.push(tokio::spawn(async move { this.write_by_partition(left).await }));
+                alone.push(self.propose_alone(left, counted));
             }
             if !parked.is_empty() {
                 break Ok(parked);
             }
         };
         for acks in alone {
-            let outcomes = acks.await.unwrap_or_default();
-            ridden.extend(outcomes.into_iter().map(|(i, _, answer)| (i, answer)));
+            ridden.outcomes.extend(acks.outcomes().await);
         }
         // Counted where the client's request was served: a relayed receive by the node that
         // relayed it.
         if relay == Relay::Allowed {
             count_received(queue, &received);
         }
-        (received, ridden)
+        (received, ridden.take())
     }
 
     /// Whether a waiting receive of `queue` is to be relayed to its home partition's leader
     /// now: this node hosts that partition and another node leads it, this node's copy shows
-    /// nothing visible there, and no client's send to the queue arrived here lately (parked
-    /// here, the receive would ride with those sends at no extra call). Never, for this
+    /// nothing visible there, no client's send to the queue arrived here lately (parked
+    /// here, the receive would ride with those sends at no extra call), and no relay to this
+    /// partition's leader failed lately. Never, for this
     /// receive, when this node does not host the home partition or another partition it
     /// hosts holds the queue (its messages were sent with keys).
     fn relay_target(&self, queue: &str, partitions: u32) -> RelayTarget {
         let home = partition_of(queue, None, partitions);
         let Some(group) = self.partitions.get(home) else { return RelayTarget::Never };
-        // The cheapest check first: it keeps most receives here under load.
-        if self.partitions.sends_arrive_here(queue) {
+        // The cheapest checks first: they keep most receives here under load.
+        if self.partitions.sends_arrive_here(queue) || self.partitions.relay_paused(home) {
             return RelayTarget::NotNow;
         }
         let keyed = (0..partitions)
@@ -352,10 +354,12 @@ impl Queues {
             }
             Relayed::NotRun(_) => {
                 crate::metrics::record_receive_relayed("ran_here");
+                self.partitions.relay_failed(home);
                 None
             }
             Relayed::Answered(_) | Relayed::Unknown(_) => {
                 crate::metrics::record_receive_relayed("unknown");
+                self.partitions.relay_failed(home);
                 let outcomes = self.write_by_partition(riders).await;
                 Some((Ok(Vec::new()), outcomes.into_iter().map(|(i, _, answer)| (i, answer)).collect()))
             }
@@ -539,6 +543,26 @@ impl Queues {
 
     /// Proposes each partition's requests together, the partitions in parallel; answers
     /// `(position, partition, outcome)` for every request.
+    /// Proposes a receive's acks (`riders`) on a task of their own; the receive takes their
+    /// outcomes from the answer. If the receive is gone first (its client hung up), the acks
+    /// applied are counted all the same, when the receive would have counted them
+    /// (`counted`), as [`Unsettled`] does for acks still waiting with it.
+    fn propose_alone(&self, riders: Riders, counted: bool) -> AloneAcks {
+        let (tx, rx) = oneshot::channel();
+        let queue = counted.then(|| acked_queue(&riders)).flatten();
+        let this = self.clone();
+        let counting = queue.clone();
+        tokio::spawn(async move {
+            let outcomes = this.write_by_partition(riders).await;
+            let outcomes: RiderOutcomes = outcomes.into_iter().map(|(i, _, answer)| (i, answer)).collect();
+            // Refused once the answer was dropped unread: counted here, then.
+            if let (Err(outcomes), Some(queue)) = (tx.send(outcomes), counting) {
+                count_acked(&queue, outcomes.iter().map(|(_, answer)| answer));
+            }
+        });
+        AloneAcks { rx: Some(rx), queue }
+    }
+
     async fn write_by_partition(
         &self,
         by_partition: Riders,
@@ -787,10 +811,7 @@ impl ParkedReceive<'_> {
         let pause = self.until.saturating_duration_since(Instant::now()).min(RECEIVE_POLL);
         let Some(at) = bound else {
             // Proposed alone at once (if any), meanwhile.
-            let alone = (!riders.is_empty()).then(|| {
-                let this = queues.clone();
-                tokio::spawn(async move { this.write_by_partition(riders).await })
-            });
+            let alone = (!riders.is_empty()).then(|| queues.propose_alone(riders, self.counted));
             let got = if hosted.is_empty() {
                 let _ = timeout(pause, changes.changed()).await;
                 Vec::new()
@@ -798,8 +819,7 @@ impl ParkedReceive<'_> {
                 self.park(queues, &hosted, changes, pause, None).await.0
             };
             if let Some(alone) = alone {
-                let outcomes = alone.await.unwrap_or_default();
-                ridden.extend(outcomes.into_iter().map(|(i, _, answer)| (i, answer)));
+                ridden.extend(alone.outcomes().await);
             }
             return (got, Riders::new());
         };
@@ -917,6 +937,76 @@ fn note_handed_out(queues: &Queues, partition: u32, index: u64, response: &Respo
 /// their own if the receive is dropped (its client went away) before that, as they would
 /// have been had they not gone with it. Proposed again under their request ids, an
 /// ack that did ride is answered from the log, not applied twice.
+/// The queue of the acks among `riders`.
+fn acked_queue(riders: &Riders) -> Option<String> {
+    riders.values().flatten().find_map(|(_, request)| match &request.command {
+        Command::QueueAck { queue, .. } => Some(queue.clone()),
+        _ => None,
+    })
+}
+
+/// Counts the acks of a receive whose client hung up, as the receive would have counted
+/// them had it answered (`ack_outcomes`): those applied.
+fn count_acked<'a>(queue: &str, outcomes: impl Iterator<Item = &'a Result<Response, NodeError>>) {
+    let acked = outcomes.filter(|o| matches!(o, Ok(Response::QueueDone { .. }))).count();
+    if acked > 0 {
+        crate::metrics::record_queue_op("acked", queue, acked as u64);
+    }
+}
+
+/// The outcomes of a receive's acks known so far. The receive counts them when it answers
+/// (`ack_outcomes`); dropped before that (its client hung up), they are counted here.
+struct KnownAcks {
+    outcomes: RiderOutcomes,
+    /// Their queue, when the receive counts its acks.
+    queue: Option<String>,
+}
+
+impl KnownAcks {
+    /// The outcomes, for the receive to answer and count.
+    fn take(&mut self) -> RiderOutcomes {
+        std::mem::take(&mut self.outcomes)
+    }
+}
+
+impl Drop for KnownAcks {
+    fn drop(&mut self) {
+        if let Some(queue) = &self.queue {
+            count_acked(queue, self.outcomes.iter().map(|(_, answer)| answer));
+        }
+    }
+}
+
+/// The outcomes of acks a receive proposed alone ([`Queues::propose_alone`]), on their way.
+struct AloneAcks {
+    rx: Option<oneshot::Receiver<RiderOutcomes>>,
+    /// Their queue, when the receive counts its acks.
+    queue: Option<String>,
+}
+
+impl AloneAcks {
+    /// The outcomes, for the receive to answer and count.
+    async fn outcomes(mut self) -> RiderOutcomes {
+        match self.rx.take() {
+            Some(rx) => rx.await.unwrap_or_default(),
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Drop for AloneAcks {
+    /// Dropped unread (the receive's client hung up): counts the outcomes that already
+    /// arrived. Closed first, so any that come later are refused, and the proposing task
+    /// counts those.
+    fn drop(&mut self) {
+        let Some(mut rx) = self.rx.take() else { return };
+        rx.close();
+        if let (Ok(outcomes), Some(queue)) = (rx.try_recv(), &self.queue) {
+            count_acked(queue, outcomes.iter().map(|(_, answer)| answer));
+        }
+    }
+}
+
 struct Unsettled {
     queues: Queues,
     riders: Option<Riders>,
@@ -942,19 +1032,12 @@ impl Drop for Unsettled {
             return;
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else { return };
-        let queue = riders.values().flatten().find_map(|(_, request)| match &request.command {
-            Command::QueueAck { queue, .. } => Some(queue.clone()),
-            _ => None,
-        });
-        let queue = queue.filter(|_| self.counted);
+        let queue = acked_queue(&riders).filter(|_| self.counted);
         let queues = self.queues.clone();
         runtime.spawn(async move {
             let outcomes = queues.write_by_partition(riders).await;
-            // Counted as the receive would have counted them (`ack_outcomes`).
-            let acked =
-                outcomes.iter().filter(|(_, _, o)| matches!(o, Ok(Response::QueueDone { .. }))).count();
             if let Some(queue) = queue {
-                crate::metrics::record_queue_op("acked", &queue, acked as u64);
+                count_acked(&queue, outcomes.iter().map(|(_, _, answer)| answer));
             }
         });
     }

@@ -34,11 +34,17 @@ pub struct Partitions {
     /// When a client's send to each queue last arrived at this node (see
     /// [`Partitions::sends_arrive_here`]).
     sends_here: Mutex<HashMap<String, Instant>>,
+    /// Per home partition, when a receive relayed to its leader last came back unanswered
+    /// or refused (see [`Partitions::relay_paused`]).
+    relay_failed: Mutex<HashMap<u32, Instant>>,
 }
 
 /// How recent a send through this node must be for a waiting receive of its queue to stay
 /// here rather than be relayed to the leader.
 pub(super) const SENDS_HERE_RECENT: Duration = Duration::from_millis(250);
+/// How long after a relay to a partition's leader failed this node's waiting receives of
+/// that partition wait here instead of being relayed.
+pub(super) const RELAY_PAUSE: Duration = Duration::from_secs(1);
 /// Queues remembered in `sends_here` before the old entries are dropped.
 const SENDS_HERE_MAX: usize = 4096;
 
@@ -205,6 +211,31 @@ impl Partitions {
         sends.get(queue).is_some_and(|at| now.saturating_duration_since(*at) < SENDS_HERE_RECENT)
     }
 
+    /// Notes that a receive relayed to the leader of `partition` came back unanswered or
+    /// refused.
+    pub(super) fn relay_failed(&self, partition: u32) {
+        self.relay_failed_at(partition, Instant::now());
+    }
+
+    /// [`Partitions::relay_failed`] at `now`.
+    fn relay_failed_at(&self, partition: u32, now: Instant) {
+        self.relay_failed.lock().unwrap_or_else(|p| p.into_inner()).insert(partition, now);
+    }
+
+    /// Whether a relay to the leader of `partition` failed within [`RELAY_PAUSE`]. A leader
+    /// that cannot be reached, or that turns relays away, then costs one failed call per
+    /// pause rather than one per receive, and a consumer whose receives would each come
+    /// back at once with nothing waits here instead.
+    pub(super) fn relay_paused(&self, partition: u32) -> bool {
+        self.relay_paused_at(partition, Instant::now())
+    }
+
+    /// [`Partitions::relay_paused`] at `now`.
+    fn relay_paused_at(&self, partition: u32, now: Instant) -> bool {
+        let failed = self.relay_failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.get(&partition).is_some_and(|at| now.saturating_duration_since(*at) < RELAY_PAUSE)
+    }
+
     /// Notes that a receive through this node was answered from `partition` at log index
     /// `index`.
     pub(super) fn handed_out(&self, partition: u32, index: u64) {
@@ -263,6 +294,17 @@ mod tests {
         let t1 = t0 + Duration::from_secs(1);
         partitions.send_arrived_at("q", t1);
         assert!(partitions.sends_arrive_here_at("q", t1 + SENDS_HERE_RECENT - Duration::from_millis(1)));
+    }
+
+    #[test]
+    fn a_failed_relay_pauses_its_partitions_relays_for_a_while() {
+        let partitions = Partitions::default();
+        let t0 = Instant::now();
+        assert!(!partitions.relay_paused_at(3, t0), "nothing failed yet");
+        partitions.relay_failed_at(3, t0);
+        assert!(partitions.relay_paused_at(3, t0 + RELAY_PAUSE - Duration::from_millis(1)));
+        assert!(!partitions.relay_paused_at(3, t0 + RELAY_PAUSE), "the pause is over");
+        assert!(!partitions.relay_paused_at(4, t0), "other partitions still relay");
     }
 
     #[test]
