@@ -201,8 +201,6 @@ impl Queues {
         };
         let until = Instant::now() + Duration::from_millis(wait_ms);
         let mut changes = self.partitions.queue_changes(queue);
-        // Outcomes of the acks known so far, counted even if the client hangs up now.
-        let mut ridden = KnownAcks { outcomes: Vec::new(), queue: None };
         // A waiting receive that would find nothing in this node's copies (of every
         // partition) parks before its first look, so that a send reaching this node right
         // behind it carries it; its acks park with it (see [`ParkedReceive::wait`]). Every
@@ -211,7 +209,8 @@ impl Queues {
         let mut park_first = wait_ms > 0 && self.partitions.nothing_visible_here(queue, partitions);
         // Acks proposed for a client that went away are counted by the node it called.
         let counted = relay == Relay::Allowed;
-        ridden.queue = counted.then(|| queue.to_string());
+        // Outcomes of the acks known so far, counted even if the client hangs up now.
+        let mut ridden = KnownAcks { outcomes: Vec::new(), queue: counted.then(|| queue.to_string()) };
         // Before it would park, a receive is relayed to its home partition's leader if it
         // qualifies (see [`Queues::relay_target`]); once at most, whatever came of it.
         let mut may_relay = wait_ms > 0 && relay == Relay::Allowed;
@@ -541,8 +540,6 @@ impl Queues {
         (by_partition, outcomes)
     }
 
-    /// Proposes each partition's requests together, the partitions in parallel; answers
-    /// `(position, partition, outcome)` for every request.
     /// Proposes a receive's acks (`riders`) on a task of their own; the receive takes their
     /// outcomes from the answer. If the receive is gone first (its client hung up), the acks
     /// applied are counted all the same, when the receive would have counted them
@@ -563,6 +560,8 @@ impl Queues {
         AloneAcks { rx: Some(rx), queue }
     }
 
+    /// Proposes each partition's requests together, the partitions in parallel; answers
+    /// `(position, partition, outcome)` for every request.
     async fn write_by_partition(
         &self,
         by_partition: Riders,
@@ -933,10 +932,6 @@ fn note_handed_out(queues: &Queues, partition: u32, index: u64, response: &Respo
     }
 }
 
-/// The acks a receive carries, while their outcome is not known: proposed on a task of
-/// their own if the receive is dropped (its client went away) before that, as they would
-/// have been had they not gone with it. Proposed again under their request ids, an
-/// ack that did ride is answered from the log, not applied twice.
 /// The queue of the acks among `riders`.
 fn acked_queue(riders: &Riders) -> Option<String> {
     riders.values().flatten().find_map(|(_, request)| match &request.command {
@@ -1007,6 +1002,10 @@ impl Drop for AloneAcks {
     }
 }
 
+/// The acks a receive carries, while their outcome is not known: proposed on a task of
+/// their own if the receive is dropped (its client went away) before that, as they would
+/// have been had they not gone with it. Proposed again under their request ids, an
+/// ack that did ride is answered from the log, not applied twice.
 struct Unsettled {
     queues: Queues,
     riders: Option<Riders>,
