@@ -415,10 +415,11 @@ pub fn queues(ops: &[Op]) -> Report {
             }
         }
     }
+    let by_id = deliveries_by_id(ops);
     check_ack_accounting(ops, &mut report);
-    check_acked_stay_gone(ops, &mut report);
-    check_invisibility(ops, &mut report);
-    check_delivery_counts(ops, &mut report);
+    check_acked_stay_gone(ops, &by_id, &mut report);
+    check_invisibility(&by_id, &mut report);
+    check_delivery_counts(&by_id, &mut report);
     let duplicates = delivered.values().filter(|n| **n > 1).count();
     report.notes.push(format!(
         "{} sends acknowledged, {} messages delivered, {duplicates} delivered more than once",
@@ -426,6 +427,32 @@ pub fn queues(ops: &[Op]) -> Report {
         delivered.len()
     ));
     report
+}
+
+/// One delivery of a message, as a receive's answer showed it.
+struct Seen<'a> {
+    /// The receive that delivered it.
+    op: &'a Op,
+    receipt: Option<&'a str>,
+    /// Its delivery count.
+    count: Option<u64>,
+}
+
+/// Every delivery of the history, by message id.
+fn deliveries_by_id(ops: &[Op]) -> BTreeMap<&str, Vec<Seen<'_>>> {
+    let mut by_id: BTreeMap<&str, Vec<Seen<'_>>> = BTreeMap::new();
+    for op in ops {
+        for m in deliveries(op) {
+            let seen = Seen { op, receipt: m["receipt"].as_str(), count: m["receive_count"].as_u64() };
+            by_id.entry(m["id"].as_str().unwrap_or_default()).or_default().push(seen);
+        }
+    }
+    by_id
+}
+
+/// Each pair of deliveries of one message, once.
+fn pairs<'s, 'a>(seen: &'s [Seen<'a>]) -> impl Iterator<Item = (&'s Seen<'a>, &'s Seen<'a>)> {
+    seen.iter().enumerate().flat_map(move |(i, a)| seen[i + 1..].iter().map(move |b| (a, b)))
 }
 
 /// A receive that carried acks answers, for every receipt, that it was acked or why not.
@@ -447,12 +474,9 @@ fn check_ack_accounting(ops: &[Op], report: &mut Report) {
 
 /// An ack that was confirmed deleted its message: a receive that began afterwards must not
 /// deliver it.
-fn check_acked_stay_gone(ops: &[Op], report: &mut Report) {
-    let id_of: BTreeMap<&str, &str> = ops
-        .iter()
-        .flat_map(deliveries)
-        .filter_map(|m| Some((m["receipt"].as_str()?, m["id"].as_str()?)))
-        .collect();
+fn check_acked_stay_gone(ops: &[Op], by_id: &BTreeMap<&str, Vec<Seen<'_>>>, report: &mut Report) {
+    let id_of: BTreeMap<&str, &str> =
+        by_id.iter().flat_map(|(id, seen)| seen.iter().filter_map(|s| Some((s.receipt?, *id)))).collect();
     // Per id, the earliest confirmation of an ack of it.
     let mut gone_at: BTreeMap<&str, u64> = BTreeMap::new();
     for op in ops {
@@ -463,17 +487,15 @@ fn check_acked_stay_gone(ops: &[Op], report: &mut Report) {
             }
         }
     }
-    for op in ops {
-        for m in deliveries(op) {
-            let id = m["id"].as_str().unwrap_or_default();
-            if let Some(at) = gone_at.get(id).filter(|at| op.invoked_us > **at) {
-                report.violations.push(format!(
-                    "message {id} was delivered by a receive (process {}, node {}) that began {} ms after an ack of it was confirmed",
-                    op.process,
-                    op.node + 1,
-                    (op.invoked_us - at) / 1_000
-                ));
-            }
+    for (id, seen) in by_id {
+        let Some(at) = gone_at.get(id) else { continue };
+        for op in seen.iter().map(|s| s.op).filter(|op| op.invoked_us > *at) {
+            report.violations.push(format!(
+                "message {id} was delivered by a receive (process {}, node {}) that began {} ms after an ack of it was confirmed",
+                op.process,
+                op.node + 1,
+                (op.invoked_us - at) / 1_000
+            ));
         }
     }
 }
@@ -482,43 +504,36 @@ fn check_acked_stay_gone(ops: &[Op], report: &mut Report) {
 /// queue, where the count starts again): two deliveries with different receipts never share
 /// a count, and one that began after another was answered has the higher count. A message
 /// handed out again by an entry that a crash lost breaks this, however late it comes.
-fn check_delivery_counts(ops: &[Op], report: &mut Report) {
-    let mut by_id: BTreeMap<&str, Vec<(&Op, &str, u64)>> = BTreeMap::new();
-    for op in ops {
-        for m in deliveries(op) {
-            let (Some(id), Some(receipt), Some(count)) =
-                (m["id"].as_str(), m["receipt"].as_str(), m["receive_count"].as_u64())
+fn check_delivery_counts(by_id: &BTreeMap<&str, Vec<Seen<'_>>>, report: &mut Report) {
+    for (id, seen) in by_id {
+        for (a, b) in pairs(seen) {
+            let (Some(count_a), Some(count_b), Some(receipt_a), Some(receipt_b)) =
+                (a.count, b.count, a.receipt, b.receipt)
             else {
                 continue;
             };
-            by_id.entry(id).or_default().push((op, receipt, count));
-        }
-    }
-    for (id, seen) in by_id {
-        for (i, (a, receipt_a, count_a)) in seen.iter().enumerate() {
-            for (b, receipt_b, count_b) in &seen[i + 1..] {
-                if receipt_a == receipt_b {
-                    continue;
-                }
-                let (first, later) = if a.completed_us < b.invoked_us {
-                    ((a, count_a), (b, count_b))
-                } else if b.completed_us < a.invoked_us {
-                    ((b, count_b), (a, count_a))
-                } else if count_a == count_b {
+            if receipt_a == receipt_b {
+                continue;
+            }
+            let in_order = if a.op.completed_us < b.op.invoked_us {
+                Some(((a, count_a), (b, count_b)))
+            } else if b.op.completed_us < a.op.invoked_us {
+                Some(((b, count_b), (a, count_a)))
+            } else {
+                None
+            };
+            match in_order {
+                Some(((first, first_count), (later, later_count))) if later_count <= first_count => {
                     report.violations.push(format!(
-                        "message {id} was delivered twice as delivery {count_a}, to process {} and process {}",
-                        a.process, b.process
-                    ));
-                    continue;
-                } else {
-                    continue;
-                };
-                if later.1 <= first.1 {
-                    report.violations.push(format!(
-                        "message {id} was delivered as delivery {} to process {} after delivery {} to process {} was answered",
-                        later.1, later.0.process, first.1, first.0.process
+                        "message {id} was delivered as delivery {later_count} to process {} after delivery {first_count} to process {} was answered",
+                        later.op.process, first.op.process
                     ));
                 }
+                None if count_a == count_b => report.violations.push(format!(
+                    "message {id} was delivered twice as delivery {count_a}, to process {} and process {}",
+                    a.op.process, b.op.process
+                )),
+                _ => {}
             }
         }
     }
@@ -528,34 +543,24 @@ fn check_delivery_counts(ops: &[Op], report: &mut Report) {
 /// entry that handed it out, which lies between the receive's invocation and its answer. Two
 /// deliveries of one message whose calls lie so close together that no such pair of
 /// entries is far enough apart broke that promise.
-fn check_invisibility(ops: &[Op], report: &mut Report) {
-    let mut by_id: BTreeMap<&str, Vec<&Op>> = BTreeMap::new();
-    for op in ops {
-        for m in deliveries(op) {
-            by_id.entry(m["id"].as_str().unwrap_or_default()).or_default().push(op);
-        }
-    }
-    for (id, receives) in by_id {
-        for (i, a) in receives.iter().enumerate() {
-            for b in &receives[i + 1..] {
-                let visibility_ms =
-                    [a, b].iter().map(|o| o.input["visibility_ms"].as_u64().unwrap_or(0)).min().unwrap_or(0);
-                // The latest the second entry can be after the first, either way round.
-                let widest_us = b
-                    .completed_us
-                    .saturating_sub(a.invoked_us)
-                    .max(a.completed_us.saturating_sub(b.invoked_us));
-                if widest_us + CLOCK_SLACK_MS * 1_000 < visibility_ms * 1_000 {
-                    report.violations.push(format!(
-                        "message {id} was delivered twice within its {visibility_ms} ms of invisibility: \
-                         to process {} (node {}) and process {} (node {}), at most {} ms apart",
-                        a.process,
-                        a.node + 1,
-                        b.process,
-                        b.node + 1,
-                        widest_us / 1_000
-                    ));
-                }
+fn check_invisibility(by_id: &BTreeMap<&str, Vec<Seen<'_>>>, report: &mut Report) {
+    for (id, seen) in by_id {
+        for (a, b) in pairs(seen).map(|(a, b)| (a.op, b.op)) {
+            let visibility_ms =
+                [a, b].iter().map(|o| o.input["visibility_ms"].as_u64().unwrap_or(0)).min().unwrap_or(0);
+            // The latest the second entry can be after the first, either way round.
+            let widest_us =
+                b.completed_us.saturating_sub(a.invoked_us).max(a.completed_us.saturating_sub(b.invoked_us));
+            if widest_us + CLOCK_SLACK_MS * 1_000 < visibility_ms * 1_000 {
+                report.violations.push(format!(
+                    "message {id} was delivered twice within its {visibility_ms} ms of invisibility: \
+                     to process {} (node {}) and process {} (node {}), at most {} ms apart",
+                    a.process,
+                    a.node + 1,
+                    b.process,
+                    b.node + 1,
+                    widest_us / 1_000
+                ));
             }
         }
     }

@@ -276,9 +276,9 @@ impl Queues {
     /// now: this node hosts that partition and another node leads it, this node's copy shows
     /// nothing visible there, no client's send to the queue arrived here lately (parked
     /// here, the receive would ride with those sends at no extra call), and no relay to this
-    /// partition's leader failed lately. Never, for this
-    /// receive, when this node does not host the home partition or another partition it
-    /// hosts holds the queue (its messages were sent with keys).
+    /// partition's leader failed lately. Never, for this receive, when this node does not
+    /// host the home partition or another partition it hosts holds the queue (its messages
+    /// were sent with keys).
     fn relay_target(&self, queue: &str, partitions: u32) -> RelayTarget {
         let home = partition_of(queue, None, partitions);
         let Some(group) = self.partitions.get(home) else { return RelayTarget::Never };
