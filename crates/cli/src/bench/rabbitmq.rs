@@ -14,10 +14,10 @@ use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::{Ack, BasicProperties, Cancel, CloseChannel, FieldTable, FieldValue, Nack, Return};
 use tokio::sync::mpsc;
 
-/// The broker's address and the queue of one run.
+/// The broker's nodes and the queue of one run.
 pub(super) struct Rabbit {
-    host: String,
-    port: u16,
+    /// `(host, port)` of each node's AMQP listener; worker `w` connects to node `w mod n`.
+    nodes: Vec<(String, u16)>,
     queue: String,
     admin: Connection,
 }
@@ -33,13 +33,15 @@ pub(super) struct Worker {
 }
 
 impl Rabbit {
-    /// Connects to `endpoint` (`host:port`) and declares `queue` as a durable quorum queue.
-    pub(super) async fn connect(endpoint: &str, queue: &str) -> anyhow::Result<Self> {
-        let (host, port) = endpoint
-            .rsplit_once(':')
-            .ok_or_else(|| anyhow::anyhow!("--endpoints: want host:port of RabbitMQ, got {endpoint:?}"))?;
-        let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("--endpoints: bad port in {endpoint:?}"))?;
-        let admin = open(host, port).await?;
+    /// Connects to the first of `endpoints` (comma-separated `host:port`, the AMQP
+    /// listeners of one broker's nodes) and declares `queue` as a durable quorum queue. A
+    /// quorum queue is replicated to every node of the broker's cluster.
+    pub(super) async fn connect(endpoints: &str, queue: &str) -> anyhow::Result<Self> {
+        let nodes = endpoints.split(',').map(str::trim).filter(|e| !e.is_empty()).map(parse_endpoint);
+        let nodes: Vec<(String, u16)> = nodes.collect::<anyhow::Result<_>>()?;
+        let (host, port) =
+            nodes.first().ok_or_else(|| anyhow::anyhow!("--endpoints: no RabbitMQ node given"))?;
+        let admin = open(host, *port).await?;
         let channel = admin.open_channel(None).await.map_err(|e| anyhow::anyhow!("open a channel: {e}"))?;
         let mut arguments = FieldTable::new();
         arguments.insert(
@@ -50,12 +52,13 @@ impl Rabbit {
             .queue_declare(QueueDeclareArguments::durable_client_named(queue).arguments(arguments).finish())
             .await
             .map_err(|e| anyhow::anyhow!("declare the quorum queue {queue}: {e}"))?;
-        Ok(Self { host: host.to_string(), port, queue: queue.to_string(), admin })
+        Ok(Self { nodes, queue: queue.to_string(), admin })
     }
 
-    /// A new worker on its own connection.
-    pub(super) async fn worker(&self) -> anyhow::Result<Worker> {
-        let connection = open(&self.host, self.port).await?;
+    /// Worker `index`, on a connection of its own to node `index mod n`.
+    pub(super) async fn worker(&self, index: usize) -> anyhow::Result<Worker> {
+        let (host, port) = &self.nodes[index % self.nodes.len()];
+        let connection = open(host, *port).await?;
         let channel =
             connection.open_channel(None).await.map_err(|e| anyhow::anyhow!("open a channel: {e}"))?;
         let (confirm_tx, confirms) = mpsc::unbounded_channel();
@@ -137,6 +140,15 @@ impl Worker {
             .await
             .map_err(|e| anyhow::anyhow!("ack: {e}"))
     }
+}
+
+/// `host:port` of one AMQP listener.
+fn parse_endpoint(endpoint: &str) -> anyhow::Result<(String, u16)> {
+    let (host, port) = endpoint
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("--endpoints: want host:port of RabbitMQ, got {endpoint:?}"))?;
+    let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("--endpoints: bad port in {endpoint:?}"))?;
+    Ok((host.to_string(), port))
 }
 
 async fn open(host: &str, port: u16) -> anyhow::Result<Connection> {

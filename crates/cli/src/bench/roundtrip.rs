@@ -14,8 +14,8 @@ use super::{connect, gather, report, summarize};
 
 #[derive(clap::Args)]
 pub(super) struct RoundTripArgs {
-    /// Comma-separated nodes (workers are spread over them round-robin); for RabbitMQ one
-    /// `host:port` of its AMQP listener.
+    /// Comma-separated nodes (workers are spread over them round-robin); for RabbitMQ the
+    /// `host:port` of each node's AMQP listener (one node, or the nodes of one cluster).
     #[arg(long, env = "SINKRON_ENDPOINTS", default_value = "127.0.0.1:8001,127.0.0.1:8002,127.0.0.1:8003")]
     endpoints: String,
     /// What to load.
@@ -146,18 +146,18 @@ pub(super) async fn roundtrip(args: RoundTripArgs) -> anyhow::Result<()> {
             );
             anyhow::ensure!(
                 !args.consumer_elsewhere,
-                "RabbitMQ is one node here; --consumer-elsewhere is for Sinkron"
+                "a RabbitMQ worker consumes on its own connection; --consumer-elsewhere is for Sinkron"
             );
             anyhow::ensure!(
                 !args.consumer_waits,
                 "RabbitMQ's consumers always wait (they are subscribed); --consumer-waits is for Sinkron"
             );
-            let rabbit = super::rabbitmq::Rabbit::connect(args.endpoints.trim(), &queue).await?;
+            let rabbit = super::rabbitmq::Rabbit::connect(&args.endpoints, &queue).await?;
             // Each worker's connection, channel and consumer are set up before the clock
             // starts: setup, not the round trips being measured.
             let mut workers = Vec::with_capacity(args.in_flight);
-            for _ in 0..args.in_flight {
-                workers.push(rabbit.worker().await?);
+            for index in 0..args.in_flight {
+                workers.push(rabbit.worker(index).await?);
             }
             let body = Arc::new(body.into_bytes());
             let started = Instant::now();
