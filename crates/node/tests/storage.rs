@@ -493,3 +493,50 @@ async fn a_restarted_leader_stores_its_vote_uncommitted_and_keeps_its_pending_ap
     mark.complete(Ok(()));
     assert!(settled(wal_again.group(3).durability()));
 }
+
+/// The shared log's writer takes the groups' commit hints from their logs (no message per
+/// commit), and still writes the newest ones before it stops.
+#[tokio::test]
+async fn commit_hints_of_the_shared_log_survive_a_reopen() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let wal_dir = dir.path().join("log");
+    {
+        let wal = SharedLog::open(&wal_dir).expect("open");
+        let (mut one, mut two) = (wal.group(1), wal.group(2));
+        append_durably(&mut one, vec![put_entry(1, 1), put_entry(1, 2), put_entry(1, 3)]).await;
+        append_durably(&mut two, vec![put_entry(1, 1), put_entry(1, 2)]).await;
+        one.save_committed(Some(log_id(1, 1, 1))).await.expect("hint");
+        one.save_committed(Some(log_id(1, 1, 3))).await.expect("hint");
+        two.save_committed(Some(log_id(1, 1, 2))).await.expect("hint");
+    }
+    // The old writer lets go of the directory once it has written the last hints.
+    let wal = SharedLog::open(&wal_dir).expect("reopen");
+    assert_eq!(wal.group(1).read_committed().await.expect("read"), Some(log_id(1, 1, 3)));
+    assert_eq!(wal.group(2).read_committed().await.expect("read"), Some(log_id(1, 1, 2)));
+}
+
+/// A group's own writer (Redis) gets at most one commit hint per interval, not one per commit.
+#[tokio::test]
+async fn a_groups_own_writer_gets_one_commit_hint_per_interval() {
+    let (counted, count) = tokio::sync::oneshot::channel();
+    // Counts the hints it was sent, until the log lets go of its channel.
+    let writer = move |ops: std::sync::mpsc::Receiver<WriteOp>| {
+        let hints = ops.iter().filter(|op| matches!(op, WriteOp::CommittedHint(_))).count();
+        let _ = counted.send(hints);
+    };
+    let mut log = LogStore::start(MemLog::default(), StorageHealth::default(), writer).expect("start");
+    for index in 1..=5 {
+        log.save_committed(Some(log_id(1, 1, index))).await.expect("hint");
+    }
+    assert_eq!(log.read_committed().await.expect("read"), Some(log_id(1, 1, 5)), "kept in memory");
+    tokio::time::sleep(sinkron_node::storage::writer::HINT_INTERVAL + std::time::Duration::from_millis(20))
+        .await;
+    log.save_committed(Some(log_id(1, 1, 6))).await.expect("hint");
+    drop(log);
+    let hints = tokio::time::timeout(std::time::Duration::from_secs(10), count).await;
+    assert_eq!(
+        hints.expect("the writer stops").expect("count"),
+        2,
+        "one for the first five commits, one after the interval"
+    );
+}

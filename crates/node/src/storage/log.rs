@@ -23,7 +23,7 @@ use super::log_write_error;
 pub use super::mem::MemLog;
 use super::record::Tagged;
 use super::segment::encode_record;
-use super::writer::{Flushed, WriteOp};
+use super::writer::{Flushed, WriteOp, HINT_INTERVAL};
 use crate::types::{Entry, GroupId, LogId, NodeId, StorageError, TypeConfig};
 
 /// How long opening a group waits to store a former leader's vote (a Redis backend that
@@ -43,6 +43,8 @@ struct Shared {
     /// This node, when it may report its own leader appends flushed before the fsync.
     me: Option<NodeId>,
     durability: Durability,
+    /// When a commit hint last went to a writer of this group alone ([`Sink::Own`]).
+    hint_sent_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// Where the group's changes go.
@@ -91,7 +93,16 @@ impl LogStore {
         sink: Sink,
         health: super::StorageHealth,
     ) -> Self {
-        Self { shared: Arc::new(Shared { mem, sink, health, me: None, durability }) }
+        Self {
+            shared: Arc::new(Shared {
+                mem,
+                sink,
+                health,
+                me: None,
+                durability,
+                hint_sent_at: Mutex::default(),
+            }),
+        }
     }
 
     /// This log as node `me`'s, before its Raft instance starts: while `me` leads the group,
@@ -232,8 +243,22 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.mem().vote)
     }
 
+    /// The hint only saves re-applying entries at start-up, so it is not worth waking a
+    /// writer thread per commit: the shared log's writer reads the newest hints from the
+    /// groups' logs when they are due, and a group's own writer gets one at most every
+    /// [`HINT_INTERVAL`].
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.mem().committed = committed;
+        if matches!(self.shared.sink, Sink::Shared(..)) {
+            return Ok(());
+        }
+        {
+            let mut sent_at = self.shared.hint_sent_at.lock().unwrap_or_else(|p| p.into_inner());
+            if sent_at.is_some_and(|at| at.elapsed() < HINT_INTERVAL) {
+                return Ok(());
+            }
+            *sent_at = Some(std::time::Instant::now());
+        }
         let bytes = encode_json(&committed)?;
         self.send(WriteOp::CommittedHint(bytes))
     }

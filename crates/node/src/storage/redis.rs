@@ -304,7 +304,6 @@ pub async fn open_group<S: super::state_machine::Machine>(
         stored,
         runtime: Handle::current(),
         health: health.clone(),
-        hint_written_at: None,
         fence,
         fenced: false,
     };
@@ -330,8 +329,6 @@ pub struct RedisWriter {
     pub runtime: Handle,
     /// Reports an outage to the API while it lasts.
     pub health: super::StorageHealth,
-    /// When a commit hint was last written; hints are written at most every 200 ms.
-    pub hint_written_at: Option<std::time::Instant>,
     /// This opening's fence.
     pub fence: Fence,
     /// Whether another opening took the group over: nothing more is stored.
@@ -385,15 +382,10 @@ impl RedisWriter {
                     ops.push(StoreOp::Set(self.keys.meta(name), bytes));
                     waiters.push(Waiter::Done(done));
                 }
+                // At most one every `HINT_INTERVAL` (the log sends no more): a hint only
+                // saves re-applying entries at start-up, not worth a Redis write per commit.
                 WriteOp::CommittedHint(bytes) => {
-                    // A hint only saves re-applying entries at start-up: not worth a Redis
-                    // write (and fsync) per commit.
-                    let due =
-                        self.hint_written_at.is_none_or(|t| t.elapsed() >= super::writer::HINT_INTERVAL);
-                    if due {
-                        ops.push(StoreOp::Set(self.keys.meta("committed.json"), bytes));
-                        self.hint_written_at = Some(std::time::Instant::now());
-                    }
+                    ops.push(StoreOp::Set(self.keys.meta("committed.json"), bytes))
                 }
             }
         }

@@ -43,7 +43,7 @@ use super::record::{frame, Tagged, COMMITTED, ENTRY, PURGE, TRUNCATE, VOTE};
 use super::wal_recover::GroupMeta;
 use super::writer::{drain_batch, Flushed, Tail, WriteOp, HINT_INTERVAL, SEGMENT_MAX_BYTES};
 use super::{files, StorageHealth};
-use crate::types::GroupId;
+use crate::types::{GroupId, LogId};
 
 /// Sealed segments kept before groups holding them back get their live entries copied.
 pub const SEALED_KEPT: usize = 2;
@@ -87,7 +87,6 @@ impl SharedLog {
             live: recovered.live,
             meta: recovered.meta,
             groups: groups.clone(),
-            hints: BTreeMap::new(),
             hint_written_at: Instant::now(),
             failed: None,
             health: health.clone(),
@@ -127,8 +126,7 @@ pub(super) struct WalWriter {
     pub live: BTreeMap<GroupId, BTreeMap<u64, u64>>,
     pub meta: BTreeMap<GroupId, GroupMeta>,
     pub groups: Registry,
-    /// Newest commit hints not yet written.
-    pub hints: BTreeMap<GroupId, Vec<u8>>,
+    /// When the groups' commit hints were last looked at (and the changed ones written).
     pub hint_written_at: Instant,
     /// Set by the first failed write or fsync; every later change fails.
     pub failed: Option<String>,
@@ -191,14 +189,28 @@ impl WalWriter {
         self.current.as_ref().map(|t| t.first)
     }
 
-    /// Whether the waiting commit hints go out with this write.
-    fn hints_due(&self, now: bool) -> bool {
-        !self.hints.is_empty() && (now || self.hint_written_at.elapsed() >= HINT_INTERVAL)
+    /// When they are due (every [`HINT_INTERVAL`], or `now`), the commit hints of the groups
+    /// whose commit index moved since their last written hint. Read from the groups' logs,
+    /// where `save_committed` leaves them: a commit costs no message to this thread.
+    fn due_hints(&mut self, now: bool) -> Vec<(GroupId, Vec<u8>)> {
+        if !now && self.hint_written_at.elapsed() < HINT_INTERVAL {
+            return Vec::new();
+        }
+        self.hint_written_at = Instant::now();
+        let committed: Vec<(GroupId, Option<LogId>)> =
+            lock(&self.groups).iter().map(|(group, mem)| (*group, lock(mem).committed)).collect();
+        committed
+            .into_iter()
+            .filter(|(_, committed)| committed.is_some())
+            .filter_map(|(group, committed)| serde_json::to_vec(&committed).ok().map(|bytes| (group, bytes)))
+            .filter(|(group, bytes)| self.meta.get(group).and_then(|m| m.committed.as_ref()) != Some(bytes))
+            .collect()
     }
 
-    /// Writes `batch` and, when they are due (or `hints_now`), the commit hints waiting.
+    /// Writes `batch` and, when they are due (or `hints_now`), the changed commit hints.
     fn write_batch(&mut self, batch: Vec<Tagged>, hints_now: bool) {
-        if batch.is_empty() && !self.hints_due(hints_now) {
+        let hints = self.due_hints(hints_now);
+        if batch.is_empty() && hints.is_empty() {
             return;
         }
         // The first segment opens with the first record: appends must know where they go.
@@ -241,20 +253,15 @@ impl WalWriter {
                     self.meta.entry(group).or_default().vote = Some(bytes);
                     pending.push(Pending::Done(done));
                 }
-                WriteOp::CommittedHint(bytes) => {
-                    self.hints.insert(group, bytes);
-                }
+                // The groups of the shared log send none (see `due_hints`).
+                WriteOp::CommittedHint(_) => {}
             }
         }
-        if self.hints_due(hints_now) {
-            for (group, bytes) in std::mem::take(&mut self.hints) {
-                frame(COMMITTED, group, &bytes, &mut buf);
-                self.meta.entry(group).or_default().committed = Some(bytes);
-            }
-            self.hint_written_at = Instant::now();
+        for (group, bytes) in hints {
+            frame(COMMITTED, group, &bytes, &mut buf);
+            self.meta.entry(group).or_default().committed = Some(bytes);
         }
         if buf.is_empty() && pending.is_empty() {
-            // Only commit hints, not due yet.
             return;
         }
         // Where this batch's records will end, known before anything is written.

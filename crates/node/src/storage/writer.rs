@@ -60,7 +60,9 @@ pub enum WriteOp {
         /// Told once the file is durable.
         done: oneshot::Sender<io::Result<()>>,
     },
-    /// A new commit index hint; written at most every [`HINT_INTERVAL`], never fsynced.
+    /// A new commit index hint, for a writer of one group (Redis): sent at most every
+    /// [`HINT_INTERVAL`], never fsynced. The shared log's writer reads its groups' hints
+    /// from their logs instead.
     CommittedHint(Vec<u8>),
 }
 
