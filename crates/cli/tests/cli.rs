@@ -177,6 +177,19 @@ async fn cluster_status_and_bench_commands_work() {
     assert_eq!(report["ops"], 200);
     assert_eq!(report["errors"], 0);
     assert!(report["p50_ms"].as_f64().is_some_and(|p| p > 0.0), "{report}");
+    // One client with --rotate sends its puts to every node in turn.
+    let mut puts_before = Vec::new();
+    for i in 0..3 {
+        puts_before.push(kv_puts_served(&cluster.client(i).metrics().await.expect("metrics")));
+    }
+    let rotated = ["write", "--clients", "1", "--rotate", "--ops", "30", "--json", "--endpoints", &endpoints];
+    let out = Command::new(sinkron_bin()).arg("bench").args(rotated).output().expect("run bench --rotate");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for (i, before) in puts_before.into_iter().enumerate() {
+        let after = kv_puts_served(&cluster.client(i).metrics().await.expect("metrics"));
+        // At least: a put the client had to send again counts twice.
+        assert!(after - before >= 10, "node {i} served {} of 30 rotated puts, not a third", after - before);
+    }
     // The other loops of the side-by-side comparison: queue round trips (acks awaited, not
     // awaited, and carried by the next receive), the nodes' HTTP floor, and the bare servers
     // of the ceiling, which the bench starts and stops itself.
@@ -214,6 +227,16 @@ async fn cluster_status_and_bench_commands_work() {
         assert_eq!(report["ops"].to_string(), want, "{args:?}: {report}");
         assert_eq!(report["errors"], 0, "{args:?}: {report}");
     }
+}
+
+/// How many `PUT /v1/kv/{key}` requests a node's `/metrics` text counts as served.
+fn kv_puts_served(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("sinkron_http_request_duration_seconds_count{"))
+        .filter(|l| l.contains("route=\"/v1/kv/{key}\"") && l.contains("method=\"PUT\""))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<u64>().ok()))
+        .sum()
 }
 
 #[test]

@@ -26,6 +26,12 @@ pub(super) struct WriteArgs {
     /// Linearizable reads of the keys instead of writes (each key is written once first).
     #[arg(long)]
     reads: bool,
+    /// Each client sends its requests to the nodes in turn (request `i` of client `c` to
+    /// node `(c + i) mod n`), as a load balancer that spreads requests rather than
+    /// connections. With one client this is the only way through every node. Not with
+    /// `--target redis` (one connection per client).
+    #[arg(long)]
+    rotate: bool,
     /// Print the result as one JSON object.
     #[arg(long)]
     json: bool,
@@ -107,6 +113,7 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
         }
         Target::Redis => {
             anyhow::ensure!(!args.counters, "--counters reads Sinkron's /metrics; not with --target redis");
+            anyhow::ensure!(!args.rotate, "--rotate spreads requests over nodes; Redis is one node here");
             (Vec::new(), redis_connections(&args.endpoints, args.clients).await?)
         }
     };
@@ -135,7 +142,12 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::with_capacity(args.clients);
     let value = Arc::new(value);
     for worker in 0..args.clients {
-        let store = stores[worker % stores.len()].clone();
+        // The nodes this client sends to, in turn: its own, or all of them from its own on.
+        let turns: Vec<Store> = if args.rotate {
+            (0..stores.len()).map(|k| stores[(worker + k) % stores.len()].clone()).collect()
+        } else {
+            vec![stores[worker % stores.len()].clone()]
+        };
         let value = value.clone();
         let count = super::share(args.ops, args.clients, worker);
         let (keys, reads) = (args.keys, args.reads);
@@ -144,6 +156,7 @@ pub(super) async fn write(args: WriteArgs) -> anyhow::Result<()> {
             let mut errors = 0usize;
             for i in 0..count {
                 let key = format!("bench-{worker}-{}", i % keys);
+                let store = &turns[i % turns.len()];
                 let t = Instant::now();
                 let outcome = if reads { store.get(&key).await } else { store.put(&key, &value).await };
                 crate::progress::tick(1);
