@@ -576,6 +576,39 @@ async fn a_relayed_receive_whose_leader_dies_answers_empty_and_still_applies_its
     wait_counts(&consumer, queue, (0, 0), FORM, "").await;
 }
 
+/// As above, but no new leader can be elected for longer than a request timeout (3 s
+/// here): the third node is frozen when the leader dies, and runs again 5 s later. The
+/// carried ack waits for the new leader as long as the receive would have waited (30 s),
+/// so it is still applied. (It used to be given up after one request timeout, and the
+/// message then stayed in flight for its whole visibility timeout.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relayed_receive_whose_leader_dies_applies_its_ack_after_a_slow_election() {
+    let mut cluster = TestCluster::start(3, &[]);
+    ready(&cluster).await;
+    let all = clients(&cluster, &cluster.all());
+    let queue = "relay-slow-election";
+    let options = ReceiveOptions { max: Some(1), visibility_ms: Some(60_000), wait_ms: Some(30_000) };
+    let (_, leader, receipt) = one_in_flight_through_the_leader(&cluster, &all, queue, &options).await;
+    let (consumer, third) = ((leader + 1) % 3, (leader + 2) % 3);
+    let waiting = {
+        let (client, options) = (all[consumer].clone(), options.clone());
+        tokio::spawn(async move { client.queue_receive_acking(queue, &options, &[receipt]).await })
+    };
+    wait_parked(std::slice::from_ref(&all[leader])).await;
+    cluster.pause(third);
+    cluster.kill(leader);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    cluster.resume(third);
+    let (got, acked) = tokio::time::timeout(Duration::from_secs(25), waiting)
+        .await
+        .expect("answered before the wait ran out")
+        .expect("receiver")
+        .expect("receive");
+    assert!(got.is_empty(), "no message: its fate at the dead leader is unknown");
+    assert!(acked.failed.is_empty(), "the carried ack was given up: {:?}", acked.failed);
+    wait_counts(&all[consumer], queue, (0, 0), FORM, "").await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn acks_carried_by_a_waiting_receive_are_applied_when_its_client_hangs_up() {
     let cluster = TestCluster::start(3, &[]);

@@ -257,6 +257,20 @@ impl TestCluster {
         }
     }
 
+    /// Freezes node `i` (SIGSTOP): it holds its connections and answers nothing.
+    pub fn pause(&self, i: usize) {
+        if let Some(child) = &self.nodes[i].child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGSTOP);
+        }
+    }
+
+    /// Lets a paused node `i` run again (SIGCONT).
+    pub fn resume(&self, i: usize) {
+        if let Some(child) = &self.nodes[i].child {
+            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGCONT);
+        }
+    }
+
     /// SIGTERMs node `i` and waits up to 10 s for a clean exit; returns its exit code.
     pub fn stop(&mut self, i: usize) -> Option<i32> {
         let mut child = self.nodes[i].child.take()?;

@@ -359,7 +359,12 @@ impl Queues {
             Relayed::Answered(_) | Relayed::Unknown(_) => {
                 crate::metrics::record_receive_relayed("unknown");
                 self.partitions.relay_failed(home);
-                let outcomes = self.write_by_partition(riders).await;
+                // The leader that went silent may be gone, and the acks then wait for the
+                // next one: they get as long as the receive would have waited, at least a
+                // request timeout. (With one request timeout, a new leader that took longer
+                // to emerge found the acks given up, and their messages stayed in flight.)
+                let deadline = until.max(Instant::now() + self.request_timeout());
+                let outcomes = self.write_by_partition_until(riders, deadline).await;
                 Some((Ok(Vec::new()), outcomes.into_iter().map(|(i, _, answer)| (i, answer)).collect()))
             }
         }
@@ -566,12 +571,20 @@ impl Queues {
         &self,
         by_partition: Riders,
     ) -> Vec<(usize, u32, Result<Response, NodeError>)> {
+        self.write_by_partition_until(by_partition, Instant::now() + self.request_timeout()).await
+    }
+
+    /// [`Queues::write_by_partition`], each partition trying until `deadline`.
+    async fn write_by_partition_until(
+        &self,
+        by_partition: Riders,
+        deadline: Instant,
+    ) -> Vec<(usize, u32, Result<Response, NodeError>)> {
         let mut tasks = tokio::task::JoinSet::new();
         for (partition, items) in by_partition {
             let this = self.clone();
             tasks.spawn(async move {
                 let (positions, requests): (Vec<usize>, Vec<Request>) = items.into_iter().unzip();
-                let deadline = Instant::now() + this.request_timeout();
                 let answers = match this
                     .partition_call(partition, PartitionCall::WriteAll(requests), deadline, 2)
                     .await
