@@ -570,8 +570,8 @@ async fn a_relayed_receive_whose_leader_dies_answers_empty_and_still_applies_its
 /// As above, but no new leader can be elected for longer than a request timeout (3 s
 /// here): the third node is frozen when the leader dies, and runs again 5 s later. The
 /// carried ack waits for the new leader as long as the receive would have waited (30 s),
-/// so it is still applied. (It used to be given up once no leader was known for about
-/// 1.5 s, and the message then stayed in flight for its whole visibility timeout.)
+/// so it is still applied. (It used to be given up after one request timeout, and the
+/// message then stayed in flight for its whole visibility timeout.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_relayed_receive_whose_leader_dies_applies_its_ack_after_a_slow_election() {
     let queue = "relay-slow-election";
