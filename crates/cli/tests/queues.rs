@@ -22,6 +22,20 @@ fn clients(cluster: &TestCluster, nodes: &[usize]) -> Vec<Client> {
 async fn ready(cluster: &TestCluster) {
     cluster.wait_leader(&cluster.all(), FORM).await;
     wait_queues_ready(&cluster.client(0), FORM).await;
+    // Every partition has a leader once two of its replicas host it; the third may still be
+    // opening its groups, and could not vote for a new leader if a test kills one.
+    let all = clients(cluster, &cluster.all());
+    eventually(FORM, || async {
+        let ring = all[0].ring().await.map_err(|e| e.to_string())?;
+        let want: usize = ring.partitions.iter().map(|p| p.replicas.len()).sum();
+        let open = counter_sum(&all, "sinkron_queue_partitions_hosted").await as usize;
+        if open == want {
+            Ok(())
+        } else {
+            Err(format!("{open} of {want} partition replicas open"))
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
