@@ -43,14 +43,13 @@ struct Shared {
     /// This node, when it may report its own leader appends flushed before the fsync.
     me: Option<NodeId>,
     durability: Durability,
-    /// When a commit hint last went to a writer of this group alone ([`Sink::Own`]).
-    hint_sent_at: Mutex<Option<std::time::Instant>>,
 }
 
 /// Where the group's changes go.
 enum Sink {
-    /// A writer of this group alone (Redis): records are plain segment records.
-    Own(Sender<WriteOp>),
+    /// A writer of this group alone (Redis): records are plain segment records. With when
+    /// a commit hint last went to it.
+    Own(Sender<WriteOp>, Mutex<Option<std::time::Instant>>),
     /// The node's shared log: records carry the group.
     Shared(GroupId, Sender<Tagged>),
 }
@@ -73,7 +72,7 @@ impl LogStore {
             .spawn(move || writer(rx))
             .map_err(log_write_error)?;
         let mem = Arc::new(Mutex::new(mem));
-        Ok(Self::with(mem, Durability::default(), Sink::Own(tx), health))
+        Ok(Self::with(mem, Durability::default(), Sink::Own(tx, Mutex::default()), health))
     }
 
     /// The view of `group` in the node's shared log.
@@ -93,16 +92,7 @@ impl LogStore {
         sink: Sink,
         health: super::StorageHealth,
     ) -> Self {
-        Self {
-            shared: Arc::new(Shared {
-                mem,
-                sink,
-                health,
-                me: None,
-                durability,
-                hint_sent_at: Mutex::default(),
-            }),
-        }
+        Self { shared: Arc::new(Shared { mem, sink, health, me: None, durability }) }
     }
 
     /// This log as node `me`'s, before its Raft instance starts: while `me` leads the group,
@@ -167,7 +157,7 @@ impl LogStore {
 
     fn send(&self, op: WriteOp) -> Result<(), StorageError> {
         let sent = match &self.shared.sink {
-            Sink::Own(tx) => tx.send(op).is_ok(),
+            Sink::Own(tx, _) => tx.send(op).is_ok(),
             Sink::Shared(group, tx) => tx.send(Tagged { group: *group, op }).is_ok(),
         };
         if sent {
@@ -181,7 +171,7 @@ impl LogStore {
     fn record(&self, payload: &[u8]) -> Vec<u8> {
         let mut record = Vec::with_capacity(payload.len() + 8 + super::record::PAYLOAD_HEAD_BYTES);
         match &self.shared.sink {
-            Sink::Own(_) => encode_record(payload, &mut record),
+            Sink::Own(..) => encode_record(payload, &mut record),
             Sink::Shared(group, _) => {
                 super::record::frame(super::record::ENTRY, *group, payload, &mut record)
             }
@@ -249,11 +239,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// [`HINT_INTERVAL`].
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         self.mem().committed = committed;
-        if matches!(self.shared.sink, Sink::Shared(..)) {
-            return Ok(());
-        }
+        let Sink::Own(_, sent_at) = &self.shared.sink else { return Ok(()) };
         {
-            let mut sent_at = self.shared.hint_sent_at.lock().unwrap_or_else(|p| p.into_inner());
+            let mut sent_at = sent_at.lock().unwrap_or_else(|p| p.into_inner());
             if sent_at.is_some_and(|at| at.elapsed() < HINT_INTERVAL) {
                 return Ok(());
             }
